@@ -1,0 +1,58 @@
+#!/usr/bin/env node
+/**
+ * Entry point of the `nvmf-nbd` command: dispatches to the verb table, prints usage errors with
+ * exit status 2 and runtime errors (with their stable code) with exit status 1.
+ */
+import { formatHelp, parseArgs } from './args';
+import { ErrorCode, NvmfNbdError } from '../errors';
+import type { Verb } from './verb';
+
+// The verb table. Each verb module exports `verb`; keep this list sorted.
+const VERBS: ReadonlyArray<() => Verb> = [
+];
+
+function topHelp(verbs: readonly Verb[]): string {
+  const rows = verbs.map((v) => `  ${v.name.padEnd(16)} ${v.summary}`);
+  return `Usage: nvmf-nbd <verb> [options]\n\nUser-space NVMe/TCP host that serves remote namespaces over NBD.\n\nVerbs:\n${rows.join('\n')}\n\nRun 'nvmf-nbd <verb> --help' for the options of a verb.\n`;
+}
+
+/** Run the CLI with `argv` (without node and script). Resolves with the exit status. */
+export async function main(argv: readonly string[]): Promise<number> {
+  const verbs = VERBS.map((load) => load());
+  const [name, ...rest] = argv;
+  if (name === undefined || name === '-h' || name === '--help' || name === 'help') {
+    process.stdout.write(topHelp(verbs));
+    return name === undefined ? 2 : 0;
+  }
+  const verb = verbs.find((v) => v.name === name);
+  if (verb === undefined) {
+    process.stderr.write(`nvmf-nbd: unknown verb '${name}' (CLI_ERR_USAGE)\n${topHelp(verbs)}`);
+    return 2;
+  }
+  if (rest.includes('-h') || rest.includes('--help')) {
+    process.stdout.write(formatHelp(verb.usage, verb.summary, verb.options));
+    return 0;
+  }
+  try {
+    const { options, positionals } = parseArgs(rest, verb.options);
+    return await verb.run(options, positionals);
+  } catch (err) {
+    if (err instanceof NvmfNbdError) {
+      process.stderr.write(`nvmf-nbd ${verb.name}: ${err.message} (${err.code})\n`);
+      if (err.code === ErrorCode.CLI_USAGE) {
+        process.stderr.write(`Run 'nvmf-nbd ${verb.name} --help' for usage.\n`);
+        return 2;
+      }
+      return 1;
+    }
+    process.stderr.write(`nvmf-nbd ${verb.name}: internal error: ${(err as Error)?.stack ?? String(err)}\n`);
+    return 1;
+  }
+}
+
+if (require.main === module) {
+  main(process.argv.slice(2)).then(
+    (code) => { process.exitCode = code; },
+    (err: unknown) => { process.stderr.write(`nvmf-nbd: ${String(err)}\n`); process.exitCode = 1; },
+  );
+}

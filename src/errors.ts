@@ -1,0 +1,116 @@
+/**
+ * One error base class for the whole project, with stable codes.
+ *
+ * Callers and tests tell errors apart by `code`, never by message text (STYLE.md §8).
+ * Codes are grouped by prefix: `NVMF_ERR_*` for the NVMe/TCP side (wire, transport,
+ * controller, target), `NBD_ERR_*` for the NBD side, `CLI_ERR_*` / `CFG_ERR_*` for user input.
+ */
+
+/** NVMe completion status, as carried in CQE DW3 bits 31:17. */
+export interface NvmeStatus {
+  /** Status Code Type (3 bits). 0 generic, 1 command specific, 2 media, 3 path, 7 vendor. */
+  readonly sct: number;
+  /** Status Code (8 bits). */
+  readonly sc: number;
+  /** Do Not Retry. */
+  readonly dnr: boolean;
+  /** More information available in the Error log. */
+  readonly more: boolean;
+  /** Command Retry Delay index (2 bits). */
+  readonly crd: number;
+}
+
+/** Every stable error code the project raises. Add new ones here, never reuse one. */
+export const ErrorCode = {
+  // Wire / transport (NVMe/TCP PDUs)
+  PDU_INVALID_TYPE: 'NVMF_ERR_PDU_INVALID_TYPE',
+  PDU_INVALID_HEADER: 'NVMF_ERR_PDU_INVALID_HEADER',
+  PDU_TOO_LARGE: 'NVMF_ERR_PDU_TOO_LARGE',
+  PDU_SEQUENCE: 'NVMF_ERR_PDU_SEQUENCE',
+  HEADER_DIGEST: 'NVMF_ERR_HEADER_DIGEST',
+  DATA_DIGEST: 'NVMF_ERR_DATA_DIGEST',
+  DATA_OUT_OF_RANGE: 'NVMF_ERR_DATA_OUT_OF_RANGE',
+  UNKNOWN_CCCID: 'NVMF_ERR_UNKNOWN_CCCID',
+  ICRESP_INVALID: 'NVMF_ERR_ICRESP_INVALID',
+  TERM_REQ_RECEIVED: 'NVMF_ERR_TERM_REQ_RECEIVED',
+  SHORT_READ: 'NVMF_ERR_SHORT_READ',
+  // Connection lifecycle
+  CONNECTION_CLOSED: 'NVMF_ERR_CONNECTION_CLOSED',
+  CONNECT_FAILED: 'NVMF_ERR_CONNECT_FAILED',
+  TIMEOUT: 'NVMF_ERR_TIMEOUT',
+  KEEPALIVE_TIMEOUT: 'NVMF_ERR_KEEPALIVE_TIMEOUT',
+  ABORTED: 'NVMF_ERR_ABORTED',
+  // Controller
+  NVME_STATUS: 'NVMF_ERR_NVME_STATUS',
+  CONTROLLER_FATAL: 'NVMF_ERR_CONTROLLER_FATAL',
+  ENABLE_TIMEOUT: 'NVMF_ERR_ENABLE_TIMEOUT',
+  UNSUPPORTED: 'NVMF_ERR_UNSUPPORTED',
+  NAMESPACE_NOT_FOUND: 'NVMF_ERR_NAMESPACE_NOT_FOUND',
+  NAMESPACE_UNSUPPORTED: 'NVMF_ERR_NAMESPACE_UNSUPPORTED',
+  INVALID_ARGUMENT: 'NVMF_ERR_INVALID_ARGUMENT',
+  CONTROLLER_LOST: 'NVMF_ERR_CONTROLLER_LOST',
+  DISCOVERY_LOG_CHANGED: 'NVMF_ERR_DISCOVERY_LOG_CHANGED',
+  // NBD
+  NBD_BAD_MAGIC: 'NBD_ERR_BAD_MAGIC',
+  NBD_BAD_FLAGS: 'NBD_ERR_BAD_FLAGS',
+  NBD_OPTION_TOO_LARGE: 'NBD_ERR_OPTION_TOO_LARGE',
+  NBD_REQUEST_TOO_LARGE: 'NBD_ERR_REQUEST_TOO_LARGE',
+  NBD_PROTOCOL: 'NBD_ERR_PROTOCOL',
+  NBD_TRUNCATED: 'NBD_ERR_TRUNCATED',
+  NBD_UNKNOWN_EXPORT: 'NBD_ERR_UNKNOWN_EXPORT',
+  NBD_ATTACH_FAILED: 'NBD_ERR_ATTACH_FAILED',
+  NBD_CLIENT_MISSING: 'NBD_ERR_CLIENT_MISSING',
+  NBD_MODULE_MISSING: 'NBD_ERR_MODULE_MISSING',
+  // User input
+  CLI_USAGE: 'CLI_ERR_USAGE',
+  CFG_INVALID: 'CFG_ERR_INVALID',
+  DAEMON_UNAVAILABLE: 'CLI_ERR_DAEMON_UNAVAILABLE',
+} as const;
+
+export type ErrorCodeValue = (typeof ErrorCode)[keyof typeof ErrorCode];
+
+/** Options for {@link NvmfNbdError}. */
+export interface ErrorOptions {
+  /** The underlying error, if any. */
+  cause?: unknown;
+  /** NVMe completion status, when the error came from a CQE. */
+  status?: NvmeStatus;
+  /** NBD errno to report to an NBD client for this error (EIO when absent). */
+  errno?: number;
+  /** NVMe/TCP Fatal Error Status to put in a TermReq, when this error ends a connection. */
+  fes?: number;
+  /** Byte offset of the offending field (TermReq FEI). */
+  fei?: number;
+}
+
+/**
+ * The project's error. `code` is stable; `status` carries the NVMe status when there is one.
+ * `retriable` is false when the target set DNR, or for errors that retrying cannot fix.
+ */
+export class NvmfNbdError extends Error {
+  readonly code: ErrorCodeValue;
+  readonly status: NvmeStatus | undefined;
+  readonly errno: number | undefined;
+  readonly fes: number | undefined;
+  readonly fei: number | undefined;
+
+  constructor(code: ErrorCodeValue, message: string, options: ErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'NvmfNbdError';
+    this.code = code;
+    this.status = options.status;
+    this.errno = options.errno;
+    this.fes = options.fes;
+    this.fei = options.fei;
+  }
+
+  /** False when the target said Do Not Retry. */
+  get retriable(): boolean {
+    return this.status === undefined ? true : !this.status.dnr;
+  }
+}
+
+/** True when `err` is one of ours with the given code. */
+export function isErrorCode(err: unknown, code: ErrorCodeValue): err is NvmfNbdError {
+  return err instanceof NvmfNbdError && err.code === code;
+}
