@@ -37,7 +37,7 @@ export class NbdTestClient {
   transmissionFlags = 0;
   private cookie = 1n;
   private readonly waiting = new Map<bigint, Waiting>();
-  private buf = Buffer.alloc(0);
+  private buf: Buffer = Buffer.alloc(0);
   private closedError: Error | undefined;
 
   private constructor(private readonly sock: net.Socket) {}
@@ -184,7 +184,7 @@ export class NbdTestClient {
 
 /** Reads exact byte counts from a socket during the handshake. */
 class HandshakeReader {
-  private buf = Buffer.alloc(0);
+  private buf: Buffer = Buffer.alloc(0);
   private want: { n: number; resolve: (b: Buffer) => void; reject: (e: Error) => void } | undefined;
   private readonly onData = (d: Buffer): void => {
     this.buf = Buffer.concat([this.buf, d]);
