@@ -1,0 +1,70 @@
+#!/bin/sh
+# /init of the nvmf-nbd QEMU rig guest (busybox). Loads the modules, brings up slirp
+# networking, mounts the pseudo filesystems and any 9p shares, then serves shell commands on
+# the virtio-serial port named "nvmf.cmd" (see test/helpers/guest.ts for the framing).
+# PID 1 must never exit, so every step tolerates failure and the service loop restarts.
+/bin/busybox --install -s
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin:/host-node HOME=/root
+mkdir -p /proc /sys /dev /tmp /run /root
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /run
+say() { echo "rig: $*" >/dev/console; }
+say "init start $(cut -d' ' -f1 /proc/uptime)"
+
+# crc32c first: nvmet-tcp digests and ext4 ask the crypto API for it by name.
+for m in virtio_pci virtio_net virtio_console qemu_fw_cfg configfs crc32c-intel crc32c_generic \
+         nvmet nvmet-tcp nvme-tcp nbd loop ext4; do
+  modprobe "$m" 2>/dev/null || say "modprobe $m failed"
+done
+# null_blk with no default device: namespaces are made through configfs (any size, memory backed).
+modprobe null_blk nr_devices=0 2>/dev/null || say "modprobe null_blk failed"
+mount -t configfs none /sys/kernel/config 2>/dev/null
+
+ip link set lo up
+ip link set eth0 up 2>/dev/null && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2
+
+# 9p shares offered by QEMU (-virtfs ... mount_tag=host|hostnode), read-only.
+if grep -qs 0x0009 /sys/bus/virtio/devices/*/device; then
+  modprobe 9pnet_virtio; modprobe 9p
+  for t in /sys/bus/virtio/drivers/9pnet_virtio/virtio*/mount_tag; do
+    [ -f "$t" ] || continue
+    tag="$(tr -d '\000' <"$t")"
+    case "$tag" in
+      host) dir=/host ;;
+      hostnode) dir=/host-node ;;
+      *) continue ;;
+    esac
+    mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000 "$tag" "$dir" || say "mount $tag failed"
+  done
+fi
+
+port=""
+for p in /sys/class/virtio-ports/*; do
+  [ "$(cat "$p/name" 2>/dev/null)" = nvmf.cmd ] && port="/dev/$(basename "$p")"
+done
+say "ready port=$port uptime $(cut -d' ' -f1 /proc/uptime)"
+echo "RIG-READY" >/dev/console
+
+# Command service. Host → guest, one line: "CMD <id> <timeout-seconds> <base64 script>".
+# Guest → host: "@@BEGIN <id>", the output (stdout+stderr), a newline, "@@END <id> <status>".
+# Output goes to a per-command file so background children can't block or corrupt the reply.
+serve() {
+  exec 3<>"$port" || return 1
+  echo "@@READY" >&3
+  while read -r kw id tmo b64 <&3; do
+    [ "$kw" = CMD ] || continue
+    echo "$b64" | base64 -d >/tmp/.rig-cmd.$id
+    timeout -s KILL "$tmo" sh /tmp/.rig-cmd.$id </dev/null >/tmp/.rig-out.$id 2>&1 3>&-
+    rc=$?
+    { echo "@@BEGIN $id"; cat /tmp/.rig-out.$id; echo; echo "@@END $id $rc"; } >&3
+    rm -f /tmp/.rig-cmd.$id /tmp/.rig-out.$id
+  done
+  exec 3>&-
+}
+while :; do
+  if [ -n "$port" ]; then serve; else say "no nvmf.cmd port"; fi
+  sleep 1
+done
