@@ -1,0 +1,6 @@
+/** Pure NVMe/TCP wire codecs: re-exports of every module in src/wire/. */
+export * from './crc32c';
+export * from './pdu';
+export * from './sqe';
+export * from './cqe';
+export * from './status';
