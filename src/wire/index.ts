@@ -4,3 +4,7 @@ export * from './pdu';
 export * from './sqe';
 export * from './cqe';
 export * from './status';
+export * from './identify';
+export * from './discovery-log';
+export * from './properties';
+export * from './nbd';
