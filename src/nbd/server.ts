@@ -1,0 +1,277 @@
+/**
+ * The NBD server: a set of named exports (any {@link BlockDevice}), listening on Unix sockets
+ * and/or loopback TCP, or serving an already-connected stream (--stdio, systemd LISTEN_FDS).
+ *
+ * Private by default: Unix sockets are created with mode 0600 (bound under umask 0177, so no
+ * window exists where others could connect) in a directory created 0700; TCP defaults to
+ * 127.0.0.1.
+ */
+import * as net from 'node:net';
+import { promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+import type { Duplex } from 'node:stream';
+import { ErrorCode, NvmfNbdError } from '../errors';
+import type { BlockDevice } from '../block/types';
+import { MAX_STRING_LENGTH } from '../wire/nbd';
+import { NbdConnection, type NbdConnectionHost, type NbdExportCounters, type NbdExportEntry, type NbdLogEntry } from './connection';
+
+export type { NbdLogEntry, NbdExportCounters } from './connection';
+
+/** Where to listen. TCP host defaults to 127.0.0.1; port 0 picks a free port. */
+export type NbdListenSpec = { unix: string } | { tcp: { host?: string; port: number } };
+/** A bound endpoint (TCP with the actual port). */
+export type NbdEndpoint = { unix: string } | { tcp: { host: string; port: number } };
+
+/** Options of {@link NbdServer}. */
+export interface NbdServerOptions {
+  /** Log sink; the default prints warnings and errors to stderr with their code. */
+  log?: (e: NbdLogEntry) => void;
+  /** Requests in flight per connection before the socket is paused (default 128). */
+  maxInFlight?: number;
+  /** Bytes in flight (read buffers, write payloads, queued replies) per connection before
+   *  the socket is paused (default 64 MiB). */
+  maxInFlightBytes?: number;
+  /** Close connections that have not chosen an export after this long (default 30 s; 0 = never). */
+  handshakeTimeoutMs?: number;
+}
+
+/** Per-export statistics, as `list` shows them. */
+export interface NbdExportStats extends NbdExportCounters {
+  name: string;
+  description: string;
+  size: number;
+  blockSize: number;
+  readOnly: boolean;
+  /** Connections currently in transmission on this export. */
+  connections: number;
+}
+
+/** Options of {@link NbdServer.addExport}. */
+export interface NbdExportOptions {
+  description?: string;
+}
+
+function defaultLog(e: NbdLogEntry): void {
+  if (e.level !== 'warn' && e.level !== 'error') return;
+  const where = `nbd${e.conn !== undefined ? ` conn ${e.conn}` : ''}${e.export !== undefined ? ` export '${e.export}'` : ''}`;
+  process.stderr.write(`${where}: ${e.msg}${e.code !== undefined ? ` (${e.code})` : ''}\n`);
+}
+
+/** NBD server (fixed newstyle, structured replies, base:allocation, multi-conn). */
+export class NbdServer {
+  private readonly exportsByName = new Map<string, NbdExportEntry>();
+  private readonly connections = new Set<NbdConnection>();
+  private readonly listeners: Array<{ server: net.Server; endpoint: NbdEndpoint }> = [];
+  private nextConnId = 1;
+  private closing = false;
+  private readonly host: NbdConnectionHost;
+  private readonly logFn: (e: NbdLogEntry) => void;
+
+  constructor(opts: NbdServerOptions = {}) {
+    this.logFn = opts.log ?? defaultLog;
+    const maxInFlight = opts.maxInFlight ?? 128;
+    const maxInFlightBytes = opts.maxInFlightBytes ?? 64 * 1024 * 1024;
+    const handshakeTimeoutMs = opts.handshakeTimeoutMs ?? 30_000;
+    const self = this;
+    this.host = {
+      findExport: (name) => this.findExport(name),
+      listExports: () => [...this.exportsByName.values()],
+      log: (e) => this.logFn(e),
+      get shuttingDown() {
+        return self.closing;
+      },
+      maxInFlight,
+      maxInFlightBytes,
+      handshakeTimeoutMs,
+    };
+  }
+
+  /**
+   * Serve `device` as export `name`. The first export added is the default one (empty name).
+   * @throws NBD_ERR_EXPORT_EXISTS when the name is taken; CFG_ERR_INVALID for a bad name.
+   */
+  addExport(name: string, device: BlockDevice, opts: NbdExportOptions = {}): void {
+    if (Buffer.byteLength(name, 'utf8') > MAX_STRING_LENGTH || name.includes('\0')) {
+      throw new NvmfNbdError(ErrorCode.CFG_INVALID, `bad export name '${name}'`);
+    }
+    if (this.exportsByName.has(name)) throw new NvmfNbdError(ErrorCode.NBD_EXPORT_EXISTS, `export '${name}' already exists`);
+    this.exportsByName.set(name, {
+      name,
+      device,
+      description: opts.description ?? '',
+      counters: { reads: 0, writes: 0, bytesRead: 0, bytesWritten: 0, flushes: 0, trims: 0, zeroes: 0, errors: 0 },
+      connections: new Set(),
+      removed: false,
+    });
+  }
+
+  /**
+   * Withdraw export `name`: new clients no longer see it, its connections answer their
+   * in-flight and later requests with ESHUTDOWN and are closed. Resolves when they are gone.
+   * @throws NBD_ERR_UNKNOWN_EXPORT
+   */
+  async removeExport(name: string): Promise<void> {
+    const e = this.exportsByName.get(name);
+    if (e === undefined) throw new NvmfNbdError(ErrorCode.NBD_UNKNOWN_EXPORT, `no export '${name}'`);
+    e.removed = true;
+    this.exportsByName.delete(name);
+    const conns = [...e.connections];
+    for (const c of conns) c.shutdown(true);
+    await Promise.all(conns.map((c) => c.closed));
+  }
+
+  /** Names of the exports, default first. */
+  exportNames(): string[] {
+    return [...this.exportsByName.keys()];
+  }
+
+  /** Counters of every export. */
+  stats(): NbdExportStats[] {
+    return [...this.exportsByName.values()].map((e) => ({
+      name: e.name,
+      description: e.description,
+      size: e.device.size,
+      blockSize: e.device.blockSize,
+      readOnly: e.device.readOnly,
+      connections: e.connections.size,
+      ...e.counters,
+    }));
+  }
+
+  /** The endpoints listened on so far. */
+  get endpoints(): NbdEndpoint[] {
+    return this.listeners.map((l) => l.endpoint);
+  }
+
+  /**
+   * Listen on a Unix socket or loopback TCP. Several calls add several endpoints.
+   * @throws NBD_ERR_LISTEN_FAILED (address in use, permission…).
+   */
+  async listen(spec: NbdListenSpec): Promise<NbdEndpoint> {
+    if (this.closing) throw new NvmfNbdError(ErrorCode.NBD_LISTEN_FAILED, 'server is closing');
+    const server = net.createServer({ allowHalfOpen: true }, (sock) => {
+      sock.setNoDelay(true);
+      this.serveSocket(sock);
+    });
+    try {
+      let endpoint: NbdEndpoint;
+      if ('unix' in spec) {
+        await this.prepareUnixPath(spec.unix);
+        // Bind happens synchronously inside listen(): a restrictive umask around it means the
+        // socket never exists with looser permissions.
+        const old = process.umask(0o177);
+        try {
+          server.listen(spec.unix);
+        } finally {
+          process.umask(old);
+        }
+        await waitListening(server);
+        await fsp.chmod(spec.unix, 0o600);
+        endpoint = { unix: spec.unix };
+      } else {
+        const host = spec.tcp.host ?? '127.0.0.1';
+        server.listen({ host, port: spec.tcp.port });
+        await waitListening(server);
+        const addr = server.address() as net.AddressInfo;
+        endpoint = { tcp: { host, port: addr.port } };
+      }
+      this.listeners.push({ server, endpoint });
+      this.logFn({ level: 'info', msg: `listening on ${'unix' in endpoint ? endpoint.unix : `${endpoint.tcp.host}:${endpoint.tcp.port}`}` });
+      return endpoint;
+    } catch (err) {
+      server.close();
+      if (err instanceof NvmfNbdError) throw err;
+      throw new NvmfNbdError(ErrorCode.NBD_LISTEN_FAILED, `cannot listen: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  /** mkdir -m 0700 the parent when missing; remove a stale socket nobody listens on. */
+  private async prepareUnixPath(p: string): Promise<void> {
+    const dir = path.dirname(p);
+    try {
+      await fsp.mkdir(dir, { mode: 0o700 });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
+      else if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    }
+    let st;
+    try {
+      st = await fsp.lstat(p);
+    } catch {
+      return;
+    }
+    if (!st.isSocket()) throw new NvmfNbdError(ErrorCode.NBD_LISTEN_FAILED, `${p} exists and is not a socket`);
+    if (await socketAlive(p)) throw new NvmfNbdError(ErrorCode.NBD_LISTEN_FAILED, `${p} is in use by another server`);
+    await fsp.unlink(p);
+  }
+
+  /**
+   * Serve one already-connected stream (a TCP/Unix socket from elsewhere, an inherited fd, or
+   * `Duplex.from({ readable: process.stdin, writable: process.stdout })` for --stdio).
+   */
+  serveSocket(socket: Duplex): NbdConnection {
+    const conn = new NbdConnection(this.host, socket, this.nextConnId++);
+    this.connections.add(conn);
+    void conn.closed.then(() => this.connections.delete(conn));
+    if (this.closing) {
+      socket.destroy();
+      return conn;
+    }
+    conn.start();
+    return conn;
+  }
+
+  /**
+   * Stop accepting, let in-flight requests finish (later ones get ESHUTDOWN), close every
+   * connection and remove Unix sockets. Resolves when everything is closed.
+   */
+  async close(): Promise<void> {
+    this.closing = true;
+    const closes = this.listeners.map(
+      (l) =>
+        new Promise<void>((resolve) => {
+          l.server.close(() => resolve());
+        }),
+    );
+    const conns = [...this.connections];
+    for (const c of conns) c.shutdown(false);
+    await Promise.all(conns.map((c) => c.closed));
+    await Promise.all(closes);
+    this.listeners.length = 0;
+  }
+
+  private findExport(name: string): NbdExportEntry | undefined {
+    if (name === '') return this.exportsByName.values().next().value;
+    return this.exportsByName.get(name);
+  }
+}
+
+function waitListening(server: net.Server): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (server.listening) {
+      resolve();
+      return;
+    }
+    const onErr = (err: Error): void => {
+      server.off('listening', onOk);
+      reject(err);
+    };
+    const onOk = (): void => {
+      server.off('error', onErr);
+      resolve();
+    };
+    server.once('error', onErr);
+    server.once('listening', onOk);
+  });
+}
+
+function socketAlive(p: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.connect(p);
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
+}
