@@ -1,0 +1,480 @@
+/**
+ * A Fabrics controller over NVMe/TCP: admin queue bring-up (Connect, CAP/CC/CSTS), Identify,
+ * namespace scan, I/O queue setup, keep-alive, the I/O API split at MDTS, and CC.SHN shutdown.
+ *
+ * Every failure of a queue ends in {@link Controller.destroy}, the single teardown path (the
+ * reconnect state machine of a later issue hooks in there).
+ */
+import { EventEmitter } from 'node:events';
+import * as os from 'node:os';
+import { ErrorCode, NvmfNbdError } from '../errors';
+import {
+  AdminOpcode,
+  encodeDsmRanges,
+  parseCap,
+  parseIdentifyController,
+  parseIdentifyNamespace,
+  parseNamespaceList,
+  sqeDatasetManagement,
+  sqeFlush,
+  sqeIdentify,
+  sqeKeepAlive,
+  sqePropertyGet,
+  sqePropertySet,
+  sqeRead,
+  sqeSetFeatures,
+  sqeWrite,
+  sqeWriteZeroes,
+} from '../wire';
+import type { Cqe, IdentifyController, IdentifyNamespace } from '../wire';
+import { ADMIN_QUEUE_SIZE, QueuePair } from '../transport/queue-pair';
+import type { Completion, QueueStats } from '../transport/queue-pair';
+
+export { DISCOVERY_NQN } from '../wire';
+
+/** Property offsets (NVMe-oF §3.5 / base spec §3.1.4). */
+const Prop = { CAP: 0x00, VS: 0x08, CC: 0x14, CSTS: 0x1c } as const;
+/** Feature identifiers used here. */
+const Feature = { NUMBER_OF_QUEUES: 0x07 } as const;
+/** Identify CNS values. */
+const Cns = { NAMESPACE: 0x00, CONTROLLER: 0x01, ACTIVE_NS_LIST: 0x02 } as const;
+
+/** Our own cap on one command's data when MDTS is 0 (unlimited) or larger. */
+export const HOST_MAX_TRANSFER = 1 << 20;
+/** NLB is a 16-bit 0-based field: 65536 blocks per Read/Write/Write Zeroes. */
+export const MAX_NLB = 65536;
+/** Dataset Management carries at most 256 ranges. */
+export const MAX_DSM_RANGES = 256;
+
+/** Options of {@link Controller.connect}. */
+export interface ControllerOptions {
+  readonly traddr: string;
+  readonly trsvcid: number;
+  readonly subnqn: string;
+  readonly hostnqn: string;
+  /** 16 bytes, or a UUID string. */
+  readonly hostid: Buffer | string;
+  /** I/O queues to create (default CPU count, capped by the controller); 0 for admin only. */
+  readonly nrIoQueues?: number;
+  /** I/O queue depth (default 128, capped by CAP.MQES+1). */
+  readonly queueSize?: number;
+  /** Keep Alive Timeout in ms (default 5000; 0 = off, as for discovery). */
+  readonly kato?: number;
+  readonly hdgst?: boolean;
+  readonly ddgst?: boolean;
+  /** Ask to disable SQ flow control on every queue. */
+  readonly disableSqFlowControl?: boolean;
+  /** Budget per queue connect (default 10 s). */
+  readonly connectTimeoutMs?: number;
+  /** Per-command timeout (default 30 s). */
+  readonly ioTimeoutMs?: number;
+  /** Skip namespace scan and I/O queues (discovery controllers). */
+  readonly discovery?: boolean;
+}
+
+/** What the host knows about one namespace. */
+export interface NamespaceInfo {
+  readonly nsid: number;
+  /** Logical block size in bytes from the current LBA format. */
+  readonly lbaSize: number;
+  /** Namespace size in logical blocks. */
+  readonly nsze: bigint;
+  /** False when the host cannot serve it (metadata, protection information, zero size…). */
+  readonly usable: boolean;
+  readonly reasonIfNot?: string;
+  /** Parsed Identify Namespace. */
+  readonly identify: IdentifyNamespace;
+  /** Raw Identify Namespace data (4096 bytes). */
+  readonly raw: Buffer;
+}
+
+/** Per-controller counters. */
+export interface ControllerStats {
+  cntlid: number;
+  admin: QueueStats;
+  io: QueueStats[];
+}
+
+/** The CAP register fields used here. */
+interface CapFields { mqes: number; to: number; mpsmin: number; css: number }
+
+function hostidBuffer(h: Buffer | string): Buffer {
+  if (Buffer.isBuffer(h)) {
+    if (h.length !== 16) throw new NvmfNbdError(ErrorCode.INVALID_ARGUMENT, `host ID must be 16 bytes, got ${h.length}`);
+    return h;
+  }
+  const hex = h.replace(/-/g, '');
+  if (!/^[0-9a-fA-F]{32}$/.test(hex)) throw new NvmfNbdError(ErrorCode.INVALID_ARGUMENT, `host ID '${h}' is not a UUID`);
+  return Buffer.from(hex, 'hex');
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * A connected NVMe-oF controller. Events: `error(err)` when a queue fails, `close(err?)` once.
+ */
+export class Controller extends EventEmitter {
+  readonly options: ControllerOptions;
+  /** Controller ID from the admin Connect. */
+  cntlid = 0xffff;
+  /** Parsed Identify Controller. */
+  identify!: IdentifyController;
+  /** Raw Identify Controller data (4096 bytes). */
+  identifyRaw!: Buffer;
+  /** Active namespaces by NSID. */
+  readonly namespaces = new Map<number, NamespaceInfo>();
+  /** Version register (VS). */
+  version = 0;
+  /** Largest data transfer of one command in bytes (MDTS, capped by HOST_MAX_TRANSFER). */
+  maxTransfer = HOST_MAX_TRANSFER;
+  cap!: CapFields;
+
+  private admin!: QueuePair;
+  private readonly ioQueues: QueuePair[] = [];
+  private rr = 0;
+  private kaTimer: NodeJS.Timeout | undefined;
+  private closed = false;
+  private closing = false;
+
+  private constructor(opts: ControllerOptions) {
+    super();
+    this.options = opts;
+  }
+
+  /** Number of connected I/O queues. */
+  get ioQueueCount(): number {
+    return this.ioQueues.length;
+  }
+
+  /**
+   * Connect the admin queue, enable the controller, identify it, scan namespaces and connect
+   * the I/O queues. Rejects with a typed error (`NVMF_ERR_CONNECT_FAILED` carries the NVMe
+   * status when the target refused the Connect) and leaves nothing open.
+   */
+  static async connect(opts: ControllerOptions): Promise<Controller> {
+    const c = new Controller(opts);
+    try {
+      await c.bringUp();
+      return c;
+    } catch (err) {
+      c.destroy(err instanceof NvmfNbdError ? err : new NvmfNbdError(ErrorCode.CONNECT_FAILED, String(err), { cause: err }));
+      throw err;
+    }
+  }
+
+  private queueCommon(): { host: string; port: number; subnqn: string; hostnqn: string; hostid: Buffer; hdgst: boolean; ddgst: boolean; disableSqFlowControl: boolean; connectTimeoutMs: number | undefined; timeoutMs: number | undefined } {
+    const o = this.options;
+    return {
+      host: o.traddr, port: o.trsvcid, subnqn: o.subnqn, hostnqn: o.hostnqn, hostid: hostidBuffer(o.hostid),
+      hdgst: o.hdgst === true, ddgst: o.ddgst === true, disableSqFlowControl: o.disableSqFlowControl === true,
+      connectTimeoutMs: o.connectTimeoutMs, timeoutMs: o.ioTimeoutMs,
+    };
+  }
+
+  private async bringUp(): Promise<void> {
+    const o = this.options;
+    const kato = o.kato ?? (o.discovery === true ? 0 : 5000);
+    this.admin = await QueuePair.connect({
+      ...this.queueCommon(), qid: 0, queueSize: ADMIN_QUEUE_SIZE, cntlid: 0xffff, kato,
+      maxTransfer: HOST_MAX_TRANSFER,
+    });
+    this.cntlid = this.admin.cntlid;
+    this.watch(this.admin);
+
+    const capRaw = await this.propertyGet(Prop.CAP, true);
+    const cap = parseCap(capRaw);
+    this.cap = { mqes: cap.mqes, to: cap.to, mpsmin: cap.mpsmin, css: cap.css };
+    this.version = Number(await this.propertyGet(Prop.VS, false));
+    await this.enable();
+
+    const id = await this.adminCommand(sqeIdentify(Cns.CONTROLLER), { dataInLength: 4096 });
+    this.identifyRaw = id.data as Buffer;
+    this.identify = parseIdentifyController(this.identifyRaw);
+    // Identify Controller offsets (base spec 2.0 Figure 275): MDTS @77, IOCCSZ @1792, RTD3E @88.
+    const mdts = this.identifyRaw[77] as number;
+    if (mdts > 0) {
+      const mpsminBytes = 2 ** (12 + this.cap.mpsmin);
+      this.maxTransfer = Math.min(HOST_MAX_TRANSFER, mpsminBytes * 2 ** mdts);
+    }
+    if (kato > 0) this.startKeepAlive(kato);
+    if (o.discovery === true) return;
+
+    await this.rescanNamespaces();
+
+    const wanted = o.nrIoQueues ?? os.cpus().length;
+    if (wanted > 0) {
+      const res = await this.adminCommand(sqeSetFeatures(Feature.NUMBER_OF_QUEUES, ((wanted - 1) & 0xffff) | (((wanted - 1) & 0xffff) << 16)));
+      const nsqa = (res.cqe.dw0 & 0xffff) + 1;
+      const ncqa = (res.cqe.dw0 >>> 16) + 1;
+      const count = Math.min(wanted, nsqa, ncqa);
+      const queueSize = Math.max(2, Math.min(o.queueSize ?? 128, this.cap.mqes + 1));
+      const ioccsz = this.identifyRaw.readUInt32LE(1792);
+      // IOCCSZ is in 16-byte units and includes the 64-byte SQE (NVMe-oF §4.1).
+      const inCapsuleMax = ioccsz > 4 ? ioccsz * 16 - 64 : 0;
+      for (let qid = 1; qid <= count; qid++) {
+        const qp = await QueuePair.connect({
+          ...this.queueCommon(), qid, queueSize, cntlid: this.cntlid, inCapsuleMax,
+          maxTransfer: this.maxTransfer,
+        });
+        this.ioQueues.push(qp);
+        this.watch(qp);
+      }
+    }
+  }
+
+  private watch(qp: QueuePair): void {
+    qp.on('close', (err?: NvmfNbdError) => {
+      if (this.closing || this.closed) return;
+      const e = err ?? new NvmfNbdError(ErrorCode.CONNECTION_CLOSED, `queue ${qp.qid} closed`);
+      this.destroy(new NvmfNbdError(ErrorCode.CONTROLLER_LOST, `controller ${this.cntlid}: queue ${qp.qid} lost: ${e.message}`, { cause: e }));
+    });
+  }
+
+  /** CC.EN=1 then wait CSTS.RDY, bounded by CAP.TO (500 ms units). */
+  private async enable(): Promise<void> {
+    const cc = Number(await this.propertyGet(Prop.CC, false));
+    if (cc & 1) return; // already enabled (a shared controller); nothing to do.
+    // IOCQES=4 (16 B) bits 23:20, IOSQES=6 (64 B) bits 19:16, MPS bits 10:7, CSS 0, AMS 0, EN.
+    const newCc = (4 << 20) | (6 << 16) | ((this.cap.mpsmin & 0xf) << 7) | 1;
+    await this.propertySet(Prop.CC, false, BigInt(newCc));
+    await this.waitCsts((csts) => (csts & 1) === 1, Math.max(500, this.cap.to * 500), 'CSTS.RDY');
+  }
+
+  private async waitCsts(done: (csts: number) => boolean, budgetMs: number, what: string): Promise<void> {
+    const deadline = Date.now() + budgetMs;
+    for (let delay = 5; ; delay = Math.min(100, delay * 2)) {
+      const csts = Number(await this.propertyGet(Prop.CSTS, false));
+      if (csts & 2) throw new NvmfNbdError(ErrorCode.CONTROLLER_FATAL, `controller ${this.cntlid}: CSTS.CFS set while waiting for ${what}`);
+      if (done(csts)) return;
+      if (Date.now() >= deadline) throw new NvmfNbdError(ErrorCode.ENABLE_TIMEOUT, `controller ${this.cntlid}: ${what} not reached within ${budgetMs} ms`);
+      await sleep(delay);
+    }
+  }
+
+  /** Fabrics Property Get; returns the register value. */
+  async propertyGet(offset: number, size8: boolean): Promise<bigint> {
+    const { cqe } = await this.adminCommand(sqePropertyGet(offset, size8));
+    return size8 ? BigInt(cqe.dw0 >>> 0) | (BigInt(cqe.dw1 >>> 0) << 32n) : BigInt(cqe.dw0 >>> 0);
+  }
+
+  /** Fabrics Property Set. */
+  async propertySet(offset: number, size8: boolean, value: bigint): Promise<void> {
+    await this.adminCommand(sqePropertySet(offset, size8, value));
+  }
+
+  private startKeepAlive(kato: number): void {
+    // Send at KATO/2 so one lost or late keep-alive never lets the target's timer expire.
+    this.kaTimer = setInterval(() => {
+      this.adminCommand(sqeKeepAlive(), { timeoutMs: kato }).catch((err: unknown) => {
+        if (this.closed || this.closing) return;
+        this.destroy(new NvmfNbdError(ErrorCode.KEEPALIVE_TIMEOUT, `controller ${this.cntlid}: keep-alive failed: ${(err as Error).message}`, { cause: err }));
+      });
+    }, Math.max(100, Math.floor(kato / 2)));
+    this.kaTimer.unref();
+  }
+
+  /** Run one admin command. */
+  adminCommand(sqe: Buffer, o: { dataOut?: Buffer; dataInLength?: number; timeoutMs?: number } = {}): Promise<Completion> {
+    if (this.closed) return Promise.reject(new NvmfNbdError(ErrorCode.CONNECTION_CLOSED, 'controller closed'));
+    return this.admin.submit(sqe, o);
+  }
+
+  /** Run one I/O command on the least-loaded I/O queue (round-robin among equals). */
+  ioCommand(sqe: Buffer, o: { dataOut?: Buffer; dataInLength?: number; timeoutMs?: number } = {}): Promise<Completion> {
+    const n = this.ioQueues.length;
+    if (this.closed || n === 0) {
+      return Promise.reject(new NvmfNbdError(this.closed ? ErrorCode.CONNECTION_CLOSED : ErrorCode.UNSUPPORTED, this.closed ? 'controller closed' : 'controller has no I/O queues'));
+    }
+    let best = this.ioQueues[this.rr % n] as QueuePair;
+    for (let i = 1; i < n; i++) {
+      const q = this.ioQueues[(this.rr + i) % n] as QueuePair;
+      if (q.load < best.load) best = q;
+    }
+    this.rr = (this.rr + 1) % n;
+    return best.submit(sqe, o);
+  }
+
+  /** Identify Namespace (CNS 0) for `nsid`, classified as usable or not. */
+  async identifyNamespace(nsid: number): Promise<NamespaceInfo> {
+    const { data } = await this.adminCommand(sqeIdentify(Cns.NAMESPACE, nsid), { dataInLength: 4096 });
+    const raw = data as Buffer;
+    return classifyNamespace(nsid, raw);
+  }
+
+  /** Re-read the active namespace list and Identify each namespace. */
+  async rescanNamespaces(): Promise<Map<number, NamespaceInfo>> {
+    const ids: number[] = [];
+    // Active NS list returns up to 1024 NSIDs greater than the NSID given; page through it.
+    for (let after = 0; ;) {
+      const { data } = await this.adminCommand(sqeIdentify(Cns.ACTIVE_NS_LIST, after), { dataInLength: 4096 });
+      const page = parseNamespaceList(data as Buffer);
+      ids.push(...page);
+      if (page.length < 1024) break;
+      after = page[page.length - 1] as number;
+    }
+    this.namespaces.clear();
+    for (const nsid of ids) this.namespaces.set(nsid, await this.identifyNamespace(nsid));
+    return this.namespaces;
+  }
+
+  private ns(nsid: number): NamespaceInfo {
+    const ns = this.namespaces.get(nsid);
+    if (ns === undefined) throw new NvmfNbdError(ErrorCode.NAMESPACE_NOT_FOUND, `namespace ${nsid} is not active on controller ${this.cntlid}`);
+    if (!ns.usable) throw new NvmfNbdError(ErrorCode.NAMESPACE_UNSUPPORTED, `namespace ${nsid}: ${ns.reasonIfNot ?? 'unsupported'}`);
+    return ns;
+  }
+
+  /** Blocks per command for data transfers of this namespace. */
+  private maxBlocks(ns: NamespaceInfo): number {
+    return Math.max(1, Math.min(MAX_NLB, Math.floor(this.maxTransfer / ns.lbaSize)));
+  }
+
+  /** Read `nlb` blocks at `slba`, split at MDTS and spread over the I/O queues. */
+  async read(nsid: number, slba: bigint, nlb: number): Promise<Buffer> {
+    const ns = this.ns(nsid);
+    const per = this.maxBlocks(ns);
+    if (nlb <= per) return (await this.ioCommand(sqeRead(nsid, slba, nlb), { dataInLength: nlb * ns.lbaSize })).data as Buffer;
+    const out = Buffer.allocUnsafe(nlb * ns.lbaSize);
+    const parts: Promise<void>[] = [];
+    for (let done = 0; done < nlb; done += per) {
+      const n = Math.min(per, nlb - done);
+      const at = done * ns.lbaSize;
+      parts.push(this.ioCommand(sqeRead(nsid, slba + BigInt(done), n), { dataInLength: n * ns.lbaSize })
+        .then((c) => { (c.data as Buffer).copy(out, at); }));
+    }
+    await settleAll(parts);
+    return out;
+  }
+
+  /** Write `data` (a multiple of the block size) at `slba`; FUA per command. */
+  async write(nsid: number, slba: bigint, data: Buffer, o: { fua?: boolean } = {}): Promise<void> {
+    const ns = this.ns(nsid);
+    if (data.length % ns.lbaSize !== 0) throw new NvmfNbdError(ErrorCode.INVALID_ARGUMENT, `write of ${data.length} bytes is not a multiple of ${ns.lbaSize}`);
+    const nlb = data.length / ns.lbaSize;
+    const per = this.maxBlocks(ns);
+    const parts: Promise<unknown>[] = [];
+    for (let done = 0; done < nlb; done += per) {
+      const n = Math.min(per, nlb - done);
+      parts.push(this.ioCommand(sqeWrite(nsid, slba + BigInt(done), n, o.fua === true),
+        { dataOut: data.subarray(done * ns.lbaSize, (done + n) * ns.lbaSize) }));
+    }
+    await settleAll(parts);
+  }
+
+  /** NVMe Flush of the namespace (the volatile write cache, when there is one). */
+  async flush(nsid: number): Promise<void> {
+    this.ns(nsid);
+    await this.ioCommand(sqeFlush(nsid));
+  }
+
+  /** Dataset Management / deallocate; ranges are split to ≤ 65536 blocks and ≤ 256 per command. */
+  async deallocate(nsid: number, ranges: ReadonlyArray<{ slba: bigint; nlb: number }>): Promise<void> {
+    this.ns(nsid);
+    const split: Array<{ slba: bigint; nlb: number }> = [];
+    for (const r of ranges) {
+      // DSM range length is 32-bit; keep each well below that.
+      for (let done = 0; done < r.nlb; done += MAX_NLB) split.push({ slba: r.slba + BigInt(done), nlb: Math.min(MAX_NLB, r.nlb - done) });
+    }
+    const parts: Promise<unknown>[] = [];
+    for (let i = 0; i < split.length; i += MAX_DSM_RANGES) {
+      const group = split.slice(i, i + MAX_DSM_RANGES);
+      parts.push(this.ioCommand(sqeDatasetManagement(nsid, group.length, true), { dataOut: encodeDsmRanges(group) }));
+    }
+    await settleAll(parts);
+  }
+
+  /** Write Zeroes, split at 65536 blocks per command. */
+  async writeZeroes(nsid: number, slba: bigint, nlb: number, o: { deallocate?: boolean; fua?: boolean } = {}): Promise<void> {
+    this.ns(nsid);
+    const parts: Promise<unknown>[] = [];
+    for (let done = 0; done < nlb; done += MAX_NLB) {
+      const n = Math.min(MAX_NLB, nlb - done);
+      parts.push(this.ioCommand(sqeWriteZeroes(nsid, slba + BigInt(done), n, { deallocate: o.deallocate === true, fua: o.fua === true })));
+    }
+    await settleAll(parts);
+  }
+
+  /** Optional NVM Command Support (ONCS, Identify Controller @520). */
+  get oncs(): number {
+    return this.identifyRaw.readUInt16LE(520);
+  }
+
+  /** A volatile write cache is present (VWC bit 0, Identify Controller @525). */
+  get volatileWriteCache(): boolean {
+    return ((this.identifyRaw[525] as number) & 1) === 1;
+  }
+
+  /** Counters of every queue. */
+  stats(): ControllerStats {
+    return { cntlid: this.cntlid, admin: this.admin.stats(), io: this.ioQueues.map((q) => q.stats()) };
+  }
+
+  /**
+   * Orderly shutdown: CC.SHN=01b, wait CSTS.SHST=10b bounded by RTD3E (or 5 s), then close
+   * every queue. Never throws; a failure during shutdown just closes the sockets.
+   */
+  async close(): Promise<void> {
+    if (this.closed || this.closing) return;
+    this.closing = true;
+    if (this.kaTimer !== undefined) clearInterval(this.kaTimer);
+    try {
+      for (const q of this.ioQueues) q.destroy();
+      if (this.admin !== undefined && this.admin.connected && this.options.discovery !== true) {
+        const cc = Number(await this.propertyGet(Prop.CC, false));
+        await this.propertySet(Prop.CC, false, BigInt(((cc & ~(3 << 14)) | (1 << 14)) >>> 0));
+        const rtd3e = this.identifyRaw !== undefined ? this.identifyRaw.readUInt32LE(88) : 0;
+        const budget = rtd3e > 0 ? Math.min(60_000, Math.ceil(rtd3e / 1000)) : 5000;
+        await this.waitCsts((csts) => ((csts >>> 2) & 3) === 2, budget, 'CSTS.SHST complete');
+      }
+    } catch {
+      // Shutdown is best effort: the sockets close below whatever happened.
+    }
+    this.finish(undefined);
+  }
+
+  /** The single teardown path: stop timers, close every queue, emit `error` (if any) and `close`. */
+  destroy(err?: NvmfNbdError): void {
+    if (this.closed) return;
+    this.closing = true;
+    if (this.kaTimer !== undefined) clearInterval(this.kaTimer);
+    if (err !== undefined && this.listenerCount('error') > 0) this.emit('error', err);
+    this.finish(err);
+  }
+
+  private finish(err: NvmfNbdError | undefined): void {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.kaTimer !== undefined) clearInterval(this.kaTimer);
+    for (const q of this.ioQueues) q.destroy(err);
+    this.admin?.destroy(err);
+    this.emit('close', err);
+  }
+}
+
+/** Wait for every part; reject with the first error only after all settled (no stray rejections). */
+async function settleAll(parts: ReadonlyArray<Promise<unknown>>): Promise<void> {
+  const res = await Promise.allSettled(parts);
+  for (const r of res) if (r.status === 'rejected') throw r.reason;
+}
+
+/**
+ * Decide whether the host can serve a namespace: it needs a plain LBA format (no metadata, no
+ * protection information) and a non-zero size.
+ */
+export function classifyNamespace(nsid: number, raw: Buffer): NamespaceInfo {
+  const identify = parseIdentifyNamespace(raw);
+  const { nsze, formatIndex: fmt, metadataSize: ms, dps } = identify;
+  // Block sizes above 64 KiB are legal NVMe but no NBD client accepts them.
+  const lbaSize = identify.lbaSize <= 65536 ? identify.lbaSize : 0;
+  let reasonIfNot: string | undefined;
+  if (nsze === 0n) reasonIfNot = 'namespace size is 0 (inactive or unallocated)';
+  else if (lbaSize === 0) reasonIfNot = `LBA format ${fmt} has an unsupported block size`;
+  else if (ms !== 0) reasonIfNot = `LBA format ${fmt} has ${ms} bytes of metadata per block (not supported)`;
+  else if (identify.hasProtection) reasonIfNot = `end-to-end protection information type ${dps & 0x7} is enabled (not supported)`;
+  return reasonIfNot === undefined
+    ? { nsid, lbaSize, nsze, usable: true, identify, raw }
+    : { nsid, lbaSize, nsze, usable: false, reasonIfNot, identify, raw };
+}
+
+export { AdminOpcode };
+export type { Cqe };

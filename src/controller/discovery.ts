@@ -1,0 +1,88 @@
+/**
+ * Discovery: connect to the discovery controller (KATO 0), read the Discovery Log Page (0x70)
+ * header, then all entries, and retry when the generation counter changed meanwhile
+ * (NVMe-oF §5.3 / base spec 2.0 §5.16.1.23).
+ */
+import { ErrorCode, NvmfNbdError } from '../errors';
+import { DISCOVERY_NQN, parseDiscoveryLogEntries, parseDiscoveryLogHeader, sqeGetLogPage } from '../wire';
+import type { DiscoveryLogEntry } from '../wire';
+import { Controller } from './controller';
+
+/** Log page identifier of the Discovery log. */
+const DISCOVERY_LOG_ID = 0x70;
+const HEADER_LEN = 1024;
+const ENTRY_LEN = 1024;
+/** A discovery log longer than this is refused (bounded memory against a broken target). */
+export const MAX_DISCOVERY_ENTRIES = 1024;
+const MAX_ATTEMPTS = 5;
+
+/** One discovery log entry (the wire codec's parse). */
+export type DiscoveryEntry = DiscoveryLogEntry;
+
+/** Options of {@link discover}. */
+export interface DiscoverOptions {
+  traddr: string;
+  trsvcid: number;
+  hostnqn: string;
+  hostid: Buffer | string;
+  hdgst?: boolean;
+  ddgst?: boolean;
+  connectTimeoutMs?: number;
+  /** Replace every entry's advertised traddr (behind NAT / port forwarding). */
+  overrideTraddr?: string;
+  /** Replace every entry's advertised trsvcid. */
+  overrideTrsvcid?: string;
+}
+
+/** Result of a discovery. */
+export interface DiscoveryLog {
+  genctr: bigint;
+  entries: DiscoveryEntry[];
+}
+
+/** Read the discovery log from a connected discovery controller. */
+export async function readDiscoveryLog(ctrl: Controller): Promise<DiscoveryLog> {
+  for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+    const head = await ctrl.adminCommand(sqeGetLogPage(DISCOVERY_LOG_ID, HEADER_LEN, 0), { dataInLength: HEADER_LEN });
+    const h = parseDiscoveryLogHeader(head.data as Buffer);
+    const numrec = h.numrec;
+    if (!Number.isSafeInteger(numrec) || numrec < 0 || numrec > MAX_DISCOVERY_ENTRIES) {
+      throw new NvmfNbdError(ErrorCode.INVALID_ARGUMENT, `discovery log has ${String(h.numrec)} entries (more than ${MAX_DISCOVERY_ENTRIES})`);
+    }
+    const entries: DiscoveryEntry[] = [];
+    // Read the entries in pieces that fit one command's transfer.
+    const perRead = Math.max(1, Math.floor(ctrl.maxTransfer / ENTRY_LEN));
+    for (let i = 0; i < numrec; i += perRead) {
+      const n = Math.min(perRead, numrec - i);
+      const r = await ctrl.adminCommand(sqeGetLogPage(DISCOVERY_LOG_ID, n * ENTRY_LEN, 0, HEADER_LEN + i * ENTRY_LEN), { dataInLength: n * ENTRY_LEN });
+      entries.push(...parseDiscoveryLogEntries(r.data as Buffer, n));
+    }
+    const again = await ctrl.adminCommand(sqeGetLogPage(DISCOVERY_LOG_ID, HEADER_LEN, 0), { dataInLength: HEADER_LEN });
+    const h2 = parseDiscoveryLogHeader(again.data as Buffer);
+    if (h2.genctr === h.genctr) return { genctr: h.genctr, entries };
+  }
+  throw new NvmfNbdError(ErrorCode.DISCOVERY_LOG_CHANGED, `discovery log kept changing over ${MAX_ATTEMPTS} reads`);
+}
+
+/** Connect to the discovery controller at traddr:trsvcid, read the log, disconnect. */
+export async function discover(o: DiscoverOptions): Promise<DiscoveryLog> {
+  const ctrl = await Controller.connect({
+    traddr: o.traddr, trsvcid: o.trsvcid, subnqn: DISCOVERY_NQN, hostnqn: o.hostnqn, hostid: o.hostid,
+    kato: 0, nrIoQueues: 0, discovery: true, hdgst: o.hdgst, ddgst: o.ddgst, connectTimeoutMs: o.connectTimeoutMs,
+  });
+  try {
+    const log = await readDiscoveryLog(ctrl);
+    for (const e of log.entries) {
+      if (o.overrideTraddr !== undefined) e.traddr = o.overrideTraddr;
+      if (o.overrideTrsvcid !== undefined) e.trsvcid = o.overrideTrsvcid;
+    }
+    return log;
+  } finally {
+    await ctrl.close();
+  }
+}
+
+/** Names for the numeric fields of an entry (for the human table). */
+export const TRTYPE_NAMES: Readonly<Record<number, string>> = { 1: 'rdma', 2: 'fc', 3: 'tcp', 254: 'loop' };
+export const ADRFAM_NAMES: Readonly<Record<number, string>> = { 1: 'ipv4', 2: 'ipv6', 3: 'ib', 4: 'fc', 254: 'loop' };
+export const SUBTYPE_NAMES: Readonly<Record<number, string>> = { 1: 'discovery subsystem referral', 2: 'nvme subsystem', 3: 'current discovery subsystem' };

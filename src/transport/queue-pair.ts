@@ -1,0 +1,594 @@
+/**
+ * One NVMe/TCP queue pair (host side) over a `net.Socket`: ICReq/ICResp, Fabrics Connect,
+ * command identifiers, in-capsule data, R2T → H2CData, C2HData reassembly, digests, SQ flow
+ * control and TermReq (NVMe/TCP transport spec, TP 8000 §3.3 and §3.6).
+ *
+ * Every failure ends in {@link QueuePair.destroy}, which rejects every in-flight and waiting
+ * command exactly once and emits `close` with the error.
+ */
+import { EventEmitter } from 'node:events';
+import * as net from 'node:net';
+import { ErrorCode, NvmfNbdError } from '../errors';
+import {
+  Fes,
+  PduParser,
+  PduType,
+  SglType,
+  encodeCapsuleCmd,
+  encodeConnectData,
+  encodeH2CData,
+  encodeIcReq,
+  encodeTermReq,
+  formatStatus,
+  parseCqe,
+  setCid,
+  setSgl,
+  sqeConnect,
+  statusError,
+} from '../wire';
+import type { Cqe, Pdu, PduOptions } from '../wire';
+
+/** Largest in-capsule write on an admin queue (TP 8000: admin capsules carry up to 8 KiB). */
+export const ADMIN_IN_CAPSULE_MAX = 8192;
+/** Admin queue depth the host asks for (Linux uses 32 too). */
+export const ADMIN_QUEUE_SIZE = 32;
+/** Size of the Connect command's data (always in-capsule). */
+const CONNECT_DATA_LEN = 1024;
+
+/** Options of {@link QueuePair.connect}. */
+export interface QueuePairOptions {
+  /** Target address (IPv4/IPv6 literal or host name). */
+  readonly host: string;
+  readonly port: number;
+  /** Queue ID: 0 = admin, 1..n = I/O. */
+  readonly qid: number;
+  /** Queue depth in entries (1-based; Connect carries it 0-based). At least 2. */
+  readonly queueSize: number;
+  readonly subnqn: string;
+  readonly hostnqn: string;
+  /** 16-byte host identifier. */
+  readonly hostid: Buffer;
+  /** 0xFFFF (dynamic) on the admin queue; the admin queue's cntlid on I/O queues. */
+  readonly cntlid: number;
+  /** Keep Alive Timeout in ms for Connect (admin queue only; 0 disables). */
+  readonly kato?: number;
+  readonly hdgst?: boolean;
+  readonly ddgst?: boolean;
+  /** Ask the controller to disable SQ flow control (Connect CATTR bit 2). */
+  readonly disableSqFlowControl?: boolean;
+  /** Largest write carried in the command capsule; bigger writes wait for R2T. */
+  readonly inCapsuleMax?: number;
+  /** Largest data transfer of one command in bytes; also bounds one received PDU. */
+  readonly maxTransfer?: number;
+  /** Budget for TCP connect + ICReq/ICResp + Fabrics Connect. Default 10 s. */
+  readonly connectTimeoutMs?: number;
+  /** Default per-command timeout. Default 30 s. */
+  readonly timeoutMs?: number;
+}
+
+/** Options of one {@link QueuePair.submit}. */
+export interface SubmitOptions {
+  /** Host-to-controller data (writes). Sent as a view, never copied. */
+  readonly dataOut?: Buffer;
+  /** Controller-to-host data length (reads). One Buffer of this size is allocated at submit. */
+  readonly dataInLength?: number;
+  /** Per-command timeout; defaults to the queue's. */
+  readonly timeoutMs?: number;
+  /** Force in-capsule data whatever its size (Fabrics Connect). */
+  readonly inCapsule?: boolean;
+}
+
+/** What a successful command resolves with. */
+export interface Completion {
+  readonly cqe: Cqe;
+  /** The read data (exactly `dataInLength` bytes) when the command read data. */
+  readonly data?: Buffer;
+}
+
+/** Counters shown by `list` and `stats()`. */
+export interface QueueStats {
+  qid: number;
+  commands: number;
+  bytesIn: number;
+  bytesOut: number;
+  errors: number;
+  inFlight: number;
+  waiting: number;
+}
+
+/** State of one in-flight command. */
+interface Pending {
+  readonly cid: number;
+  readonly opcode: number;
+  resolve(c: Completion): void;
+  reject(e: Error): void;
+  /** Data still to be sent on R2T (undefined when none or in-capsule). */
+  readonly dataOut: Buffer | undefined;
+  /** Next offset the controller may ask for in an R2T. */
+  h2cNext: number;
+  readonly dataIn: Buffer | undefined;
+  /** Bytes of C2HData received so far (= next expected datao). */
+  received: number;
+  /** LAST_PDU seen: no more C2HData may arrive for this command. */
+  c2hDone: boolean;
+  digestError: boolean;
+  readonly deadline: number;
+}
+
+/** A command waiting for a free command identifier / SQ slot. */
+interface Waiter {
+  readonly sqe: Buffer;
+  readonly opts: SubmitOptions;
+  resolve(c: Completion): void;
+  reject(e: Error): void;
+}
+
+const QpState = { CONNECTING: 'connecting', READY: 'ready', CLOSED: 'closed' } as const;
+type QpState = (typeof QpState)[keyof typeof QpState];
+
+function fatal(code: (typeof ErrorCode)[keyof typeof ErrorCode], message: string, fes: number, fei = 0): NvmfNbdError {
+  return new NvmfNbdError(code, message, { fes, fei });
+}
+
+/**
+ * A connected NVMe/TCP queue pair. Create with {@link QueuePair.connect}; events:
+ * `close(err: NvmfNbdError | undefined)` once, when the connection ends for any reason.
+ */
+export class QueuePair extends EventEmitter {
+  readonly qid: number;
+  readonly queueSize: number;
+  /** Controller ID returned by Fabrics Connect. */
+  cntlid = 0xffff;
+  /** MAXH2CDATA from ICResp. */
+  maxH2CData = 0;
+  /** Digests in force after ICReq/ICResp. */
+  hdgst: boolean;
+  ddgst: boolean;
+  /** False when the controller disabled SQ flow control (Connect SQHD 0xFFFF). */
+  sqFlowControl = true;
+
+  private readonly socket: net.Socket;
+  private readonly parser: PduParser;
+  private state: QpState = QpState.CONNECTING;
+  private txOpts: PduOptions = { hdgst: false, ddgst: false, pda: 0 };
+  private inCapsuleMax: number;
+  private readonly maxTransfer: number;
+  private readonly timeoutMs: number;
+  private readonly inflight = new Map<number, Pending>();
+  /** Free command identifiers, FIFO so a cid is not reused right away (stale replies stand out). */
+  private readonly freeCids: number[] = [];
+  private readonly waiters: Waiter[] = [];
+  private sqTail = 0;
+  private sqHead = 0;
+  private timer: NodeJS.Timeout | undefined;
+  private readonly tickMs: number;
+  private icWaiter: { resolve(): void; reject(e: Error): void } | undefined;
+  private closeError: NvmfNbdError | undefined;
+  private readonly counters = { commands: 0, bytesIn: 0, bytesOut: 0, errors: 0 };
+
+  private constructor(socket: net.Socket, opts: QueuePairOptions) {
+    super();
+    this.socket = socket;
+    this.qid = opts.qid;
+    this.queueSize = opts.queueSize;
+    this.hdgst = opts.hdgst === true;
+    this.ddgst = opts.ddgst === true;
+    this.inCapsuleMax = opts.inCapsuleMax ?? (opts.qid === 0 ? ADMIN_IN_CAPSULE_MAX : 0);
+    this.maxTransfer = opts.maxTransfer ?? 1 << 20;
+    this.timeoutMs = opts.timeoutMs ?? 30_000;
+    this.tickMs = Math.max(5, Math.min(1000, Math.floor(this.timeoutMs / 8)));
+    // A circular SQ of N entries holds N-1 commands; cids are bounded the same way.
+    for (let cid = 0; cid < opts.queueSize - 1; cid++) this.freeCids.push(cid);
+    this.parser = new PduParser({ role: 'host', maxData: Math.max(this.maxTransfer, 8192) });
+    socket.setNoDelay(true);
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('error', (err) => {
+      const code = this.state === QpState.CONNECTING ? ErrorCode.CONNECT_FAILED : ErrorCode.CONNECTION_CLOSED;
+      this.destroy(new NvmfNbdError(code, `queue ${this.qid} (${opts.host}:${opts.port}): ${err.message}`, { cause: err }));
+    });
+    socket.on('close', () => this.destroy(new NvmfNbdError(ErrorCode.CONNECTION_CLOSED, `queue ${this.qid}: connection closed by the target`)));
+  }
+
+  /**
+   * Dial the target, negotiate ICReq/ICResp and run Fabrics Connect for queue `opts.qid`.
+   * Rejects with `NVMF_ERR_CONNECT_FAILED` (NVMe status attached when the target refused),
+   * `NVMF_ERR_ICRESP_INVALID`, or `NVMF_ERR_TIMEOUT`.
+   */
+  static async connect(opts: QueuePairOptions): Promise<QueuePair> {
+    if (!(opts.queueSize >= 2 && opts.queueSize <= 65536)) {
+      throw new NvmfNbdError(ErrorCode.INVALID_ARGUMENT, `queue size ${opts.queueSize} out of range 2..65536`);
+    }
+    const budget = opts.connectTimeoutMs ?? 10_000;
+    const socket = net.connect({ host: opts.host, port: opts.port });
+    const qp = new QueuePair(socket, opts);
+    const timer = setTimeout(() => {
+      qp.destroy(new NvmfNbdError(ErrorCode.TIMEOUT, `queue ${opts.qid}: connect to ${opts.host}:${opts.port} timed out after ${budget} ms`));
+    }, budget);
+    try {
+      await new Promise<void>((resolve, reject) => {
+        qp.once('close', (err?: Error) => reject(err ?? new NvmfNbdError(ErrorCode.CONNECTION_CLOSED, 'closed')));
+        socket.once('connect', () => resolve());
+      });
+      await qp.initialize(opts);
+      await qp.fabricsConnect(opts);
+      return qp;
+    } catch (err) {
+      qp.destroy(err instanceof NvmfNbdError ? err : new NvmfNbdError(ErrorCode.CONNECT_FAILED, String(err), { cause: err }));
+      throw err;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** ICReq → ICResp, validating the controller's answers (TP 8000 §3.6.2.2/3). */
+  private initialize(opts: QueuePairOptions): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      this.icWaiter = { resolve, reject };
+      // hpda 0: we accept C2H data at any offset; maxr2t 0: one outstanding R2T per command.
+      this.socket.write(encodeIcReq({ hpda: 0, hdgst: this.hdgst, ddgst: this.ddgst, maxr2t: 0 }));
+      void opts;
+    });
+  }
+
+  private onIcResp(pdu: Extract<Pdu, { type: 0x01 }>): void {
+    const w = this.icWaiter;
+    this.icWaiter = undefined;
+    if (w === undefined) throw fatal(ErrorCode.PDU_SEQUENCE, `queue ${this.qid}: unexpected ICResp`, Fes.PDU_SEQUENCE_ERROR);
+    const bad = (why: string): void => {
+      const err = new NvmfNbdError(ErrorCode.ICRESP_INVALID, `queue ${this.qid}: invalid ICResp: ${why}`, { fes: Fes.INVALID_HEADER_FIELD });
+      w.reject(err);
+      this.sendTermReqAndDestroy(err);
+    };
+    if (pdu.pfv !== 0) return bad(`PDU format version ${pdu.pfv}`);
+    if (pdu.maxh2cdata < 4096 || pdu.maxh2cdata % 4 !== 0) return bad(`MAXH2CDATA ${pdu.maxh2cdata} (must be >= 4096 and a multiple of 4)`);
+    if (pdu.cpda > 31) return bad(`CPDA ${pdu.cpda}`);
+    if (pdu.hdgst !== this.hdgst) return bad(`header digest ${pdu.hdgst ? 'enabled' : 'refused'} (asked ${this.hdgst ? 'on' : 'off'})`);
+    if (pdu.ddgst !== this.ddgst) return bad(`data digest ${pdu.ddgst ? 'enabled' : 'refused'} (asked ${this.ddgst ? 'on' : 'off'})`);
+    this.maxH2CData = pdu.maxh2cdata;
+    this.txOpts = { hdgst: this.hdgst, ddgst: this.ddgst, pda: pdu.cpda };
+    this.parser.setDigests(this.hdgst, this.ddgst);
+    this.state = QpState.READY;
+    w.resolve();
+  }
+
+  /** Fabrics Connect (NVMe-oF §3.3): one capsule with 1 KiB in-capsule data. */
+  private async fabricsConnect(opts: QueuePairOptions): Promise<void> {
+    const sqe = sqeConnect({
+      qid: opts.qid,
+      sqsize: opts.queueSize - 1,
+      kato: opts.qid === 0 ? opts.kato ?? 0 : 0,
+      disableSqFlowControl: opts.disableSqFlowControl === true,
+    });
+    const data = encodeConnectData({ hostid: opts.hostid, cntlid: opts.cntlid, subnqn: opts.subnqn, hostnqn: opts.hostnqn });
+    let cqe: Cqe;
+    try {
+      ({ cqe } = await this.submit(sqe, { dataOut: data, inCapsule: true }));
+    } catch (err) {
+      if (err instanceof NvmfNbdError && err.status !== undefined) {
+        throw new NvmfNbdError(ErrorCode.CONNECT_FAILED,
+          `Fabrics Connect (queue ${opts.qid}, subsystem ${opts.subnqn}) refused: ${formatStatus(err.status)}`, { status: err.status, cause: err });
+      }
+      throw err;
+    }
+    this.cntlid = cqe.dw0 & 0xffff;
+    if ((cqe.dw0 >>> 16) & 0x3) {
+      throw new NvmfNbdError(ErrorCode.UNSUPPORTED, `Fabrics Connect (queue ${opts.qid}): the target requires in-band authentication, which is not supported`);
+    }
+    if (cqe.sqhd === 0xffff) {
+      this.sqFlowControl = false;
+    } else {
+      this.sqHead = cqe.sqhd;
+    }
+  }
+
+  /** Update the in-capsule limit once Identify Controller is known (IOCCSZ*16 − 64). */
+  setInCapsuleMax(bytes: number): void {
+    this.inCapsuleMax = Math.max(0, bytes);
+  }
+
+  /** True until the queue is destroyed. */
+  get connected(): boolean {
+    return this.state !== QpState.CLOSED;
+  }
+
+  /** Commands in flight plus waiting. */
+  get load(): number {
+    return this.inflight.size + this.waiters.length;
+  }
+
+  /** Counters for `list`. */
+  stats(): QueueStats {
+    return { qid: this.qid, ...this.counters, inFlight: this.inflight.size, waiting: this.waiters.length };
+  }
+
+  /**
+   * Submit one command (the SQE is modified: cid and SGL are set here). Resolves with the CQE
+   * and the read data; rejects with `NVMF_ERR_NVME_STATUS` (status attached) when the
+   * controller failed it, or the transport error that ended the queue.
+   */
+  submit(sqe: Buffer, opts: SubmitOptions = {}): Promise<Completion> {
+    if (this.state === QpState.CLOSED) {
+      return Promise.reject(this.closeError ?? new NvmfNbdError(ErrorCode.CONNECTION_CLOSED, `queue ${this.qid} is closed`));
+    }
+    const inLen = opts.dataInLength ?? 0;
+    const outLen = opts.dataOut?.length ?? 0;
+    if (inLen > 0 && outLen > 0) return Promise.reject(new NvmfNbdError(ErrorCode.INVALID_ARGUMENT, 'bidirectional commands are not supported'));
+    if (inLen > this.maxTransfer || (outLen > this.maxTransfer && opts.inCapsule !== true)) {
+      return Promise.reject(new NvmfNbdError(ErrorCode.INVALID_ARGUMENT, `transfer of ${Math.max(inLen, outLen)} bytes exceeds the queue limit ${this.maxTransfer}`));
+    }
+    return new Promise<Completion>((resolve, reject) => {
+      const w: Waiter = { sqe, opts, resolve, reject };
+      if (this.waiters.length === 0 && this.canIssue()) this.issue(w);
+      else this.waiters.push(w);
+    });
+  }
+
+  private canIssue(): boolean {
+    if (this.state !== QpState.READY || this.freeCids.length === 0) return false;
+    if (!this.sqFlowControl) return true;
+    return (this.sqTail + 1) % this.queueSize !== this.sqHead;
+  }
+
+  private issue(w: Waiter): void {
+    const cid = this.freeCids.shift() as number;
+    const { sqe, opts } = w;
+    setCid(sqe, cid);
+    const dataOut = opts.dataOut;
+    let inCapsule: Buffer | undefined;
+    let deferred: Buffer | undefined;
+    if (dataOut !== undefined && dataOut.length > 0) {
+      if (opts.inCapsule === true || dataOut.length <= this.inCapsuleMax) {
+        setSgl(sqe, SglType.DATA_BLOCK_OFFSET, dataOut.length);
+        inCapsule = dataOut;
+      } else {
+        setSgl(sqe, SglType.TRANSPORT_DATA_BLOCK, dataOut.length);
+        deferred = dataOut;
+      }
+    } else {
+      setSgl(sqe, SglType.TRANSPORT_DATA_BLOCK, opts.dataInLength ?? 0);
+    }
+    const inLen = opts.dataInLength ?? 0;
+    const p: Pending = {
+      cid,
+      opcode: sqe[0] as number,
+      resolve: w.resolve,
+      reject: w.reject,
+      dataOut: deferred,
+      h2cNext: 0,
+      dataIn: inLen > 0 ? Buffer.allocUnsafe(inLen) : undefined,
+      received: 0,
+      c2hDone: false,
+      digestError: false,
+      deadline: Date.now() + (opts.timeoutMs ?? this.timeoutMs),
+    };
+    this.inflight.set(cid, p);
+    this.counters.commands++;
+    if (this.sqFlowControl) this.sqTail = (this.sqTail + 1) % this.queueSize;
+    if (inCapsule !== undefined) this.counters.bytesOut += inCapsule.length;
+    this.writePdu(encodeCapsuleCmd(sqe, inCapsule, this.txOpts));
+    this.armTimer();
+  }
+
+  /** Header, payload view and digest leave in one writev. */
+  private writePdu(parts: readonly Buffer[]): void {
+    this.socket.cork();
+    for (const b of parts) this.socket.write(b);
+    this.socket.uncork();
+  }
+
+  private drainWaiters(): void {
+    while (this.waiters.length > 0 && this.canIssue()) this.issue(this.waiters.shift() as Waiter);
+  }
+
+  private armTimer(): void {
+    if (this.timer === undefined) {
+      this.timer = setTimeout(() => this.onTick(), this.tickMs);
+      this.timer.unref();
+    } else {
+      this.timer.refresh();
+    }
+  }
+
+  private onTick(): void {
+    if (this.state === QpState.CLOSED || this.inflight.size === 0) return;
+    const now = Date.now();
+    for (const p of this.inflight.values()) {
+      if (p.deadline <= now) {
+        // A timed-out cid cannot be reused safely (its completion may still come): like Linux,
+        // tear the queue down; the controller layer decides whether to reconnect.
+        this.destroy(new NvmfNbdError(ErrorCode.TIMEOUT, `queue ${this.qid}: command 0x${p.opcode.toString(16)} (cid ${p.cid}) timed out`));
+        return;
+      }
+    }
+    this.timer?.refresh();
+  }
+
+  private onData(chunk: Buffer): void {
+    if (this.state === QpState.CLOSED) return;
+    try {
+      this.parser.push(chunk, (pdu) => this.onPdu(pdu));
+    } catch (err) {
+      const e = err instanceof NvmfNbdError ? err : new NvmfNbdError(ErrorCode.PDU_INVALID_HEADER, `queue ${this.qid}: ${String(err)}`, { cause: err, fes: Fes.INVALID_HEADER_FIELD });
+      this.counters.errors++;
+      this.sendTermReqAndDestroy(e);
+    }
+  }
+
+  private onPdu(pdu: Pdu): void {
+    if (this.state === QpState.CLOSED) return;
+    switch (pdu.type) {
+      case PduType.IC_RESP:
+        this.onIcResp(pdu);
+        return;
+      case PduType.C2H_TERM_REQ:
+        throw new NvmfNbdError(ErrorCode.TERM_REQ_RECEIVED,
+          `queue ${this.qid}: target terminated the connection (C2HTermReq fes ${pdu.fes}, fei ${pdu.fei})`, { fes: pdu.fes, fei: pdu.fei });
+      case PduType.CAPSULE_RESP:
+        this.requireReady(pdu.type);
+        this.onCapsuleResp(parseCqe(pdu.cqe));
+        return;
+      case PduType.C2H_DATA:
+        this.requireReady(pdu.type);
+        this.onC2HData(pdu);
+        return;
+      case PduType.R2T:
+        this.requireReady(pdu.type);
+        this.onR2T(pdu);
+        return;
+      case PduType.IC_REQ:
+      case PduType.H2C_TERM_REQ:
+      case PduType.CAPSULE_CMD:
+      case PduType.H2C_DATA:
+        throw fatal(ErrorCode.PDU_INVALID_TYPE, `queue ${this.qid}: controller sent a host PDU (type ${pdu.type})`, Fes.INVALID_HEADER_FIELD, 0);
+      default: {
+        const never: never = pdu;
+        throw fatal(ErrorCode.PDU_INVALID_TYPE, `queue ${this.qid}: unknown PDU ${String((never as { type: unknown }).type)}`, Fes.INVALID_HEADER_FIELD, 0);
+      }
+    }
+  }
+
+  private requireReady(type: number): void {
+    if (this.state !== QpState.READY) {
+      throw fatal(ErrorCode.PDU_SEQUENCE, `queue ${this.qid}: PDU type ${type} before ICResp`, Fes.PDU_SEQUENCE_ERROR);
+    }
+  }
+
+  private lookup(cid: number, what: string): Pending {
+    const p = this.inflight.get(cid);
+    if (p === undefined) {
+      throw fatal(ErrorCode.UNKNOWN_CCCID, `queue ${this.qid}: ${what} for command id ${cid}, which is not in flight`, Fes.INVALID_HEADER_FIELD, 8);
+    }
+    return p;
+  }
+
+  private onCapsuleResp(cqe: Cqe): void {
+    const p = this.lookup(cqe.cid, 'CapsuleResp');
+    if (this.sqFlowControl && cqe.sqhd !== 0xffff) {
+      if (cqe.sqhd >= this.queueSize) {
+        throw fatal(ErrorCode.PDU_INVALID_HEADER, `queue ${this.qid}: SQHD ${cqe.sqhd} beyond queue size ${this.queueSize}`, Fes.INVALID_HEADER_FIELD, 16);
+      }
+      this.sqHead = cqe.sqhd;
+    }
+    let err: NvmfNbdError | undefined;
+    if (!cqe.ok) {
+      err = statusError(cqe.status, `queue ${this.qid} command 0x${p.opcode.toString(16)}`);
+    } else if (p.digestError) {
+      err = new NvmfNbdError(ErrorCode.DATA_DIGEST, `queue ${this.qid}: data digest error on command id ${p.cid}`);
+    } else if (p.dataIn !== undefined && p.received !== p.dataIn.length) {
+      err = new NvmfNbdError(ErrorCode.SHORT_READ, `queue ${this.qid}: command id ${p.cid} completed with ${p.received} of ${p.dataIn.length} bytes`);
+    }
+    this.complete(p, err, cqe);
+  }
+
+  private complete(p: Pending, err: NvmfNbdError | undefined, cqe: Cqe): void {
+    this.inflight.delete(p.cid);
+    this.freeCids.push(p.cid);
+    if (err !== undefined) {
+      this.counters.errors++;
+      p.reject(err);
+    } else {
+      if (p.dataIn !== undefined) this.counters.bytesIn += p.dataIn.length;
+      p.resolve(p.dataIn === undefined ? { cqe } : { cqe, data: p.dataIn });
+    }
+    this.drainWaiters();
+  }
+
+  private onC2HData(pdu: Extract<Pdu, { type: 0x07 }>): void {
+    const p = this.lookup(pdu.cccid, 'C2HData');
+    const dataIn = p.dataIn;
+    if (dataIn === undefined || p.c2hDone) {
+      throw fatal(ErrorCode.PDU_SEQUENCE, `queue ${this.qid}: unexpected C2HData for command id ${p.cid}`, Fes.PDU_SEQUENCE_ERROR);
+    }
+    const len = pdu.data.length;
+    if (pdu.datao !== p.received) {
+      throw fatal(ErrorCode.DATA_OUT_OF_RANGE, `queue ${this.qid}: C2HData offset ${pdu.datao}, expected ${p.received}`, Fes.DATA_OUT_OF_RANGE, 12);
+    }
+    if (pdu.datao + len > dataIn.length) {
+      throw fatal(ErrorCode.DATA_OUT_OF_RANGE, `queue ${this.qid}: C2HData ${pdu.datao}+${len} beyond the command's ${dataIn.length} bytes`, Fes.DATA_OUT_OF_RANGE, 16);
+    }
+    if (pdu.success && !pdu.last) {
+      throw fatal(ErrorCode.PDU_SEQUENCE, `queue ${this.qid}: C2HData SUCCESS without LAST_PDU`, Fes.INVALID_HEADER_FIELD, 1);
+    }
+    if (pdu.success && this.sqFlowControl) {
+      throw fatal(ErrorCode.PDU_SEQUENCE, `queue ${this.qid}: C2HData SUCCESS while SQ flow control is on`, Fes.INVALID_HEADER_FIELD, 1);
+    }
+    pdu.data.copy(dataIn, pdu.datao);
+    p.received += len;
+    if (!pdu.dataDigestOk) p.digestError = true;
+    if (!pdu.last && p.received === dataIn.length) {
+      throw fatal(ErrorCode.PDU_SEQUENCE, `queue ${this.qid}: C2HData completed the transfer without LAST_PDU`, Fes.PDU_SEQUENCE_ERROR, 1);
+    }
+    if (pdu.last) p.c2hDone = true;
+    if (pdu.success) {
+      // No CapsuleResp follows: complete the command as if a successful CQE arrived.
+      const cqe: Cqe = {
+        dw0: 0, dw1: 0, sqhd: 0xffff, sqid: this.qid, cid: p.cid, ok: true,
+        status: { sct: 0, sc: 0, dnr: false, more: false, crd: 0 },
+      };
+      let err: NvmfNbdError | undefined;
+      if (p.digestError) err = new NvmfNbdError(ErrorCode.DATA_DIGEST, `queue ${this.qid}: data digest error on command id ${p.cid}`);
+      else if (p.received !== dataIn.length) err = new NvmfNbdError(ErrorCode.SHORT_READ, `queue ${this.qid}: command id ${p.cid} completed with ${p.received} of ${dataIn.length} bytes`);
+      this.complete(p, err, cqe);
+    }
+  }
+
+  private onR2T(pdu: Extract<Pdu, { type: 0x09 }>): void {
+    const p = this.lookup(pdu.cccid, 'R2T');
+    const out = p.dataOut;
+    if (out === undefined) {
+      throw fatal(ErrorCode.PDU_SEQUENCE, `queue ${this.qid}: R2T for command id ${p.cid}, which has no data to send`, Fes.PDU_SEQUENCE_ERROR);
+    }
+    if (pdu.r2tl === 0 || pdu.r2to !== p.h2cNext || pdu.r2to + pdu.r2tl > out.length) {
+      throw fatal(ErrorCode.DATA_OUT_OF_RANGE,
+        `queue ${this.qid}: R2T ${pdu.r2to}+${pdu.r2tl} invalid (next offset ${p.h2cNext}, command has ${out.length} bytes)`, Fes.DATA_OUT_OF_RANGE, 12);
+    }
+    const end = pdu.r2to + pdu.r2tl;
+    for (let off = pdu.r2to; off < end; off += this.maxH2CData) {
+      const stop = Math.min(end, off + this.maxH2CData);
+      // Each H2CData payload is a view into the caller's buffer: never copied.
+      this.writePdu(encodeH2CData({ cccid: p.cid, ttag: pdu.ttag, datao: off, last: stop === end }, out.subarray(off, stop), this.txOpts));
+    }
+    p.h2cNext = end;
+    this.counters.bytesOut += pdu.r2tl;
+  }
+
+  private sendTermReqAndDestroy(err: NvmfNbdError): void {
+    if (this.state === QpState.CLOSED) return;
+    // Never answer a TermReq with a TermReq (TP 8000 §3.6.2.9).
+    if (err.code !== ErrorCode.TERM_REQ_RECEIVED && err.fes !== undefined) {
+      try {
+        this.socket.write(encodeTermReq(PduType.H2C_TERM_REQ, err.fes, err.fei ?? 0));
+      } catch {
+        // The socket may already be gone; the teardown below still runs.
+      }
+    }
+    this.destroy(err);
+  }
+
+  /**
+   * Tear the queue down: reject every in-flight and waiting command with `err` (or
+   * `NVMF_ERR_CONNECTION_CLOSED` when closed on purpose), close the socket, emit `close` once.
+   * Idempotent.
+   */
+  destroy(err?: NvmfNbdError): void {
+    if (this.state === QpState.CLOSED) return;
+    this.state = QpState.CLOSED;
+    this.closeError = err;
+    if (this.timer !== undefined) clearTimeout(this.timer);
+    const failWith = err ?? new NvmfNbdError(ErrorCode.CONNECTION_CLOSED, `queue ${this.qid} closed`);
+    if (this.icWaiter !== undefined) {
+      this.icWaiter.reject(failWith);
+      this.icWaiter = undefined;
+    }
+    const pend = [...this.inflight.values()];
+    const waiting = this.waiters.splice(0);
+    this.inflight.clear();
+    for (const p of pend) p.reject(failWith);
+    for (const w of waiting) w.reject(failWith);
+    this.counters.errors += pend.length + waiting.length;
+    // end() lets a queued TermReq flush; destroySoon-like behaviour without hanging forever.
+    this.socket.end();
+    setTimeout(() => this.socket.destroy(), 1000).unref();
+    this.emit('close', err);
+  }
+}
