@@ -1,0 +1,95 @@
+/**
+ * Sparse in-memory namespace storage: fixed-size chunks allocated on first write. Reads of
+ * chunks never written return zeroes, deallocating a whole chunk frees it, so a 1 GiB namespace
+ * costs nothing until it is written. Memory is bounded by the namespace size.
+ */
+import type { NamespaceBackend } from './backend';
+
+/** Default allocation unit: 1 MiB. */
+export const MEMORY_CHUNK_SIZE = 1 << 20;
+
+/** A sparse memory-backed {@link NamespaceBackend}. */
+export class MemoryBackend implements NamespaceBackend {
+  readonly size: number;
+  readonly description = 'memory';
+  private readonly chunkSize: number;
+  private readonly chunks = new Map<number, Buffer>();
+
+  /**
+   * @param size namespace size in bytes
+   * @param chunkSize allocation unit in bytes (tests use small ones)
+   */
+  constructor(size: number, chunkSize = MEMORY_CHUNK_SIZE) {
+    this.size = size;
+    this.chunkSize = chunkSize;
+  }
+
+  /** Bytes currently allocated (whole chunks). */
+  get allocatedBytes(): number {
+    return this.chunks.size * this.chunkSize;
+  }
+
+  read(offset: number, length: number): Promise<Buffer> {
+    // A fresh zeroed buffer: the caller hands it to socket.write, which keeps a reference until
+    // the kernel took it, so it must never be a view of chunk memory that a later write changes.
+    const out = Buffer.alloc(length);
+    this.forEachSpan(offset, length, (idx, at, n, pos) => {
+      const c = this.chunks.get(idx);
+      if (c !== undefined) c.copy(out, pos, at, at + n);
+    });
+    return Promise.resolve(out);
+  }
+
+  write(offset: number, data: Buffer): Promise<void> {
+    this.forEachSpan(offset, data.length, (idx, at, n, pos) => {
+      let c = this.chunks.get(idx);
+      if (c === undefined) {
+        c = Buffer.alloc(this.chunkLength(idx));
+        this.chunks.set(idx, c);
+      }
+      data.copy(c, at, pos, pos + n);
+    });
+    return Promise.resolve();
+  }
+
+  flush(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  deallocate(offset: number, length: number): Promise<void> {
+    this.forEachSpan(offset, length, (idx, at, n) => {
+      const c = this.chunks.get(idx);
+      if (c === undefined) return;
+      if (at === 0 && n === c.length) this.chunks.delete(idx);
+      else c.fill(0, at, at + n);
+    });
+    return Promise.resolve();
+  }
+
+  writeZeroes(offset: number, length: number): Promise<void> {
+    // Zeroes read back from unallocated chunks, so zeroing is deallocation.
+    return this.deallocate(offset, length);
+  }
+
+  close(): Promise<void> {
+    this.chunks.clear();
+    return Promise.resolve();
+  }
+
+  private chunkLength(idx: number): number {
+    return Math.min(this.chunkSize, this.size - idx * this.chunkSize);
+  }
+
+  /** Call `fn(chunkIndex, offsetInChunk, bytes, offsetInRequest)` for each chunk the range touches. */
+  private forEachSpan(offset: number, length: number, fn: (idx: number, at: number, n: number, pos: number) => void): void {
+    let pos = 0;
+    while (pos < length) {
+      const abs = offset + pos;
+      const idx = Math.floor(abs / this.chunkSize);
+      const at = abs - idx * this.chunkSize;
+      const n = Math.min(this.chunkSize - at, length - pos);
+      fn(idx, at, n, pos);
+      pos += n;
+    }
+  }
+}

@@ -1,0 +1,228 @@
+/**
+ * One controller (association) of the embedded target: the fabrics property registers
+ * (CAP/VS/CC/CSTS), granted queues, features, keep-alive enforcement and asynchronous events.
+ * Created by an admin-queue Connect; I/O queues join it by cntlid. Destroyed when its admin
+ * queue closes, its keep-alive timer expires, or the target closes — one teardown path.
+ */
+import { CommandSpecificStatus, Sct } from '../wire';
+import { fail, ok, type Completion, type TargetContext, type TargetSubsystem } from './context';
+import { NVME_VERSION } from './pages';
+
+/** A queue (connection) as the controller sees it. */
+export interface ControllerQueue {
+  readonly qid: number;
+  /** Close the connection without further PDUs. */
+  destroy(reason: string): void;
+}
+
+/** Property offsets (NVMe-oF 1.1 §3.5). */
+export const Property = { CAP: 0x00, VS: 0x08, CC: 0x14, CSTS: 0x1c } as const;
+
+/** CC fields. */
+const CC_EN = 0x1;
+const CC_SHN_SHIFT = 14;
+/** CSTS fields. */
+const CSTS_RDY = 0x1;
+const CSTS_CFS = 0x2;
+const CSTS_SHST_OCCURRING = 0x1 << 2;
+const CSTS_SHST_COMPLETE = 0x2 << 2;
+
+/** AEN: type 2 (notice), info 0 (namespace attribute changed), log page 04h. */
+export const AEN_NS_ATTR_CHANGED = 0x02 | (0x00 << 8) | (0x04 << 16);
+/** Async Event Configuration bit for namespace attribute notices. */
+export const AEC_NS_ATTR = 1 << 8;
+/** Changed Namespace List holds at most this many entries before it reports "more". */
+const CHANGED_NS_MAX = 1024;
+
+/** One controller of the target. */
+export class TargetController {
+  readonly cntlid: number;
+  readonly subsys: TargetSubsystem;
+  readonly hostnqn: string;
+  readonly hostid: Buffer;
+  /** Keep Alive Timeout in ms (0 = disabled). */
+  kato: number;
+  readonly io = new Map<number, ControllerQueue>();
+  admin: ControllerQueue | undefined;
+
+  cc = 0;
+  csts = 0;
+  /** I/O queues granted by Set Features Number of Queues (defaults to the maximum). */
+  grantedQueues: number;
+  /** Async Event Configuration (Set Features 0Bh). */
+  aec = 0;
+  /** Volatile Write Cache Enable (feature 06h): reported, writes are handled the same either way. */
+  vwce = 1;
+
+  private readonly ctx: TargetContext;
+  private aerWaiters: Array<(c: Completion) => void> = [];
+  private events: number[] = [];
+  private changedNs: number[] = [];
+  private changedOverflow = false;
+  /** The namespace notice was reported and stays masked until the log page is read. */
+  private nsNoticeMasked = false;
+  private kaTimer: NodeJS.Timeout | undefined;
+  private destroyed = false;
+
+  constructor(ctx: TargetContext, o: { cntlid: number; subsys: TargetSubsystem; hostnqn: string; hostid: Buffer; kato: number }) {
+    this.ctx = ctx;
+    this.cntlid = o.cntlid;
+    this.subsys = o.subsys;
+    this.hostnqn = o.hostnqn;
+    this.hostid = o.hostid;
+    this.kato = o.kato;
+    this.grantedQueues = o.subsys.discovery ? 0 : ctx.cfg.maxIoQueues;
+    ctx.controllers.set(this.cntlid, this);
+    o.subsys.controllers.add(this);
+    ctx.stats.controllers = ctx.controllers.size;
+    this.armKeepAlive();
+  }
+
+  /** CSTS.RDY: the host enabled the controller. */
+  get ready(): boolean {
+    return (this.csts & CSTS_RDY) !== 0;
+  }
+
+  get isDestroyed(): boolean {
+    return this.destroyed;
+  }
+
+  /** Any command on any queue of the association counts as keep-alive traffic. */
+  touch(): void {
+    this.kaTimer?.refresh();
+  }
+
+  /** (Re)start the keep-alive timer after a KATO change. */
+  armKeepAlive(): void {
+    if (this.kaTimer !== undefined) clearTimeout(this.kaTimer);
+    this.kaTimer = undefined;
+    if (this.kato === 0 || this.destroyed) return;
+    const ms = this.kato + Math.max(this.ctx.cfg.keepAliveGraceMs, Math.floor(this.kato / 2));
+    this.kaTimer = setTimeout(() => {
+      this.ctx.stats.keepAliveTimeouts++;
+      this.ctx.log('warn', `controller ${this.cntlid} (${this.hostnqn}): keep-alive timeout after ${ms} ms, dropping the association`);
+      this.destroy('keep-alive timeout');
+    }, ms);
+    this.kaTimer.unref();
+  }
+
+  /** CAP: MQES, CQR, TO (500 ms units), CSS NVM, MPSMIN = MPSMAX = 0 (4 KiB). */
+  cap(): bigint {
+    const mqes = BigInt(this.ctx.cfg.queueSize - 1);
+    return mqes | (1n << 16n) | (10n << 24n) | (1n << 37n);
+  }
+
+  /** Property Get: the value, or undefined for an invalid offset/size. */
+  propertyGet(offset: number, size8: boolean): bigint | undefined {
+    if (size8) return offset === Property.CAP ? this.cap() : undefined;
+    switch (offset) {
+      case Property.CAP:
+        return this.cap() & 0xffffffffn;
+      case Property.CAP + 4:
+        return this.cap() >> 32n;
+      case Property.VS:
+        return BigInt(NVME_VERSION);
+      case Property.CC:
+        return BigInt(this.cc);
+      case Property.CSTS:
+        return BigInt(this.csts);
+      default:
+        return undefined;
+    }
+  }
+
+  /** Property Set: false for an invalid offset/size. Only CC is writable. */
+  propertySet(offset: number, size8: boolean, value: bigint): boolean {
+    if (size8 || offset !== Property.CC) return false;
+    const next = Number(value & 0xffffffffn);
+    const prev = this.cc;
+    this.cc = next;
+    if ((next & CC_EN) !== 0 && (prev & CC_EN) === 0) {
+      const mps = (next >>> 7) & 0xf;
+      const iosqes = (next >>> 16) & 0xf;
+      const iocqes = (next >>> 20) & 0xf;
+      const css = (next >>> 4) & 0x7;
+      const badQes = !this.subsys.discovery && (iosqes !== 6 || iocqes !== 4);
+      if (mps !== 0 || badQes || (css !== 0 && css !== 7)) {
+        // Linux's nvme_wait_ready fails on CFS: a clear error instead of a hang.
+        this.csts |= CSTS_CFS;
+        this.ctx.log('warn', `controller ${this.cntlid}: bad CC 0x${next.toString(16)} (mps ${mps}, iosqes ${iosqes}, iocqes ${iocqes}, css ${css})`);
+      } else {
+        this.csts = CSTS_RDY;
+      }
+    } else if ((next & CC_EN) === 0 && (prev & CC_EN) !== 0) {
+      this.csts = 0;
+    }
+    const shn = (next >>> CC_SHN_SHIFT) & 3;
+    const prevShn = (prev >>> CC_SHN_SHIFT) & 3;
+    if (shn !== 0 && prevShn === 0) {
+      this.csts = (this.csts & ~(3 << 2)) | CSTS_SHST_OCCURRING;
+      // Shutdown makes written data durable before reporting completion.
+      const flushes = [...this.subsys.namespaces.values()].map((ns) => ns.backend.flush().catch(() => undefined));
+      void Promise.all(flushes).then(() => {
+        this.csts = (this.csts & ~(3 << 2)) | CSTS_SHST_COMPLETE;
+      });
+    } else if (shn === 0 && prevShn !== 0) {
+      this.csts &= ~(3 << 2);
+    }
+    return true;
+  }
+
+  /** Asynchronous Event Request: completes now if an event is pending, else when one occurs. */
+  queueAer(): Completion | Promise<Completion> {
+    const ev = this.events.shift();
+    if (ev !== undefined) return ok(ev);
+    if (this.aerWaiters.length > this.ctx.cfg.aerl) {
+      return fail(Sct.COMMAND_SPECIFIC, CommandSpecificStatus.AER_LIMIT_EXCEEDED);
+    }
+    return new Promise<Completion>((resolve) => this.aerWaiters.push(resolve));
+  }
+
+  /** A namespace of the subsystem was added, removed or resized. */
+  namespaceChanged(nsid: number): void {
+    if (!this.changedNs.includes(nsid)) {
+      if (this.changedNs.length >= CHANGED_NS_MAX) this.changedOverflow = true;
+      else this.changedNs.push(nsid);
+    }
+    if (this.nsNoticeMasked || (this.aec & AEC_NS_ATTR) === 0) return;
+    this.nsNoticeMasked = true;
+    this.postEvent(AEN_NS_ATTR_CHANGED);
+  }
+
+  /** The Changed Namespace List log page; reading it without RAE clears it and unmasks the event. */
+  readChangedNs(rae: boolean): number[] {
+    // On overflow the log holds FFFFFFFFh alone: the host must rescan everything.
+    const list = this.changedOverflow ? [0xffffffff] : [...this.changedNs];
+    if (!rae) {
+      this.changedNs = [];
+      this.changedOverflow = false;
+      this.nsNoticeMasked = false;
+    }
+    return list;
+  }
+
+  private postEvent(dw0: number): void {
+    const w = this.aerWaiters.shift();
+    if (w !== undefined) w(ok(dw0));
+    else this.events.push(dw0);
+  }
+
+  /** Tear the association down: every queue closes, pending AERs are dropped. Idempotent. */
+  destroy(reason: string): void {
+    if (this.destroyed) return;
+    this.destroyed = true;
+    if (this.kaTimer !== undefined) clearTimeout(this.kaTimer);
+    this.kaTimer = undefined;
+    this.aerWaiters = [];
+    this.ctx.controllers.delete(this.cntlid);
+    this.subsys.controllers.delete(this);
+    this.ctx.stats.controllers = this.ctx.controllers.size;
+    this.ctx.log('debug', `controller ${this.cntlid} (${this.subsys.nqn}): destroyed: ${reason}`);
+    const queues = [...this.io.values()];
+    this.io.clear();
+    for (const q of queues) q.destroy(reason);
+    const a = this.admin;
+    this.admin = undefined;
+    a?.destroy(reason);
+  }
+}

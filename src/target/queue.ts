@@ -1,0 +1,472 @@
+/**
+ * One NVMe/TCP connection of the embedded target (controller side of a queue pair, TP 8000):
+ * ICReq/ICResp, CapsuleCmd dispatch, in-capsule data, R2T → H2CData with validation, C2HData
+ * (with the SUCCESS optimisation when the host disabled SQ flow control), CapsuleResp with SQHD,
+ * and C2HTermReq on fatal errors. Fabrics Connect and Property Get/Set are handled here; admin
+ * and I/O commands go to `admin.ts` / `io.ts`.
+ *
+ * Every failure ends in `destroy()` (one teardown path); a fatal protocol error first sends a
+ * C2HTermReq with the matching FES.
+ */
+import type * as net from 'node:net';
+import { ErrorCode, NvmfNbdError, type ErrorCodeValue } from '../errors';
+import {
+  AdminOpcode, DataDirection, encodeC2HData, encodeCapsuleResp, encodeCqe, encodeIcResp,
+  encodeR2T, encodeTermReq, FabricsStatus, FabricsType, Fes, GenericStatus, parseConnectData, parseSqe,
+  PduParser, PduType, Sct, SglType, dataDirection, type ParsedSqe, type Pdu, type PduOptions,
+} from '../wire';
+import { adminCommand } from './admin';
+import { fail, isOk, ok, type Completion, type TargetContext } from './context';
+import { TargetController, type ControllerQueue } from './controller';
+import { ioCommand, ioPrecheck } from './io';
+
+const G = GenericStatus;
+/** Data SGL Length Invalid (generic 0Fh). */
+const DATA_SGL_LENGTH_INVALID = 0x0f;
+/** Connect CATTR bit 2: disable SQ flow control. */
+const CATTR_DISABLE_SQ_FC = 0x04;
+/** Commands a connection may have outstanding before Connect sets the queue size. */
+const PRE_CONNECT_DEPTH = 4;
+/** Pause reading from a host when this much response data waits in the socket. */
+const WRITE_HIGH_WATER = 8 << 20;
+
+const QueueState = { AWAIT_ICREQ: 0, READY: 1, CLOSED: 2 } as const;
+type QueueStateValue = (typeof QueueState)[keyof typeof QueueState];
+
+/** Per-command state while a command is outstanding. */
+interface Inflight {
+  readonly cid: number;
+  readonly sqe: ParsedSqe;
+  readonly dir: number;
+  /** R2T transfer: buffer, bytes received so far, transfer tag. */
+  buf?: Buffer;
+  received: number;
+  ttag?: number;
+  digestFailed: boolean;
+}
+
+/** A fatal transport error: the queue sends C2HTermReq(fes, fei) and closes. */
+function protocolError(code: ErrorCodeValue, msg: string, fes: number, fei: number): NvmfNbdError {
+  return new NvmfNbdError(code, msg, { fes, fei });
+}
+
+function invalidConnectParam(iattr: 0 | 1, ipo: number): Completion {
+  // DW0: IPO (15:0) = byte offset of the bad field, IATTR (bit 16) = 1 when it is in the data.
+  return fail(Sct.COMMAND_SPECIFIC, FabricsStatus.CONNECT_INVALID_PARAMETERS, true, (iattr << 16) | ipo);
+}
+
+let nextConnectionId = 1;
+
+/** One host connection (one NVMe queue once Connect succeeds). */
+export class TargetQueue implements ControllerQueue {
+  /** Connection number, for logs. */
+  readonly id = nextConnectionId++;
+  /** Queue id after Connect (0 = admin), -1 before. */
+  qid = -1;
+  ctrl: TargetController | undefined;
+
+  private readonly ctx: TargetContext;
+  private readonly sock: net.Socket;
+  private readonly parser: PduParser;
+  private readonly peer: string;
+  private state: QueueStateValue = QueueState.AWAIT_ICREQ;
+  private tx: PduOptions = { hdgst: false, ddgst: false, pda: 0 };
+  /** SQ entries (Connect sqsize + 1); 0 before Connect. */
+  private sqEntries = 0;
+  private sqhd = 0;
+  private sqFlowDisabled = false;
+  private readonly inflight = new Map<number, Inflight>();
+  private readonly r2t = new Map<number, Inflight>();
+  private nextTtag = 0;
+  private connectTimer: NodeJS.Timeout | undefined;
+  private readonly onClosed: (q: TargetQueue) => void;
+
+  constructor(ctx: TargetContext, sock: net.Socket, onClosed: (q: TargetQueue) => void) {
+    this.ctx = ctx;
+    this.sock = sock;
+    this.onClosed = onClosed;
+    this.peer = `${sock.remoteAddress ?? '?'}:${sock.remotePort ?? '?'}`;
+    const cfg = ctx.cfg;
+    this.parser = new PduParser({
+      role: 'controller',
+      maxData: Math.max(cfg.maxH2CData, cfg.inCapsuleDataSize, cfg.adminInCapsuleDataSize),
+      pda: 0,
+    });
+    sock.setNoDelay(true);
+    sock.on('data', (chunk: Buffer) => this.onData(chunk));
+    sock.on('drain', () => {
+      if (this.state !== QueueState.CLOSED) sock.resume();
+    });
+    sock.on('error', (err) => this.ctx.log('debug', `conn ${this.id} ${this.peer}: socket error: ${err.message}`));
+    sock.on('close', () => this.destroy('connection closed'));
+    this.connectTimer = setTimeout(() => {
+      this.ctx.log('warn', `conn ${this.id} ${this.peer}: no Connect within ${cfg.connectTimeoutMs} ms, closing`);
+      this.destroy('connect timeout');
+    }, cfg.connectTimeoutMs);
+    this.connectTimer.unref();
+  }
+
+  /**
+   * Close the connection (one teardown path, idempotent) and detach from the controller. With
+   * `flush`, data already written (a C2HTermReq) is flushed before the socket closes.
+   */
+  destroy(reason: string, flush = false): void {
+    if (this.state === QueueState.CLOSED) return;
+    this.state = QueueState.CLOSED;
+    if (this.connectTimer !== undefined) clearTimeout(this.connectTimer);
+    this.connectTimer = undefined;
+    this.inflight.clear();
+    this.r2t.clear();
+    if (flush) {
+      this.sock.pause();
+      this.sock.end();
+      setTimeout(() => this.sock.destroy(), 1000).unref();
+    } else {
+      this.sock.destroy();
+    }
+    const ctrl = this.ctrl;
+    this.ctrl = undefined;
+    if (ctrl !== undefined) {
+      // The admin queue owns the association: losing it ends every I/O queue too.
+      if (this.qid === 0) ctrl.destroy(`admin queue closed (${reason})`);
+      else if (ctrl.io.get(this.qid) === this) ctrl.io.delete(this.qid);
+    }
+    this.ctx.log('debug', `conn ${this.id} ${this.peer} qid ${this.qid}: closed: ${reason}`);
+    this.onClosed(this);
+  }
+
+  private onData(chunk: Buffer): void {
+    if (this.state === QueueState.CLOSED) return;
+    try {
+      this.parser.push(chunk, (pdu) => this.onPdu(pdu));
+    } catch (err) {
+      this.fatal(err);
+    }
+  }
+
+  /** Send C2HTermReq for a fatal error (FES from the error, else Invalid Header Field) and close. */
+  private fatal(err: unknown): void {
+    if (this.state === QueueState.CLOSED) return;
+    this.ctx.stats.protocolErrors++;
+    const e = err instanceof NvmfNbdError ? err : undefined;
+    const fes = e?.fes ?? Fes.INVALID_HEADER_FIELD;
+    const fei = e?.fei ?? 0;
+    this.ctx.log('error', `conn ${this.id} ${this.peer} qid ${this.qid}: protocol error, sending C2HTermReq fes ${fes} fei ${fei}: ${(err as Error)?.message ?? String(err)}${e ? ` (${e.code})` : ''}`);
+    // The TermReq is the last PDU on the connection.
+    this.sock.write(encodeTermReq(PduType.C2H_TERM_REQ, fes, fei));
+    this.destroy('protocol error', true);
+  }
+
+  private write(bufs: Buffer[]): void {
+    for (const b of bufs) this.sock.write(b);
+  }
+
+  private onPdu(pdu: Pdu): void {
+    if (this.state === QueueState.CLOSED) return;
+    switch (pdu.type) {
+      case PduType.IC_REQ:
+        this.onIcReq(pdu);
+        return;
+      case PduType.H2C_TERM_REQ:
+        this.ctx.stats.termReqsReceived++;
+        this.ctx.log('warn', `conn ${this.id} ${this.peer}: host sent H2CTermReq fes ${pdu.fes} fei ${pdu.fei}`);
+        this.destroy('H2CTermReq received');
+        return;
+      case PduType.CAPSULE_CMD:
+        if (this.state !== QueueState.READY) throw protocolError(ErrorCode.PDU_SEQUENCE, 'CapsuleCmd before ICReq', Fes.PDU_SEQUENCE_ERROR, 0);
+        this.onCapsule(pdu.sqe, pdu.data, pdu.dataDigestOk);
+        return;
+      case PduType.H2C_DATA:
+        if (this.state !== QueueState.READY) throw protocolError(ErrorCode.PDU_SEQUENCE, 'H2CData before ICReq', Fes.PDU_SEQUENCE_ERROR, 0);
+        this.onH2CData(pdu);
+        return;
+      case PduType.IC_RESP:
+      case PduType.C2H_TERM_REQ:
+      case PduType.CAPSULE_RESP:
+      case PduType.C2H_DATA:
+      case PduType.R2T:
+        // The controller-role parser never yields these.
+        throw protocolError(ErrorCode.PDU_INVALID_TYPE, `unexpected PDU type ${pdu.type}`, Fes.INVALID_HEADER_FIELD, 0);
+      default: {
+        const never: never = pdu;
+        throw new Error(`unreachable PDU ${String(never)}`);
+      }
+    }
+  }
+
+  private onIcReq(pdu: Extract<Pdu, { type: 0x00 }>): void {
+    if (this.state !== QueueState.AWAIT_ICREQ) throw protocolError(ErrorCode.PDU_SEQUENCE, 'second ICReq', Fes.PDU_SEQUENCE_ERROR, 0);
+    if (pdu.pfv !== 0) throw protocolError(ErrorCode.PDU_INVALID_HEADER, `unsupported PFV ${pdu.pfv}`, Fes.UNSUPPORTED_PARAMETER, 8);
+    if (pdu.hpda > 31) throw protocolError(ErrorCode.PDU_INVALID_HEADER, `HPDA ${pdu.hpda} > 31`, Fes.INVALID_HEADER_FIELD, 10);
+    // Both digests are supported: grant what the host asked for.
+    this.tx = { hdgst: pdu.hdgst, ddgst: pdu.ddgst, pda: pdu.hpda };
+    this.sock.write(encodeIcResp({ cpda: 0, hdgst: pdu.hdgst, ddgst: pdu.ddgst, maxh2cdata: this.ctx.cfg.maxH2CData }));
+    this.parser.setDigests(pdu.hdgst, pdu.ddgst);
+    this.state = QueueState.READY;
+  }
+
+  private onCapsule(raw: Buffer, data: Buffer | undefined, dataDigestOk: boolean): void {
+    const cfg = this.ctx.cfg;
+    const icdMax = this.qid > 0 ? cfg.inCapsuleDataSize
+      : this.qid === 0 ? cfg.adminInCapsuleDataSize
+        : Math.max(cfg.inCapsuleDataSize, cfg.adminInCapsuleDataSize);
+    if (data !== undefined && data.length > icdMax) {
+      throw protocolError(ErrorCode.PDU_TOO_LARGE, `in-capsule data ${data.length} exceeds ${icdMax}`, Fes.DATA_LIMIT_EXCEEDED, 4);
+    }
+    const sqe = parseSqe(raw);
+    this.ctx.stats.commands++;
+    this.ctrl?.touch();
+    if (this.sqEntries > 0) this.sqhd = (this.sqhd + 1) % this.sqEntries;
+    const depth = this.sqEntries > 0 ? this.sqEntries : PRE_CONNECT_DEPTH;
+    if (this.inflight.size >= depth) {
+      throw protocolError(ErrorCode.PDU_SEQUENCE, `more than ${depth} commands outstanding (SQ overflow)`, Fes.PDU_SEQUENCE_ERROR, 0);
+    }
+    if (this.inflight.has(sqe.cid)) {
+      this.sendCqe(sqe.cid, fail(Sct.GENERIC, G.CID_CONFLICT));
+      return;
+    }
+    let dir: number;
+    try {
+      dir = dataDirection(raw);
+    } catch {
+      dir = -1;
+    }
+    const cmd: Inflight = { cid: sqe.cid, sqe, dir, received: 0, digestFailed: false };
+    this.inflight.set(sqe.cid, cmd);
+    if (dir < 0) {
+      this.complete(cmd, fail(Sct.GENERIC, G.INVALID_FIELD));
+      return;
+    }
+    const sgl = sqe.sgl;
+    if (data !== undefined) {
+      if (dir !== DataDirection.HOST_TO_CTRL) return this.complete(cmd, fail(Sct.GENERIC, G.INVALID_FIELD));
+      if (sgl.type !== SglType.DATA_BLOCK_OFFSET) return this.complete(cmd, fail(Sct.GENERIC, G.SGL_DESCRIPTOR_TYPE_INVALID));
+      if (sgl.addr !== 0n) return this.complete(cmd, fail(Sct.GENERIC, G.SGL_OFFSET_INVALID));
+      if (sgl.length !== data.length) return this.complete(cmd, fail(Sct.GENERIC, DATA_SGL_LENGTH_INVALID));
+      if (!dataDigestOk) return this.dataDigestFailed(cmd);
+      this.run(cmd, data);
+      return;
+    }
+    if (dir === DataDirection.HOST_TO_CTRL && sgl.length > 0) {
+      if (sgl.type === SglType.DATA_BLOCK_OFFSET) return this.complete(cmd, fail(Sct.GENERIC, DATA_SGL_LENGTH_INVALID));
+      if (sgl.type !== SglType.TRANSPORT_DATA_BLOCK) return this.complete(cmd, fail(Sct.GENERIC, G.SGL_DESCRIPTOR_TYPE_INVALID));
+      if (sgl.length > cfg.maxTransfer) return this.complete(cmd, fail(Sct.GENERIC, G.INVALID_FIELD));
+      const pre = this.precheck(sqe);
+      if (pre !== undefined) return this.complete(cmd, pre);
+      this.requestData(cmd);
+      return;
+    }
+    if (dir === DataDirection.CTRL_TO_HOST && sgl.length > 0) {
+      if (sgl.type !== SglType.TRANSPORT_DATA_BLOCK) return this.complete(cmd, fail(Sct.GENERIC, G.SGL_DESCRIPTOR_TYPE_INVALID));
+      if (sgl.length > cfg.maxTransfer) return this.complete(cmd, fail(Sct.GENERIC, G.INVALID_FIELD));
+    }
+    this.run(cmd, undefined);
+  }
+
+  /** Validation that must happen before asking the host for data (R2T). */
+  private precheck(sqe: ParsedSqe): Completion | undefined {
+    if (sqe.opcode === AdminOpcode.FABRICS || this.ctrl === undefined || this.qid === 0) return undefined;
+    if (!this.ctrl.ready) return fail(Sct.GENERIC, G.COMMAND_SEQUENCE_ERROR);
+    return ioPrecheck(this.ctx, this.ctrl, sqe);
+  }
+
+  /** One R2T for the whole transfer; the host splits it into H2CData PDUs at MAXH2CDATA. */
+  private requestData(cmd: Inflight): void {
+    const len = cmd.sqe.sgl.length;
+    // Allocated only now: the length was checked against MDTS and the command prevalidated.
+    cmd.buf = Buffer.allocUnsafe(len);
+    let ttag = this.nextTtag;
+    while (this.r2t.has(ttag)) ttag = (ttag + 1) & 0xffff;
+    this.nextTtag = (ttag + 1) & 0xffff;
+    cmd.ttag = ttag;
+    this.r2t.set(ttag, cmd);
+    this.write(encodeR2T({ cccid: cmd.cid, ttag, r2to: 0, r2tl: len }, this.tx));
+  }
+
+  private onH2CData(pdu: Extract<Pdu, { type: 0x06 }>): void {
+    const cmd = this.r2t.get(pdu.ttag);
+    if (cmd === undefined || cmd.buf === undefined) {
+      throw protocolError(ErrorCode.UNKNOWN_CCCID, `H2CData with unknown ttag ${pdu.ttag}`, Fes.INVALID_HEADER_FIELD, 10);
+    }
+    if (pdu.cccid !== cmd.cid) {
+      throw protocolError(ErrorCode.UNKNOWN_CCCID, `H2CData cccid ${pdu.cccid} does not match ttag ${pdu.ttag} (cid ${cmd.cid})`, Fes.INVALID_HEADER_FIELD, 8);
+    }
+    const len = pdu.data.length;
+    if (len > this.ctx.cfg.maxH2CData) {
+      throw protocolError(ErrorCode.PDU_TOO_LARGE, `H2CData ${len} bytes exceeds MAXH2CDATA`, Fes.DATA_LIMIT_EXCEEDED, 16);
+    }
+    const total = cmd.buf.length;
+    if (pdu.datao + len > total) {
+      throw protocolError(ErrorCode.DATA_OUT_OF_RANGE, `H2CData ${pdu.datao}+${len} beyond R2T length ${total}`, Fes.DATA_OUT_OF_RANGE, 12);
+    }
+    if (pdu.datao !== cmd.received) {
+      throw protocolError(ErrorCode.PDU_SEQUENCE, `H2CData datao ${pdu.datao}, expected ${cmd.received}`, Fes.PDU_SEQUENCE_ERROR, 12);
+    }
+    const done = cmd.received + len === total;
+    if (done !== pdu.last) {
+      throw protocolError(ErrorCode.PDU_SEQUENCE, done ? 'LAST_PDU missing on the final H2CData' : 'LAST_PDU before the R2T range is complete',
+        Fes.PDU_SEQUENCE_ERROR, 1);
+    }
+    pdu.data.copy(cmd.buf, pdu.datao);
+    cmd.received += len;
+    if (!pdu.dataDigestOk) cmd.digestFailed = true;
+    if (!done) return;
+    this.r2t.delete(pdu.ttag);
+    const buf = cmd.buf;
+    cmd.buf = undefined;
+    if (cmd.digestFailed) this.dataDigestFailed(cmd);
+    else this.run(cmd, buf);
+  }
+
+  /** A data digest mismatch fails the command only; the connection stays up (WIRE.md). */
+  private dataDigestFailed(cmd: Inflight): void {
+    this.ctx.stats.dataDigestErrors++;
+    this.ctx.log('warn', `conn ${this.id} qid ${this.qid}: data digest error on cid ${cmd.cid}`);
+    this.complete(cmd, fail(Sct.GENERIC, G.DATA_TRANSFER_ERROR, false));
+  }
+
+  private run(cmd: Inflight, data: Buffer | undefined): void {
+    let result: Completion | Promise<Completion>;
+    try {
+      result = this.execute(cmd.sqe, data);
+    } catch (err) {
+      result = this.internalError(cmd, err);
+    }
+    if (result instanceof Promise) {
+      result.then((c) => this.complete(cmd, c), (err: unknown) => this.complete(cmd, this.internalError(cmd, err)));
+    } else {
+      this.complete(cmd, result);
+    }
+  }
+
+  private internalError(cmd: Inflight, err: unknown): Completion {
+    this.ctx.log('error', `conn ${this.id} qid ${this.qid}: cid ${cmd.cid} opcode 0x${cmd.sqe.opcode.toString(16)} failed: ${(err as Error)?.message ?? String(err)}`);
+    return fail(Sct.GENERIC, G.INTERNAL_ERROR, false);
+  }
+
+  private execute(s: ParsedSqe, data: Buffer | undefined): Completion | Promise<Completion> {
+    if (s.opcode === AdminOpcode.FABRICS) return this.fabrics(s, data);
+    const ctrl = this.ctrl;
+    if (ctrl === undefined) return fail(Sct.GENERIC, G.COMMAND_SEQUENCE_ERROR);
+    if (s.fuse !== 0) return fail(Sct.GENERIC, G.INVALID_FIELD);
+    if (!ctrl.ready) return fail(Sct.GENERIC, G.COMMAND_SEQUENCE_ERROR);
+    if (this.qid === 0) return adminCommand(this.ctx, ctrl, s, s.sgl.length);
+    return ioCommand(this.ctx, ctrl, s, data);
+  }
+
+  private fabrics(s: ParsedSqe, data: Buffer | undefined): Completion {
+    switch (s.fctype) {
+      case FabricsType.CONNECT:
+        if (this.ctrl !== undefined) return fail(Sct.GENERIC, G.COMMAND_SEQUENCE_ERROR);
+        return this.connect(s, data);
+      case FabricsType.PROPERTY_GET: {
+        if (this.ctrl === undefined) return fail(Sct.GENERIC, G.COMMAND_SEQUENCE_ERROR);
+        if (this.qid !== 0) return fail(Sct.GENERIC, G.INVALID_FIELD);
+        const v = this.ctrl.propertyGet(s.cdw11 >>> 0, (s.cdw10 & 1) !== 0);
+        if (v === undefined) return fail(Sct.GENERIC, G.INVALID_FIELD);
+        return { dw0: Number(v & 0xffffffffn), dw1: Number(v >> 32n) };
+      }
+      case FabricsType.PROPERTY_SET: {
+        if (this.ctrl === undefined) return fail(Sct.GENERIC, G.COMMAND_SEQUENCE_ERROR);
+        if (this.qid !== 0) return fail(Sct.GENERIC, G.INVALID_FIELD);
+        const value = (BigInt(s.cdw13 >>> 0) << 32n) | BigInt(s.cdw12 >>> 0);
+        if (!this.ctrl.propertySet(s.cdw11 >>> 0, (s.cdw10 & 1) !== 0, value)) return fail(Sct.GENERIC, G.INVALID_FIELD);
+        return ok();
+      }
+      default:
+        return fail(Sct.GENERIC, G.INVALID_OPCODE);
+    }
+  }
+
+  /** Fabrics Connect (NVMe-oF 1.1 §3.3): creates the controller (admin) or joins it (I/O). */
+  private connect(s: ParsedSqe, data: Buffer | undefined): Completion {
+    const ctx = this.ctx;
+    const recfmt = s.cdw10 & 0xffff;
+    const qid = s.cdw10 >>> 16;
+    const sqsize = s.cdw11 & 0xffff;
+    const cattr = (s.cdw11 >>> 16) & 0xff;
+    const kato = s.cdw12 >>> 0;
+    if (recfmt !== 0) return fail(Sct.COMMAND_SPECIFIC, FabricsStatus.INCOMPATIBLE_FORMAT);
+    if (data === undefined || data.length < 1024) return fail(Sct.GENERIC, DATA_SGL_LENGTH_INVALID);
+    const cd = parseConnectData(data);
+    const sub = ctx.subsystem(cd.subnqn);
+    if (sub === undefined) {
+      ctx.log('info', `conn ${this.id} ${this.peer}: Connect to unknown subsystem '${cd.subnqn}'`);
+      return invalidConnectParam(1, 256);
+    }
+    if (cd.hostnqn === '') return invalidConnectParam(1, 512);
+    if (!ctx.hostAllowed(cd.hostnqn)) {
+      ctx.log('info', `conn ${this.id} ${this.peer}: host '${cd.hostnqn}' not allowed`);
+      return fail(Sct.COMMAND_SPECIFIC, FabricsStatus.CONNECT_INVALID_HOST);
+    }
+    if (sqsize === 0 || sqsize > ctx.cfg.queueSize - 1) return invalidConnectParam(0, 44);
+    let ctrl: TargetController;
+    if (qid === 0) {
+      if (cd.cntlid !== 0xffff) return invalidConnectParam(1, 16);
+      const cntlid = ctx.newCntlid();
+      if (cntlid === undefined) return fail(Sct.COMMAND_SPECIFIC, FabricsStatus.CONTROLLER_BUSY);
+      ctrl = new TargetController(ctx, { cntlid, subsys: sub, hostnqn: cd.hostnqn, hostid: cd.hostid, kato });
+      ctrl.admin = this;
+    } else {
+      const c = ctx.controllers.get(cd.cntlid);
+      if (c === undefined || c.subsys !== sub || c.hostnqn !== cd.hostnqn || !c.ready) return invalidConnectParam(1, 16);
+      if (qid > c.grantedQueues || c.io.has(qid)) return invalidConnectParam(0, 42);
+      ctrl = c;
+      ctrl.io.set(qid, this);
+      ctrl.touch();
+    }
+    this.ctrl = ctrl;
+    this.qid = qid;
+    this.sqEntries = sqsize + 1;
+    this.sqhd = 1 % this.sqEntries; // the Connect command itself was consumed
+    this.sqFlowDisabled = (cattr & CATTR_DISABLE_SQ_FC) !== 0;
+    if (this.connectTimer !== undefined) clearTimeout(this.connectTimer);
+    this.connectTimer = undefined;
+    ctx.log('debug', `conn ${this.id} ${this.peer}: qid ${qid} connected to ${sub.nqn} cntlid ${ctrl.cntlid} sqsize ${sqsize}${this.sqFlowDisabled ? ' (SQ flow control disabled)' : ''}`);
+    return ok(ctrl.cntlid);
+  }
+
+  private sendCqe(cid: number, c: Completion): void {
+    const cqe = encodeCqe({
+      dw0: c.dw0 ?? 0, dw1: c.dw1 ?? 0,
+      sqhd: this.sqFlowDisabled ? 0xffff : this.sqhd,
+      sqid: Math.max(this.qid, 0), cid,
+      sct: c.sct ?? 0, sc: c.sc ?? 0, dnr: c.dnr ?? false,
+    });
+    this.write(encodeCapsuleResp(cqe, this.tx));
+  }
+
+  /** Send the command's data (if any) and its completion, then forget it. */
+  private complete(cmd: Inflight, c: Completion): void {
+    if (this.state === QueueState.CLOSED) return;
+    if (this.inflight.get(cmd.cid) !== cmd) return;
+    this.inflight.delete(cmd.cid);
+    if (cmd.ttag !== undefined) this.r2t.delete(cmd.ttag);
+    const want = cmd.sqe.sgl.length;
+    const sock = this.sock;
+    sock.cork();
+    if (c.data !== undefined && isOk(c) && cmd.dir === DataDirection.CTRL_TO_HOST && want > 0) {
+      // Exactly the SGL length: NVMe has no short transfers (pad/truncate admin structures).
+      let data = c.data;
+      if (data.length > want) data = data.subarray(0, want);
+      else if (data.length < want) {
+        const padded = Buffer.alloc(want);
+        data.copy(padded);
+        data = padded;
+      }
+      const success = this.sqFlowDisabled && this.ctx.cfg.c2hSuccess;
+      const max = this.ctx.cfg.maxC2HData;
+      for (let off = 0; off < data.length; off += max) {
+        const n = Math.min(max, data.length - off);
+        const last = off + n === data.length;
+        this.write(encodeC2HData({ cccid: cmd.cid, datao: off, last, success: last && success }, data.subarray(off, off + n), this.tx));
+      }
+      if (!success) this.sendCqe(cmd.cid, c);
+    } else {
+      this.sendCqe(cmd.cid, c);
+    }
+    sock.uncork();
+    // Backpressure: stop taking commands from a host that does not read its responses.
+    if (sock.writableLength > WRITE_HIGH_WATER) sock.pause();
+  }
+}

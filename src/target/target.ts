@@ -1,0 +1,382 @@
+/**
+ * The embedded NVMe/TCP target: a TCP listener, the discovery subsystem and NVM subsystems
+ * whose namespaces are backed by sparse memory or files, and a control API to add and remove
+ * namespaces while hosts are connected (raising the namespace-attribute AEN).
+ *
+ * ```ts
+ * const t = new NvmeTarget({ listen: { host: '127.0.0.1', port: 0 } });
+ * const addr = await t.listen();            // one subsystem, one 1 GiB memory namespace
+ * const nsid = await t.addNamespace(DEFAULT_TARGET_NQN, { sizeBytes: 64 << 20, backing: { memory: true } });
+ * await t.close();
+ * ```
+ */
+import * as net from 'node:net';
+import { ErrorCode, NvmfNbdError } from '../errors';
+import type { NamespaceBackend } from './backend';
+import { FileBackend } from './backend-file';
+import { MemoryBackend } from './backend-memory';
+import type { TargetConfig, TargetContext, TargetLogger, TargetLogLevel, TargetNamespace, TargetStats, TargetSubsystem } from './context';
+import type { TargetController } from './controller';
+import { encodeDiscoveryLog, namespaceIds, type DiscoveryEntry } from './pages';
+import { TargetQueue } from './queue';
+
+/** The well-known discovery subsystem NQN. */
+export const DISCOVERY_NQN = 'nqn.2014-08.org.nvmexpress.discovery';
+/** NQN of the subsystem served when none is configured. */
+export const DEFAULT_TARGET_NQN = 'nqn.2014-08.org.nvmf-nbd:target';
+/** Size of the namespace served when none is configured: 1 GiB. */
+export const DEFAULT_NAMESPACE_SIZE = 1 << 30;
+/** Default listening address. */
+export const DEFAULT_LISTEN = { host: '127.0.0.1', port: 4420 } as const;
+
+/** How a namespace stores its data. */
+export type NamespaceBacking = { memory: true } | { file: string };
+
+/** A namespace to serve. */
+export interface NamespaceConfig {
+  /** NSID; default: the lowest free one. */
+  nsid?: number;
+  /** Size in bytes (a multiple of lbaSize). Required for memory; for files default = file size. */
+  sizeBytes?: number;
+  /** Logical block size, default 512. */
+  lbaSize?: 512 | 4096;
+  backing: NamespaceBacking;
+}
+
+/** An NVM subsystem to serve. */
+export interface SubsystemConfig {
+  nqn: string;
+  /** Serial number (20 ASCII chars max), default derived from the NQN. */
+  serial?: string;
+  /** Model number (40 chars max), default "nvmf-nbd target". */
+  model?: string;
+  namespaces?: NamespaceConfig[];
+}
+
+/** Options of {@link NvmeTarget}. */
+export interface NvmeTargetOptions {
+  /** Address to listen on; default 127.0.0.1:4420. Port 0 picks a free port. */
+  listen?: { host: string; port: number };
+  /** traddr/trsvcid put in the discovery log instead of the listening address (NAT, forwards). */
+  advertise?: { host: string; port: number };
+  /** Subsystems; default one subsystem {@link DEFAULT_TARGET_NQN} with a 1 GiB memory namespace. */
+  subsystems?: SubsystemConfig[];
+  /** Host NQNs allowed to connect; default any host. */
+  allowHosts?: string[];
+  /** I/O queues per controller, default 8. */
+  maxIoQueues?: number;
+  /** Largest queue (CAP.MQES + 1), default 128. */
+  queueSize?: number;
+  /** Max data transfer in 4 KiB pages (a power of two), default 32 (128 KiB). */
+  mdtsPages?: number;
+  /** In-capsule data size on I/O queues in bytes (multiple of 16), default 8192. */
+  inCapsuleDataSize?: number;
+  /** MAXH2CDATA announced in ICResp (≥ 4096, multiple of 4), default 128 KiB. */
+  maxH2CData?: number;
+  /** Use C2HData SUCCESS instead of a CapsuleResp when the host disabled SQ flow control, default true. */
+  c2hSuccess?: boolean;
+  /** Grace past KATO before an association is dropped, default 5000 ms. */
+  keepAliveGraceMs?: number;
+  /** Close connections that do not complete Connect within this time, default 30000 ms. */
+  connectTimeoutMs?: number;
+  /** Log sink; default: nothing. */
+  log?: TargetLogger;
+}
+
+/** A namespace as reported by {@link NvmeTarget.subsystems}. */
+export interface NamespaceInfo {
+  nsid: number;
+  sizeBytes: number;
+  lbaSize: number;
+  backing: string;
+}
+
+/** A subsystem as reported by {@link NvmeTarget.subsystems}. */
+export interface SubsystemInfo {
+  nqn: string;
+  serial: string;
+  namespaces: NamespaceInfo[];
+}
+
+/** Largest NSID served (Identify Controller NN). */
+const MAX_NSID = 1024;
+
+function configError(msg: string): NvmfNbdError {
+  return new NvmfNbdError(ErrorCode.CFG_INVALID, msg);
+}
+
+function resolveConfig(o: NvmeTargetOptions): TargetConfig {
+  const queueSize = o.queueSize ?? 128;
+  if (!Number.isInteger(queueSize) || queueSize < 2 || queueSize > 65536) throw configError(`queueSize ${queueSize} out of range 2..65536`);
+  const maxIoQueues = o.maxIoQueues ?? 8;
+  if (!Number.isInteger(maxIoQueues) || maxIoQueues < 1 || maxIoQueues > 65534) throw configError(`maxIoQueues ${maxIoQueues} out of range`);
+  const pages = o.mdtsPages ?? 32;
+  const mdts = Math.log2(pages);
+  if (!Number.isInteger(mdts) || mdts < 0 || mdts > 12) throw configError(`mdtsPages ${pages} must be a power of two up to 4096`);
+  const icd = o.inCapsuleDataSize ?? 8192;
+  if (!Number.isInteger(icd) || icd < 0 || icd % 16 !== 0 || icd > 1 << 20) throw configError(`inCapsuleDataSize ${icd} must be a multiple of 16 up to 1 MiB`);
+  const maxH2CData = o.maxH2CData ?? 128 << 10;
+  if (!Number.isInteger(maxH2CData) || maxH2CData < 4096 || maxH2CData % 4 !== 0 || maxH2CData > 16 << 20) {
+    throw configError(`maxH2CData ${maxH2CData} must be ≥ 4096 and a multiple of 4`);
+  }
+  return {
+    queueSize,
+    maxIoQueues,
+    mdts,
+    maxTransfer: pages * 4096,
+    inCapsuleDataSize: icd,
+    adminInCapsuleDataSize: 8192,
+    maxH2CData,
+    maxC2HData: 128 << 10,
+    kas: 10,
+    aerl: 3,
+    nn: MAX_NSID,
+    c2hSuccess: o.c2hSuccess ?? true,
+    keepAliveGraceMs: o.keepAliveGraceMs ?? 5000,
+    connectTimeoutMs: o.connectTimeoutMs ?? 30000,
+    firmware: '1.0',
+  };
+}
+
+/** Serial number derived from the NQN: stable, 20 characters max. */
+function defaultSerial(nqn: string): string {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < nqn.length; i++) h = Math.imul(h ^ nqn.charCodeAt(i), 0x01000193) >>> 0;
+  return `NVMFNBD${h.toString(16).padStart(8, '0')}`;
+}
+
+/** The embedded NVMe/TCP target. */
+export class NvmeTarget {
+  private readonly cfg: TargetConfig;
+  private readonly opts: NvmeTargetOptions;
+  private readonly subsys = new Map<string, TargetSubsystem>();
+  private readonly pending: Array<{ nqn: string; ns: NamespaceConfig }> = [];
+  private readonly controllers = new Map<number, TargetController>();
+  private readonly queues = new Set<TargetQueue>();
+  private readonly counters: TargetStats = {
+    connections: 0, connectionsTotal: 0, controllers: 0, commands: 0, readCommands: 0, writeCommands: 0,
+    bytesRead: 0, bytesWritten: 0, protocolErrors: 0, dataDigestErrors: 0, keepAliveTimeouts: 0, termReqsReceived: 0,
+  };
+  private readonly ctx: TargetContext;
+  private server: net.Server | undefined;
+  private bound: { host: string; port: number } | undefined;
+  private lastCntlid = 0;
+  private closed = false;
+
+  /** Validates the configuration (throws CFG_ERR_INVALID); namespaces are opened by {@link listen}. */
+  constructor(opts: NvmeTargetOptions = {}) {
+    this.opts = opts;
+    this.cfg = resolveConfig(opts);
+    this.addSubsystem({ nqn: DISCOVERY_NQN }, true);
+    const subs = opts.subsystems ?? [{ nqn: DEFAULT_TARGET_NQN, namespaces: [{ sizeBytes: DEFAULT_NAMESPACE_SIZE, backing: { memory: true } }] }];
+    for (const s of subs) {
+      this.addSubsystem(s, false);
+      for (const ns of s.namespaces ?? []) this.pending.push({ nqn: s.nqn, ns });
+    }
+    const allow = opts.allowHosts === undefined || opts.allowHosts.length === 0 ? undefined : new Set(opts.allowHosts);
+    this.ctx = {
+      cfg: this.cfg,
+      stats: this.counters,
+      controllers: this.controllers,
+      subsystem: (nqn) => this.subsys.get(nqn),
+      hostAllowed: (hostnqn) => allow === undefined || allow.has(hostnqn),
+      newCntlid: () => this.newCntlid(),
+      discoveryLog: () => this.discoveryLog(),
+      log: (level: TargetLogLevel, message: string) => opts.log?.(level, message),
+    };
+  }
+
+  private addSubsystem(s: SubsystemConfig, discovery: boolean): void {
+    if (s.nqn.length === 0 || Buffer.byteLength(s.nqn) > 223) throw configError(`subsystem NQN '${s.nqn}' must be 1..223 bytes`);
+    if (this.subsys.has(s.nqn)) throw configError(`duplicate subsystem NQN ${s.nqn}`);
+    const serial = s.serial ?? defaultSerial(s.nqn);
+    if (serial.length > 20 || !/^[\x20-\x7e]*$/.test(serial)) throw configError(`serial '${serial}' must be at most 20 printable ASCII characters`);
+    this.subsys.set(s.nqn, {
+      nqn: s.nqn,
+      serial,
+      model: (s.model ?? (discovery ? 'nvmf-nbd discovery' : 'nvmf-nbd target')).slice(0, 40),
+      discovery,
+      namespaces: new Map(),
+      controllers: new Set(),
+    });
+  }
+
+  /**
+   * Open the configured namespaces and start listening. Resolves with the bound address (the
+   * real port when 0 was asked).
+   */
+  async listen(): Promise<{ host: string; port: number }> {
+    if (this.server !== undefined || this.closed) throw new NvmfNbdError(ErrorCode.INVALID_ARGUMENT, 'target already listening or closed');
+    try {
+      for (const p of this.pending.splice(0)) await this.addNamespace(p.nqn, p.ns);
+    } catch (err) {
+      await this.closeNamespaces();
+      throw err;
+    }
+    const want = this.opts.listen ?? DEFAULT_LISTEN;
+    const server = net.createServer((sock) => this.accept(sock));
+    this.server = server;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(want.port, want.host, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    }).catch(async (err: unknown) => {
+      this.server = undefined;
+      await this.closeNamespaces();
+      throw new NvmfNbdError(ErrorCode.CFG_INVALID, `cannot listen on ${want.host}:${want.port}: ${(err as Error).message}`, { cause: err });
+    });
+    server.on('error', (err) => this.ctx.log('error', `listener error: ${err.message}`));
+    const a = server.address() as net.AddressInfo;
+    this.bound = { host: a.address, port: a.port };
+    this.ctx.log('info', `listening on ${a.address}:${a.port}`);
+    return { ...this.bound };
+  }
+
+  /** The bound address, once listening. */
+  address(): { host: string; port: number } | undefined {
+    return this.bound === undefined ? undefined : { ...this.bound };
+  }
+
+  private accept(sock: net.Socket): void {
+    if (this.closed) {
+      sock.destroy();
+      return;
+    }
+    this.counters.connectionsTotal++;
+    const q = new TargetQueue(this.ctx, sock, (done) => {
+      this.queues.delete(done);
+      this.counters.connections = this.queues.size;
+    });
+    this.queues.add(q);
+    this.counters.connections = this.queues.size;
+  }
+
+  private newCntlid(): number | undefined {
+    // Dynamic controller model: 1..FFEFh, cycling so a recently freed id is not reused at once.
+    for (let i = 0; i < 0xffef; i++) {
+      this.lastCntlid = (this.lastCntlid % 0xffef) + 1;
+      if (!this.controllers.has(this.lastCntlid)) return this.lastCntlid;
+    }
+    return undefined;
+  }
+
+  private discoveryLog(): Buffer {
+    const where = this.opts.advertise ?? this.bound ?? DEFAULT_LISTEN;
+    const entries: DiscoveryEntry[] = [];
+    for (const s of this.subsys.values()) {
+      if (s.discovery) continue;
+      entries.push({
+        subnqn: s.nqn,
+        traddr: where.host,
+        trsvcid: String(where.port),
+        adrfam: net.isIPv6(where.host) ? 2 : 1,
+        portid: 1,
+        asqsz: 32,
+      });
+    }
+    // The subsystem set never changes while running, so the generation counter is constant.
+    return encodeDiscoveryLog(1n, entries);
+  }
+
+  /**
+   * Add a namespace to subsystem `subnqn` (before or while listening). Connected controllers of
+   * the subsystem get a namespace-attribute-changed AEN. Resolves with the NSID.
+   */
+  async addNamespace(subnqn: string, ns: NamespaceConfig): Promise<number> {
+    const sub = this.subsys.get(subnqn);
+    if (sub === undefined || sub.discovery) throw new NvmfNbdError(ErrorCode.INVALID_ARGUMENT, `no NVM subsystem ${subnqn}`);
+    const lbaSize = ns.lbaSize ?? 512;
+    if (lbaSize !== 512 && lbaSize !== 4096) throw configError(`LBA size ${String(lbaSize)} must be 512 or 4096`);
+    let nsid = ns.nsid;
+    if (nsid === undefined) {
+      nsid = 1;
+      while (sub.namespaces.has(nsid)) nsid++;
+    }
+    if (!Number.isInteger(nsid) || nsid < 1 || nsid > MAX_NSID) throw configError(`NSID ${nsid} out of range 1..${MAX_NSID}`);
+    if (sub.namespaces.has(nsid)) throw new NvmfNbdError(ErrorCode.INVALID_ARGUMENT, `NSID ${nsid} already exists in ${subnqn}`);
+    if (ns.sizeBytes !== undefined && (!Number.isSafeInteger(ns.sizeBytes) || ns.sizeBytes < lbaSize || ns.sizeBytes % lbaSize !== 0)) {
+      throw configError(`namespace size ${ns.sizeBytes} must be a positive multiple of ${lbaSize}`);
+    }
+    let backend: NamespaceBackend;
+    if ('memory' in ns.backing) {
+      if (ns.sizeBytes === undefined) throw configError('a memory namespace needs a size');
+      backend = new MemoryBackend(ns.sizeBytes);
+    } else {
+      backend = await FileBackend.open(ns.backing.file, ns.sizeBytes);
+    }
+    const blocks = Math.floor(backend.size / lbaSize);
+    if (blocks < 1) {
+      await backend.close();
+      throw configError(`namespace smaller than one ${lbaSize}-byte block`);
+    }
+    if (sub.namespaces.has(nsid)) {
+      // Raced with another add of the same NSID while the file was opening.
+      await backend.close();
+      throw new NvmfNbdError(ErrorCode.INVALID_ARGUMENT, `NSID ${nsid} already exists in ${subnqn}`);
+    }
+    const entry: TargetNamespace = { nsid, lbaSize, lbads: lbaSize === 512 ? 9 : 12, blocks, backend, ids: namespaceIds(subnqn, nsid) };
+    sub.namespaces.set(nsid, entry);
+    this.ctx.log('info', `${subnqn}: namespace ${nsid} added (${blocks * lbaSize} bytes, ${lbaSize}-byte blocks, ${backend.description})`);
+    for (const c of sub.controllers) c.namespaceChanged(nsid);
+    return nsid;
+  }
+
+  /** Remove a namespace; connected controllers get the namespace-attribute-changed AEN. */
+  async removeNamespace(subnqn: string, nsid: number): Promise<void> {
+    const sub = this.subsys.get(subnqn);
+    const ns = sub?.namespaces.get(nsid);
+    if (sub === undefined || ns === undefined) throw new NvmfNbdError(ErrorCode.NAMESPACE_NOT_FOUND, `no namespace ${nsid} in ${subnqn}`);
+    sub.namespaces.delete(nsid);
+    this.ctx.log('info', `${subnqn}: namespace ${nsid} removed`);
+    for (const c of sub.controllers) c.namespaceChanged(nsid);
+    await ns.backend.flush().catch(() => undefined);
+    await ns.backend.close();
+  }
+
+  /** The NVM subsystems and their namespaces. */
+  subsystems(): SubsystemInfo[] {
+    const out: SubsystemInfo[] = [];
+    for (const s of this.subsys.values()) {
+      if (s.discovery) continue;
+      const nss = [...s.namespaces.values()].sort((a, b) => a.nsid - b.nsid).map((n) => ({
+        nsid: n.nsid, sizeBytes: n.blocks * n.lbaSize, lbaSize: n.lbaSize, backing: n.backend.description,
+      }));
+      const pend = this.pending.filter((p) => p.nqn === s.nqn).map((p) => ({
+        nsid: p.ns.nsid ?? 0, sizeBytes: p.ns.sizeBytes ?? 0, lbaSize: p.ns.lbaSize ?? 512,
+        backing: 'memory' in p.ns.backing ? 'memory' : `file:${p.ns.backing.file}`,
+      }));
+      out.push({ nqn: s.nqn, serial: s.serial, namespaces: [...nss, ...pend] });
+    }
+    return out;
+  }
+
+  /** A snapshot of the counters. */
+  stats(): TargetStats {
+    return { ...this.counters };
+  }
+
+  /** Stop listening, drop every connection and controller, flush and close the namespaces. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    const server = this.server;
+    this.server = undefined;
+    const closing = server === undefined ? Promise.resolve() : new Promise<void>((resolve) => server.close(() => resolve()));
+    for (const c of [...this.controllers.values()]) c.destroy('target closing');
+    for (const q of [...this.queues]) q.destroy('target closing');
+    await closing;
+    await this.closeNamespaces();
+  }
+
+  private async closeNamespaces(): Promise<void> {
+    for (const s of this.subsys.values()) {
+      for (const ns of s.namespaces.values()) {
+        await ns.backend.flush().catch(() => undefined);
+        await ns.backend.close().catch(() => undefined);
+      }
+      s.namespaces.clear();
+    }
+  }
+}
