@@ -287,8 +287,11 @@ export class NbdConnection {
 
   private handshakeError(err: unknown): void {
     if (err instanceof NvmfNbdError && err.code === ErrorCode.NBD_OPTION_TOO_LARGE) {
-      // We cannot skip the data without reading it; say why, then hang up.
+      // We will not read that much data to skip it; say why, then hang up once it is sent.
+      this.log('warn', err.message, err.code);
       this.socket.write(encodeRepError(0, Rep.ERR_TOO_BIG, 'option too large'));
+      this.endSocket();
+      return;
     }
     const code = err instanceof NvmfNbdError ? err.code : ErrorCode.NBD_PROTOCOL;
     this.destroy(code, (err as Error).message, 'warn');
