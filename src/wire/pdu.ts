@@ -192,7 +192,9 @@ export class PduParser {
   }
 
   /** Feed bytes; calls onPdu for each complete PDU (data as subarray views when contiguous).
-   *  Throws NvmfNbdError with `fes`/`fei` set on a fatal error (the caller sends TermReq, closes). */
+   *  Throws NvmfNbdError with `fes`/`fei` set on a fatal error (the caller sends TermReq, closes).
+   *  An exception thrown by `onPdu` propagates too and also leaves the parser failed, since the
+   *  rest of the chunk was not consumed. */
   push(chunk: Buffer, onPdu: (pdu: Pdu) => void): void {
     if (this.failed !== undefined) throw this.failed;
     try {
