@@ -166,22 +166,48 @@ function nodeShareDir(): string {
   return dir;
 }
 
-/** QEMU processes still running, killed when this Node process exits (a failed test must not leak one). */
-const live = new Set<ChildProcess>();
+/** QEMU processes still running (and their temp folders), killed/removed when this Node process
+ *  exits, so a failed test never leaks one. A SIGKILLed Node is covered by setpriv --pdeathsig. */
+const live = new Map<ChildProcess, string>();
 let exitHookInstalled = false;
-function trackForExit(child: ChildProcess): void {
-  live.add(child);
+function trackForExit(child: ChildProcess, dir: string): void {
+  live.set(child, dir);
   if (exitHookInstalled) return;
   exitHookInstalled = true;
   process.on('exit', () => {
-    for (const c of live) {
+    for (const [c, d] of live) {
       try {
         c.kill('SIGKILL');
+        fs.rmSync(d, { recursive: true, force: true });
       } catch {
         /* already gone */
       }
     }
   });
+}
+
+/** Remove temp folders of guests whose owning Node process died without cleaning up. */
+function sweepStaleDirs(): void {
+  const tmp = os.tmpdir();
+  for (const name of fs.readdirSync(tmp)) {
+    if (!name.startsWith('nvmf-nbd-guest-')) continue;
+    const d = path.join(tmp, name);
+    try {
+      const owner = Number(fs.readFileSync(path.join(d, 'owner.pid'), 'utf8'));
+      if (owner > 0 && !alive(owner)) fs.rmSync(d, { recursive: true, force: true });
+    } catch {
+      /* not ours, or being created right now */
+    }
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }
 
 let nextId = 1;
@@ -225,7 +251,9 @@ export class Guest {
    */
   static async start(opts: GuestOptions = {}): Promise<Guest> {
     const img = await buildImage();
+    sweepStaleDirs();
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nvmf-nbd-guest-'));
+    fs.writeFileSync(path.join(dir, 'owner.pid'), String(process.pid));
     const sockPath = path.join(dir, 'cmd.sock');
     const logPath = path.join(dir, 'console.log');
 
@@ -245,7 +273,8 @@ export class Guest {
       '-serial', `file:${logPath}`,
       '-kernel', img.kernel, '-initrd', img.initrd,
       '-append', 'console=ttyS0 quiet panic=-1',
-      '-netdev', net0.join(','), '-device', 'virtio-net-pci,netdev=n0',
+      // romfile= skips loading the iPXE option ROM: nothing boots from the network here.
+      '-netdev', net0.join(','), '-device', 'virtio-net-pci,netdev=n0,romfile=',
       '-chardev', `socket,id=cmd,path=${sockPath},server=on,wait=off`,
       '-device', 'virtio-serial-pci', '-device', 'virtserialport,chardev=cmd,name=nvmf.cmd',
     ];
@@ -259,7 +288,7 @@ export class Guest {
       ? ['setpriv', ['--pdeathsig', 'KILL', 'qemu-system-x86_64', ...args]]
       : ['qemu-system-x86_64', args];
     const child = spawn(cmd, cmdArgs as string[], { stdio: ['ignore', 'ignore', 'pipe'] });
-    trackForExit(child);
+    trackForExit(child, dir);
     let stderr = '';
     child.stderr?.on('data', (d: Buffer) => {
       stderr = (stderr + d.toString()).slice(-8000);

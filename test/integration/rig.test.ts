@@ -25,13 +25,22 @@ const avail = guestAvailable();
 let g: Guest | undefined;
 let bootMs = 0;
 let shareDir: string | undefined;
+let echoSrv: net.Server | undefined;
 
 before(async () => {
   if (!avail.ok) return;
   shareDir = fs.mkdtempSync(path.join(os.tmpdir(), 'nvmf-nbd-rig-share-'));
   fs.writeFileSync(path.join(shareDir, 'hello.js'), "console.log('node in guest', process.version, 6 * 7);\n");
+  // A host service the guest reaches through guestfwd: answers "pong <what it read>".
+  echoSrv = net.createServer((c) => c.once('data', (d) => c.end(`pong ${d.toString().trim()}\n`)));
+  await new Promise<void>((resolve) => echoSrv!.listen(0, '127.0.0.1', resolve));
+  const echoPort = (echoSrv.address() as net.AddressInfo).port;
   const t0 = Date.now();
-  g = await Guest.start({ hostfwd: [{ hostPort: 0, guestPort: 4420 }], share: shareDir });
+  g = await Guest.start({
+    hostfwd: [{ hostPort: 0, guestPort: 4420 }],
+    guestfwd: [{ guestPort: 10809, hostPort: echoPort }],
+    share: shareDir,
+  });
   bootMs = Date.now() - t0;
   await setupNvmet(g, {
     subsystems: [{ nqn: NQN, namespaces: [{ nsid: 1, sizeMiB: 16 }, { nsid: 2, sizeMiB: 32 }] }],
@@ -41,6 +50,7 @@ before(async () => {
 after(async () => {
   await g?.stop();
   await g?.stop(); // twice is harmless
+  echoSrv?.close();
   if (shareDir !== undefined) fs.rmSync(shareDir, { recursive: true, force: true });
 });
 
@@ -145,4 +155,10 @@ test('the shared folder and the host node run in the guest', { timeout: 60_000 }
   const r = await g.exec('node /host/hello.js');
   assert.equal(r.out, `node in guest ${process.version} 42\n`);
   assert.equal((await g.exec('touch /host/x', { check: false })).code === 0, false, 'share is read-only');
+});
+
+test('guestfwd: the guest reaches a host loopback service at 10.0.2.100', { timeout: 60_000 }, async (t) => {
+  if (!need(t, avail.ok, avail.reason) || g === undefined) return;
+  const r = await g.exec('echo ping | nc 10.0.2.100 10809', { timeoutMs: 20_000 });
+  assert.equal(r.out, 'pong ping\n');
 });
