@@ -7,6 +7,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as net from 'node:net';
 import { execFileSync } from 'node:child_process';
+import { Duplex, PassThrough } from 'node:stream';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { promises as fsp } from 'node:fs';
@@ -505,6 +506,46 @@ test('pipelining is bounded: at most maxInFlight requests reach the device, all 
   } finally {
     await f.server.close();
   }
+});
+
+test('in-flight bytes are bounded: reads stop being dispatched above maxInFlightBytes', T, async () => {
+  const dev = new Wrapped(new MemoryBlockDevice({ size: 4 * MiB }), () => sleep(5));
+  const f = await start({ dev, maxInFlightBytes: 64 * 1024 });
+  try {
+    const { c } = await connectGo(f);
+    const N = 20;
+    for (let i = 0; i < N; i++) req(c, Cmd.READ, i * 32 * 1024, 32 * 1024, { cookie: BigInt(i + 1) });
+    for (let i = 0; i < N; i++) assert.equal((await simpleReply(c, 32 * 1024)).error, 0);
+    assert.equal(dev.maxActive, 2, '64 KiB budget / 32 KiB reads');
+    c.close();
+  } finally {
+    await f.server.close();
+  }
+});
+
+test('serveSocket serves any duplex stream (the --stdio path)', T, async () => {
+  const server = new NbdServer({ log: () => undefined, handshakeTimeoutMs: 0 });
+  server.addExport('m', new MemoryBlockDevice({ size: MiB }));
+  const toServer = new PassThrough();
+  const fromServer = new PassThrough();
+  server.serveSocket(Duplex.from({ readable: toServer, writable: fromServer }));
+  let got = Buffer.alloc(0);
+  fromServer.on('data', (d: Buffer) => (got = Buffer.concat([got, d])));
+  const until = async (n: number): Promise<Buffer> => {
+    while (got.length < n) await sleep(2);
+    const out = got.subarray(0, n);
+    got = got.subarray(n);
+    return out;
+  };
+  assert.equal((await until(18)).toString('latin1', 0, 8), 'NBDMAGIC');
+  toServer.write(Buffer.from([0, 0, 0, 3]));
+  toServer.write(encodeOption(Opt.EXPORT_NAME, Buffer.from('m')));
+  assert.equal(Number((await until(10)).readBigUInt64BE(0)), MiB);
+  toServer.write(encodeRequest({ type: Cmd.WRITE, cookie: 5n, offset: 512, length: 512, data: Buffer.alloc(512, 0x77) }));
+  const r = await until(16);
+  assert.deepEqual([r.readUInt32BE(4), r.readBigUInt64BE(8)], [0, 5n]);
+  assert.equal(server.stats()[0]?.writes, 1);
+  await server.close();
 });
 
 test('a failing device call fails only that request, with its errno (EIO when absent)', T, async () => {
