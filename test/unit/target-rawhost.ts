@@ -162,7 +162,7 @@ export class RawHost {
    * Submit `sqe` (cid and SGL set here). `write` data goes in-capsule when `inCapsule` (default:
    * when ≤ 8192 bytes), else via R2T; `readLength` sets a controller-to-host buffer.
    */
-  submit(sqe: Buffer, o: { write?: Buffer; readLength?: number; inCapsule?: boolean; cid?: number; timeoutMs?: number } = {}): Promise<Reply> {
+  submit(sqe: Buffer, o: { write?: Buffer; readLength?: number; inCapsule?: boolean; cid?: number; timeoutMs?: number; badDataDigest?: boolean } = {}): Promise<Reply> {
     const cid = o.cid ?? this.nextCid++ & 0xffff;
     setCid(sqe, cid);
     let capsuleData: Buffer | undefined;
@@ -187,7 +187,10 @@ export class RawHost {
         c2hPdus: 0,
       });
     });
-    this.send(encodeCapsuleCmd(sqe, capsuleData, this.tx));
+    const bufs = encodeCapsuleCmd(sqe, capsuleData, this.tx);
+    // Corrupt the trailing data digest of the in-capsule data.
+    if (o.badDataDigest === true) bufs[bufs.length - 1] = Buffer.from([0xef, 0xbe, 0xad, 0xde]);
+    this.send(bufs);
     return p;
   }
 
