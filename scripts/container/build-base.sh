@@ -32,6 +32,9 @@ pkg_installed nodejs || die "the host's Node 20 must come from the 'nodejs' Debi
 
 work="$NVMF_NBD_CACHE/container"
 mkdir -p "$work/debs"
+# Two test runs (or a test and a developer) may build at once: one builder at a time.
+exec 9>"$work/.lock"
+flock 9
 node_ver="$(dpkg-query -W -f='${Version}' nodejs)"
 npm_ver="$(node -p 'require("/usr/lib/node_modules/npm/package.json").version' 2>/dev/null || echo none)"
 stamp="$(printf '%s\n' "$(sha256_of "${BASH_SOURCE[0]}")" "$node_ver" "$npm_ver" "$BASE_IMAGE" | sha256sum | cut -d' ' -f1)"
