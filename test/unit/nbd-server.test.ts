@@ -464,6 +464,30 @@ test('write/read/FUA/trim/zeroes/cache round trip with simple replies and counte
   }
 });
 
+test('TRIM and WRITE_ZEROES up to 4 GiB - 1 block pass through whole to the device', T, async () => {
+  const seen: Array<[string, number]> = [];
+  const inner = new MemoryBlockDevice({ size: 8 * 1024 * MiB, blockSize: 4096, chunkSize: 1024 * 1024 });
+  const dev = new Wrapped(inner, async (op) => {
+    seen.push([op, 0]);
+  });
+  const trim = dev.trim.bind(dev);
+  const zero = dev.writeZeroes.bind(dev);
+  dev.trim = (o, l) => (seen.push(['trim-len', l]), trim(o, l));
+  dev.writeZeroes = (o, l, x) => (seen.push(['zero-len', l]), zero(o, l, x));
+  const f = await start({ dev });
+  try {
+    const { c } = await connectGo(f);
+    req(c, Cmd.TRIM, 4096, 0xfffff000, { cookie: 1n });
+    assert.deepEqual(await simpleReply(c), { error: 0, cookie: 1n, data: Buffer.alloc(0) });
+    req(c, Cmd.WRITE_ZEROES, 4 * 1024 * MiB, 0xfffff000, { cookie: 2n });
+    assert.equal((await simpleReply(c)).error, 0);
+    assert.deepEqual(seen.filter(([k]) => k.endsWith('-len')), [['trim-len', 0xfffff000], ['zero-len', 0xfffff000]]);
+    c.close();
+  } finally {
+    await f.server.close();
+  }
+});
+
 test('replies go out of order: a slow READ is answered after a later fast one', T, async () => {
   let release!: () => void;
   const held = new Promise<void>((r) => (release = r));
