@@ -116,6 +116,8 @@ export class NbdConnection {
   private pumping = false;
   /** Client sent DISC, or the server is shutting this connection down: stop taking work. */
   private draining = false;
+  /** The client half-closed: finish what it sent, then close. */
+  private peerEnded = false;
   /** Server shutdown / export removal: answer everything with ESHUTDOWN. */
   private shutdownErrno = 0;
   /** Export removed: even requests already running are answered ESHUTDOWN. */
@@ -217,17 +219,16 @@ export class NbdConnection {
 
   private onEnd(): void {
     if (this.phase === Phase.CLOSED) return;
-    const partial = this.phase === Phase.HANDSHAKE ? this.opts.partial : !this.draining && (this.rq as NbdRequestParser).partial;
-    if (partial) {
-      this.destroy(ErrorCode.NBD_TRUNCATED, 'client closed in the middle of a message', 'warn');
+    if (this.phase === Phase.HANDSHAKE) {
+      if (this.opts.partial) this.destroy(ErrorCode.NBD_TRUNCATED, 'client closed in the middle of an option', 'warn');
+      else this.endSocket();
       return;
     }
-    if (this.phase === Phase.HANDSHAKE || this.inFlight === 0) {
-      this.endSocket();
-      return;
-    }
-    // Half-closed with requests running: reply to them, then close.
-    this.draining = true;
+    // Complete requests may still be queued behind backpressure: run and answer them; pump()
+    // reports a truncated tail once everything before it has been parsed.
+    this.peerEnded = true;
+    this.pump();
+    this.maybeFinish();
   }
 
   private onClose(): void {
@@ -475,7 +476,13 @@ export class NbdConnection {
           this.destroy(code, (err as Error).message, 'warn');
           return;
         }
-        if (req === undefined) break;
+        if (req === undefined) {
+          if (this.peerEnded && rq.partial) {
+            this.destroy(ErrorCode.NBD_TRUNCATED, 'client closed in the middle of a request', 'warn');
+            return;
+          }
+          break;
+        }
         this.dispatch(req);
       }
     } finally {
@@ -494,7 +501,8 @@ export class NbdConnection {
 
   /** Close after DISC / shutdown once every reply is out. */
   private maybeFinish(): void {
-    if (this.phase === Phase.TRANSMISSION && this.inFlight === 0 && (this.draining || this.shutdownErrno !== 0)) {
+    if (this.phase !== Phase.TRANSMISSION || this.inFlight !== 0) return;
+    if (this.draining || this.shutdownErrno !== 0 || (this.peerEnded && !(this.rq as NbdRequestParser).partial)) {
       this.endSocket();
     }
   }
@@ -642,8 +650,8 @@ export class NbdConnection {
   }
 
   private after(): void {
-    if (this.inFlight === 0 && (this.draining || this.shutdownErrno !== 0)) this.maybeFinish();
-    else this.pump();
+    this.pump();
+    this.maybeFinish();
   }
 
   private finishRead(req: NbdRequest, bytes: number, data: Buffer): void {

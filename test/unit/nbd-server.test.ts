@@ -608,6 +608,22 @@ test('DISC: in-flight replies are sent, then the server closes', T, async () => 
   }
 });
 
+test('half-close after complete requests: queued ones still run and are answered, then close', T, async () => {
+  const dev = new Wrapped(new MemoryBlockDevice({ size: 1 * MiB }), () => sleep(5));
+  const f = await start({ dev, maxInFlight: 2 });
+  try {
+    const { c } = await connectGo(f);
+    const reqs: Buffer[] = [];
+    for (let i = 0; i < 10; i++) reqs.push(encodeRequest({ type: Cmd.READ, cookie: BigInt(i + 1), offset: i * 512, length: 512 }));
+    c.sock.end(Buffer.concat(reqs)); // most of these wait behind maxInFlight when the FIN arrives
+    for (let i = 0; i < 10; i++) assert.equal((await simpleReply(c, 512)).error, 0);
+    await c.expectClose();
+    assert.ok(!hasCode(f, ErrorCode.NBD_TRUNCATED));
+  } finally {
+    await f.server.close();
+  }
+});
+
 // ---------------------------------------------------------------------------------------------
 // Protocol violations
 // ---------------------------------------------------------------------------------------------
