@@ -640,7 +640,7 @@ test('violation: unknown client flags → closed, NBD_ERR_BAD_FLAGS', T, async (
   }
 });
 
-test('violation: bad option magic → closed, NBD_ERR_BAD_MAGIC', T, async () => {
+test('violation: bad init magic (IHAVEOPT of the first option) → closed, NBD_ERR_BAD_MAGIC', T, async () => {
   const f = await start();
   try {
     const c = await Raw.connect(f.port);
