@@ -56,7 +56,8 @@ export function ioPrecheck(ctx: TargetContext, ctrl: TargetController, s: Parsed
     case IoOpcode.DATASET_MANAGEMENT: {
       if (!ctrl.subsys.namespaces.has(s.nsid)) return fail(Sct.GENERIC, G.INVALID_NAMESPACE_OR_FORMAT);
       const nr = (s.cdw10 & 0xff) + 1;
-      if (s.sgl.length !== nr * DSM_RANGE) return fail(Sct.GENERIC, DATA_SGL_LENGTH_INVALID);
+      // At least NR ranges; Linux always sends a 4 KiB buffer (room for 256 ranges) whatever NR is.
+      if (s.sgl.length < nr * DSM_RANGE) return fail(Sct.GENERIC, DATA_SGL_LENGTH_INVALID);
       return undefined;
     }
     default:

@@ -203,6 +203,7 @@ export class TargetQueue implements ControllerQueue {
     this.sock.write(encodeIcResp({ cpda: 0, hdgst: pdu.hdgst, ddgst: pdu.ddgst, maxh2cdata: this.ctx.cfg.maxH2CData }));
     this.parser.setDigests(pdu.hdgst, pdu.ddgst);
     this.state = QueueState.READY;
+    this.ctx.log('debug', `conn ${this.id} ${this.peer}: ICReq hpda ${pdu.hpda} maxr2t ${pdu.maxr2t} hdgst ${pdu.hdgst ? 1 : 0} ddgst ${pdu.ddgst ? 1 : 0}`);
   }
 
   private onCapsule(raw: Buffer, data: Buffer | undefined, dataDigestOk: boolean): void {

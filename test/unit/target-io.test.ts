@@ -170,6 +170,13 @@ describe('target: host bring-up and I/O', () => {
     assert.deepEqual(r2.subarray(0, 2048), data.subarray(0, 2048));
     assert.ok(r2.subarray(2048, 6144).every((b) => b === 0));
     assert.deepEqual(r2.subarray(6144), data.subarray(6144));
+    // Linux sends a 4 KiB DSM buffer whatever NR says: only the first NR ranges count.
+    const padded = Buffer.alloc(4096, 0xff);
+    encodeDsmRanges([{ slba: 20n, nlb: 2 }]).copy(padded);
+    const dsm4k = await io.submit(sqeDatasetManagement(1, 1, true), { write: padded });
+    assert.equal(dsm4k.cqe.ok, true);
+    const tooShort = await io.submit(sqeDatasetManagement(1, 2, true), { write: encodeDsmRanges([{ slba: 0n, nlb: 1 }]) });
+    assert.equal(tooShort.cqe.status.sc, 0x0f, 'Data SGL Length Invalid');
     const oob = await io.submit(sqeDatasetManagement(1, 1, true), { write: encodeDsmRanges([{ slba: BigInt(NS_SIZE / 512), nlb: 1 }]) });
     assert.equal(oob.cqe.status.sc, GenericStatus.LBA_OUT_OF_RANGE);
     admin.close();
