@@ -9,10 +9,12 @@ import * as net from 'node:net';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { need } from '../helpers/prereq';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { need, haveCommand } from '../helpers/prereq';
 import {
   Guest,
   guestAvailable,
+  freePort,
   setupNvmet,
   addNvmetNamespace,
   removeNvmetNamespace,
@@ -26,6 +28,8 @@ let g: Guest | undefined;
 let bootMs = 0;
 let shareDir: string | undefined;
 let echoSrv: net.Server | undefined;
+let nbdkit: ChildProcess | undefined;
+let nbdkitPort = 0;
 
 before(async () => {
   if (!avail.ok) return;
@@ -35,10 +39,15 @@ before(async () => {
   echoSrv = net.createServer((c) => c.once('data', (d) => c.end(`pong ${d.toString().trim()}\n`)));
   await new Promise<void>((resolve) => echoSrv!.listen(0, '127.0.0.1', resolve));
   const echoPort = (echoSrv.address() as net.AddressInfo).port;
+  // A reference NBD server on the host, for the guest's kernel nbd client (when installed).
+  if (haveCommand('nbdkit')) {
+    nbdkitPort = await freePort();
+    nbdkit = spawn('nbdkit', ['-f', '-i', '127.0.0.1', '-p', String(nbdkitPort), 'memory', '16M'], { stdio: 'ignore' });
+  }
   const t0 = Date.now();
   g = await Guest.start({
     hostfwd: [{ hostPort: 0, guestPort: 4420 }],
-    guestfwd: [{ guestPort: 10809, hostPort: echoPort }],
+    guestfwd: [{ guestPort: 10809, hostPort: echoPort }, ...(nbdkit ? [{ guestPort: 10810, hostPort: nbdkitPort }] : [])],
     share: shareDir,
   });
   bootMs = Date.now() - t0;
@@ -51,6 +60,7 @@ after(async () => {
   await g?.stop();
   await g?.stop(); // twice is harmless
   echoSrv?.close();
+  nbdkit?.kill();
   if (shareDir !== undefined) fs.rmSync(shareDir, { recursive: true, force: true });
 });
 
@@ -161,4 +171,20 @@ test('guestfwd: the guest reaches a host loopback service at 10.0.2.100', { time
   if (!need(t, avail.ok, avail.reason) || g === undefined) return;
   const r = await g.exec('echo ping | nc 10.0.2.100 10809', { timeoutMs: 20_000 });
   assert.equal(r.out, 'pong ping\n');
+});
+
+test('the guest kernel attaches a host NBD export as /dev/nbd0 through guestfwd', { timeout: 90_000 }, async (t) => {
+  if (!need(t, avail.ok, avail.reason) || g === undefined) return;
+  if (!need(t, nbdkit !== undefined, 'nbdkit missing: run scripts/setup.sh')) return;
+  await g.exec('modprobe nbd && nbd-client 10.0.2.100 10810 /dev/nbd0 -N "" -C 2', { timeoutMs: 30_000 });
+  try {
+    assert.equal((await g.exec('blockdev --getsize64 /dev/nbd0')).out.trim(), String(16 << 20));
+    const w = await g.exec(
+      'dd if=/dev/urandom of=/tmp/a bs=64k count=16 2>/dev/null && dd if=/tmp/a of=/dev/nbd0 bs=64k oflag=direct 2>/dev/null && ' +
+        'dd if=/dev/nbd0 of=/tmp/b bs=64k count=16 iflag=direct 2>/dev/null && cmp /tmp/a /tmp/b && echo same',
+    );
+    assert.equal(w.out.trim(), 'same');
+  } finally {
+    await g.exec('nbd-client -d /dev/nbd0', { check: false });
+  }
 });
