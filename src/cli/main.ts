@@ -9,6 +9,7 @@ import type { Verb } from './verb';
 
 // The verb table. Each verb module exports `verb`; keep this list sorted.
 const VERBS: ReadonlyArray<() => Verb> = [
+  () => (require('./verbs/target') as typeof import('./verbs/target')).verb,
 ];
 
 function topHelp(verbs: readonly Verb[]): string {

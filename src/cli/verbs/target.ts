@@ -1,0 +1,138 @@
+/**
+ * `nvmf-nbd target`: run the embedded NVMe/TCP target in the foreground until SIGINT/SIGTERM.
+ *
+ * With no namespace options it serves one subsystem with one 1 GiB sparse memory namespace, so
+ * `nvmf-nbd target` alone is a usable target on 127.0.0.1:4420.
+ */
+import * as net from 'node:net';
+import { usageError, type OptionSpec } from '../args';
+import type { Verb } from '../verb';
+import {
+  DEFAULT_LISTEN, DEFAULT_NAMESPACE_SIZE, DEFAULT_TARGET_NQN, NvmeTarget, type NamespaceConfig, type TargetLogLevel,
+} from '../../target';
+
+const OPTIONS: readonly OptionSpec[] = [
+  { long: 'listen', type: 'string', metavar: 'HOST:PORT', help: 'address to listen on', default: `${DEFAULT_LISTEN.host}:${DEFAULT_LISTEN.port}` },
+  { long: 'nqn', short: 'n', type: 'string', metavar: 'NQN', help: 'subsystem NQN', default: DEFAULT_TARGET_NQN },
+  { long: 'memory', short: 'm', type: 'string', metavar: 'SIZE', repeat: true, help: 'add a sparse memory namespace of SIZE (K/M/G suffixes); repeatable' },
+  { long: 'file', short: 'f', type: 'string', metavar: 'PATH[:SIZE]', repeat: true, help: 'add a file-backed namespace (created/extended to SIZE if given); repeatable' },
+  { long: 'lba-size', short: 'b', type: 'int', metavar: '512|4096', help: 'logical block size of the namespaces', default: 512 },
+  { long: 'allow-host', type: 'string', metavar: 'NQN', repeat: true, help: 'allow only these host NQNs (default: any host); repeatable' },
+  { long: 'advertise', type: 'string', metavar: 'HOST:PORT', help: 'address put in the discovery log (behind NAT or port forwards)' },
+  { long: 'queue-size', type: 'int', metavar: 'N', min: 2, max: 65536, help: 'largest queue a host may create (CAP.MQES+1)', default: 128 },
+  { long: 'nr-io-queues', type: 'int', metavar: 'N', min: 1, max: 1024, help: 'I/O queues per controller', default: 8 },
+  { long: 'output-format', short: 'o', type: 'string', metavar: 'normal|json', help: 'output format', default: 'normal' },
+  { long: 'verbose', short: 'v', type: 'boolean', help: 'log every connection and controller' },
+];
+
+const SIZE_UNITS: Readonly<Record<string, number>> = { '': 1, K: 2 ** 10, M: 2 ** 20, G: 2 ** 30, T: 2 ** 40 };
+
+/** `512`, `64K`, `256M`, `1G` (powers of 1024). */
+export function parseSizeArg(s: string, what: string): number {
+  const m = /^(\d+)([KMGT]?)(?:i?B)?$/i.exec(s.trim());
+  if (m === null) usageError(`${what} '${s}': expected a size such as 512M or 1G`);
+  const n = Number(m[1]) * (SIZE_UNITS[(m[2] as string).toUpperCase()] as number);
+  if (!Number.isSafeInteger(n) || n <= 0) usageError(`${what} '${s}': out of range`);
+  return n;
+}
+
+/** `HOST:PORT` or `[V6]:PORT`. */
+export function parseHostPort(s: string, what: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(s);
+  if (m === null) usageError(`${what} '${s}': expected HOST:PORT`);
+  const host = (m[1] ?? m[2]) as string;
+  const port = Number(m[3]);
+  if (port > 65535) usageError(`${what} '${s}': port out of range`);
+  if (m[1] !== undefined && !net.isIPv6(host)) usageError(`${what} '${s}': bad IPv6 address`);
+  return { host, port };
+}
+
+/** `PATH` or `PATH:SIZE` (the part after the last colon is a size only when it parses as one). */
+export function parseFileArg(s: string): { path: string; size?: number } {
+  const i = s.lastIndexOf(':');
+  if (i > 0 && /^\d+[KMGT]?(?:i?B)?$/i.test(s.slice(i + 1))) return { path: s.slice(0, i), size: parseSizeArg(s.slice(i + 1), '--file') };
+  if (s.length === 0) usageError('--file needs a path');
+  return { path: s };
+}
+
+function strings(v: unknown): string[] {
+  return Array.isArray(v) ? v.map(String) : [];
+}
+
+function human(bytes: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let v = bytes;
+  let u = 0;
+  while (v >= 1024 && u < units.length - 1) {
+    v /= 1024;
+    u++;
+  }
+  return `${Number.isInteger(v) ? v : v.toFixed(2)} ${units[u]}`;
+}
+
+export const verb: Verb = {
+  name: 'target',
+  summary: 'run the embedded NVMe/TCP target (memory- or file-backed namespaces)',
+  usage: 'nvmf-nbd target [--listen HOST:PORT] [--nqn NQN] [--memory SIZE]... [--file PATH[:SIZE]]... [--lba-size 512|4096] [--allow-host NQN]... [--advertise HOST:PORT] [-o json]',
+  options: OPTIONS,
+  async run(options): Promise<number> {
+    const listen = parseHostPort(String(options.listen), '--listen');
+    const advertise = options.advertise === undefined ? undefined : parseHostPort(String(options.advertise), '--advertise');
+    const lbaSize = Number(options['lba-size']);
+    if (lbaSize !== 512 && lbaSize !== 4096) usageError(`--lba-size ${lbaSize}: must be 512 or 4096`);
+    const format = String(options['output-format']);
+    if (format !== 'normal' && format !== 'json') usageError(`-o ${format}: must be normal or json`);
+    const namespaces: NamespaceConfig[] = [];
+    for (const m of strings(options.memory)) namespaces.push({ sizeBytes: parseSizeArg(m, '--memory'), lbaSize, backing: { memory: true } });
+    for (const f of strings(options.file)) {
+      const { path, size } = parseFileArg(f);
+      namespaces.push(size === undefined ? { lbaSize, backing: { file: path } } : { sizeBytes: size, lbaSize, backing: { file: path } });
+    }
+    if (namespaces.length === 0) namespaces.push({ sizeBytes: DEFAULT_NAMESPACE_SIZE, lbaSize, backing: { memory: true } });
+    const verbose = options.verbose === true;
+    const log = (level: TargetLogLevel, msg: string): void => {
+      if (level === 'debug' && !verbose) return;
+      process.stderr.write(`nvmf-nbd target: ${level}: ${msg}\n`);
+    };
+    const target = new NvmeTarget({
+      listen,
+      advertise,
+      subsystems: [{ nqn: String(options.nqn), namespaces }],
+      allowHosts: strings(options['allow-host']),
+      queueSize: Number(options['queue-size']),
+      maxIoQueues: Number(options['nr-io-queues']),
+      log,
+    });
+    // Register before listening so a signal during start-up still shuts down cleanly.
+    let onSignal: ((sig: NodeJS.Signals) => void) | undefined;
+    const stopped = new Promise<NodeJS.Signals>((resolve) => {
+      onSignal = (sig) => resolve(sig);
+      process.once('SIGINT', onSignal);
+      process.once('SIGTERM', onSignal);
+    });
+    try {
+      const addr = await target.listen();
+      const subs = target.subsystems();
+      if (format === 'json') {
+        process.stdout.write(`${JSON.stringify({ listen: addr, advertise: advertise ?? addr, subsystems: subs })}\n`);
+      } else {
+        const lines = [`listening on ${addr.host.includes(':') ? `[${addr.host}]` : addr.host}:${addr.port}`];
+        for (const s of subs) {
+          lines.push(`subsystem ${s.nqn} (serial ${s.serial})`);
+          for (const n of s.namespaces) lines.push(`  nsid ${n.nsid}: ${human(n.sizeBytes)}, ${n.lbaSize}-byte blocks, ${n.backing}`);
+        }
+        lines.push(`discovery: nqn.2014-08.org.nvmexpress.discovery on the same port; press Ctrl-C to stop`);
+        process.stdout.write(`${lines.join('\n')}\n`);
+      }
+      const sig = await stopped;
+      log('info', `${sig}: shutting down`);
+      return 0;
+    } finally {
+      if (onSignal !== undefined) {
+        process.off('SIGINT', onSignal);
+        process.off('SIGTERM', onSignal);
+      }
+      await target.close();
+    }
+  },
+};
