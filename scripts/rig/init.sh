@@ -48,6 +48,11 @@ done
 say "ready port=$port uptime $(cut -d' ' -f1 /proc/uptime)"
 echo "RIG-READY" >/dev/console
 
+# scripts/rig/run-guest.sh asks for a shell on the console (rig.shell on the kernel command line).
+if grep -qw rig.shell /proc/cmdline; then
+  (while :; do setsid cttyhack sh -l; done) &
+fi
+
 # Command service. Host → guest, one line: "CMD <id> <timeout-seconds> <base64 script>".
 # Guest → host: "@@BEGIN <id>", the output (stdout+stderr), a newline, "@@END <id> <status>".
 # Output goes to a per-command file so background children can't block or corrupt the reply.
