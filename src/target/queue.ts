@@ -334,9 +334,19 @@ export class TargetQueue implements ControllerQueue {
       result = this.internalError(cmd, err);
     }
     if (result instanceof Promise) {
-      result.then((c) => this.complete(cmd, c), (err: unknown) => this.complete(cmd, this.internalError(cmd, err)));
+      result.then((c) => this.safeComplete(cmd, c), (err: unknown) => this.safeComplete(cmd, this.internalError(cmd, err)));
     } else {
       this.complete(cmd, result);
+    }
+  }
+
+  /** complete() from a promise callback: a bug there must close this connection, not the process. */
+  private safeComplete(cmd: Inflight, c: Completion): void {
+    try {
+      this.complete(cmd, c);
+    } catch (err) {
+      this.ctx.log('error', `conn ${this.id} qid ${this.qid}: completing cid ${cmd.cid} failed: ${(err as Error)?.message ?? String(err)}`);
+      this.destroy('internal error');
     }
   }
 
