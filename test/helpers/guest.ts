@@ -23,6 +23,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { StringDecoder } from 'node:string_decoder';
 
 /** The guest's own address on the slirp network (what its nvmet advertises in discovery). */
 export const GUEST_ADDR = '10.0.2.15';
@@ -237,8 +238,10 @@ export class Guest {
     this.consoleLogPath = path.join(dir, 'console.log');
     this.hostPorts = hostPorts;
     // One permanent reader: a flowing socket without a listener would drop guest output.
+    // A decoder keeps a UTF-8 character split across chunks intact.
+    const dec = new StringDecoder('utf8');
     sock.on('data', (d: Buffer) => {
-      this.buf += d.toString('utf8');
+      this.buf += dec.write(d);
       this.wake();
     });
     sock.on('close', () => this.wake());
@@ -252,6 +255,18 @@ export class Guest {
   static async start(opts: GuestOptions = {}): Promise<Guest> {
     const img = await buildImage();
     sweepStaleDirs();
+    // A port picked free may be taken before QEMU binds it: pick again (only for hostPort 0).
+    const canRetry = (opts.hostfwd ?? []).some((f) => f.hostPort === 0);
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await Guest.boot(opts, img);
+      } catch (err) {
+        if (!(canRetry && attempt < 3 && (err as { portClash?: boolean }).portClash === true)) throw err;
+      }
+    }
+  }
+
+  private static async boot(opts: GuestOptions, img: Image): Promise<Guest> {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nvmf-nbd-guest-'));
     fs.writeFileSync(path.join(dir, 'owner.pid'), String(process.pid));
     const sockPath = path.join(dir, 'cmd.sock');
@@ -303,7 +318,9 @@ export class Guest {
       const tail = readTail(logPath, 40);
       child.kill('SIGKILL');
       fs.rmSync(dir, { recursive: true, force: true });
-      throw new Error(`guest failed to start: ${why}\nqemu stderr: ${stderr.trim()}\nconsole tail:\n${tail}`);
+      throw Object.assign(new Error(`guest failed to start: ${why}\nqemu stderr: ${stderr.trim()}\nconsole tail:\n${tail}`), {
+        portClash: /host forwarding rule|address already in use/i.test(stderr),
+      });
     };
 
     const deadline = Date.now() + (opts.bootTimeoutMs ?? 180_000);

@@ -188,3 +188,18 @@ test('the guest kernel attaches a host NBD export as /dev/nbd0 through guestfwd'
     await g.exec('nbd-client -d /dev/nbd0', { check: false });
   }
 });
+
+test('start fails fast and clearly when a fixed host port is taken', { timeout: 60_000 }, async (t) => {
+  if (!need(t, avail.ok, avail.reason)) return;
+  const srv = net.createServer();
+  await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve));
+  const port = (srv.address() as net.AddressInfo).port;
+  try {
+    await assert.rejects(Guest.start({ hostfwd: [{ hostPort: port, guestPort: 4420 }] }), (err: Error & { portClash?: boolean }) => {
+      assert.equal(err.portClash, true);
+      return true;
+    });
+  } finally {
+    srv.close();
+  }
+});
