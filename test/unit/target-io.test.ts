@@ -249,3 +249,35 @@ describe('target: host bring-up and I/O', () => {
     assert.equal(target.stats().protocolErrors, 0);
   });
 });
+
+describe('target: large transfers', () => {
+  it('a read larger than one C2HData PDU arrives in order-split PDUs with LAST on the final one', { timeout: 10_000 }, async () => {
+    const t = new NvmeTarget({
+      listen: { host: '127.0.0.1', port: 0 },
+      mdtsPages: 128, // 512 KiB, four 128 KiB C2HData PDUs
+      subsystems: [{ nqn: NQN, namespaces: [{ sizeBytes: 4 << 20, backing: { memory: true } }] }],
+    });
+    const { port } = await t.listen();
+    try {
+      const admin = await RawHost.connect(port);
+      await admin.icreq();
+      const c = await connectAdmin(admin, NQN);
+      await enable(admin);
+      const id = (await admin.submit(sqeIdentify(1), { readLength: 4096 })).data;
+      assert.equal(id[77], 7, 'MDTS 2^7 pages');
+      const io = await RawHost.connect(port);
+      await io.icreq({ hdgst: true, ddgst: true });
+      await connectIo(io, NQN, c.cqe.dw0);
+      const data = randomBytes(512 << 10);
+      const w = await io.submit(sqeWrite(1, 0n, 1024, false), { write: data });
+      assert.equal(w.cqe.ok, true);
+      const r = await io.submit(sqeRead(1, 0n, 1024), { readLength: 512 << 10 });
+      assert.equal(r.c2hPdus, 4);
+      assert.deepEqual(r.lastFlags, [false, false, false, true]);
+      assert.deepEqual(r.data, data);
+      admin.close();
+    } finally {
+      await t.close();
+    }
+  });
+});

@@ -6,7 +6,7 @@ import { strict as assert } from 'node:assert';
 import { after, before, describe, it } from 'node:test';
 import {
   crc32c, encodeCapsuleCmd, encodeH2CData, encodeIcReq, GenericStatus, FabricsStatus, CommandSpecificStatus,
-  sqeIdentify, sqeRead, sqeWrite, sqeSetFeatures, PduType,
+  sqeIdentify, sqeRead, sqeWrite, sqeSetFeatures, PduType, sqeConnect, encodeConnectData,
 } from '../../src/wire';
 import { NvmeTarget } from '../../src/target';
 import { connectAdmin, connectIo, enable, HOSTNQN, RawHost } from './target-rawhost';
@@ -321,6 +321,89 @@ describe('target: malicious host', () => {
     await io.waitClosed(2000);
     assert.ok(Date.now() - t0 >= 300, 'not before KATO');
     assert.equal(target.stats().keepAliveTimeouts, before + 1);
+  });
+
+  it('more commands outstanding than the SQ holds → TermReq FES 2', T, async () => {
+    const admin = await RawHost.connect(port);
+    await admin.icreq();
+    const c = await connectAdmin(admin, NQN);
+    await enable(admin);
+    const io = await RawHost.connect(port);
+    await io.icreq();
+    await connectIo(io, NQN, c.cqe.dw0, { sqsize: 1 }); // 2 entries
+    // Three writes whose data is never sent (R2T ignored): they stay outstanding.
+    io.onR2T = () => true;
+    for (let i = 0; i < 3; i++) void io.submit(sqeWrite(1, 0n, 32, false), { write: Buffer.alloc(16384), inCapsule: false, timeoutMs: 3000 }).catch(() => undefined);
+    await expectTermReq(io, 2);
+    admin.close();
+  });
+
+  it('H2CTermReq from the host closes the connection', T, async () => {
+    const h = await RawHost.connect(port);
+    await h.icreq();
+    const before = target.stats().termReqsReceived;
+    const term = Buffer.alloc(24);
+    term[0] = PduType.H2C_TERM_REQ;
+    term[2] = 24;
+    term.writeUInt32LE(24, 4);
+    term.writeUInt16LE(1, 8);
+    h.send(term);
+    await h.waitClosed();
+    assert.equal(h.termReq, undefined, 'no TermReq in answer to a TermReq');
+    assert.equal(target.stats().termReqsReceived, before + 1);
+  });
+
+  it('I/O queue Connect naming another host\'s controller → Connect Invalid Parameters (IPO 16)', T, async () => {
+    const admin = await RawHost.connect(port);
+    await admin.icreq();
+    const c = await connectAdmin(admin, NQN);
+    await enable(admin);
+    const io = await RawHost.connect(port);
+    await io.icreq();
+    const sqe = sqeConnect({ qid: 1, sqsize: 31, kato: 0, disableSqFlowControl: false });
+    const data = encodeConnectData({ hostid: Buffer.alloc(16), cntlid: c.cqe.dw0, subnqn: NQN, hostnqn: 'nqn.2014-08.org.nvmexpress:uuid:99999999-0000-0000-0000-000000000000' });
+    const r = await io.submit(sqe, { write: data });
+    assert.equal(r.cqe.status.sc, FabricsStatus.CONNECT_INVALID_PARAMETERS);
+    assert.equal(r.cqe.dw0, (1 << 16) | 16);
+    io.close();
+    admin.close();
+  });
+
+  it('seeded random commands each get a completion and leave the target healthy', { timeout: 30_000 }, async () => {
+    const { admin, io } = await ioQueue();
+    let seed = 777;
+    const rnd = (): number => {
+      seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
+      return seed >>> 8;
+    };
+    const errorsBefore = target.stats().protocolErrors;
+    // Opcodes left out: Fabrics (would re-Connect/disable), Set Features (KATO could end the
+    // association mid-test), AER (completes only on an event).
+    const skip = new Set([0x7f, 0x09, 0x0c]);
+    for (const h of [admin, io]) {
+      h.onR2T = (r2t) => {
+        const step = h.maxh2cdata;
+        for (let off = 0; off < r2t.r2tl; off += step) {
+          const n = Math.min(step, r2t.r2tl - off);
+          h.send(encodeH2CData({ cccid: r2t.cccid, ttag: r2t.ttag, datao: off, last: off + n === r2t.r2tl }, Buffer.alloc(n), h.tx));
+        }
+        return true;
+      };
+      for (let i = 0; i < 150; i++) {
+        const sqe = Buffer.alloc(64);
+        for (let j = 0; j < 64; j++) sqe[j] = rnd() & 0xff;
+        if (skip.has(sqe[0]!)) sqe[0] = 0x18;
+        sqe[1] = 0; // no fused commands
+        if (h === io && rnd() % 2 === 0) sqe.writeUInt32LE(1, 4); // often a valid NSID
+        const len = [0, 512, 4096, 65536, 1 << 20][rnd() % 5]!;
+        const r = await h.submit(sqe, { readLength: len });
+        assert.equal(typeof r.cqe.status.sc, 'number');
+      }
+    }
+    assert.equal(target.stats().protocolErrors, errorsBefore);
+    const id = await admin.submit(sqeIdentify(1), { readLength: 4096 });
+    assert.equal(id.cqe.ok, true);
+    admin.close();
   });
 
   it('random garbage after ICReq → TermReq or close, and the target keeps serving', T, async () => {

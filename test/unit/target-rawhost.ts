@@ -19,6 +19,8 @@ export interface Reply {
   viaSuccess: boolean;
   /** C2HData PDUs received for the command. */
   c2hPdus: number;
+  /** LAST_PDU flag of each C2HData PDU, in arrival order. */
+  lastFlags: boolean[];
 }
 
 interface Pending {
@@ -27,6 +29,7 @@ interface Pending {
   out: Buffer | undefined;
   chunks: Buffer;
   c2hPdus: number;
+  lastFlags: boolean[];
 }
 
 /** A raw host connection. Every wait has a timeout so a broken target fails the test, not hangs it. */
@@ -89,7 +92,7 @@ export class RawHost {
           return;
         }
         this.pending.delete(cqe.cid);
-        w.resolve({ cqe, data: w.chunks, viaSuccess: false, c2hPdus: w.c2hPdus });
+        w.resolve({ cqe, data: w.chunks, viaSuccess: false, c2hPdus: w.c2hPdus, lastFlags: w.lastFlags });
         return;
       }
       case PduType.C2H_DATA: {
@@ -99,6 +102,7 @@ export class RawHost {
           return;
         }
         w.c2hPdus++;
+        w.lastFlags.push(p.last);
         if (!p.dataDigestOk) throw new Error('C2HData digest mismatch');
         if (p.datao + p.data.length > w.chunks.length) {
           const b = Buffer.alloc(p.datao + p.data.length);
@@ -109,7 +113,7 @@ export class RawHost {
         if (p.success) {
           this.pending.delete(p.cccid);
           const cqe: Cqe = { dw0: 0, dw1: 0, sqhd: 0, sqid: 0, cid: p.cccid, ok: true, status: { sct: 0, sc: 0, dnr: false, more: false, crd: 0 } };
-          w.resolve({ cqe, data: w.chunks, viaSuccess: true, c2hPdus: w.c2hPdus });
+          w.resolve({ cqe, data: w.chunks, viaSuccess: true, c2hPdus: w.c2hPdus, lastFlags: w.lastFlags });
         }
         return;
       }
@@ -185,6 +189,7 @@ export class RawHost {
         out: capsuleData === undefined ? o.write : undefined,
         chunks: Buffer.alloc(0),
         c2hPdus: 0,
+        lastFlags: [],
       });
     });
     const bufs = encodeCapsuleCmd(sqe, capsuleData, this.tx);
