@@ -93,6 +93,15 @@ describe('target: host bring-up and I/O', () => {
     const inactive = await h.submit(sqeIdentify(0, 7), { readLength: 4096 });
     assert.equal(inactive.cqe.ok, true);
     assert.equal(inactive.data.readBigUInt64LE(0), 0n, 'inactive NSID reads as zeroes');
+    const smart = await h.submit(sqeGetLogPage(0x02, 512), { readLength: 512 });
+    assert.equal(smart.cqe.ok, true);
+    assert.equal(smart.data.readUInt16LE(1), 300, 'composite temperature (K)');
+    assert.equal(smart.data[3], 100, 'available spare');
+    const errLog = await h.submit(sqeGetLogPage(0x01, 64), { readLength: 64 });
+    assert.equal(errLog.cqe.ok, true);
+    assert.equal(errLog.data.readBigUInt64LE(0), 0n, 'no errors recorded');
+    const nq = await h.submit(sqeGetFeatures(0x07));
+    assert.equal(nq.cqe.dw0, 7 | (7 << 16), 'default: 8 I/O queues');
     const ka = await h.submit(sqeKeepAlive());
     assert.equal(ka.cqe.ok, true);
     h.close();

@@ -6,7 +6,7 @@ import { strict as assert } from 'node:assert';
 import { after, before, describe, it } from 'node:test';
 import {
   crc32c, encodeCapsuleCmd, encodeH2CData, encodeIcReq, GenericStatus, FabricsStatus, CommandSpecificStatus,
-  sqeIdentify, sqeRead, sqeWrite, sqeSetFeatures, PduType, sqeConnect, encodeConnectData,
+  sqeIdentify, sqeRead, sqeWrite, sqeSetFeatures, PduType, sqeConnect, encodeConnectData, sqeAsyncEventRequest,
 } from '../../src/wire';
 import { NvmeTarget } from '../../src/target';
 import { connectAdmin, connectIo, enable, HOSTNQN, RawHost } from './target-rawhost';
@@ -285,6 +285,15 @@ describe('target: malicious host', () => {
     dup[0] = 0x18;
     const r = await admin.submit(dup, { cid: 500 });
     assert.equal(r.cqe.status.sc, GenericStatus.CID_CONFLICT);
+    admin.close();
+  });
+
+  it('AERs beyond AERL+1 → Asynchronous Event Request Limit Exceeded', T, async () => {
+    const { admin } = await ioQueue();
+    for (let i = 0; i < 4; i++) void admin.submit(sqeAsyncEventRequest(), { timeoutMs: 2000 }).catch(() => undefined);
+    const r = await admin.submit(sqeAsyncEventRequest());
+    assert.equal(r.cqe.status.sct, 1);
+    assert.equal(r.cqe.status.sc, CommandSpecificStatus.AER_LIMIT_EXCEEDED);
     admin.close();
   });
 
