@@ -238,3 +238,53 @@ test('container image: builds from the Dockerfile and runs the CLI and the embed
     await run('buildah', [...BUILDAH, 'rm', ctr], 60_000);
   }
 });
+
+/** Runs docker/healthcheck.js on the host with NVMF_NBD_HEALTH=spec; resolves with its status. */
+function healthcheck(spec: string): Promise<RunResult> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [path.join(REPO, 'docker/healthcheck.js')],
+      { env: { ...process.env, NVMF_NBD_HEALTH: spec, NVMF_NBD_HEALTH_TIMEOUT_MS: '2000' }, timeout: 10_000 },
+      (err, stdout, stderr) => {
+        const code = err === null ? 0 : typeof err.code === 'number' ? err.code : -1;
+        resolve({ code, stdout: String(stdout), stderr: String(stderr) });
+      });
+  });
+}
+
+/** A loopback server that hands each accepted connection to `onConnect`. */
+async function fakeServer(onConnect: (s: net.Socket) => void): Promise<{ port: number; close: () => Promise<void> }> {
+  const socks = new Set<net.Socket>();
+  const srv = net.createServer((s) => { socks.add(s); s.on('error', () => {}); s.on('close', () => socks.delete(s)); onConnect(s); });
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+  const addr = srv.address() as net.AddressInfo;
+  return {
+    port: addr.port,
+    close: () => new Promise<void>((r) => { for (const s of socks) s.destroy(); srv.close(() => r()); }),
+  };
+}
+
+test('container HEALTHCHECK script: healthy only when the peer speaks the protocol', { timeout: 60_000 }, async () => {
+  // NBD newstyle greeting: "NBDMAGIC" "IHAVEOPT" + 16-bit handshake flags.
+  const nbd = await fakeServer((s) => s.write(Buffer.concat([Buffer.from('NBDMAGICIHAVEOPT', 'latin1'), Buffer.from([0, 3])])));
+  // An NVMe/TCP target answers a 128-byte ICReq with a 128-byte ICResp (type 0x01).
+  const nvme = await fakeServer((s) => s.once('data', () => {
+    const r = Buffer.alloc(128); r[0] = 0x01; r[2] = 128; r.writeUInt32LE(128, 4); r.writeUInt32LE(131072, 12); s.write(r);
+  }));
+  const silent = await fakeServer(() => { /* accepts, never speaks */ });
+  const closedPort = await freePort();
+  try {
+    assert.equal((await healthcheck(`nbd:127.0.0.1:${nbd.port}`)).code, 0);
+    assert.equal((await healthcheck(`nvme-tcp:127.0.0.1:${nvme.port}`)).code, 0);
+    assert.equal((await healthcheck(`tcp:127.0.0.1:${silent.port}`)).code, 0);
+    // Wrong protocol on the port, a peer that never answers, nothing listening: unhealthy.
+    assert.equal((await healthcheck(`nvme-tcp:127.0.0.1:${nbd.port}`)).code, 1);
+    assert.equal((await healthcheck(`nbd:127.0.0.1:${nvme.port}`)).code, 1);
+    assert.equal((await healthcheck(`nbd:127.0.0.1:${silent.port}`)).code, 1);
+    assert.equal((await healthcheck(`nbd:127.0.0.1:${closedPort}`)).code, 1);
+    // A malformed spec is a configuration error, told apart from "unhealthy".
+    assert.equal((await healthcheck('smtp:127.0.0.1:25')).code, 2);
+    assert.equal((await healthcheck('nbd:no-port')).code, 2);
+  } finally {
+    await Promise.all([nbd.close(), nvme.close(), silent.close()]);
+  }
+});
