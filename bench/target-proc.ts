@@ -1,0 +1,37 @@
+/**
+ * Benchmark helper process: the embedded NVMe/TCP target with one memory-backed namespace, on
+ * 127.0.0.1 and a free port. It runs in its own process (pinned by the parent with taskset) so
+ * its CPU time is not charged to the bridge or the engine being measured.
+ *
+ *   node dist/bench/target-proc.js [--size BYTES] [--nqn NQN] [--port N] [--max-io-queues N]
+ *
+ * Prints `READY {"port":N,"nqn":"..."}` once listening; SIGTERM/SIGINT close it and exit 0.
+ */
+import { NvmeTarget } from '../src/target/target';
+import { BENCH_SUBNQN, numArg, parseArgs } from './common';
+
+async function main(): Promise<void> {
+  const args = parseArgs(process.argv.slice(2), ['size', 'nqn', 'port', 'max-io-queues']);
+  const sizeBytes = numArg(args, 'size', 1024 * 1024 * 1024);
+  const nqn = args.get('nqn') ?? BENCH_SUBNQN;
+  const target = new NvmeTarget({
+    listen: { host: '127.0.0.1', port: numArg(args, 'port', 0) },
+    subsystems: [{ nqn, namespaces: [{ sizeBytes, backing: { memory: true } }] }],
+    maxIoQueues: numArg(args, 'max-io-queues', 8),
+  });
+  const addr = await target.listen();
+  let closing = false;
+  const shutdown = (): void => {
+    if (closing) return;
+    closing = true;
+    target.close().then(() => process.exit(0), () => process.exit(1));
+  };
+  process.on('SIGTERM', shutdown);
+  process.on('SIGINT', shutdown);
+  process.stdout.write(`READY ${JSON.stringify({ port: addr.port, nqn })}\n`);
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`target-proc: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`);
+  process.exit(1);
+});
