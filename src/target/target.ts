@@ -71,6 +71,8 @@ export interface NvmeTargetOptions {
   mdtsPages?: number;
   /** In-capsule data size on I/O queues in bytes (multiple of 16), default 8192. */
   inCapsuleDataSize?: number;
+  /** Alternative to inCapsuleDataSize: IOCCSZ in 16-byte units (≥ 4); in-capsule = ioccsz × 16 − 64. */
+  ioccsz?: number;
   /** MAXH2CDATA announced in ICResp (≥ 4096, multiple of 4), default 128 KiB. */
   maxH2CData?: number;
   /** Use C2HData SUCCESS instead of a CapsuleResp when the host disabled SQ flow control, default true. */
@@ -113,7 +115,8 @@ function resolveConfig(o: NvmeTargetOptions): TargetConfig {
   const pages = o.mdtsPages ?? 32;
   const mdts = Math.log2(pages);
   if (!Number.isInteger(mdts) || mdts < 0 || mdts > 12) throw configError(`mdtsPages ${pages} must be a power of two up to 4096`);
-  const icd = o.inCapsuleDataSize ?? 8192;
+  if (o.ioccsz !== undefined && (!Number.isInteger(o.ioccsz) || o.ioccsz < 4)) throw configError(`ioccsz ${o.ioccsz} must be an integer ≥ 4`);
+  const icd = o.ioccsz !== undefined ? o.ioccsz * 16 - 64 : o.inCapsuleDataSize ?? 8192;
   if (!Number.isInteger(icd) || icd < 0 || icd % 16 !== 0 || icd > 1 << 20) throw configError(`inCapsuleDataSize ${icd} must be a multiple of 16 up to 1 MiB`);
   const maxH2CData = o.maxH2CData ?? 128 << 10;
   if (!Number.isInteger(maxH2CData) || maxH2CData < 4096 || maxH2CData % 4 !== 0 || maxH2CData > 16 << 20) {

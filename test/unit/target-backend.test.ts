@@ -99,6 +99,7 @@ describe('NvmeTarget configuration', () => {
 
   it('rejects bad sizes, duplicate NSIDs and unknown subsystems with stable codes', async () => {
     assert.throws(() => new NvmeTarget({ queueSize: 1 }), (e: unknown) => (e as { code: string }).code === ErrorCode.CFG_INVALID);
+    assert.throws(() => new NvmeTarget({ ioccsz: 2 }), (e: unknown) => (e as { code: string }).code === ErrorCode.CFG_INVALID);
     assert.throws(() => new NvmeTarget({ mdtsPages: 3 }), (e: unknown) => (e as { code: string }).code === ErrorCode.CFG_INVALID);
     const t = new NvmeTarget({ listen: { host: '127.0.0.1', port: 0 }, subsystems: [{ nqn: 'nqn.2014-08.org.x:a' }] });
     await t.listen();
