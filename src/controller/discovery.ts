@@ -4,7 +4,7 @@
  * (NVMe-oF §5.3 / base spec 2.0 §5.16.1.23).
  */
 import { ErrorCode, NvmfNbdError } from '../errors';
-import { DISCOVERY_NQN, parseDiscoveryLogEntries, parseDiscoveryLogHeader, sqeGetLogPage } from '../wire';
+import { DISCOVERY_NQN, parseDiscoveryLogEntry, parseDiscoveryLogHeader, sqeGetLogPage } from '../wire';
 import type { DiscoveryLogEntry } from '../wire';
 import { Controller } from './controller';
 
@@ -55,7 +55,7 @@ export async function readDiscoveryLog(ctrl: Controller): Promise<DiscoveryLog> 
     for (let i = 0; i < numrec; i += perRead) {
       const n = Math.min(perRead, numrec - i);
       const r = await ctrl.adminCommand(sqeGetLogPage(DISCOVERY_LOG_ID, n * ENTRY_LEN, 0, HEADER_LEN + i * ENTRY_LEN), { dataInLength: n * ENTRY_LEN });
-      entries.push(...parseDiscoveryLogEntries(r.data as Buffer, n));
+      for (let k = 0; k < n; k++) entries.push(parseDiscoveryLogEntry(r.data as Buffer, k * ENTRY_LEN));
     }
     const again = await ctrl.adminCommand(sqeGetLogPage(DISCOVERY_LOG_ID, HEADER_LEN, 0), { dataInLength: HEADER_LEN });
     const h2 = parseDiscoveryLogHeader(again.data as Buffer);

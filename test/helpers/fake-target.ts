@@ -225,6 +225,10 @@ export interface ControllerModel {
   discovery?: Array<{ subnqn: string; traddr: string; trsvcid: string }>;
   /** Shared register state across the connections of one fake target. */
   regs?: { cc: number; csts: number };
+  /** CAP.TO in 500 ms units (default 20). */
+  capTo?: number;
+  /** Only this subsystem NQN (and the discovery NQN) is accepted by Connect. */
+  subnqn?: string;
   /** Commands seen (opcode, qid) for assertions. */
   seen?: Array<{ qid: number; opcode: number; fctype?: number; cdw10: number; nsid: number }>;
 }
@@ -273,7 +277,16 @@ export function identifyNamespaceData(ns: { data: Buffer; lbaSize: number; ms?: 
 export async function serveController(c: FakeConn, m: ControllerModel): Promise<void> {
   const regs = (m.regs ??= { cc: 0, csts: 0 });
   const cntlid = 7;
-  await c.acceptConnect({ cntlid });
+  const first = await c.nextCommand();
+  if (first.sqe.opcode !== 0x7f || first.sqe.fctype !== 0x01 || first.data === undefined) throw new Error('expected Fabrics Connect');
+  c.qid = first.raw.readUInt16LE(42);
+  const cd = parseConnectData(first.data);
+  if (m.subnqn !== undefined && cd.subnqn !== m.subnqn && cd.subnqn !== 'nqn.2014-08.org.nvmexpress.discovery') {
+    // Connect Invalid Parameters (SCT 1, SC 0x82), DNR, IATTR=0 / IPO=subnqn offset in DW0.
+    c.respond(first.sqe.cid, { sct: 1, sc: 0x82, dnr: true, dw0: 256 << 16, sqhd: 1 });
+    return;
+  }
+  c.respond(first.sqe.cid, { dw0: cntlid, sqhd: 1 });
   let sqhd = 1;
   const qsize = c.qid === 0 ? 32 : 1 + (m.mqes ?? 127);
   const done = (cid: number, o: { sc?: number; sct?: number; dw0?: number; dw1?: number } = {}): void => {
@@ -300,7 +313,7 @@ export async function serveController(c: FakeConn, m: ControllerModel): Promise<
       const offset = sqe.cdw11;
       if (sqe.fctype === 0x04) {
         let v = 0n;
-        if (offset === 0x00) v = BigInt(m.mqes ?? 127) | (20n << 24n) | (1n << 37n); // TO 10 s, CSS NVM
+        if (offset === 0x00) v = BigInt(m.mqes ?? 127) | (BigInt(m.capTo ?? 20) << 24n) | (1n << 37n); // CSS NVM
         else if (offset === 0x08) v = 0x00020000n;
         else if (offset === 0x14) v = BigInt(regs.cc);
         else if (offset === 0x1c) v = BigInt(regs.csts);
