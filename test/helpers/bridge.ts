@@ -13,8 +13,10 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { createHash, randomFillSync, randomUUID } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
+import * as net from 'node:net';
 import * as path from 'node:path';
 import { ControllerSession, type NbdSpec, type SessionOptions } from '../../src/engine/session';
+import { PduParser, PduType, parseSqe, AdminOpcode, IoOpcode, FabricsType } from '../../src/wire/index';
 import { needCommands } from './prereq';
 
 export const MiB = 1024 * 1024;
@@ -100,6 +102,119 @@ export function patternSha256(byte: number, length: number): string {
   return sha256(Buffer.alloc(length, byte));
 }
 
+/** One NVMe I/O command seen by {@link NvmeTap} (host → controller, I/O queues only). */
+export interface TappedCommand {
+  qid: number;
+  opcode: number;
+  nsid: number;
+  cdw10: number;
+  cdw11: number;
+  cdw12: number;
+}
+
+/** Counts of the I/O commands that prove how NBD requests were mapped. */
+export interface TapCounts {
+  reads: number;
+  writes: number;
+  /** Writes with FUA (CDW12 bit 30). */
+  fuaWrites: number;
+  flushes: number;
+  /** Dataset Management with the Deallocate attribute (CDW11 bit 2). */
+  deallocates: number;
+  writeZeroes: number;
+}
+
+/**
+ * A TCP proxy on 127.0.0.1 in front of an NVMe/TCP target that forwards everything unchanged
+ * and decodes the host → controller PDUs with the project's own parser, recording the I/O
+ * commands. It shows what reached the NVMe side (FUA bit, Flush, Deallocate, Write Zeroes),
+ * which neither the target's data nor the NBD counters can. Digests must be off.
+ */
+export class NvmeTap {
+  /** I/O commands in arrival order (recording stops at 200 000: tests move little data). */
+  readonly commands: TappedCommand[] = [];
+  /** Connections whose PDU stream could not be decoded (their commands are missing). */
+  parseErrors = 0;
+  private readonly sockets = new Set<net.Socket>();
+
+  private constructor(private readonly server: net.Server) {}
+
+  /** Start a tap forwarding to 127.0.0.1:`port`. */
+  static async start(port: number): Promise<NvmeTap> {
+    let tap: NvmeTap | undefined;
+    const server = net.createServer((c) => tap?.onClient(c, port));
+    tap = new NvmeTap(server);
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(0, '127.0.0.1', () => resolve());
+    });
+    return tap;
+  }
+
+  /** The port the bridge should dial. */
+  get port(): number {
+    return (this.server.address() as net.AddressInfo).port;
+  }
+
+  /** Counts over `commands` (from index `since`). */
+  counts(since = 0): TapCounts {
+    const c: TapCounts = { reads: 0, writes: 0, fuaWrites: 0, flushes: 0, deallocates: 0, writeZeroes: 0 };
+    for (const x of this.commands.slice(since)) {
+      if (x.opcode === IoOpcode.READ) c.reads++;
+      else if (x.opcode === IoOpcode.WRITE) {
+        c.writes++;
+        if ((x.cdw12 & (1 << 30)) !== 0) c.fuaWrites++;
+      } else if (x.opcode === IoOpcode.FLUSH) c.flushes++;
+      else if (x.opcode === IoOpcode.DATASET_MANAGEMENT && (x.cdw11 & 4) !== 0) c.deallocates++;
+      else if (x.opcode === IoOpcode.WRITE_ZEROES) c.writeZeroes++;
+    }
+    return c;
+  }
+
+  private onClient(client: net.Socket, port: number): void {
+    const upstream = net.connect(port, '127.0.0.1');
+    this.sockets.add(client);
+    this.sockets.add(upstream);
+    const parser = new PduParser({ role: 'controller', maxData: 64 * MiB });
+    let qid = -1;
+    let failed = false;
+    client.on('data', (d: Buffer) => {
+      if (failed) return;
+      try {
+        parser.push(d, (pdu) => {
+          if (pdu.type !== PduType.CAPSULE_CMD) return;
+          const sqe = parseSqe(pdu.sqe);
+          if (sqe.opcode === AdminOpcode.FABRICS && sqe.fctype === FabricsType.CONNECT) {
+            qid = pdu.sqe.readUInt16LE(42);
+            return;
+          }
+          if (qid <= 0) return;
+          if (this.commands.length < 200_000) this.commands.push({ qid, opcode: sqe.opcode, nsid: sqe.nsid, cdw10: sqe.cdw10, cdw11: sqe.cdw11, cdw12: sqe.cdw12 });
+        });
+      } catch {
+        failed = true;
+        this.parseErrors++;
+      }
+    });
+    client.pipe(upstream);
+    upstream.pipe(client);
+    const done = (): void => {
+      client.destroy();
+      upstream.destroy();
+      this.sockets.delete(client);
+      this.sockets.delete(upstream);
+    };
+    client.on('error', done).on('close', done);
+    upstream.on('error', done).on('close', done);
+  }
+
+  /** Stop listening and drop every connection. */
+  async close(): Promise<void> {
+    for (const s of this.sockets) s.destroy();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+}
+
 /** What {@link defineHostClientTests} needs from the test file once its `before` hook ran. */
 export interface HostClientContext {
   /** The session whose export is checked (its NBD counters are asserted). */
@@ -118,8 +233,8 @@ export interface HostClientContext {
   copyMiB: number;
   /** MiB region for the fio verify run. */
   fioMiB: number;
-  /** Scale for per-test timeouts (TCG guests are slow). */
-  timeoutScale: number;
+  /** The tap between the bridge and the target, when the bridge dials through one. */
+  tap?: NvmeTap;
 }
 
 /**
@@ -127,21 +242,26 @@ export interface HostClientContext {
  * when the before hook could not set it up); `prereq(t)` is the file's own prerequisite check
  * (it skips, or fails under CI).
  */
-export function defineHostClientTests(label: string, ctx: () => HostClientContext | undefined, prereq: (t: TestContext) => boolean): void {
+export function defineHostClientTests(
+  label: string,
+  ctx: () => HostClientContext | undefined,
+  prereq: (t: TestContext) => boolean,
+  o: { /** Scale for per-test timeouts (TCG guests are slow), default 1. */ timeoutScale?: number } = {},
+): void {
+  const scale = o.timeoutScale ?? 1;
   const get = (t: TestContext, cmds: readonly string[]): HostClientContext | undefined => {
     if (!prereq(t) || !needCommands(t, cmds)) return undefined;
     const c = ctx();
     assert.ok(c !== undefined, 'the before hook did not set up the bridge');
     return c;
   };
-  const scale = (): number => ctx()?.timeoutScale ?? 1;
   const stat = (c: HostClientContext) => {
     const s = c.session.stats().find((x) => x.name === c.exportName);
     assert.ok(s !== undefined, `no NBD stats for ${c.exportName}`);
     return s;
   };
 
-  test(`${label}: nbdinfo shows the namespace size, block sizes and capabilities`, { timeout: 60_000 * scale() }, async (t) => {
+  test(`${label}: nbdinfo shows the namespace size, block sizes and capabilities`, { timeout: 60_000 * scale }, async (t) => {
     const c = get(t, ['nbdinfo']);
     if (c === undefined) return;
     const uri = exportUri(c.session, c.exportName);
@@ -173,11 +293,12 @@ export function defineHostClientTests(label: string, ctx: () => HostClientContex
     assert.match(mine.description ?? '', /nsid 1$/);
   });
 
-  test(`${label}: qemu-io pattern write/read, FUA write, write zeroes, discard, flush`, { timeout: 90_000 * scale() }, async (t) => {
+  test(`${label}: qemu-io pattern write/read, FUA write, write zeroes, discard, flush`, { timeout: 90_000 * scale }, async (t) => {
     const c = get(t, ['qemu-io']);
     if (c === undefined) return;
     const uri = exportUri(c.session, c.exportName);
     const before = { ...stat(c) };
+    const tapFrom = c.tap?.commands.length ?? 0;
     const base = 8 * MiB;
     const cmds = [
       `write -P 0xab ${base} 1M`,
@@ -192,7 +313,8 @@ export function defineHostClientTests(label: string, ctx: () => HostClientContex
       `discard ${base + 3 * MiB} 1M`, // TRIM
       'flush',
     ];
-    const r = await run('qemu-io', ['-f', 'raw', uri, ...cmds.flatMap((x) => ['-c', x])], 60_000 * c.timeoutScale);
+    // qemu-io defaults to writethrough, which puts FUA on every write: writeback leaves FUA to `write -f`.
+    const r = await run('qemu-io', ['-f', 'raw', '-t', 'writeback', uri, ...cmds.flatMap((x) => ['-c', x])], 60_000 * scale);
     assert.equal(r.code, 0, r.stderr);
     assert.doesNotMatch(r.stdout + r.stderr, /fail|error|pattern verification/i, r.stdout + r.stderr);
     const after = stat(c);
@@ -200,6 +322,16 @@ export function defineHostClientTests(label: string, ctx: () => HostClientContex
     assert.ok(after.zeroes > before.zeroes, 'write -z reached the bridge as WRITE_ZEROES');
     assert.ok(after.flushes > before.flushes, 'flush reached the bridge');
     assert.equal(after.errors, before.errors, 'no request failed');
+    if (c.tap !== undefined) {
+      // What reached the NVMe side: FUA bit on the FUA write only, Flush, Deallocate, Write Zeroes.
+      const n = c.tap.counts(tapFrom);
+      assert.equal(c.tap.parseErrors, 0, 'the tap decoded every PDU');
+      assert.ok(n.fuaWrites >= 1, `NBD FUA became NVMe Write with FUA (${JSON.stringify(n)})`);
+      assert.ok(n.fuaWrites < n.writes, `only the FUA write carries FUA (${JSON.stringify(n)})`);
+      assert.ok(n.flushes >= 1, `NBD FLUSH became NVMe Flush (${JSON.stringify(n)})`);
+      assert.ok(n.deallocates >= 1, `NBD TRIM became Dataset Management/Deallocate (${JSON.stringify(n)})`);
+      assert.ok(n.writeZeroes >= 1, `NBD WRITE_ZEROES became NVMe Write Zeroes (${JSON.stringify(n)})`);
+    }
     // The bytes are on the target, read without the bridge.
     assert.equal(await c.backingSha256(base, MiB), patternSha256(0xab, MiB), 'pattern 0xab on the target');
     assert.equal(await c.backingSha256(base + MiB, 256 * 1024), patternSha256(0xcd, 256 * 1024), 'FUA write on the target');
@@ -207,7 +339,7 @@ export function defineHostClientTests(label: string, ctx: () => HostClientContex
     assert.equal(await c.backingSha256(base + 2 * MiB + 65536, 65536), patternSha256(0x5a, 65536), 'range after the zeroes untouched');
   });
 
-  test(`${label}: nbdcopy round trip of a random file`, { timeout: 120_000 * scale() }, async (t) => {
+  test(`${label}: nbdcopy round trip of a random file`, { timeout: 120_000 * scale }, async (t) => {
     const c = get(t, ['nbdcopy']);
     if (c === undefined) return;
     const uri = exportUri(c.session, c.exportName);
@@ -219,10 +351,10 @@ export function defineHostClientTests(label: string, ctx: () => HostClientContex
     const want = sha256(data);
     try {
       // nbdcopy opens several connections when the server offers multi-conn.
-      const up = await run('nbdcopy', ['--connections', '4', src, uri], 90_000 * c.timeoutScale);
+      const up = await run('nbdcopy', ['--connections', '4', src, uri], 90_000 * scale);
       assert.equal(up.code, 0, up.stderr);
       assert.equal(await c.backingSha256(0, n), want, 'target content after upload');
-      const down = await run('nbdcopy', ['--connections', '4', uri, dst], 90_000 * c.timeoutScale);
+      const down = await run('nbdcopy', ['--connections', '4', uri, dst], 90_000 * scale);
       assert.equal(down.code, 0, down.stderr);
       const back = await fsp.readFile(dst);
       assert.equal(back.length, c.size, 'nbdcopy downloads the whole export');
@@ -233,7 +365,7 @@ export function defineHostClientTests(label: string, ctx: () => HostClientContex
     }
   });
 
-  test(`${label}: fio --ioengine=nbd random writes verified`, { timeout: 120_000 * scale() }, async (t) => {
+  test(`${label}: fio --ioengine=nbd random writes verified`, { timeout: 120_000 * scale }, async (t) => {
     const c = get(t, ['fio']);
     if (c === undefined) return;
     const uri = exportUri(c.session, c.exportName);
@@ -251,7 +383,7 @@ export function defineHostClientTests(label: string, ctx: () => HostClientContex
       '--verify=crc32c',
       '--do_verify=1',
       '--output-format=json',
-    ], 90_000 * c.timeoutScale);
+    ], 90_000 * scale);
     assert.equal(r.code, 0, r.stderr + r.stdout.slice(-2000));
     const out = JSON.parse(r.stdout.slice(r.stdout.indexOf('{'))) as {
       jobs: Array<{ error: number; write: { io_bytes: number }; read: { io_bytes: number } }>;

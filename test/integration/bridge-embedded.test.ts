@@ -12,7 +12,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { NvmeTarget } from '../../src/target/target';
 import type { ControllerSession } from '../../src/engine/session';
-import { MiB, defineHostClientTests, openBridge, sha256, type HostClientContext } from '../helpers/bridge';
+import { MiB, NvmeTap, defineHostClientTests, openBridge, sha256, type HostClientContext } from '../helpers/bridge';
 
 const NQN = 'nqn.2014-08.org.nvmf-nbd:bridge-embedded';
 const SIZE = 64 * MiB;
@@ -20,6 +20,7 @@ const SIZE = 64 * MiB;
 let dir = '';
 let target: NvmeTarget | undefined;
 let backing = '';
+let tap: NvmeTap | undefined;
 const sessions: ControllerSession[] = [];
 const ctx: { tcp?: HostClientContext; unix?: HostClientContext } = {};
 
@@ -44,9 +45,11 @@ before(async () => {
     subsystems: [{ nqn: NQN, namespaces: [{ nsid: 1, sizeBytes: SIZE, backing: { file: backing } }] }],
   });
   const addr = await target.listen();
+  // The TCP-served bridge dials through a tap, to see the NVMe commands it sends.
+  tap = await NvmeTap.start(addr.port);
   for (const kind of ['tcp', 'unix'] as const) {
     const session = await openBridge({
-      trsvcid: addr.port,
+      trsvcid: kind === 'tcp' ? tap.port : addr.port,
       subnqn: NQN,
       name: kind === 'tcp' ? 'nvme0' : 'nvme1',
       nbd: kind === 'tcp' ? { tcp: { host: '127.0.0.1', port: 0 } } : { unixDir: path.join(dir, 'run') },
@@ -63,13 +66,14 @@ before(async () => {
       backingSha256: fileSha256,
       copyMiB: 32,
       fioMiB: 16,
-      timeoutScale: 1,
+      tap: kind === 'tcp' ? tap : undefined,
     };
   }
 });
 
 after(async () => {
   for (const s of sessions) await s.close();
+  await tap?.close();
   await target?.close();
   if (dir !== '') await fsp.rm(dir, { recursive: true, force: true });
 });

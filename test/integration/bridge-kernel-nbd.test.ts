@@ -16,7 +16,7 @@ import type { ControllerSession } from '../../src/engine/session';
 import { need } from '../helpers/prereq';
 import { Guest, GUEST_HOST_ALIAS, freePort, guestAvailable, setupNvmet, shq } from '../helpers/guest';
 import { NbdTestClient } from '../helpers/nbd-test-client';
-import { MiB, openBridge } from '../helpers/bridge';
+import { MiB, NvmeTap, openBridge } from '../helpers/bridge';
 
 const NQN = 'nqn.2014-08.org.nvmf-nbd:bridge-kernel-nbd';
 const SIZE_MIB = 64;
@@ -25,6 +25,7 @@ const avail = guestAvailable();
 
 let g: Guest | undefined;
 let session: ControllerSession | undefined;
+let tap: NvmeTap | undefined;
 let nbdPort = 0;
 const t0 = Date.now();
 let readyMs = 0;
@@ -44,7 +45,9 @@ before(async () => {
     guestfwd: [{ guestPort: GUEST_NBD_PORT, hostPort: nbdPort }],
   });
   await setupNvmet(g, { subsystems: [{ nqn: NQN, namespaces: [{ nsid: 1, sizeMiB: SIZE_MIB }] }] });
-  session = await openBridge({ trsvcid: g.hostPorts[0] as number, subnqn: NQN, nbd: { tcp: { host: '127.0.0.1', port: nbdPort } } });
+  // The bridge dials nvmet through a tap that records the NVMe commands it sends.
+  tap = await NvmeTap.start(g.hostPorts[0] as number);
+  session = await openBridge({ trsvcid: tap.port, subnqn: NQN, nbd: { tcp: { host: '127.0.0.1', port: nbdPort } } });
   await g.exec('modprobe nbd && test -b /dev/nbd0 && mkdir -p /mnt/nbd /mnt/direct');
   readyMs = Date.now() - t0;
 }, { timeout: 300_000 });
@@ -54,6 +57,7 @@ after(async () => {
     // Detach first (a mounted device would hold the bridge's connections open), best effort.
     await g?.exec('umount /mnt/nbd 2>/dev/null; umount /mnt/direct 2>/dev/null; nbd-client -d /dev/nbd0 2>/dev/null; true', { timeoutMs: 30_000, check: false }).catch(() => undefined);
     await session?.close();
+    await tap?.close();
   } finally {
     await g?.stop();
   }
@@ -123,6 +127,7 @@ test('kernel nbd → bridge → nvmet: mkfs.ext4, files survive unmount, drop ca
   assert.ok(g !== undefined && session !== undefined, 'the before hook did not set up the guest and bridge');
   t.diagnostic(`guest boot + nvmet + bridge ready in ${readyMs} ms`);
   const before = { ...exportStats() };
+  const tapFrom = tap?.commands.length ?? 0;
   const t1 = Date.now();
 
   await g.exec(attachCmd(''), { timeoutMs: 60_000 });
@@ -162,6 +167,15 @@ test('kernel nbd → bridge → nvmet: mkfs.ext4, files survive unmount, drop ca
   assert.ok(mid.flushes > before.flushes, 'sync/umount sent NBD FLUSH (the kernel enabled its write cache)');
   assert.ok(mid.trims > before.trims, 'mkfs.ext4 discarded the device through NBD TRIM');
   assert.equal(mid.errors, before.errors, 'no NBD request failed');
+  // The kernel's cache control reached NVMe: jbd2 commits with PREFLUSH|FUA (NBD FLUSH + FUA),
+  // mkfs's discard became Deallocate.
+  assert.ok(tap !== undefined);
+  const n = tap.counts(tapFrom);
+  assert.equal(tap.parseErrors, 0, 'the tap decoded every PDU');
+  assert.ok(n.flushes >= 1, `NVMe Flush sent (${JSON.stringify(n)})`);
+  assert.ok(n.fuaWrites >= 1, `NVMe Writes with FUA sent (${JSON.stringify(n)})`);
+  assert.ok(n.deallocates >= 1, `NVMe Deallocate sent (${JSON.stringify(n)})`);
+  t.diagnostic(`NVMe commands in round 1: ${JSON.stringify(n)}`);
 
   await g.exec('nbd-client -d /dev/nbd0', { timeoutMs: 60_000 });
   await checkDetached(g);

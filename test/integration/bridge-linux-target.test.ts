@@ -16,7 +16,7 @@ import * as path from 'node:path';
 import type { ControllerSession } from '../../src/engine/session';
 import { need } from '../helpers/prereq';
 import { Guest, guestAvailable, setupNvmet, shq } from '../helpers/guest';
-import { MiB, defineHostClientTests, openBridge, type HostClientContext } from '../helpers/bridge';
+import { MiB, NvmeTap, defineHostClientTests, openBridge, type HostClientContext } from '../helpers/bridge';
 
 const NQN = 'nqn.2014-08.org.nvmf-nbd:bridge-linux-target';
 const SIZE_MIB = 64;
@@ -26,6 +26,7 @@ let g: Guest | undefined;
 let session: ControllerSession | undefined;
 let dir = '';
 let ctx: HostClientContext | undefined;
+let tap: NvmeTap | undefined;
 const t0 = Date.now();
 
 /** sha256 of a byte range of the nvmet namespace's backing device, read inside the guest. */
@@ -48,7 +49,8 @@ before(async () => {
   dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'bridge-linux-target-'));
   g = await Guest.start({ hostfwd: [{ hostPort: 0, guestPort: 4420 }] });
   await setupNvmet(g, { subsystems: [{ nqn: NQN, namespaces: [{ nsid: 1, sizeMiB: SIZE_MIB }] }] });
-  session = await openBridge({ trsvcid: g.hostPorts[0] as number, subnqn: NQN, nbd: { tcp: { host: '127.0.0.1', port: 0 } } });
+  tap = await NvmeTap.start(g.hostPorts[0] as number);
+  session = await openBridge({ trsvcid: tap.port, subnqn: NQN, nbd: { tcp: { host: '127.0.0.1', port: 0 } } });
   ctx = {
     session,
     exportName: 'nvme0n1',
@@ -59,13 +61,14 @@ before(async () => {
     // Under TCG the guest target moves ~35–45 MiB/s: keep the data small.
     copyMiB: 16,
     fioMiB: 8,
-    timeoutScale: 2,
+    tap,
   };
 }, { timeout: 300_000 });
 
 after(async () => {
   try {
     await session?.close();
+    await tap?.close();
   } finally {
     await g?.stop();
     if (dir !== '') await fsp.rm(dir, { recursive: true, force: true });
@@ -87,4 +90,4 @@ test('the bridge exports the nvmet namespace with the kernel target identity', {
   );
 });
 
-defineHostClientTests('Linux nvmet target', () => ctx, prereq);
+defineHostClientTests('Linux nvmet target', () => ctx, prereq, { timeoutScale: 2 });
