@@ -134,6 +134,19 @@ describe('target: Linux kernel NVMe/TCP host in the guest', { timeout: 900_000 }
       'sha256sum -c /tmp/sums2',
       'umount /mnt/t',
     ].join('\n'), { timeoutMs: 300_000 });
+    // nvme-cli admin pass-through against our controller.
+    const cli = await g.exec([
+      'set -e',
+      'nvme id-ctrl /dev/nvme0 | grep -E "^(mn|subnqn|mdts|kas|ioccsz) "',
+      'nvme id-ns /dev/nvme0n1 | grep -E "^nsze "',
+      'nvme smart-log /dev/nvme0 | grep -iE "^temperature"',
+      'nvme get-feature /dev/nvme0 -f 7',
+      'nvme fw-log /dev/nvme0',
+    ].join('\n'), { timeoutMs: 60_000 });
+    assert.match(cli.out, /mn\s+:\s+nvmf-nbd target/);
+    assert.match(cli.out, new RegExp(`subnqn\\s+:\\s+${NQN.replace(/\./g, '\\.')}`));
+    assert.match(cli.out, /nsze\s+:\s+0x80000/);
+    assert.match(cli.out, /temperature\s+:\s+2[67] ?°?C/i);
     const nsid = await target!.addNamespace(NQN, { nsid: 3, sizeBytes: 32 << 20, backing: { memory: true } });
     assert.equal(nsid, 3);
     // Opening the device waits for the kernel's partition scan (open_mutex): remove only after it.
