@@ -88,8 +88,10 @@ inputs_hash() {
     done
   } | sha256sum | cut -c1-16
 }
-hash="$(inputs_hash)"
-initrd="$CACHE/initramfs-$hash.cpio.gz"
+# lz4 (legacy format, as the kernel wants) unpacks ~2x faster than gzip under TCG; gzip otherwise.
+if command -v lz4 >/dev/null; then compress=(lz4 -l -9 -q); ext=lz4; else compress=(gzip -1); ext=gz; fi
+hash="$( { inputs_hash; echo "$ext"; } | sha256sum | cut -c1-16)"
+initrd="$CACHE/initramfs-$hash.cpio.$ext"
 
 if [[ ! -f "$initrd" ]]; then
   log "building initramfs ($hash)"
@@ -132,10 +134,10 @@ if [[ ! -f "$initrd" ]]; then
   echo "root:x:0:0:root:/root:/bin/sh" >"$stage/etc/passwd"
   echo "root:x:0:" >"$stage/etc/group"
 
-  (cd "$stage" && find . -print0 | cpio --null -o -H newc --quiet) | gzip -1 >"$initrd.tmp"
+  (cd "$stage" && find . -print0 | cpio --null -o -H newc --quiet) | "${compress[@]}" >"$initrd.tmp"
   mv "$initrd.tmp" "$initrd"
-  # Keep only the current image.
-  find "$CACHE" -maxdepth 1 -name 'initramfs-*.cpio.gz' ! -name "$(basename "$initrd")" -delete
+  # Drop older images, but not ones a running test process may still be about to boot.
+  find "$CACHE" -maxdepth 1 -name 'initramfs-*.cpio.*' -mmin +120 ! -name "$(basename "$initrd")" -delete
   log "initramfs $(du -h "$initrd" | cut -f1)"
 fi
 
