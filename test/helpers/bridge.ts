@@ -290,7 +290,8 @@ export function defineHostClientTests(
     const names = (JSON.parse(l.stdout) as { exports: Array<{ 'export-name': string; description?: string }> }).exports;
     const mine = names.find((x) => x['export-name'] === c.exportName);
     assert.ok(mine !== undefined, l.stdout);
-    assert.match(mine.description ?? '', /nsid 1$/);
+    const nsid = c.session.exports.find((x) => x.name === c.exportName)?.nsid;
+    assert.match(mine.description ?? '', new RegExp(`nsid ${nsid}$`));
   });
 
   test(`${label}: qemu-io pattern write/read, FUA write, write zeroes, discard, flush`, { timeout: 90_000 * scale }, async (t) => {

@@ -47,7 +47,7 @@ after(async () => {
   // Stop any bridge still running (it detaches on SIGTERM); QEMU is killed right after anyway.
   await g?.exec('for f in /tmp/*.pid; do [ -f "$f" ] && kill -TERM "$(cat "$f")" 2>/dev/null; done; sleep 1; true', { timeoutMs: 20_000, check: false }).catch(() => undefined);
   await g?.stop();
-});
+}, { timeout: 120_000 });
 
 /** What a bridge prints once ready: the controller and its exports (the `connect -o json` contract). */
 interface ConnectJson {

@@ -4,7 +4,8 @@
  * bridge-linux-target.test.ts, fast and without a guest. The namespace is file-backed so every
  * write can be confirmed by reading the file, not through the bridge.
  *
- * Served twice, once over loopback TCP and once over a private Unix socket directory.
+ * Served twice, once over loopback TCP and once over a private Unix socket directory; the TCP
+ * bridge also exports a second namespace with 4096-byte logical blocks.
  */
 import { before, after } from 'node:test';
 import { promises as fsp } from 'node:fs';
@@ -20,12 +21,13 @@ const SIZE = 64 * MiB;
 let dir = '';
 let target: NvmeTarget | undefined;
 let backing = '';
+let backing4k = '';
 let tap: NvmeTap | undefined;
 const sessions: ControllerSession[] = [];
-const ctx: { tcp?: HostClientContext; unix?: HostClientContext } = {};
+const ctx: { tcp?: HostClientContext; unix?: HostClientContext; tcp4k?: HostClientContext } = {};
 
-async function fileSha256(offset: number, length: number): Promise<string> {
-  const fh = await fsp.open(backing, 'r');
+async function fileSha256(file: string, offset: number, length: number): Promise<string> {
+  const fh = await fsp.open(file, 'r');
   try {
     const b = Buffer.alloc(length);
     const { bytesRead } = await fh.read(b, 0, length, offset);
@@ -40,9 +42,16 @@ async function fileSha256(offset: number, length: number): Promise<string> {
 before(async () => {
   dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'bridge-embedded-'));
   backing = path.join(dir, 'ns1.img');
+  backing4k = path.join(dir, 'ns2.img');
   target = new NvmeTarget({
     listen: { host: '127.0.0.1', port: 0 },
-    subsystems: [{ nqn: NQN, namespaces: [{ nsid: 1, sizeBytes: SIZE, backing: { file: backing } }] }],
+    subsystems: [{
+      nqn: NQN,
+      namespaces: [
+        { nsid: 1, sizeBytes: SIZE, backing: { file: backing } },
+        { nsid: 2, sizeBytes: SIZE, lbaSize: 4096, backing: { file: backing4k } },
+      ],
+    }],
   });
   const addr = await target.listen();
   // The TCP-served bridge dials through a tap, to see the NVMe commands it sends.
@@ -57,26 +66,33 @@ before(async () => {
     sessions.push(session);
     const scratchDir = path.join(dir, kind);
     await fsp.mkdir(scratchDir);
-    ctx[kind] = {
+    const c: HostClientContext = {
       session,
       exportName: `${session.name}n1`,
       size: SIZE,
       blockSize: 512,
       scratchDir,
-      backingSha256: fileSha256,
+      backingSha256: (o, l) => fileSha256(backing, o, l),
       copyMiB: 32,
       fioMiB: 16,
       tap: kind === 'tcp' ? tap : undefined,
     };
+    ctx[kind] = c;
+    if (kind === 'tcp') {
+      const scratch4k = path.join(dir, 'tcp4k');
+      await fsp.mkdir(scratch4k);
+      ctx.tcp4k = { ...c, exportName: 'nvme0n2', blockSize: 4096, scratchDir: scratch4k, backingSha256: (o, l) => fileSha256(backing4k, o, l) };
+    }
   }
-});
+}, { timeout: 60_000 });
 
 after(async () => {
   for (const s of sessions) await s.close();
   await tap?.close();
   await target?.close();
   if (dir !== '') await fsp.rm(dir, { recursive: true, force: true });
-});
+}, { timeout: 60_000 });
 
 defineHostClientTests('embedded target, NBD over TCP', () => ctx.tcp, () => true);
 defineHostClientTests('embedded target, NBD over a Unix socket', () => ctx.unix, () => true);
+defineHostClientTests('embedded target, 4096-byte LBA namespace', () => ctx.tcp4k, () => true);

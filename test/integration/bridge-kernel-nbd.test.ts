@@ -61,7 +61,7 @@ after(async () => {
   } finally {
     await g?.stop();
   }
-});
+}, { timeout: 120_000 });
 
 function exportStats() {
   assert.ok(session !== undefined);

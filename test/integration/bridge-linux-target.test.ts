@@ -73,7 +73,7 @@ after(async () => {
     await g?.stop();
     if (dir !== '') await fsp.rm(dir, { recursive: true, force: true });
   }
-});
+}, { timeout: 120_000 });
 
 const prereq = (t: Parameters<typeof need>[0]): boolean => need(t, avail.ok, avail.reason);
 
