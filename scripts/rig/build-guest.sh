@@ -44,6 +44,8 @@ if [[ ! -f "$kroot/.done" ]]; then
   busybox depmod -b "$kroot" "$kver"
   rm -rf "$CACHE/deb"
   touch "$kroot/.done"
+  # An older kernel (~430 MB unpacked) is not needed once a new one is there.
+  find "$CACHE/kernel" -mindepth 1 -maxdepth 1 -type d ! -name "$kpkg" -mmin +120 -exec rm -rf {} + || true
 fi
 kernel="$kroot/boot/vmlinuz-$kver"
 # Under TCG the bzImage's own xz decompression costs 2-10 s of every boot. With CONFIG_PVH the
