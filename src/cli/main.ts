@@ -9,6 +9,11 @@ import type { Verb } from './verb';
 
 // The verb table. Each verb module exports `verb`; keep this list sorted.
 const VERBS: ReadonlyArray<() => Verb> = [
+  () => (require('./verbs/connect') as typeof import('./verbs/connect')).verb,
+  () => (require('./verbs/discover') as typeof import('./verbs/discover')).verb,
+  () => (require('./verbs/id-ctrl') as typeof import('./verbs/id-ctrl')).verb,
+  () => (require('./verbs/id-ns') as typeof import('./verbs/id-ns')).verb,
+  () => (require('./verbs/list-ns') as typeof import('./verbs/list-ns')).verb,
   () => (require('./verbs/target') as typeof import('./verbs/target')).verb,
 ];
 

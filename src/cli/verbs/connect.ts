@@ -1,0 +1,176 @@
+/**
+ * `nvmf-nbd connect`: connect one controller (admin + I/O queues), print it and its namespaces,
+ * and stay up until SIGINT/SIGTERM, then shut the controller down (CC.SHN).
+ *
+ * Also the home of the nvme-cli connection flags shared by id-ctrl, id-ns and list-ns, and of
+ * {@link connectController}, which the engine reuses. Serving the namespaces over NBD plugs in
+ * through {@link ConnectServeHook}: a hook receives the connected controller and the parsed
+ * options and returns a stop function.
+ */
+import * as os from 'node:os';
+import { usageError } from '../args';
+import type { OptionSpec } from '../args';
+import type { Verb } from '../verb';
+import { Controller } from '../../controller/controller';
+import type { ControllerOptions, NamespaceInfo } from '../../controller/controller';
+import { isUuid, loadHostIdentity } from '../../controller/host-identity';
+import { formatBytes, formatJson, formatTable, outputFormat } from '../output';
+import type { OutputFormat } from '../output';
+import { waitForShutdownSignal } from '../signals';
+
+/** Default NVMe/TCP I/O port (IANA 4420). */
+export const DEFAULT_IO_PORT = 4420;
+
+/** Address flags shared by every verb that dials a target. */
+export const ADDRESS_OPTIONS: readonly OptionSpec[] = [
+  { long: 'transport', short: 't', type: 'string', metavar: 'tcp', help: 'transport type (only tcp)', default: 'tcp' },
+  { long: 'traddr', short: 'a', type: 'string', metavar: 'ADDR', help: 'target address (required)' },
+  { long: 'trsvcid', short: 's', type: 'int', metavar: 'PORT', min: 1, max: 65535, help: 'target port', default: DEFAULT_IO_PORT },
+  { long: 'hostnqn', short: 'q', type: 'string', metavar: 'NQN', help: 'host NQN (default /etc/nvme/hostnqn, else generated and kept)' },
+  { long: 'hostid', short: 'I', type: 'string', metavar: 'UUID', help: 'host ID (default /etc/nvme/hostid, else generated and kept)' },
+  { long: 'hdr-digest', short: 'g', type: 'boolean', help: 'enable the PDU header digest (CRC32C)' },
+  { long: 'data-digest', short: 'G', type: 'boolean', help: 'enable the PDU data digest (CRC32C)' },
+  { long: 'output-format', short: 'o', type: 'string', metavar: 'normal|json', help: 'output format', default: 'normal' },
+];
+
+/** Controller flags of connect. */
+export const CONTROLLER_OPTIONS: readonly OptionSpec[] = [
+  { long: 'nr-io-queues', short: 'i', type: 'int', metavar: 'N', min: 1, max: 65535, help: 'number of I/O queues (default: CPU count, capped by the controller)' },
+  { long: 'queue-size', short: 'Q', type: 'int', metavar: 'N', min: 2, max: 65536, help: 'I/O queue depth', default: 128 },
+  { long: 'keep-alive-tmo', short: 'k', type: 'int', metavar: 'SEC', min: 0, max: 4294967, help: 'keep-alive timeout in seconds (0 = off)', default: 5 },
+];
+
+/** Options of connect (exported so the NBD server can append `--nbd`/`--attach`). */
+export const CONNECT_OPTIONS: OptionSpec[] = [
+  ...ADDRESS_OPTIONS.slice(0, 3),
+  { long: 'nqn', short: 'n', type: 'string', metavar: 'SUBNQN', help: 'subsystem NQN (required)' },
+  ...ADDRESS_OPTIONS.slice(3),
+  ...CONTROLLER_OPTIONS,
+];
+
+/** Read a required string option or raise a usage error. */
+export function requireString(opts: Record<string, unknown>, name: string, flag: string): string {
+  const v = opts[name];
+  if (typeof v !== 'string' || v === '') usageError(`${flag} is required`);
+  return v;
+}
+
+/** Check -t and return the address part of the options. */
+export function addressFromArgs(opts: Record<string, unknown>): { traddr: string; trsvcid: number; hostnqn: string; hostid: string; hdgst: boolean; ddgst: boolean; format: OutputFormat } {
+  if (opts.transport !== 'tcp') usageError(`-t/--transport: '${String(opts.transport)}' is not supported (only tcp)`);
+  const traddr = requireString(opts, 'traddr', '-a/--traddr');
+  const format = outputFormat(opts['output-format'], usageError);
+  let hostnqn = typeof opts.hostnqn === 'string' ? opts.hostnqn : undefined;
+  let hostid = typeof opts.hostid === 'string' ? opts.hostid : undefined;
+  if (hostid !== undefined && !isUuid(hostid)) usageError(`-I/--hostid: '${hostid}' is not a UUID`);
+  if (hostnqn !== undefined && (!hostnqn.startsWith('nqn.') || Buffer.byteLength(hostnqn) > 223)) usageError(`-q/--hostnqn: '${hostnqn}' is not an NQN`);
+  if (hostnqn === undefined || hostid === undefined) {
+    const id = loadHostIdentity();
+    hostnqn ??= id.hostnqn;
+    hostid ??= id.hostid;
+  }
+  return { traddr, trsvcid: opts.trsvcid as number, hostnqn, hostid, hdgst: opts['hdr-digest'] === true, ddgst: opts['data-digest'] === true, format };
+}
+
+/** Build ControllerOptions from connect's parsed flags (Linux defaults for what is absent). */
+export function controllerOptionsFromArgs(opts: Record<string, unknown>): ControllerOptions & { format: OutputFormat } {
+  const a = addressFromArgs(opts);
+  const subnqn = requireString(opts, 'nqn', '-n/--nqn');
+  if (Buffer.byteLength(subnqn) > 223) usageError('-n/--nqn: longer than 223 bytes');
+  const kato = typeof opts['keep-alive-tmo'] === 'number' ? opts['keep-alive-tmo'] * 1000 : 5000;
+  return {
+    traddr: a.traddr, trsvcid: a.trsvcid, subnqn, hostnqn: a.hostnqn, hostid: a.hostid, hdgst: a.hdgst, ddgst: a.ddgst,
+    nrIoQueues: typeof opts['nr-io-queues'] === 'number' ? opts['nr-io-queues'] : os.cpus().length,
+    queueSize: typeof opts['queue-size'] === 'number' ? opts['queue-size'] : 128,
+    kato,
+    format: a.format,
+  };
+}
+
+/**
+ * Connect a controller with Linux's defaults filled in (queue size 128, I/O queues = CPU count,
+ * KATO 5 s, digests off). The engine and the connect verb both go through here.
+ */
+export function connectController(o: ControllerOptions): Promise<Controller> {
+  return Controller.connect({
+    nrIoQueues: os.cpus().length,
+    queueSize: 128,
+    kato: 5000,
+    ...o,
+  });
+}
+
+/** A JSON-friendly description of a namespace. */
+export function describeNamespace(ns: NamespaceInfo): Record<string, unknown> {
+  return {
+    nsid: ns.nsid,
+    blocks: ns.nsze,
+    lbaSize: ns.lbaSize,
+    size: ns.usable ? Number(ns.nsze) * ns.lbaSize : 0,
+    usable: ns.usable,
+    ...(ns.reasonIfNot !== undefined ? { reason: ns.reasonIfNot } : {}),
+  };
+}
+
+/** A JSON-friendly description of a connected controller. */
+export function describeController(c: Controller): Record<string, unknown> {
+  return {
+    cntlid: c.cntlid,
+    subnqn: c.options.subnqn,
+    traddr: c.options.traddr,
+    trsvcid: c.options.trsvcid,
+    hostnqn: c.options.hostnqn,
+    model: c.identify.mn,
+    serial: c.identify.sn,
+    firmware: c.identify.fr,
+    ioQueues: c.ioQueueCount,
+    maxTransfer: c.maxTransfer,
+    namespaces: [...c.namespaces.values()].map(describeNamespace),
+  };
+}
+
+/** Human rendering of {@link describeController}. */
+export function formatController(c: Controller): string {
+  const head = `controller ${c.cntlid}: ${c.options.subnqn} at ${c.options.traddr}:${c.options.trsvcid}\n` +
+    `  model ${c.identify.mn}, serial ${c.identify.sn}, firmware ${c.identify.fr}, ${c.ioQueueCount} I/O queues\n`;
+  const rows = [...c.namespaces.values()].map((ns) => [
+    String(ns.nsid), ns.usable ? formatBytes(Number(ns.nsze) * ns.lbaSize) : '-', String(ns.lbaSize), String(ns.nsze), ns.usable ? 'yes' : `no: ${ns.reasonIfNot ?? ''}`,
+  ]);
+  return head + formatTable(['NSID', 'SIZE', 'LBA', 'BLOCKS', 'USABLE'], rows);
+}
+
+/**
+ * Hook the NBD layer installs to serve a connected controller: returns a function that stops
+ * serving. `connect` calls it after printing and before waiting for a signal.
+ */
+export type ConnectServeHook = (ctrl: Controller, opts: Record<string, unknown>) => Promise<() => Promise<void>>;
+let serveHook: ConnectServeHook | undefined;
+
+/** Install the hook that serves the namespaces (the NBD server does this). */
+export function setConnectServeHook(h: ConnectServeHook | undefined): void {
+  serveHook = h;
+}
+
+export const verb: Verb = {
+  name: 'connect',
+  summary: 'connect an NVMe/TCP controller and keep it up until Ctrl-C',
+  usage: 'nvmf-nbd connect -t tcp -a ADDR [-s PORT] -n SUBNQN [-q HOSTNQN] [-I HOSTID] [-i N] [-Q N] [-k SEC] [-g] [-G] [-o normal|json]',
+  options: CONNECT_OPTIONS,
+  async run(opts) {
+    const { format, ...copts } = controllerOptionsFromArgs(opts);
+    const ctrl = await connectController(copts);
+    let lost: Error | undefined;
+    const stopped = new Promise<void>((resolve) => ctrl.once('close', (err?: Error) => { lost = err; resolve(); }));
+    ctrl.on('error', () => undefined);
+    process.stdout.write(format === 'json' ? formatJson(describeController(ctrl)) : formatController(ctrl));
+    const stopServing = serveHook === undefined ? undefined : await serveHook(ctrl, opts);
+    await Promise.race([waitForShutdownSignal(), stopped]);
+    await stopServing?.();
+    await ctrl.close();
+    if (lost !== undefined) {
+      process.stderr.write(`nvmf-nbd connect: ${lost.message} (${(lost as { code?: string }).code ?? 'error'})\n`);
+      return 1;
+    }
+    return 0;
+  },
+};

@@ -1,0 +1,67 @@
+/**
+ * `nvmf-nbd discover`: read the discovery log of a discovery controller (port 8009 by default;
+ * Linux nvmet also answers on its I/O port) and print its entries.
+ */
+import type { OptionSpec } from '../args';
+import type { Verb } from '../verb';
+import { ADRFAM_NAMES, SUBTYPE_NAMES, TRTYPE_NAMES, discover } from '../../controller/discovery';
+import type { DiscoveryLog } from '../../controller/discovery';
+import { ADDRESS_OPTIONS, addressFromArgs } from './connect';
+import { formatJson, formatTable } from '../output';
+
+/** Default discovery port (IANA 8009). */
+export const DEFAULT_DISCOVERY_PORT = 8009;
+
+const TREQ_NAMES: Readonly<Record<number, string>> = { 0: 'not specified', 1: 'required', 2: 'not required' };
+
+const OPTIONS: readonly OptionSpec[] = [
+  ...ADDRESS_OPTIONS.map((o) => (o.long === 'trsvcid' ? { ...o, default: DEFAULT_DISCOVERY_PORT } : o)),
+  { long: 'override-traddr', type: 'string', metavar: 'ADDR', help: 'show ADDR instead of each entry\'s advertised address (NAT, port forwards)' },
+  { long: 'override-trsvcid', type: 'string', metavar: 'PORT', help: 'show PORT instead of each entry\'s advertised port' },
+];
+
+/** nvme-cli-like JSON of a discovery log. */
+export function discoveryJson(log: DiscoveryLog): Record<string, unknown> {
+  return {
+    genctr: log.genctr,
+    records: log.entries.map((e) => ({
+      trtype: TRTYPE_NAMES[e.trtype] ?? String(e.trtype),
+      adrfam: ADRFAM_NAMES[e.adrfam] ?? String(e.adrfam),
+      subtype: SUBTYPE_NAMES[e.subtype] ?? String(e.subtype),
+      treq: TREQ_NAMES[e.treq & 3] ?? String(e.treq),
+      portid: e.portid,
+      trsvcid: e.trsvcid,
+      subnqn: e.subnqn,
+      traddr: e.traddr,
+      cntlid: e.cntlid,
+      asqsz: e.asqsz,
+    })),
+  };
+}
+
+/** Human table of a discovery log. */
+export function discoveryTable(log: DiscoveryLog): string {
+  const rows = log.entries.map((e, i) => [
+    String(i), TRTYPE_NAMES[e.trtype] ?? String(e.trtype), ADRFAM_NAMES[e.adrfam] ?? String(e.adrfam),
+    SUBTYPE_NAMES[e.subtype] ?? String(e.subtype), String(e.portid), e.traddr, e.trsvcid, e.subnqn,
+  ]);
+  return `Discovery Log Number of Records ${log.entries.length}, Generation counter ${log.genctr}\n` +
+    formatTable(['#', 'TRTYPE', 'ADRFAM', 'SUBTYPE', 'PORTID', 'TRADDR', 'TRSVCID', 'SUBNQN'], rows);
+}
+
+export const verb: Verb = {
+  name: 'discover',
+  summary: 'read and print the discovery log of an NVMe/TCP discovery controller',
+  usage: 'nvmf-nbd discover -t tcp -a ADDR [-s 8009] [-q HOSTNQN] [-I HOSTID] [-g] [-G] [-o normal|json]',
+  options: OPTIONS,
+  async run(opts) {
+    const a = addressFromArgs(opts);
+    const log = await discover({
+      traddr: a.traddr, trsvcid: a.trsvcid, hostnqn: a.hostnqn, hostid: a.hostid, hdgst: a.hdgst, ddgst: a.ddgst,
+      overrideTraddr: typeof opts['override-traddr'] === 'string' ? opts['override-traddr'] : undefined,
+      overrideTrsvcid: typeof opts['override-trsvcid'] === 'string' ? opts['override-trsvcid'] : undefined,
+    });
+    process.stdout.write(a.format === 'json' ? formatJson(discoveryJson(log)) : discoveryTable(log));
+    return 0;
+  },
+};
