@@ -160,6 +160,22 @@ describe('target: Linux kernel NVMe/TCP host in the guest', { timeout: 900_000 }
     assert.match(d.out, /disconnected 1 controller/);
   });
 
+  it('with --disable-sqflow reads complete through C2HData SUCCESS', async (t) => {
+    if (!need(t, !skipped, guestAvailable().reason)) return;
+    const g = guest!;
+    await g.exec(`set -e\n${connectCmd(false)} --disable-sqflow\n${waitDev('/dev/nvme0n1')}`, { timeoutMs: 90_000 });
+    assert.ok(logs.some((l) => /qid [1-9]\d* connected .*SQ flow control disabled/.test(l)), 'the I/O queue disabled SQ flow control');
+    await g.exec([
+      'set -e',
+      'echo 3 > /proc/sys/vm/drop_caches',
+      'mount -t ext4 -o ro /dev/nvme0n1 /mnt/t',
+      'cd /mnt/t && sha256sum -c /tmp/sums && sha256sum -c /tmp/sums2 && cd /',
+      'umount /mnt/t',
+    ].join('\n'), { timeoutMs: 120_000 });
+    const d = await g.exec(`nvme disconnect -n ${NQN}`, { timeoutMs: 60_000 });
+    assert.match(d.out, /disconnected 1 controller/);
+  });
+
   it('the target logged no protocol errors', (t) => {
     if (!need(t, !skipped, guestAvailable().reason)) return;
     const st = target!.stats();
