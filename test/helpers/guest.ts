@@ -18,7 +18,7 @@
  * <id> <status>\n`. Commands run one at a time; a failing or killed command leaves the channel up.
  */
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
@@ -309,7 +309,8 @@ export class Guest {
       stderr = (stderr + d.toString()).slice(-8000);
     });
     let exited = false;
-    child.on('exit', () => {
+    // 'close' rather than 'exit': by then QEMU's stderr (the reason it quit) has been read.
+    child.on('close', () => {
       exited = true;
       live.delete(child);
     });
@@ -389,7 +390,8 @@ export class Guest {
 
   private async execNow(cmd: string, timeoutMs: number): Promise<ExecResult> {
     if (this.closed) throw new Error('guest is stopped');
-    const id = `c${nextId++}`;
+    // Unguessable ids: a command printing marker-like text can never end another's reply.
+    const id = `c${nextId++}_${randomBytes(4).toString('hex')}`;
     const secs = Math.max(1, Math.ceil(timeoutMs / 1000));
     this.sock.write(`CMD ${id} ${secs} ${Buffer.from(cmd).toString('base64')}\n`);
     const begin = `@@BEGIN ${id}\n`;
