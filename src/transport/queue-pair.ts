@@ -471,7 +471,7 @@ export class QueuePair extends EventEmitter {
     }
     let err: NvmfNbdError | undefined;
     if (!cqe.ok) {
-      err = statusError(cqe.status, `queue ${this.qid} command 0x${p.opcode.toString(16)}`);
+      err = statusError(cqe.status, `queue ${this.qid} command 0x${p.opcode.toString(16)}`, { io: this.qid > 0 });
     } else if (p.digestError) {
       err = new NvmfNbdError(ErrorCode.DATA_DIGEST, `queue ${this.qid}: data digest error on command id ${p.cid}`);
     } else if (p.dataIn !== undefined && p.received !== p.dataIn.length) {
