@@ -1,19 +1,20 @@
 /**
  * `nvmf-nbd connect`: connect one controller (admin + I/O queues), print it and its namespaces,
- * and stay up until SIGINT/SIGTERM, then shut the controller down (CC.SHN).
+ * serve every namespace as an NBD export (`nvme0n1`, …), optionally attach them as /dev/nbdX, and
+ * stay up until SIGINT/SIGTERM; then detach, drain NBD, and shut the controller down (CC.SHN).
  *
- * Also the home of the nvme-cli connection flags shared by id-ctrl, id-ns and list-ns, and of
- * {@link connectController}, which the engine reuses. Serving the namespaces over NBD plugs in
- * through {@link ConnectServeHook}: a hook receives the connected controller and the parsed
- * options and returns a stop function.
+ * Also the home of the nvme-cli connection flags shared by id-ctrl, id-ns and list-ns.
  */
 import * as os from 'node:os';
+import * as path from 'node:path';
 import { usageError } from '../args';
 import type { OptionSpec } from '../args';
 import type { Verb } from '../verb';
 import { Controller } from '../../controller/controller';
 import type { ControllerOptions, NamespaceInfo } from '../../controller/controller';
-import { isUuid, loadHostIdentity } from '../../controller/host-identity';
+import { isUuid, loadHostIdentity, stateDir } from '../../controller/host-identity';
+import { ControllerSession, parseNbdSpec } from '../../engine/session';
+import { protectFromOomKiller } from '../../engine/oom';
 import { formatBytes, formatJson, formatTable, outputFormat } from '../output';
 import type { OutputFormat } from '../output';
 import { waitForShutdownSignal } from '../signals';
@@ -87,19 +88,6 @@ export function controllerOptionsFromArgs(opts: Record<string, unknown>): Contro
   };
 }
 
-/**
- * Connect a controller with Linux's defaults filled in (queue size 128, I/O queues = CPU count,
- * KATO 5 s, digests off). The engine and the connect verb both go through here.
- */
-export function connectController(o: ControllerOptions): Promise<Controller> {
-  return Controller.connect({
-    nrIoQueues: os.cpus().length,
-    queueSize: 128,
-    kato: 5000,
-    ...o,
-  });
-}
-
 /** A JSON-friendly description of a namespace. */
 export function describeNamespace(ns: NamespaceInfo): Record<string, unknown> {
   return {
@@ -139,34 +127,50 @@ export function formatController(c: Controller): string {
   return head + formatTable(['NSID', 'SIZE', 'LBA', 'BLOCKS', 'USABLE'], rows);
 }
 
-/**
- * Hook the NBD layer installs to serve a connected controller: returns a function that stops
- * serving. `connect` calls it after printing and before waiting for a signal.
- */
-export type ConnectServeHook = (ctrl: Controller, opts: Record<string, unknown>) => Promise<() => Promise<void>>;
-let serveHook: ConnectServeHook | undefined;
+/** NBD flags of connect. */
+export const NBD_OPTIONS: readonly OptionSpec[] = [
+  { long: 'nbd', type: 'string', metavar: 'unix:DIR|tcp:HOST:PORT', help: 'where to serve the namespaces over NBD (default unix:STATE_DIR/nbd: a 0700 directory of 0600 sockets)' },
+  { long: 'attach', type: 'boolean', help: 'attach every namespace to a /dev/nbdX with nbd-client (root, nbd module)' },
+  { long: 'connections', short: 'C', type: 'int', metavar: 'N', min: 1, max: 16, help: 'nbd-client connections per device with --attach', default: 1 },
+  { long: 'read-only', short: 'r', type: 'boolean', help: 'serve the namespaces read-only' },
+];
 
-/** Install the hook that serves the namespaces (the NBD server does this). */
-export function setConnectServeHook(h: ConnectServeHook | undefined): void {
-  serveHook = h;
+/** Human rendering of a session's exports. */
+export function formatExports(s: ControllerSession): string {
+  const rows = s.exports.map((e) => [
+    e.name, String(e.nsid), formatBytes(e.size), String(e.blockSize),
+    'unix' in e.endpoint ? `unix:${e.endpoint.unix}` : `tcp:${e.endpoint.tcp.host}:${e.endpoint.tcp.port}`, e.device ?? '-',
+  ]);
+  return formatTable(['EXPORT', 'NSID', 'SIZE', 'LBA', 'NBD ENDPOINT', 'DEVICE'], rows);
 }
 
 export const verb: Verb = {
   name: 'connect',
-  summary: 'connect an NVMe/TCP controller and keep it up until Ctrl-C',
-  usage: 'nvmf-nbd connect -t tcp -a ADDR [-s PORT] -n SUBNQN [-q HOSTNQN] [-I HOSTID] [-i N] [-Q N] [-k SEC] [-g] [-G] [-o normal|json]',
-  options: CONNECT_OPTIONS,
+  summary: 'connect an NVMe/TCP controller and serve its namespaces over NBD until Ctrl-C',
+  usage: 'nvmf-nbd connect -t tcp -a ADDR [-s PORT] -n SUBNQN [-q HOSTNQN] [-I HOSTID] [-i N] [-Q N] [-k SEC] [-g] [-G] [--nbd unix:DIR|tcp:HOST:PORT] [--attach] [-C N] [-o normal|json]',
+  options: [...CONNECT_OPTIONS, ...NBD_OPTIONS],
   async run(opts) {
     const { format, ...copts } = controllerOptionsFromArgs(opts);
-    const ctrl = await connectController(copts);
+    const nbd = parseNbdSpec(typeof opts.nbd === 'string' ? opts.nbd : `unix:${path.join(stateDir(), 'nbd')}`);
+    if (opts.attach === true) protectFromOomKiller();
+    const session = await ControllerSession.open({
+      name: 'nvme0',
+      controller: { nrIoQueues: os.cpus().length, queueSize: 128, kato: 5000, ...copts },
+      nbd,
+      attach: opts.attach === true,
+      connections: opts.connections as number,
+      readOnly: opts['read-only'] === true,
+      log: (msg) => process.stderr.write(`${msg}\n`),
+    });
+    const ctrl = session.controller;
     let lost: Error | undefined;
     const stopped = new Promise<void>((resolve) => ctrl.once('close', (err?: Error) => { lost = err; resolve(); }));
     ctrl.on('error', () => undefined);
-    process.stdout.write(format === 'json' ? formatJson(describeController(ctrl)) : formatController(ctrl));
-    const stopServing = serveHook === undefined ? undefined : await serveHook(ctrl, opts);
+    process.stdout.write(format === 'json'
+      ? formatJson({ ...session.describe(), namespaces: describeController(ctrl).namespaces })
+      : `${formatController(ctrl)}\n${formatExports(session)}`);
     await Promise.race([waitForShutdownSignal(), stopped]);
-    await stopServing?.();
-    await ctrl.close();
+    await session.close();
     if (lost !== undefined) {
       process.stderr.write(`nvmf-nbd connect: ${lost.message} (${(lost as { code?: string }).code ?? 'error'})\n`);
       return 1;
