@@ -186,13 +186,14 @@ async function main(): Promise<void> {
     `${o.runtime} s per job after ${o.ramp} s ramp, ${o.sizeMiB} MiB region, prefilled by sequential 1 MiB writes\n`);
 
   const helpers: Array<Helper<unknown>> = [];
+  let killKit = (): void => undefined;
   const profDir = o.profile ? fs.mkdtempSync(path.join(os.tmpdir(), 'nvmf-nbd-prof-')) : undefined;
   try {
     // (a) the NBD-only baseline
     const kitPort = await freePort();
     const kitArgv = pinned(o.cpu, ['nbdkit', '-f', '--exit-with-parent', '-i', '127.0.0.1', '-p', String(kitPort), 'memory', '1G']).argv;
     const kit = spawn(kitArgv[0] as string, kitArgv.slice(1), { stdio: ['ignore', 'ignore', 'inherit'] });
-    const killKit = (): void => { if (kit.exitCode === null) kit.kill('SIGKILL'); };
+    killKit = (): void => { if (kit.exitCode === null && kit.signalCode === null) kit.kill('SIGKILL'); };
     process.on('exit', killKit);
     await waitPort(kitPort, 10_000);
     const kitUri = `nbd://127.0.0.1:${kitPort}/`;
@@ -244,8 +245,8 @@ async function main(): Promise<void> {
     process.stdout.write(`${table(['job', 'base IOPS', 'bridge IOPS', 'b/a', 'base MiB/s', 'bridge MiB/s', 'base p99 µs', 'bridge p99 µs', 'base CPU µs/IO', 'bridge CPU µs/IO'], rows)}\n`);
     process.stdout.write(`bridge peak RSS (VmHWM): ${mem === undefined ? '?' : `${fmt(mem.hwmKiB / 1024)} MiB`}, RSS now ${mem === undefined ? '?' : `${fmt(mem.rssKiB / 1024)} MiB`}\n`);
     process.stdout.write('base = nbdkit memory; bridge = nvmf-nbd NBD server + NVMe/TCP host → embedded target; CPU µs/IO = server process CPU time per I/O (nbdkit vs bridge; target not included)\n');
-    killKit();
   } finally {
+    killKit();
     for (const h of helpers.reverse()) await h.stop();
   }
 }

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The benchmarks (`npm run bench`): setup (quiet), then
+#   1. the NBD-path benchmark: fio --ioengine=nbd against `nbdkit memory` (baseline) and against the
+#      bridge over the embedded NVMe/TCP target, side by side, ratio bridge/baseline;
+#   2. the engine-only benchmark: NVMe Reads/Writes straight from the host engine (no NBD).
+# They print tables; nothing is asserted. About 3 minutes with the defaults.
+#
+# Usage: npm run bench -- [--only nbd|engine|profile] [ARGS...]
+#   (no --only)        both benchmarks with their defaults; ARGS are not allowed
+#   --only nbd         only the NBD-path benchmark; ARGS go to dist/bench/nbd-bench.js:
+#                      --runtime S --ramp S --size MiB --cpu N --target-cpu N --queues N
+#                      --jobs 4k-randread-qd1,... --no-pin
+#   --only engine      only the engine benchmark; ARGS go to dist/bench/engine-bench.js:
+#                      --traddr A --trsvcid P --subnqn NQN (any NVMe/TCP target; default: start
+#                      the embedded one) --nsid N --runtime S --ramp S --queues N --queue-size N
+#                      --region MiB --jobs ... --no-prefill --target-cpu N
+#                      (WRITES DESTROY DATA in the first --region MiB of the namespace)
+#   --only profile     the bridge under `node --cpu-prof` for one job (default 4k-randread-qd32,
+#                      --profile-job NAME to change) and its top-10 self-time functions
+# Environment: BENCH_RUNTIME (seconds per job, default 5), BENCH_RAMP (warm-up seconds, default 1),
+#   BENCH_CPU (core for fio + NBD server / engine, default 1), NVMF_NBD_SETUP_ARGS (extra setup.sh options).
+# Exit status: 0 done, 1 failure, 2 a prerequisite (fio with its nbd engine, nbdkit) is missing.
+set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+only=""
+if [ "${1:-}" = "--only" ]; then
+  only="${2:-}"
+  shift 2 || die "--only needs nbd, engine or profile"
+  case "$only" in nbd|engine|profile) ;; *) die "--only '$only': use nbd, engine or profile" ;; esac
+elif [ "$#" -gt 0 ]; then
+  case "$1" in
+    -h|--help) sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) die "arguments need --only nbd|engine|profile first (see --help)" ;;
+  esac
+fi
+
+# shellcheck disable=SC2086 # NVMF_NBD_SETUP_ARGS is a word list on purpose
+bash "$REPO_ROOT/scripts/setup.sh" --quiet ${NVMF_NBD_SETUP_ARGS:-}
+cd "$REPO_ROOT"
+
+cpu="${BENCH_CPU:-1}"
+# The engine benchmark pins itself like the bridge: same core budget as in the NBD benchmark.
+engine_prefix=()
+if have taskset && [ "$cpu" -lt "$(nproc)" ]; then engine_prefix=(taskset -c "$cpu"); fi
+
+case "$only" in
+  "")
+    node dist/bench/nbd-bench.js --cpu "$cpu"
+    echo
+    "${engine_prefix[@]}" node dist/bench/engine-bench.js
+    ;;
+  nbd) node dist/bench/nbd-bench.js --cpu "$cpu" "$@" ;;
+  engine) "${engine_prefix[@]}" node dist/bench/engine-bench.js "$@" ;;
+  profile) node dist/bench/nbd-bench.js --cpu "$cpu" --profile "$@" ;;
+esac
