@@ -357,6 +357,8 @@ export class Guest {
    * Run a shell script in the guest (busybox sh, as root). Calls are queued and run one at a
    * time. With `check` (default true) a non-zero status throws an error carrying the output.
    * The guest kills the script after `timeoutMs` (default 60000; status 137).
+   * Background children (`cmd &`) outlive the call and do not delay its reply; give them their own
+   * log (`cmd >/tmp/x.log 2>&1 &`), since output they write later is discarded.
    */
   exec(cmd: string, opts: { timeoutMs?: number; check?: boolean } = {}): Promise<ExecResult> {
     const run = this.queue.then(() => this.execNow(cmd, opts.timeoutMs ?? 60_000));

@@ -129,6 +129,13 @@ test('exec reports exit codes and output, and survives failures', { timeout: 60_
   // Output without a trailing newline and with marker-like text comes back exactly.
   const same = await g.exec("printf '@@END c0 0\\nno newline'");
   assert.equal(same.out, '@@END c0 0\nno newline');
+  // A background child does not hold the reply, and its later output leaks into no other reply.
+  // (The child waits for a file that only the next command creates: a reply that waited for it
+  // would never come.)
+  const bg = await g.exec('rm -f /tmp/go; (while [ ! -e /tmp/go ]; do sleep 0.1; done; echo late) & echo now', { timeoutMs: 10_000 });
+  assert.equal(bg.out, 'now\n');
+  const after = await g.exec('touch /tmp/go; sleep 1; echo next');
+  assert.equal(after.out, 'next\n');
   // Queued calls run in order.
   const rs = await Promise.all([1, 2, 3].map((i) => g!.exec(`echo ${i}`)));
   assert.deepEqual(rs.map((x) => x.out), ['1\n', '2\n', '3\n']);
