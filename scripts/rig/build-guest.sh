@@ -10,6 +10,7 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+export PATH="$PATH:/usr/sbin:/sbin"   # nbd-client, mke2fs, e2fsck, nvme live there
 CACHE="${NVMF_NBD_CACHE:-$HOME/.cache/nvmf-nbd}/rig"
 mkdir -p "$CACHE"
 log() { echo "build-guest: $*" >&2; }

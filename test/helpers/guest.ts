@@ -70,8 +70,10 @@ function findRepoRoot(): string {
   }
 }
 
+/** True when `cmd` is on PATH or in an sbin folder (nbd-client, mke2fs live there; users' PATH may lack them). */
 function onPath(cmd: string): boolean {
-  return (process.env.PATH ?? '').split(path.delimiter).some((d) => {
+  const dirs = [...(process.env.PATH ?? '').split(path.delimiter), '/usr/sbin', '/sbin'];
+  return dirs.some((d) => {
     try {
       fs.accessSync(path.join(d, cmd), fs.constants.X_OK);
       return true;
