@@ -166,10 +166,13 @@ export const verb: Verb = {
     let lost: Error | undefined;
     const stopped = new Promise<void>((resolve) => ctrl.once('close', (err?: Error) => { lost = err; resolve(); }));
     ctrl.on('error', () => undefined);
+    // Listen for the signal before printing: a script that reads our output and then sends
+    // SIGINT must never find us without the handler (the default action would kill us).
+    const signalled = waitForShutdownSignal();
     process.stdout.write(format === 'json'
       ? formatJson({ ...session.describe(), namespaces: describeController(ctrl).namespaces })
       : `${formatController(ctrl)}\n${formatExports(session)}`);
-    await Promise.race([waitForShutdownSignal(), stopped]);
+    await Promise.race([signalled, stopped]);
     await session.close();
     if (lost !== undefined) {
       process.stderr.write(`nvmf-nbd connect: ${lost.message} (${(lost as { code?: string }).code ?? 'error'})\n`);
