@@ -209,7 +209,7 @@ export class QueuePair extends EventEmitter {
         qp.once('close', (err?: Error) => reject(err ?? new NvmfNbdError(ErrorCode.CONNECTION_CLOSED, 'closed')));
         socket.once('connect', () => resolve());
       });
-      await qp.initialize(opts);
+      await qp.initialize();
       await qp.fabricsConnect(opts);
       return qp;
     } catch (err) {
@@ -221,12 +221,11 @@ export class QueuePair extends EventEmitter {
   }
 
   /** ICReq → ICResp, validating the controller's answers (TP 8000 §3.6.2.2/3). */
-  private initialize(opts: QueuePairOptions): Promise<void> {
+  private initialize(): Promise<void> {
     return new Promise<void>((resolve, reject) => {
       this.icWaiter = { resolve, reject };
       // hpda 0: we accept C2H data at any offset; maxr2t 0: one outstanding R2T per command.
       this.socket.write(encodeIcReq({ hpda: 0, hdgst: this.hdgst, ddgst: this.ddgst, maxr2t: 0 }));
-      void opts;
     });
   }
 
