@@ -76,6 +76,8 @@ export interface SubmitOptions {
   readonly timeoutMs?: number;
   /** Force in-capsule data whatever its size (Fabrics Connect). */
   readonly inCapsule?: boolean;
+  /** Resolve with the CQE even when its status is an error (the caller decodes DW0). */
+  readonly acceptErrorStatus?: boolean;
 }
 
 /** What a successful command resolves with. */
@@ -113,6 +115,7 @@ interface Pending {
   c2hDone: boolean;
   digestError: boolean;
   readonly deadline: number;
+  readonly acceptErrorStatus: boolean;
 }
 
 /** A command waiting for a free command identifier / SQ slot. */
@@ -125,6 +128,32 @@ interface Waiter {
 
 const QpState = { CONNECTING: 'connecting', READY: 'ready', CLOSED: 'closed' } as const;
 type QpState = (typeof QpState)[keyof typeof QpState];
+
+/** Connect data fields by offset (NVMe-oF Figure 20), for Connect Invalid Parameters. */
+const CONNECT_DATA_FIELDS: Readonly<Record<number, string>> = { 0: 'host ID', 16: 'controller ID', 256: 'subsystem NQN', 512: 'host NQN' };
+/** Connect SQE fields by offset. */
+const CONNECT_SQE_FIELDS: Readonly<Record<number, string>> = { 40: 'record format', 42: 'queue ID', 44: 'queue size', 46: 'connect attributes', 48: 'keep alive timeout' };
+
+/**
+ * Explain a refused Connect: for Connect Invalid Parameters (SCT 1 SC 0x82) DW0 holds IATTR
+ * (bit 16: 1 = in the Connect data) and IPO (bits 15:0, byte offset), as Linux nvmet encodes it.
+ */
+function connectFailureDetail(cqe: Cqe, o: QueuePairOptions): string {
+  if (cqe.status.sct !== 1) return '';
+  switch (cqe.status.sc) {
+    case 0x82: {
+      const inData = ((cqe.dw0 >>> 16) & 1) === 1;
+      const ipo = cqe.dw0 & 0xffff;
+      const field = (inData ? CONNECT_DATA_FIELDS : CONNECT_SQE_FIELDS)[ipo];
+      if (field === undefined) return '';
+      const value = field === 'subsystem NQN' ? ` '${o.subnqn}'` : field === 'host NQN' ? ` '${o.hostnqn}'` : '';
+      return `: the target rejected the ${field}${value}`;
+    }
+    case 0x84: return `: host '${o.hostnqn}' is not allowed to connect to this subsystem`;
+    case 0x81: return ': the controller is busy';
+    default: return '';
+  }
+}
 
 function fatal(code: (typeof ErrorCode)[keyof typeof ErrorCode], message: string, fes: number, fei = 0): NvmfNbdError {
   return new NvmfNbdError(code, message, { fes, fei });
@@ -259,15 +288,11 @@ export class QueuePair extends EventEmitter {
       disableSqFlowControl: opts.disableSqFlowControl === true,
     });
     const data = encodeConnectData({ hostid: opts.hostid, cntlid: opts.cntlid, subnqn: opts.subnqn, hostnqn: opts.hostnqn });
-    let cqe: Cqe;
-    try {
-      ({ cqe } = await this.submit(sqe, { dataOut: data, inCapsule: true }));
-    } catch (err) {
-      if (err instanceof NvmfNbdError && err.status !== undefined) {
-        throw new NvmfNbdError(ErrorCode.CONNECT_FAILED,
-          `Fabrics Connect (queue ${opts.qid}, subsystem ${opts.subnqn}) refused: ${formatStatus(err.status)}`, { status: err.status, cause: err });
-      }
-      throw err;
+    const { cqe } = await this.submit(sqe, { dataOut: data, inCapsule: true, acceptErrorStatus: true });
+    if (!cqe.ok) {
+      throw new NvmfNbdError(ErrorCode.CONNECT_FAILED,
+        `Fabrics Connect (queue ${opts.qid}, subsystem ${opts.subnqn}) refused: ${formatStatus(cqe.status)}${connectFailureDetail(cqe, opts)}`,
+        { status: cqe.status });
     }
     this.cntlid = cqe.dw0 & 0xffff;
     if ((cqe.dw0 >>> 16) & 0x3) {
@@ -359,6 +384,7 @@ export class QueuePair extends EventEmitter {
       c2hDone: false,
       digestError: false,
       deadline: Date.now() + (opts.timeoutMs ?? this.timeoutMs),
+      acceptErrorStatus: opts.acceptErrorStatus === true,
     };
     this.inflight.set(cid, p);
     this.counters.commands++;
@@ -469,7 +495,9 @@ export class QueuePair extends EventEmitter {
       this.sqHead = cqe.sqhd;
     }
     let err: NvmfNbdError | undefined;
-    if (!cqe.ok) {
+    if (!cqe.ok && p.acceptErrorStatus) {
+      // The caller decodes the status itself (Fabrics Connect reads IATTR/IPO from DW0).
+    } else if (!cqe.ok) {
       err = statusError(cqe.status, `queue ${this.qid} command 0x${p.opcode.toString(16)}`, { io: this.qid > 0 });
     } else if (p.digestError) {
       err = new NvmfNbdError(ErrorCode.DATA_DIGEST, `queue ${this.qid}: data digest error on command id ${p.cid}`);

@@ -282,8 +282,8 @@ export async function serveController(c: FakeConn, m: ControllerModel): Promise<
   c.qid = first.raw.readUInt16LE(42);
   const cd = parseConnectData(first.data);
   if (m.subnqn !== undefined && cd.subnqn !== m.subnqn && cd.subnqn !== 'nqn.2014-08.org.nvmexpress.discovery') {
-    // Connect Invalid Parameters (SCT 1, SC 0x82), DNR, IATTR=0 / IPO=subnqn offset in DW0.
-    c.respond(first.sqe.cid, { sct: 1, sc: 0x82, dnr: true, dw0: 256 << 16, sqhd: 1 });
+    // Connect Invalid Parameters (SCT 1, SC 0x82), DNR; DW0 = IATTR (bit 16, in data) | IPO 256 (subnqn), as Linux nvmet.
+    c.respond(first.sqe.cid, { sct: 1, sc: 0x82, dnr: true, dw0: (1 << 16) | 256, sqhd: 1 });
     return;
   }
   c.respond(first.sqe.cid, { dw0: cntlid, sqhd: 1 });

@@ -149,6 +149,7 @@ test('an unknown subsystem NQN gives CONNECT_FAILED with the NVMe status', { tim
   assert.equal(err.status?.sct, 1);
   assert.equal(err.status?.sc, 0x82);
   assert.match(err.message, /Connect Invalid Parameters/);
+  assert.match(err.message, /rejected the subsystem NQN/);
 });
 
 test('discovery (API): the log lists the subsystem; the override replaces the advertised address', { timeout: 30_000 }, async (t) => {

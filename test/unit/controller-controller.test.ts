@@ -171,7 +171,8 @@ test('a wrong subsystem NQN → CONNECT_FAILED with Connect Invalid Parameters i
   assert.equal(err?.code, ErrorCode.CONNECT_FAILED);
   assert.equal(err?.status?.sct, 1);
   assert.equal(err?.status?.sc, 0x82);
-  assert.match(err?.message ?? '', /Invalid Parameters/i);
+  assert.match(err?.message ?? '', /Connect Invalid Parameters/);
+  assert.match(err?.message ?? '', /rejected the subsystem NQN 'nqn\.2024-01\.io\.test:sub-a'/);
 });
 
 test('a lost I/O queue destroys the controller: CONTROLLER_LOST on close and on later I/O', T, async () => {

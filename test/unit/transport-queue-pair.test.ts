@@ -541,3 +541,46 @@ test('destroy() fails waiting and in-flight commands once and emits close once',
     await target.close();
   }
 });
+
+// ---------------------------------------------------------------- seeded random input
+
+/** xorshift32: a dependency-free, reproducible byte source. */
+function rng(seed: number): () => number {
+  let x = seed >>> 0 || 1;
+  return () => {
+    x ^= x << 13; x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5; x >>>= 0;
+    return x;
+  };
+}
+
+test('seeded random PDUs from the target end in a typed error, never a crash or hang', { timeout: 20_000 }, async () => {
+  for (let seed = 1; seed <= 40; seed++) {
+    const next = rng(seed * 2654435761);
+    const { target, qp, closed } = await withTarget(async (c) => {
+      const cmd = await c.nextCommand();
+      // A plausible header (controller PDU types, right hlen) with random flags/lengths and fields,
+      // aimed at the in-flight cid half of the time, then random tail bytes.
+      const types = [0x01, 0x03, 0x05, 0x07, 0x09, 0x04, 0x0b];
+      const type = types[next() % types.length] as number;
+      const h = Buffer.alloc(24 + (next() % 64));
+      for (let i = 0; i < h.length; i++) h[i] = next() & 0xff;
+      h[0] = type;
+      h[2] = type === 0x01 ? 128 : 24;
+      if (next() % 2 === 0) h.writeUInt32LE(24 + (next() % 4096), 4);
+      if (next() % 2 === 0) h.writeUInt16LE(cmd.sqe.cid, 8);
+      c.send(h);
+      c.socket.end();
+    }, { qp: { timeoutMs: 1000 } });
+    try {
+      const res = await qp.submit(sqeRead(1, 0n, 8), { dataInLength: 4096 }).then(() => undefined, (e: unknown) => e);
+      assert.ok(res instanceof NvmfNbdError, `seed ${seed}: ${String(res)}`);
+      const err = await closed;
+      assert.ok(err instanceof NvmfNbdError, `seed ${seed}: close without a typed error`);
+    } finally {
+      qp.destroy();
+      await target.close();
+    }
+  }
+});
