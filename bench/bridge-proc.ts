@@ -6,14 +6,17 @@
  *   node dist/bench/bridge-proc.js --trsvcid PORT --subnqn NQN [--traddr 127.0.0.1]
  *        [--nbd-port 0] [--queues N] [--queue-size N]
  *
+ * --batch-writes: bench-only experiment, see enableBatchedWrites in common.ts.
  * Prints `READY {"port":N,"exports":["nvme0n1",...],"ioQueues":N}`; SIGTERM/SIGINT close the
  * session and exit 0 (a clean exit is what makes --cpu-prof write its profile).
  */
 import { ControllerSession } from '../src/engine/session';
-import { BENCH_HOSTID, BENCH_HOSTNQN, BENCH_SUBNQN, numArg, parseArgs } from './common';
+import { BENCH_HOSTID, BENCH_HOSTNQN, BENCH_SUBNQN, enableBatchedWrites, numArg, parseArgs } from './common';
 
 async function main(): Promise<void> {
-  const args = parseArgs(process.argv.slice(2), ['traddr', 'trsvcid', 'subnqn', 'nbd-port', 'queues', 'queue-size']);
+  const args = parseArgs(process.argv.slice(2), ['traddr', 'trsvcid', 'subnqn', 'nbd-port', 'queues', 'queue-size'], ['batch-writes']);
+  // Experiment only (see enableBatchedWrites): measures the win of batching socket writes per tick.
+  if (args.has('batch-writes')) enableBatchedWrites();
   const trsvcid = args.get('trsvcid');
   if (trsvcid === undefined) throw new Error('--trsvcid is required');
   const queues = args.get('queues');
