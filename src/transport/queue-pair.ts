@@ -96,6 +96,8 @@ export interface QueueStats {
   errors: number;
   inFlight: number;
   waiting: number;
+  /** False when the controller disabled SQ flow control. */
+  sqFlowControl: boolean;
 }
 
 /** State of one in-flight command. */
@@ -322,7 +324,7 @@ export class QueuePair extends EventEmitter {
 
   /** Counters for `list`. */
   stats(): QueueStats {
-    return { qid: this.qid, ...this.counters, inFlight: this.inflight.size, waiting: this.waiters.length };
+    return { qid: this.qid, ...this.counters, inFlight: this.inflight.size, waiting: this.waiters.length, sqFlowControl: this.sqFlowControl };
   }
 
   /**

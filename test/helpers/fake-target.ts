@@ -221,6 +221,8 @@ export interface ControllerModel {
   readyDelayMs?: number;
   /** Never become ready. */
   neverReady?: boolean;
+  /** Generation counter for each discovery log read (default always 1). */
+  discoveryGenctr?: () => bigint;
   /** Discovery log entries (subnqn, traddr, trsvcid) for the discovery NQN. */
   discovery?: Array<{ subnqn: string; traddr: string; trsvcid: string }>;
   /** Shared register state across the connections of one fake target. */
@@ -357,7 +359,7 @@ export async function serveController(c: FakeConn, m: ControllerModel): Promise<
           const off = sqe.cdw12;
           const entries = m.discovery ?? [];
           const log = Buffer.alloc(1024 * (1 + entries.length));
-          log.writeBigUInt64LE(1n, 0);
+          log.writeBigUInt64LE(off === 0 && m.discoveryGenctr !== undefined ? m.discoveryGenctr() : 1n, 0);
           log.writeBigUInt64LE(BigInt(entries.length), 8);
           entries.forEach((e, i) => {
             const at = 1024 * (i + 1);

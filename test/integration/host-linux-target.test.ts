@@ -115,6 +115,20 @@ test('write/read back 512 B … 8 MiB, header and data digests on', { timeout: 1
   }
 });
 
+test('SQ flow control disabled: the target completes reads with C2HData SUCCESS', { timeout: 60_000 }, async (t) => {
+  if (!prereq(t)) return;
+  const ctrl = await Controller.connect(opts({ disableSqFlowControl: true }));
+  try {
+    const s = ctrl.stats();
+    assert.deepEqual([s.admin.sqFlowControl, ...s.io.map((q) => q.sqFlowControl)], [false, false, false]);
+    const data = randomBytes(1 << 20);
+    await ctrl.write(1, 40960n, data);
+    assert.ok((await ctrl.read(1, 40960n, data.length / 512)).equals(data));
+  } finally {
+    await ctrl.close();
+  }
+});
+
 test('flush, deallocate and write zeroes; the ranges read back as zeroes', { timeout: 60_000 }, async (t) => {
   if (!prereq(t)) return;
   const ctrl = await Controller.connect(opts());

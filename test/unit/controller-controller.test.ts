@@ -206,3 +206,25 @@ test('discovery reads the log (header, then entries) and applies the address ove
     await target.close();
   }
 });
+
+test('discovery re-reads when the generation counter moved, and gives up with DISCOVERY_LOG_CHANGED', T, async () => {
+  let n = 0n;
+  const settling = model({ discovery: [{ subnqn: SUBNQN, traddr: '10.0.2.15', trsvcid: '4420' }], discoveryGenctr: () => (n < 3n ? ++n : n) });
+  let target = await FakeTarget.start((c) => serveController(c, settling));
+  try {
+    const log = await discover({ traddr: '127.0.0.1', trsvcid: target.port, hostnqn: 'nqn.test:h', hostid: Buffer.alloc(16, 1) });
+    assert.equal(log.genctr, 3n);
+    assert.equal(log.entries.length, 1);
+  } finally {
+    await target.close();
+  }
+  let m = 0n;
+  const churning = model({ discovery: [], discoveryGenctr: () => ++m });
+  target = await FakeTarget.start((c) => serveController(c, churning));
+  try {
+    await assert.rejects(discover({ traddr: '127.0.0.1', trsvcid: target.port, hostnqn: 'nqn.test:h', hostid: Buffer.alloc(16, 1) }),
+      (e: NvmfNbdError) => e.code === ErrorCode.DISCOVERY_LOG_CHANGED);
+  } finally {
+    await target.close();
+  }
+});
