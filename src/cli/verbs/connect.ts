@@ -88,6 +88,19 @@ export function controllerOptionsFromArgs(opts: Record<string, unknown>): Contro
   };
 }
 
+/** Linux's host defaults: queue size 128, I/O queues = CPU count (capped by the controller), KATO 5 s. */
+export function withLinuxDefaults(o: ControllerOptions): ControllerOptions {
+  return { nrIoQueues: os.cpus().length, queueSize: 128, kato: 5000, ...o };
+}
+
+/**
+ * Connect a controller with Linux's defaults filled in (digests off unless asked). The engine
+ * and scripts reuse it; the connect verb goes through ControllerSession, which serves NBD too.
+ */
+export function connectController(o: ControllerOptions): Promise<Controller> {
+  return Controller.connect(withLinuxDefaults(o));
+}
+
 /** A JSON-friendly description of a namespace. */
 export function describeNamespace(ns: NamespaceInfo): Record<string, unknown> {
   return {
@@ -155,7 +168,7 @@ export const verb: Verb = {
     if (opts.attach === true) protectFromOomKiller();
     const session = await ControllerSession.open({
       name: 'nvme0',
-      controller: { nrIoQueues: os.cpus().length, queueSize: 128, kato: 5000, ...copts },
+      controller: withLinuxDefaults(copts),
       nbd,
       attach: opts.attach === true,
       connections: opts.connections as number,
