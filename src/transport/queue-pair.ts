@@ -192,6 +192,7 @@ export class QueuePair extends EventEmitter {
   private sqTail = 0;
   private sqHead = 0;
   private timer: NodeJS.Timeout | undefined;
+  private timerArmed = false;
   private readonly tickMs: number;
   private icWaiter: { resolve(): void; reject(e: Error): void } | undefined;
   private closeError: NvmfNbdError | undefined;
@@ -407,7 +408,13 @@ export class QueuePair extends EventEmitter {
     while (this.waiters.length > 0 && this.canIssue()) this.issue(this.waiters.shift() as Waiter);
   }
 
+  /**
+   * Arm the queue's one timer unless it is already running. Never push a running timer back:
+   * a steady stream of new commands must not postpone noticing an old one that is stuck.
+   */
   private armTimer(): void {
+    if (this.timerArmed) return;
+    this.timerArmed = true;
     if (this.timer === undefined) {
       this.timer = setTimeout(() => this.onTick(), this.tickMs);
       this.timer.unref();
@@ -417,6 +424,7 @@ export class QueuePair extends EventEmitter {
   }
 
   private onTick(): void {
+    this.timerArmed = false;
     if (this.state === QpState.CLOSED || this.inflight.size === 0) return;
     const now = Date.now();
     for (const p of this.inflight.values()) {
@@ -427,7 +435,7 @@ export class QueuePair extends EventEmitter {
         return;
       }
     }
-    this.timer?.refresh();
+    this.armTimer();
   }
 
   private onData(chunk: Buffer): void {

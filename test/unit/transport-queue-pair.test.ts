@@ -517,6 +517,35 @@ test('command timeout → TIMEOUT and the queue is torn down', T, async () => {
   }, ErrorCode.TIMEOUT, undefined, (qp) => qp.submit(sqeFlush(1), { timeoutMs: 100 }), { qp: { timeoutMs: 200 } });
 });
 
+test('a stuck command times out even while other commands keep completing', T, async () => {
+  const { target, qp, closed } = await withTarget(async (c) => {
+    await c.nextCommand(); // never answered
+    for (;;) {
+      const cmd = await c.nextCommand().catch(() => undefined);
+      if (cmd === undefined) return;
+      c.respond(cmd.sqe.cid, { sqhd: 0xffff });
+    }
+  }, { qp: { timeoutMs: 300, queueSize: 4 }, connect: { sqhd: 0xffff } });
+  try {
+    const stuck = qp.submit(sqeFlush(1));
+    const t0 = Date.now();
+    // Keep the queue busy with quick commands until the stuck one fails.
+    let failed: unknown;
+    let completed = 0;
+    stuck.catch((e: unknown) => { failed = e; });
+    while (failed === undefined && Date.now() - t0 < 3000) {
+      await qp.submit(sqeFlush(2)).then(() => { completed++; }, () => undefined);
+    }
+    await rejectsWith(stuck, ErrorCode.TIMEOUT);
+    assert.ok(completed > 10, `only ${completed} commands completed meanwhile`);
+    assert.ok(Date.now() - t0 < 1500, `took ${Date.now() - t0} ms`);
+    assert.equal((await closed)?.code, ErrorCode.TIMEOUT);
+  } finally {
+    qp.destroy();
+    await target.close();
+  }
+});
+
 test('SQHD beyond the queue size → PDU_INVALID_HEADER', T, async () => {
   await expectFatal(async (c) => {
     const cmd = await c.nextCommand();
