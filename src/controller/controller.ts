@@ -43,6 +43,8 @@ const Cns = { NAMESPACE: 0x00, CONTROLLER: 0x01, ACTIVE_NS_LIST: 0x02 } as const
 export const HOST_MAX_TRANSFER = 1 << 20;
 /** NLB is a 16-bit 0-based field: 65536 blocks per Read/Write/Write Zeroes. */
 export const MAX_NLB = 65536;
+/** Timeout of each admin command during shutdown. */
+const SHUTDOWN_COMMAND_TIMEOUT_MS = 5000;
 /** Dataset Management carries at most 256 ranges. */
 export const MAX_DSM_RANGES = 256;
 
@@ -243,7 +245,7 @@ export class Controller extends EventEmitter {
   private async waitCsts(done: (csts: number) => boolean, budgetMs: number, what: string): Promise<void> {
     const deadline = Date.now() + budgetMs;
     for (let delay = 5; ; delay = Math.min(100, delay * 2)) {
-      const csts = Number(await this.propertyGet(Prop.CSTS, false));
+      const csts = Number(await this.propertyGet(Prop.CSTS, false, Math.max(1000, budgetMs)));
       if (csts & 2) throw new NvmfNbdError(ErrorCode.CONTROLLER_FATAL, `controller ${this.cntlid}: CSTS.CFS set while waiting for ${what}`);
       if (done(csts)) return;
       if (Date.now() >= deadline) throw new NvmfNbdError(ErrorCode.ENABLE_TIMEOUT, `controller ${this.cntlid}: ${what} not reached within ${budgetMs} ms`);
@@ -252,14 +254,14 @@ export class Controller extends EventEmitter {
   }
 
   /** Fabrics Property Get; returns the register value. */
-  async propertyGet(offset: number, size8: boolean): Promise<bigint> {
-    const { cqe } = await this.adminCommand(sqePropertyGet(offset, size8));
+  async propertyGet(offset: number, size8: boolean, timeoutMs?: number): Promise<bigint> {
+    const { cqe } = await this.adminCommand(sqePropertyGet(offset, size8), { timeoutMs });
     return size8 ? BigInt(cqe.dw0 >>> 0) | (BigInt(cqe.dw1 >>> 0) << 32n) : BigInt(cqe.dw0 >>> 0);
   }
 
   /** Fabrics Property Set. */
-  async propertySet(offset: number, size8: boolean, value: bigint): Promise<void> {
-    await this.adminCommand(sqePropertySet(offset, size8, value));
+  async propertySet(offset: number, size8: boolean, value: bigint, timeoutMs?: number): Promise<void> {
+    await this.adminCommand(sqePropertySet(offset, size8, value), { timeoutMs });
   }
 
   private startKeepAlive(kato: number): void {
@@ -420,8 +422,9 @@ export class Controller extends EventEmitter {
     try {
       for (const q of this.ioQueues) q.destroy();
       if (this.admin !== undefined && this.admin.connected && this.options.discovery !== true) {
-        const cc = Number(await this.propertyGet(Prop.CC, false));
-        await this.propertySet(Prop.CC, false, BigInt(((cc & ~(3 << 14)) | (1 << 14)) >>> 0));
+        // Bounded: an unresponsive target must not hold Ctrl-C for a full I/O timeout.
+        const cc = Number(await this.propertyGet(Prop.CC, false, SHUTDOWN_COMMAND_TIMEOUT_MS));
+        await this.propertySet(Prop.CC, false, BigInt(((cc & ~(3 << 14)) | (1 << 14)) >>> 0), SHUTDOWN_COMMAND_TIMEOUT_MS);
         const rtd3e = this.identifyRaw !== undefined ? this.identifyRaw.readUInt32LE(88) : 0;
         const budget = rtd3e > 0 ? Math.min(60_000, Math.ceil(rtd3e / 1000)) : 5000;
         await this.waitCsts((csts) => ((csts >>> 2) & 3) === 2, budget, 'CSTS.SHST complete');
