@@ -54,6 +54,8 @@ interface ConnectJson {
   name: string;
   subnqn: string;
   exports: Array<{ name: string; nsid: number; size: number; blockSize: number; endpoint: string; device: string | null }>;
+  /** NBD counters per export (ControllerSession.describe() has them; the verb's contract does not promise them). */
+  nbd?: Array<{ name: string; connections: number }>;
 }
 
 /**
@@ -168,7 +170,7 @@ test('nvmf-nbd connect --attach -o json in the guest: /dev/nbdX of the namespace
   await checkAttachedAndStop(t, g, 'cli', doc);
 });
 
-test('ControllerSession.open({ attach: true }) in the guest: same device checks, detach on SIGTERM', { timeout: 300_000 }, async (t) => {
+test('ControllerSession.open({ attach: true, connections: 2 }) in the guest: same device checks, detach on SIGTERM', { timeout: 300_000 }, async (t) => {
   if (!need(t, avail.ok, avail.reason)) return;
   assert.ok(g !== undefined, 'the before hook did not boot the guest');
   const id = hostIdentity();
@@ -180,6 +182,7 @@ const { ControllerSession } = require(${JSON.stringify(SESSION)});
     controller: { traddr: '127.0.0.1', trsvcid: 4420, subnqn: ${JSON.stringify(NQN)}, hostnqn: ${JSON.stringify(id.hostnqn)}, hostid: ${JSON.stringify(id.hostid)}, nrIoQueues: 1 },
     nbd: { unixDir: '/run/nvmf-nbd-session' },
     attach: true,
+    connections: 2,
   });
   process.stdout.write(JSON.stringify(s.describe()) + '\\n');
   const stop = () => s.close().then(() => process.exit(0), (e) => { console.error(e); process.exit(1); });
@@ -193,5 +196,8 @@ const { ControllerSession } = require(${JSON.stringify(SESSION)});
   const doc = await waitJson(g, 'session', 150_000);
   t.diagnostic(`session with attach ready in ${Date.now() - ts} ms`);
   assert.match(doc.exports[0]?.endpoint ?? '', /^unix:\/run\/nvmf-nbd-session\/nvme0\/nvme0n1\.sock$/);
+  // nbd-client -C 2: the kernel holds two NBD connections to the export.
+  const nbd = doc.nbd ?? [];
+  assert.equal(nbd.find((x) => x.name === 'nvme0n1')?.connections, 2, JSON.stringify(nbd));
   await checkAttachedAndStop(t, g, 'session', doc);
 });
