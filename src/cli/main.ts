@@ -10,6 +10,7 @@ import type { Verb } from './verb';
 // The verb table. Each verb module exports `verb`; keep this list sorted.
 const VERBS: ReadonlyArray<() => Verb> = [
   () => (require('./verbs/connect') as typeof import('./verbs/connect')).verb,
+  () => (require('./verbs/demo') as typeof import('./verbs/demo')).verb,
   () => (require('./verbs/discover') as typeof import('./verbs/discover')).verb,
   () => (require('./verbs/id-ctrl') as typeof import('./verbs/id-ctrl')).verb,
   () => (require('./verbs/id-ns') as typeof import('./verbs/id-ns')).verb,

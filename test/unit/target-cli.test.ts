@@ -4,7 +4,8 @@ import { spawn } from 'node:child_process';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import { ErrorCode } from '../../src/errors';
-import { parseFileArg, parseHostPort, parseSizeArg } from '../../src/cli/verbs/target';
+import { parseFileArg } from '../../src/cli/verbs/target';
+import { parseHostPort, parseSizeArg } from '../../src/cli/values';
 import { sqeIdentify } from '../../src/wire';
 import { connectAdmin, enable, RawHost } from './target-rawhost';
 
