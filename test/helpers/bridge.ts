@@ -383,6 +383,7 @@ export function defineHostClientTests(
       '--iodepth=16',
       '--verify=crc32c',
       '--do_verify=1',
+      '--verify_state_save=0',
       '--output-format=json',
     ], 90_000 * scale);
     assert.equal(r.code, 0, r.stderr + r.stdout.slice(-2000));

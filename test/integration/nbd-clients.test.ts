@@ -151,6 +151,7 @@ for (const [label, uri] of [['tcp', tcpUri], ['unix', unixUri]] as const) {
       '--iodepth=32',
       '--verify=crc32c',
       '--do_verify=1',
+      '--verify_state_save=0',
       '--output-format=json',
     ]);
     assert.equal(r.code, 0, r.stderr);
