@@ -57,6 +57,10 @@ cleanup() {
   rm -rf "$rootfs" "$work/rootfs.tar" "$work/repack"
 }
 trap cleanup EXIT
+# A SIGTERM (a test's timeout) must still unmount and clean up: make it an ordinary exit.
+trap 'exit 143' TERM INT
+# A run killed with SIGKILL may have left the chroot's /proc mounted: never rm -rf into it.
+umount -l "$rootfs/proc" 2>/dev/null || true
 rm -rf "$rootfs" "$work/repack"
 
 mirror="$(debian_mirror)"
