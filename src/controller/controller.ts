@@ -2,21 +2,30 @@
  * A Fabrics controller over NVMe/TCP: admin queue bring-up (Connect, CAP/CC/CSTS), Identify,
  * namespace scan, I/O queue setup, keep-alive, the I/O API split at MDTS, and CC.SHN shutdown.
  *
- * Every failure of a queue ends in {@link Controller.destroy}, the single teardown path (the
- * reconnect state machine of a later issue hooks in there).
+ * Every failure of a queue ends in {@link Controller.destroy}, the single teardown path; the
+ * reconnect state machine (`resilient.ts`) listens for its `close` event and builds a new
+ * association. Failure detection here: keep-alive (KATO/2, or KATO/4 skipping when the
+ * controller has Traffic Based Keep Alive and traffic flowed), a receive watchdog per queue,
+ * per-command timeouts (queue pair), socket errors, TermReq and protocol errors.
+ * Asynchronous events: one AER kept outstanding; a namespace-attribute notice reads the Changed
+ * Namespace List and emits `namespaces` ({ added, removed, resized }).
  */
 import { EventEmitter } from 'node:events';
 import * as os from 'node:os';
 import { ErrorCode, NvmfNbdError } from '../errors';
 import {
   AdminOpcode,
+  FeatureId,
+  LogPage,
   encodeDsmRanges,
   parseCap,
   parseIdentifyController,
   parseIdentifyNamespace,
   parseNamespaceList,
+  sqeAsyncEventRequest,
   sqeDatasetManagement,
   sqeFlush,
+  sqeGetLogPage,
   sqeIdentify,
   sqeKeepAlive,
   sqePropertyGet,
@@ -34,8 +43,6 @@ export { DISCOVERY_NQN } from '../wire';
 
 /** Property offsets (NVMe-oF §3.5 / base spec §3.1.4). */
 const Prop = { CAP: 0x00, VS: 0x08, CC: 0x14, CSTS: 0x1c } as const;
-/** Feature identifiers used here. */
-const Feature = { NUMBER_OF_QUEUES: 0x07 } as const;
 /** Identify CNS values. */
 const Cns = { NAMESPACE: 0x00, CONTROLLER: 0x01, ACTIVE_NS_LIST: 0x02 } as const;
 
@@ -47,6 +54,19 @@ export const MAX_NLB = 65536;
 const SHUTDOWN_COMMAND_TIMEOUT_MS = 5000;
 /** Dataset Management carries at most 256 ranges. */
 export const MAX_DSM_RANGES = 256;
+/** CTRATT bit 6: Traffic Based Keep Alive Support (NVMe 1.4+ Identify Controller @96; Linux NVME_CTRL_ATTR_TBKAS). */
+export const CTRATT_TBKAS = 1 << 6;
+/** OAES bit 8 / Async Event Configuration bit 8: Namespace Attribute Notices. */
+export const AEN_NS_ATTR = 1 << 8;
+/** Asynchronous event type Notice (CQE DW0 bits 2:0) and its info "namespace attribute changed". */
+const AsyncEvent = { TYPE_NOTICE: 2, INFO_NS_ATTR_CHANGED: 0 } as const;
+
+/** What changed in the namespace set (`namespaces` event). */
+export interface NamespaceChanges {
+  added: number[];
+  removed: number[];
+  resized: number[];
+}
 
 /** Options of {@link Controller.connect}. */
 export interface ControllerOptions {
@@ -72,6 +92,14 @@ export interface ControllerOptions {
   readonly ioTimeoutMs?: number;
   /** Skip namespace scan and I/O queues (discovery controllers). */
   readonly discovery?: boolean;
+  /**
+   * Receive watchdog: a queue with commands awaiting a reply that receives nothing for this
+   * long fails the association (`NVMF_ERR_TARGET_UNRESPONSIVE`). Default 2·KATO; 0 = off
+   * (also off when KATO is 0).
+   */
+  readonly watchdogMs?: number;
+  /** Enable namespace-attribute AENs and keep an AER outstanding (default true when OAES bit 8). */
+  readonly asyncEvents?: boolean;
 }
 
 /** What the host knows about one namespace. */
@@ -135,6 +163,14 @@ export class Controller extends EventEmitter {
   private readonly ioQueues: QueuePair[] = [];
   private rr = 0;
   private kaTimer: NodeJS.Timeout | undefined;
+  /** When the outstanding keep-alive was sent (one at a time). */
+  private kaSentAt: number | undefined;
+  /** Sum of the queues' rxEvents at the previous keep-alive tick (traffic detection). */
+  private lastRx = -1;
+  /** Receive watchdog state per queue: rxEvents seen and since when nothing moved. */
+  private readonly silence = new Map<QueuePair, { rx: number; since: number }>();
+  /** Namespace change handling, serialized. */
+  private nsWork: Promise<void> = Promise.resolve();
   private closed = false;
   private closing = false;
 
@@ -198,14 +234,14 @@ export class Controller extends EventEmitter {
       const mpsminBytes = 2 ** (12 + this.cap.mpsmin);
       this.maxTransfer = Math.min(HOST_MAX_TRANSFER, mpsminBytes * 2 ** mdts);
     }
-    if (kato > 0) this.startKeepAlive(kato);
+    if (kato > 0) this.startKeepAlive(kato, o.watchdogMs ?? 2 * kato);
     if (o.discovery === true) return;
 
     await this.rescanNamespaces();
 
     const wanted = o.nrIoQueues ?? os.cpus().length;
     if (wanted > 0) {
-      const res = await this.adminCommand(sqeSetFeatures(Feature.NUMBER_OF_QUEUES, ((wanted - 1) & 0xffff) | (((wanted - 1) & 0xffff) << 16)));
+      const res = await this.adminCommand(sqeSetFeatures(FeatureId.NUMBER_OF_QUEUES, ((wanted - 1) & 0xffff) | (((wanted - 1) & 0xffff) << 16)));
       const nsqa = (res.cqe.dw0 & 0xffff) + 1;
       const ncqa = (res.cqe.dw0 >>> 16) + 1;
       const count = Math.min(wanted, nsqa, ncqa);
@@ -222,6 +258,92 @@ export class Controller extends EventEmitter {
         this.watch(qp);
       }
     }
+    if (o.asyncEvents !== false && (this.identify.oaes & AEN_NS_ATTR) !== 0) {
+      // Async Event Configuration: namespace attribute notices only (the one event we act on).
+      await this.adminCommand(sqeSetFeatures(FeatureId.ASYNC_EVENT_CONFIG, AEN_NS_ATTR));
+      this.postAer();
+    }
+  }
+
+  /** True until the association is closed or destroyed. */
+  get alive(): boolean {
+    return !this.closed && !this.closing;
+  }
+
+  /** The controller reports Traffic Based Keep Alive Support (CTRATT bit 6). */
+  get trafficBasedKeepAlive(): boolean {
+    return this.identify !== undefined && (this.identify.ctratt & CTRATT_TBKAS) !== 0;
+  }
+
+  /**
+   * Command Quiesce Time in ms (Identify Controller CQT, bytes 387:386, NVMe 2.0; 0 when not
+   * reported): how long the controller may still execute commands of a lost association.
+   */
+  get commandQuiesceTimeMs(): number {
+    return this.identifyRaw !== undefined ? this.identifyRaw.readUInt16LE(386) : 0;
+  }
+
+  /** Resolves when every socket of this association is fully closed (after destroy/close). */
+  whenClosed(): Promise<void> {
+    const qs = [this.admin, ...this.ioQueues].filter((q): q is QueuePair => q !== undefined);
+    return Promise.all(qs.map((q) => q.socketClosed)).then(() => undefined);
+  }
+
+  /** Keep one Asynchronous Event Request outstanding; it has no deadline. */
+  private postAer(): void {
+    if (!this.alive) return;
+    this.adminCommand(sqeAsyncEventRequest(), { timeoutMs: Infinity }).then((c) => {
+      // Repost first so an event that follows right away is not missed.
+      this.postAer();
+      this.onAsyncEvent(c.cqe.dw0);
+    }, () => {
+      // Closed (nothing to do) or refused with a status (e.g. AER limit): stop posting rather
+      // than spin; keep-alive and reconnect rescans still notice namespace changes.
+    });
+  }
+
+  private onAsyncEvent(dw0: number): void {
+    const type = dw0 & 0x7;
+    const info = (dw0 >>> 8) & 0xff;
+    this.emit('aen', { type, info, lid: (dw0 >>> 16) & 0xff });
+    if (type !== AsyncEvent.TYPE_NOTICE || info !== AsyncEvent.INFO_NS_ATTR_CHANGED) return;
+    this.nsWork = this.nsWork.then(() => this.onNamespaceNotice()).catch((err: unknown) => {
+      // A lost association rescans on reconnect; anything else is worth a warning.
+      if (this.alive) this.emit('warning', err);
+    });
+  }
+
+  /** Read the Changed Namespace List (RAE cleared, which re-arms the event) and apply it. */
+  private async onNamespaceNotice(): Promise<void> {
+    const { data } = await this.adminCommand(sqeGetLogPage(LogPage.CHANGED_NS, 4096, 0xffffffff, 0, 0, false), { dataInLength: 4096 });
+    const list = parseNamespaceList(data as Buffer);
+    // FFFFFFFFh in the first entry: more than 1024 changed, rescan everything.
+    const changes = await this.applyNamespaceChanges(list[0] === 0xffffffff ? undefined : list);
+    if (changes.added.length + changes.removed.length + changes.resized.length > 0) this.emit('namespaces', changes);
+  }
+
+  /**
+   * Re-read the active namespace list; identify `changed` (all active ones when undefined) and
+   * any newly active namespace; update {@link namespaces}; report what was added, removed, resized.
+   */
+  async applyNamespaceChanges(changed?: readonly number[]): Promise<NamespaceChanges> {
+    const active = new Set(await this.activeNamespaceIds());
+    const out: NamespaceChanges = { added: [], removed: [], resized: [] };
+    const check = new Set<number>(changed === undefined ? active : changed.filter((n) => active.has(n)));
+    for (const nsid of active) if (!this.namespaces.has(nsid)) check.add(nsid);
+    for (const nsid of [...this.namespaces.keys()]) {
+      if (active.has(nsid)) continue;
+      this.namespaces.delete(nsid);
+      out.removed.push(nsid);
+    }
+    for (const nsid of [...check].sort((a, b) => a - b)) {
+      const info = await this.identifyNamespace(nsid);
+      const old = this.namespaces.get(nsid);
+      this.namespaces.set(nsid, info);
+      if (old === undefined) out.added.push(nsid);
+      else if (old.nsze !== info.nsze || old.lbaSize !== info.lbaSize) out.resized.push(nsid);
+    }
+    return out;
   }
 
   private watch(qp: QueuePair): void {
@@ -264,15 +386,53 @@ export class Controller extends EventEmitter {
     await this.adminCommand(sqePropertySet(offset, size8, value), { timeoutMs });
   }
 
-  private startKeepAlive(kato: number): void {
-    // Send at KATO/2 so one lost or late keep-alive never lets the target's timer expire.
-    this.kaTimer = setInterval(() => {
-      this.adminCommand(sqeKeepAlive(), { timeoutMs: kato }).catch((err: unknown) => {
-        if (this.closed || this.closing) return;
-        this.destroy(new NvmfNbdError(ErrorCode.KEEPALIVE_TIMEOUT, `controller ${this.cntlid}: keep-alive failed: ${(err as Error).message}`, { cause: err }));
-      });
-    }, Math.max(100, Math.floor(kato / 2)));
+  /**
+   * Keep-alive and receive watchdog, one timer. Without TBKAS a Keep Alive goes out every
+   * KATO/2, so one late reply never lets the target's timer expire. With TBKAS the target
+   * restarts its timer on any command, so the tick runs at KATO/4 and skips the Keep Alive when
+   * traffic was received since the previous tick (as Linux: one completion can postpone the
+   * next Keep Alive by up to two periods). A Keep Alive unanswered for KATO fails the
+   * association (`KEEPALIVE_TIMEOUT`).
+   */
+  private startKeepAlive(kato: number, watchdogMs: number): void {
+    const period = Math.max(50, Math.floor(kato / (this.trafficBasedKeepAlive ? 4 : 2)));
+    this.kaTimer = setInterval(() => this.keepAliveTick(kato, watchdogMs), period);
     this.kaTimer.unref();
+  }
+
+  private keepAliveTick(kato: number, watchdogMs: number): void {
+    if (!this.alive) return;
+    const now = Date.now();
+    if (this.kaSentAt !== undefined && now - this.kaSentAt > kato) {
+      this.destroy(new NvmfNbdError(ErrorCode.KEEPALIVE_TIMEOUT, `controller ${this.cntlid}: keep-alive not answered within ${kato} ms`));
+      return;
+    }
+    let rx = 0;
+    for (const q of [this.admin, ...this.ioQueues]) {
+      rx += q.rxEvents;
+      if (watchdogMs <= 0) continue;
+      const w = this.silence.get(q);
+      if (w === undefined || q.awaitingReply === 0 || w.rx !== q.rxEvents) {
+        this.silence.set(q, { rx: q.rxEvents, since: now });
+      } else if (now - w.since > watchdogMs) {
+        // A stalled link or target: commands wait and nothing at all arrives on this queue.
+        this.destroy(new NvmfNbdError(ErrorCode.TARGET_UNRESPONSIVE,
+          `controller ${this.cntlid}: queue ${q.qid} received nothing for ${now - w.since} ms with ${q.awaitingReply} commands outstanding`));
+        return;
+      }
+    }
+    const traffic = rx !== this.lastRx;
+    this.lastRx = rx;
+    if (this.kaSentAt !== undefined) return;
+    if (traffic && this.trafficBasedKeepAlive) return;
+    this.kaSentAt = now;
+    // The tick above enforces KATO; the queue's own deadline is only a backstop.
+    this.adminCommand(sqeKeepAlive(), { timeoutMs: 2 * kato }).then(() => {
+      this.kaSentAt = undefined;
+    }, (err: unknown) => {
+      if (!this.alive) return;
+      this.destroy(new NvmfNbdError(ErrorCode.KEEPALIVE_TIMEOUT, `controller ${this.cntlid}: keep-alive failed: ${(err as Error).message}`, { cause: err }));
+    });
   }
 
   /** Run one admin command. */
@@ -305,6 +465,14 @@ export class Controller extends EventEmitter {
 
   /** Re-read the active namespace list and Identify each namespace. */
   async rescanNamespaces(): Promise<Map<number, NamespaceInfo>> {
+    const ids = await this.activeNamespaceIds();
+    this.namespaces.clear();
+    for (const nsid of ids) this.namespaces.set(nsid, await this.identifyNamespace(nsid));
+    return this.namespaces;
+  }
+
+  /** The active namespace list (Identify CNS 02h), paged. */
+  private async activeNamespaceIds(): Promise<number[]> {
     const ids: number[] = [];
     // Active NS list returns up to 1024 NSIDs greater than the NSID given; page through it.
     for (let after = 0; ;) {
@@ -314,9 +482,7 @@ export class Controller extends EventEmitter {
       if (page.length < 1024) break;
       after = page[page.length - 1] as number;
     }
-    this.namespaces.clear();
-    for (const nsid of ids) this.namespaces.set(nsid, await this.identifyNamespace(nsid));
-    return this.namespaces;
+    return ids;
   }
 
   private ns(nsid: number): NamespaceInfo {

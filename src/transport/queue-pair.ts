@@ -72,7 +72,7 @@ export interface SubmitOptions {
   readonly dataOut?: Buffer;
   /** Controller-to-host data length (reads). One Buffer of this size is allocated at submit. */
   readonly dataInLength?: number;
-  /** Per-command timeout; defaults to the queue's. */
+  /** Per-command timeout; defaults to the queue's. `Infinity`: no deadline (Asynchronous Event Request). */
   readonly timeoutMs?: number;
   /** Force in-capsule data whatever its size (Fabrics Connect). */
   readonly inCapsule?: boolean;
@@ -197,6 +197,15 @@ export class QueuePair extends EventEmitter {
   private icWaiter: { resolve(): void; reject(e: Error): void } | undefined;
   private closeError: NvmfNbdError | undefined;
   private readonly counters = { commands: 0, bytesIn: 0, bytesOut: 0, errors: 0 };
+  /** Commands in flight without a deadline (Asynchronous Event Requests wait forever). */
+  private untimed = 0;
+  /**
+   * Count of socket reads. The controller's receive watchdog compares it between ticks: a queue
+   * with commands awaiting a reply whose count does not move has a silent (stalled) peer.
+   */
+  rxEvents = 0;
+  /** Resolves once the TCP socket is fully closed (nothing of this association can still be sent). */
+  readonly socketClosed: Promise<void>;
 
   private constructor(socket: net.Socket, opts: QueuePairOptions) {
     super();
@@ -213,6 +222,7 @@ export class QueuePair extends EventEmitter {
     for (let cid = 0; cid < opts.queueSize - 1; cid++) this.freeCids.push(cid);
     this.parser = new PduParser({ role: 'host', maxData: Math.max(this.maxTransfer, 8192) });
     socket.setNoDelay(true);
+    this.socketClosed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('error', (err) => {
       const code = this.state === QpState.CONNECTING ? ErrorCode.CONNECT_FAILED : ErrorCode.CONNECTION_CLOSED;
@@ -318,6 +328,11 @@ export class QueuePair extends EventEmitter {
     return this.state !== QpState.CLOSED;
   }
 
+  /** Commands in flight that have a deadline, i.e. expect a reply (AERs excluded). */
+  get awaitingReply(): number {
+    return this.inflight.size - this.untimed;
+  }
+
   /** Commands in flight plus waiting. */
   get load(): number {
     return this.inflight.size + this.waiters.length;
@@ -390,6 +405,7 @@ export class QueuePair extends EventEmitter {
       acceptErrorStatus: opts.acceptErrorStatus === true,
     };
     this.inflight.set(cid, p);
+    if (!Number.isFinite(p.deadline)) this.untimed++;
     this.counters.commands++;
     if (this.sqFlowControl) this.sqTail = (this.sqTail + 1) % this.queueSize;
     if (inCapsule !== undefined) this.counters.bytesOut += inCapsule.length;
@@ -440,6 +456,7 @@ export class QueuePair extends EventEmitter {
 
   private onData(chunk: Buffer): void {
     if (this.state === QpState.CLOSED) return;
+    this.rxEvents++;
     try {
       this.parser.push(chunk, (pdu) => this.onPdu(pdu));
     } catch (err) {
@@ -519,6 +536,7 @@ export class QueuePair extends EventEmitter {
 
   private complete(p: Pending, err: NvmfNbdError | undefined, cqe: Cqe): void {
     this.inflight.delete(p.cid);
+    if (!Number.isFinite(p.deadline)) this.untimed--;
     this.freeCids.push(p.cid);
     if (err !== undefined) {
       this.counters.errors++;
@@ -620,6 +638,7 @@ export class QueuePair extends EventEmitter {
     const pend = [...this.inflight.values()];
     const waiting = this.waiters.splice(0);
     this.inflight.clear();
+    this.untimed = 0;
     for (const p of pend) p.reject(failWith);
     for (const w of waiting) w.reject(failWith);
     this.counters.errors += pend.length + waiting.length;
