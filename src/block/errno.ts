@@ -17,18 +17,10 @@
  */
 import type { NvmeStatus } from '../errors';
 import { ErrorCode, NvmfNbdError } from '../errors';
+import { NbdErrno } from '../wire/nbd';
 
-/** The NBD error values (Linux errno numbers, as the protocol uses). */
-export const NbdErrno = {
-  EPERM: 1,
-  EIO: 5,
-  ENOMEM: 12,
-  EINVAL: 22,
-  ENOSPC: 28,
-  EOVERFLOW: 75,
-  ENOTSUP: 95,
-  ESHUTDOWN: 108,
-} as const;
+/** The NBD error values: the wire codec's table (one source of truth). */
+export { NbdErrno };
 export type NbdErrnoValue = (typeof NbdErrno)[keyof typeof NbdErrno];
 
 /** What the failed request was doing (LBA Out of Range means ENOSPC only for writes). */
