@@ -1,0 +1,446 @@
+/**
+ * The reconnect state machine (issue 4, items 2–4): a controller that survives the loss of its
+ * association, as the Linux and FreeBSD hosts do.
+ *
+ * ```
+ *            connect() ok                 association lost (any queue: socket, TermReq,
+ *   ────────────────────────▶ LIVE ─────  protocol error, timeout, keep-alive, watchdog)
+ *                              ▲    \                     │
+ *          reconnected, old    │     \ close()            ▼
+ *          sockets gone and    │      ▼             CONNECTING ── every reconnect_delay: admin queue,
+ *          quiesce time over   │   DELETING ──▶ DEAD     │         enable, Identify, I/O queues
+ *                              └──────────────────────────┘
+ *                                  ctrl_loss_tmo expired / subsystem changed / DNR ──▶ DELETING ──▶ DEAD
+ * ```
+ *
+ * Hold and re-drive happen at the block level: each {@link NamespaceBackend} call (one NBD
+ * request, which the controller may split into several NVMe commands) is one operation. While
+ * CONNECTING new operations wait in a FIFO bounded in bytes; operations that were in flight on
+ * the lost association join that FIFO in their original submission order. Reads and writes
+ * are idempotent at the block level, so running an operation again is safe — but only once the
+ * old association can no longer execute anything: every socket of it is closed, and then a
+ * quiesce time passes (max(KATO, 1 s) plus the controller's Command Quiesce Time). A write of
+ * the old association that the target had already taken in (its TCP connection gone, but the
+ * command still queued in the target's backend) would otherwise land AFTER the re-driven copy
+ * or after a newer write to the same block — the stale-write corruption SPDK hit when it
+ * retried on another path at once, and the reason NVMe added CQT (TP 4129). Within KATO the
+ * target's keep-alive timer has expired and it has torn the association down.
+ */
+import { EventEmitter } from 'node:events';
+import { ErrorCode, NvmfNbdError } from '../errors';
+import { NbdErrno } from '../block/errno';
+import type { NamespaceBackend } from '../block/nvme-device';
+import type { Completion } from '../transport/queue-pair';
+import type { IdentifyController } from '../wire';
+import { Controller } from './controller';
+import type { ControllerOptions, ControllerStats, NamespaceChanges, NamespaceInfo } from './controller';
+
+/** States of a {@link ResilientController} (`list` shows them). */
+export const CtrlState = { LIVE: 'live', CONNECTING: 'connecting', DELETING: 'deleting', DEAD: 'dead' } as const;
+export type CtrlStateValue = (typeof CtrlState)[keyof typeof CtrlState];
+
+/** Recovery policy, after Linux's nvme-fabrics options of the same names. */
+export interface ResilienceOptions {
+  /** Delay between reconnect attempts (Linux reconnect_delay). Default 10000. */
+  readonly reconnectDelayMs?: number;
+  /** Give up this long after the association was lost (Linux ctrl_loss_tmo); −1 = never. Default 600000. */
+  readonly ctrlLossTmoMs?: number;
+  /** Fail held I/O with EIO this long after the loss while reconnecting goes on; −1 = off (default). */
+  readonly fastIoFailTmoMs?: number;
+  /** Bytes of held operations (read lengths + write payloads) before new ones fail with EIO. Default 256 MiB. */
+  readonly holdLimitBytes?: number;
+  /** Override the quiesce time before re-driving (default max(KATO, 1000) + CQT). */
+  readonly quiesceMs?: number;
+}
+
+/** Defaults of {@link ResilienceOptions}. */
+export const RESILIENCE_DEFAULTS = {
+  reconnectDelayMs: 10_000,
+  ctrlLossTmoMs: 600_000,
+  fastIoFailTmoMs: -1,
+  holdLimitBytes: 256 << 20,
+} as const;
+
+/** `describeState()`: what `list` prints. */
+export interface CtrlStateDescription {
+  state: CtrlStateValue;
+  /** Successful reconnects since connect. */
+  reconnects: number;
+  /** Reconnect attempts in the current outage (0 when live). */
+  attempts: number;
+  lastError?: { code: string; message: string };
+  /** When the current state was entered (ISO 8601). */
+  since: string;
+}
+
+/** One block-level operation: run on an association, held and re-driven when that fails. */
+interface Op {
+  readonly seq: number;
+  readonly bytes: number;
+  readonly run: (c: Controller) => Promise<unknown>;
+  resolve(v: unknown): void;
+  reject(e: Error): void;
+}
+
+/** Errors that make reconnecting pointless (the Linux host removes the controller too). */
+function isFatalReconnectError(err: unknown): boolean {
+  if (!(err instanceof NvmfNbdError)) return false;
+  if (err.code === ErrorCode.SUBSYSTEM_CHANGED) return true;
+  // A Connect refused with Do Not Retry (unknown subsystem, host not allowed…).
+  return err.code === ErrorCode.CONNECT_FAILED && err.status !== undefined && err.status.dnr;
+}
+
+function asError(err: unknown, fallback: string): NvmfNbdError {
+  return err instanceof NvmfNbdError ? err : new NvmfNbdError(ErrorCode.CONNECTION_CLOSED, `${fallback}: ${String(err)}`, { cause: err });
+}
+
+/**
+ * A controller that reconnects. Implements {@link NamespaceBackend}, so NBD exports keep
+ * working across reconnects. Events: `state` (CtrlStateValue), `namespaces`
+ * ({@link NamespaceChanges}, from an AEN or found after a reconnect), `dead` (NvmfNbdError:
+ * ctrl_loss_tmo expired or the subsystem changed), `close` (err?) once at the end (DEAD).
+ */
+export class ResilientController extends EventEmitter implements NamespaceBackend {
+  readonly options: ControllerOptions & ResilienceOptions;
+  private ctrl: Controller;
+  private readonly subsystemNqn: string;
+  private stateValue: CtrlStateValue = CtrlState.LIVE;
+  private stateSince = new Date();
+  private reconnectCount = 0;
+  private attemptCount = 0;
+  private lastErr: NvmfNbdError | undefined;
+  private deadErr: NvmfNbdError | undefined;
+  private readonly held: Op[] = [];
+  private heldBytes = 0;
+  private seq = 0;
+  private failFast = false;
+  private lossTimer: NodeJS.Timeout | undefined;
+  private fastFailTimer: NodeJS.Timeout | undefined;
+  private wake: (() => void) | undefined;
+  private recovering: Promise<void> | undefined;
+  private closing: Promise<void> | undefined;
+
+  private constructor(ctrl: Controller, o: ControllerOptions & ResilienceOptions) {
+    super();
+    this.options = o;
+    this.ctrl = ctrl;
+    this.subsystemNqn = ctrl.identify.subnqn;
+    this.adopt(ctrl);
+  }
+
+  /** Connect the first association; failing here is an error, as with {@link Controller.connect}. */
+  static async connect(o: ControllerOptions & ResilienceOptions): Promise<ResilientController> {
+    const ctrl = await Controller.connect(o);
+    return new ResilientController(ctrl, o);
+  }
+
+  // ---- state --------------------------------------------------------------------------------
+
+  get state(): CtrlStateValue {
+    return this.stateValue;
+  }
+  /** Successful reconnects since connect. */
+  get reconnects(): number {
+    return this.reconnectCount;
+  }
+  /** Reconnect attempts in the current outage. */
+  get attempts(): number {
+    return this.attemptCount;
+  }
+  /** The error that ended the last association (or the last failed attempt). */
+  get lastError(): NvmfNbdError | undefined {
+    return this.lastErr;
+  }
+  /** Bytes of operations waiting for a new association. */
+  get heldOps(): { count: number; bytes: number } {
+    return { count: this.held.length, bytes: this.heldBytes };
+  }
+
+  /** What `list` shows. */
+  describeState(): CtrlStateDescription {
+    const e = this.lastErr;
+    return {
+      state: this.stateValue,
+      reconnects: this.reconnectCount,
+      attempts: this.attemptCount,
+      ...(e !== undefined ? { lastError: { code: e.code, message: e.message } } : {}),
+      since: this.stateSince.toISOString(),
+    };
+  }
+
+  private setState(s: CtrlStateValue): void {
+    if (this.stateValue === s) return;
+    this.stateValue = s;
+    this.stateSince = new Date();
+    this.emit('state', s);
+  }
+
+  // ---- the current association's facts ------------------------------------------------------
+
+  get cntlid(): number { return this.ctrl.cntlid; }
+  get identify(): IdentifyController { return this.ctrl.identify; }
+  get identifyRaw(): Buffer { return this.ctrl.identifyRaw; }
+  get namespaces(): ReadonlyMap<number, NamespaceInfo> { return this.ctrl.namespaces; }
+  get ioQueueCount(): number { return this.ctrl.ioQueueCount; }
+  get maxTransfer(): number { return this.ctrl.maxTransfer; }
+  get version(): number { return this.ctrl.version; }
+  get oncs(): number { return this.ctrl.oncs; }
+  get volatileWriteCache(): boolean { return this.ctrl.volatileWriteCache; }
+  /** Queue counters of the current (or last) association. */
+  stats(): ControllerStats { return this.ctrl.stats(); }
+
+  // ---- operations -----------------------------------------------------------------------------
+
+  read(nsid: number, slba: bigint, nlb: number): Promise<Buffer> {
+    const lba = this.ctrl.namespaces.get(nsid)?.lbaSize ?? 512;
+    return this.submit(nlb * lba, (c) => c.read(nsid, slba, nlb));
+  }
+  write(nsid: number, slba: bigint, data: Buffer, o: { fua?: boolean } = {}): Promise<void> {
+    return this.submit(data.length, (c) => c.write(nsid, slba, data, o));
+  }
+  flush(nsid: number): Promise<void> {
+    return this.submit(0, (c) => c.flush(nsid));
+  }
+  deallocate(nsid: number, ranges: ReadonlyArray<{ slba: bigint; nlb: number }>): Promise<void> {
+    return this.submit(0, (c) => c.deallocate(nsid, ranges));
+  }
+  writeZeroes(nsid: number, slba: bigint, nlb: number, o: { deallocate?: boolean; fua?: boolean } = {}): Promise<void> {
+    return this.submit(0, (c) => c.writeZeroes(nsid, slba, nlb, o));
+  }
+  /** An admin command, held and re-driven like I/O (the SQE's cid is rewritten per attempt). */
+  adminCommand(sqe: Buffer, o: { dataOut?: Buffer; dataInLength?: number; timeoutMs?: number } = {}): Promise<Completion> {
+    return this.submit((o.dataOut?.length ?? 0) + (o.dataInLength ?? 0), (c) => c.adminCommand(sqe, o));
+  }
+
+  private submit<T>(bytes: number, run: (c: Controller) => Promise<T>): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      this.dispatch({ seq: this.seq++, bytes, run, resolve: resolve as (v: unknown) => void, reject });
+    });
+  }
+
+  private dispatch(op: Op): void {
+    switch (this.stateValue) {
+      case CtrlState.LIVE:
+        this.execute(op, this.ctrl);
+        return;
+      case CtrlState.CONNECTING:
+        if (this.failFast) op.reject(this.eio(ErrorCode.CONTROLLER_LOST, 'fast_io_fail_tmo expired while reconnecting'));
+        else this.hold(op);
+        return;
+      case CtrlState.DELETING:
+        op.reject(new NvmfNbdError(ErrorCode.CONTROLLER_DELETED, 'controller is being deleted', { errno: NbdErrno.ESHUTDOWN }));
+        return;
+      case CtrlState.DEAD:
+        op.reject(this.eio(this.deadErr?.code ?? ErrorCode.CONTROLLER_DELETED, this.deadErr?.message ?? 'controller deleted'));
+        return;
+      default: {
+        const never: never = this.stateValue;
+        throw new Error(`unknown state ${String(never)}`);
+      }
+    }
+  }
+
+  private execute(op: Op, ctrl: Controller): void {
+    op.run(ctrl).then(op.resolve, (err: unknown) => {
+      // The association is gone: the error says nothing about the operation itself (the queue
+      // teardown rejected it), so it is held and re-driven. Otherwise (NVMe status, digest,
+      // short read on a live association) the error is the operation's answer.
+      if (ctrl.alive) op.reject(err as Error);
+      else this.dispatch(op);
+    });
+  }
+
+  /** Insert in submission order (ops bounced from the lost association arrive late). */
+  private hold(op: Op): void {
+    const limit = this.options.holdLimitBytes ?? RESILIENCE_DEFAULTS.holdLimitBytes;
+    if (this.heldBytes + op.bytes > limit) {
+      op.reject(this.eio(ErrorCode.HOLD_QUEUE_FULL, `reconnecting: ${this.heldBytes} bytes of I/O already held (limit ${limit})`));
+      return;
+    }
+    let i = this.held.length;
+    while (i > 0 && (this.held[i - 1] as Op).seq > op.seq) i--;
+    this.held.splice(i, 0, op);
+    this.heldBytes += op.bytes;
+  }
+
+  private failHeld(err: NvmfNbdError): void {
+    const ops = this.held.splice(0);
+    this.heldBytes = 0;
+    for (const op of ops) op.reject(err);
+  }
+
+  private eio(code: NvmfNbdError['code'], message: string): NvmfNbdError {
+    return new NvmfNbdError(code, message, { errno: NbdErrno.EIO, cause: this.lastErr });
+  }
+
+  // ---- recovery -------------------------------------------------------------------------------
+
+  private adopt(ctrl: Controller): void {
+    this.ctrl = ctrl;
+    ctrl.on('close', (err?: NvmfNbdError) => this.onAssociationLost(ctrl, err));
+    ctrl.on('namespaces', (ch: NamespaceChanges) => this.emit('namespaces', ch));
+    ctrl.on('warning', (err: unknown) => this.emit('warning', err));
+  }
+
+  private onAssociationLost(ctrl: Controller, err: NvmfNbdError | undefined): void {
+    if (ctrl !== this.ctrl || this.stateValue !== CtrlState.LIVE) return;
+    this.lastErr = err ?? new NvmfNbdError(ErrorCode.CONNECTION_CLOSED, 'association closed');
+    this.attemptCount = 0;
+    this.failFast = false;
+    this.setState(CtrlState.CONNECTING);
+    const lossTmo = this.options.ctrlLossTmoMs ?? RESILIENCE_DEFAULTS.ctrlLossTmoMs;
+    if (lossTmo >= 0) {
+      this.lossTimer = setTimeout(() => {
+        this.die(new NvmfNbdError(ErrorCode.CONTROLLER_LOST,
+          `controller ${this.subsystemNqn}: not reconnected within ctrl_loss_tmo (${lossTmo} ms); last error: ${this.lastErr?.message ?? 'none'}`,
+          { cause: this.lastErr, errno: NbdErrno.EIO }));
+      }, lossTmo);
+    }
+    const fastTmo = this.options.fastIoFailTmoMs ?? RESILIENCE_DEFAULTS.fastIoFailTmoMs;
+    if (fastTmo >= 0 && (lossTmo < 0 || fastTmo < lossTmo)) {
+      this.fastFailTimer = setTimeout(() => {
+        this.failFast = true;
+        this.failHeld(this.eio(ErrorCode.CONTROLLER_LOST, `fast_io_fail_tmo (${fastTmo} ms) expired while reconnecting`));
+      }, fastTmo);
+    }
+    this.recovering = this.recover(ctrl);
+  }
+
+  /** Sleep that {@link close} and {@link die} cut short. */
+  private pause(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const t = setTimeout(done, Math.max(0, ms));
+      const self = this;
+      function done(): void {
+        clearTimeout(t);
+        if (self.wake === done) self.wake = undefined;
+        resolve();
+      }
+      this.wake = done;
+    });
+  }
+
+  private quiesceMs(next: Controller): number {
+    if (this.options.quiesceMs !== undefined) return this.options.quiesceMs;
+    return Math.max(this.options.kato ?? 5000, 1000) + next.commandQuiesceTimeMs;
+  }
+
+  private async recover(old: Controller): Promise<void> {
+    // Nothing may be re-driven while a socket of the old association could still carry a command.
+    await old.whenClosed();
+    const oldGoneAt = Date.now();
+    const delay = this.options.reconnectDelayMs ?? RESILIENCE_DEFAULTS.reconnectDelayMs;
+    for (;;) {
+      await this.pause(delay);
+      if (this.stateValue !== CtrlState.CONNECTING) return;
+      this.attemptCount++;
+      let next: Controller;
+      try {
+        next = await Controller.connect(this.options);
+      } catch (err) {
+        this.lastErr = asError(err, 'reconnect failed');
+        if (isFatalReconnectError(err)) {
+          this.die(this.lastErr);
+          return;
+        }
+        continue;
+      }
+      if (this.stateValue !== CtrlState.CONNECTING) {
+        await next.close();
+        return;
+      }
+      if (next.identify.subnqn !== this.subsystemNqn) {
+        next.destroy();
+        this.lastErr = new NvmfNbdError(ErrorCode.SUBSYSTEM_CHANGED,
+          `reconnect reached subsystem '${next.identify.subnqn}', not '${this.subsystemNqn}': giving up`);
+        this.die(this.lastErr);
+        return;
+      }
+      const wait = oldGoneAt + this.quiesceMs(next) - Date.now();
+      if (wait > 0) await this.pause(wait);
+      if (this.stateValue !== CtrlState.CONNECTING) {
+        await next.close();
+        return;
+      }
+      if (!next.alive) {
+        this.lastErr = new NvmfNbdError(ErrorCode.CONNECTION_CLOSED, 'new association lost before I/O resumed');
+        continue;
+      }
+      this.resume(old, next);
+      return;
+    }
+  }
+
+  private resume(old: Controller, next: Controller): void {
+    this.clearTimers();
+    this.adopt(next);
+    this.reconnectCount++;
+    this.attemptCount = 0;
+    this.failFast = false;
+    this.setState(CtrlState.LIVE);
+    const changes = diffNamespaces(old.namespaces, next.namespaces);
+    if (changes.added.length + changes.removed.length + changes.resized.length > 0) this.emit('namespaces', changes);
+    // FIFO re-drive: dispatch issues synchronously, so submission order is kept.
+    const ops = this.held.splice(0);
+    this.heldBytes = 0;
+    for (const op of ops) this.dispatch(op);
+  }
+
+  private clearTimers(): void {
+    if (this.lossTimer !== undefined) clearTimeout(this.lossTimer);
+    if (this.fastFailTimer !== undefined) clearTimeout(this.fastFailTimer);
+    this.lossTimer = undefined;
+    this.fastFailTimer = undefined;
+  }
+
+  /** Give up: fail held I/O with EIO, remove the controller (DELETING → DEAD). */
+  private die(err: NvmfNbdError): void {
+    if (this.stateValue === CtrlState.DEAD || this.stateValue === CtrlState.DELETING) return;
+    this.clearTimers();
+    this.deadErr = err;
+    this.lastErr = err;
+    this.setState(CtrlState.DELETING);
+    this.wake?.();
+    this.failHeld(this.eio(err.code, err.message));
+    this.ctrl.destroy(err);
+    this.setState(CtrlState.DEAD);
+    this.emit('dead', err);
+    this.emit('close', err);
+  }
+
+  /**
+   * DELETING → orderly shutdown (CC.SHN) of a live association → DEAD. Held I/O fails with
+   * ESHUTDOWN; a reconnect attempt in progress is waited for and closed. Never throws.
+   */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      if (this.stateValue === CtrlState.DEAD) return;
+      const wasLive = this.stateValue === CtrlState.LIVE;
+      this.setState(CtrlState.DELETING);
+      this.clearTimers();
+      this.wake?.();
+      this.failHeld(new NvmfNbdError(ErrorCode.CONTROLLER_DELETED, 'controller closed while reconnecting', { errno: NbdErrno.ESHUTDOWN }));
+      if (wasLive) await this.ctrl.close();
+      else this.ctrl.destroy();
+      await this.recovering?.catch(() => undefined);
+      this.setState(CtrlState.DEAD);
+      this.emit('close', undefined);
+    })();
+    return this.closing;
+  }
+}
+
+/** Namespaces added, removed or resized between two associations. */
+export function diffNamespaces(before: ReadonlyMap<number, NamespaceInfo>, after: ReadonlyMap<number, NamespaceInfo>): NamespaceChanges {
+  const out: NamespaceChanges = { added: [], removed: [], resized: [] };
+  for (const [nsid, ns] of after) {
+    const old = before.get(nsid);
+    if (old === undefined) out.added.push(nsid);
+    else if (old.nsze !== ns.nsze || old.lbaSize !== ns.lbaSize) out.resized.push(nsid);
+  }
+  for (const nsid of before.keys()) if (!after.has(nsid)) out.removed.push(nsid);
+  out.added.sort((a, b) => a - b);
+  out.removed.sort((a, b) => a - b);
+  out.resized.sort((a, b) => a - b);
+  return out;
+}

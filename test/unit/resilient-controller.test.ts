@@ -1,0 +1,273 @@
+/**
+ * The reconnect state machine (src/controller/resilient.ts) against the embedded target behind
+ * a FaultProxy: hold and FIFO re-drive, the bounded hold queue, fast_io_fail_tmo, ctrl_loss_tmo,
+ * close while CONNECTING, a changed subsystem NQN on reconnect, keep-alive failure detection on a
+ * stalled link, and namespace-attribute AENs. Short timers keep the file to a few seconds.
+ */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import * as net from 'node:net';
+import { NvmeTarget } from '../../src/target/target';
+import { CtrlState, ResilientController, diffNamespaces } from '../../src/controller/resilient';
+import type { ResilienceOptions } from '../../src/controller/resilient';
+import type { ControllerOptions, NamespaceChanges, NamespaceInfo } from '../../src/controller/controller';
+import { ErrorCode, NvmfNbdError } from '../../src/errors';
+import { FaultProxy, ProxyMode } from '../helpers/fault-proxy';
+import { FakeTarget, serveController } from '../helpers/fake-target';
+
+const NQN = 'nqn.2014-08.org.nvmf-nbd:resilient-unit';
+const HOSTNQN = 'nqn.2014-08.org.nvmexpress:uuid:0f6c3d1e-1a2b-4c3d-9e8f-00000000a001';
+const HOSTID = '0f6c3d1e-1a2b-4c3d-9e8f-00000000a001';
+
+let target: NvmeTarget;
+let targetPort = 0;
+
+before(async () => {
+  target = new NvmeTarget({
+    listen: { host: '127.0.0.1', port: 0 },
+    subsystems: [{ nqn: NQN, namespaces: [{ nsid: 1, sizeBytes: 8 << 20, backing: { memory: true } }] }],
+  });
+  targetPort = (await target.listen()).port;
+});
+
+after(async () => {
+  await target.close();
+});
+
+function opts(port: number, o: Partial<ControllerOptions & ResilienceOptions> = {}): ControllerOptions & ResilienceOptions {
+  return {
+    traddr: '127.0.0.1', trsvcid: port, subnqn: NQN, hostnqn: HOSTNQN, hostid: HOSTID, nrIoQueues: 1, queueSize: 32,
+    kato: 1000, connectTimeoutMs: 2000, reconnectDelayMs: 100, ctrlLossTmoMs: 10_000, quiesceMs: 50, ...o,
+  };
+}
+
+const block = (byte: number): Buffer => Buffer.alloc(4096, byte);
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+function waitState(c: ResilientController, s: string, ms = 5000): Promise<void> {
+  if (c.state === s) return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`state ${s} not reached in ${ms} ms (now ${c.state})`)), ms);
+    const on = (v: string): void => {
+      if (v !== s) return;
+      clearTimeout(t);
+      c.off('state', on);
+      resolve();
+    };
+    c.on('state', on);
+  });
+}
+
+/** Settle a promise into { ok, err } without an unhandled rejection. */
+function settle<T>(p: Promise<T>): Promise<{ ok: boolean; value?: T; err?: NvmfNbdError }> {
+  return p.then((value) => ({ ok: true, value }), (err: NvmfNbdError) => ({ ok: false, err }));
+}
+
+test('in-flight and new writes are held while reconnecting and re-driven in submission order', { timeout: 15_000 }, async () => {
+  const proxy = await FaultProxy.start({ port: targetPort });
+  const c = await ResilientController.connect(opts(proxy.port));
+  const states: string[] = [];
+  c.on('state', (s: string) => states.push(s));
+  try {
+    await c.write(1, 0n, Buffer.alloc(4096 * 8, 0xee));
+    // Refuse reconnects for a moment so everything below is held, then cut mid-flight.
+    proxy.setMode(ProxyMode.REFUSE);
+    const first = settle(c.write(1, 0n, block(1)));
+    proxy.cutAll();
+    await waitState(c, CtrlState.CONNECTING);
+    // Five writes to the same block: with one I/O queue, FIFO re-drive means the last one wins.
+    const writes = [2, 3, 4, 5, 6].map((b) => settle(c.write(1, 0n, block(b))));
+    const held = c.heldOps;
+    assert.ok(held.count >= 5, `held ${held.count}`);
+    assert.equal(c.lastError?.code !== undefined, true);
+    await sleep(300);
+    assert.equal(c.state, CtrlState.CONNECTING, 'still reconnecting while the proxy refuses');
+    proxy.setMode(ProxyMode.FORWARD);
+    const t0 = Date.now();
+    await waitState(c, CtrlState.LIVE);
+    const results = await Promise.all([first, ...writes]);
+    assert.deepEqual(results.map((r) => r.ok), [true, true, true, true, true, true]);
+    const back = await c.read(1, 0n, 8);
+    assert.equal(back[0], 6, 'the last held write is the one on the media');
+    assert.equal(c.reconnects, 1);
+    assert.ok(c.describeState().attempts === 0);
+    assert.deepEqual(states, [CtrlState.CONNECTING, CtrlState.LIVE]);
+    assert.ok(Date.now() - t0 < 5000);
+  } finally {
+    await c.close();
+    await proxy.close();
+  }
+});
+
+test('the hold queue is bounded in bytes: beyond it new I/O fails with EIO (HOLD_QUEUE_FULL)', { timeout: 15_000 }, async () => {
+  const proxy = await FaultProxy.start({ port: targetPort });
+  const c = await ResilientController.connect(opts(proxy.port, { holdLimitBytes: 8192 }));
+  try {
+    proxy.setMode(ProxyMode.REFUSE);
+    proxy.cutAll();
+    await waitState(c, CtrlState.CONNECTING);
+    const a = settle(c.write(1, 8n, block(7)));
+    const b = settle(c.write(1, 16n, block(8)));
+    const over = await settle(c.write(1, 24n, block(9)));
+    assert.equal(over.ok, false);
+    assert.equal(over.err?.code, ErrorCode.HOLD_QUEUE_FULL);
+    assert.equal(over.err?.errno, 5);
+    proxy.setMode(ProxyMode.FORWARD);
+    assert.deepEqual([(await a).ok, (await b).ok], [true, true]);
+    assert.equal((await c.read(1, 16n, 8))[0], 8);
+  } finally {
+    await c.close();
+    await proxy.close();
+  }
+});
+
+test('fast_io_fail_tmo fails held I/O with EIO early while reconnecting continues', { timeout: 15_000 }, async () => {
+  const proxy = await FaultProxy.start({ port: targetPort });
+  const c = await ResilientController.connect(opts(proxy.port, { fastIoFailTmoMs: 300 }));
+  try {
+    proxy.setMode(ProxyMode.REFUSE);
+    proxy.cutAll();
+    await waitState(c, CtrlState.CONNECTING);
+    const t0 = Date.now();
+    const held = await settle(c.write(1, 32n, block(3)));
+    const took = Date.now() - t0;
+    assert.equal(held.ok, false);
+    assert.equal(held.err?.errno, 5);
+    assert.ok(took < 2000, `failed after ${took} ms`);
+    assert.equal(c.state, CtrlState.CONNECTING, 'reconnect goes on');
+    const later = await settle(c.write(1, 32n, block(4)));
+    assert.equal(later.err?.errno, 5, 'after fast_io_fail new I/O fails at once');
+    proxy.setMode(ProxyMode.FORWARD);
+    await waitState(c, CtrlState.LIVE);
+    await c.write(1, 32n, block(5));
+    assert.equal((await c.read(1, 32n, 8))[0], 5);
+  } finally {
+    await c.close();
+    await proxy.close();
+  }
+});
+
+test('ctrl_loss_tmo: held I/O fails with EIO, the controller is dead, nothing hangs', { timeout: 15_000 }, async () => {
+  const proxy = await FaultProxy.start({ port: targetPort });
+  const c = await ResilientController.connect(opts(proxy.port, { ctrlLossTmoMs: 800 }));
+  let dead: NvmfNbdError | undefined;
+  c.on('dead', (e: NvmfNbdError) => { dead = e; });
+  const closed = new Promise<unknown>((resolve) => c.once('close', resolve));
+  try {
+    proxy.setMode(ProxyMode.REFUSE);
+    proxy.cutAll();
+    const t0 = Date.now();
+    const held = await settle(c.write(1, 40n, block(1)));
+    const took = Date.now() - t0;
+    assert.equal(held.ok, false);
+    assert.equal(held.err?.errno, 5);
+    assert.ok(took >= 600 && took < 3000, `failed after ${took} ms`);
+    assert.equal(c.state, CtrlState.DEAD);
+    assert.equal(dead?.code, ErrorCode.CONTROLLER_LOST);
+    assert.equal(((await closed) as NvmfNbdError).code, ErrorCode.CONTROLLER_LOST);
+    const after = await settle(c.read(1, 0n, 1));
+    assert.equal(after.err?.errno, 5);
+    assert.equal(c.describeState().lastError?.code, ErrorCode.CONTROLLER_LOST);
+  } finally {
+    await c.close();
+    await proxy.close();
+  }
+});
+
+test('close() while CONNECTING fails held I/O and ends in DEAD promptly', { timeout: 15_000 }, async () => {
+  const proxy = await FaultProxy.start({ port: targetPort });
+  const c = await ResilientController.connect(opts(proxy.port, { ctrlLossTmoMs: -1 }));
+  try {
+    proxy.setMode(ProxyMode.REFUSE);
+    proxy.cutAll();
+    await waitState(c, CtrlState.CONNECTING);
+    const held = settle(c.write(1, 48n, block(1)));
+    const t0 = Date.now();
+    await c.close();
+    assert.ok(Date.now() - t0 < 3000);
+    const r = await held;
+    assert.equal(r.ok, false);
+    assert.equal(r.err?.code, ErrorCode.CONTROLLER_DELETED);
+    assert.equal(c.state, CtrlState.DEAD);
+  } finally {
+    await proxy.close();
+  }
+});
+
+test('a stalled link is detected by keep-alive and repaired once it flows again', { timeout: 15_000 }, async () => {
+  const proxy = await FaultProxy.start({ port: targetPort });
+  const c = await ResilientController.connect(opts(proxy.port, { kato: 600 }));
+  try {
+    proxy.setMode(ProxyMode.STALL);
+    const t0 = Date.now();
+    const w = settle(c.write(1, 56n, block(9)));
+    await waitState(c, CtrlState.CONNECTING, 5000);
+    const detect = Date.now() - t0;
+    assert.ok(detect < 2500, `detected after ${detect} ms`);
+    assert.ok([ErrorCode.KEEPALIVE_TIMEOUT, ErrorCode.TARGET_UNRESPONSIVE].includes(c.lastError?.code as never), String(c.lastError?.code));
+    proxy.cutAll();
+    proxy.setMode(ProxyMode.FORWARD);
+    await waitState(c, CtrlState.LIVE);
+    assert.equal((await w).ok, true);
+    assert.equal((await c.read(1, 56n, 8))[0], 9);
+  } finally {
+    await c.close();
+    await proxy.close();
+  }
+});
+
+test('a different subsystem behind the address on reconnect is fatal (SUBSYSTEM_CHANGED)', { timeout: 15_000 }, async () => {
+  // A forwarder whose destination the test switches: first the embedded target, then a fake
+  // controller that accepts any subsystem NQN but identifies as nqn.fake.
+  const fake = await FakeTarget.start((conn) => serveController(conn, { namespaces: new Map([[1, { data: Buffer.alloc(1 << 20), lbaSize: 512 }]]) }));
+  let dest = targetPort;
+  const socks = new Set<net.Socket>();
+  const fwd = net.createServer((s) => {
+    const up = net.connect(dest, '127.0.0.1');
+    socks.add(s).add(up);
+    s.pipe(up).pipe(s);
+    const end = (): void => { s.destroy(); up.destroy(); };
+    s.on('error', end).on('close', end);
+    up.on('error', end).on('close', end);
+  });
+  await new Promise<void>((r) => fwd.listen(0, '127.0.0.1', r));
+  const c = await ResilientController.connect(opts((fwd.address() as net.AddressInfo).port, { ctrlLossTmoMs: -1 }));
+  try {
+    const dead = new Promise<NvmfNbdError>((resolve) => c.once('dead', resolve));
+    dest = fake.port;
+    for (const s of socks) s.destroy();
+    const err = await dead;
+    assert.equal(err.code, ErrorCode.SUBSYSTEM_CHANGED);
+    assert.equal(c.state, CtrlState.DEAD);
+  } finally {
+    await c.close();
+    for (const s of socks) s.destroy();
+    await new Promise<void>((r) => fwd.close(() => r()));
+    await fake.close();
+  }
+});
+
+test('namespace added and removed at runtime: AEN → Changed Namespace List → namespaces event', { timeout: 15_000 }, async () => {
+  const c = await ResilientController.connect(opts(targetPort));
+  try {
+    const next = (): Promise<NamespaceChanges> => new Promise((resolve) => c.once('namespaces', resolve));
+    let ev = next();
+    const nsid = await target.addNamespace(NQN, { nsid: 5, sizeBytes: 1 << 20, backing: { memory: true } });
+    assert.deepEqual(await ev, { added: [nsid], removed: [], resized: [] });
+    assert.equal(c.namespaces.get(5)?.nsze, BigInt((1 << 20) / 512));
+    await c.write(5, 0n, block(3));
+    ev = next();
+    await target.removeNamespace(NQN, 5);
+    assert.deepEqual(await ev, { added: [], removed: [5], resized: [] });
+    assert.equal(c.namespaces.has(5), false);
+  } finally {
+    await c.close();
+  }
+});
+
+test('diffNamespaces reports added, removed and resized namespaces', () => {
+  const ns = (nsid: number, nsze: bigint): NamespaceInfo => ({ nsid, nsze, lbaSize: 512, usable: true } as NamespaceInfo);
+  const a = new Map([[1, ns(1, 100n)], [2, ns(2, 100n)]]);
+  const b = new Map([[1, ns(1, 200n)], [3, ns(3, 100n)]]);
+  assert.deepEqual(diffNamespaces(a, b), { added: [3], removed: [2], resized: [1] });
+});
