@@ -9,11 +9,18 @@ import type { Verb } from './verb';
 
 // The verb table. Each verb module exports `verb`; keep this list sorted.
 const VERBS: ReadonlyArray<() => Verb> = [
+  () => (require('./verbs/admin-passthru') as typeof import('./verbs/admin-passthru')).verb,
   () => (require('./verbs/connect') as typeof import('./verbs/connect')).verb,
+  () => (require('./verbs/connect-all') as typeof import('./verbs/connect-all')).verb,
+  () => (require('./verbs/daemon') as typeof import('./verbs/daemon')).verb,
   () => (require('./verbs/demo') as typeof import('./verbs/demo')).verb,
+  () => (require('./verbs/disconnect') as typeof import('./verbs/disconnect')).verb,
+  () => (require('./verbs/disconnect-all') as typeof import('./verbs/disconnect-all')).verb,
   () => (require('./verbs/discover') as typeof import('./verbs/discover')).verb,
+  () => (require('./verbs/get-log') as typeof import('./verbs/get-log')).verb,
   () => (require('./verbs/id-ctrl') as typeof import('./verbs/id-ctrl')).verb,
   () => (require('./verbs/id-ns') as typeof import('./verbs/id-ns')).verb,
+  () => (require('./verbs/list') as typeof import('./verbs/list')).verb,
   () => (require('./verbs/list-ns') as typeof import('./verbs/list-ns')).verb,
   () => (require('./verbs/target') as typeof import('./verbs/target')).verb,
 ];

@@ -18,6 +18,7 @@ import { protectFromOomKiller } from '../../engine/oom';
 import { formatBytes, formatJson, formatTable, outputFormat } from '../output';
 import type { OutputFormat } from '../output';
 import { waitForShutdownSignal } from '../signals';
+import { HANDOFF_OPTIONS, handOffConnect } from '../../engine/control';
 
 /** Default NVMe/TCP I/O port (IANA 4420). */
 export const DEFAULT_IO_PORT = 4420;
@@ -160,10 +161,19 @@ export function formatExports(s: ControllerSession): string {
 export const verb: Verb = {
   name: 'connect',
   summary: 'connect an NVMe/TCP controller and serve its namespaces over NBD until Ctrl-C',
-  usage: 'nvmf-nbd connect -t tcp -a ADDR [-s PORT] -n SUBNQN [-q HOSTNQN] [-I HOSTID] [-i N] [-Q N] [-k SEC] [-g] [-G] [--nbd unix:DIR|tcp:HOST:PORT] [--attach] [-C N] [-o normal|json]',
-  options: [...CONNECT_OPTIONS, ...NBD_OPTIONS],
+  usage: 'nvmf-nbd connect -t tcp -a ADDR [-s PORT] -n SUBNQN [-q HOSTNQN] [-I HOSTID] [-i N] [-Q N] [-k SEC] [-g] [-G] [--nbd unix:DIR|tcp:HOST:PORT] [--attach] [-C N] [-o normal|json] [--foreground] [--control PATH]',
+  options: [...CONNECT_OPTIONS, ...NBD_OPTIONS, ...HANDOFF_OPTIONS],
   async run(opts) {
     const { format, ...copts } = controllerOptionsFromArgs(opts);
+    if (opts.foreground !== true) {
+      // A running daemon takes the connection over (its answer is printed as we would print
+      // it); with none we say so and stay in the foreground (containers rely on this).
+      const handed = await handOffConnect(opts, stateDir());
+      if (handed !== undefined) {
+        process.stdout.write(format === 'json' ? formatJson(handed.json) : handed.text);
+        return 0;
+      }
+    }
     const nbd = parseNbdSpec(typeof opts.nbd === 'string' ? opts.nbd : `unix:${path.join(stateDir(), 'nbd')}`);
     if (opts.attach === true) protectFromOomKiller();
     const session = await ControllerSession.open({

@@ -1,12 +1,34 @@
 /**
  * `nvmf-nbd id-ctrl`: connect the admin queue of a controller, print Identify Controller, close.
- * (With the daemon, a later issue lets it name an already connected `nvmeX`.)
+ * `id-ctrl nvmeX` asks the daemon's already connected controller instead.
  */
 import type { OptionSpec } from '../args';
 import type { Verb } from '../verb';
 import { Controller } from '../../controller/controller';
 import { ADDRESS_OPTIONS, addressFromArgs, requireString } from './connect';
-import { formatFields, formatJson } from '../output';
+import { formatFields, formatJson, outputFormat } from '../output';
+import { usageError } from '../args';
+import { parseIdentifyController } from '../../wire';
+import type { IdentifyController } from '../../wire';
+import { stateDir } from '../../controller/host-identity';
+import { CONTROL_OPTION, ControlVerb, requestDaemon } from '../../engine/control';
+
+/** `nvmeX` when the first positional names a daemon controller (else undefined). */
+export function daemonControllerArg(positionals: readonly string[]): string | undefined {
+  if (positionals.length === 0) return undefined;
+  const name = positionals[0] as string;
+  if (positionals.length > 1 || !/^nvme\d+$/.test(name)) usageError(`expected one controller name nvmeX, got '${positionals.join(' ')}'`);
+  return name;
+}
+
+function printIdCtrl(id: IdentifyController, cntlid: number, format: 'normal' | 'json'): void {
+  if (format === 'json') {
+    process.stdout.write(formatJson(id));
+  } else {
+    const fields = Object.entries(id).filter(([, v]) => typeof v !== 'object') as Array<[string, string | number | boolean]>;
+    process.stdout.write(`NVMe Identify Controller (cntlid ${cntlid}):\n` + formatFields(fields));
+  }
+}
 
 /** Connection flags of the admin-only verbs: `--nqn` plus the address flags. */
 export function adminVerbOptions(nqnShort: boolean): OptionSpec[] {
@@ -33,18 +55,19 @@ export async function connectAdminOnly(opts: Record<string, unknown>): Promise<{
 export const verb: Verb = {
   name: 'id-ctrl',
   summary: 'print Identify Controller of a remote controller',
-  usage: 'nvmf-nbd id-ctrl -t tcp -a ADDR [-s PORT] -n SUBNQN [-q HOSTNQN] [-I HOSTID] [-o normal|json]',
-  options: adminVerbOptions(true),
-  async run(opts) {
+  usage: 'nvmf-nbd id-ctrl -t tcp -a ADDR [-s PORT] -n SUBNQN [-q HOSTNQN] [-I HOSTID] [-o normal|json]  |  nvmf-nbd id-ctrl nvmeX [-o normal|json]',
+  options: [...adminVerbOptions(true), CONTROL_OPTION],
+  async run(opts, positionals) {
+    const name = daemonControllerArg(positionals);
+    if (name !== undefined) {
+      const format = outputFormat(opts['output-format'], usageError);
+      const r = (await requestDaemon(opts, stateDir(), ControlVerb.ID_CTRL, { name })) as { cntlid: number; raw: string };
+      printIdCtrl(parseIdentifyController(Buffer.from(r.raw, 'base64')), r.cntlid, format);
+      return 0;
+    }
     const { ctrl, format } = await connectAdminOnly(opts);
     try {
-      const id = ctrl.identify;
-      if (format === 'json') {
-        process.stdout.write(formatJson(id));
-      } else {
-        const fields = Object.entries(id).filter(([, v]) => typeof v !== 'object') as Array<[string, string | number | boolean]>;
-        process.stdout.write(`NVMe Identify Controller (cntlid ${ctrl.cntlid}):\n` + formatFields(fields));
-      }
+      printIdCtrl(ctrl.identify, ctrl.cntlid, format);
       return 0;
     } finally {
       await ctrl.close();

@@ -1,0 +1,63 @@
+/**
+ * `nvmf-nbd list [-o json]`: the daemon's controllers with their state, namespaces, NBD
+ * endpoints, /dev/nbdX devices and per-queue counters.
+ */
+import type { Verb } from '../verb';
+import { usageError } from '../args';
+import { stateDir } from '../../controller/host-identity';
+import { CONTROL_OPTION, ControlVerb, requestDaemon } from '../../engine/control';
+import { formatBytes, formatJson, formatTable, outputFormat } from '../output';
+
+interface ListedExport { name?: string; nsid?: number; size?: number; blockSize?: number; endpoint?: string; device?: string | null }
+interface ListedQueue { qid?: number; commands?: number; bytesIn?: number; bytesOut?: number; errors?: number; inFlight?: number; waiting?: number }
+interface ListedController {
+  name?: string; state?: string; subnqn?: string; traddr?: string; trsvcid?: number; cntlid?: number; model?: string;
+  lastError?: string | null; exports?: ListedExport[]; queues?: { admin?: ListedQueue; io?: ListedQueue[] };
+  controller?: unknown;
+}
+
+function cell(v: unknown): string {
+  return v === undefined || v === null ? '-' : String(v);
+}
+
+/** Human rendering of the daemon's list result. */
+export function formatList(controllers: readonly ListedController[]): string {
+  if (controllers.length === 0) return 'no controllers\n';
+  const rows = controllers.map((c) => [
+    cell(c.name), cell(c.state), cell(c.subnqn), `${cell(c.traddr)}:${cell(c.trsvcid)}`, cell(c.cntlid), cell(c.model),
+  ]);
+  let out = formatTable(['NAME', 'STATE', 'SUBNQN', 'ADDRESS', 'CNTLID', 'MODEL'], rows);
+  for (const c of controllers) {
+    if (c.lastError !== undefined && c.lastError !== null) out += `\n${cell(c.name)}: last error: ${c.lastError}\n`;
+    if (c.controller !== undefined) out += `\n${cell(c.name)}: ${typeof c.controller === 'string' ? c.controller : JSON.stringify(c.controller)}\n`;
+    const ex = c.exports ?? [];
+    if (ex.length > 0) {
+      out += `\n${formatTable(['EXPORT', 'NSID', 'SIZE', 'LBA', 'NBD ENDPOINT', 'DEVICE'], ex.map((e) => [
+        cell(e.name), cell(e.nsid), e.size !== undefined ? formatBytes(e.size) : '-', cell(e.blockSize), cell(e.endpoint), cell(e.device),
+      ]))}`;
+    }
+    const qs = [...(c.queues?.admin !== undefined ? [c.queues.admin] : []), ...(c.queues?.io ?? [])];
+    if (qs.length > 0) {
+      out += `\n${formatTable(['QID', 'COMMANDS', 'IN FLIGHT', 'WAITING', 'BYTES IN', 'BYTES OUT', 'ERRORS'], qs.map((q) => [
+        cell(q.qid), cell(q.commands), cell(q.inFlight), cell(q.waiting), cell(q.bytesIn), cell(q.bytesOut), cell(q.errors),
+      ]))}`;
+    }
+  }
+  return out;
+}
+
+export const verb: Verb = {
+  name: 'list',
+  summary: "list the daemon's controllers, namespaces, NBD endpoints, devices and queue counters",
+  usage: 'nvmf-nbd list [-o normal|json] [--control PATH]',
+  options: [
+    { long: 'output-format', short: 'o', type: 'string', metavar: 'normal|json', help: 'output format', default: 'normal' },
+    CONTROL_OPTION,
+  ],
+  async run(opts) {
+    const format = outputFormat(opts['output-format'], usageError);
+    const r = (await requestDaemon(opts, stateDir(), ControlVerb.LIST)) as { controllers: ListedController[] };
+    process.stdout.write(format === 'json' ? formatJson(r) : formatList(r.controllers));
+    return 0;
+  },
+};
