@@ -5,11 +5,27 @@
  *
  * Closing order matters for data: detach the kernel devices first (the kernel flushes and sends
  * NBD_CMD_DISC), then drain and close the NBD server, then shut the controller down (CC.SHN).
+ *
+ * The controller is a {@link ResilientController}: a lost association is repaired while the NBD
+ * connections stay open and their requests wait. Namespace changes reported by the controller
+ * (AEN or found after a reconnect) change the exports: a new namespace gets an export (and a
+ * /dev/nbdX when the session attaches), a removed one fails its I/O with EIO, is detached and its
+ * export withdrawn; a capacity change is logged and recorded (`capacityChanged`), because the
+ * size of an NBD export cannot change under a connected client (NBD has no resize notice): the
+ * client sees the new size after it reconnects.
+ *
+ * When the controller gives up (ctrl_loss_tmo, subsystem changed) the session stays as it is —
+ * every request fails with EIO — and emits `dead`; its owner decides what to close or keep
+ * (the connect verb exits, the daemon keeps the kernel devices for a later session).
  */
+import { EventEmitter } from 'node:events';
 import * as path from 'node:path';
-import { Controller } from '../controller/controller';
-import type { ControllerOptions, NamespaceInfo } from '../controller/controller';
+import type { ControllerOptions, NamespaceChanges, NamespaceInfo } from '../controller/controller';
+import { ResilientController } from '../controller/resilient';
+import type { CtrlStateValue, ResilienceOptions } from '../controller/resilient';
 import { NvmeNamespaceDevice } from '../block/nvme-device';
+import type { BlockDevice } from '../block/types';
+import { NbdErrno } from '../block/errno';
 import { NbdServer } from '../nbd/server';
 import type { NbdEndpoint, NbdExportStats, NbdServerOptions } from '../nbd/server';
 import { attach, detach } from '../attach/nbd-client';
@@ -34,7 +50,8 @@ export function parseNbdSpec(s: string): NbdSpec {
 export interface SessionOptions {
   /** Controller name, e.g. `nvme0`; exports are named `<name>n<nsid>`. */
   readonly name: string;
-  readonly controller: ControllerOptions;
+  /** Controller options plus the recovery policy (reconnect delay, ctrl_loss_tmo, fast_io_fail_tmo). */
+  readonly controller: ControllerOptions & ResilienceOptions;
   readonly nbd: NbdSpec;
   /** Attach every export to a /dev/nbdX with nbd-client. */
   readonly attach?: boolean;
@@ -57,6 +74,56 @@ export interface SessionExport {
   readonly endpoint: NbdEndpoint;
   /** The kernel device, once attached. */
   device?: string;
+  /** New size in bytes after a capacity change (connected NBD clients keep seeing `size`). */
+  capacityChanged?: number;
+}
+
+/**
+ * The export's device: the namespace device, until the namespace is removed; from then on every
+ * request fails with EIO (the NBD server's own removal answers ESHUTDOWN, which a kernel client
+ * may retry; EIO is what Linux reports for I/O to a removed namespace).
+ */
+class ExportDevice implements BlockDevice {
+  removed = false;
+  readonly size: number;
+  readonly blockSize: number;
+  readonly maxRequest: number;
+  readonly readOnly: boolean;
+  readonly canFlush: boolean;
+  readonly canFua: boolean;
+  readonly canTrim: boolean;
+  readonly canWriteZeroes: boolean;
+  readonly canFastZero: boolean;
+
+  constructor(private readonly inner: NvmeNamespaceDevice) {
+    this.size = inner.size;
+    this.blockSize = inner.blockSize;
+    this.maxRequest = inner.maxRequest;
+    this.readOnly = inner.readOnly;
+    this.canFlush = inner.canFlush;
+    this.canFua = inner.canFua;
+    this.canTrim = inner.canTrim;
+    this.canWriteZeroes = inner.canWriteZeroes;
+    this.canFastZero = inner.canFastZero;
+  }
+
+  private gone(): Promise<never> {
+    return Promise.reject(new NvmfNbdError(ErrorCode.NAMESPACE_NOT_FOUND, `namespace ${this.inner.nsid} was removed`, { errno: NbdErrno.EIO }));
+  }
+
+  private guard<T>(p: () => Promise<T>): Promise<T> {
+    if (this.removed) return this.gone();
+    // A request already running when the namespace went away fails with EIO too.
+    return p().catch((err: unknown) => (this.removed ? this.gone() : Promise.reject(err)));
+  }
+
+  read(offset: number, length: number): Promise<Buffer> { return this.guard(() => this.inner.read(offset, length)); }
+  write(offset: number, data: Buffer, fua: boolean): Promise<void> { return this.guard(() => this.inner.write(offset, data, fua)); }
+  flush(): Promise<void> { return this.guard(() => this.inner.flush()); }
+  trim(offset: number, length: number): Promise<void> { return this.guard(() => this.inner.trim(offset, length)); }
+  writeZeroes(offset: number, length: number, opts: { mayDeallocate: boolean; fua: boolean; fastOnly: boolean }): Promise<void> {
+    return this.guard(() => this.inner.writeZeroes(offset, length, opts));
+  }
 }
 
 /** A namespace that is not served, and why. */
@@ -65,23 +132,34 @@ export interface SkippedNamespace {
   readonly reason: string;
 }
 
-/** A connected controller serving its namespaces over NBD. */
-export class ControllerSession {
+/**
+ * A connected controller serving its namespaces over NBD. Events: `state` (CtrlStateValue),
+ * `namespaces` (NamespaceChanges, after the exports were updated), `dead` (NvmfNbdError).
+ */
+export class ControllerSession extends EventEmitter {
   readonly exports: SessionExport[] = [];
   readonly skipped: SkippedNamespace[] = [];
   private closed: Promise<void> | undefined;
+  private readonly devices = new Map<number, ExportDevice>();
+  /** Endpoints already listened on (TCP: one for all; Unix: one per export path). */
+  private tcpEndpoint: NbdEndpoint | undefined;
+  private readonly unixEndpoints = new Map<string, NbdEndpoint>();
+  /** Namespace changes are applied one at a time, in order. */
+  private nsWork: Promise<void> = Promise.resolve();
 
   private constructor(
     readonly name: string,
-    readonly controller: Controller,
+    readonly controller: ResilientController,
     readonly server: NbdServer,
     private readonly o: SessionOptions,
-  ) {}
+  ) {
+    super();
+  }
 
   /** Connect the controller, export its usable namespaces, and attach them when asked. */
   static async open(o: SessionOptions): Promise<ControllerSession> {
     const log = o.log ?? (() => undefined);
-    const controller = await Controller.connect(o.controller);
+    const controller = await ResilientController.connect(o.controller);
     const server = new NbdServer(o.nbdServer);
     const s = new ControllerSession(o.name, controller, server, o);
     try {
@@ -90,6 +168,7 @@ export class ControllerSession {
       await s.listen();
       for (const sk of s.skipped) log(`${o.name}: namespace ${sk.nsid} not exported: ${sk.reason}`);
       if (o.attach === true) await s.attachAll();
+      s.watchController();
       return s;
     } catch (err) {
       await s.close().catch(() => undefined);
@@ -97,32 +176,125 @@ export class ControllerSession {
     }
   }
 
+  /** Controller state: live, connecting, deleting, dead. */
+  get state(): CtrlStateValue {
+    return this.controller.state;
+  }
+
+  /** Successful reconnects since the session opened. */
+  get reconnects(): number {
+    return this.controller.reconnects;
+  }
+
+  /** The error that ended the last association, if any. */
+  get lastError(): NvmfNbdError | undefined {
+    return this.controller.lastError;
+  }
+
+  private watchController(): void {
+    const c = this.controller;
+    const log = this.o.log ?? (() => undefined);
+    c.on('state', (st: CtrlStateValue) => {
+      const d = c.describeState();
+      log(`${this.name}: ${st}${st === 'connecting' && d.lastError !== undefined ? ` (${d.lastError.message})` : ''}${st === 'live' && d.reconnects > 0 ? ` (reconnect ${d.reconnects})` : ''}`);
+      this.emit('state', st);
+    });
+    c.on('dead', (err: NvmfNbdError) => {
+      log(`${this.name}: controller removed: ${err.message} (${err.code})`);
+      this.emit('dead', err);
+    });
+    c.on('namespaces', (ch: NamespaceChanges) => {
+      // Mark removed namespaces at once, so their I/O fails with EIO from this moment on.
+      for (const nsid of ch.removed) {
+        const d = this.devices.get(nsid);
+        if (d !== undefined) d.removed = true;
+      }
+      this.nsWork = this.nsWork.then(() => this.applyNamespaceChanges(ch)).catch((err: unknown) => {
+        log(`${this.name}: namespace change not fully applied: ${(err as Error).message}`);
+      });
+    });
+  }
+
+  /** Update exports after a namespace change; then emit `namespaces`. */
+  private async applyNamespaceChanges(ch: NamespaceChanges): Promise<void> {
+    const log = this.o.log ?? (() => undefined);
+    if (this.closed !== undefined) return;
+    for (const nsid of ch.removed) {
+      const i = this.exports.findIndex((e) => e.nsid === nsid);
+      const sk = this.skipped.findIndex((x) => x.nsid === nsid);
+      if (sk >= 0) this.skipped.splice(sk, 1);
+      if (i < 0) continue;
+      const e = this.exports[i] as SessionExport;
+      if (e.device !== undefined) {
+        await detach(e.device).catch((err: unknown) => log(`${e.name}: detach of ${e.device ?? ''} failed: ${(err as Error).message}`));
+        log(`${e.name} detached from ${e.device}: namespace removed`);
+        e.device = undefined;
+      }
+      await this.server.removeExport(e.name).catch(() => undefined);
+      this.exports.splice(this.exports.indexOf(e), 1);
+      this.devices.delete(nsid);
+      log(`${this.name}: namespace ${nsid} removed: export ${e.name} withdrawn`);
+    }
+    for (const nsid of ch.resized) {
+      const e = this.exports.find((x) => x.nsid === nsid);
+      const ns = this.controller.namespaces.get(nsid);
+      if (e === undefined || ns === undefined) continue;
+      e.capacityChanged = Number(ns.nsze) * ns.lbaSize;
+      log(`${this.name}: namespace ${nsid} capacity changed from ${e.size} to ${e.capacityChanged} bytes; connected NBD clients keep the old size until they reconnect`);
+    }
+    for (const nsid of ch.added) {
+      const ns = this.controller.namespaces.get(nsid);
+      if (ns === undefined || this.exports.some((x) => x.nsid === nsid)) continue;
+      const before = this.exports.length;
+      this.addNamespace(ns);
+      if (this.exports.length === before) {
+        log(`${this.name}: namespace ${nsid} added but not exported: ${this.skipped.find((x) => x.nsid === nsid)?.reason ?? ''}`);
+        continue;
+      }
+      await this.listen();
+      const e = this.exports[this.exports.length - 1] as SessionExport;
+      log(`${this.name}: namespace ${nsid} added: export ${e.name}`);
+      if (this.o.attach === true) await this.attachAll();
+    }
+    this.emit('namespaces', ch);
+  }
+
   private addNamespace(ns: NamespaceInfo): void {
     if (!ns.usable) {
       this.skipped.push({ nsid: ns.nsid, reason: ns.reasonIfNot ?? 'unsupported format' });
       return;
     }
-    const device = new NvmeNamespaceDevice(this.controller, ns.nsid, { readOnly: this.o.readOnly });
+    const device = new ExportDevice(new NvmeNamespaceDevice(this.controller, ns.nsid, { readOnly: this.o.readOnly }));
     const name = `${this.name}n${ns.nsid}`;
     const ctrl = this.controller.identify;
     this.server.addExport(name, device, { description: `${ctrl.mn} ${ctrl.sn} nsid ${ns.nsid}` });
+    this.devices.set(ns.nsid, device);
     // The endpoint is filled in by listen().
     this.exports.push({ name, nsid: ns.nsid, size: device.size, blockSize: device.blockSize, endpoint: { unix: '' } });
   }
 
+  /** Give every export without an endpoint one (listening on what is missing). */
   private async listen(): Promise<void> {
     const spec = this.o.nbd;
     if ('tcp' in spec) {
-      const ep = await this.server.listen({ tcp: spec.tcp });
+      this.tcpEndpoint ??= await this.server.listen({ tcp: spec.tcp });
+      const ep = this.tcpEndpoint;
       for (let i = 0; i < this.exports.length; i++) this.exports[i] = { ...(this.exports[i] as SessionExport), endpoint: ep };
       return;
     }
     // One socket per export in a private directory (0700 dir, 0600 sockets): every socket
     // serves every export, but a per-namespace path is what tools and nbd-client are given.
+    // A withdrawn export's socket stays (it serves the other exports); a namespace that comes
+    // back reuses it.
     const dir = path.join(spec.unixDir, this.name);
     for (let i = 0; i < this.exports.length; i++) {
       const e = this.exports[i] as SessionExport;
-      const ep = await this.server.listen({ unix: path.join(dir, `${e.name}.sock`) });
+      const p = path.join(dir, `${e.name}.sock`);
+      let ep = this.unixEndpoints.get(p);
+      if (ep === undefined) {
+        ep = await this.server.listen({ unix: p });
+        this.unixEndpoints.set(p, ep);
+      }
       this.exports[i] = { ...e, endpoint: ep };
     }
   }
@@ -171,6 +343,7 @@ export class ControllerSession {
       serial: c.identify.sn,
       firmware: c.identify.fr,
       ioQueues: c.ioQueueCount,
+      ...c.describeState(),
       exports: this.exports.map((e) => ({
         name: e.name,
         nsid: e.nsid,
@@ -178,6 +351,7 @@ export class ControllerSession {
         blockSize: e.blockSize,
         endpoint: 'unix' in e.endpoint ? `unix:${e.endpoint.unix}` : `tcp:${e.endpoint.tcp.host}:${e.endpoint.tcp.port}`,
         device: e.device ?? null,
+        ...(e.capacityChanged !== undefined ? { capacityChanged: e.capacityChanged } : {}),
       })),
       skipped: this.skipped,
       nbd: this.stats(),
@@ -191,6 +365,7 @@ export class ControllerSession {
       let first: unknown;
       await this.detachAll().catch((err: unknown) => { first ??= err; });
       await this.server.close().catch((err: unknown) => { first ??= err; });
+      await this.nsWork;
       await this.controller.close().catch((err: unknown) => { first ??= err; });
       if (first !== undefined) throw first;
     })();

@@ -12,6 +12,7 @@ import type { OptionSpec } from '../args';
 import type { Verb } from '../verb';
 import { Controller } from '../../controller/controller';
 import type { ControllerOptions, NamespaceInfo } from '../../controller/controller';
+import type { ResilienceOptions } from '../../controller/resilient';
 import { isUuid, loadHostIdentity, stateDir } from '../../controller/host-identity';
 import { ControllerSession, parseNbdSpec } from '../../engine/session';
 import { protectFromOomKiller } from '../../engine/oom';
@@ -40,6 +41,11 @@ export const CONTROLLER_OPTIONS: readonly OptionSpec[] = [
   { long: 'nr-io-queues', short: 'i', type: 'int', metavar: 'N', min: 1, max: 65535, help: 'number of I/O queues (default: CPU count, capped by the controller)' },
   { long: 'queue-size', short: 'Q', type: 'int', metavar: 'N', min: 2, max: 65536, help: 'I/O queue depth', default: 128 },
   { long: 'keep-alive-tmo', short: 'k', type: 'int', metavar: 'SEC', min: 0, max: 4294967, help: 'keep-alive timeout in seconds (0 = off)', default: 5 },
+  // Recovery (Linux nvme-fabrics reconnect_delay, ctrl_loss_tmo, fast_io_fail_tmo; nvme_core io_timeout).
+  { long: 'reconnect-delay', short: 'c', type: 'int', metavar: 'SEC', min: 1, max: 86400, help: 'seconds between reconnect attempts after a lost connection', default: 10 },
+  { long: 'ctrl-loss-tmo', short: 'l', type: 'int', metavar: 'SEC', min: -1, max: 31536000, help: 'give up reconnecting (I/O fails with EIO) after SEC; -1 = never', default: 600 },
+  { long: 'fast-io-fail-tmo', type: 'int', metavar: 'SEC', min: -1, max: 31536000, help: 'fail held I/O with EIO after SEC while reconnecting goes on; -1 = off', default: -1 },
+  { long: 'io-timeout', type: 'int', metavar: 'SEC', min: 1, max: 4294967, help: 'per-command timeout; a timeout reconnects the controller', default: 30 },
 ];
 
 /** Options of connect (exported so the NBD server can append `--nbd`/`--attach`). */
@@ -75,7 +81,7 @@ export function addressFromArgs(opts: Record<string, unknown>): { traddr: string
 }
 
 /** Build ControllerOptions from connect's parsed flags (Linux defaults for what is absent). */
-export function controllerOptionsFromArgs(opts: Record<string, unknown>): ControllerOptions & { format: OutputFormat } {
+export function controllerOptionsFromArgs(opts: Record<string, unknown>): ControllerOptions & ResilienceOptions & { format: OutputFormat } {
   const a = addressFromArgs(opts);
   const subnqn = requireString(opts, 'nqn', '-n/--nqn');
   if (Buffer.byteLength(subnqn) > 223) usageError('-n/--nqn: longer than 223 bytes');
@@ -85,12 +91,28 @@ export function controllerOptionsFromArgs(opts: Record<string, unknown>): Contro
     nrIoQueues: typeof opts['nr-io-queues'] === 'number' ? opts['nr-io-queues'] : os.cpus().length,
     queueSize: typeof opts['queue-size'] === 'number' ? opts['queue-size'] : 128,
     kato,
+    ...resilienceFromArgs(opts),
     format: a.format,
   };
 }
 
+/** -c/-l/--fast-io-fail-tmo/--io-timeout (seconds) → ms options; absent flags stay absent. */
+export function resilienceFromArgs(opts: Record<string, unknown>): ResilienceOptions & { ioTimeoutMs?: number } {
+  const ms = (name: string): number | undefined => {
+    const v = opts[name];
+    if (typeof v !== 'number') return undefined;
+    return v < 0 ? -1 : v * 1000;
+  };
+  const out: ResilienceOptions & { ioTimeoutMs?: number } = {
+    reconnectDelayMs: ms('reconnect-delay'), ctrlLossTmoMs: ms('ctrl-loss-tmo'),
+    fastIoFailTmoMs: ms('fast-io-fail-tmo'), ioTimeoutMs: ms('io-timeout'),
+  };
+  for (const k of Object.keys(out) as Array<keyof typeof out>) if (out[k] === undefined) delete out[k];
+  return out;
+}
+
 /** Linux's host defaults: queue size 128, I/O queues = CPU count (capped by the controller), KATO 5 s. */
-export function withLinuxDefaults(o: ControllerOptions): ControllerOptions {
+export function withLinuxDefaults<T extends ControllerOptions>(o: T): T {
   return { nrIoQueues: os.cpus().length, queueSize: 128, kato: 5000, ...o };
 }
 
@@ -114,8 +136,11 @@ export function describeNamespace(ns: NamespaceInfo): Record<string, unknown> {
   };
 }
 
+/** What describeController/formatController read: a Controller or a ResilientController. */
+export type DescribableController = Pick<Controller, 'cntlid' | 'options' | 'identify' | 'ioQueueCount' | 'maxTransfer'> & { readonly namespaces: ReadonlyMap<number, NamespaceInfo> };
+
 /** A JSON-friendly description of a connected controller. */
-export function describeController(c: Controller): Record<string, unknown> {
+export function describeController(c: DescribableController): Record<string, unknown> {
   return {
     cntlid: c.cntlid,
     subnqn: c.options.subnqn,
@@ -132,7 +157,7 @@ export function describeController(c: Controller): Record<string, unknown> {
 }
 
 /** Human rendering of {@link describeController}. */
-export function formatController(c: Controller): string {
+export function formatController(c: DescribableController): string {
   const head = `controller ${c.cntlid}: ${c.options.subnqn} at ${c.options.traddr}:${c.options.trsvcid}\n` +
     `  model ${c.identify.mn}, serial ${c.identify.sn}, firmware ${c.identify.fr}, ${c.ioQueueCount} I/O queues\n`;
   const rows = [...c.namespaces.values()].map((ns) => [
