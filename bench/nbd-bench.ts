@@ -9,10 +9,11 @@
  *
  * CPU budget: fio, nbdkit and the bridge all run on `--cpu` (default 1) via `taskset -c`, so the
  * baseline's client+server and the bridge's client+server have the same single core; the embedded
- * target runs on `--target-cpu` (default 0) so its cost is not charged to the bridge. `--profile`
- * runs the bridge under `node --cpu-prof` for one job only (default 4K QD32 random read) and
- * prints the functions with the most self time. `--batch-writes` is a what-if experiment: it
- * patches socket uncork in the named process(es) so each tick's writes leave in one writev.
+ * target runs on `--target-cpu` (default 0) so its cost is not charged to the bridge.
+ * `--profile` CPU-profiles the bridge (V8 profiler via node:inspector) during one job only
+ * (default 4K QD32 random read; not the connect or prefill) and prints the functions with the
+ * most self time. `--batch-writes` is a what-if experiment: it patches socket uncork in the
+ * named process(es) so each tick's writes leave in one writev.
  *
  * Exit status: 0 done, 1 a failure, 2 a prerequisite (fio with the nbd engine, nbdkit) missing.
  */
@@ -54,6 +55,8 @@ interface FioResult {
   p99us: number;
   /** CPU time the server process used per I/O during the job (µs), when measurable. */
   serverCpuUsPerIo?: number;
+  /** Server CPU time / wall time during the job (%): near 100 means the server is the bottleneck. */
+  serverBusyPct?: number;
 }
 
 interface FioJsonSide { iops: number; bw_bytes: number; clat_ns?: { percentile?: Record<string, number> } }
@@ -160,8 +163,10 @@ function fioArgv(o: Opts, uri: string, job: Job | 'prefill'): string[] {
 /** Run one fio job pinned to `o.cpu`; `serverPid` is charged CPU time per I/O. */
 async function fio(o: Opts, uri: string, job: Job | 'prefill', serverPid?: number): Promise<FioResult> {
   const cpu0 = serverPid === undefined ? undefined : procCpuMicros(serverPid);
+  const t0 = process.hrtime.bigint();
   const r = await run(pinned(o.cpu, fioArgv(o, uri, job)).argv);
   const cpu1 = serverPid === undefined ? undefined : procCpuMicros(serverPid);
+  const wallUs = Number(process.hrtime.bigint() - t0) / 1000;
   const brace = r.stdout.indexOf('{');
   if (r.code !== 0 || brace < 0) throw new Error(`fio ${job === 'prefill' ? job : job.name} on ${uri} failed (${r.code}): ${r.stderr.trim() || r.stdout.slice(0, 2000)}`);
   const out = JSON.parse(r.stdout.slice(brace)) as FioJson;
@@ -171,7 +176,10 @@ async function fio(o: Opts, uri: string, job: Job | 'prefill', serverPid?: numbe
   const ios = side.iops * (o.runtime + o.ramp);
   const res: FioResult = { iops: side.iops, mibps: side.bw_bytes / MiB, p99us: (side.clat_ns?.percentile?.['99.000000'] ?? NaN) / 1000 };
   // CPU is sampled over the whole fio run (ramp included), so divide by the I/Os of that span.
-  if (cpu0 !== undefined && cpu1 !== undefined && ios > 0) res.serverCpuUsPerIo = (cpu1 - cpu0) / ios;
+  if (cpu0 !== undefined && cpu1 !== undefined && ios > 0) {
+    res.serverCpuUsPerIo = (cpu1 - cpu0) / ios;
+    res.serverBusyPct = (100 * (cpu1 - cpu0)) / wallUs;
+  }
   return res;
 }
 
@@ -215,8 +223,9 @@ async function main(): Promise<void> {
     // (b) the bridge over the embedded target
     const target = await startTargetProc({ cpu: o.targetCpu, sizeBytes: 1024 * MiB, batchWrites: o.batchWrites === 'target' || o.batchWrites === 'both' });
     helpers.push(target as Helper<unknown>);
-    const nodeArgs = profDir !== undefined ? ['--cpu-prof', `--cpu-prof-dir=${profDir}`] : [];
-    const bridgeArgv = pinned(o.cpu, [process.execPath, ...nodeArgs, path.join(BENCH_DIST_DIR, 'bridge-proc.js'),
+    const profFile = profDir === undefined ? undefined : path.join(profDir, `bridge-${o.profileJob}.cpuprofile`);
+    const bridgeArgv = pinned(o.cpu, [process.execPath, path.join(BENCH_DIST_DIR, 'bridge-proc.js'),
+      ...(profFile !== undefined ? ['--cpu-profile', profFile] : []),
       '--trsvcid', String(target.ready.port), '--subnqn', BENCH_SUBNQN, ...(o.queues !== undefined ? ['--queues', String(o.queues)] : []),
       ...(o.batchWrites === 'bridge' || o.batchWrites === 'both' ? ['--batch-writes'] : [])]).argv;
     const bridge = await spawnHelper<{ port: number; exports: string[]; ioQueues: number }>(bridgeArgv);
@@ -228,18 +237,17 @@ async function main(): Promise<void> {
     await fio(o, kitUri, 'prefill');
     await fio(o, bridgeUri, 'prefill');
 
-    if (profDir !== undefined) {
+    if (profFile !== undefined) {
       const job = JOBS.find((j) => j.name === o.profileJob);
       if (job === undefined) throw new Error(`unknown --profile-job ${o.profileJob}`);
-      // Only the profiled job runs after the prefill; the prefill's samples are in the profile
-      // too but are a small share of the time.
+      // The profiler runs only during this job (SIGUSR2 on, shutdown off): not the prefill.
+      bridge.child.kill('SIGUSR2');
+      await sleep(200);
       const r = await fio(o, bridgeUri, job, bridgePid);
-      process.stdout.write(`profiled ${job.name}: bridge ${fmt(r.iops, 0)} IOPS (slower than unprofiled), ${fmt(r.serverCpuUsPerIo)} µs CPU/IO\n`);
+      process.stdout.write(`profiled ${job.name}: bridge ${fmt(r.iops, 0)} IOPS (profiler on), ${fmt(r.serverCpuUsPerIo)} µs CPU/IO, busy ${fmt(r.serverBusyPct, 0)} %\n`);
       await bridge.stop(15_000);
-      const files = fs.readdirSync(profDir).filter((f) => f.endsWith('.cpuprofile'));
-      if (files[0] === undefined) throw new Error(`no .cpuprofile written in ${profDir}`);
-      const file = path.join(profDir, files[0]);
-      process.stdout.write(`\n${summariseProfile(file, 10)}\nfull profile: ${file} (open in Chrome DevTools → Performance)\n`);
+      if (!fs.existsSync(profFile)) throw new Error(`no profile written to ${profFile}: ${bridge.stderr()}`);
+      process.stdout.write(`\n${summariseProfile(profFile, 10)}\nfull profile: ${profFile} (open in Chrome DevTools → Performance)\n`);
       return;
     }
 
@@ -252,14 +260,14 @@ async function main(): Promise<void> {
         fmt(a.iops, 0), fmt(b.iops, 0), `${fmt(b.iops / a.iops, 2)}`,
         fmt(a.mibps), fmt(b.mibps),
         fmt(a.p99us, 0), fmt(b.p99us, 0),
-        fmt(a.serverCpuUsPerIo), fmt(b.serverCpuUsPerIo),
+        fmt(a.serverCpuUsPerIo), fmt(b.serverCpuUsPerIo), fmt(b.serverBusyPct, 0),
       ]);
       process.stderr.write(`nbd-bench: ${job.name} done\n`);
     }
     const mem = procMemory(bridgePid);
-    process.stdout.write(`${table(['job', 'base IOPS', 'bridge IOPS', 'b/a', 'base MiB/s', 'bridge MiB/s', 'base p99 µs', 'bridge p99 µs', 'base CPU µs/IO', 'bridge CPU µs/IO'], rows)}\n`);
+    process.stdout.write(`${table(['job', 'base IOPS', 'bridge IOPS', 'b/a', 'base MiB/s', 'bridge MiB/s', 'base p99 µs', 'bridge p99 µs', 'base CPU µs/IO', 'bridge CPU µs/IO', 'bridge busy %'], rows)}\n`);
     process.stdout.write(`bridge peak RSS (VmHWM): ${mem === undefined ? '?' : `${fmt(mem.hwmKiB / 1024)} MiB`}, RSS now ${mem === undefined ? '?' : `${fmt(mem.rssKiB / 1024)} MiB`}\n`);
-    process.stdout.write('base = nbdkit memory; bridge = nvmf-nbd NBD server + NVMe/TCP host → embedded target; CPU µs/IO = server process CPU time per I/O (nbdkit vs bridge; target not included)\n');
+    process.stdout.write('base = nbdkit memory; bridge = nvmf-nbd NBD server + NVMe/TCP host → embedded target; CPU µs/IO = server process CPU time per I/O (nbdkit vs bridge; target not included); busy % = bridge CPU time / job wall time\n');
   } finally {
     killKit();
     for (const h of helpers.reverse()) await h.stop();

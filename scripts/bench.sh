@@ -15,7 +15,7 @@
 #                      the embedded one) --nsid N --runtime S --ramp S --queues N --queue-size N
 #                      --region MiB --jobs ... --no-prefill --target-cpu N
 #                      (WRITES DESTROY DATA in the first --region MiB of the namespace)
-#   --only profile     the bridge under `node --cpu-prof` for one job (default 4k-randread-qd32,
+#   --only profile     CPU-profile the bridge (V8 profiler) during one job (default 4k-randread-qd32,
 #                      --profile-job NAME to change) and its top-10 self-time functions
 # Environment: BENCH_RUNTIME (seconds per job, default 5), BENCH_RAMP (warm-up seconds, default 1),
 #   BENCH_CPU (core for fio + NBD server / engine, default 1), NVMF_NBD_SETUP_ARGS (extra setup.sh options).
