@@ -4,9 +4,9 @@
  * a restarted daemon reconnects what was connected and serves the same NBD endpoints.
  *
  * Restart after a crash (SIGKILL): every state entry is reconnected in the background (retrying
- * every reconnect delay while the target is down). An export whose kernel device is still held
- * by a persist-mode `nbd-client -p` is served again at the same socket path / TCP port, and the
- * device is adopted rather than attached twice: nbd-client reconnects by itself.
+ * every reconnect delay while the target is down, up to ctrl_loss_tmo). An export whose kernel
+ * device is still held (a persist-mode `nbd-client -p`) is served again at the same socket path /
+ * TCP port, and the device is adopted rather than attached twice.
  *
  * Shutdown (SIGTERM/SIGINT → {@link Daemon.shutdown}): stop accepting control connections, then
  * per controller detach the kernel devices (unless keepAttached), drain NBD, CC.SHN; remove the
@@ -73,10 +73,12 @@ export interface DaemonOptions {
 
 /** Controller states as `list` shows them. */
 export const EntryState = {
+  /** Not connected yet (restored from the state file; retrying every reconnect delay). */
   CONNECTING: 'connecting',
+  /** A session exists; its controller's own state (live/connecting/deleting/dead) is shown. */
   LIVE: 'live',
-  RECONNECTING: 'reconnecting',
-  FAILED: 'failed',
+  /** The controller gave up (ctrl_loss_tmo, subsystem changed): I/O fails with EIO. */
+  DEAD: 'dead',
   CLOSING: 'closing',
 } as const;
 export type EntryStateValue = (typeof EntryState)[keyof typeof EntryState];
@@ -88,7 +90,7 @@ interface Entry {
   session: ControllerSession | undefined;
   /** Devices from the state file (or a lost session) to adopt when the session comes back. */
   adopt: StateDevice[];
-  lastError: string | undefined;
+  lastError: { code: string; message: string } | undefined;
   attempts: number;
   since: number;
   timer: NodeJS.Timeout | undefined;
@@ -405,22 +407,20 @@ export class Daemon {
     this.watch(e, session);
   }
 
-  /** A lost controller: drop the session without detaching, and reconnect like at start. */
+  /**
+   * The session repairs lost connections itself (ResilientController). When its controller gives
+   * up (ctrl_loss_tmo, subsystem changed) the entry is dead, as Linux deletes the controller: it
+   * stays listed (I/O fails with EIO, the kernel devices stay) until `disconnect`.
+   */
   private watch(e: Entry, session: ControllerSession): void {
-    const ctrl = session.controller as unknown as { once(ev: 'close', fn: (err?: Error) => void): unknown; on(ev: 'error', fn: () => void): unknown };
-    ctrl.on('error', () => undefined);
-    ctrl.once('close', (err?: Error) => {
-      if (e.closing || !this.running || e.session !== session) return;
-      e.lastError = err?.message ?? 'controller closed';
-      this.log(`${e.name}: controller lost (${e.lastError}); reconnecting`);
-      e.adopt = session.exports.filter((x) => x.device !== undefined).map((x) => ({ export: x.name, device: x.device as string }));
-      // Keep the kernel devices: the persist-mode client reconnects to the new session.
-      for (const x of session.exports) x.device = undefined;
-      e.session = undefined;
-      e.state = EntryState.RECONNECTING;
-      e.since = Date.now();
-      void session.close().catch(() => undefined).then(() => this.scheduleRetry(e));
+    session.on('dead', (err: Error & { code?: string }) => {
+      if (e.closing || e.session !== session) return;
+      e.state = EntryState.DEAD;
+      e.lastError = { code: err.code ?? 'error', message: err.message };
+      this.log(`${e.name}: dead: ${err.message}; 'nvmf-nbd disconnect -d ${e.name}' removes it`);
     });
+    // Changed namespaces change the exports (and attached devices): keep the state file current.
+    session.on('namespaces', () => void this.saveState());
   }
 
   private async tryOpen(e: Entry): Promise<void> {
@@ -432,8 +432,8 @@ export class Daemon {
       await this.saveState();
     } catch (err) {
       if (e.closing || !this.running) return;
-      e.lastError = (err as Error).message;
-      this.log(`${e.name}: connect failed: ${e.lastError}`);
+      e.lastError = { code: (err as { code?: string }).code ?? 'error', message: (err as Error).message };
+      this.log(`${e.name}: connect failed: ${e.lastError.message}`);
       this.scheduleRetry(e);
     }
   }
@@ -443,11 +443,11 @@ export class Daemon {
     const delayS = typeof e.args['reconnect-delay'] === 'number' ? e.args['reconnect-delay'] : DEFAULT_RECONNECT_DELAY_S;
     const lossS = typeof e.args['ctrl-loss-tmo'] === 'number' ? e.args['ctrl-loss-tmo'] : DEFAULT_CTRL_LOSS_TMO_S;
     if (lossS >= 0 && Date.now() - e.since > lossS * 1000) {
-      e.state = EntryState.FAILED;
+      e.state = EntryState.DEAD;
       this.log(`${e.name}: giving up after ctrl-loss-tmo ${lossS} s`);
       return;
     }
-    e.state = e.attempts === 0 ? EntryState.CONNECTING : EntryState.RECONNECTING;
+    e.state = EntryState.CONNECTING;
     e.timer = setTimeout(() => void this.tryOpen(e), Math.max(1, delayS) * 1000);
   }
 
@@ -522,13 +522,9 @@ export class Daemon {
     };
     const s = e.session;
     if (s === undefined) return { ...base, exports: e.adopt.map((d) => ({ name: d.export, device: d.device })) };
-    const ctrl = s.controller as unknown as { describeState?: () => unknown };
-    return {
-      ...base,
-      ...s.describe(),
-      ...(typeof ctrl.describeState === 'function' ? { controller: ctrl.describeState() } : {}),
-      state: e.state,
-    };
+    // The session's description carries the controller's own state (live, connecting while
+    // it reconnects, deleting, dead), reconnects, attempts and last error.
+    return { ...base, ...s.describe(), ...(e.closing ? { state: EntryState.CLOSING } : {}) };
   }
 
   private live(a: Record<string, unknown>): ControllerSession {
@@ -536,7 +532,7 @@ export class Daemon {
     if (name === undefined) throw new NvmfNbdError(ErrorCode.CLI_USAGE, 'a controller name (nvmeX) is required');
     const e = this.entries.get(name);
     if (e === undefined) throw new NvmfNbdError(ErrorCode.NO_SUCH_CONTROLLER, `no controller ${name}`);
-    if (e.session === undefined) throw new NvmfNbdError(ErrorCode.CONNECTION_CLOSED, `${name} is ${e.state}${e.lastError !== undefined ? `: ${e.lastError}` : ''}`);
+    if (e.session === undefined) throw new NvmfNbdError(ErrorCode.CONNECTION_CLOSED, `${name} is ${e.state}${e.lastError !== undefined ? `: ${e.lastError.message}` : ''}`);
     return e.session;
   }
 
@@ -549,6 +545,8 @@ export class Daemon {
   private async idNs(a: Record<string, unknown>): Promise<unknown> {
     const s = this.live(a);
     const nsid = argInt(a, 'nsid', 1, 0xfffffffe);
+    // As the direct id-ns: an inactive namespace is an error, not a page of zeroes.
+    if (!s.controller.namespaces.has(nsid)) throw new NvmfNbdError(ErrorCode.NAMESPACE_NOT_FOUND, `namespace ${nsid} is not active on ${s.name}`);
     const r = await s.controller.adminCommand(sqeIdentify(Cns.NAMESPACE, nsid), { dataInLength: 4096 });
     return { name: s.name, nsid, raw: (r.data as Buffer).toString('base64') };
   }

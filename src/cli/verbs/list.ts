@@ -12,8 +12,8 @@ interface ListedExport { name?: string; nsid?: number; size?: number; blockSize?
 interface ListedQueue { qid?: number; commands?: number; bytesIn?: number; bytesOut?: number; errors?: number; inFlight?: number; waiting?: number }
 interface ListedController {
   name?: string; state?: string; subnqn?: string; traddr?: string; trsvcid?: number; cntlid?: number; model?: string;
-  lastError?: string | null; exports?: ListedExport[]; queues?: { admin?: ListedQueue; io?: ListedQueue[] };
-  controller?: unknown;
+  reconnects?: number; lastError?: { code?: string; message?: string } | null; exports?: ListedExport[];
+  queues?: { admin?: ListedQueue; io?: ListedQueue[] };
 }
 
 function cell(v: unknown): string {
@@ -24,12 +24,11 @@ function cell(v: unknown): string {
 export function formatList(controllers: readonly ListedController[]): string {
   if (controllers.length === 0) return 'no controllers\n';
   const rows = controllers.map((c) => [
-    cell(c.name), cell(c.state), cell(c.subnqn), `${cell(c.traddr)}:${cell(c.trsvcid)}`, cell(c.cntlid), cell(c.model),
+    cell(c.name), cell(c.state), cell(c.subnqn), `${cell(c.traddr)}:${cell(c.trsvcid)}`, cell(c.cntlid), cell(c.reconnects ?? 0), cell(c.model),
   ]);
-  let out = formatTable(['NAME', 'STATE', 'SUBNQN', 'ADDRESS', 'CNTLID', 'MODEL'], rows);
+  let out = formatTable(['NAME', 'STATE', 'SUBNQN', 'ADDRESS', 'CNTLID', 'RECONNECTS', 'MODEL'], rows);
   for (const c of controllers) {
-    if (c.lastError !== undefined && c.lastError !== null) out += `\n${cell(c.name)}: last error: ${c.lastError}\n`;
-    if (c.controller !== undefined) out += `\n${cell(c.name)}: ${typeof c.controller === 'string' ? c.controller : JSON.stringify(c.controller)}\n`;
+    if (c.lastError !== undefined && c.lastError !== null) out += `\n${cell(c.name)}: last error: ${cell(c.lastError.message)} (${cell(c.lastError.code)})\n`;
     const ex = c.exports ?? [];
     if (ex.length > 0) {
       out += `\n${formatTable(['EXPORT', 'NSID', 'SIZE', 'LBA', 'NBD ENDPOINT', 'DEVICE'], ex.map((e) => [
