@@ -271,3 +271,18 @@ test('diffNamespaces reports added, removed and resized namespaces', () => {
   const b = new Map([[1, ns(1, 200n)], [3, ns(3, 100n)]]);
   assert.deepEqual(diffNamespaces(a, b), { added: [3], removed: [2], resized: [1] });
 });
+
+test('connect flags -c/-l/--fast-io-fail-tmo/--io-timeout become the recovery options in ms', async () => {
+  const { parseArgs } = await import('../../src/cli/args');
+  const { CONNECT_OPTIONS, controllerOptionsFromArgs } = await import('../../src/cli/verbs/connect');
+  const base = ['-t', 'tcp', '-a', '127.0.0.1', '-n', NQN, '-q', HOSTNQN, '-I', HOSTID];
+  const o = controllerOptionsFromArgs(parseArgs([...base, '-c', '2', '-l', '-1', '--fast-io-fail-tmo', '5', '--io-timeout', '7'], CONNECT_OPTIONS).options);
+  assert.equal(o.reconnectDelayMs, 2000);
+  assert.equal(o.ctrlLossTmoMs, -1);
+  assert.equal(o.fastIoFailTmoMs, 5000);
+  assert.equal(o.ioTimeoutMs, 7000);
+  // Absent flags: Linux's defaults (reconnect_delay 10 s, ctrl_loss_tmo 600 s, fast_io_fail off, io_timeout 30 s).
+  const d = controllerOptionsFromArgs(parseArgs(base, CONNECT_OPTIONS).options);
+  assert.deepEqual([d.reconnectDelayMs, d.ctrlLossTmoMs, d.fastIoFailTmoMs, d.ioTimeoutMs], [10_000, 600_000, -1, 30_000]);
+  assert.throws(() => parseArgs([...base, '-l', '-2'], CONNECT_OPTIONS), (e: NvmfNbdError) => e.code === ErrorCode.CLI_USAGE);
+});
