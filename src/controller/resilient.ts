@@ -303,7 +303,9 @@ export class ResilientController extends EventEmitter implements NamespaceBacken
         this.failHeld(this.eio(ErrorCode.CONTROLLER_LOST, `fast_io_fail_tmo (${fastTmo} ms) expired while reconnecting`));
       }, fastTmo);
     }
-    this.recovering = this.recover(ctrl);
+    // recover() handles its own failures; a throwing event listener must not become an
+    // unhandled rejection that kills the process.
+    this.recovering = this.recover(ctrl).catch((err: unknown) => { this.emit('warning', err); });
   }
 
   /** Sleep that {@link close} and {@link die} cut short. */

@@ -9,6 +9,8 @@
  *   zero lost writes, I/O resumed.
  * - b (TCP connections cut mid-transfer by a proxy in front of the hostfwd port): zero lost
  *   writes, I/O resumed.
+ * - c (stalled link: the proxy stops forwarding for 5 s): keep-alive / receive watchdog detect
+ *   it within ~KATO, reconnect succeeds once traffic flows, zero lost writes.
  * - e (namespace added and removed at runtime through configfs): the AEN reaches the host, a new
  *   export serves I/O; after removal its I/O fails and the export is gone; zero lost writes on
  *   namespace 1.
@@ -21,7 +23,7 @@ import { ControllerSession } from '../../src/engine/session';
 import type { ResilienceOptions } from '../../src/controller/resilient';
 import { need } from '../helpers/prereq';
 import { Guest, addNvmetNamespace, addNvmetPort, guestAvailable, removeNvmetNamespace, removeNvmetPort, setupNvmet } from '../helpers/guest';
-import { FaultProxy } from '../helpers/fault-proxy';
+import { FaultProxy, ProxyMode } from '../helpers/fault-proxy';
 import { NbdTestClient } from '../helpers/nbd-test-client';
 import { VerifyWorkload } from '../helpers/verify-workload';
 
@@ -133,6 +135,19 @@ test('scenario b: TCP connections to nvmet cut mid-transfer by a proxy', { timeo
   const proxy = await FaultProxy.start({ port: guestPort });
   try {
     await recoverScenario('b', proxy.port, async () => { proxy.cutAll(); });
+  } finally {
+    await proxy.close();
+  }
+});
+
+test('scenario c: stalled link to nvmet (proxy stops forwarding) detected by keep-alive', { timeout: 150_000 }, async (t) => {
+  if (!prereq(t)) return;
+  const proxy = await FaultProxy.start({ port: guestPort });
+  try {
+    await recoverScenario('c', proxy.port, async () => {
+      proxy.setMode(ProxyMode.STALL);
+      setTimeout(() => { proxy.setMode(ProxyMode.FORWARD); }, 5000).unref();
+    });
   } finally {
     await proxy.close();
   }
