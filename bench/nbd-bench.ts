@@ -121,18 +121,16 @@ function freePort(): Promise<number> {
   });
 }
 
-/** Resolve once something accepts TCP connections on 127.0.0.1:port. */
-async function waitPort(port: number, timeoutMs: number): Promise<void> {
+/**
+ * Resolve once nbdkit has written its pidfile (`-P`), which it does only when it is ready to
+ * accept connections — no probe connection, so nbdkit logs no "connection reset" error.
+ */
+async function waitPidfile(file: string, child: import('node:child_process').ChildProcess, timeoutMs: number): Promise<void> {
   const until = Date.now() + timeoutMs;
-  for (;;) {
-    const ok = await new Promise<boolean>((resolve) => {
-      const s = net.connect({ host: '127.0.0.1', port });
-      s.once('connect', () => { s.destroy(); resolve(true); });
-      s.once('error', () => resolve(false));
-    });
-    if (ok) return;
-    if (Date.now() > until) throw new Error(`nothing listening on 127.0.0.1:${port} after ${timeoutMs} ms`);
-    await sleep(100);
+  while (!fs.existsSync(file)) {
+    if (child.exitCode !== null || child.signalCode !== null) throw new Error(`nbdkit exited (${child.exitCode ?? child.signalCode}) before it was ready`);
+    if (Date.now() > until) throw new Error(`nbdkit not ready after ${timeoutMs} ms`);
+    await sleep(50);
   }
 }
 
@@ -209,15 +207,17 @@ async function main(): Promise<void> {
 
   const helpers: Array<Helper<unknown>> = [];
   let killKit = (): void => undefined;
+  const workDir = fs.mkdtempSync(path.join(os.tmpdir(), 'nvmf-nbd-bench-'));
   const profDir = o.profile ? fs.mkdtempSync(path.join(os.tmpdir(), 'nvmf-nbd-prof-')) : undefined;
   try {
     // (a) the NBD-only baseline
     const kitPort = await freePort();
-    const kitArgv = pinned(o.cpu, ['nbdkit', '-f', '--exit-with-parent', '-i', '127.0.0.1', '-p', String(kitPort), 'memory', '1G']).argv;
+    const pidfile = path.join(workDir, 'nbdkit.pid');
+    const kitArgv = pinned(o.cpu, ['nbdkit', '-f', '--exit-with-parent', '-P', pidfile, '-i', '127.0.0.1', '-p', String(kitPort), 'memory', '1G']).argv;
     const kit = spawn(kitArgv[0] as string, kitArgv.slice(1), { stdio: ['ignore', 'ignore', 'inherit'] });
     killKit = (): void => { if (kit.exitCode === null && kit.signalCode === null) kit.kill('SIGKILL'); };
     process.on('exit', killKit);
-    await waitPort(kitPort, 10_000);
+    await waitPidfile(pidfile, kit, 10_000);
     const kitUri = `nbd://127.0.0.1:${kitPort}/`;
 
     // (b) the bridge over the embedded target
@@ -271,6 +271,7 @@ async function main(): Promise<void> {
   } finally {
     killKit();
     for (const h of helpers.reverse()) await h.stop();
+    fs.rmSync(workDir, { recursive: true, force: true });
   }
 }
 
