@@ -16,6 +16,7 @@ import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
+import { spawn } from 'node:child_process';
 import { ErrorCode, NvmfNbdError } from '../errors';
 import type { OptionSpec } from '../cli/args';
 import { ControllerSession, parseNbdSpec } from './session';
@@ -25,6 +26,10 @@ import type { ControlRequest, ControlResponse } from './control';
 import { allocateName, readState, withoutSecrets, writeState } from './state-file';
 import type { StateController, StateDevice } from './state-file';
 import { AdminOpcode, Cns, sqeGetLogPage, sqeIdentify } from '../wire';
+import {
+  ChunkQueue, InfoType, MAX_OPTION_LENGTH, NBD_IHAVEOPT, NBD_MAGIC, NBD_OPT_REPLY_MAGIC, NBD_REQUEST_MAGIC, NBD_SIMPLE_REPLY_MAGIC,
+  ClientFlag, Opt, REQUEST_HEADER_SIZE, Rep, SIMPLE_REPLY_SIZE,
+} from '../wire/nbd';
 
 /** Where the daemon serves NBD by default: a directory of Unix sockets, or TCP from a base port. */
 export type DaemonNbdSpec = { unixDir: string } | { tcp: { host: string; basePort: number } };
@@ -66,6 +71,13 @@ export interface DaemonOptions {
   readonly connect: ConnectBinding;
   /** Session factory (tests inject fakes). Default {@link ControllerSession.open}. */
   readonly openSession?: (o: SessionOptions) => Promise<ControllerSession>;
+  /**
+   * Sticky NBD endpoints (see {@link NbdHolder}): each controller's public TCP endpoint belongs to
+   * a holder process that outlives the daemon. Needs `nbd` tcp with a fixed base port.
+   * `command` starts the CLI (`[node, main.js]`); `holdMs` bounds how long a holder keeps a client
+   * connection without a daemon.
+   */
+  readonly sticky?: { readonly command: readonly string[]; readonly holdMs: number };
   /** Is this kernel device still held (by a persist-mode nbd-client)? Default: sysfs + /proc. */
   readonly deviceInUse?: (device: string) => Promise<boolean>;
   readonly log?: (msg: string) => void;
@@ -95,6 +107,8 @@ interface Entry {
   since: number;
   timer: NodeJS.Timeout | undefined;
   closing: boolean;
+  /** Sticky mode: the holder's public endpoint and pid. */
+  holder: { host: string; port: number; pid: number; backend: string } | undefined;
 }
 
 /** Default reconnect delay (Linux `reconnect_delay`), seconds. */
@@ -207,6 +221,9 @@ export class Daemon {
    */
   static async start(o: DaemonOptions): Promise<Daemon> {
     const d = new Daemon(o);
+    if (o.sticky !== undefined && !('tcp' in d.nbd && d.nbd.tcp.basePort !== 0)) {
+      throw new NvmfNbdError(ErrorCode.CFG_INVALID, 'sticky NBD endpoints need --nbd tcp:HOST:BASEPORT with a fixed base port');
+    }
     await fsp.mkdir(o.stateDir, { recursive: true, mode: 0o700 });
     await d.prepareControlPath();
     const state = await readState(d.stateFile);
@@ -221,7 +238,7 @@ export class Daemon {
   }
 
   private newEntry(name: string, args: Record<string, unknown>, adopt: StateDevice[] = []): Entry {
-    return { name, args, state: EntryState.CONNECTING, session: undefined, adopt, lastError: undefined, attempts: 0, since: Date.now(), timer: undefined, closing: false };
+    return { name, args, state: EntryState.CONNECTING, session: undefined, adopt, lastError: undefined, attempts: 0, since: Date.now(), timer: undefined, closing: false, holder: undefined };
   }
 
   private async prepareControlPath(): Promise<void> {
@@ -374,10 +391,12 @@ export class Daemon {
   private async open(e: Entry): Promise<void> {
     e.attempts++;
     const args = e.args;
+    const sticky = this.o.sticky !== undefined && typeof args.nbd !== 'string';
     const session = await this.openSession({
       name: e.name,
       controller: this.o.connect.controllerOptions(args),
-      nbd: typeof args.nbd === 'string' ? parseNbdSpec(args.nbd) : endpointFor(e.name, this.nbd),
+      // Sticky: the session serves a private socket; the holder owns the public endpoint.
+      nbd: sticky ? { unixDir: this.holdDir() } : typeof args.nbd === 'string' ? parseNbdSpec(args.nbd) : endpointFor(e.name, this.nbd),
       attach: false,
       connections: typeof args.connections === 'number' ? args.connections : 1,
       readOnly: args['read-only'] === true,
@@ -396,6 +415,7 @@ export class Daemon {
         }
       }
       e.adopt = [];
+      if (sticky) await this.ensureHolder(e, session);
       if (args.attach === true) await session.attachAll();
     } catch (err) {
       await session.close().catch(() => undefined);
@@ -488,9 +508,61 @@ export class Daemon {
     if (e.timer !== undefined) clearTimeout(e.timer);
     e.timer = undefined;
     const s = e.session;
-    if (s === undefined) return;
-    if (keepAttached) for (const x of s.exports) x.device = undefined;
-    await s.close();
+    if (s !== undefined) {
+      if (keepAttached) for (const x of s.exports) x.device = undefined;
+      await s.close();
+    }
+    // A daemon that stops keeps its holders (they exist to outlive it); a disconnect ends them.
+    if (!keepAttached && this.running) this.stopHolder(e);
+  }
+
+  private holdDir(): string {
+    return path.join(this.o.stateDir, 'nbd-hold');
+  }
+
+  /** Reuse the controller's holder when one from before answers for the same endpoints, else start one. */
+  private async ensureHolder(e: Entry, session: ControllerSession): Promise<void> {
+    const sticky = this.o.sticky;
+    const first = session.exports[0];
+    if (sticky === undefined || first === undefined || !('unix' in first.endpoint) || !('tcp' in this.nbd)) return;
+    const pub = endpointFor(e.name, this.nbd) as { tcp: { host: string; port: number } };
+    const want = { host: pub.tcp.host, port: pub.tcp.port, backend: first.endpoint.unix };
+    const pidFile = path.join(this.holdDir(), `${e.name}.holder.json`);
+    const old = await readHolderFile(pidFile);
+    if (old !== undefined && old.host === want.host && old.port === want.port && old.backend === want.backend && processAlive(old.pid)) {
+      e.holder = { ...want, pid: old.pid };
+      this.log(`${e.name}: holder ${old.pid} still holds tcp:${want.host}:${want.port}; its connections resume`);
+      return;
+    }
+    if (old !== undefined && processAlive(old.pid)) process.kill(old.pid, 'SIGTERM');
+    const log = await fsp.open(path.join(this.holdDir(), `${e.name}.holder.log`), 'a', 0o600);
+    const [cmd, ...pre] = sticky.command;
+    const child = spawn(cmd as string, [
+      ...pre, 'daemon', '--holder', `tcp:${want.host}:${want.port}`, '--holder-backend', want.backend,
+      '--holder-pid-file', pidFile, '--hold-time', String(Math.ceil(sticky.holdMs / 1000)),
+    ], { detached: true, stdio: ['ignore', log.fd, log.fd] });
+    child.unref();
+    await log.close();
+    const pid = child.pid ?? -1;
+    // The holder writes its pid file once it listens.
+    for (let i = 0; i < 100; i++) {
+      const f = await readHolderFile(pidFile);
+      if (f?.pid === pid) {
+        e.holder = { ...want, pid };
+        this.log(`${e.name}: holder ${pid} listens on tcp:${want.host}:${want.port}`);
+        return;
+      }
+      if (child.exitCode !== null) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    throw new NvmfNbdError(ErrorCode.NBD_LISTEN_FAILED, `${e.name}: the NBD holder did not start (see ${path.join(this.holdDir(), `${e.name}.holder.log`)})`);
+  }
+
+  private stopHolder(e: Entry): void {
+    const h = e.holder;
+    if (h === undefined) return;
+    e.holder = undefined;
+    if (processAlive(h.pid)) process.kill(h.pid, 'SIGTERM');
   }
 
   private saveState(): Promise<void> {
@@ -524,7 +596,12 @@ export class Daemon {
     if (s === undefined) return { ...base, exports: e.adopt.map((d) => ({ name: d.export, device: d.device })) };
     // The session's description carries the controller's own state (live, connecting while
     // it reconnects, deleting, dead), reconnects, attempts and last error.
-    return { ...base, ...s.describe(), ...(e.closing ? { state: EntryState.CLOSING } : {}) };
+    const d = s.describe();
+    const h = e.holder;
+    if (h !== undefined && Array.isArray(d.exports)) {
+      d.exports = (d.exports as Array<Record<string, unknown>>).map((x) => ({ ...x, endpoint: `tcp:${h.host}:${h.port}`, backend: x.endpoint, holderPid: h.pid }));
+    }
+    return { ...base, ...d, ...(e.closing ? { state: EntryState.CLOSING } : {}) };
   }
 
   private live(a: Record<string, unknown>): ControllerSession {
@@ -638,4 +715,516 @@ export class Daemon {
     })();
     return this.shutdownPromise;
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sticky NBD endpoints: a holder process that keeps NBD client connections open across a
+// daemon restart or crash.
+//
+// Why: a kernel NBD device dies with its connection. nbd-client 3.24 on Linux 6.1 does not
+// reconnect (netlink mode: I/O fails with EIO at once; ioctl mode with -persist: NBD_DO_IT
+// returns 0, "Kernel call returned.", and the client exits), and only netlink
+// NBD_CMD_RECONFIGURE (with a dead-connection timeout) could hand the kernel a new socket, which
+// nbd-client does not do. So with `daemon --sticky-nbd` the public endpoint of each controller
+// belongs to a small holder process that outlives the daemon: it relays every connection to
+// the daemon's private Unix socket, and when that goes away it keeps the client connection,
+// holds its requests, reconnects to the restarted daemon, replays the client's handshake, checks
+// the export size, and re-sends every request that had no reply (NBD reads and writes are
+// idempotent; this is the NVMe host's own re-drive, one layer up).
+// ---------------------------------------------------------------------------------------------
+
+/** NBD command types the relay needs to tell apart (proto.md). */
+const NbdCmd = { READ: 0, WRITE: 1, DISC: 2 } as const;
+/** Bytes of held requests per connection before the holder stops reading the client. */
+const MAX_HELD_BYTES = 256 * 1024 * 1024;
+
+/** One request as the client sent it, kept until its reply arrives. */
+interface HeldRequest {
+  readonly cookie: bigint;
+  readonly type: number;
+  readonly length: number;
+  /** Header and (WRITE) payload, ready to be re-sent. */
+  readonly bytes: Buffer[];
+  readonly size: number;
+}
+
+/**
+ * The client → server byte stream of one NBD connection (pure: no sockets). During the
+ * handshake it records the raw bytes (to replay them to a new server) and notes the options;
+ * in transmission it cuts the stream into requests.
+ * @throws NBD_ERR_PROTOCOL / NBD_ERR_OPTION_TOO_LARGE / NBD_ERR_REQUEST_TOO_LARGE on bad input
+ */
+export class NbdClientStream {
+  private readonly q = new ChunkQueue();
+  private phase: 'flags' | 'options' | 'optionData' | 'transmission' = 'flags';
+  /** Option or request header waiting for its data. */
+  private header: Buffer | undefined;
+  /** Every handshake byte the client sent. */
+  readonly handshake: Buffer[] = [];
+  /** Client flags (NO_ZEROES matters for EXPORT_NAME). */
+  clientFlags = 0;
+  /** The last option sent. */
+  lastOption = -1;
+
+  constructor(private readonly maxPayload = 32 * 1024 * 1024) {}
+
+  /** Server reached transmission: from now on bytes are requests. */
+  startTransmission(): void {
+    this.phase = 'transmission';
+  }
+
+  /** Feed bytes; returns the requests completed by them (none during the handshake). */
+  push(chunk: Buffer): HeldRequest[] {
+    this.q.push(chunk);
+    const out: HeldRequest[] = [];
+    for (;;) {
+      switch (this.phase) {
+        case 'flags': {
+          if (this.q.length < 4) return out;
+          const b = Buffer.from(this.q.take(4));
+          this.clientFlags = b.readUInt32BE(0);
+          this.handshake.push(b);
+          this.phase = 'options';
+          break;
+        }
+        case 'options': {
+          // IHAVEOPT u64 | option u32 | length u32 | data
+          if (this.q.length < 16) return out;
+          const h = Buffer.from(this.q.take(16));
+          if (h.readBigUInt64BE(0) !== NBD_IHAVEOPT) throw new NvmfNbdError(ErrorCode.NBD_PROTOCOL, 'option without IHAVEOPT');
+          if (h.readUInt32BE(12) > MAX_OPTION_LENGTH) throw new NvmfNbdError(ErrorCode.NBD_OPTION_TOO_LARGE, `option of ${h.readUInt32BE(12)} bytes`);
+          this.header = h;
+          this.phase = 'optionData';
+          break;
+        }
+        case 'optionData': {
+          const h = this.header as Buffer;
+          const len = h.readUInt32BE(12);
+          if (this.q.length < len) return out;
+          this.handshake.push(h, Buffer.from(this.q.take(len)));
+          this.lastOption = h.readUInt32BE(8);
+          this.header = undefined;
+          this.phase = 'options';
+          break;
+        }
+        case 'transmission': {
+          // magic u32 | flags u16 | type u16 | cookie u64 | offset u64 | length u32 | [WRITE data]
+          if (this.header === undefined) {
+            if (this.q.length < REQUEST_HEADER_SIZE) return out;
+            const h = Buffer.from(this.q.take(REQUEST_HEADER_SIZE));
+            if (h.readUInt32BE(0) !== NBD_REQUEST_MAGIC) throw new NvmfNbdError(ErrorCode.NBD_BAD_MAGIC, 'bad request magic');
+            if (h.readUInt16BE(6) === NbdCmd.WRITE && h.readUInt32BE(24) > this.maxPayload) {
+              throw new NvmfNbdError(ErrorCode.NBD_REQUEST_TOO_LARGE, `write of ${h.readUInt32BE(24)} bytes`);
+            }
+            this.header = h;
+          }
+          const h = this.header;
+          const type = h.readUInt16BE(6);
+          const length = h.readUInt32BE(24);
+          const payload = type === NbdCmd.WRITE ? length : 0;
+          if (this.q.length < payload) return out;
+          this.header = undefined;
+          const bytes = payload > 0 ? [h, Buffer.from(this.q.take(payload))] : [h];
+          out.push({ cookie: h.readBigUInt64BE(8), type, length, bytes, size: REQUEST_HEADER_SIZE + payload });
+          break;
+        }
+        default: {
+          const never: never = this.phase;
+          throw new Error(`bad phase ${String(never)}`);
+        }
+      }
+    }
+  }
+}
+
+/** What the server side of the handshake said. */
+export interface NbdServerHandshake {
+  /** Export size from NBD_INFO_EXPORT or the EXPORT_NAME reply. */
+  size: bigint | undefined;
+  /** The server accepted structured replies. */
+  structured: boolean;
+}
+
+/**
+ * The server → client byte stream (pure). Handshake: greeting, option replies, until the ACK of
+ * NBD_OPT_GO (or the EXPORT_NAME reply); then simple replies, each returned whole (header and
+ * READ data) so a relay never forwards half a reply.
+ */
+export class NbdServerStream {
+  private readonly q = new ChunkQueue();
+  private phase: 'greeting' | 'replies' | 'replyData' | 'exportName' | 'transmission' = 'greeting';
+  /** Option reply or simple reply header waiting for its data. */
+  private header: Buffer | undefined;
+  readonly info: NbdServerHandshake = { size: undefined, structured: false };
+
+  /**
+   * @param client the same connection's client stream (its last option and flags decide how the
+   *        handshake ends)
+   * @param requestOf the in-flight request of a cookie (undefined: not in flight)
+   */
+  constructor(private readonly client: NbdClientStream, private readonly requestOf: (cookie: bigint) => { type: number; length: number } | undefined) {}
+
+  /**
+   * Feed bytes. `done` is true when these bytes ended the handshake; `replies` are the complete
+   * replies after it.
+   */
+  push(chunk: Buffer): { done: boolean; replies: Array<{ cookie: bigint; bytes: Buffer[] }> } {
+    this.q.push(chunk);
+    const replies: Array<{ cookie: bigint; bytes: Buffer[] }> = [];
+    let done = false;
+    const transmission = (): void => {
+      done = true;
+      this.phase = 'transmission';
+      this.client.startTransmission();
+    };
+    for (;;) {
+      switch (this.phase) {
+        case 'greeting': {
+          // NBDMAGIC u64 | IHAVEOPT u64 | handshake flags u16
+          if (this.q.length < 18) return { done, replies };
+          const g = Buffer.from(this.q.take(18));
+          if (g.readBigUInt64BE(0) !== NBD_MAGIC || g.readBigUInt64BE(8) !== NBD_IHAVEOPT) throw new NvmfNbdError(ErrorCode.NBD_PROTOCOL, 'not a fixed-newstyle NBD server');
+          this.phase = 'replies';
+          break;
+        }
+        case 'replies': {
+          // EXPORT_NAME has no reply header: size u64 | flags u16 | [124 zeroes]
+          if (this.client.lastOption === Opt.EXPORT_NAME) {
+            this.phase = 'exportName';
+            break;
+          }
+          // magic u64 | option u32 | type u32 | length u32 | data
+          if (this.q.length < 20) return { done, replies };
+          const h = Buffer.from(this.q.take(20));
+          if (h.readBigUInt64BE(0) !== NBD_OPT_REPLY_MAGIC) throw new NvmfNbdError(ErrorCode.NBD_PROTOCOL, 'bad option reply magic');
+          if (h.readUInt32BE(16) > MAX_OPTION_LENGTH) throw new NvmfNbdError(ErrorCode.NBD_OPTION_TOO_LARGE, `option reply of ${h.readUInt32BE(16)} bytes`);
+          this.header = h;
+          this.phase = 'replyData';
+          break;
+        }
+        case 'replyData': {
+          const h = this.header as Buffer;
+          const len = h.readUInt32BE(16);
+          if (this.q.length < len) return { done, replies };
+          const data = Buffer.from(this.q.take(len));
+          this.header = undefined;
+          this.phase = 'replies';
+          const option = h.readUInt32BE(8);
+          const type = h.readUInt32BE(12);
+          if (type === Rep.INFO && data.length >= 12 && data.readUInt16BE(0) === InfoType.EXPORT) this.info.size = data.readBigUInt64BE(2);
+          if (option === Opt.STRUCTURED_REPLY && type === Rep.ACK) this.info.structured = true;
+          if (option === Opt.GO && type === Rep.ACK) transmission();
+          break;
+        }
+        case 'exportName': {
+          const n = 10 + ((this.client.clientFlags & ClientFlag.NO_ZEROES) !== 0 ? 0 : 124);
+          if (this.q.length < n) return { done, replies };
+          this.info.size = Buffer.from(this.q.take(n)).readBigUInt64BE(0);
+          transmission();
+          break;
+        }
+        case 'transmission': {
+          // magic u32 | error u32 | cookie u64 | [READ data when error is 0]
+          if (this.header === undefined) {
+            if (this.q.length < SIMPLE_REPLY_SIZE) return { done, replies };
+            const h = Buffer.from(this.q.take(SIMPLE_REPLY_SIZE));
+            if (h.readUInt32BE(0) !== NBD_SIMPLE_REPLY_MAGIC) throw new NvmfNbdError(ErrorCode.NBD_BAD_MAGIC, 'not a simple reply');
+            this.header = h;
+          }
+          const h = this.header;
+          const cookie = h.readBigUInt64BE(8);
+          const req = this.requestOf(cookie);
+          if (req === undefined) throw new NvmfNbdError(ErrorCode.NBD_PROTOCOL, `reply for unknown cookie ${cookie}`);
+          const data = req.type === NbdCmd.READ && h.readUInt32BE(4) === 0 ? req.length : 0;
+          if (this.q.length < data) return { done, replies };
+          this.header = undefined;
+          replies.push({ cookie, bytes: data > 0 ? [h, Buffer.from(this.q.take(data))] : [h] });
+          break;
+        }
+        default: {
+          const never: never = this.phase;
+          throw new Error(`bad phase ${String(never)}`);
+        }
+      }
+    }
+  }
+}
+
+/** Where a holder listens and whom it relays to. */
+export interface HolderOptions {
+  readonly listen: { host: string; port: number };
+  /** The daemon's private Unix socket for this controller. */
+  readonly backend: string;
+  /** Give a held connection up (close it: the kernel fails its I/O) after this long. */
+  readonly holdMs: number;
+  readonly log?: (msg: string) => void;
+}
+
+/** One client connection through the holder. */
+class HeldConnection {
+  private backend: net.Socket | undefined;
+  private readonly c = new NbdClientStream();
+  private s: NbdServerStream;
+  private readonly inflight = new Map<bigint, HeldRequest>();
+  private heldBytes = 0;
+  private state: 'handshake' | 'relay' | 'holding' | 'replaying' | 'closed' = 'handshake';
+  private size: bigint | undefined;
+  private lostAt = 0;
+  private retry: NodeJS.Timeout | undefined;
+  private disc = false;
+  private noHold = false;
+
+  constructor(private readonly client: net.Socket, private readonly o: HolderOptions, private readonly onClose: () => void) {
+    this.s = this.serverStream();
+    client.setNoDelay(true);
+    client.on('data', (d: Buffer) => this.fromClient(d));
+    client.on('error', () => undefined);
+    client.on('close', () => this.close('client closed'));
+    this.dial(false);
+  }
+
+  private serverStream(): NbdServerStream {
+    return new NbdServerStream(this.c, (cookie) => this.inflight.get(cookie));
+  }
+
+  private log(m: string): void {
+    this.o.log?.(m);
+  }
+
+  private fromClient(d: Buffer): void {
+    try {
+      if (this.noHold) {
+        this.backend?.write(d);
+        return;
+      }
+      if (this.state === 'handshake') {
+        // Relayed as is; parsed only to be able to replay it.
+        this.c.push(d);
+        this.backend?.write(d);
+        return;
+      }
+      for (const r of this.c.push(d)) {
+        if (r.type === NbdCmd.DISC) {
+          this.disc = true;
+          if (this.state === 'relay') this.send([r]);
+          continue;
+        }
+        this.inflight.set(r.cookie, r);
+        this.heldBytes += r.size;
+        if (this.state === 'relay') this.send([r]);
+      }
+      if (this.heldBytes > MAX_HELD_BYTES) this.client.pause();
+    } catch (err) {
+      this.log(`holder: client: ${(err as Error).message}`);
+      this.close('client protocol error');
+    }
+  }
+
+  private send(rs: readonly HeldRequest[]): void {
+    const b = this.backend;
+    if (b === undefined) return;
+    b.cork();
+    for (const r of rs) for (const x of r.bytes) b.write(x);
+    b.uncork();
+  }
+
+  private dial(replay: boolean): void {
+    const b = net.connect(this.o.backend);
+    b.setNoDelay?.(true);
+    b.on('connect', () => {
+      this.backend = b;
+      if (replay) {
+        this.state = 'replaying';
+        this.s = this.serverStream();
+        b.cork();
+        for (const x of this.c.handshake) b.write(x);
+        b.uncork();
+      }
+    });
+    b.on('data', (d: Buffer) => this.fromBackend(b, d));
+    b.on('error', () => undefined);
+    b.on('close', () => this.backendClosed(b));
+  }
+
+  private fromBackend(b: net.Socket, d: Buffer): void {
+    if (b !== this.backend) return;
+    if (this.noHold) {
+      this.client.write(d);
+      return;
+    }
+    try {
+      const r = this.s.push(d);
+      if (this.state === 'handshake') {
+        this.client.write(d);
+        if (r.done) {
+          this.size = this.s.info.size;
+          // Chunked (structured) replies are not parsed: such a connection is relayed, not held.
+          // The kernel client never asks for them.
+          this.noHold = this.s.info.structured;
+          this.state = 'relay';
+        }
+        return;
+      }
+      if (this.state === 'replaying' && r.done) {
+        if (this.s.info.size !== this.size) {
+          this.log(`holder: export size changed (${String(this.size)} → ${String(this.s.info.size)}): giving the connection up`);
+          this.close('size changed');
+          return;
+        }
+        this.state = 'relay';
+        const held = [...this.inflight.values()];
+        this.log(`holder: reconnected after ${Date.now() - this.lostAt} ms; re-sending ${held.length} request(s)`);
+        this.send(held);
+        if (this.disc) this.send([{ cookie: 0n, type: NbdCmd.DISC, length: 0, bytes: [discRequest()], size: REQUEST_HEADER_SIZE }]);
+      }
+      if (r.replies.length > 0) {
+        this.client.cork();
+        for (const rep of r.replies) {
+          const req = this.inflight.get(rep.cookie);
+          if (req !== undefined) {
+            this.inflight.delete(rep.cookie);
+            this.heldBytes -= req.size;
+          }
+          for (const x of rep.bytes) this.client.write(x);
+        }
+        this.client.uncork();
+        if (this.heldBytes <= MAX_HELD_BYTES && this.client.isPaused()) this.client.resume();
+      }
+    } catch (err) {
+      this.log(`holder: server: ${(err as Error).message}`);
+      this.close('server protocol error');
+    }
+  }
+
+  private backendClosed(b: net.Socket): void {
+    if (this.state === 'closed') return;
+    if (this.backend !== undefined && b !== this.backend) return;
+    this.backend = undefined;
+    // Before transmission there is nothing to keep; after a DISC the client is leaving.
+    if (this.state === 'handshake' || this.noHold || (this.disc && this.inflight.size === 0)) {
+      this.close('server closed');
+      return;
+    }
+    if (this.state === 'relay') {
+      this.lostAt = Date.now();
+      this.log(`holder: daemon connection lost; holding ${this.inflight.size} request(s)`);
+    }
+    this.state = 'holding';
+    if (Date.now() - this.lostAt > this.o.holdMs) {
+      this.log(`holder: no daemon within ${this.o.holdMs} ms: closing the client connection`);
+      this.close('hold timeout');
+      return;
+    }
+    this.retry = setTimeout(() => this.dial(true), 200);
+  }
+
+  close(why: string): void {
+    if (this.state === 'closed' && this.client.destroyed) return;
+    this.state = 'closed';
+    if (this.retry !== undefined) clearTimeout(this.retry);
+    this.backend?.destroy();
+    this.client.destroy();
+    if (why !== 'client closed') this.log(`holder: connection closed: ${why}`);
+    this.onClose();
+  }
+}
+
+function discRequest(): Buffer {
+  const b = Buffer.alloc(REQUEST_HEADER_SIZE);
+  b.writeUInt32BE(NBD_REQUEST_MAGIC, 0);
+  b.writeUInt16BE(NbdCmd.DISC, 6);
+  return b;
+}
+
+/** A running holder: the listening socket and its connections. */
+export class NbdHolder {
+  private readonly conns = new Set<HeldConnection>();
+
+  private constructor(private readonly server: net.Server, readonly port: number) {}
+
+  /** Listen on `o.listen` and relay each connection to `o.backend`, holding it across restarts. */
+  static async start(o: HolderOptions): Promise<NbdHolder> {
+    let h: NbdHolder | undefined;
+    const server = net.createServer((sock) => {
+      const c = new HeldConnection(sock, o, () => h?.conns.delete(c));
+      h?.conns.add(c);
+    });
+    server.listen({ host: o.listen.host, port: o.listen.port });
+    await new Promise<void>((resolve, reject) => {
+      server.once('listening', resolve);
+      server.once('error', (err) => reject(new NvmfNbdError(ErrorCode.NBD_LISTEN_FAILED, `holder cannot listen on ${o.listen.host}:${o.listen.port}: ${err.message}`, { cause: err })));
+    });
+    h = new NbdHolder(server, (server.address() as net.AddressInfo).port);
+    return h;
+  }
+
+  /** Connections currently relayed or held. */
+  get connections(): number {
+    return this.conns.size;
+  }
+
+  /** Stop listening and close every connection. */
+  async close(): Promise<void> {
+    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    for (const c of [...this.conns]) c.close('holder stopped');
+    await closed;
+  }
+}
+
+/** The holder's pid file: who holds which endpoint. */
+interface HolderFile { pid: number; host: string; port: number; backend: string }
+
+async function readHolderFile(file: string): Promise<HolderFile | undefined> {
+  try {
+    const v = JSON.parse(await fsp.readFile(file, 'utf8')) as Partial<HolderFile>;
+    if (typeof v.pid === 'number' && typeof v.host === 'string' && typeof v.port === 'number' && typeof v.backend === 'string') return v as HolderFile;
+  } catch {
+    // missing or torn: no holder
+  }
+  return undefined;
+}
+
+/** Write the holder's pid file (atomically: temp + rename). */
+export async function writeHolderFile(file: string, v: HolderFile): Promise<void> {
+  const tmp = `${file}.${process.pid}.tmp`;
+  await fsp.writeFile(tmp, JSON.stringify(v), { mode: 0o600 });
+  await fsp.rename(tmp, file);
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Run a holder until SIGTERM/SIGINT (the `daemon --holder` mode): listen, write the pid file,
+ * and exit on its own after `holdMs` with no connection and no daemon behind it.
+ */
+export async function runHolder(o: HolderOptions & { pidFile: string; signalled: Promise<unknown> }): Promise<void> {
+  const h = await NbdHolder.start(o);
+  await writeHolderFile(o.pidFile, { pid: process.pid, host: o.listen.host, port: h.port, backend: o.backend });
+  o.log?.(`holder ${process.pid}: tcp:${o.listen.host}:${h.port} → ${o.backend}`);
+  let idleSince = Date.now();
+  const idle = new Promise<void>((resolve) => {
+    const t = setInterval(() => {
+      void socketAlive(o.backend).then((alive) => {
+        if (alive || h.connections > 0) idleSince = Date.now();
+        else if (Date.now() - idleSince > o.holdMs) {
+          clearInterval(t);
+          o.log?.(`holder ${process.pid}: no daemon and no connection for ${o.holdMs} ms: exiting`);
+          resolve();
+        }
+      });
+    }, Math.min(5000, Math.max(100, o.holdMs / 4)));
+    t.unref();
+    void o.signalled.then(() => { clearInterval(t); resolve(); });
+  });
+  await idle;
+  await h.close();
+  const f = await readHolderFile(o.pidFile);
+  if (f?.pid === process.pid) await fsp.unlink(o.pidFile).catch(() => undefined);
 }

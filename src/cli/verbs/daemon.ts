@@ -9,7 +9,9 @@ import type { OptionSpec } from '../args';
 import type { Verb } from '../verb';
 import { stateDir } from '../../controller/host-identity';
 import { CONTROL_OPTION, controlSocketPath } from '../../engine/control';
-import { Daemon, parseDaemonNbdSpec } from '../../engine/daemon';
+import { Daemon, parseDaemonNbdSpec, runHolder } from '../../engine/daemon';
+import { usageError } from '../args';
+import { parseNbdSpec } from '../../engine/session';
 import type { ConnectBinding } from '../../engine/daemon';
 import type { ControllerSession } from '../../engine/session';
 import { protectFromOomKiller } from '../../engine/oom';
@@ -20,6 +22,12 @@ const OPTIONS: readonly OptionSpec[] = [
   CONTROL_OPTION,
   { long: 'nbd', type: 'string', metavar: 'unix:DIR|tcp:HOST:BASEPORT', help: 'default NBD endpoints: a 0700 directory of 0600 sockets, or loopback TCP where nvmeN listens on BASEPORT+N (default unix:STATE_DIR/nbd)' },
   { long: 'keep-attached', type: 'boolean', help: 'on shutdown leave /dev/nbdX attached (a restarted daemon adopts them)' },
+  { long: 'sticky-nbd', type: 'boolean', help: 'NBD client connections survive a daemon restart or crash: a holder process per controller owns its TCP endpoint (needs --nbd tcp:HOST:BASEPORT)' },
+  { long: 'hold-time', type: 'int', metavar: 'SEC', min: 1, max: 31536000, help: 'with --sticky-nbd: how long a held connection waits for a daemon', default: 600 },
+  // Internal: the holder process that --sticky-nbd starts.
+  { long: 'holder', type: 'string', metavar: 'tcp:HOST:PORT', help: '(internal) run as the NBD holder listening here' },
+  { long: 'holder-backend', type: 'string', metavar: 'PATH', help: '(internal) the daemon socket a holder relays to' },
+  { long: 'holder-pid-file', type: 'string', metavar: 'PATH', help: '(internal) where a holder records itself' },
 ];
 
 /** The daemon's view of the connect verb (its options, defaults and output). */
@@ -45,9 +53,21 @@ export function connectBinding(): ConnectBinding {
 export const verb: Verb = {
   name: 'daemon',
   summary: 'run the engine that owns all controllers, with its control socket (foreground)',
-  usage: 'nvmf-nbd daemon [--control PATH] [--nbd unix:DIR|tcp:HOST:BASEPORT] [--keep-attached]',
+  usage: 'nvmf-nbd daemon [--control PATH] [--nbd unix:DIR|tcp:HOST:BASEPORT] [--keep-attached] [--sticky-nbd [--hold-time SEC]]',
   options: OPTIONS,
   async run(opts) {
+    const holdMs = (opts['hold-time'] as number) * 1000;
+    if (typeof opts.holder === 'string') {
+      const spec = parseNbdSpec(opts.holder);
+      if (!('tcp' in spec) || typeof opts['holder-backend'] !== 'string' || typeof opts['holder-pid-file'] !== 'string') {
+        usageError('--holder tcp:HOST:PORT needs --holder-backend and --holder-pid-file');
+      }
+      await runHolder({
+        listen: spec.tcp, backend: opts['holder-backend'], pidFile: opts['holder-pid-file'], holdMs,
+        signalled: waitForShutdownSignal(), log: (m) => process.stderr.write(`${new Date().toISOString()} ${m}\n`),
+      });
+      return 0;
+    }
     const dir = stateDir();
     const nbd = parseDaemonNbdSpec(typeof opts.nbd === 'string' ? opts.nbd : `unix:${path.join(dir, 'nbd')}`);
     protectFromOomKiller();
@@ -58,6 +78,7 @@ export const verb: Verb = {
       controlPath: controlSocketPath(opts.control, dir),
       nbd,
       keepAttached: opts['keep-attached'] === true,
+      ...(opts['sticky-nbd'] === true ? { sticky: { command: [process.execPath, process.argv[1] as string], holdMs } } : {}),
       connect: connectBinding(),
       log: (m) => process.stderr.write(`${m}\n`),
     });
