@@ -44,11 +44,11 @@ RUN chmod 0755 /usr/local/bin/docker-entrypoint.sh \
  && chmod 0755 /app/dist/src/cli/main.js \
  && useradd --system --uid 10001 --user-group --home-dir /var/lib/nvmf-nbd --create-home --shell /usr/sbin/nologin nvmf
 ENV NODE_ENV=production \
-    NVMF_NBD_STATE_DIR=/var/lib/nvmf-nbd \
-    NVMF_NBD_HEALTH=nbd:127.0.0.1:10809
+    NVMF_NBD_STATE_DIR=/var/lib/nvmf-nbd
 USER nvmf
-# Real liveness check: connects to the endpoint in $NVMF_NBD_HEALTH and checks the protocol's
-# first reply (NBD greeting, or ICReq→ICResp for an NVMe/TCP target). See docker/healthcheck.js.
+# Real liveness check (docker/healthcheck.js): with $NVMF_NBD_HEALTH unset, asks the daemon's
+# control socket for `list` when `nvmf-nbd daemon` runs, else expects the NBD greeting on
+# 127.0.0.1:10809; set NVMF_NBD_HEALTH (e.g. nvme-tcp:127.0.0.1:4420 for `target`) to choose.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
   CMD ["node", "/app/docker/healthcheck.js"]
 ENTRYPOINT ["/usr/local/bin/docker-entrypoint.sh"]

@@ -17,6 +17,7 @@ import { execFile, execFileSync, spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { isRoot, need, needCommands } from '../helpers/prereq';
 
@@ -187,6 +188,35 @@ test('container image: builds from the Dockerfile and runs the CLI and the embed
       assert.match(nodeVersion ?? '', /^v20\./);
     });
 
+    await t.test('the daemon in the container passes the default HEALTHCHECK via its control socket', async () => {
+      const daemon = spawn('buildah', [...BUILDAH, 'run', '--isolation', 'chroot', ctr, '--',
+        '/usr/local/bin/docker-entrypoint.sh', 'daemon'], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let output = '';
+      daemon.stdout?.on('data', (d: Buffer) => { output += String(d); });
+      daemon.stderr?.on('data', (d: Buffer) => { output += String(d); });
+      try {
+        // Same working container = same rootfs: the second `buildah run` sees the socket.
+        let health: RunResult = { code: -1, stdout: '', stderr: '' };
+        for (const until = Date.now() + 45_000; Date.now() < until;) {
+          health = await inContainer(ctr, ['sh', '-c', 'unset NVMF_NBD_HEALTH; exec node /app/docker/healthcheck.js']);
+          if (health.code === 0 || daemon.exitCode !== null) break;
+          await new Promise((r) => setTimeout(r, 500));
+        }
+        assert.equal(health.code, 0, `healthcheck: ${health.stderr}\ndaemon output:\n${output}`);
+      } finally {
+        for (const p of descendants(daemon.pid as number).reverse()) {
+          try { process.kill(p, 'SIGTERM'); } catch { /* already gone */ }
+        }
+        if ((await waitExit(daemon, 15_000)) === 'timeout') {
+          for (const p of descendants(daemon.pid as number).reverse()) {
+            try { process.kill(p, 'SIGKILL'); } catch { /* already gone */ }
+          }
+          daemon.kill('SIGKILL');
+          await waitExit(daemon, 10_000);
+        }
+      }
+    });
+
     await t.test('the embedded target in the container answers an ICReq from the host', async () => {
       const port = await freePort();
       // Through the entrypoint, as `docker run IMAGE target --listen …` would start it.
@@ -271,11 +301,30 @@ test('container HEALTHCHECK script: healthy only when the peer speaks the protoc
     const r = Buffer.alloc(128); r[0] = 0x01; r[2] = 128; r.writeUInt32LE(128, 4); r.writeUInt32LE(131072, 12); s.write(r);
   }));
   const silent = await fakeServer(() => { /* accepts, never speaks */ });
+  // The daemon's control socket: one JSON line in, one JSON line out.
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nvmf-nbd-health-'));
+  const ctl = (file: string, answer: (req: { id: number; verb: string }) => unknown): Promise<net.Server> => new Promise((resolve) => {
+    const srv = net.createServer((s) => {
+      s.on('error', () => {});
+      let buf = '';
+      s.on('data', (d: Buffer) => {
+        buf += String(d);
+        const nl = buf.indexOf('\n');
+        if (nl >= 0) s.end(`${JSON.stringify(answer(JSON.parse(buf.slice(0, nl)) as { id: number; verb: string }))}\n`);
+      });
+    });
+    srv.listen(path.join(dir, file), () => resolve(srv));
+  });
+  const ctlOk = await ctl('ok.sock', (r) => ({ id: r.id, ok: r.verb === 'list', result: [] }));
+  const ctlErr = await ctl('err.sock', (r) => ({ id: r.id, ok: false, error: { code: 'CLI_ERR_USAGE', message: 'x' } }));
   const closedPort = await freePort();
   try {
     assert.equal((await healthcheck(`nbd:127.0.0.1:${nbd.port}`)).code, 0);
     assert.equal((await healthcheck(`nvme-tcp:127.0.0.1:${nvme.port}`)).code, 0);
     assert.equal((await healthcheck(`tcp:127.0.0.1:${silent.port}`)).code, 0);
+    assert.equal((await healthcheck(`control:${path.join(dir, 'ok.sock')}`)).code, 0);
+    assert.equal((await healthcheck(`control:${path.join(dir, 'err.sock')}`)).code, 1);
+    assert.equal((await healthcheck(`control:${path.join(dir, 'none.sock')}`)).code, 1);
     // Wrong protocol on the port, a peer that never answers, nothing listening: unhealthy.
     assert.equal((await healthcheck(`nvme-tcp:127.0.0.1:${nbd.port}`)).code, 1);
     assert.equal((await healthcheck(`nbd:127.0.0.1:${nvme.port}`)).code, 1);
@@ -286,5 +335,7 @@ test('container HEALTHCHECK script: healthy only when the peer speaks the protoc
     assert.equal((await healthcheck('nbd:no-port')).code, 2);
   } finally {
     await Promise.all([nbd.close(), nvme.close(), silent.close()]);
+    await Promise.all([ctlOk, ctlErr].map((srv) => new Promise((r) => srv.close(r))));
+    fs.rmSync(dir, { recursive: true, force: true });
   }
 });
