@@ -7,7 +7,7 @@
  *        [--nbd-port 0] [--queues N] [--queue-size N]
  *
  * --batch-writes: bench-only experiment, see enableBatchedWrites in common.ts.
- * --cpu-profile FILE: SIGUSR2 starts the V8 CPU profiler (node:inspector, 100 µs sampling) and a
+ * --cpu-profile FILE: SIGUSR2 starts the V8 CPU profiler (node:inspector, 250 µs sampling) and a
  * second SIGUSR2 or the shutdown stops it and writes FILE (.cpuprofile JSON), so only the
  * workload of interest is profiled (not the connect or the prefill).
  * Prints `READY {"port":N,"exports":["nvme0n1",...],"ioQueues":N}`; SIGTERM/SIGINT close the
@@ -81,7 +81,7 @@ function cpuProfiler(file: string | undefined): { stop(): Promise<void> } {
     }
     running = true;
     post('Profiler.enable')
-      .then(() => post('Profiler.setSamplingInterval', { interval: 100 }))
+      .then(() => post('Profiler.setSamplingInterval', { interval: 250 }))
       .then(() => post('Profiler.start'))
       .then(() => process.stderr.write('bridge-proc: CPU profiler started\n'), (err: unknown) => process.stderr.write(`bridge-proc: profiler: ${String(err)}\n`));
   });

@@ -33,12 +33,31 @@ export interface SelfTimeRow {
   readonly pct: number;
   /** Share of the non-idle time (0..100): what optimising could win. */
   readonly busyPct: number;
+  /** The project function (a frame under dist/src/) nearest the leaf on most of its samples,
+   *  with its share of this row's time: who to blame for a Node-internal or native frame. */
+  readonly via: string;
 }
 
 /** Self time per function of a parsed profile, largest first. */
 export function selfTimes(p: CpuProfile): { rows: SelfTimeRow[]; totalMs: number; idleMs: number } {
   const byId = new Map<number, CpuProfileNode>();
-  for (const n of p.nodes) byId.set(n.id, n);
+  const parent = new Map<number, number>();
+  for (const n of p.nodes) {
+    byId.set(n.id, n);
+    for (const c of n.children ?? []) parent.set(c, n.id);
+  }
+  const label = (cf: CpuProfileNode['callFrame']): string => {
+    const file = cf.url === '' ? '' : path.basename(cf.url.replace(/^file:\/\//, ''));
+    return `${cf.functionName === '' ? '(anonymous)' : cf.functionName}${file === '' ? '' : ` (${file}:${cf.lineNumber + 1})`}`;
+  };
+  /** Nearest ancestor-or-self frame in the project's compiled sources. */
+  const projectFrame = (id: number): string => {
+    for (let cur: number | undefined = id; cur !== undefined; cur = parent.get(cur)) {
+      const cf = byId.get(cur)?.callFrame;
+      if (cf !== undefined && /\/dist\/src\//.test(cf.url)) return label(cf);
+    }
+    return '-';
+  };
   const selfUs = new Map<number, number>();
   const samples = p.samples ?? [];
   const deltas = p.timeDeltas ?? [];
@@ -48,7 +67,7 @@ export function selfTimes(p: CpuProfile): { rows: SelfTimeRow[]; totalMs: number
     const id = samples[i - 1] as number;
     selfUs.set(id, (selfUs.get(id) ?? 0) + Math.max(0, deltas[i] ?? 0));
   }
-  const grouped = new Map<string, number>();
+  const grouped = new Map<string, { us: number; via: Map<string, number> }>();
   let total = 0;
   let idle = 0;
   for (const [id, us] of selfUs) {
@@ -56,13 +75,25 @@ export function selfTimes(p: CpuProfile): { rows: SelfTimeRow[]; totalMs: number
     if (cf === undefined) continue;
     total += us;
     if (cf.functionName === '(idle)') idle += us;
-    const file = cf.url === '' ? '' : path.basename(cf.url.replace(/^file:\/\//, ''));
-    const name = `${cf.functionName === '' ? '(anonymous)' : cf.functionName}${file === '' ? '' : ` (${file}:${cf.lineNumber + 1})`}`;
-    grouped.set(name, (grouped.get(name) ?? 0) + us);
+    const name = label(cf);
+    let g = grouped.get(name);
+    if (g === undefined) grouped.set(name, (g = { us: 0, via: new Map() }));
+    g.us += us;
+    const v = projectFrame(id);
+    g.via.set(v, (g.via.get(v) ?? 0) + us);
   }
   const busy = total - idle;
   const rows = [...grouped.entries()]
-    .map(([fn, us]) => ({ fn, selfMs: us / 1000, pct: total > 0 ? (100 * us) / total : 0, busyPct: busy > 0 && fn !== '(idle)' ? (100 * us) / busy : 0 }))
+    .map(([fn, g]) => {
+      const [via, vus] = [...g.via.entries()].sort((a, b) => b[1] - a[1])[0] ?? ['-', 0];
+      return {
+        fn,
+        selfMs: g.us / 1000,
+        pct: total > 0 ? (100 * g.us) / total : 0,
+        busyPct: busy > 0 && fn !== '(idle)' ? (100 * g.us) / busy : 0,
+        via: via === '-' || via === fn ? via : `${via} ${Math.round((100 * vus) / g.us)} %`,
+      };
+    })
     .sort((a, b) => b.selfMs - a.selfMs);
   return { rows, totalMs: total / 1000, idleMs: idle / 1000 };
 }
@@ -73,7 +104,8 @@ export function summariseProfile(file: string, top = 10): string {
   const { rows, totalMs, idleMs } = selfTimes(p);
   const shown = rows.filter((r) => r.fn !== '(idle)').slice(0, top);
   const head = `profile ${path.basename(file)}: ${fmt(totalMs, 0)} ms sampled, ${fmt(idleMs, 0)} ms idle (${fmt(totalMs > 0 ? (100 * idleMs) / totalMs : 0)} %)`;
-  return `${head}\n${table(['#', 'function (self time)', 'self ms', '% of busy'], shown.map((r, i) => [String(i + 1), r.fn, fmt(r.selfMs), fmt(r.busyPct)]))}`;
+  return `${head}\n${table(['#', 'function (self time)', 'self ms', '% of busy', 'mostly via (project frame)'], shown.map((r, i) => [String(i + 1), r.fn, fmt(r.selfMs), fmt(r.busyPct), r.via]))}\n` +
+    'native frames (writev, writeBuffer) include time spent preempted inside the syscall, e.g. while a woken peer on the same core runs';
 }
 
 if (require.main === module) {
