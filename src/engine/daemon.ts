@@ -566,7 +566,7 @@ export class Daemon {
   }
 
   private saveState(): Promise<void> {
-    const controllers: StateController[] = [...this.entries.values()].filter((e) => !e.closing).map((e) => ({
+    const controllers: StateController[] = [...this.entries.values()].filter((e) => !e.closing).sort((x, y) => Number(x.name.slice(4)) - Number(y.name.slice(4))).map((e) => ({
       name: e.name,
       args: e.args,
       devices: e.session !== undefined
