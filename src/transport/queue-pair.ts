@@ -27,6 +27,7 @@ import {
   statusError,
 } from '../wire';
 import type { Cqe, Pdu, PduOptions } from '../wire';
+import { WriteBatcher } from './write-batcher';
 
 /** Largest in-capsule write on an admin queue (TP 8000: admin capsules carry up to 8 KiB). */
 export const ADMIN_IN_CAPSULE_MAX = 8192;
@@ -179,6 +180,8 @@ export class QueuePair extends EventEmitter {
   sqFlowControl = true;
 
   private readonly socket: net.Socket;
+  /** PDUs written in one tick leave in one writev (see write-batcher.ts). */
+  private readonly out: WriteBatcher;
   private readonly parser: PduParser;
   private state: QpState = QpState.CONNECTING;
   private txOpts: PduOptions = { hdgst: false, ddgst: false, pda: 0 };
@@ -210,6 +213,7 @@ export class QueuePair extends EventEmitter {
   private constructor(socket: net.Socket, opts: QueuePairOptions) {
     super();
     this.socket = socket;
+    this.out = new WriteBatcher(socket);
     this.qid = opts.qid;
     this.queueSize = opts.queueSize;
     this.hdgst = opts.hdgst === true;
@@ -413,11 +417,9 @@ export class QueuePair extends EventEmitter {
     this.armTimer();
   }
 
-  /** Header, payload view and digest leave in one writev. */
+  /** Header, payload view and digest (and every other PDU of this tick) leave in one writev. */
   private writePdu(parts: readonly Buffer[]): void {
-    this.socket.cork();
-    for (const b of parts) this.socket.write(b);
-    this.socket.uncork();
+    this.out.writeAll(parts);
   }
 
   private drainWaiters(): void {
