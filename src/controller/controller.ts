@@ -318,31 +318,35 @@ export class Controller extends EventEmitter {
     const { data } = await this.adminCommand(sqeGetLogPage(LogPage.CHANGED_NS, 4096, 0xffffffff, 0, 0, false), { dataInLength: 4096 });
     const list = parseNamespaceList(data as Buffer);
     // FFFFFFFFh in the first entry: more than 1024 changed, rescan everything.
-    const changes = await this.applyNamespaceChanges(list[0] === 0xffffffff ? undefined : list);
-    if (changes.added.length + changes.removed.length + changes.resized.length > 0) this.emit('namespaces', changes);
+    await this.applyNamespaceChanges(list[0] === 0xffffffff ? undefined : list);
   }
 
   /**
    * Re-read the active namespace list; identify `changed` (all active ones when undefined) and
-   * any newly active namespace; update {@link namespaces}; report what was added, removed, resized.
+   * any newly active namespace; update {@link namespaces}; report what was added, removed,
+   * resized (size or block size). The map is updated and `namespaces` emitted in one
+   * synchronous step, so no I/O ever sees a new block size without its listeners knowing.
    */
   async applyNamespaceChanges(changed?: readonly number[]): Promise<NamespaceChanges> {
     const active = new Set(await this.activeNamespaceIds());
     const out: NamespaceChanges = { added: [], removed: [], resized: [] };
     const check = new Set<number>(changed === undefined ? active : changed.filter((n) => active.has(n)));
     for (const nsid of active) if (!this.namespaces.has(nsid)) check.add(nsid);
+    const infos: NamespaceInfo[] = [];
+    for (const nsid of [...check].sort((a, b) => a - b)) infos.push(await this.identifyNamespace(nsid));
     for (const nsid of [...this.namespaces.keys()]) {
       if (active.has(nsid)) continue;
       this.namespaces.delete(nsid);
       out.removed.push(nsid);
     }
-    for (const nsid of [...check].sort((a, b) => a - b)) {
-      const info = await this.identifyNamespace(nsid);
-      const old = this.namespaces.get(nsid);
-      this.namespaces.set(nsid, info);
-      if (old === undefined) out.added.push(nsid);
-      else if (old.nsze !== info.nsze || old.lbaSize !== info.lbaSize) out.resized.push(nsid);
+    for (const info of infos) {
+      const old = this.namespaces.get(info.nsid);
+      this.namespaces.set(info.nsid, info);
+      if (old === undefined) out.added.push(info.nsid);
+      else if (old.nsze !== info.nsze || old.lbaSize !== info.lbaSize) out.resized.push(info.nsid);
     }
+    out.removed.sort((a, b) => a - b);
+    if (out.added.length + out.removed.length + out.resized.length > 0) this.emit('namespaces', out);
     return out;
   }
 

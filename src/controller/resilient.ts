@@ -76,6 +76,8 @@ export interface CtrlStateDescription {
 /** One block-level operation: run on an association, held and re-driven when that fails. */
 interface Op {
   readonly seq: number;
+  /** The namespace of an I/O operation (undefined for admin commands). */
+  readonly nsid: number | undefined;
   readonly bytes: number;
   readonly run: (c: Controller) => Promise<unknown>;
   resolve(v: unknown): void;
@@ -119,12 +121,17 @@ export class ResilientController extends EventEmitter implements NamespaceBacken
   private wake: (() => void) | undefined;
   private recovering: Promise<void> | undefined;
   private closing: Promise<void> | undefined;
+  /** Block size each namespace's exports were built for (NvmeNamespaceDevice pins it). */
+  private readonly formats = new Map<number, number>();
+  /** Namespaces whose block size changed: their I/O fails until {@link acceptFormat}. */
+  private readonly fenced = new Set<number>();
 
   private constructor(ctrl: Controller, o: ControllerOptions & ResilienceOptions) {
     super();
     this.options = o;
     this.ctrl = ctrl;
     this.subsystemNqn = ctrl.identify.subnqn;
+    for (const [nsid, ns] of ctrl.namespaces) this.formats.set(nsid, ns.lbaSize);
     this.adopt(ctrl);
   }
 
@@ -193,34 +200,49 @@ export class ResilientController extends EventEmitter implements NamespaceBacken
 
   read(nsid: number, slba: bigint, nlb: number): Promise<Buffer> {
     const lba = this.ctrl.namespaces.get(nsid)?.lbaSize ?? 512;
-    return this.submit(nlb * lba, (c) => c.read(nsid, slba, nlb));
+    return this.submit(nsid, nlb * lba, (c) => c.read(nsid, slba, nlb));
   }
   write(nsid: number, slba: bigint, data: Buffer, o: { fua?: boolean } = {}): Promise<void> {
-    return this.submit(data.length, (c) => c.write(nsid, slba, data, o));
+    return this.submit(nsid, data.length, (c) => c.write(nsid, slba, data, o));
   }
   flush(nsid: number): Promise<void> {
-    return this.submit(0, (c) => c.flush(nsid));
+    return this.submit(nsid, 0, (c) => c.flush(nsid));
   }
   deallocate(nsid: number, ranges: ReadonlyArray<{ slba: bigint; nlb: number }>): Promise<void> {
-    return this.submit(0, (c) => c.deallocate(nsid, ranges));
+    return this.submit(nsid, 0, (c) => c.deallocate(nsid, ranges));
   }
   writeZeroes(nsid: number, slba: bigint, nlb: number, o: { deallocate?: boolean; fua?: boolean } = {}): Promise<void> {
-    return this.submit(0, (c) => c.writeZeroes(nsid, slba, nlb, o));
+    return this.submit(nsid, 0, (c) => c.writeZeroes(nsid, slba, nlb, o));
   }
   /** An admin command, held and re-driven like I/O (the SQE's cid is rewritten per attempt). */
   adminCommand(sqe: Buffer, o: { dataOut?: Buffer; dataInLength?: number; timeoutMs?: number } = {}): Promise<Completion> {
-    return this.submit((o.dataOut?.length ?? 0) + (o.dataInLength ?? 0), (c) => c.adminCommand(sqe, o));
+    return this.submit(undefined, (o.dataOut?.length ?? 0) + (o.dataInLength ?? 0), (c) => c.adminCommand(sqe, o));
   }
 
-  private submit<T>(bytes: number, run: (c: Controller) => Promise<T>): Promise<T> {
+  /**
+   * The owner rebuilt its exports of `nsid` for the current block size: lift the fence that
+   * failed its I/O since the block size changed.
+   */
+  acceptFormat(nsid: number): void {
+    const ns = this.ctrl.namespaces.get(nsid);
+    if (ns !== undefined) this.formats.set(nsid, ns.lbaSize);
+    this.fenced.delete(nsid);
+  }
+
+  private submit<T>(nsid: number | undefined, bytes: number, run: (c: Controller) => Promise<T>): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      this.dispatch({ seq: this.seq++, bytes, run, resolve: resolve as (v: unknown) => void, reject });
+      this.dispatch({ seq: this.seq++, nsid, bytes, run, resolve: resolve as (v: unknown) => void, reject });
     });
   }
 
   private dispatch(op: Op): void {
     switch (this.stateValue) {
       case CtrlState.LIVE:
+        if (op.nsid !== undefined && this.fenced.has(op.nsid)) {
+          // Its LBA math was done for the old block size: running it would hit the wrong blocks.
+          op.reject(this.eio(ErrorCode.NAMESPACE_UNSUPPORTED, `namespace ${op.nsid} changed its block size; its export must be rebuilt`));
+          return;
+        }
         this.execute(op, this.ctrl);
         return;
       case CtrlState.CONNECTING:
@@ -278,8 +300,21 @@ export class ResilientController extends EventEmitter implements NamespaceBacken
   private adopt(ctrl: Controller): void {
     this.ctrl = ctrl;
     ctrl.on('close', (err?: NvmfNbdError) => this.onAssociationLost(ctrl, err));
-    ctrl.on('namespaces', (ch: NamespaceChanges) => this.emit('namespaces', ch));
+    ctrl.on('namespaces', (ch: NamespaceChanges) => this.noteNamespaceChanges(ch));
     ctrl.on('warning', (err: unknown) => this.emit('warning', err));
+  }
+
+  /** Fence namespaces whose block size changed, remember new ones, then tell listeners. */
+  private noteNamespaceChanges(ch: NamespaceChanges): void {
+    for (const nsid of ch.removed) this.formats.delete(nsid);
+    for (const nsid of [...ch.added, ...ch.resized]) {
+      const lba = this.ctrl.namespaces.get(nsid)?.lbaSize;
+      if (lba === undefined) continue;
+      const pinned = this.formats.get(nsid);
+      if (pinned === undefined) this.formats.set(nsid, lba);
+      else if (pinned !== lba) this.fenced.add(nsid);
+    }
+    this.emit('namespaces', ch);
   }
 
   private onAssociationLost(ctrl: Controller, err: NvmfNbdError | undefined): void {
@@ -381,7 +416,8 @@ export class ResilientController extends EventEmitter implements NamespaceBacken
     this.failFast = false;
     this.setState(CtrlState.LIVE);
     const changes = diffNamespaces(old.namespaces, next.namespaces);
-    if (changes.added.length + changes.removed.length + changes.resized.length > 0) this.emit('namespaces', changes);
+    // Before the re-drive below, so held I/O of a reformatted namespace is fenced.
+    if (changes.added.length + changes.removed.length + changes.resized.length > 0) this.noteNamespaceChanges(changes);
     // FIFO re-drive: dispatch issues synchronously, so submission order is kept.
     const ops = this.held.splice(0);
     this.heldBytes = 0;

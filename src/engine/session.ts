@@ -204,47 +204,44 @@ export class ControllerSession extends EventEmitter {
       this.emit('dead', err);
     });
     c.on('namespaces', (ch: NamespaceChanges) => {
-      // Mark removed namespaces at once, so their I/O fails with EIO from this moment on.
-      for (const nsid of ch.removed) {
+      // A namespace whose block size changed (reformatted) cannot be served by its old export:
+      // the LBA math would be wrong. It is withdrawn and exported again, like remove + add.
+      const reformatted = ch.resized.filter((nsid) => {
+        const e = this.exports.find((x) => x.nsid === nsid);
+        const ns = c.namespaces.get(nsid);
+        return e !== undefined && ns !== undefined && ns.lbaSize !== e.blockSize;
+      });
+      // Mark gone namespaces at once, so their I/O fails with EIO from this moment on.
+      for (const nsid of [...ch.removed, ...reformatted]) {
         const d = this.devices.get(nsid);
         if (d !== undefined) d.removed = true;
       }
-      this.nsWork = this.nsWork.then(() => this.applyNamespaceChanges(ch)).catch((err: unknown) => {
+      this.nsWork = this.nsWork.then(() => this.applyNamespaceChanges(ch, reformatted)).catch((err: unknown) => {
         log(`${this.name}: namespace change not fully applied: ${(err as Error).message}`);
       });
     });
   }
 
   /** Update exports after a namespace change; then emit `namespaces`. */
-  private async applyNamespaceChanges(ch: NamespaceChanges): Promise<void> {
+  private async applyNamespaceChanges(ch: NamespaceChanges, reformatted: readonly number[]): Promise<void> {
     const log = this.o.log ?? (() => undefined);
     if (this.closed !== undefined) return;
-    for (const nsid of ch.removed) {
-      const i = this.exports.findIndex((e) => e.nsid === nsid);
-      const sk = this.skipped.findIndex((x) => x.nsid === nsid);
-      if (sk >= 0) this.skipped.splice(sk, 1);
-      if (i < 0) continue;
-      const e = this.exports[i] as SessionExport;
-      if (e.device !== undefined) {
-        await detach(e.device).catch((err: unknown) => log(`${e.name}: detach of ${e.device ?? ''} failed: ${(err as Error).message}`));
-        log(`${e.name} detached from ${e.device}: namespace removed`);
-        e.device = undefined;
-      }
-      await this.server.removeExport(e.name).catch(() => undefined);
-      this.exports.splice(this.exports.indexOf(e), 1);
-      this.devices.delete(nsid);
-      log(`${this.name}: namespace ${nsid} removed: export ${e.name} withdrawn`);
-    }
+    for (const nsid of [...ch.removed, ...reformatted]) await this.withdraw(nsid, ch.removed.includes(nsid) ? 'namespace removed' : 'block size changed');
     for (const nsid of ch.resized) {
+      if (reformatted.includes(nsid)) continue;
       const e = this.exports.find((x) => x.nsid === nsid);
       const ns = this.controller.namespaces.get(nsid);
       if (e === undefined || ns === undefined) continue;
       e.capacityChanged = Number(ns.nsze) * ns.lbaSize;
       log(`${this.name}: namespace ${nsid} capacity changed from ${e.size} to ${e.capacityChanged} bytes; connected NBD clients keep the old size until they reconnect`);
     }
-    for (const nsid of ch.added) {
+    for (const nsid of [...ch.added, ...reformatted]) {
       const ns = this.controller.namespaces.get(nsid);
       if (ns === undefined || this.exports.some((x) => x.nsid === nsid)) continue;
+      const sk = this.skipped.findIndex((x) => x.nsid === nsid);
+      if (sk >= 0) this.skipped.splice(sk, 1);
+      // The old export is gone: I/O of the new one uses the new block size.
+      if (reformatted.includes(nsid)) this.controller.acceptFormat(nsid);
       const before = this.exports.length;
       this.addNamespace(ns);
       if (this.exports.length === before) {
@@ -257,6 +254,24 @@ export class ControllerSession extends EventEmitter {
       if (this.o.attach === true) await this.attachAll();
     }
     this.emit('namespaces', ch);
+  }
+
+  /** Detach and withdraw the export of `nsid` (its device already fails I/O with EIO). */
+  private async withdraw(nsid: number, why: string): Promise<void> {
+    const log = this.o.log ?? (() => undefined);
+    const sk = this.skipped.findIndex((x) => x.nsid === nsid);
+    if (sk >= 0) this.skipped.splice(sk, 1);
+    const e = this.exports.find((x) => x.nsid === nsid);
+    if (e === undefined) return;
+    if (e.device !== undefined) {
+      await detach(e.device).catch((err: unknown) => log(`${e.name}: detach of ${e.device ?? ''} failed: ${(err as Error).message}`));
+      log(`${e.name} detached from ${e.device}: ${why}`);
+      e.device = undefined;
+    }
+    await this.server.removeExport(e.name).catch(() => undefined);
+    this.exports.splice(this.exports.indexOf(e), 1);
+    this.devices.delete(nsid);
+    log(`${this.name}: namespace ${nsid}: export ${e.name} withdrawn (${why})`);
   }
 
   private addNamespace(ns: NamespaceInfo): void {

@@ -286,3 +286,37 @@ test('connect flags -c/-l/--fast-io-fail-tmo/--io-timeout become the recovery op
   assert.deepEqual([d.reconnectDelayMs, d.ctrlLossTmoMs, d.fastIoFailTmoMs, d.ioTimeoutMs], [10_000, 600_000, -1, 30_000]);
   assert.throws(() => parseArgs([...base, '-l', '-2'], CONNECT_OPTIONS), (e: NvmfNbdError) => e.code === ErrorCode.CLI_USAGE);
 });
+
+test('a namespace whose block size changed across a reconnect is fenced: its held I/O fails with EIO, never runs with the old LBA math', { timeout: 15_000 }, async () => {
+  await target.addNamespace(NQN, { nsid: 6, sizeBytes: 1 << 20, backing: { memory: true } });
+  const proxy = await FaultProxy.start({ port: targetPort });
+  const c = await ResilientController.connect(opts(proxy.port));
+  try {
+    assert.equal(c.namespaces.get(6)?.lbaSize, 512);
+    const changes = new Promise<NamespaceChanges>((resolve) => c.once('namespaces', resolve));
+    proxy.setMode(ProxyMode.REFUSE);
+    proxy.cutAll();
+    await waitState(c, CtrlState.CONNECTING);
+    // Held: one write to the reformatted namespace (its slba was computed for 512-byte blocks)
+    // and one to namespace 1.
+    const w6 = settle(c.write(6, 8n, Buffer.alloc(4096, 0x66)));
+    const w1 = settle(c.write(1, 64n, block(0x11)));
+    await target.removeNamespace(NQN, 6);
+    await target.addNamespace(NQN, { nsid: 6, sizeBytes: 1 << 20, lbaSize: 4096, backing: { memory: true } });
+    proxy.setMode(ProxyMode.FORWARD);
+    assert.deepEqual(await changes, { added: [], removed: [], resized: [6] });
+    const r6 = await w6;
+    assert.equal(r6.ok, false);
+    assert.equal(r6.err?.code, ErrorCode.NAMESPACE_UNSUPPORTED);
+    assert.equal(r6.err?.errno, 5);
+    assert.equal((await w1).ok, true);
+    // Nothing landed on the new namespace; after the owner rebuilt its export, I/O flows.
+    assert.ok((await c.read(6, 0n, 8).then(() => 'ran', () => 'fenced')) === 'fenced');
+    c.acceptFormat(6);
+    assert.ok((await c.read(6, 0n, 1)).equals(Buffer.alloc(4096)));
+  } finally {
+    await c.close();
+    await proxy.close();
+    await target.removeNamespace(NQN, 6).catch(() => undefined);
+  }
+});
