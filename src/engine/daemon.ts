@@ -862,7 +862,12 @@ export class NbdServerStream {
    *        handshake ends)
    * @param requestOf the in-flight request of a cookie (undefined: not in flight)
    */
-  constructor(private readonly client: NbdClientStream, private readonly requestOf: (cookie: bigint) => { type: number; length: number } | undefined) {}
+  constructor(
+    private readonly client: NbdClientStream,
+    private readonly requestOf: (cookie: bigint) => { type: number; length: number } | undefined,
+    /** Replaying a recorded handshake: a refused GO is final (the export is gone). */
+    private readonly replay = false,
+  ) {}
 
   /**
    * Feed bytes. `done` is true when these bytes ended the handshake; `replies` are the complete
@@ -914,6 +919,9 @@ export class NbdServerStream {
           if (type === Rep.INFO && data.length >= 12 && data.readUInt16BE(0) === InfoType.EXPORT) this.info.size = data.readBigUInt64BE(2);
           if (option === Opt.STRUCTURED_REPLY && type === Rep.ACK) this.info.structured = true;
           if (option === Opt.GO && type === Rep.ACK) transmission();
+          if (this.replay && option === Opt.GO && (type & 0x80000000) !== 0) {
+            throw new NvmfNbdError(ErrorCode.NBD_UNKNOWN_EXPORT, `the restarted server refused the export (reply type 0x${type.toString(16)})`);
+          }
           break;
         }
         case 'exportName': {
@@ -983,8 +991,8 @@ class HeldConnection {
     this.dial(false);
   }
 
-  private serverStream(): NbdServerStream {
-    return new NbdServerStream(this.c, (cookie) => this.inflight.get(cookie));
+  private serverStream(replay = false): NbdServerStream {
+    return new NbdServerStream(this.c, (cookie) => this.inflight.get(cookie), replay);
   }
 
   private log(m: string): void {
@@ -1035,7 +1043,7 @@ class HeldConnection {
       this.backend = b;
       if (replay) {
         this.state = 'replaying';
-        this.s = this.serverStream();
+        this.s = this.serverStream(true);
         b.cork();
         for (const x of this.c.handshake) b.write(x);
         b.uncork();

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { NbdClientStream, NbdServerStream } from '../../src/engine/daemon';
 import {
   Cmd, InfoType, Opt, encodeExportNameReply, encodeGreeting, encodeInfoBlockSize, encodeInfoExport, encodeInfoRequest, encodeOption,
-  encodeRepAck, encodeRepServer, encodeRequest, encodeSimpleReply,
+  Rep, encodeRepAck, encodeRepError, encodeRepServer, encodeRequest, encodeSimpleReply,
 } from '../../src/wire/nbd';
 import { ErrorCode, NvmfNbdError } from '../../src/errors';
 
@@ -110,4 +110,8 @@ test('bad input: stable codes, nothing large buffered', () => {
   s.push(serverHandshake);
   assert.equal(code(() => s.push(encodeSimpleReply(0, 0, 77))), ErrorCode.NBD_PROTOCOL, 'reply for a cookie not in flight');
   assert.equal(code(() => new NbdServerStream(c, () => undefined).push(Buffer.alloc(18))), ErrorCode.NBD_PROTOCOL);
+  // Replaying the handshake to a restarted server: a refused GO ends the held connection.
+  const refused = Buffer.concat([encodeGreeting(), encodeRepError(Opt.GO, Rep.ERR_UNKNOWN, 'no such export')]);
+  assert.equal(code(() => new NbdServerStream(c, () => undefined, true).push(refused)), ErrorCode.NBD_UNKNOWN_EXPORT);
+  assert.equal(new NbdServerStream(c, () => undefined, false).push(refused).done, false, 'a first handshake may go on after a refusal');
 });
