@@ -46,6 +46,7 @@ import {
   type HandshakeEvent,
   type NbdRequest,
 } from '../wire/nbd';
+import { WriteBatcher } from '../transport/write-batcher';
 
 /** One log record. `code` is a stable error code when the record reports a failure. */
 export interface NbdLogEntry {
@@ -130,11 +131,16 @@ export class NbdConnection {
     this.resolveClosed = r;
   });
 
+  /** Replies produced in one tick leave in one writev (see write-batcher.ts). */
+  private readonly out: WriteBatcher;
+
   constructor(
     private readonly host: NbdConnectionHost,
     private readonly socket: Duplex,
     readonly id: number,
-  ) {}
+  ) {
+    this.out = new WriteBatcher(socket);
+  }
 
   /** The export this connection is bound to (after GO / EXPORT_NAME). */
   get exportName(): string | undefined {
@@ -189,6 +195,8 @@ export class NbdConnection {
     if (code !== undefined) this.log(level, msg ?? code, code);
     this.phase = Phase.CLOSED;
     this.clearHandshakeTimer();
+    // Replies already produced this tick still go out (destroy would drop corked data).
+    this.out.flush();
     this.socket.destroy();
   }
 
@@ -619,7 +627,7 @@ export class NbdConnection {
           // The backend cannot tell holes from data (NVMe has no cheap "is allocated" query
           // we rely on), so every range is reported as allocated data: status 0 is always
           // a correct answer for base:allocation.
-          this.socket.write(
+          this.out.write(
             encodeBlockStatus(ReplyFlag.DONE, req.cookieHi, req.cookieLo, BASE_ALLOCATION_ID, [{ length: req.length, flags: 0 }]),
           );
           return;
@@ -662,12 +670,10 @@ export class NbdConnection {
       this.log('error', `device returned ${data.length} bytes for a ${req.length}-byte read`, ErrorCode.SHORT_READ);
       this.replyError(req, NbdErrno.EIO);
     } else {
-      const s = this.socket;
-      s.cork();
-      if (this.structured) s.write(encodeOffsetDataHeader(ReplyFlag.DONE, req.cookieHi, req.cookieLo, req.offset, data.length));
-      else s.write(encodeSimpleReply(0, req.cookieHi, req.cookieLo));
-      s.write(data);
-      s.uncork();
+      const o = this.out;
+      if (this.structured) o.write(encodeOffsetDataHeader(ReplyFlag.DONE, req.cookieHi, req.cookieLo, req.offset, data.length));
+      else o.write(encodeSimpleReply(0, req.cookieHi, req.cookieLo));
+      o.write(data);
     }
     this.after();
   }
@@ -685,15 +691,15 @@ export class NbdConnection {
   }
 
   private replyOk(req: NbdRequest): void {
-    this.socket.write(encodeSimpleReply(0, req.cookieHi, req.cookieLo));
+    this.out.write(encodeSimpleReply(0, req.cookieHi, req.cookieLo));
   }
 
   private replyError(req: NbdRequest, errno: number): void {
     const exp = this.exp;
     if (exp !== undefined) exp.counters.errors++;
     // With structured replies a READ must not get a simple reply; errors go in an error chunk.
-    if (this.structured) this.socket.write(encodeChunkError(ReplyFlag.DONE, req.cookieHi, req.cookieLo, errno));
-    else this.socket.write(encodeSimpleReply(errno, req.cookieHi, req.cookieLo));
+    if (this.structured) this.out.write(encodeChunkError(ReplyFlag.DONE, req.cookieHi, req.cookieLo, errno));
+    else this.out.write(encodeSimpleReply(errno, req.cookieHi, req.cookieLo));
   }
 }
 

@@ -19,6 +19,7 @@ import { adminCommand } from './admin';
 import { fail, isOk, ok, type Completion, type TargetContext } from './context';
 import { TargetController, type ControllerQueue } from './controller';
 import { ioCommand, ioPrecheck } from './io';
+import { WriteBatcher } from '../transport/write-batcher';
 
 const G = GenericStatus;
 /** Data SGL Length Invalid (generic 0Fh). */
@@ -67,6 +68,8 @@ export class TargetQueue implements ControllerQueue {
 
   private readonly ctx: TargetContext;
   private readonly sock: net.Socket;
+  /** PDUs produced in one tick leave in one writev (see transport/write-batcher.ts). */
+  private readonly out: WriteBatcher;
   private readonly parser: PduParser;
   private readonly peer: string;
   private state: QueueStateValue = QueueState.AWAIT_ICREQ;
@@ -84,6 +87,7 @@ export class TargetQueue implements ControllerQueue {
   constructor(ctx: TargetContext, sock: net.Socket, onClosed: (q: TargetQueue) => void) {
     this.ctx = ctx;
     this.sock = sock;
+    this.out = new WriteBatcher(sock);
     this.onClosed = onClosed;
     this.peer = `${sock.remoteAddress ?? '?'}:${sock.remotePort ?? '?'}`;
     const cfg = ctx.cfg;
@@ -117,6 +121,8 @@ export class TargetQueue implements ControllerQueue {
     this.connectTimer = undefined;
     this.inflight.clear();
     this.r2t.clear();
+    // Responses already produced this tick still go out (destroy would drop corked data).
+    this.out.flush();
     if (flush) {
       this.sock.pause();
       this.sock.end();
@@ -153,12 +159,12 @@ export class TargetQueue implements ControllerQueue {
     const fei = e?.fei ?? 0;
     this.ctx.log('error', `conn ${this.id} ${this.peer} qid ${this.qid}: protocol error, sending C2HTermReq fes ${fes} fei ${fei}: ${(err as Error)?.message ?? String(err)}${e ? ` (${e.code})` : ''}`);
     // The TermReq is the last PDU on the connection.
-    this.sock.write(encodeTermReq(PduType.C2H_TERM_REQ, fes, fei));
+    this.out.write(encodeTermReq(PduType.C2H_TERM_REQ, fes, fei));
     this.destroy('protocol error', true);
   }
 
   private write(bufs: Buffer[]): void {
-    for (const b of bufs) this.sock.write(b);
+    this.out.writeAll(bufs);
   }
 
   private onPdu(pdu: Pdu): void {
@@ -200,7 +206,7 @@ export class TargetQueue implements ControllerQueue {
     if (pdu.hpda > 31) throw protocolError(ErrorCode.PDU_INVALID_HEADER, `HPDA ${pdu.hpda} > 31`, Fes.INVALID_HEADER_FIELD, 10);
     // Both digests are supported: grant what the host asked for.
     this.tx = { hdgst: pdu.hdgst, ddgst: pdu.ddgst, pda: pdu.hpda };
-    this.sock.write(encodeIcResp({ cpda: 0, hdgst: pdu.hdgst, ddgst: pdu.ddgst, maxh2cdata: this.ctx.cfg.maxH2CData }));
+    this.out.write(encodeIcResp({ cpda: 0, hdgst: pdu.hdgst, ddgst: pdu.ddgst, maxh2cdata: this.ctx.cfg.maxH2CData }));
     this.parser.setDigests(pdu.hdgst, pdu.ddgst);
     this.state = QueueState.READY;
     this.ctx.log('debug', `conn ${this.id} ${this.peer}: ICReq hpda ${pdu.hpda} maxr2t ${pdu.maxr2t} hdgst ${pdu.hdgst ? 1 : 0} ddgst ${pdu.ddgst ? 1 : 0}`);
@@ -455,7 +461,6 @@ export class TargetQueue implements ControllerQueue {
     if (cmd.ttag !== undefined) this.r2t.delete(cmd.ttag);
     const want = cmd.sqe.sgl.length;
     const sock = this.sock;
-    sock.cork();
     if (c.data !== undefined && isOk(c) && cmd.dir === DataDirection.CTRL_TO_HOST && want > 0) {
       // Exactly the SGL length: NVMe has no short transfers (pad/truncate admin structures).
       let data = c.data;
@@ -476,7 +481,6 @@ export class TargetQueue implements ControllerQueue {
     } else {
       this.sendCqe(cmd.cid, c);
     }
-    sock.uncork();
     // Backpressure: stop taking commands from a host that does not read its responses.
     if (sock.writableLength > WRITE_HIGH_WATER) sock.pause();
   }
