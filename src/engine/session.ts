@@ -111,10 +111,35 @@ class ExportDevice implements BlockDevice {
     return Promise.reject(new NvmfNbdError(ErrorCode.NAMESPACE_NOT_FOUND, `namespace ${this.inner.nsid} was removed`, { errno: NbdErrno.EIO }));
   }
 
+  private inflight = 0;
+  private onIdle: (() => void) | undefined;
+
   private guard<T>(p: () => Promise<T>): Promise<T> {
     if (this.removed) return this.gone();
+    this.inflight++;
     // A request already running when the namespace went away fails with EIO too.
-    return p().catch((err: unknown) => (this.removed ? this.gone() : Promise.reject(err)));
+    return p().catch((err: unknown) => (this.removed ? this.gone() : Promise.reject(err))).finally(() => {
+      if (--this.inflight === 0) this.onIdle?.();
+    });
+  }
+
+  /**
+   * Resolves when no request is running (bounded by `ms`): the export is withdrawn only then,
+   * so requests running at removal are answered EIO by us, not ESHUTDOWN by the NBD server.
+   */
+  drained(ms: number): Promise<void> {
+    if (this.inflight === 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      const t = setTimeout(done, ms);
+      const self = this;
+      function done(): void {
+        clearTimeout(t);
+        self.onIdle = undefined;
+        // The NBD connection answers in a promise callback queued after ours: let it run first.
+        setImmediate(resolve);
+      }
+      this.onIdle = done;
+    });
   }
 
   read(offset: number, length: number): Promise<Buffer> { return this.guard(() => this.inner.read(offset, length)); }
@@ -263,6 +288,7 @@ export class ControllerSession extends EventEmitter {
     if (sk >= 0) this.skipped.splice(sk, 1);
     const e = this.exports.find((x) => x.nsid === nsid);
     if (e === undefined) return;
+    await this.devices.get(nsid)?.drained(5000);
     if (e.device !== undefined) {
       await detach(e.device).catch((err: unknown) => log(`${e.name}: detach of ${e.device ?? ''} failed: ${(err as Error).message}`));
       log(`${e.name} detached from ${e.device}: ${why}`);
