@@ -400,14 +400,27 @@ export class ControllerSession extends EventEmitter {
     };
   }
 
-  /** Detach, drain and close the NBD server, shut the controller down. Safe to call twice. */
+  /**
+   * Detach, drain and close the NBD server, shut the controller down. Safe to call twice.
+   * While the controller is reconnecting nothing can be flushed and draining would wait for
+   * ctrl_loss_tmo: the controller is closed first then, failing the held requests.
+   */
   close(): Promise<void> {
     this.closed ??= (async () => {
       let first: unknown;
-      await this.detachAll().catch((err: unknown) => { first ??= err; });
-      await this.server.close().catch((err: unknown) => { first ??= err; });
-      await this.nsWork;
-      await this.controller.close().catch((err: unknown) => { first ??= err; });
+      const giveUp = (): void => {
+        if (this.controller.state === 'connecting') void this.controller.close();
+      };
+      giveUp();
+      this.controller.on('state', giveUp);
+      try {
+        await this.detachAll().catch((err: unknown) => { first ??= err; });
+        await this.server.close().catch((err: unknown) => { first ??= err; });
+        await this.nsWork;
+        await this.controller.close().catch((err: unknown) => { first ??= err; });
+      } finally {
+        this.controller.off('state', giveUp);
+      }
       if (first !== undefined) throw first;
     })();
     return this.closed;

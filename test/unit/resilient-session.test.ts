@@ -116,3 +116,32 @@ test('across a reconnect: state events and fields; resize recorded, reformat reb
     await s.close();
   }
 });
+
+test('closing a session while its controller reconnects fails held requests at once instead of waiting for ctrl_loss_tmo', { timeout: 20_000 }, async () => {
+  const s = await ControllerSession.open({
+    name: 'rs1',
+    controller: {
+      traddr: '127.0.0.1', trsvcid: proxy.port, subnqn: NQN, hostnqn: HOSTNQN, hostid: HOSTID, nrIoQueues: 1, kato: 1000,
+      reconnectDelayMs: 100, ctrlLossTmoMs: 600_000,
+    },
+    nbd: { tcp: { host: '127.0.0.1', port: 0 } },
+  });
+  const c = await NbdTestClient.connect({ port: port(exp(s, 1)) }, 'rs1n1');
+  try {
+    proxy.setMode(ProxyMode.REFUSE);
+    proxy.cutAll();
+    const held = c.request(1, 0, 4096, { data: Buffer.alloc(4096, 1) }).then((r) => r.error, () => 'closed');
+    await new Promise((r) => setTimeout(r, 200));
+    assert.equal(s.state, 'connecting');
+    const t0 = Date.now();
+    await s.close();
+    assert.ok(Date.now() - t0 < 3000, `close took ${Date.now() - t0} ms`);
+    const r = await held;
+    assert.ok(r === 5 || r === 108 || r === 'closed', String(r));
+    assert.equal(s.state, 'dead');
+  } finally {
+    proxy.setMode(ProxyMode.FORWARD);
+    c.destroy();
+    await s.close();
+  }
+});
