@@ -82,7 +82,22 @@ export interface PduParserOptions {
    * the pdo of every data-carrying PDU must be a multiple of (pda+1)*4; otherwise only of 4.
    */
   pda?: number;
+  /**
+   * Optional: the final destination of a data PDU's payload (H2CData on the controller side,
+   * C2HData on the host side). Called once per data PDU as soon as its header is complete and
+   * checked (digest, datal), before any payload byte is consumed, with `ttag` 0 for C2HData.
+   * Return a Buffer of exactly `datal` bytes: the parser copies the payload straight from the
+   * pushed chunks into it (piece by piece when the PDU spans chunks; never assembled in an
+   * intermediate buffer) and delivers the PDU with `data` = that Buffer. Return undefined for
+   * the default delivery (a view, or one fresh Buffer when the PDU spans chunks). A throw (an
+   * `NvmfNbdError` with fes/fei: unknown cccid, datao out of order) fails the parser like its
+   * own errors, before the payload is read.
+   */
+  placeData?: PlaceData;
 }
+
+/** See {@link PduParserOptions.placeData}. */
+export type PlaceData = (type: 0x06 | 0x07, cccid: number, ttag: number, datao: number, datal: number) => Buffer | undefined;
 
 /** Largest header we ever hold: ICReq/ICResp (128) or CapsuleCmd + HDGST (76). */
 const MAX_HEADER = 132;
@@ -156,6 +171,9 @@ export class PduParser {
   private readonly role: 'host' | 'controller';
   private readonly maxData: number;
   private readonly align: number;
+  private readonly placeData: PlaceData | undefined;
+  /** True while `dataBuf` is a destination returned by `placeData` (not parser memory). */
+  private placed = false;
   private hdgst = false;
   private ddgst = false;
   private failed: unknown = undefined;
@@ -178,6 +196,7 @@ export class PduParser {
     this.role = opts.role;
     this.maxData = opts.maxData;
     this.align = opts.pda === undefined ? 4 : (opts.pda + 1) * 4;
+    this.placeData = opts.placeData;
   }
 
   /** Switch digests on after ICReq/ICResp (both directions use the same negotiated digests). */
@@ -188,7 +207,7 @@ export class PduParser {
 
   /** Bytes currently held in internal buffers for a PDU that spans chunks (for memory bounds). */
   get buffered(): number {
-    return (this.hdrBuf ? this.hdrHave : 0) + (this.dataBuf ? this.dataHave : 0) + (this.ddBuf ? this.ddHave : 0);
+    return (this.hdrBuf ? this.hdrHave : 0) + (this.dataBuf && !this.placed ? this.dataHave : 0) + (this.ddBuf ? this.ddHave : 0);
   }
 
   /** Feed bytes; calls onPdu for each complete PDU (data as subarray views when contiguous).
@@ -261,6 +280,7 @@ export class PduParser {
             if (this.dataHave < cur.dataLen) break;
             this.data = buf;
             this.dataBuf = undefined;
+            this.placed = false;
             this.dataHave = 0;
           }
           if (cur.dd) this.state = State.DDGST;
@@ -390,6 +410,17 @@ export class PduParser {
         throw fatal(ErrorCode.PDU_INVALID_HEADER, `datal ${datal} does not match plen (data ${cur.dataLen})`,
           Fes.INVALID_HEADER_FIELD, 16);
       }
+      if (this.placeData !== undefined) {
+        const ttag = cur.type === PduType.H2C_DATA ? h.readUInt16LE(10) : 0;
+        const dest = this.placeData(cur.type, h.readUInt16LE(8), ttag, h.readUInt32LE(12), datal);
+        if (dest !== undefined) {
+          if (dest.length !== datal) throw new Error(`placeData returned ${dest.length} bytes for a ${datal}-byte payload`);
+          // The DATA state copies into dataBuf piece by piece, whatever the chunking.
+          this.dataBuf = dest;
+          this.dataHave = 0;
+          this.placed = true;
+        }
+      }
     }
     this.header = h;
     if (cur.dataLen === 0) {
@@ -502,31 +533,38 @@ function alignUp(n: number, pda: number): number {
 }
 
 /**
- * Lay out a header of `hlen` bytes (written by `fill`) with optional HDGST, padding to PDO when
- * `data` is present, the data view itself, and optional DDGST.
+ * Allocate the header part of a PDU (header [HDGST] [pad to PDO]) and write its common header.
+ * `Buffer.allocUnsafe`: small sizes come from Node's shared pool (no ArrayBuffer and no memset
+ * per PDU); {@link finishFrame} zeroes what the encoder does not write (reserved bytes, padding).
  */
-function frame(type: number, flags: number, hlen: number, data: Buffer | undefined, o: PduOptions,
-  fill: (h: Buffer) => void): Buffer[] {
+function frameHeader(type: number, flags: number, hlen: number, dataLen: number, o: PduOptions): Buffer {
   const hd = o.hdgst ? 4 : 0;
-  const hasData = data !== undefined && data.length > 0;
+  const hasData = dataLen > 0;
   const dd = hasData && o.ddgst ? 4 : 0;
   const pdo = hasData ? alignUp(hlen + hd, o.pda) : 0;
   const headLen = hasData ? pdo : hlen + hd;
-  const plen = headLen + (hasData ? data.length : 0) + dd;
+  const plen = headLen + dataLen + dd;
   const f = flags | (o.hdgst ? PduFlag.HDGSTF : 0) | (dd ? PduFlag.DDGSTF : 0);
-  // Buffer.alloc: the padding must be zero.
-  const h = Buffer.alloc(headLen);
+  const h = Buffer.allocUnsafe(headLen);
   commonHeader(h, type, f, hlen, pdo, plen);
-  fill(h);
+  return h;
+}
+
+/**
+ * Complete a header from {@link frameHeader} whose fields are written up to `written`: zero the
+ * reserved rest of the header and the padding, add HDGST, then the data view itself (never
+ * copied) and DDGST.
+ */
+function finishFrame(h: Buffer, hlen: number, written: number, data: Buffer | undefined, o: PduOptions): Buffer[] {
+  if (written < hlen) h.fill(0, written, hlen);
+  const hd = o.hdgst ? 4 : 0;
   if (hd) h.writeUInt32LE(crc32c(h.subarray(0, hlen)), hlen);
-  if (!hasData) return [h];
-  const out = [h, data];
-  if (dd) {
-    const d = Buffer.allocUnsafe(4);
-    d.writeUInt32LE(crc32c(data), 0);
-    out.push(d);
-  }
-  return out;
+  if (h.length > hlen + hd) h.fill(0, hlen + hd);
+  if (data === undefined || data.length === 0) return [h];
+  if (!o.ddgst) return [h, data];
+  const d = Buffer.allocUnsafe(4);
+  d.writeUInt32LE(crc32c(data), 0);
+  return [h, data, d];
 }
 
 /**
@@ -534,16 +572,16 @@ function frame(type: number, flags: number, hlen: number, data: Buffer | undefin
  * [in-capsule data] [DDGST]. pdo = 0 without data.
  */
 export function encodeCapsuleCmd(sqe: Buffer, data: Buffer | undefined, o: PduOptions): Buffer[] {
-  return frame(PduType.CAPSULE_CMD, 0, PduHeaderLength.CAPSULE_CMD, data, o, (h) => {
-    sqe.copy(h, 8, 0, 64);
-  });
+  const h = frameHeader(PduType.CAPSULE_CMD, 0, PduHeaderLength.CAPSULE_CMD, data?.length ?? 0, o);
+  sqe.copy(h, 8, 0, 64);
+  return finishFrame(h, PduHeaderLength.CAPSULE_CMD, 72, data, o);
 }
 
 /** CapsuleResp (TP 8000 §7.4.3): CH (hlen 24), 16-byte CQE @8, [HDGST]. */
 export function encodeCapsuleResp(cqe: Buffer, o: PduOptions): Buffer[] {
-  return frame(PduType.CAPSULE_RESP, 0, PduHeaderLength.CAPSULE_RESP, undefined, o, (h) => {
-    cqe.copy(h, 8, 0, 16);
-  });
+  const h = frameHeader(PduType.CAPSULE_RESP, 0, PduHeaderLength.CAPSULE_RESP, 0, o);
+  cqe.copy(h, 8, 0, 16);
+  return finishFrame(h, PduHeaderLength.CAPSULE_RESP, 24, undefined, o);
 }
 
 /**
@@ -551,12 +589,12 @@ export function encodeCapsuleResp(cqe: Buffer, o: PduOptions): Buffer[] {
  * datal u32 @16, reserved to 24, [HDGST] [pad] data [DDGST]. LAST_PDU on the R2T's final PDU.
  */
 export function encodeH2CData(h: { cccid: number; ttag: number; datao: number; last: boolean }, data: Buffer, o: PduOptions): Buffer[] {
-  return frame(PduType.H2C_DATA, h.last ? PduFlag.LAST_PDU : 0, PduHeaderLength.DATA, data, o, (b) => {
-    b.writeUInt16LE(h.cccid, 8);
-    b.writeUInt16LE(h.ttag, 10);
-    b.writeUInt32LE(h.datao >>> 0, 12);
-    b.writeUInt32LE(data.length, 16);
-  });
+  const b = frameHeader(PduType.H2C_DATA, h.last ? PduFlag.LAST_PDU : 0, PduHeaderLength.DATA, data.length, o);
+  b.writeUInt16LE(h.cccid, 8);
+  b.writeUInt16LE(h.ttag, 10);
+  b.writeUInt32LE(h.datao >>> 0, 12);
+  b.writeUInt32LE(data.length, 16);
+  return finishFrame(b, PduHeaderLength.DATA, 20, data, o);
 }
 
 /**
@@ -565,19 +603,20 @@ export function encodeH2CData(h: { cccid: number; ttag: number; datao: number; l
  */
 export function encodeC2HData(h: { cccid: number; datao: number; last: boolean; success: boolean }, data: Buffer, o: PduOptions): Buffer[] {
   const flags = (h.last ? PduFlag.LAST_PDU : 0) | (h.success ? PduFlag.SUCCESS : 0);
-  return frame(PduType.C2H_DATA, flags, PduHeaderLength.DATA, data, o, (b) => {
-    b.writeUInt16LE(h.cccid, 8);
-    b.writeUInt32LE(h.datao >>> 0, 12);
-    b.writeUInt32LE(data.length, 16);
-  });
+  const b = frameHeader(PduType.C2H_DATA, flags, PduHeaderLength.DATA, data.length, o);
+  b.writeUInt16LE(h.cccid, 8);
+  b.writeUInt16LE(0, 10);
+  b.writeUInt32LE(h.datao >>> 0, 12);
+  b.writeUInt32LE(data.length, 16);
+  return finishFrame(b, PduHeaderLength.DATA, 20, data, o);
 }
 
 /** R2T (TP 8000 §7.4.10): CH (hlen 24), cccid u16 @8, ttag u16 @10, r2to u32 @12, r2tl u32 @16, [HDGST]. */
 export function encodeR2T(h: { cccid: number; ttag: number; r2to: number; r2tl: number }, o: PduOptions): Buffer[] {
-  return frame(PduType.R2T, 0, PduHeaderLength.R2T, undefined, o, (b) => {
-    b.writeUInt16LE(h.cccid, 8);
-    b.writeUInt16LE(h.ttag, 10);
-    b.writeUInt32LE(h.r2to >>> 0, 12);
-    b.writeUInt32LE(h.r2tl >>> 0, 16);
-  });
+  const b = frameHeader(PduType.R2T, 0, PduHeaderLength.R2T, 0, o);
+  b.writeUInt16LE(h.cccid, 8);
+  b.writeUInt16LE(h.ttag, 10);
+  b.writeUInt32LE(h.r2to >>> 0, 12);
+  b.writeUInt32LE(h.r2tl >>> 0, 16);
+  return finishFrame(b, PduHeaderLength.R2T, 20, undefined, o);
 }

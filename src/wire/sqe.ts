@@ -52,7 +52,9 @@ export const FeatureId = { NUMBER_OF_QUEUES: 0x07, ASYNC_EVENT_CONFIG: 0x0b, KEE
 export const CONNECT_CATTR_DISABLE_SQ_FC = 0x04;
 
 function newSqe(opcode: number, nsid = 0): Buffer {
-  const b = Buffer.alloc(SQE_SIZE);
+  // allocUnsafe + fill: a slice of Node's shared pool instead of a fresh zeroed ArrayBuffer per
+  // command (the I/O hot path builds one SQE per read/write).
+  const b = Buffer.allocUnsafe(SQE_SIZE).fill(0);
   b[0] = opcode;
   b.writeUInt32LE(nsid >>> 0, 4);
   return b;
