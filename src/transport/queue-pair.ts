@@ -73,6 +73,12 @@ export interface SubmitOptions {
   readonly dataOut?: Buffer;
   /** Controller-to-host data length (reads). One Buffer of this size is allocated at submit. */
   readonly dataInLength?: number;
+  /**
+   * Controller-to-host destination (reads), instead of `dataInLength`: C2HData payloads are
+   * copied straight from the socket chunks into it at their datao (no intermediate buffer) and
+   * the completion's `data` is this same Buffer (or view).
+   */
+  readonly dataIn?: Buffer;
   /** Per-command timeout; defaults to the queue's. `Infinity`: no deadline (Asynchronous Event Request). */
   readonly timeoutMs?: number;
   /** Force in-capsule data whatever its size (Fabrics Connect). */
@@ -224,7 +230,11 @@ export class QueuePair extends EventEmitter {
     this.tickMs = Math.max(5, Math.min(1000, Math.floor(this.timeoutMs / 8)));
     // A circular SQ of N entries holds N-1 commands; cids are bounded the same way.
     for (let cid = 0; cid < opts.queueSize - 1; cid++) this.freeCids.push(cid);
-    this.parser = new PduParser({ role: 'host', maxData: Math.max(this.maxTransfer, 8192) });
+    this.parser = new PduParser({
+      role: 'host',
+      maxData: Math.max(this.maxTransfer, 8192),
+      placeData: (_type, cccid, _ttag, datao, datal) => this.placeC2HData(cccid, datao, datal),
+    });
     socket.setNoDelay(true);
     this.socketClosed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
@@ -356,7 +366,7 @@ export class QueuePair extends EventEmitter {
     if (this.state === QpState.CLOSED) {
       return Promise.reject(this.closeError ?? new NvmfNbdError(ErrorCode.CONNECTION_CLOSED, `queue ${this.qid} is closed`));
     }
-    const inLen = opts.dataInLength ?? 0;
+    const inLen = opts.dataIn?.length ?? opts.dataInLength ?? 0;
     const outLen = opts.dataOut?.length ?? 0;
     if (inLen > 0 && outLen > 0) return Promise.reject(new NvmfNbdError(ErrorCode.INVALID_ARGUMENT, 'bidirectional commands are not supported'));
     if (inLen > this.maxTransfer || (outLen > this.maxTransfer && opts.inCapsule !== true)) {
@@ -391,9 +401,9 @@ export class QueuePair extends EventEmitter {
         deferred = dataOut;
       }
     } else {
-      setSgl(sqe, SglType.TRANSPORT_DATA_BLOCK, opts.dataInLength ?? 0);
+      setSgl(sqe, SglType.TRANSPORT_DATA_BLOCK, opts.dataIn?.length ?? opts.dataInLength ?? 0);
     }
-    const inLen = opts.dataInLength ?? 0;
+    const inLen = opts.dataIn?.length ?? opts.dataInLength ?? 0;
     const p: Pending = {
       cid,
       opcode: sqe[0] as number,
@@ -401,7 +411,7 @@ export class QueuePair extends EventEmitter {
       reject: w.reject,
       dataOut: deferred,
       h2cNext: 0,
-      dataIn: inLen > 0 ? Buffer.allocUnsafe(inLen) : undefined,
+      dataIn: inLen === 0 ? undefined : opts.dataIn ?? Buffer.allocUnsafe(inLen),
       received: 0,
       c2hDone: false,
       digestError: false,
@@ -550,6 +560,20 @@ export class QueuePair extends EventEmitter {
     this.drainWaiters();
   }
 
+  /**
+   * The parser's placeData hook: checks a C2HData header against its command before any payload
+   * byte is read and returns where the payload goes (a view of the command's data-in buffer), so
+   * the parser copies it there straight from the socket chunks.
+   */
+  private placeC2HData(cccid: number, datao: number, datal: number): Buffer | undefined {
+    if (this.state !== QpState.READY) return undefined;
+    const p = this.lookup(cccid, 'C2HData');
+    const dataIn = p.dataIn;
+    // Errors are reported by onC2HData with the full PDU (same codes); just do not place.
+    if (dataIn === undefined || p.c2hDone || datao !== p.received || datao + datal > dataIn.length) return undefined;
+    return dataIn.subarray(datao, datao + datal);
+  }
+
   private onC2HData(pdu: Extract<Pdu, { type: 0x07 }>): void {
     const p = this.lookup(pdu.cccid, 'C2HData');
     const dataIn = p.dataIn;
@@ -569,7 +593,8 @@ export class QueuePair extends EventEmitter {
     if (pdu.success && this.sqFlowControl) {
       throw fatal(ErrorCode.PDU_SEQUENCE, `queue ${this.qid}: C2HData SUCCESS while SQ flow control is on`, Fes.INVALID_HEADER_FIELD, 1);
     }
-    pdu.data.copy(dataIn, pdu.datao);
+    // Placed by placeC2HData: already in dataIn (the parser copied it there from the chunks).
+    if (pdu.data.buffer !== dataIn.buffer || pdu.data.byteOffset !== dataIn.byteOffset + pdu.datao) pdu.data.copy(dataIn, pdu.datao);
     p.received += len;
     if (!pdu.dataDigestOk) p.digestError = true;
     if (!pdu.last && p.received === dataIn.length) {
