@@ -198,9 +198,10 @@ export class ResilientController extends EventEmitter implements NamespaceBacken
 
   // ---- operations -----------------------------------------------------------------------------
 
-  read(nsid: number, slba: bigint, nlb: number): Promise<Buffer> {
+  /** `into`: the destination (see Controller.read); a re-driven read rewrites it whole. */
+  read(nsid: number, slba: bigint, nlb: number, into?: Buffer): Promise<Buffer> {
     const lba = this.ctrl.namespaces.get(nsid)?.lbaSize ?? 512;
-    return this.submit(nsid, nlb * lba, (c) => c.read(nsid, slba, nlb));
+    return this.submit(nsid, nlb * lba, (c) => c.read(nsid, slba, nlb, into));
   }
   write(nsid: number, slba: bigint, data: Buffer, o: { fua?: boolean } = {}): Promise<void> {
     return this.submit(nsid, data.length, (c) => c.write(nsid, slba, data, o));
