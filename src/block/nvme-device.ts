@@ -21,11 +21,44 @@ export interface NamespaceBackend {
   /** Optional NVM Command Support (Identify Controller ONCS). */
   readonly oncs: number;
   readonly volatileWriteCache: boolean;
-  read(nsid: number, slba: bigint, nlb: number): Promise<Buffer>;
+  /** `into` (optional, exactly nlb·lbaSize bytes): where the data should land; resolves with it. */
+  read(nsid: number, slba: bigint, nlb: number, into?: Buffer): Promise<Buffer>;
   write(nsid: number, slba: bigint, data: Buffer, o: { fua?: boolean }): Promise<void>;
   flush(nsid: number): Promise<void>;
   deallocate(nsid: number, ranges: ReadonlyArray<{ slba: bigint; nlb: number }>): Promise<void>;
   writeZeroes(nsid: number, slba: bigint, nlb: number, o: { deallocate?: boolean; fua?: boolean }): Promise<void>;
+}
+
+/** Reads up to this size are carved from a shared slab (see {@link readBuffer}). */
+const SLAB_READ_MAX = 16 * 1024;
+/** Slab size: 64 reads of 4 KiB per allocation; small enough that a retained view pins little. */
+const SLAB_SIZE = 256 * 1024;
+let slab = Buffer.allocUnsafeSlow(0);
+let slabUsed = 0;
+
+/**
+ * The destination of one read. Node pools only allocations below 4 KiB, so a 4 KiB
+ * `allocUnsafe` is a malloc'd ArrayBuffer per read, later freed by the GC's sweeper; small reads
+ * instead take consecutive views of a 256 KiB slab (the NBD reply holds its view only until
+ * written). Contents are uninitialised: the controller writes every byte before resolving.
+ */
+function readBuffer(n: number): Buffer {
+  if (n > SLAB_READ_MAX) return Buffer.allocUnsafe(n);
+  if (slabUsed + n > slab.length) {
+    slab = Buffer.allocUnsafeSlow(SLAB_SIZE);
+    slabUsed = 0;
+  }
+  const b = slab.subarray(slabUsed, slabUsed + n);
+  slabUsed += n;
+  return b;
+}
+
+function readFailed(err: unknown): never {
+  throw withErrno(err, 'read');
+}
+
+function writeFailed(err: unknown): never {
+  throw withErrno(err, 'write');
 }
 
 /** ONCS bits (Identify Controller @520). */
@@ -84,17 +117,27 @@ export class NvmeNamespaceDevice implements BlockDevice {
     }
   }
 
-  async read(offset: number, length: number): Promise<Buffer> {
-    if (length === 0) return Buffer.alloc(0);
-    const { slba, nlb } = this.lba(offset, length, 'read');
-    return this.run('read', () => this.ctrl.read(this.nsid, slba, nlb));
+  // read/write are not async: the hot path keeps one promise hop (the error mapping) instead of
+  // four; synchronous errors still become rejections.
+  read(offset: number, length: number): Promise<Buffer> {
+    if (length === 0) return Promise.resolve(Buffer.alloc(0));
+    try {
+      const { slba, nlb } = this.lba(offset, length, 'read');
+      return this.ctrl.read(this.nsid, slba, nlb, readBuffer(length)).then(undefined, readFailed);
+    } catch (err) {
+      return Promise.reject(err);
+    }
   }
 
-  async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
-    if (this.readOnly) throw new NvmfNbdError(ErrorCode.INVALID_ARGUMENT, 'device is read-only', { errno: NbdErrno.EPERM });
-    if (data.length === 0) return;
-    const { slba } = this.lba(offset, data.length, 'write');
-    await this.run('write', () => this.ctrl.write(this.nsid, slba, data, { fua: fua && this.canFua }));
+  write(offset: number, data: Buffer, fua: boolean): Promise<void> {
+    try {
+      if (this.readOnly) throw new NvmfNbdError(ErrorCode.INVALID_ARGUMENT, 'device is read-only', { errno: NbdErrno.EPERM });
+      if (data.length === 0) return Promise.resolve();
+      const { slba } = this.lba(offset, data.length, 'write');
+      return this.ctrl.write(this.nsid, slba, data, { fua: fua && this.canFua }).then(undefined, writeFailed);
+    } catch (err) {
+      return Promise.reject(err);
+    }
   }
 
   async flush(): Promise<void> {
