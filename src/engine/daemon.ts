@@ -37,7 +37,9 @@ export type DaemonNbdSpec = { unixDir: string } | { tcp: { host: string; basePor
 /** Parse the daemon's `--nbd`: `unix:DIR` or `tcp:HOST:BASEPORT` (nvmeN listens on BASEPORT+N). */
 export function parseDaemonNbdSpec(s: string): DaemonNbdSpec {
   const n = parseNbdSpec(s);
-  return 'unixDir' in n ? n : { tcp: { host: n.tcp.host, basePort: n.tcp.port } };
+  if ('unixDir' in n) return n;
+  if ('tcp' in n) return { tcp: { host: n.tcp.host, basePort: n.tcp.port } };
+  throw new NvmfNbdError(ErrorCode.CLI_USAGE, `daemon --nbd '${s}': the daemon serves many controllers: use unix:DIR or tcp:HOST:BASEPORT`);
 }
 
 /** The NBD endpoint spec of controller `name` (`nvmeN`) under the daemon's default. */

@@ -26,24 +26,42 @@ import type { CtrlStateValue, ResilienceOptions } from '../controller/resilient'
 import { NvmeNamespaceDevice } from '../block/nvme-device';
 import type { BlockDevice } from '../block/types';
 import { NbdErrno } from '../block/errno';
-import { NbdServer } from '../nbd/server';
+import { Duplex } from 'node:stream';
+import { NbdServer, formatEndpoint } from '../nbd/server';
 import type { NbdEndpoint, NbdExportStats, NbdServerOptions } from '../nbd/server';
 import { attach, detach } from '../attach/nbd-client';
 import { ErrorCode, NvmfNbdError } from '../errors';
 
-/** Where a session serves NBD: a private directory of Unix sockets, or loopback TCP. */
-export type NbdSpec = { unixDir: string } | { tcp: { host: string; port: number } };
+/**
+ * Where a session serves NBD: a private directory of Unix sockets, loopback TCP, an inherited
+ * listening socket (systemd socket activation: `LISTEN_FDS`), or one connection on stdin/stdout
+ * (`--stdio`, as libnbd's `nbd_connect_command` and `nbdinfo -- CMD` start a server).
+ */
+export type NbdSpec = { unixDir: string } | { tcp: { host: string; port: number } } | { fd: number } | { stdio: true };
 
-/** Parse the `--nbd` option: `unix:DIR` or `tcp:HOST:PORT`. */
+/** Parse the `--nbd` option: `unix:DIR`, `tcp:HOST:PORT`, `fd:N` or `stdio`. */
 export function parseNbdSpec(s: string): NbdSpec {
   if (s.startsWith('unix:') && s.length > 5) return { unixDir: s.slice(5) };
+  if (s === 'stdio') return { stdio: true };
+  const fd = /^fd:(\d{1,4})$/.exec(s);
+  if (fd !== null) return { fd: Number(fd[1]) };
   const m = /^tcp:(\[[^\]]+\]|[^:]+):(\d{1,5})$/.exec(s);
   if (m !== null) {
     const port = Number(m[2]);
     if (port > 65535) throw new NvmfNbdError(ErrorCode.CLI_USAGE, `--nbd ${s}: port out of range`);
     return { tcp: { host: (m[1] as string).replace(/^\[|\]$/g, ''), port } };
   }
-  throw new NvmfNbdError(ErrorCode.CLI_USAGE, `--nbd '${s}': expected unix:DIR or tcp:HOST:PORT`);
+  throw new NvmfNbdError(ErrorCode.CLI_USAGE, `--nbd '${s}': expected unix:DIR, tcp:HOST:PORT, fd:N or stdio`);
+}
+
+/**
+ * The socket systemd (or libnbd's socket activation) handed to this process, if any:
+ * `LISTEN_PID` names this process and `LISTEN_FDS` ≥ 1, so the first one is fd 3.
+ */
+export function socketActivationFd(env: NodeJS.ProcessEnv = process.env, pid = process.pid): number | undefined {
+  if (env.LISTEN_PID !== String(pid)) return undefined;
+  const n = Number(env.LISTEN_FDS);
+  return Number.isInteger(n) && n >= 1 ? 3 : undefined;
 }
 
 /** Options of {@link ControllerSession.open}. */
@@ -168,6 +186,9 @@ export class ControllerSession extends EventEmitter {
   private readonly devices = new Map<number, ExportDevice>();
   /** Endpoints already listened on (TCP: one for all; Unix: one per export path). */
   private tcpEndpoint: NbdEndpoint | undefined;
+  private sharedEndpoint: NbdEndpoint | undefined;
+  /** With `--stdio`: resolves when the one NBD connection has ended. */
+  stdioClosed: Promise<void> | undefined;
   private readonly unixEndpoints = new Map<string, NbdEndpoint>();
   /** Namespace changes are applied one at a time, in order. */
   private nsWork: Promise<void> = Promise.resolve();
@@ -317,6 +338,21 @@ export class ControllerSession extends EventEmitter {
   /** Give every export without an endpoint one (listening on what is missing). */
   private async listen(): Promise<void> {
     const spec = this.o.nbd;
+    if ('stdio' in spec || 'fd' in spec) {
+      // One endpoint serves every export; stdio carries exactly one connection.
+      if (this.sharedEndpoint === undefined) {
+        if ('fd' in spec) {
+          this.sharedEndpoint = await this.server.listen({ fd: spec.fd });
+        } else {
+          const conn = this.server.serveSocket(Duplex.from({ readable: process.stdin, writable: process.stdout }));
+          this.stdioClosed = conn.closed.then(() => undefined);
+          this.sharedEndpoint = { stdio: true };
+        }
+      }
+      const ep = this.sharedEndpoint;
+      for (let i = 0; i < this.exports.length; i++) this.exports[i] = { ...(this.exports[i] as SessionExport), endpoint: ep };
+      return;
+    }
     if ('tcp' in spec) {
       this.tcpEndpoint ??= await this.server.listen({ tcp: spec.tcp });
       const ep = this.tcpEndpoint;
@@ -344,7 +380,11 @@ export class ControllerSession extends EventEmitter {
   async attachAll(): Promise<void> {
     for (const e of this.exports) {
       if (e.device !== undefined) continue;
-      const where = 'unix' in e.endpoint ? { socketPath: e.endpoint.unix } : { host: e.endpoint.tcp.host, port: e.endpoint.tcp.port };
+      const ep = e.endpoint;
+      if (!('unix' in ep) && !('tcp' in ep)) {
+        throw new NvmfNbdError(ErrorCode.CLI_USAGE, `cannot attach ${e.name}: it is served on ${formatEndpoint(ep)}, not on a socket nbd-client can dial`);
+      }
+      const where = 'unix' in ep ? { socketPath: ep.unix } : { host: ep.tcp.host, port: ep.tcp.port };
       e.device = await attach({ ...where, exportName: e.name, blockSize: e.blockSize, connections: this.o.connections ?? 1 });
       this.o.log?.(`${e.name} attached as ${e.device}`);
     }
@@ -390,7 +430,7 @@ export class ControllerSession extends EventEmitter {
         nsid: e.nsid,
         size: e.size,
         blockSize: e.blockSize,
-        endpoint: 'unix' in e.endpoint ? `unix:${e.endpoint.unix}` : `tcp:${e.endpoint.tcp.host}:${e.endpoint.tcp.port}`,
+        endpoint: formatEndpoint(e.endpoint),
         device: e.device ?? null,
         ...(e.capacityChanged !== undefined ? { capacityChanged: e.capacityChanged } : {}),
       })),

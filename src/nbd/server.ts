@@ -18,9 +18,17 @@ import { NbdConnection, type NbdConnectionHost, type NbdExportCounters, type Nbd
 export type { NbdLogEntry, NbdExportCounters } from './connection';
 
 /** Where to listen. TCP host defaults to 127.0.0.1; port 0 picks a free port. */
-export type NbdListenSpec = { unix: string } | { tcp: { host?: string; port: number } };
+export type NbdListenSpec = { unix: string } | { tcp: { host?: string; port: number } } | { fd: number };
 /** A bound endpoint (TCP with the actual port). */
-export type NbdEndpoint = { unix: string } | { tcp: { host: string; port: number } };
+export type NbdEndpoint = { unix: string } | { tcp: { host: string; port: number } } | { fd: number } | { stdio: true };
+
+/** `unix:PATH`, `tcp:HOST:PORT`, `fd:N` (an inherited listening socket) or `stdio`. */
+export function formatEndpoint(ep: NbdEndpoint): string {
+  if ('unix' in ep) return `unix:${ep.unix}`;
+  if ('tcp' in ep) return `tcp:${ep.tcp.host}:${ep.tcp.port}`;
+  if ('fd' in ep) return `fd:${ep.fd}`;
+  return 'stdio';
+}
 
 /** Options of {@link NbdServer}. */
 export interface NbdServerOptions {
@@ -168,6 +176,11 @@ export class NbdServer {
         await waitListening(server);
         await fsp.chmod(spec.unix, 0o600);
         endpoint = { unix: spec.unix };
+      } else if ('fd' in spec) {
+        // An already bound, listening socket handed over by systemd or libnbd (LISTEN_FDS).
+        server.listen({ fd: spec.fd });
+        await waitListening(server);
+        endpoint = { fd: spec.fd };
       } else {
         const host = spec.tcp.host ?? '127.0.0.1';
         server.listen({ host, port: spec.tcp.port });
@@ -176,7 +189,7 @@ export class NbdServer {
         endpoint = { tcp: { host, port: addr.port } };
       }
       this.listeners.push({ server, endpoint });
-      this.logFn({ level: 'info', msg: `listening on ${'unix' in endpoint ? endpoint.unix : `${endpoint.tcp.host}:${endpoint.tcp.port}`}` });
+      this.logFn({ level: 'info', msg: `listening on ${formatEndpoint(endpoint)}` });
       return endpoint;
     } catch (err) {
       server.close();

@@ -87,9 +87,10 @@ export function openBridge(o: BridgeOptions): Promise<ControllerSession> {
 export function exportUri(s: ControllerSession, name: string): string {
   const e = s.exports.find((x) => x.name === name);
   if (e === undefined) throw new Error(`no export ${name} in ${s.exports.map((x) => x.name).join(', ')}`);
-  return 'unix' in e.endpoint
-    ? `nbd+unix:///${name}?socket=${e.endpoint.unix}`
-    : `nbd://${e.endpoint.tcp.host}:${e.endpoint.tcp.port}/${name}`;
+  const ep = e.endpoint;
+  if ('unix' in ep) return `nbd+unix:///${name}?socket=${ep.unix}`;
+  if ('tcp' in ep) return `nbd://${ep.tcp.host}:${ep.tcp.port}/${name}`;
+  throw new Error(`export ${name} has no dialable endpoint`);
 }
 
 /** sha256 hex of a buffer. */

@@ -4,6 +4,7 @@
  * server is checked against a second, separately written reading of the protocol.
  */
 import * as net from 'node:net';
+import type { Duplex } from 'node:stream';
 
 const NBDMAGIC = 0x4e42444d41474943n;
 const IHAVEOPT = 0x49484156454f5054n;
@@ -40,12 +41,17 @@ export class NbdTestClient {
   private buf: Buffer = Buffer.alloc(0);
   private closedError: Error | undefined;
 
-  private constructor(private readonly sock: net.Socket) {}
+  private constructor(private readonly sock: Duplex) {}
 
   /** Connect and negotiate `exportName` with NBD_OPT_GO. */
   static async connect(ep: Endpoint, exportName: string, timeoutMs = 10_000): Promise<NbdTestClient> {
     const sock = 'path' in ep ? net.connect(ep.path) : net.connect(ep.port, ep.host ?? '127.0.0.1');
     sock.setNoDelay?.(true);
+    return NbdTestClient.overStream(sock, exportName, timeoutMs);
+  }
+
+  /** Negotiate `exportName` over an already connected stream (e.g. a child's stdin/stdout). */
+  static async overStream(sock: Duplex, exportName: string, timeoutMs = 10_000): Promise<NbdTestClient> {
     const c = new NbdTestClient(sock);
     const timer = setTimeout(() => sock.destroy(new Error('NBD handshake timed out')), timeoutMs);
     try {
@@ -192,7 +198,7 @@ class HandshakeReader {
   };
   private readonly onEnd = (): void => this.want?.reject(new Error('connection closed during NBD handshake'));
 
-  constructor(private readonly sock: net.Socket) {
+  constructor(private readonly sock: Duplex) {
     sock.on('data', this.onData);
     sock.on('close', this.onEnd);
     sock.on('error', (e) => this.want?.reject(e));

@@ -14,8 +14,9 @@ import { Controller } from '../../controller/controller';
 import type { ControllerOptions, NamespaceInfo } from '../../controller/controller';
 import type { ResilienceOptions } from '../../controller/resilient';
 import { isUuid, loadHostIdentity, stateDir } from '../../controller/host-identity';
-import { ControllerSession, parseNbdSpec } from '../../engine/session';
+import { ControllerSession, parseNbdSpec, socketActivationFd } from '../../engine/session';
 import { protectFromOomKiller } from '../../engine/oom';
+import { formatEndpoint } from '../../nbd/server';
 import { formatBytes, formatJson, formatTable, outputFormat } from '../output';
 import type { OutputFormat } from '../output';
 import { waitForShutdownSignal } from '../signals';
@@ -168,7 +169,8 @@ export function formatController(c: DescribableController): string {
 
 /** NBD flags of connect. */
 export const NBD_OPTIONS: readonly OptionSpec[] = [
-  { long: 'nbd', type: 'string', metavar: 'unix:DIR|tcp:HOST:PORT', help: 'where to serve the namespaces over NBD (default unix:STATE_DIR/nbd: a 0700 directory of 0600 sockets)' },
+  { long: 'nbd', type: 'string', metavar: 'unix:DIR|tcp:HOST:PORT|fd:N|stdio', help: 'where to serve the namespaces over NBD (default unix:STATE_DIR/nbd: a 0700 directory of 0600 sockets; fd:3 when started by systemd socket activation)' },
+  { long: 'stdio', type: 'boolean', help: 'serve one NBD connection on stdin/stdout and exit when it ends (for nbdinfo -- CMD, nbd_connect_command); messages go to stderr' },
   { long: 'attach', type: 'boolean', help: 'attach every namespace to a /dev/nbdX with nbd-client (root, nbd module)' },
   { long: 'connections', short: 'C', type: 'int', metavar: 'N', min: 1, max: 16, help: 'nbd-client connections per device with --attach', default: 1 },
   { long: 'read-only', short: 'r', type: 'boolean', help: 'serve the namespaces read-only' },
@@ -178,7 +180,7 @@ export const NBD_OPTIONS: readonly OptionSpec[] = [
 export function formatExports(s: ControllerSession): string {
   const rows = s.exports.map((e) => [
     e.name, String(e.nsid), formatBytes(e.size), String(e.blockSize),
-    'unix' in e.endpoint ? `unix:${e.endpoint.unix}` : `tcp:${e.endpoint.tcp.host}:${e.endpoint.tcp.port}`, e.device ?? '-',
+    formatEndpoint(e.endpoint), e.device ?? '-',
   ]);
   return formatTable(['EXPORT', 'NSID', 'SIZE', 'LBA', 'NBD ENDPOINT', 'DEVICE'], rows);
 }
@@ -190,7 +192,10 @@ export const verb: Verb = {
   options: [...CONNECT_OPTIONS, ...NBD_OPTIONS, ...HANDOFF_OPTIONS],
   async run(opts) {
     const { format, ...copts } = controllerOptionsFromArgs(opts);
-    if (opts.foreground !== true) {
+    const activated = socketActivationFd();
+    const nbdArg = opts.stdio === true ? 'stdio' : typeof opts.nbd === 'string' ? opts.nbd : activated !== undefined ? `fd:${activated}` : undefined;
+    // stdio and an inherited socket belong to this process: never hand those off to a daemon.
+    if (opts.foreground !== true && nbdArg !== 'stdio' && !(nbdArg ?? '').startsWith('fd:')) {
       // A running daemon takes the connection over (its answer is printed as we would print
       // it); with none we say so and stay in the foreground (containers rely on this).
       const handed = await handOffConnect(opts, stateDir());
@@ -199,7 +204,11 @@ export const verb: Verb = {
         return 0;
       }
     }
-    const nbd = parseNbdSpec(typeof opts.nbd === 'string' ? opts.nbd : `unix:${path.join(stateDir(), 'nbd')}`);
+    const nbd = parseNbdSpec(nbdArg ?? `unix:${path.join(stateDir(), 'nbd')}`);
+    if ('stdio' in nbd && opts.attach === true) usageError('--stdio and --attach cannot be combined');
+    // With --stdio stdout is the NBD stream; under socket activation it is the starter's
+    // (e.g. nbdinfo's JSON): either way, everything for people goes to stderr.
+    const out = 'stdio' in nbd || 'fd' in nbd ? process.stderr : process.stdout;
     if (opts.attach === true) protectFromOomKiller();
     const session = await ControllerSession.open({
       name: 'nvme0',
@@ -217,10 +226,10 @@ export const verb: Verb = {
     // Listen for the signal before printing: a script that reads our output and then sends
     // SIGINT must never find us without the handler (the default action would kill us).
     const signalled = waitForShutdownSignal();
-    process.stdout.write(format === 'json'
+    out.write(format === 'json'
       ? formatJson({ ...session.describe(), namespaces: describeController(ctrl).namespaces })
       : `${formatController(ctrl)}\n${formatExports(session)}`);
-    await Promise.race([signalled, stopped]);
+    await Promise.race([signalled, stopped, ...(session.stdioClosed !== undefined ? [session.stdioClosed] : [])]);
     await session.close();
     if (lost !== undefined) {
       process.stderr.write(`nvmf-nbd connect: ${lost.message} (${(lost as { code?: string }).code ?? 'error'})\n`);
