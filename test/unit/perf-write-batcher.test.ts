@@ -20,14 +20,14 @@ function recorder(): { sink: Writable; batches: Buffer[][] } {
   return { sink, batches };
 }
 
-test('many writes in one tick leave in one writev, in order, uncopied', async () => {
+test('many writes in one iteration leave in one writev, in order, uncopied', async () => {
   const { sink, batches } = recorder();
   const b = new WriteBatcher(sink);
   const bufs = Array.from({ length: 40 }, (_, i) => Buffer.from([i]));
   for (let i = 0; i < 20; i++) b.write(bufs[i] as Buffer);
   b.writeAll(bufs.slice(20));
   assert.equal(b.corked, true);
-  assert.equal(batches.length, 0, 'nothing leaves before the end of the tick');
+  assert.equal(batches.length, 0, 'nothing leaves before the check phase');
   await new Promise((r) => setImmediate(r));
   assert.equal(b.corked, false);
   assert.equal(batches.length, 1);
@@ -36,7 +36,7 @@ test('many writes in one tick leave in one writev, in order, uncopied', async ()
   for (let i = 0; i < 40; i++) assert.equal(got[i], bufs[i], `buffer ${i} is the same object (no copy)`);
 });
 
-test('writes made by promise callbacks of the same tick join the batch', async () => {
+test('writes made by promise callbacks and timers of the same iteration join the batch', async () => {
   const { sink, batches } = recorder();
   const b = new WriteBatcher(sink);
   // Like a socket read that resolves several command promises, each replying through a chain.
@@ -45,13 +45,17 @@ test('writes made by promise callbacks of the same tick join the batch', async (
     chains.push(Promise.resolve(i).then((v) => v + 1).then((v) => { b.write(Buffer.from([v])); }));
   }
   b.write(Buffer.from([0]));
+  // A nextTick callback of the same iteration joins too.
+  process.nextTick(() => b.write(Buffer.from([6])));
   await Promise.all(chains);
   await new Promise((r) => setImmediate(r));
   assert.equal(batches.length, 1);
-  assert.deepEqual((batches[0] as Buffer[]).map((x) => x[0]), [0, 1, 2, 3, 4, 5]);
+  const got = (batches[0] as Buffer[]).map((x) => x[0] as number);
+  assert.equal(got[0], 0, 'the synchronous write comes first');
+  assert.deepEqual([...got].sort((a, b) => a - b), [0, 1, 2, 3, 4, 5, 6]);
 });
 
-test('separate ticks are separate batches; flush() sends at once and is idempotent', async () => {
+test('separate iterations are separate batches; flush() sends at once and is idempotent', async () => {
   const { sink, batches } = recorder();
   const b = new WriteBatcher(sink);
   b.write(Buffer.from('a'));
@@ -66,7 +70,7 @@ test('separate ticks are separate batches; flush() sends at once and is idempote
   assert.deepEqual((batches[1] as Buffer[]).map((x) => x.toString()), ['b', 'c']);
 });
 
-test('a real TCP socket gets one writev for a tick of writes', { timeout: 5000 }, async () => {
+test('a real TCP socket gets one writev for an iteration of writes', { timeout: 5000 }, async () => {
   const received: Buffer[] = [];
   const server = net.createServer((s) => s.on('data', (c: Buffer) => received.push(c)));
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
