@@ -124,6 +124,12 @@ function fatal(code: ErrorCodeValue, msg: string, fes: number, fei: number): Nvm
   return new NvmfNbdError(code, msg, { fes, fei });
 }
 
+/** A common-header error (module-level, not a closure per parsed header). */
+function badHeader(type: number, fei: number, what: string, code: ErrorCodeValue = ErrorCode.PDU_INVALID_HEADER,
+  fes: number = Fes.INVALID_HEADER_FIELD): NvmfNbdError {
+  return fatal(code, `PDU type 0x${type.toString(16)}: ${what}`, fes, fei);
+}
+
 function roleAccepts(role: 'host' | 'controller', type: number): type is PduTypeValue {
   if (role === 'host') {
     return type === PduType.IC_RESP || type === PduType.C2H_TERM_REQ || type === PduType.CAPSULE_RESP ||
@@ -328,18 +334,16 @@ export class PduParser {
       throw fatal(ErrorCode.PDU_INVALID_TYPE, `PDU type 0x${type.toString(16)} not valid for ${this.role}`,
         Fes.INVALID_HEADER_FIELD, 0);
     }
-    const bad = (fei: number, what: string, code: ErrorCodeValue = ErrorCode.PDU_INVALID_HEADER, fes: number = Fes.INVALID_HEADER_FIELD): NvmfNbdError =>
-      fatal(code, `PDU type 0x${type.toString(16)}: ${what}`, fes, fei);
 
     const want = expectedHlen(type);
-    if (hlen !== want) throw bad(2, `hlen ${hlen}, expected ${want}`);
+    if (hlen !== want) throw badHeader(type, 2, `hlen ${hlen}, expected ${want}`);
 
     const digestible = type !== PduType.IC_REQ && type !== PduType.IC_RESP &&
       type !== PduType.H2C_TERM_REQ && type !== PduType.C2H_TERM_REQ;
     const hasHdgstF = (flags & PduFlag.HDGSTF) !== 0;
     const hasDdgstF = (flags & PduFlag.DDGSTF) !== 0;
     const hd = digestible && this.hdgst;
-    if (hasHdgstF !== hd) throw bad(1, hd ? 'HDGSTF missing' : 'unexpected HDGSTF');
+    if (hasHdgstF !== hd) throw badHeader(type, 1, hd ? 'HDGSTF missing' : 'unexpected HDGSTF');
     const headerLen = hlen + (hd ? 4 : 0);
 
     let dataStart = 0;
@@ -350,13 +354,13 @@ export class PduParser {
       case PduType.IC_RESP:
       case PduType.CAPSULE_RESP:
       case PduType.R2T:
-        if (pdo !== 0) throw bad(3, `pdo ${pdo}, expected 0`);
-        if (plen !== headerLen) throw bad(4, `plen ${plen}, expected ${headerLen}`);
+        if (pdo !== 0) throw badHeader(type, 3, `pdo ${pdo}, expected 0`);
+        if (plen !== headerLen) throw badHeader(type, 4, `plen ${plen}, expected ${headerLen}`);
         break;
       case PduType.H2C_TERM_REQ:
       case PduType.C2H_TERM_REQ:
-        if (pdo !== 0) throw bad(3, `pdo ${pdo}, expected 0`);
-        if (plen < hlen || plen > hlen + TERM_REQ_MAX_DATA) throw bad(4, `plen ${plen} out of range`);
+        if (pdo !== 0) throw badHeader(type, 3, `pdo ${pdo}, expected 0`);
+        if (plen < hlen || plen > hlen + TERM_REQ_MAX_DATA) throw badHeader(type, 4, `plen ${plen} out of range`);
         dataStart = hlen;
         dataLen = plen - hlen;
         maxLen = TERM_REQ_MAX_DATA;
@@ -366,12 +370,12 @@ export class PduParser {
       case PduType.C2H_DATA: {
         if (type === PduType.CAPSULE_CMD && pdo === 0) {
           // No in-capsule data.
-          if (plen !== headerLen) throw bad(4, `plen ${plen}, expected ${headerLen} without data`);
+          if (plen !== headerLen) throw badHeader(type, 4, `plen ${plen}, expected ${headerLen} without data`);
           break;
         }
-        if (pdo < headerLen || pdo % this.align !== 0) throw bad(3, `pdo ${pdo} invalid`);
+        if (pdo < headerLen || pdo % this.align !== 0) throw badHeader(type, 3, `pdo ${pdo} invalid`);
         const dd = this.ddgst ? 4 : 0;
-        if (plen <= pdo + dd) throw bad(4, `plen ${plen} leaves no data`);
+        if (plen <= pdo + dd) throw badHeader(type, 4, `plen ${plen} leaves no data`);
         dataStart = pdo;
         dataLen = plen - pdo - dd;
         break;
@@ -383,12 +387,12 @@ export class PduParser {
     }
     const carries = dataLen > 0 && digestible;
     const ddExpected = carries && this.ddgst;
-    if (hasDdgstF !== ddExpected) throw bad(1, ddExpected ? 'DDGSTF missing' : 'unexpected DDGSTF');
+    if (hasDdgstF !== ddExpected) throw badHeader(type, 1, ddExpected ? 'DDGSTF missing' : 'unexpected DDGSTF');
     if (dataLen > maxLen) {
-      throw bad(4, `data ${dataLen} exceeds limit ${maxLen}`, ErrorCode.PDU_TOO_LARGE, Fes.DATA_LIMIT_EXCEEDED);
+      throw badHeader(type, 4, `data ${dataLen} exceeds limit ${maxLen}`, ErrorCode.PDU_TOO_LARGE, Fes.DATA_LIMIT_EXCEEDED);
     }
     if (type === PduType.C2H_DATA && (flags & PduFlag.SUCCESS) !== 0 && (flags & PduFlag.LAST_PDU) === 0) {
-      throw bad(1, 'SUCCESS without LAST_PDU');
+      throw badHeader(type, 1, 'SUCCESS without LAST_PDU');
     }
     return { type, flags, hlen, headerLen, dataStart, dataLen, dd: ddExpected };
   }
