@@ -571,7 +571,8 @@ export class QueuePair extends EventEmitter {
     const dataIn = p.dataIn;
     // Errors are reported by onC2HData with the full PDU (same codes); just do not place.
     if (dataIn === undefined || p.c2hDone || datao !== p.received || datao + datal > dataIn.length) return undefined;
-    return dataIn.subarray(datao, datao + datal);
+    // The usual case (one PDU carries the whole read): the buffer itself, no view to allocate.
+    return datao === 0 && datal === dataIn.length ? dataIn : dataIn.subarray(datao, datao + datal);
   }
 
   private onC2HData(pdu: Extract<Pdu, { type: 0x07 }>): void {
