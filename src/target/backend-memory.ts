@@ -32,10 +32,13 @@ export class MemoryBackend implements NamespaceBackend {
   read(offset: number, length: number): Promise<Buffer> {
     // A fresh zeroed buffer: the caller hands it to socket.write, which keeps a reference until
     // the kernel took it, so it must never be a view of chunk memory that a later write changes.
-    const out = Buffer.alloc(length);
+    // allocUnsafe: every byte is written below (copied, or zeroed for never-written chunks), so
+    // the zero-fill of Buffer.alloc would be a second pass over the data.
+    const out = Buffer.allocUnsafe(length);
     this.forEachSpan(offset, length, (idx, at, n, pos) => {
       const c = this.chunks.get(idx);
       if (c !== undefined) c.copy(out, pos, at, at + n);
+      else out.fill(0, pos, pos + n);
     });
     return Promise.resolve(out);
   }

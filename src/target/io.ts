@@ -3,7 +3,8 @@
  * (deallocate) and Write Zeroes. `ioPrecheck` validates a command before its data is requested
  * (R2T), so a bad Write never makes the host send data or the target buffer it.
  */
-import { GenericStatus, IoOpcode, Sct, type ParsedSqe } from '../wire';
+import { GenericStatus, Sct } from '../wire/status';
+import { IoOpcode, type ParsedSqe } from '../wire/sqe';
 import { fail, ok, type Completion, type TargetContext, type TargetNamespace } from './context';
 import type { TargetController } from './controller';
 

@@ -10,11 +10,17 @@
  */
 import type * as net from 'node:net';
 import { ErrorCode, NvmfNbdError, type ErrorCodeValue } from '../errors';
+// Straight from the codec modules, not the '../wire' barrel: its CommonJS re-exports are getters,
+// a call per use on the per-PDU path.
 import {
-  AdminOpcode, DataDirection, encodeC2HData, encodeCapsuleResp, encodeCqe, encodeIcResp,
-  encodeR2T, encodeTermReq, FabricsStatus, FabricsType, Fes, GenericStatus, parseConnectData, parseSqe,
-  PduParser, PduType, Sct, SglType, dataDirection, type ParsedSqe, type Pdu, type PduOptions,
-} from '../wire';
+  encodeC2HData, encodeCapsuleResp, encodeIcResp, encodeR2T, encodeTermReq, Fes, PduParser, PduType,
+  type Pdu, type PduOptions,
+} from '../wire/pdu';
+import {
+  AdminOpcode, DataDirection, FabricsType, SglType, dataDirection, parseConnectData, parseSqe, type ParsedSqe,
+} from '../wire/sqe';
+import { encodeCqe } from '../wire/cqe';
+import { FabricsStatus, GenericStatus, Sct } from '../wire/status';
 import { adminCommand } from './admin';
 import { fail, isOk, ok, type Completion, type TargetContext } from './context';
 import { TargetController, type ControllerQueue } from './controller';
