@@ -9,24 +9,14 @@
 import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
 import { ErrorCode, NvmfNbdError } from '../errors';
-import {
-  Fes,
-  PduParser,
-  PduType,
-  SglType,
-  encodeCapsuleCmd,
-  encodeConnectData,
-  encodeH2CData,
-  encodeIcReq,
-  encodeTermReq,
-  formatStatus,
-  parseCqe,
-  setCid,
-  setSgl,
-  sqeConnect,
-  statusError,
-} from '../wire';
-import type { Cqe, Pdu, PduOptions } from '../wire';
+// Straight from the codec modules, not the '../wire' barrel: its CommonJS re-exports are getters,
+// a call per use on the per-command path.
+import { Fes, PduParser, PduType, encodeCapsuleCmd, encodeH2CData, encodeIcReq, encodeTermReq } from '../wire/pdu';
+import type { Pdu, PduOptions } from '../wire/pdu';
+import { SglType, encodeConnectData, setCid, setSgl, sqeConnect } from '../wire/sqe';
+import { parseCqe } from '../wire/cqe';
+import type { Cqe } from '../wire/cqe';
+import { formatStatus, statusError } from '../wire/status';
 import { WriteBatcher } from './write-batcher';
 
 /** Largest in-capsule write on an admin queue (TP 8000: admin capsules carry up to 8 KiB). */
