@@ -101,6 +101,7 @@ export class TargetQueue implements ControllerQueue {
       role: 'controller',
       maxData: Math.max(cfg.maxH2CData, cfg.inCapsuleDataSize, cfg.adminInCapsuleDataSize),
       pda: 0,
+      placeData: (type, cccid, ttag, datao, datal) => (type === PduType.H2C_DATA ? this.placeH2CData(cccid, ttag, datao, datal) : undefined),
     });
     sock.setNoDelay(true);
     sock.on('data', (chunk: Buffer) => this.onData(chunk));
@@ -296,6 +297,19 @@ export class TargetQueue implements ControllerQueue {
     this.write(encodeR2T({ cccid: cmd.cid, ttag, r2to: 0, r2tl: len }, this.tx));
   }
 
+  /**
+   * The parser's placeData hook: an H2CData payload that matches its R2T goes straight from the
+   * socket chunks into the command's buffer. Anything else is left to onH2CData, which raises
+   * the matching error with the whole PDU.
+   */
+  private placeH2CData(cccid: number, ttag: number, datao: number, datal: number): Buffer | undefined {
+    const cmd = this.r2t.get(ttag);
+    const buf = cmd?.buf;
+    if (cmd === undefined || buf === undefined || cmd.cid !== cccid || datal > this.ctx.cfg.maxH2CData) return undefined;
+    if (datao !== cmd.received || datao + datal > buf.length) return undefined;
+    return buf.subarray(datao, datao + datal);
+  }
+
   private onH2CData(pdu: Extract<Pdu, { type: 0x06 }>): void {
     const cmd = this.r2t.get(pdu.ttag);
     if (cmd === undefined || cmd.buf === undefined) {
@@ -320,7 +334,8 @@ export class TargetQueue implements ControllerQueue {
       throw protocolError(ErrorCode.PDU_SEQUENCE, done ? 'LAST_PDU missing on the final H2CData' : 'LAST_PDU before the R2T range is complete',
         Fes.PDU_SEQUENCE_ERROR, 1);
     }
-    pdu.data.copy(cmd.buf, pdu.datao);
+    // Placed by placeH2CData: already in cmd.buf.
+    if (pdu.data.buffer !== cmd.buf.buffer || pdu.data.byteOffset !== cmd.buf.byteOffset + pdu.datao) pdu.data.copy(cmd.buf, pdu.datao);
     cmd.received += len;
     if (!pdu.dataDigestOk) cmd.digestFailed = true;
     if (!done) return;

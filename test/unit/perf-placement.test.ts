@@ -8,7 +8,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { ErrorCode, NvmfNbdError } from '../../src/errors';
-import { PduParser, encodeC2HData, encodeCapsuleResp, encodeCqe, sqeRead } from '../../src/wire';
+import { PduParser, encodeC2HData, encodeCapsuleResp, encodeCqe, encodeH2CData, sqeRead } from '../../src/wire';
 import type { Pdu } from '../../src/wire';
 import { QueuePair } from '../../src/transport/queue-pair';
 import { Controller } from '../../src/controller/controller';
@@ -167,5 +167,25 @@ test('Controller.read(…, into): MDTS-split commands fill views of the one dest
   } finally {
     await ctrl.close();
     await target.close();
+  }
+});
+
+test('placeData on the controller side: H2CData reports its ttag and lands in the destination', () => {
+  const payload = randomBytes(200);
+  const o = { hdgst: true, ddgst: true, pda: 0 };
+  const stream = Buffer.concat(encodeH2CData({ cccid: 9, ttag: 0x1234, datao: 4096, last: true }, payload, o));
+  for (let cut = 1; cut < stream.length; cut += 7) {
+    const dest = Buffer.alloc(200);
+    const seen: number[][] = [];
+    const p = new PduParser({ role: 'controller', maxData: 8192, placeData: (...a) => { seen.push(a); return dest; } });
+    p.setDigests(true, true);
+    const got: Pdu[] = [];
+    p.push(stream.subarray(0, cut), (x) => got.push(x));
+    p.push(stream.subarray(cut), (x) => got.push(x));
+    assert.deepEqual(seen, [[0x06, 9, 0x1234, 4096, 200]]);
+    const h2c = got[0] as Extract<Pdu, { type: 0x06 }>;
+    assert.equal(h2c.data, dest, `cut ${cut}`);
+    assert.equal(h2c.dataDigestOk, true);
+    assert.deepEqual(dest, payload);
   }
 });
