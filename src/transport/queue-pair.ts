@@ -186,7 +186,10 @@ export class QueuePair extends EventEmitter {
   private readonly timeoutMs: number;
   private readonly inflight = new Map<number, Pending>();
   /** Free command identifiers, FIFO so a cid is not reused right away (stale replies stand out). */
-  private readonly freeCids: number[] = [];
+  private readonly freeCids: Uint16Array;
+  /** Ring over freeCids (Array.shift is a C++ builtin call per command): oldest free cid, count. */
+  private cidHead = 0;
+  private cidCount = 0;
   private readonly waiters: Waiter[] = [];
   private sqTail = 0;
   private sqHead = 0;
@@ -219,7 +222,9 @@ export class QueuePair extends EventEmitter {
     this.timeoutMs = opts.timeoutMs ?? 30_000;
     this.tickMs = Math.max(5, Math.min(1000, Math.floor(this.timeoutMs / 8)));
     // A circular SQ of N entries holds N-1 commands; cids are bounded the same way.
-    for (let cid = 0; cid < opts.queueSize - 1; cid++) this.freeCids.push(cid);
+    this.freeCids = new Uint16Array(Math.max(1, opts.queueSize - 1));
+    for (let cid = 0; cid < opts.queueSize - 1; cid++) this.freeCids[cid] = cid;
+    this.cidCount = opts.queueSize - 1;
     this.parser = new PduParser({
       role: 'host',
       maxData: Math.max(this.maxTransfer, 8192),
@@ -370,13 +375,15 @@ export class QueuePair extends EventEmitter {
   }
 
   private canIssue(): boolean {
-    if (this.state !== QpState.READY || this.freeCids.length === 0) return false;
+    if (this.state !== QpState.READY || this.cidCount === 0) return false;
     if (!this.sqFlowControl) return true;
     return (this.sqTail + 1) % this.queueSize !== this.sqHead;
   }
 
   private issue(w: Waiter): void {
-    const cid = this.freeCids.shift() as number;
+    const cid = this.freeCids[this.cidHead] as number;
+    this.cidHead = this.cidHead + 1 === this.freeCids.length ? 0 : this.cidHead + 1;
+    this.cidCount--;
     const { sqe, opts } = w;
     setCid(sqe, cid);
     const dataOut = opts.dataOut;
@@ -539,7 +546,9 @@ export class QueuePair extends EventEmitter {
   private complete(p: Pending, err: NvmfNbdError | undefined, cqe: Cqe): void {
     this.inflight.delete(p.cid);
     if (!Number.isFinite(p.deadline)) this.untimed--;
-    this.freeCids.push(p.cid);
+    const tail = this.cidHead + this.cidCount;
+    this.freeCids[tail >= this.freeCids.length ? tail - this.freeCids.length : tail] = p.cid;
+    this.cidCount++;
     if (err !== undefined) {
       this.counters.errors++;
       p.reject(err);
