@@ -18,13 +18,17 @@
  * CONNECTING new operations wait in a FIFO bounded in bytes; operations that were in flight on
  * the lost association join that FIFO in their original submission order. Reads and writes
  * are idempotent at the block level, so running an operation again is safe — but only once the
- * old association can no longer execute anything: every socket of it is closed, and then a
- * quiesce time passes (max(KATO, 1 s) plus the controller's Command Quiesce Time). A write of
- * the old association that the target had already taken in (its TCP connection gone, but the
- * command still queued in the target's backend) would otherwise land AFTER the re-driven copy
- * or after a newer write to the same block — the stale-write corruption SPDK hit when it
- * retried on another path at once, and the reason NVMe added CQT (TP 4129). Within KATO the
- * target's keep-alive timer has expired and it has torn the association down.
+ * old association can no longer execute anything: every socket of it is closed, and the quiesce
+ * time has passed since the loss was detected: 2·KATO + the target's keep-alive grace
+ * (default max(5 s, KATO/2)) + the controller's Command Quiesce Time. A write of the old
+ * association may still reach the target after we closed our socket (the kernel keeps
+ * retransmitting unsent bytes; a healed partition delivers them) or sit queued in the target's
+ * backend; re-driven at once it would land AFTER the re-driven copy or after a newer write to
+ * the same block — the stale-write corruption SPDK hit when it retried on another path at once,
+ * and the reason NVMe added CQT (TP 4129). A target drops an association whose host is silent
+ * for KATO plus its own grace: Linux nvmet with traffic-based keep-alive up to 2·KATO, our
+ * embedded target KATO + max(5 s, KATO/2). After that the stale bytes meet a closed connection.
+ * Hence KATO 0 (never expire) is refused: with it no wait is long enough.
  */
 import { EventEmitter } from 'node:events';
 import { ErrorCode, NvmfNbdError } from '../errors';
@@ -49,8 +53,22 @@ export interface ResilienceOptions {
   readonly fastIoFailTmoMs?: number;
   /** Bytes of held operations (read lengths + write payloads) before new ones fail with EIO. Default 256 MiB. */
   readonly holdLimitBytes?: number;
-  /** Override the quiesce time before re-driving (default max(KATO, 1000) + CQT). */
+  /**
+   * How long the target keeps a silent association beyond its KATO (default max(5000, KATO/2):
+   * covers Linux nvmet and the embedded target's default `keepAliveGraceMs`).
+   */
+  readonly targetKeepAliveGraceMs?: number;
+  /** Override the whole quiesce time before re-driving (tests; default {@link quiesceTimeMs}). */
   readonly quiesceMs?: number;
+}
+
+/**
+ * Time after a detected loss before held I/O may be re-driven: 2·KATO + the target's keep-alive
+ * grace (default max(5000, KATO/2)) + CQT. By then every target we know has dropped the old
+ * association (nvmet with TBKAS waits up to 2·KATO; the embedded target KATO + max(5 s, KATO/2)).
+ */
+export function quiesceTimeMs(kato: number, cqtMs: number, targetGraceMs?: number): number {
+  return 2 * kato + (targetGraceMs ?? Math.max(5000, Math.floor(kato / 2))) + cqtMs;
 }
 
 /** Defaults of {@link ResilienceOptions}. */
@@ -136,7 +154,15 @@ export class ResilientController extends EventEmitter implements NamespaceBacken
   }
 
   /** Connect the first association; failing here is an error, as with {@link Controller.connect}. */
+  /**
+   * @throws NVMF_ERR_INVALID_ARGUMENT for `kato: 0`: keep-alive is what makes the target drop a
+   * lost association, without it a re-driven write could be overtaken by a stale copy.
+   */
   static async connect(o: ControllerOptions & ResilienceOptions): Promise<ResilientController> {
+    if (o.kato === 0 && o.discovery !== true) {
+      throw new NvmfNbdError(ErrorCode.INVALID_ARGUMENT,
+        'keep-alive is required for safe reconnects: KATO 0 lets the target keep a lost association forever, so held writes could never be re-driven safely');
+    }
     const ctrl = await Controller.connect(o);
     return new ResilientController(ctrl, o);
   }
@@ -358,15 +384,18 @@ export class ResilientController extends EventEmitter implements NamespaceBacken
     });
   }
 
-  private quiesceMs(next: Controller): number {
+  private quiesceMs(old: Controller, next: Controller): number {
     if (this.options.quiesceMs !== undefined) return this.options.quiesceMs;
-    return Math.max(this.options.kato ?? 5000, 1000) + next.commandQuiesceTimeMs;
+    const cqt = Math.max(old.commandQuiesceTimeMs, next.commandQuiesceTimeMs);
+    return quiesceTimeMs(this.options.kato ?? 5000, cqt, this.options.targetKeepAliveGraceMs);
   }
 
   private async recover(old: Controller): Promise<void> {
+    // The target's keep-alive clock last restarted no later than now (the loss was just
+    // detected and our sockets close): the quiesce time counts from here.
+    const lostAt = Date.now();
     // Nothing may be re-driven while a socket of the old association could still carry a command.
     await old.whenClosed();
-    const oldGoneAt = Date.now();
     const delay = this.options.reconnectDelayMs ?? RESILIENCE_DEFAULTS.reconnectDelayMs;
     for (;;) {
       await this.pause(delay);
@@ -394,7 +423,7 @@ export class ResilientController extends EventEmitter implements NamespaceBacken
         this.die(this.lastErr);
         return;
       }
-      const wait = oldGoneAt + this.quiesceMs(next) - Date.now();
+      const wait = lostAt + this.quiesceMs(old, next) - Date.now();
       if (wait > 0) await this.pause(wait);
       if (this.stateValue !== CtrlState.CONNECTING) {
         await next.close();

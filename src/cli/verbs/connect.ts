@@ -41,7 +41,7 @@ export const ADDRESS_OPTIONS: readonly OptionSpec[] = [
 export const CONTROLLER_OPTIONS: readonly OptionSpec[] = [
   { long: 'nr-io-queues', short: 'i', type: 'int', metavar: 'N', min: 1, max: 65535, help: 'number of I/O queues (default: CPU count, capped by the controller)' },
   { long: 'queue-size', short: 'Q', type: 'int', metavar: 'N', min: 2, max: 65536, help: 'I/O queue depth', default: 128 },
-  { long: 'keep-alive-tmo', short: 'k', type: 'int', metavar: 'SEC', min: 0, max: 4294967, help: 'keep-alive timeout in seconds (0 = off)', default: 5 },
+  { long: 'keep-alive-tmo', short: 'k', type: 'int', metavar: 'SEC', min: 0, max: 4294967, help: 'keep-alive timeout in seconds (connect needs ≥ 1: it makes the target drop a lost association before held writes are re-driven)', default: 5 },
   // Recovery (Linux nvme-fabrics reconnect_delay, ctrl_loss_tmo, fast_io_fail_tmo; nvme_core io_timeout).
   { long: 'reconnect-delay', short: 'c', type: 'int', metavar: 'SEC', min: 1, max: 86400, help: 'seconds between reconnect attempts after a lost connection', default: 10 },
   { long: 'ctrl-loss-tmo', short: 'l', type: 'int', metavar: 'SEC', min: -1, max: 31536000, help: 'give up reconnecting (I/O fails with EIO) after SEC; -1 = never', default: 600 },
@@ -87,6 +87,9 @@ export function controllerOptionsFromArgs(opts: Record<string, unknown>): Contro
   const subnqn = requireString(opts, 'nqn', '-n/--nqn');
   if (Buffer.byteLength(subnqn) > 223) usageError('-n/--nqn: longer than 223 bytes');
   const kato = typeof opts['keep-alive-tmo'] === 'number' ? opts['keep-alive-tmo'] * 1000 : 5000;
+  // Without keep-alive the target never drops a lost association, and a stale write of it could
+  // land after a re-driven or newer one (see "Why the quiesce time" in docs/ARCHITECTURE.md).
+  if (kato === 0) usageError('-k/--keep-alive-tmo 0: keep-alive is required for safe reconnects');
   return {
     traddr: a.traddr, trsvcid: a.trsvcid, subnqn, hostnqn: a.hostnqn, hostid: a.hostid, hdgst: a.hdgst, ddgst: a.ddgst,
     nrIoQueues: typeof opts['nr-io-queues'] === 'number' ? opts['nr-io-queues'] : os.cpus().length,

@@ -1,0 +1,122 @@
+/**
+ * The stale-write hazard of re-driving after a reconnect (src/controller/resilient.ts, "Why the
+ * quiesce time" in docs/ARCHITECTURE.md): a write sent on the old association can still reach
+ * the target after the host gave that association up — the host kernel keeps retransmitting the
+ * bytes of a closed socket, and a healed partition delivers them. If the target still holds the
+ * old association then, the stale write lands after the re-driven copy and after a newer
+ * acknowledged write to the same block. The quiesce time must outlast the target's keep-alive
+ * expiry (2·KATO + its grace), and KATO 0 (never expire) must be refused.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as net from 'node:net';
+import { NvmeTarget } from '../../src/target/target';
+import { ResilientController, quiesceTimeMs } from '../../src/controller/resilient';
+import { NvmeNamespaceDevice } from '../../src/block/nvme-device';
+import { ErrorCode, NvmfNbdError } from '../../src/errors';
+
+const NQN = 'nqn.2014-08.org.nvmf-nbd:stale-write';
+const HOSTNQN = 'nqn.2014-08.org.nvmexpress:uuid:0f6c3d1e-1a2b-4c3d-9e8f-00000000b001';
+const HOSTID = '0f6c3d1e-1a2b-4c3d-9e8f-00000000b001';
+
+/**
+ * A proxy whose links can be black-holed: while stalled, host→target bytes (and the host's FIN)
+ * are kept, as a retransmitting kernel keeps them; heal() delivers them to the old target
+ * connection, as a repaired network would.
+ */
+class PartitionProxy {
+  private readonly links: Array<{ up: net.Socket; stalled: boolean; held: Buffer[] }> = [];
+  private constructor(readonly server: net.Server) {}
+  static async start(targetPort: number): Promise<PartitionProxy> {
+    const server = net.createServer({ allowHalfOpen: true });
+    const p = new PartitionProxy(server);
+    server.on('connection', (c) => {
+      const up = net.connect(targetPort, '127.0.0.1');
+      const l = { up, stalled: false, held: [] as Buffer[] };
+      p.links.push(l);
+      c.on('data', (d: Buffer) => { if (l.stalled) l.held.push(d); else up.write(d); });
+      up.on('data', (d: Buffer) => { if (!l.stalled) c.write(d); });
+      c.on('end', () => { if (!l.stalled) up.end(); });
+      up.on('end', () => c.end());
+      up.on('close', () => c.destroy());
+      c.on('error', () => undefined);
+      up.on('error', () => undefined);
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    return p;
+  }
+  get port(): number { return (this.server.address() as net.AddressInfo).port; }
+  /** Black-hole every current link. */
+  stall(): void { for (const l of this.links) l.stalled = true; }
+  /** The partition heals: held bytes reach the (old) target connections. */
+  heal(): void {
+    for (const l of this.links) {
+      if (!l.stalled) continue;
+      l.stalled = false;
+      if (!l.up.destroyed) for (const d of l.held.splice(0)) l.up.write(d);
+    }
+  }
+  close(): Promise<void> {
+    for (const l of this.links) l.up.destroy();
+    return new Promise((r) => this.server.close(() => r()));
+  }
+}
+
+test('quiesce time is 2·KATO + the target grace (default max(5 s, KATO/2)) + CQT', () => {
+  assert.equal(quiesceTimeMs(5000, 0), 15_000);
+  assert.equal(quiesceTimeMs(1000, 0), 7000);
+  assert.equal(quiesceTimeMs(20_000, 100), 50_100);
+  assert.equal(quiesceTimeMs(1000, 0, 3000), 5000);
+});
+
+test('KATO 0 is refused for an I/O controller: API INVALID_ARGUMENT, CLI -k 0 usage error', async () => {
+  const target = new NvmeTarget({ listen: { host: '127.0.0.1', port: 0 }, subsystems: [{ nqn: NQN, namespaces: [{ nsid: 1, sizeBytes: 1 << 20, backing: { memory: true } }] }] });
+  const { port } = await target.listen();
+  try {
+    await assert.rejects(
+      ResilientController.connect({ traddr: '127.0.0.1', trsvcid: port, subnqn: NQN, hostnqn: HOSTNQN, hostid: HOSTID, nrIoQueues: 1, kato: 0 }),
+      (e: NvmfNbdError) => e.code === ErrorCode.INVALID_ARGUMENT,
+    );
+  } finally {
+    await target.close();
+  }
+  const { parseArgs } = await import('../../src/cli/args');
+  const { CONNECT_OPTIONS, controllerOptionsFromArgs } = await import('../../src/cli/verbs/connect');
+  const base = ['-t', 'tcp', '-a', '127.0.0.1', '-n', NQN, '-q', HOSTNQN, '-I', HOSTID];
+  assert.throws(() => controllerOptionsFromArgs(parseArgs([...base, '-k', '0'], CONNECT_OPTIONS).options),
+    (e: NvmfNbdError) => e.code === ErrorCode.CLI_USAGE);
+  assert.equal(controllerOptionsFromArgs(parseArgs([...base, '-k', '1'], CONNECT_OPTIONS).options).kato, 1000);
+});
+
+test('a write black-holed on the lost association never lands after a re-driven and a newer acknowledged write', { timeout: 20_000 }, async () => {
+  // The target keeps a silent association for KATO + 3 s; the host is told so.
+  const target = new NvmeTarget({
+    listen: { host: '127.0.0.1', port: 0 }, keepAliveGraceMs: 3000,
+    subsystems: [{ nqn: NQN, namespaces: [{ nsid: 1, sizeBytes: 1 << 20, backing: { memory: true } }] }],
+  });
+  const { port } = await target.listen();
+  const proxy = await PartitionProxy.start(port);
+  const rc = await ResilientController.connect({
+    traddr: '127.0.0.1', trsvcid: proxy.port, subnqn: NQN, hostnqn: HOSTNQN, hostid: HOSTID, nrIoQueues: 1,
+    kato: 1000, targetKeepAliveGraceMs: 3000, connectTimeoutMs: 2000, ioTimeoutMs: 5000, reconnectDelayMs: 100, ctrlLossTmoMs: 30_000,
+  });
+  try {
+    const dev = new NvmeNamespaceDevice(rc, 1);
+    proxy.stall();
+    const t0 = Date.now();
+    await dev.write(0, Buffer.alloc(4096, 0xaa), false); // W1: lost with the link, re-driven after the reconnect
+    const redriveMs = Date.now() - t0;
+    assert.equal(rc.reconnects, 1);
+    await dev.write(0, Buffer.alloc(4096, 0xbb), false); // W2: newer, acknowledged
+    proxy.heal(); // the stale W1 bytes arrive at the old association's connection
+    await new Promise((r) => setTimeout(r, 300));
+    const v = (await dev.read(0, 4096))[0];
+    assert.equal(v, 0xbb, `LBA 0 holds 0x${v?.toString(16)}: the stale W1 landed after W2 (W1 re-driven after ${redriveMs} ms)`);
+    // Re-driven no earlier than 2·KATO + grace after the loss was detected (≥ 1 s after the stall).
+    assert.ok(redriveMs >= 5000, `re-driven after ${redriveMs} ms`);
+  } finally {
+    await rc.close();
+    await proxy.close();
+    await target.close();
+  }
+});
