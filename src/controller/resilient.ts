@@ -35,6 +35,7 @@ import { ErrorCode, NvmfNbdError } from '../errors';
 import { NbdErrno } from '../block/errno';
 import type { NamespaceBackend } from '../block/nvme-device';
 import type { Completion } from '../transport/queue-pair';
+import { AdminOpcode } from '../wire';
 import type { IdentifyController } from '../wire';
 import { Controller } from './controller';
 import type { ControllerOptions, ControllerStats, NamespaceChanges, NamespaceInfo } from './controller';
@@ -97,10 +98,15 @@ interface Op {
   /** The namespace of an I/O operation (undefined for admin commands). */
   readonly nsid: number | undefined;
   readonly bytes: number;
+  /** Safe to run again after its association died (block I/O, idempotent admin reads). */
+  readonly redrive: boolean;
   readonly run: (c: Controller) => Promise<unknown>;
   resolve(v: unknown): void;
   reject(e: Error): void;
 }
+
+/** Admin opcodes that only read, so running one again after a lost association is harmless. */
+const IDEMPOTENT_ADMIN: ReadonlySet<number> = new Set([AdminOpcode.IDENTIFY, AdminOpcode.GET_LOG_PAGE, AdminOpcode.GET_FEATURES]);
 
 /** Errors that make reconnecting pointless (the Linux host removes the controller too). */
 function isFatalReconnectError(err: unknown): boolean {
@@ -241,9 +247,18 @@ export class ResilientController extends EventEmitter implements NamespaceBacken
   writeZeroes(nsid: number, slba: bigint, nlb: number, o: { deallocate?: boolean; fua?: boolean } = {}): Promise<void> {
     return this.submit(nsid, 0, (c) => c.writeZeroes(nsid, slba, nlb, o));
   }
-  /** An admin command, held and re-driven like I/O (the SQE's cid is rewritten per attempt). */
-  adminCommand(sqe: Buffer, o: { dataOut?: Buffer; dataInLength?: number; timeoutMs?: number } = {}): Promise<Completion> {
-    return this.submit(undefined, (o.dataOut?.length ?? 0) + (o.dataInLength ?? 0), (c) => c.adminCommand(sqe, o));
+  /**
+   * An admin command. Held while reconnecting like I/O; but once sent, it is re-driven after a
+   * lost association only when it is one of the idempotent reads the host issues itself
+   * (Identify, Get Log Page, Get Features) and not a user pass-through (`passthru: true`):
+   * the target may have executed it before the association died, and running e.g. a Format
+   * or a vendor command twice is not harmless. Those fail with CONTROLLER_LOST (EIO) instead.
+   * The SQE's cid is rewritten per attempt.
+   */
+  adminCommand(sqe: Buffer, o: { dataOut?: Buffer; dataInLength?: number; timeoutMs?: number; passthru?: boolean } = {}): Promise<Completion> {
+    const { passthru, ...qo } = o;
+    const redrive = passthru !== true && IDEMPOTENT_ADMIN.has(sqe[0] as number);
+    return this.submit(undefined, (o.dataOut?.length ?? 0) + (o.dataInLength ?? 0), (c) => c.adminCommand(sqe, qo), redrive);
   }
 
   /**
@@ -256,9 +271,9 @@ export class ResilientController extends EventEmitter implements NamespaceBacken
     this.fenced.delete(nsid);
   }
 
-  private submit<T>(nsid: number | undefined, bytes: number, run: (c: Controller) => Promise<T>): Promise<T> {
+  private submit<T>(nsid: number | undefined, bytes: number, run: (c: Controller) => Promise<T>, redrive = true): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      this.dispatch({ seq: this.seq++, nsid, bytes, run, resolve: resolve as (v: unknown) => void, reject });
+      this.dispatch({ seq: this.seq++, nsid, bytes, redrive, run, resolve: resolve as (v: unknown) => void, reject });
     });
   }
 
@@ -295,7 +310,12 @@ export class ResilientController extends EventEmitter implements NamespaceBacken
       // teardown rejected it), so it is held and re-driven. Otherwise (NVMe status, digest,
       // short read on a live association) the error is the operation's answer.
       if (ctrl.alive) op.reject(err as Error);
-      else this.dispatch(op);
+      else if (op.redrive) this.dispatch(op);
+      else {
+        op.reject(new NvmfNbdError(ErrorCode.CONTROLLER_LOST,
+          `association lost while the command was outstanding; not re-sent (the target may have executed it): ${(err as Error)?.message ?? String(err)}`,
+          { errno: NbdErrno.EIO, cause: err }));
+      }
     });
   }
 

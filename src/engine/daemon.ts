@@ -672,7 +672,8 @@ export class Daemon {
     } else if (dataLen !== 0 || a.data !== undefined) {
       throw new NvmfNbdError(ErrorCode.CLI_USAGE, `opcode 0x${opcode.toString(16)} transfers no data (bits 1:0 are 00b)`);
     }
-    const r = await s.controller.adminCommand(sqe, o);
+    // passthru: never re-sent after a lost association (the target may have executed it).
+    const r = await s.controller.adminCommand(sqe, { ...o, passthru: true });
     return {
       name: s.name,
       dw0: r.cqe.dw0,
