@@ -392,6 +392,8 @@ export class ResilientController extends EventEmitter implements NamespaceBacken
 
   /** Sleep that {@link close} and {@link die} cut short. */
   private pause(ms: number): Promise<void> {
+    // close()/die() may have run before this sleep began (their wake found nothing to cut short).
+    if (this.stateValue !== CtrlState.CONNECTING) return Promise.resolve();
     return new Promise((resolve) => {
       const t = setTimeout(done, Math.max(0, ms));
       const self = this;
@@ -416,6 +418,7 @@ export class ResilientController extends EventEmitter implements NamespaceBacken
     const lostAt = Date.now();
     // Nothing may be re-driven while a socket of the old association could still carry a command.
     await old.whenClosed();
+    if (this.stateValue !== CtrlState.CONNECTING) return;
     const delay = this.options.reconnectDelayMs ?? RESILIENCE_DEFAULTS.reconnectDelayMs;
     for (;;) {
       await this.pause(delay);
