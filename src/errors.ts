@@ -84,6 +84,9 @@ export const ErrorCode = {
   SUBSYSTEM_CHANGED: 'NVMF_ERR_SUBSYSTEM_CHANGED',
   HOLD_QUEUE_FULL: 'NVMF_ERR_HOLD_QUEUE_FULL',
   CONTROLLER_DELETED: 'NVMF_ERR_CONTROLLER_DELETED',
+  // Review fixes (appended)
+  NAMESPACE_LIST_INVALID: 'NVMF_ERR_NAMESPACE_LIST_INVALID',
+  NBD_TOO_MANY_OPTIONS: 'NBD_ERR_TOO_MANY_OPTIONS',
 } as const;
 
 export type ErrorCodeValue = (typeof ErrorCode)[keyof typeof ErrorCode];

@@ -475,16 +475,35 @@ export class Controller extends EventEmitter {
     return this.namespaces;
   }
 
-  /** The active namespace list (Identify CNS 02h), paged. */
+  /**
+   * The active namespace list (Identify CNS 02h), paged. A page lists up to 1024 NSIDs greater
+   * than the one given, in increasing order. A target that breaks that (ignores the starting
+   * NSID, repeats or reorders ids) would have us page forever: every id must be greater than the
+   * previous one and than the starting NSID, and no more than NN (Identify Controller; at most
+   * 2^20) ids are accepted → NAMESPACE_LIST_INVALID.
+   */
   private async activeNamespaceIds(): Promise<number[]> {
+    const MAX_NAMESPACES = 1 << 20;
     const ids: number[] = [];
-    // Active NS list returns up to 1024 NSIDs greater than the NSID given; page through it.
+    const nn = this.identify.nn;
+    const limit = Math.min(nn > 0 ? nn : MAX_NAMESPACES, MAX_NAMESPACES);
     for (let after = 0; ;) {
       const { data } = await this.adminCommand(sqeIdentify(Cns.ACTIVE_NS_LIST, after), { dataInLength: 4096 });
       const page = parseNamespaceList(data as Buffer);
+      let prev = after;
+      for (const nsid of page) {
+        if (nsid <= prev) {
+          throw new NvmfNbdError(ErrorCode.NAMESPACE_LIST_INVALID,
+            `active namespace list from NSID ${after}: NSID ${nsid} after ${prev} (ids must increase and exceed the starting NSID)`);
+        }
+        prev = nsid;
+      }
+      if (ids.length + page.length > limit) {
+        throw new NvmfNbdError(ErrorCode.NAMESPACE_LIST_INVALID, `active namespace list: more than ${limit} namespaces (NN ${nn})`);
+      }
       ids.push(...page);
       if (page.length < 1024) break;
-      after = page[page.length - 1] as number;
+      after = prev;
     }
     return ids;
   }
