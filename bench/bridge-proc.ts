@@ -6,7 +6,6 @@
  *   node dist/bench/bridge-proc.js --trsvcid PORT --subnqn NQN [--traddr 127.0.0.1]
  *        [--nbd-port 0] [--queues N] [--queue-size N]
  *
- * --batch-writes: bench-only experiment, see enableBatchedWrites in common.ts.
  * --cpu-profile FILE: SIGUSR2 starts the V8 CPU profiler (node:inspector, 250 µs sampling) and a
  * second SIGUSR2 or the shutdown stops it and writes FILE (.cpuprofile JSON), so only the
  * workload of interest is profiled (not the connect or the prefill).
@@ -16,12 +15,10 @@
 import * as fs from 'node:fs';
 import * as inspector from 'node:inspector';
 import { ControllerSession } from '../src/engine/session';
-import { BENCH_HOSTID, BENCH_HOSTNQN, BENCH_SUBNQN, enableBatchedWrites, numArg, parseArgs } from './common';
+import { BENCH_HOSTID, BENCH_HOSTNQN, BENCH_SUBNQN, numArg, parseArgs } from './common';
 
 async function main(): Promise<void> {
-  const args = parseArgs(process.argv.slice(2), ['traddr', 'trsvcid', 'subnqn', 'nbd-port', 'queues', 'queue-size', 'cpu-profile'], ['batch-writes']);
-  // Experiment only (see enableBatchedWrites): measures the win of batching socket writes per tick.
-  if (args.has('batch-writes')) enableBatchedWrites();
+  const args = parseArgs(process.argv.slice(2), ['traddr', 'trsvcid', 'subnqn', 'nbd-port', 'queues', 'queue-size', 'cpu-profile']);
   const trsvcid = args.get('trsvcid');
   if (trsvcid === undefined) throw new Error('--trsvcid is required');
   const queues = args.get('queues');

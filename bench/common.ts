@@ -6,7 +6,6 @@
 import { spawn, spawnSync } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 
@@ -143,9 +142,9 @@ export function spawnHelper<T>(argv: readonly string[], timeoutMs = 20_000, extr
 }
 
 /** Spawn the embedded target (bench/target-proc.ts) pinned to `cpu`; resolves with its port. */
-export async function startTargetProc(o: { cpu: number | undefined; sizeBytes: number; maxIoQueues?: number; batchWrites?: boolean }): Promise<Helper<{ port: number; nqn: string }> & { pinned: boolean }> {
+export async function startTargetProc(o: { cpu: number | undefined; sizeBytes: number; maxIoQueues?: number }): Promise<Helper<{ port: number; nqn: string }> & { pinned: boolean }> {
   const p = pinned(o.cpu, [process.execPath, path.join(BENCH_DIST_DIR, 'target-proc.js'), '--size', String(o.sizeBytes), '--nqn', BENCH_SUBNQN,
-    ...(o.maxIoQueues !== undefined ? ['--max-io-queues', String(o.maxIoQueues)] : []), ...(o.batchWrites === true ? ['--batch-writes'] : [])]);
+    ...(o.maxIoQueues !== undefined ? ['--max-io-queues', String(o.maxIoQueues)] : [])]);
   const h = await spawnHelper<{ port: number; nqn: string }>(p.argv);
   return { ...h, pinned: p.pinned };
 }
@@ -215,26 +214,3 @@ export function machineLine(): string {
 }
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-/**
- * Bench-only experiment: make every `socket.uncork()` that would flush (cork depth 1) wait until
- * the end of the current tick, so all PDUs/replies written in one tick leave in one writev. This
- * measures what batched socket writes would win, without changing src/. Off unless asked for.
- */
-export function enableBatchedWrites(): void {
-  type S = net.Socket & { __benchFlushPending?: boolean };
-  const proto = net.Socket.prototype as S;
-  const uncork = proto.uncork;
-  proto.uncork = function (this: S): void {
-    if (this.writableCorked !== 1) {
-      uncork.call(this);
-      return;
-    }
-    if (this.__benchFlushPending === true) return;
-    this.__benchFlushPending = true;
-    process.nextTick(() => {
-      this.__benchFlushPending = false;
-      if (this.writableCorked > 0) uncork.call(this);
-    });
-  };
-}

@@ -5,15 +5,13 @@
  *
  *   node dist/bench/nbd-bench.js [--runtime S] [--ramp S] [--size MiB] [--cpu N] [--target-cpu N]
  *        [--queues N] [--jobs name,name] [--profile] [--profile-job NAME] [--no-pin]
- *        [--batch-writes none|bridge|target|both]
  *
  * CPU budget: fio, nbdkit and the bridge all run on `--cpu` (default 1) via `taskset -c`, so the
  * baseline's client+server and the bridge's client+server have the same single core; the embedded
  * target runs on `--target-cpu` (default 0) so its cost is not charged to the bridge.
  * `--profile` CPU-profiles the bridge (V8 profiler via node:inspector) during one job only
  * (default 4K QD32 random read; not the connect or prefill) and prints the functions with the
- * most self time. `--batch-writes` is a what-if experiment: it patches socket uncork in the
- * named process(es) so each tick's writes leave in one writev.
+ * most self time.
  *
  * Exit status: 0 done, 1 a failure, 2 a prerequisite (fio with the nbd engine, nbdkit) missing.
  */
@@ -73,12 +71,10 @@ interface Opts {
   jobs: readonly Job[];
   profile: boolean;
   profileJob: string;
-  /** Bench-only experiment (enableBatchedWrites) in the bridge and/or the target process. */
-  batchWrites: 'none' | 'bridge' | 'target' | 'both';
 }
 
 function options(): Opts {
-  const a = parseArgs(process.argv.slice(2), ['runtime', 'ramp', 'size', 'cpu', 'target-cpu', 'queues', 'jobs', 'profile-job', 'batch-writes'], ['profile', 'no-pin']);
+  const a = parseArgs(process.argv.slice(2), ['runtime', 'ramp', 'size', 'cpu', 'target-cpu', 'queues', 'jobs', 'profile-job'], ['profile', 'no-pin']);
   const noPin = a.has('no-pin');
   const names = a.get('jobs')?.split(',');
   const jobs = names === undefined ? JOBS : names.map((n) => {
@@ -97,16 +93,7 @@ function options(): Opts {
     jobs,
     profile: a.has('profile'),
     profileJob: a.get('profile-job') ?? '4k-randread-qd32',
-    batchWrites: batchWrites(a.get('batch-writes')),
   };
-}
-
-function batchWrites(v: string | undefined): Opts['batchWrites'] {
-  switch (v) {
-    case undefined: return 'none';
-    case 'none': case 'bridge': case 'target': case 'both': return v;
-    default: throw new Error(`--batch-writes ${v}: use none, bridge, target or both`);
-  }
 }
 
 /** A free TCP port on 127.0.0.1 (for nbdkit, which cannot report a port it picked). */
@@ -202,8 +189,7 @@ async function main(): Promise<void> {
   process.stdout.write(`${machineLine()}\n`);
   process.stdout.write(`versions: ${versionOf('nbdkit') ?? 'nbdkit ?'}, ${versionOf('fio') ?? 'fio ?'}, node ${process.version}\n`);
   process.stdout.write(`setup: fio + server on CPU ${pin ? o.cpu : '(unpinned)'}, embedded target on CPU ${pin ? o.targetCpu : '(unpinned)'}; ` +
-    `${o.runtime} s per job after ${o.ramp} s ramp, ${o.sizeMiB} MiB region, prefilled by sequential 1 MiB writes` +
-    `${o.batchWrites === 'none' ? '' : `; EXPERIMENT: writes batched per tick in ${o.batchWrites}`}\n`);
+    `${o.runtime} s per job after ${o.ramp} s ramp, ${o.sizeMiB} MiB region, prefilled by sequential 1 MiB writes\n`);
 
   const helpers: Array<Helper<unknown>> = [];
   let killKit = (): void => undefined;
@@ -221,13 +207,12 @@ async function main(): Promise<void> {
     const kitUri = `nbd://127.0.0.1:${kitPort}/`;
 
     // (b) the bridge over the embedded target
-    const target = await startTargetProc({ cpu: o.targetCpu, sizeBytes: 1024 * MiB, batchWrites: o.batchWrites === 'target' || o.batchWrites === 'both' });
+    const target = await startTargetProc({ cpu: o.targetCpu, sizeBytes: 1024 * MiB });
     helpers.push(target as Helper<unknown>);
     const profFile = profDir === undefined ? undefined : path.join(profDir, `bridge-${o.profileJob}.cpuprofile`);
     const bridgeArgv = pinned(o.cpu, [process.execPath, path.join(BENCH_DIST_DIR, 'bridge-proc.js'),
       ...(profFile !== undefined ? ['--cpu-profile', profFile] : []),
-      '--trsvcid', String(target.ready.port), '--subnqn', BENCH_SUBNQN, ...(o.queues !== undefined ? ['--queues', String(o.queues)] : []),
-      ...(o.batchWrites === 'bridge' || o.batchWrites === 'both' ? ['--batch-writes'] : [])]).argv;
+      '--trsvcid', String(target.ready.port), '--subnqn', BENCH_SUBNQN, ...(o.queues !== undefined ? ['--queues', String(o.queues)] : [])]).argv;
     const bridge = await spawnHelper<{ port: number; exports: string[]; ioQueues: number }>(bridgeArgv);
     helpers.push(bridge as Helper<unknown>);
     const bridgeUri = `nbd://127.0.0.1:${bridge.ready.port}/${bridge.ready.exports[0] ?? 'nvme0n1'}`;

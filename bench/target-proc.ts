@@ -5,16 +5,13 @@
  *
  *   node dist/bench/target-proc.js [--size BYTES] [--nqn NQN] [--port N] [--max-io-queues N]
  *
- * --batch-writes: bench-only experiment, see enableBatchedWrites in common.ts.
  * Prints `READY {"port":N,"nqn":"..."}` once listening; SIGTERM/SIGINT close it and exit 0.
  */
 import { NvmeTarget } from '../src/target/target';
-import { BENCH_SUBNQN, enableBatchedWrites, numArg, parseArgs } from './common';
+import { BENCH_SUBNQN, numArg, parseArgs } from './common';
 
 async function main(): Promise<void> {
-  const args = parseArgs(process.argv.slice(2), ['size', 'nqn', 'port', 'max-io-queues'], ['batch-writes']);
-  // Experiment only (see enableBatchedWrites): measures the win of batching socket writes per tick.
-  if (args.has('batch-writes')) enableBatchedWrites();
+  const args = parseArgs(process.argv.slice(2), ['size', 'nqn', 'port', 'max-io-queues']);
   const sizeBytes = numArg(args, 'size', 1024 * 1024 * 1024);
   const nqn = args.get('nqn') ?? BENCH_SUBNQN;
   const target = new NvmeTarget({
