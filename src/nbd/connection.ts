@@ -91,6 +91,8 @@ export interface NbdConnectionHost {
   readonly maxInFlight: number;
   readonly maxInFlightBytes: number;
   readonly handshakeTimeoutMs: number;
+  /** After our FIN, how long a client that does not read may keep the socket (then destroyed). */
+  readonly closeGraceMs: number;
 }
 
 const Phase = { HANDSHAKE: 0, TRANSMISSION: 1, CLOSED: 2 } as const;
@@ -254,6 +256,15 @@ export class NbdConnection {
     this.clearHandshakeTimer();
     const s = this.socket;
     s.end(() => s.destroy());
+    // end() waits until every queued reply is written; a client that stopped reading would hold
+    // the connection (and server.close()/removeExport()) forever. Grace, then hard close.
+    const grace = setTimeout(() => {
+      if (s.destroyed) return;
+      this.log('warn', `client did not take its last ${s.writableLength} bytes within ${this.host.closeGraceMs} ms; closing`, ErrorCode.CONNECTION_CLOSED);
+      s.destroy();
+    }, this.host.closeGraceMs);
+    grace.unref();
+    s.once('close', () => clearTimeout(grace));
   }
 
   private clearHandshakeTimer(): void {

@@ -41,6 +41,10 @@ export interface NbdServerOptions {
   maxInFlightBytes?: number;
   /** Close connections that have not chosen an export after this long (default 30 s; 0 = never). */
   handshakeTimeoutMs?: number;
+  /** When closing a connection, how long to wait for a client to read the last replies before
+   *  the socket is destroyed (default 5000): close()/removeExport() finish even when a client
+   *  stopped reading. */
+  closeGraceMs?: number;
 }
 
 /** Per-export statistics, as `list` shows them. */
@@ -80,6 +84,7 @@ export class NbdServer {
     const maxInFlight = opts.maxInFlight ?? 128;
     const maxInFlightBytes = opts.maxInFlightBytes ?? 64 * 1024 * 1024;
     const handshakeTimeoutMs = opts.handshakeTimeoutMs ?? 30_000;
+    const closeGraceMs = opts.closeGraceMs ?? 5000;
     const self = this;
     this.host = {
       findExport: (name) => this.findExport(name),
@@ -91,6 +96,7 @@ export class NbdServer {
       maxInFlight,
       maxInFlightBytes,
       handshakeTimeoutMs,
+      closeGraceMs,
     };
   }
 
