@@ -100,6 +100,12 @@ type PhaseValue = (typeof Phase)[keyof typeof Phase];
 
 /** Context id we hand out for `base:allocation` on SET_META_CONTEXT. */
 const BASE_ALLOCATION_ID = 1;
+/** Handshake replies not yet taken by the client before we stop reading options (a client that
+ *  sends LIST in a loop and reads nothing would otherwise grow the server without bound). */
+export const HANDSHAKE_MAX_UNSENT = 1 << 20;
+/** Options per connection: real clients send a handful; beyond this the client is haggling
+ *  forever → ERR_POLICY and close (NBD_ERR_TOO_MANY_OPTIONS). */
+export const MAX_HANDSHAKE_OPTIONS = 1024;
 
 /**
  * Server side of one NBD connection. Created by `NbdServer`; call {@link start} once.
@@ -126,6 +132,9 @@ export class NbdConnection {
   /** Export removed: even requests already running are answered ESHUTDOWN. */
   private failInFlight = false;
   private paused = false;
+  /** Handshake: reading stopped until the client takes our replies (HANDSHAKE_MAX_UNSENT). */
+  private handshakePaused = false;
+  private optionCount = 0;
   private handshakeTimer: NodeJS.Timeout | undefined;
   private resolveClosed!: () => void;
   /** Resolves once the socket is closed and all state released. */
@@ -163,6 +172,7 @@ export class NbdConnection {
     s.on('close', () => this.onClose());
     s.on('drain', () => {
       if (this.phase === Phase.TRANSMISSION) this.pump();
+      else if (this.phase === Phase.HANDSHAKE) this.resumeHandshake();
     });
     if (this.host.handshakeTimeoutMs > 0) {
       this.handshakeTimer = setTimeout(
@@ -290,6 +300,14 @@ export class NbdConnection {
     out.cork();
     try {
       while (this.phase === Phase.HANDSHAKE) {
+        if (out.writableLength > HANDSHAKE_MAX_UNSENT) {
+          // Options stay queued in the parser; 'drain' resumes (backpressure, STYLE.md §6).
+          if (!this.handshakePaused) {
+            this.handshakePaused = true;
+            out.pause();
+          }
+          return;
+        }
         let ev: HandshakeEvent | undefined;
         try {
           ev = this.opts.next();
@@ -303,6 +321,14 @@ export class NbdConnection {
     } finally {
       out.uncork();
     }
+  }
+
+  /** The client took our handshake replies: read and answer options again. */
+  private resumeHandshake(): void {
+    if (!this.handshakePaused || this.phase !== Phase.HANDSHAKE) return;
+    this.handshakePaused = false;
+    this.socket.resume();
+    this.handshake();
   }
 
   private handshakeError(err: unknown): void {
@@ -330,6 +356,12 @@ export class NbdConnection {
     const w = (b: Buffer): void => {
       this.socket.write(b);
     };
+    if (++this.optionCount > MAX_HANDSHAKE_OPTIONS) {
+      this.log('warn', `more than ${MAX_HANDSHAKE_OPTIONS} handshake options; closing`, ErrorCode.NBD_TOO_MANY_OPTIONS);
+      w(encodeRepError(option, Rep.ERR_POLICY, 'too many options'));
+      this.endSocket();
+      return;
+    }
     if (this.host.shuttingDown && option !== Opt.ABORT) {
       w(encodeRepError(option, Rep.ERR_SHUTDOWN, 'server shutting down'));
       return;

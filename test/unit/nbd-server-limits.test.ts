@@ -69,3 +69,85 @@ test('removeExport() finishes when a client of the export stopped reading', { ti
   s.destroy();
   await srv.close();
 });
+
+/** Read option replies (magic u64, option u32, type u32, length u32, data) until `done` or close. */
+function collectOptionReplies(s: net.Socket, done: (types: number[]) => boolean): Promise<{ types: number[]; closed: boolean }> {
+  return new Promise((resolve) => {
+    let buf: Buffer = Buffer.alloc(0);
+    let greeted = false;
+    const types: number[] = [];
+    let finished = false;
+    const finish = (closed: boolean): void => {
+      if (finished) return;
+      finished = true;
+      s.off('data', onData);
+      resolve({ types, closed });
+    };
+    const onData = (d: Buffer): void => {
+      buf = buf.length === 0 ? d : Buffer.concat([buf, d]);
+      if (!greeted) {
+        if (buf.length < 18) return;
+        buf = buf.subarray(18); // NBDMAGIC, IHAVEOPT, handshake flags
+        greeted = true;
+      }
+      while (buf.length >= 20) {
+        const len = buf.readUInt32BE(16);
+        if (buf.length < 20 + len) break;
+        types.push(buf.readUInt32BE(12));
+        buf = buf.subarray(20 + len);
+      }
+      if (done(types)) finish(false);
+    };
+    s.on('data', onData);
+    s.once('close', () => finish(true));
+    s.resume();
+  });
+}
+
+const REP_ACK = 1;
+const REP_ERR_POLICY = 2 ** 31 + 2;
+
+test('handshake: a client flooding LIST without reading cannot grow the unsent output past ~1 MiB; answers resume when it reads', { timeout: 20_000 }, async () => {
+  const srv = new NbdServer({ log: () => undefined });
+  // 32 exports with long descriptions: one LIST answer is ≈ 130 KiB.
+  for (let i = 0; i < 32; i++) srv.addExport(`export-${i}`, new MemoryBlockDevice({ size: MiB }), { description: 'd'.repeat(4000) });
+  let serverSide: net.Socket | undefined;
+  const front = net.createServer((sock) => {
+    serverSide = sock;
+    srv.serveSocket(sock);
+  });
+  await new Promise<void>((r) => front.listen(0, '127.0.0.1', r));
+  const s = await connectPaused((front.address() as net.AddressInfo).port);
+  const N = 300; // ≈ 39 MB of answers: far beyond the kernel's socket buffers
+  s.write(Buffer.concat([clientFlags(), ...Array.from({ length: N }, () => encodeOption(Opt.LIST))]));
+  let maxUnsent = 0;
+  const sampler = setInterval(() => { maxUnsent = Math.max(maxUnsent, serverSide?.writableLength ?? 0); }, 5);
+  await sleep(1000);
+  clearInterval(sampler);
+  maxUnsent = Math.max(maxUnsent, serverSide?.writableLength ?? 0);
+  assert.ok(maxUnsent > 0, 'the server had output queued');
+  assert.ok(maxUnsent < 2 * MiB, `server held ${(maxUnsent / MiB).toFixed(1)} MiB of unsent handshake replies`);
+  // The client reads now: every LIST is answered (32 SERVER replies + ACK each).
+  const r = await collectOptionReplies(s, (t) => t.filter((x) => x === REP_ACK).length >= N);
+  assert.equal(r.closed, false);
+  assert.equal(r.types.filter((x) => x === REP_ACK).length, N);
+  assert.equal(r.types.length, N * 33);
+  s.destroy();
+  await srv.close();
+  await new Promise<void>((res) => front.close(() => res()));
+});
+
+test('handshake: more than 1024 options → ERR_POLICY, closed, logged NBD_ERR_TOO_MANY_OPTIONS', { timeout: 15_000 }, async () => {
+  const logs: NbdLogEntry[] = [];
+  const srv = new NbdServer({ log: (e) => logs.push(e) });
+  srv.addExport('e', new MemoryBlockDevice({ size: MiB }));
+  const ep = await srv.listen({ tcp: { host: '127.0.0.1', port: 0 } });
+  const s = await connectPaused((ep as { tcp: { port: number } }).tcp.port);
+  s.write(Buffer.concat([clientFlags(), ...Array.from({ length: 1100 }, () => encodeOption(Opt.LIST))]));
+  const r = await collectOptionReplies(s, () => false); // until the server closes
+  assert.equal(r.closed, true);
+  assert.equal(r.types.filter((x) => x === REP_ACK).length, 1024);
+  assert.equal(r.types[r.types.length - 1], REP_ERR_POLICY);
+  assert.ok(logs.some((e) => e.code === 'NBD_ERR_TOO_MANY_OPTIONS'));
+  await srv.close();
+});
