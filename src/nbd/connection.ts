@@ -652,6 +652,9 @@ export class NbdConnection {
           c.trims++;
           this.begin(0);
           p = dev.trim(req.offset, req.length);
+          // proto.md: a FUA trim must be persistent before the reply. BlockDevice.trim has no
+          // FUA (NVMe Deallocate has none either), so flush the device after it.
+          if ((req.flags & CmdFlag.FUA) !== 0 && dev.canFlush) p = p.then(() => dev.flush());
           break;
         case Cmd.WRITE_ZEROES:
           c.zeroes++;

@@ -151,3 +151,30 @@ test('handshake: more than 1024 options → ERR_POLICY, closed, logged NBD_ERR_T
   assert.ok(logs.some((e) => e.code === 'NBD_ERR_TOO_MANY_OPTIONS'));
   await srv.close();
 });
+
+test('TRIM with FUA is flushed before its reply (NBD: a FUA trim is persistent when answered)', { timeout: 10_000 }, async () => {
+  const { NbdTestClient } = await import('../helpers/nbd-test-client');
+  const mem = new MemoryBlockDevice({ size: MiB });
+  const events: string[] = [];
+  // A device whose flush takes a while, so a reply sent before it finished would show.
+  const dev = Object.assign(Object.create(mem) as MemoryBlockDevice, {
+    trim: async (o: number, l: number): Promise<void> => { await mem.trim(o, l); events.push('trim'); },
+    flush: async (): Promise<void> => { await sleep(100); await mem.flush(); events.push('flush'); },
+  });
+  const srv = new NbdServer({ log: () => undefined });
+  srv.addExport('e', dev);
+  const ep = await srv.listen({ tcp: { host: '127.0.0.1', port: 0 } });
+  const c = await NbdTestClient.connect({ port: (ep as { tcp: { port: number } }).tcp.port }, 'e');
+  try {
+    const plain = await c.request(Cmd.TRIM, 0, 4096);
+    assert.equal(plain.error, 0);
+    assert.deepEqual(events, ['trim'], 'a TRIM without FUA needs no flush');
+    const fua = await c.request(Cmd.TRIM, 4096, 4096, { flags: CmdFlag.FUA });
+    events.push('reply');
+    assert.equal(fua.error, 0);
+    assert.deepEqual(events, ['trim', 'trim', 'flush', 'reply']);
+  } finally {
+    c.destroy();
+    await srv.close();
+  }
+});
