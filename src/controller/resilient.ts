@@ -159,8 +159,8 @@ export class ResilientController extends EventEmitter implements NamespaceBacken
     this.adopt(ctrl);
   }
 
-  /** Connect the first association; failing here is an error, as with {@link Controller.connect}. */
   /**
+   * Connect the first association; failing here is an error, as with {@link Controller.connect}.
    * @throws NVMF_ERR_INVALID_ARGUMENT for `kato: 0`: keep-alive is what makes the target drop a
    * lost association, without it a re-driven write could be overtaken by a stale copy.
    */
