@@ -6,7 +6,6 @@
  */
 import { before, after, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
@@ -14,51 +13,15 @@ import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { NvmeTarget } from '../../src/target/target';
 import { NbdTestClient } from '../helpers/nbd-test-client';
-import { freePort } from '../helpers/guest';
+import { DaemonProc } from '../helpers/daemon-proc';
 
-const MAIN = path.resolve(__dirname, '../../src/cli/main.js');
 const NQN = 'nqn.2014-08.org.nvmf-nbd:daemon-sticky';
 const MiB = 1 << 20;
 
 let dir = '';
-let stateDir = '';
-let control = '';
-let nbdPort = 0;
 let target: NvmeTarget | undefined;
 let daemon: ChildProcess | undefined;
-let daemonErr = '';
-
-function cli(args: string[], timeoutMs = 20_000): Promise<{ code: number | null; out: string; err: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [MAIN, ...args], { env: { ...process.env, NVMF_NBD_STATE_DIR: stateDir }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error(`timed out: ${args.join(' ')}`)); }, timeoutMs);
-    child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
-    child.stderr.on('data', (d: Buffer) => { err += d.toString(); });
-    child.on('exit', (code) => { clearTimeout(timer); resolve({ code, out, err }); });
-  });
-}
-
-function startDaemon(): Promise<ChildProcess> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [MAIN, 'daemon', '--control', control, '--nbd', `tcp:127.0.0.1:${nbdPort}`, '--sticky-nbd', '--hold-time', '60'], {
-      env: { ...process.env, NVMF_NBD_STATE_DIR: stateDir }, stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let out = '';
-    const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error(`daemon not ready: ${daemonErr}`)); }, 15_000);
-    child.stderr.on('data', (d: Buffer) => { daemonErr += d.toString(); });
-    child.stdout.on('data', (d: Buffer) => {
-      out += d.toString();
-      if (out.includes('daemon ready')) { clearTimeout(timer); resolve(child); }
-    });
-    child.on('exit', (code) => { clearTimeout(timer); reject(new Error(`daemon exited ${String(code)}: ${daemonErr}`)); });
-  });
-}
-
-function holderPid(): Promise<number | undefined> {
-  return fsp.readFile(path.join(stateDir, 'nbd-hold', 'nvme0.holder.json'), 'utf8').then((t) => (JSON.parse(t) as { pid: number }).pid, () => undefined);
-}
+const dp = new DaemonProc({ holdTimeS: 60, readyTimeoutMs: 15_000, cliTimeoutMs: 20_000 });
 
 function alive(pid: number): boolean {
   try {
@@ -71,18 +34,15 @@ function alive(pid: number): boolean {
 
 before(async () => {
   dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'daemon-sticky-'));
-  stateDir = path.join(dir, 'state');
-  control = path.join(dir, 'control.sock');
   target = new NvmeTarget({ listen: { host: '127.0.0.1', port: 0 }, subsystems: [{ nqn: NQN, namespaces: [{ nsid: 1, sizeBytes: 64 * MiB, backing: { memory: true } }] }] });
   const port = (await target.listen()).port;
-  nbdPort = await freePort();
-  daemon = await startDaemon();
-  const r = await cli(['connect', '-t', 'tcp', '-a', '127.0.0.1', '-s', String(port), '-n', NQN, '-i', '1', '-c', '1', '--control', control]);
-  assert.equal(r.code, 0, r.err);
+  await dp.prepare(dir);
+  daemon = await dp.start();
+  await dp.connect(port, NQN);
 }, { timeout: 40_000 });
 
 after(async () => {
-  const pid = await holderPid();
+  const pid = await dp.holderPid();
   if (pid !== undefined && alive(pid)) process.kill(pid, 'SIGKILL');
   if (daemon !== undefined && daemon.exitCode === null && daemon.signalCode === null) daemon.kill('SIGKILL');
   await target?.close();
@@ -90,20 +50,20 @@ after(async () => {
 }, { timeout: 30_000 });
 
 test('list shows the holder\'s TCP endpoint', { timeout: 10_000 }, async () => {
-  const r = await cli(['list', '-o', 'json', '--control', control]);
+  const r = await dp.cli(['list', '-o', 'json', '--control', dp.control]);
   const c = (JSON.parse(r.out) as { controllers: Array<{ exports: Array<{ endpoint: string; holderPid: number }> }> }).controllers[0];
-  assert.equal(c?.exports[0]?.endpoint, `tcp:127.0.0.1:${nbdPort}`);
-  assert.equal(c?.exports[0]?.holderPid, await holderPid());
+  assert.equal(c?.exports[0]?.endpoint, `tcp:127.0.0.1:${dp.nbdPort}`);
+  assert.equal(c?.exports[0]?.holderPid, await dp.holderPid());
 });
 
 test('an NBD connection survives SIGKILL and restart of the daemon; held requests complete', { timeout: 60_000 }, async () => {
-  const c = await NbdTestClient.connect({ host: '127.0.0.1', port: nbdPort }, 'nvme0n1');
+  const c = await NbdTestClient.connect({ host: '127.0.0.1', port: dp.nbdPort }, 'nvme0n1');
   try {
     const a = randomBytes(MiB);
     const b = randomBytes(MiB);
     await c.write(0, a);
     await c.flush();
-    const holder = await holderPid();
+    const holder = await dp.holderPid();
     (daemon as ChildProcess).kill('SIGKILL');
     await new Promise((r) => (daemon as ChildProcess).once('exit', r));
     const t0 = Date.now();
@@ -113,13 +73,13 @@ test('an NBD connection survives SIGKILL and restart of the daemon; held request
     const rd = c.read(0, MiB);
     await new Promise((r) => setTimeout(r, 500));
     assert.equal(settled, false, 'the write waits for the daemon');
-    daemon = await startDaemon();
+    daemon = await dp.start();
     await w;
     assert.ok((await rd).equals(a), 'read held over the restart returns the data written before');
     const recovery = Date.now() - t0;
     assert.ok((await c.read(MiB, MiB)).equals(b), 'write held over the restart landed');
     await c.flush();
-    assert.equal(await holderPid(), holder, 'the restarted daemon reused the holder');
+    assert.equal(await dp.holderPid(), holder, 'the restarted daemon reused the holder');
     process.stdout.write(`# sticky NBD: recovery ${recovery} ms after SIGKILL (daemon start + controller reconnect)\n`);
   } finally {
     await c.disconnect();
@@ -127,13 +87,13 @@ test('an NBD connection survives SIGKILL and restart of the daemon; held request
 });
 
 test('disconnect-all stops the holder and frees the port', { timeout: 30_000 }, async () => {
-  const pid = await holderPid();
+  const pid = await dp.holderPid();
   assert.ok(pid !== undefined && alive(pid));
-  const r = await cli(['disconnect-all', '--control', control]);
+  const r = await dp.cli(['disconnect-all', '--control', dp.control]);
   assert.equal(r.code, 0, r.err);
   for (let i = 0; i < 50 && alive(pid); i++) await new Promise((res) => setTimeout(res, 100));
   assert.equal(alive(pid), false);
-  await assert.rejects(NbdTestClient.connect({ host: '127.0.0.1', port: nbdPort }, 'nvme0n1', 2000));
+  await assert.rejects(NbdTestClient.connect({ host: '127.0.0.1', port: dp.nbdPort }, 'nvme0n1', 2000));
   (daemon as ChildProcess).kill('SIGTERM');
   assert.equal(await new Promise((r) => (daemon as ChildProcess).once('exit', (code) => r(code))), 0);
 });

@@ -20,16 +20,15 @@
  */
 import { before, after, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { need } from '../helpers/prereq';
-import { Guest, freePort, guestAvailable } from '../helpers/guest';
+import { Guest, guestAvailable } from '../helpers/guest';
 import { NvmeTarget } from '../../src/target/target';
+import { DaemonProc } from '../helpers/daemon-proc';
 
-const MAIN = path.resolve(__dirname, '../../src/cli/main.js');
 const NQN = 'nqn.2014-08.org.nvmf-nbd:fault-daemon-restart';
 const MiB = 1 << 20;
 /** How long the daemon stays dead. */
@@ -37,49 +36,10 @@ const OUTAGE_MS = 1500;
 
 const avail = guestAvailable();
 let dir = '';
-let stateDir = '';
-let control = '';
-let nbdPort = 0;
 let target: NvmeTarget | undefined;
 let daemon: ChildProcess | undefined;
-let daemonErr = '';
+const dp = new DaemonProc({ holdTimeS: 120, readyTimeoutMs: 30_000, cliTimeoutMs: 30_000 });
 let g: Guest | undefined;
-
-function cli(args: string[], timeoutMs = 30_000): Promise<{ code: number | null; out: string; err: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [MAIN, ...args], { env: { ...process.env, NVMF_NBD_STATE_DIR: stateDir }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error(`timed out: ${args.join(' ')}`)); }, timeoutMs);
-    child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
-    child.stderr.on('data', (d: Buffer) => { err += d.toString(); });
-    child.on('exit', (code) => { clearTimeout(timer); resolve({ code, out, err }); });
-  });
-}
-
-function startDaemon(): Promise<ChildProcess> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [MAIN, 'daemon', '--control', control, '--nbd', `tcp:127.0.0.1:${nbdPort}`, '--sticky-nbd', '--hold-time', '120'], {
-      env: { ...process.env, NVMF_NBD_STATE_DIR: stateDir }, stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let out = '';
-    const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error(`daemon not ready: ${daemonErr}`)); }, 30_000);
-    child.stderr.on('data', (d: Buffer) => { daemonErr += d.toString(); });
-    child.stdout.on('data', (d: Buffer) => {
-      out += d.toString();
-      if (out.includes('daemon ready')) { clearTimeout(timer); resolve(child); }
-    });
-    child.on('exit', (code) => { clearTimeout(timer); reject(new Error(`daemon exited ${String(code)}: ${daemonErr}`)); });
-  });
-}
-
-async function holderPid(): Promise<number | undefined> {
-  try {
-    return (JSON.parse(await fsp.readFile(path.join(stateDir, 'nbd-hold', 'nvme0.holder.json'), 'utf8')) as { pid: number }).pid;
-  } catch {
-    return undefined;
-  }
-}
 
 /** Acknowledged files so far (lines `fN md5`), read from the guest's tmpfs. */
 async function acked(guest: Guest): Promise<Array<[string, string]>> {
@@ -90,22 +50,19 @@ async function acked(guest: Guest): Promise<Array<[string, string]>> {
 before(async () => {
   if (!avail.ok) return;
   dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'fault-daemon-restart-'));
-  stateDir = path.join(dir, 'state');
-  control = path.join(dir, 'control.sock');
   target = new NvmeTarget({ listen: { host: '127.0.0.1', port: 0 }, subsystems: [{ nqn: NQN, namespaces: [{ nsid: 1, sizeBytes: 128 * MiB, backing: { memory: true } }] }] });
   const port = (await target.listen()).port;
-  nbdPort = await freePort();
-  daemon = await startDaemon();
-  const r = await cli(['connect', '-t', 'tcp', '-a', '127.0.0.1', '-s', String(port), '-n', NQN, '-i', '1', '-c', '1', '--control', control]);
-  assert.equal(r.code, 0, r.err);
-  g = await Guest.start({ guestfwd: [{ guestPort: 10809, hostPort: nbdPort }] });
+  await dp.prepare(dir);
+  daemon = await dp.start();
+  await dp.connect(port, NQN);
+  g = await Guest.start({ guestfwd: [{ guestPort: 10809, hostPort: dp.nbdPort }] });
 }, { timeout: 300_000 });
 
 after(async () => {
   await g?.stop();
-  const pid = await holderPid().catch(() => undefined);
+  const pid = await dp.holderPid().catch(() => undefined);
   if (daemon !== undefined && daemon.exitCode === null && daemon.signalCode === null) {
-    await cli(['disconnect-all', '--control', control]).catch(() => undefined);
+    await dp.cli(['disconnect-all', '--control', dp.control]).catch(() => undefined);
     daemon.kill('SIGTERM');
   }
   if (pid !== undefined) {
@@ -142,7 +99,7 @@ test('scenario f: SIGKILL + restart of the daemon under a mounted, busy ext4', {
   ].join('\n'));
   // Let it write a while, then kill the daemon mid-stream.
   for (let i = 0; i < 100 && (await acked(guest)).length < 5; i++) await new Promise((r) => setTimeout(r, 200));
-  const holder = await holderPid();
+  const holder = await dp.holderPid();
   const d = daemon as ChildProcess;
   const t0 = Date.now();
   d.kill('SIGKILL');
@@ -150,7 +107,7 @@ test('scenario f: SIGKILL + restart of the daemon under a mounted, busy ext4', {
   const atKill = (await acked(guest)).length;
   await new Promise((r) => setTimeout(r, Math.max(0, OUTAGE_MS - (Date.now() - t0))));
   const duringOutage = (await acked(guest)).length;
-  daemon = await startDaemon();
+  daemon = await dp.start();
   // Recovery: the first write acknowledged after the restart.
   let recovery = -1;
   for (let i = 0; i < 600; i++) {
@@ -160,9 +117,9 @@ test('scenario f: SIGKILL + restart of the daemon under a mounted, busy ext4', {
     }
     await new Promise((r) => setTimeout(r, 100));
   }
-  assert.ok(recovery > 0, `no write acknowledged after the restart; daemon: ${daemonErr.slice(-2000)}`);
+  assert.ok(recovery > 0, `no write acknowledged after the restart; daemon: ${dp.err.slice(-2000)}`);
   assert.ok(duringOutage - atKill <= 1, 'no more than the write already in flight completed while no daemon ran');
-  assert.equal(await holderPid(), holder, 'the restarted daemon reused the holder that kept the connection');
+  assert.equal(await dp.holderPid(), holder, 'the restarted daemon reused the holder that kept the connection');
   // A few more writes after the restart, then stop the writer.
   const target2 = (await acked(guest)).length + 3;
   for (let i = 0; i < 300 && (await acked(guest)).length < target2; i++) await new Promise((r) => setTimeout(r, 200));

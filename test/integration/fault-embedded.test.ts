@@ -26,6 +26,8 @@ import type { ResilienceOptions } from '../../src/controller/resilient';
 import { FaultProxy, ProxyMode } from '../helpers/fault-proxy';
 import { NbdTestClient } from '../helpers/nbd-test-client';
 import { VerifyWorkload } from '../helpers/verify-workload';
+import { namespaceScenario, openScenarioSession, recoverScenario, sleep } from '../helpers/fault-scenario';
+import type { ScenarioSession } from '../helpers/fault-scenario';
 
 const NQN = 'nqn.2014-08.org.nvmf-nbd:fault-embedded';
 const HOSTNQN = 'nqn.2014-08.org.nvmexpress:uuid:5d1a0e7c-2f4b-4c69-8a1d-3e5f7a9b0c21';
@@ -58,82 +60,30 @@ after(async () => {
   await fsp.rm(dir, { recursive: true, force: true });
 });
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
 let sessions = 0;
-async function openSession(port: number, r: ResilienceOptions): Promise<{ session: ControllerSession; client: NbdTestClient }> {
-  const session = await ControllerSession.open({
-    name: `fe${sessions++}`,
-    controller: {
-      traddr: '127.0.0.1', trsvcid: port, subnqn: NQN, hostnqn: HOSTNQN, hostid: HOSTID,
-      nrIoQueues: 2, queueSize: 32, kato: 1000, connectTimeoutMs: 1500, ioTimeoutMs: 5000,
-      reconnectDelayMs: 500, ...r,
-    },
-    nbd: { tcp: { host: '127.0.0.1', port: 0 } },
-  });
-  const e = session.exports[0];
-  assert.ok(e !== undefined && 'tcp' in e.endpoint);
-  const client = await NbdTestClient.connect({ port: e.endpoint.tcp.port }, e.name);
-  // Each scenario starts from zeroed blocks: generation 0 of the workload.
-  await client.write(0, Buffer.alloc(BLOCK * BLOCKS));
-  return { session, client };
-}
-
-function waitState(s: ControllerSession, state: string, ms: number): Promise<number> {
-  return new Promise((resolve, reject) => {
-    if (s.state === state) { resolve(Date.now()); return; }
-    const t = setTimeout(() => { s.off('state', on); reject(new Error(`state ${state} not reached within ${ms} ms (now ${s.state})`)); }, ms);
-    const on = (v: string): void => {
-      if (v !== state) return;
-      clearTimeout(t);
-      s.off('state', on);
-      resolve(Date.now());
-    };
-    s.on('state', on);
-  });
-}
-
-async function waitAcks(w: VerifyWorkload, above: number, ms: number): Promise<void> {
-  const end = Date.now() + ms;
-  while (w.result.acknowledged <= above) {
-    if (Date.now() > end) throw new Error(`no write acknowledged within ${ms} ms after recovery`);
-    await sleep(20);
-  }
+function openSession(port: number, r: ResilienceOptions): Promise<ScenarioSession> {
+  return openScenarioSession(`fe${sessions++}`, {
+    traddr: '127.0.0.1', trsvcid: port, subnqn: NQN, hostnqn: HOSTNQN, hostid: HOSTID,
+    nrIoQueues: 2, queueSize: 32, kato: 1000, connectTimeoutMs: 1500, ioTimeoutMs: 5000,
+    reconnectDelayMs: 500, ...r,
+  }, BLOCK * BLOCKS);
 }
 
 /**
  * Run the workload, inject `fault`, wait until the controller is live again, check that I/O
- * resumed, then stop, verify and print the scenario line. Returns the recovery time.
+ * resumed, then stop, verify and print the scenario line.
  */
-async function recoverScenario(label: string, fault: () => Promise<void>, o: { lossTmoMs?: number } = {}): Promise<void> {
-  const { session, client } = await openSession(currentPort, { ctrlLossTmoMs: o.lossTmoMs ?? 30_000 });
-  const w = new VerifyWorkload(client, { blockSize: BLOCK, blocks: BLOCKS, workers: 4, fuaEvery: 8 });
-  try {
-    w.start(2);
-    await sleep(400);
-    const before = w.result.acknowledged;
-    assert.ok(before > 0, 'workload running before the fault');
-    const t0 = Date.now();
-    const connecting = waitState(session, 'connecting', 10_000);
-    await fault();
-    const tDetect = await connecting;
-    const tLive = await waitState(session, 'live', 20_000);
-    const atLive = w.result.acknowledged;
-    await waitAcks(w, atLive, 10_000);
-    await sleep(300);
-    await w.stop();
-    const r = await w.verify();
-    const recovery = tLive - t0;
-    console.log(`scenario ${label}: acknowledged ${r.acknowledged}, lost ${r.lost}, recovery ${recovery} ms (detected after ${tDetect - t0} ms, reconnects ${session.reconnects}, last error ${session.lastError?.code ?? '-'})`);
-    assert.equal(r.lost, 0, 'no acknowledged write lost');
-    assert.equal(r.failed, 0, 'no write failed: held writes completed after the reconnect');
-    assert.ok(w.result.acknowledged > atLive, 'I/O resumed after recovery');
-    assert.ok(session.reconnects >= 1);
-  } finally {
-    await w.stop();
-    client.destroy();
-    await session.close();
-  }
+function recover(label: string, fault: () => Promise<void>, o: { lossTmoMs?: number } = {}): Promise<void> {
+  return recoverScenario({
+    label, fault,
+    open: () => openSession(currentPort, { ctrlLossTmoMs: o.lossTmoMs ?? 30_000 }),
+    blockSize: BLOCK, blocks: BLOCKS, rate: 2, warmupMs: 400, settleMs: 300,
+    detectMs: 10_000, liveMs: 20_000, resumeMs: 10_000, pollMs: 20,
+    detail: (session) => `reconnects ${session.reconnects}`,
+    failedMessage: 'no write failed: held writes completed after the reconnect',
+    resumedMessage: 'I/O resumed after recovery',
+    checkReconnects: (session) => { assert.ok(session.reconnects >= 1); },
+  });
 }
 
 let proxy: FaultProxy | undefined;
@@ -143,7 +93,7 @@ test('scenario b: TCP connections cut mid-transfer', { timeout: 60_000 }, async 
   proxy = await FaultProxy.start({ port: targetPort });
   currentPort = proxy.port;
   try {
-    await recoverScenario('b', async () => { proxy?.cutAll(); });
+    await recover('b', async () => { proxy?.cutAll(); });
   } finally {
     await proxy.close();
   }
@@ -153,7 +103,7 @@ test('scenario c: stalled target detected by keep-alive, repaired when traffic f
   proxy = await FaultProxy.start({ port: targetPort });
   currentPort = proxy.port;
   try {
-    await recoverScenario('c', async () => {
+    await recover('c', async () => {
       proxy?.setMode(ProxyMode.STALL);
       // Flow again only after the host noticed; reconnect attempts meanwhile time out.
       setTimeout(() => { proxy?.setMode(ProxyMode.FORWARD); }, 3000).unref();
@@ -165,7 +115,7 @@ test('scenario c: stalled target detected by keep-alive, repaired when traffic f
 
 test('scenario a (embedded variant): target restarted after 3 s, file-backed namespace survives', { timeout: 60_000 }, async () => {
   currentPort = targetPort;
-  await recoverScenario('a', async () => {
+  await recover('a', async () => {
     const old = target as NvmeTarget;
     await old.close();
     setTimeout(() => {
@@ -221,41 +171,11 @@ test('scenario d: ctrl_loss_tmo exceeded → held writes fail with EIO, no hang,
 });
 
 test('scenario e: namespace added and removed at runtime while the workload runs', { timeout: 60_000 }, async () => {
-  const { session, client } = await openSession(targetPort, { ctrlLossTmoMs: 30_000 });
-  const w = new VerifyWorkload(client, { blockSize: BLOCK, blocks: BLOCKS, workers: 4 });
-  const name2 = `${session.name}n2`;
-  try {
-    w.start(2);
-    const t0 = Date.now();
-    const added = new Promise<void>((resolve) => session.once('namespaces', () => resolve()));
-    await (target as NvmeTarget).addNamespace(NQN, { nsid: 2, sizeBytes: 4 << 20, backing: { file: path.join(dir, 'ns2.img') } });
-    await added;
-    const tAdded = Date.now() - t0;
-    const e2 = session.exports.find((x) => x.name === name2);
-    assert.ok(e2 !== undefined && 'tcp' in e2.endpoint, 'new namespace got an export');
-    const c2 = await NbdTestClient.connect({ port: e2.endpoint.tcp.port }, name2);
-    const data = Buffer.alloc(8192, 0x5a);
-    await c2.write(4096, data);
-    assert.ok((await c2.read(4096, 8192)).equals(data));
-    const removed = new Promise<void>((resolve) => session.once('namespaces', () => resolve()));
-    const t1 = Date.now();
-    await (target as NvmeTarget).removeNamespace(NQN, 2);
-    await removed;
-    const tRemoved = Date.now() - t1;
-    // Its I/O fails: EIO while the export is being withdrawn, then the connection is closed.
-    const after = await c2.request(0, 0, 4096).then((r) => r.error, () => 'closed');
-    assert.ok(after === 5 || after === 108 || after === 'closed', `I/O after removal: ${String(after)}`);
-    assert.equal(session.exports.some((x) => x.name === name2), false, 'export withdrawn');
-    c2.destroy();
-    await sleep(300);
-    await w.stop();
-    const r = await w.verify();
-    console.log(`scenario e: acknowledged ${r.acknowledged}, lost ${r.lost}, recovery - (export added after ${tAdded} ms, withdrawn after ${tRemoved} ms)`);
-    assert.equal(r.lost, 0);
-    assert.equal(r.failed, 0);
-  } finally {
-    await w.stop();
-    client.destroy();
-    await session.close();
-  }
+  await namespaceScenario({
+    open: () => openSession(targetPort, { ctrlLossTmoMs: 30_000 }),
+    blockSize: BLOCK, blocks: BLOCKS, rate: 2, settleMs: 300, fill: 0x5a, offset: 4096,
+    add: () => (target as NvmeTarget).addNamespace(NQN, { nsid: 2, sizeBytes: 4 << 20, backing: { file: path.join(dir, 'ns2.img') } }),
+    remove: () => (target as NvmeTarget).removeNamespace(NQN, 2),
+    detail: (tAdded, tRemoved) => `export added after ${tAdded} ms, withdrawn after ${tRemoved} ms`,
+  });
 });
