@@ -19,7 +19,8 @@ export interface ScenarioSession {
 
 /**
  * Open a session (NBD over TCP on 127.0.0.1, any port), connect to its first export and zero the
- * first `zeroBytes` bytes: each scenario starts from generation 0 of the workload.
+ * first `zeroBytes` bytes: each scenario starts from generation 0 of the workload (0: no zeroing,
+ * e.g. for a session that only reads back what an earlier one wrote).
  */
 export async function openScenarioSession(name: string, controller: SessionOptions['controller'], zeroBytes: number): Promise<ScenarioSession> {
   const session = await ControllerSession.open({
@@ -30,7 +31,7 @@ export async function openScenarioSession(name: string, controller: SessionOptio
   const e = session.exports[0];
   assert.ok(e !== undefined && 'tcp' in e.endpoint);
   const client = await NbdTestClient.connect({ port: e.endpoint.tcp.port }, e.name);
-  await client.write(0, Buffer.alloc(zeroBytes));
+  if (zeroBytes > 0) await client.write(0, Buffer.alloc(zeroBytes));
   return { session, client };
 }
 
@@ -174,5 +175,56 @@ export async function namespaceScenario(o: NamespaceOptions): Promise<void> {
     await w.stop();
     client.destroy();
     await session.close();
+  }
+}
+
+export interface CtrlLossOptions extends Omit<ScenarioPace, 'settleMs'> {
+  /** The session's ctrl_loss_tmo (`open` must use it). */
+  lossTmoMs: number;
+  open: () => Promise<ScenarioSession>;
+  /** Make the target unreachable for good: the controller must give up. */
+  fault: () => Promise<void>;
+  /** Limits after the fault: dead within lossTmoMs + deadSlackMs, every writer finished within lossTmoMs + stopSlackMs. */
+  deadSlackMs: number;
+  stopSlackMs: number;
+  /** A fresh session (openScenarioSession with zeroBytes 0) to read the data back after giving up; bring the target back first if needed. */
+  openReader: () => Promise<ScenarioSession>;
+}
+
+/**
+ * Scenario d: the target becomes unreachable for good; the controller gives up after ctrl_loss_tmo,
+ * held and new writes fail with EIO (errno 5), nothing hangs, and every acknowledged write is read
+ * back through a fresh session.
+ */
+export async function ctrlLossScenario(o: CtrlLossOptions): Promise<void> {
+  const { session, client } = await o.open();
+  const w = new VerifyWorkload(client, { blockSize: o.blockSize, blocks: o.blocks, workers: 4 });
+  let reader: ScenarioSession | undefined;
+  try {
+    w.start(o.rate);
+    await sleep(o.warmupMs);
+    const dead = new Promise<number>((resolve) => session.once('dead', () => resolve(Date.now())));
+    const t0 = Date.now();
+    await o.fault();
+    const tDead = await dead;
+    await w.stop();
+    const tStopped = Date.now();
+    assert.equal(session.state, 'dead');
+    assert.equal(w.result.firstErrno, 5, 'held writes failed with EIO');
+    assert.ok(w.result.failed > 0);
+    assert.ok(tDead - t0 >= o.lossTmoMs - 100 && tDead - t0 < o.lossTmoMs + o.deadSlackMs, `dead after ${tDead - t0} ms`);
+    assert.ok(tStopped - t0 < o.lossTmoMs + o.stopSlackMs, 'every writer finished: nothing hangs');
+    // Every acknowledged write is on the target: read back through a fresh session.
+    assert.ok(session.exports[0] !== undefined);
+    reader = await o.openReader();
+    const r = await w.verify(reader.client);
+    console.log(`scenario d: acknowledged ${r.acknowledged}, lost ${r.lost}, recovery - (gave up after ${tDead - t0} ms, ctrl_loss_tmo ${o.lossTmoMs} ms; ${r.failed} writes failed with errno ${r.firstErrno ?? '-'})`);
+    assert.equal(r.lost, 0);
+  } finally {
+    await w.stop();
+    client.destroy();
+    await session.close();
+    reader?.client.destroy();
+    await reader?.session.close();
   }
 }

@@ -14,6 +14,10 @@
  * - e (namespace added and removed at runtime through configfs): the AEN reaches the host, a new
  *   export serves I/O; after removal its I/O fails and the export is gone; zero lost writes on
  *   namespace 1.
+ * - d (ctrl_loss_tmo exceeded: the port is removed and not re-added in time): the controller is
+ *   dead within ctrl_loss_tmo + slack, held writes fail with EIO (errno 5), nothing hangs; after
+ *   the port is re-added a fresh session reads every acknowledged write back. Runs last and
+ *   leaves the port in place.
  *
  * One guest for the file; under TCG the target is slow, so the workload is paced.
  */
@@ -23,7 +27,7 @@ import type { ResilienceOptions } from '../../src/controller/resilient';
 import { need } from '../helpers/prereq';
 import { Guest, addNvmetNamespace, addNvmetPort, guestAvailable, removeNvmetNamespace, removeNvmetPort, setupNvmet } from '../helpers/guest';
 import { FaultProxy, ProxyMode } from '../helpers/fault-proxy';
-import { namespaceScenario, openScenarioSession, recoverScenario } from '../helpers/fault-scenario';
+import { ctrlLossScenario, namespaceScenario, openScenarioSession, recoverScenario } from '../helpers/fault-scenario';
 import type { ScenarioSession } from '../helpers/fault-scenario';
 
 const NQN = 'nqn.2014-08.org.nvmf-nbd:fault-linux-target';
@@ -113,4 +117,24 @@ test('scenario e: nvmet namespace added and removed at runtime (AEN)', { timeout
     remove: () => removeNvmetNamespace(guest, { nqn: NQN, nsid: 2 }),
     detail: (tAdded, tRemoved) => `export added ${tAdded} ms after the configfs add, withdrawn ${tRemoved} ms after the remove`,
   });
+});
+
+test('scenario d: nvmet port removed for good → ctrl_loss_tmo exceeded, held writes fail with EIO, acknowledged writes intact', { timeout: 150_000 }, async (t) => {
+  if (!prereq(t)) return;
+  const guest = g as Guest;
+  const lossTmoMs = 4000;
+  try {
+    await ctrlLossScenario({
+      lossTmoMs, blockSize: BLOCK, blocks: BLOCKS, rate: 5, warmupMs: 1000, deadSlackMs: 5000, stopSlackMs: 8000,
+      open: () => openSession(guestPort, { ctrlLossTmoMs: lossTmoMs }),
+      fault: () => removeNvmetPort(guest),
+      // The port back, then a new session (new controller) reads the acknowledged data.
+      openReader: async () => {
+        await addNvmetPort(guest);
+        return openScenarioSession(`fl${sessions++}-reader`, { traddr: '127.0.0.1', trsvcid: guestPort, subnqn: NQN, hostnqn: HOSTNQN, hostid: HOSTID, nrIoQueues: 1, connectTimeoutMs: 5000 }, 0);
+      },
+    });
+  } finally {
+    await addNvmetPort(guest);
+  }
 });
