@@ -132,13 +132,25 @@ class ExportDevice implements BlockDevice {
   private inflight = 0;
   private onIdle: (() => void) | undefined;
 
+  /** Every request passes here: one `then` (not catch + finally) keeps the hot path to one promise. */
   private guard<T>(p: () => Promise<T>): Promise<T> {
     if (this.removed) return this.gone();
     this.inflight++;
-    // A request already running when the namespace went away fails with EIO too.
-    return p().catch((err: unknown) => (this.removed ? this.gone() : Promise.reject(err))).finally(() => {
-      if (--this.inflight === 0) this.onIdle?.();
-    });
+    return p().then(
+      (v) => {
+        this.settled();
+        return v;
+      },
+      (err: unknown) => {
+        this.settled();
+        // A request already running when the namespace went away fails with EIO too.
+        return this.removed ? this.gone() : Promise.reject(err);
+      },
+    );
+  }
+
+  private settled(): void {
+    if (--this.inflight === 0) this.onIdle?.();
   }
 
   /**
