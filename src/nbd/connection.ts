@@ -393,18 +393,9 @@ export class NbdConnection {
         return;
       case Opt.INFO:
       case Opt.GO: {
-        let req;
-        try {
-          req = parseInfoRequest(data);
-        } catch (err) {
-          w(encodeRepError(option, Rep.ERR_INVALID, (err as Error).message));
-          return;
-        }
-        const exp = this.host.findExport(req.name);
-        if (exp === undefined) {
-          w(encodeRepError(option, Rep.ERR_UNKNOWN, `unknown export '${req.name}'`));
-          return;
-        }
+        const found = this.requestedExport(option, data, parseInfoRequest, w);
+        if (found === undefined) return;
+        const { req, exp } = found;
         const dev = exp.device;
         w(encodeInfoExport(option, dev.size, this.transmissionFlags(dev)));
         for (const t of req.infos) {
@@ -438,23 +429,36 @@ export class NbdConnection {
     }
   }
 
+  /**
+   * Parse an option that names an export (INFO, GO, LIST/SET_META_CONTEXT) and look the export
+   * up; on a malformed option or an unknown name, answer the error and return undefined.
+   */
+  private requestedExport<R extends { name: string }>(
+    option: number, data: Buffer, parse: (d: Buffer) => R, w: (b: Buffer) => void,
+  ): { req: R; exp: NbdExportEntry } | undefined {
+    let req: R;
+    try {
+      req = parse(data);
+    } catch (err) {
+      w(encodeRepError(option, Rep.ERR_INVALID, (err as Error).message));
+      return undefined;
+    }
+    const exp = this.host.findExport(req.name);
+    if (exp === undefined) {
+      w(encodeRepError(option, Rep.ERR_UNKNOWN, `unknown export '${req.name}'`));
+      return undefined;
+    }
+    return { req, exp };
+  }
+
   private metaContextOption(option: number, data: Buffer, w: (b: Buffer) => void): void {
     if (!this.structured) {
       w(encodeRepError(option, Rep.ERR_INVALID, 'negotiate structured replies first'));
       return;
     }
-    let req;
-    try {
-      req = parseMetaContextRequest(data);
-    } catch (err) {
-      w(encodeRepError(option, Rep.ERR_INVALID, (err as Error).message));
-      return;
-    }
-    const exp = this.host.findExport(req.name);
-    if (exp === undefined) {
-      w(encodeRepError(option, Rep.ERR_UNKNOWN, `unknown export '${req.name}'`));
-      return;
-    }
+    const found = this.requestedExport(option, data, parseMetaContextRequest, w);
+    if (found === undefined) return;
+    const { req, exp } = found;
     const list = option === Opt.LIST_META_CONTEXT;
     // LIST with no query lists everything; `base:` (namespace only) is a LIST-only wildcard.
     const match = req.queries.some((q) => q === BASE_ALLOCATION || (list && q === 'base:')) || (list && req.queries.length === 0);
