@@ -26,6 +26,8 @@ export interface OptionSpec {
   readonly max?: number;
   /** The option may be repeated; values are collected in an array. */
   readonly repeat?: boolean;
+  /** Other long spellings accepted (e.g. nvme-cli's `fast_io_fail_tmo`); not shown in help. */
+  readonly aliases?: readonly string[];
 }
 
 /** Parsed options plus the positional arguments. */
@@ -45,6 +47,7 @@ export function usageError(message: string): never {
  */
 export function parseArgs(argv: readonly string[], specs: readonly OptionSpec[]): ParsedArgs {
   const byLong = new Map(specs.map((s) => [s.long, s]));
+  for (const s of specs) for (const a of s.aliases ?? []) if (!byLong.has(a)) byLong.set(a, s);
   const byShort = new Map(specs.filter((s) => s.short !== undefined).map((s) => [s.short as string, s]));
   const options: Record<string, string | number | boolean | Array<string | number> | undefined> = {};
   for (const s of specs) if (s.default !== undefined) options[s.long] = s.default;

@@ -3,7 +3,7 @@
  * Entry point of the `nvmf-nbd` command: dispatches to the verb table, prints usage errors with
  * exit status 2 and runtime errors (with their stable code) with exit status 1.
  */
-import { formatHelp, parseArgs } from './args';
+import { formatHelp, parseArgs, usageError } from './args';
 import { ErrorCode, NvmfNbdError } from '../errors';
 import type { Verb } from './verb';
 
@@ -17,11 +17,13 @@ const VERBS: ReadonlyArray<() => Verb> = [
   () => (require('./verbs/disconnect') as typeof import('./verbs/disconnect')).verb,
   () => (require('./verbs/disconnect-all') as typeof import('./verbs/disconnect-all')).verb,
   () => (require('./verbs/discover') as typeof import('./verbs/discover')).verb,
+  () => (require('./verbs/gen-hostnqn') as typeof import('./verbs/gen-hostnqn')).verb,
   () => (require('./verbs/get-log') as typeof import('./verbs/get-log')).verb,
   () => (require('./verbs/id-ctrl') as typeof import('./verbs/id-ctrl')).verb,
   () => (require('./verbs/id-ns') as typeof import('./verbs/id-ns')).verb,
   () => (require('./verbs/list') as typeof import('./verbs/list')).verb,
   () => (require('./verbs/list-ns') as typeof import('./verbs/list-ns')).verb,
+  () => (require('./verbs/show-hostnqn') as typeof import('./verbs/show-hostnqn')).verb,
   () => (require('./verbs/target') as typeof import('./verbs/target')).verb,
 ];
 
@@ -49,6 +51,7 @@ export async function main(argv: readonly string[]): Promise<number> {
   }
   try {
     const { options, positionals } = parseArgs(rest, verb.options);
+    if (verb.positionals !== true && positionals.length > 0) usageError(`unexpected argument '${positionals[0] as string}'`);
     return await verb.run(options, positionals);
   } catch (err) {
     if (err instanceof NvmfNbdError) {

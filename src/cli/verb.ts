@@ -13,6 +13,11 @@ export interface Verb {
   readonly usage: string;
   readonly options: readonly OptionSpec[];
   /**
+   * True when the verb takes positional arguments (and checks them itself). Otherwise any
+   * positional word is a usage error naming it: a stray word is never silently dropped.
+   */
+  readonly positionals?: boolean;
+  /**
    * Run the verb. Resolve with the process exit status. Long-running verbs (connect in the
    * foreground, target, daemon) resolve when they have shut down after SIGINT/SIGTERM.
    */

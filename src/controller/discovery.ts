@@ -38,6 +38,8 @@ export interface DiscoverOptions {
 export interface DiscoveryLog {
   genctr: bigint;
   entries: DiscoveryEntry[];
+  /** The log page as read: the 1024-byte header then the entries (for `-r/--raw FILE`). */
+  raw?: Buffer;
 }
 
 /** Read the discovery log from a connected discovery controller. */
@@ -50,16 +52,18 @@ export async function readDiscoveryLog(ctrl: Controller): Promise<DiscoveryLog> 
       throw new NvmfNbdError(ErrorCode.INVALID_ARGUMENT, `discovery log has ${String(h.numrec)} entries (more than ${MAX_DISCOVERY_ENTRIES})`);
     }
     const entries: DiscoveryEntry[] = [];
+    const pieces: Buffer[] = [head.data as Buffer];
     // Read the entries in pieces that fit one command's transfer.
     const perRead = Math.max(1, Math.floor(ctrl.maxTransfer / ENTRY_LEN));
     for (let i = 0; i < numrec; i += perRead) {
       const n = Math.min(perRead, numrec - i);
       const r = await ctrl.adminCommand(sqeGetLogPage(DISCOVERY_LOG_ID, n * ENTRY_LEN, 0, HEADER_LEN + i * ENTRY_LEN), { dataInLength: n * ENTRY_LEN });
       for (let k = 0; k < n; k++) entries.push(parseDiscoveryLogEntry(r.data as Buffer, k * ENTRY_LEN));
+      pieces.push(r.data as Buffer);
     }
     const again = await ctrl.adminCommand(sqeGetLogPage(DISCOVERY_LOG_ID, HEADER_LEN, 0), { dataInLength: HEADER_LEN });
     const h2 = parseDiscoveryLogHeader(again.data as Buffer);
-    if (h2.genctr === h.genctr) return { genctr: h.genctr, entries };
+    if (h2.genctr === h.genctr) return { genctr: h.genctr, entries, raw: Buffer.concat(pieces) };
   }
   throw new NvmfNbdError(ErrorCode.DISCOVERY_LOG_CHANGED, `discovery log kept changing over ${MAX_ATTEMPTS} reads`);
 }

@@ -1,12 +1,28 @@
 /**
- * Host NQN and Host ID, as nvme-cli finds them: `/etc/nvme/hostnqn` and `/etc/nvme/hostid` when
- * present; otherwise generated once (`nqn.2014-08.org.nvmexpress:uuid:<uuid>`) and kept in the
- * state directory so every run presents the same identity to targets (host ACLs depend on it).
+ * Host NQN and Host ID, as nvme-cli/libnvme find them:
+ *
+ * 1. `/etc/nvme/hostnqn` and `/etc/nvme/hostid` when present (the operator's choice wins);
+ * 2. values this project generated and kept in the state directory before (older releases made
+ *    a random one; honouring it keeps a host's identity, and the target ACLs keyed on it);
+ * 3. otherwise **derived**, never random, so one machine keeps its identity across reinstalls
+ *    and two containers of one image on two machines differ:
+ *    - the DMI product UUID (`/sys/class/dmi/id/product_uuid`) when it exists and is not a known
+ *      firmware placeholder (all zeros, all ones, `03000200-0400-0500-0006-000700080009`, …);
+ *    - else a UUID from an HMAC-SHA256 of `/etc/machine-id`, keyed like systemd's
+ *      `sd_id128_get_machine_app_specific()` with nvme-cli's application id, so the value is
+ *      the one nvme-cli built with systemd would print, and the machine id itself never leaves
+ *      the machine;
+ *    - only when neither exists: a random UUID, kept in the state directory (said in `source`).
+ *
+ * The host ID is the UUID of a `uuid:`-form host NQN, as nvme-cli does.
+ *
+ * Every path is injectable ({@link IdentityPaths}; env `NVMF_NBD_NVME_DIR`, `NVMF_NBD_DMI_UUID`,
+ * `NVMF_NBD_MACHINE_ID` for the CLI) so the rules are testable with fake files.
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { randomUUID } from 'node:crypto';
+import { createHmac, randomUUID } from 'node:crypto';
 import { ErrorCode, NvmfNbdError } from '../errors';
 
 /** The host's identity towards NVMe-oF targets. */
@@ -14,12 +30,50 @@ export interface HostIdentity {
   hostnqn: string;
   /** UUID text (8-4-4-4-12). */
   hostid: string;
-  /** Where each value came from, for `--help`/diagnostics. */
+  /** Where each value came from (a file path, `dmi:FILE`, `machine-id:FILE` or `random:FILE`). */
   source: { hostnqn: string; hostid: string };
 }
 
+/** Where the identity is looked for (defaults: the real system files). */
+export interface IdentityPaths {
+  /** nvme-cli's directory (default `$NVMF_NBD_NVME_DIR` or /etc/nvme). */
+  etcDir?: string;
+  /** Where earlier generated values are kept (default {@link stateDir}). */
+  stateDir?: string;
+  /** DMI product UUID file (default `$NVMF_NBD_DMI_UUID` or /sys/class/dmi/id/product_uuid). */
+  dmiUuidFile?: string;
+  /** machine-id file (default `$NVMF_NBD_MACHINE_ID` or /etc/machine-id). */
+  machineIdFile?: string;
+}
+
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-const NQN_UUID_PREFIX = 'nqn.2014-08.org.nvmexpress:uuid:';
+/** The NQN prefix of a UUID-based host NQN (NVMe base spec §4.5). */
+export const NQN_UUID_PREFIX = 'nqn.2014-08.org.nvmexpress:uuid:';
+
+/**
+ * nvme-cli's systemd application id for the host NQN (`NVME_HOSTNQN_ID` in nvme-cli/libnvme):
+ * c7f46181-12be-4932-8c83-106f9dddd86b.
+ */
+const NVME_HOSTNQN_APP_ID = Buffer.from('c7f4618112be49328c83106f9dddd86b', 'hex');
+
+/**
+ * DMI product UUIDs that firmware ships unset or as a constant for every board: they name no
+ * machine, so deriving from them would give a whole fleet one identity.
+ */
+export const DMI_PLACEHOLDER_UUIDS: ReadonlySet<string> = new Set([
+  '00000000-0000-0000-0000-000000000000',
+  'ffffffff-ffff-ffff-ffff-ffffffffffff',
+  '03000200-0400-0500-0006-000700080009',
+  '00020003-0004-0005-0006-000700080009',
+  '12345678-1234-5678-90ab-cddeefaabbcc',
+  '4c4c4544-0000-2010-8020-80c04f202020',
+]);
+
+/** nvme-cli's directory: `$NVMF_NBD_NVME_DIR` (tests, containers), else /etc/nvme. */
+export function nvmeEtcDir(env: NodeJS.ProcessEnv = process.env): string {
+  const v = env.NVMF_NBD_NVME_DIR;
+  return v !== undefined && v !== '' ? v : '/etc/nvme';
+}
 
 /**
  * The engine's state directory: `$NVMF_NBD_STATE_DIR`, else /var/lib/nvmf-nbd for root, else
@@ -49,37 +103,109 @@ function persist(file: string, value: string): void {
   fs.renameSync(tmp, file);
 }
 
+function resolvePaths(o: IdentityPaths): Required<IdentityPaths> {
+  const env = process.env;
+  return {
+    etcDir: o.etcDir ?? nvmeEtcDir(env),
+    stateDir: o.stateDir ?? stateDir(env),
+    dmiUuidFile: o.dmiUuidFile ?? (env.NVMF_NBD_DMI_UUID !== undefined && env.NVMF_NBD_DMI_UUID !== '' ? env.NVMF_NBD_DMI_UUID : '/sys/class/dmi/id/product_uuid'),
+    machineIdFile: o.machineIdFile ?? (env.NVMF_NBD_MACHINE_ID !== undefined && env.NVMF_NBD_MACHINE_ID !== '' ? env.NVMF_NBD_MACHINE_ID : '/etc/machine-id'),
+  };
+}
+
 /**
- * Load (or create and persist) the host identity.
- * @param o.etcDir  where nvme-cli keeps hostnqn/hostid (default /etc/nvme)
- * @param o.stateDir where generated values are kept (default {@link stateDir})
+ * A valid, non-placeholder DMI product UUID (lower case), or undefined. Pure: the file's text in.
  */
-export function loadHostIdentity(o: { etcDir?: string; stateDir?: string } = {}): HostIdentity {
-  const etc = o.etcDir ?? '/etc/nvme';
-  const state = o.stateDir ?? stateDir();
-  let hostnqn = readTrimmed(path.join(etc, 'hostnqn'));
-  let nqnSource = path.join(etc, 'hostnqn');
+export function dmiUuidFrom(text: string | undefined): string | undefined {
+  if (text === undefined) return undefined;
+  const u = text.trim().toLowerCase();
+  if (!UUID_RE.test(u) || DMI_PLACEHOLDER_UUIDS.has(u)) return undefined;
+  return u;
+}
+
+/**
+ * The application-specific UUID of a machine id (32 hex digits), computed as systemd's
+ * `sd_id128_get_machine_app_specific()`: HMAC-SHA256 keyed with the 16-byte machine id over the
+ * 16-byte application id, first 16 bytes, marked as a version 4 / variant 1 UUID. Pure.
+ * @returns undefined when `text` is not a machine id
+ */
+export function machineIdUuid(text: string | undefined, appId: Buffer = NVME_HOSTNQN_APP_ID): string | undefined {
+  if (text === undefined) return undefined;
+  const hex = text.trim().toLowerCase();
+  if (!/^[0-9a-f]{32}$/.test(hex) || /^0+$/.test(hex)) return undefined;
+  const h = createHmac('sha256', Buffer.from(hex, 'hex')).update(appId).digest().subarray(0, 16);
+  h[6] = ((h[6] as number) & 0x0f) | 0x40;
+  h[8] = ((h[8] as number) & 0x3f) | 0x80;
+  const s = h.toString('hex');
+  return `${s.slice(0, 8)}-${s.slice(8, 12)}-${s.slice(12, 16)}-${s.slice(16, 20)}-${s.slice(20)}`;
+}
+
+/**
+ * The derived host NQN of this machine (what `gen-hostnqn` prints): from the DMI product UUID,
+ * else from the machine id; undefined when the machine offers neither.
+ */
+export function deriveHostNqn(o: IdentityPaths = {}): { hostnqn: string; uuid: string; source: string } | undefined {
+  const p = resolvePaths(o);
+  const dmi = dmiUuidFrom(readTrimmed(p.dmiUuidFile));
+  if (dmi !== undefined) return { hostnqn: `${NQN_UUID_PREFIX}${dmi}`, uuid: dmi, source: `dmi:${p.dmiUuidFile}` };
+  const mid = machineIdUuid(readTrimmed(p.machineIdFile));
+  if (mid !== undefined) return { hostnqn: `${NQN_UUID_PREFIX}${mid}`, uuid: mid, source: `machine-id:${p.machineIdFile}` };
+  return undefined;
+}
+
+/**
+ * Load the host identity by the rules above. Derived values are not written anywhere (they
+ * are recomputed identically); only the random last resort is persisted.
+ * @throws CFG_ERR_INVALID for a host ID that is not a UUID, or when a random identity cannot be kept
+ */
+export function loadHostIdentity(o: IdentityPaths = {}): HostIdentity {
+  const p = resolvePaths(o);
+  const etcNqn = path.join(p.etcDir, 'hostnqn');
+  const etcId = path.join(p.etcDir, 'hostid');
+  const keptNqn = path.join(p.stateDir, 'hostnqn');
+  const keptId = path.join(p.stateDir, 'hostid');
+  let hostnqn = readTrimmed(etcNqn);
+  let nqnSource = etcNqn;
   if (hostnqn === undefined) {
-    nqnSource = path.join(state, 'hostnqn');
-    hostnqn = readTrimmed(nqnSource);
+    hostnqn = readTrimmed(keptNqn);
+    nqnSource = keptNqn;
   }
-  let hostid = readTrimmed(path.join(etc, 'hostid'));
-  let idSource = path.join(etc, 'hostid');
+  let hostid = readTrimmed(etcId);
+  let idSource = etcId;
   if (hostid === undefined) {
-    idSource = path.join(state, 'hostid');
-    hostid = readTrimmed(idSource);
+    hostid = readTrimmed(keptId);
+    idSource = keptId;
+  }
+  if (hostnqn === undefined) {
+    const d = deriveHostNqn(p);
+    if (d !== undefined) {
+      hostnqn = d.hostnqn;
+      nqnSource = d.source;
+    }
   }
   if (hostid === undefined) {
-    // Reuse the UUID of a uuid-form host NQN, as nvme-cli does, so both name the same host.
+    // The UUID of a uuid-form host NQN, as nvme-cli does, so both name the same host.
     const fromNqn = hostnqn?.startsWith(NQN_UUID_PREFIX) === true ? hostnqn.slice(NQN_UUID_PREFIX.length) : undefined;
-    hostid = fromNqn !== undefined && UUID_RE.test(fromNqn) ? fromNqn : randomUUID();
-    idSource = path.join(state, 'hostid');
-    persistOrExplain(idSource, hostid);
+    if (fromNqn !== undefined && UUID_RE.test(fromNqn)) {
+      hostid = fromNqn;
+      idSource = `${nqnSource} (uuid of the host NQN)`;
+    } else if (hostnqn === undefined) {
+      // Neither DMI nor machine-id: a random identity, kept so it at least survives restarts.
+      hostid = randomUUID();
+      idSource = `random:${keptId}`;
+      persistOrExplain(keptId, hostid);
+    } else {
+      // A non-uuid host NQN from a file: derive the ID from the machine, else random and kept.
+      const d = deriveHostNqn(p);
+      hostid = d?.uuid ?? randomUUID();
+      idSource = d?.source ?? `random:${keptId}`;
+      if (d === undefined) persistOrExplain(keptId, hostid);
+    }
   }
   if (hostnqn === undefined) {
     hostnqn = `${NQN_UUID_PREFIX}${hostid}`;
-    nqnSource = path.join(state, 'hostnqn');
-    persistOrExplain(nqnSource, hostnqn);
+    nqnSource = `random:${keptNqn}`;
+    persistOrExplain(keptNqn, hostnqn);
   }
   if (!UUID_RE.test(hostid)) {
     throw new NvmfNbdError(ErrorCode.CFG_INVALID, `host ID '${hostid}' in ${idSource} is not a UUID`);
@@ -102,6 +228,6 @@ export function isUuid(s: string): boolean {
 }
 
 /** Async form of {@link loadHostIdentity} with the default locations (used by the engine). */
-export async function resolveHostIdentity(o: { etcDir?: string; stateDir?: string } = {}): Promise<HostIdentity> {
+export async function resolveHostIdentity(o: IdentityPaths = {}): Promise<HostIdentity> {
   return loadHostIdentity(o);
 }

@@ -76,13 +76,14 @@ test('host identity: /etc/nvme files win when present', () => {
   assert.deepEqual(fs.readdirSync(state), []);
 });
 
-test('host identity: generated once, kept in the state directory, stable across loads', () => {
+test('host identity: with no DMI UUID and no machine-id, random once, kept in the state directory, stable across loads', () => {
   const etc = path.join(tmpdir(), 'absent');
   const state = path.join(tmpdir(), 'state');
-  const a = loadHostIdentity({ etcDir: etc, stateDir: state });
+  const none = { dmiUuidFile: path.join(etc, 'no-dmi'), machineIdFile: path.join(etc, 'no-machine-id') };
+  const a = loadHostIdentity({ etcDir: etc, stateDir: state, ...none });
   assert.match(a.hostnqn, /^nqn\.2014-08\.org\.nvmexpress:uuid:[0-9a-f-]{36}$/);
   assert.equal(a.hostnqn.endsWith(a.hostid), true);
-  const b = loadHostIdentity({ etcDir: etc, stateDir: state });
+  const b = loadHostIdentity({ etcDir: etc, stateDir: state, ...none });
   assert.deepEqual([b.hostnqn, b.hostid], [a.hostnqn, a.hostid]);
   assert.equal(fs.readFileSync(path.join(state, 'hostnqn'), 'utf8').trim(), a.hostnqn);
 });

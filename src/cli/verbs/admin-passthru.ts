@@ -68,6 +68,7 @@ export const verb: Verb = {
   summary: 'send an admin command to a connected controller (through the daemon)',
   usage: 'nvmf-nbd admin-passthru nvmeX -O OPCODE [-n NSID] [--cdw10 N]... [-l LEN] [-r|-w] [-i FILE] [-b] [-o normal|json|binary]',
   options: OPTIONS,
+  positionals: true,
   async run(opts, positionals) {
     const name = controllerName(positionals);
     const format = dataFormat(opts);

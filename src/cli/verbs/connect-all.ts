@@ -19,18 +19,19 @@ import { protectFromOomKiller } from '../../engine/oom';
 import { ErrorCode, NvmfNbdError } from '../../errors';
 import { SubType, TrType } from '../../wire';
 import { ADDRESS_OPTIONS, addressFromArgs, controllerOptionsFromArgs, describeController, formatController, formatExports, verb as connectVerb, withLinuxDefaults } from './connect';
-import { DEFAULT_DISCOVERY_PORT } from './discover';
+import { DEFAULT_DISCOVERY_PORT, RAW_OPTION, writeRawLog } from './discover';
 import { formatJson } from '../output';
 import { waitForShutdownSignal } from '../signals';
 
 /** Connect flags that come from the discovery entry or from the address flags here. */
-const FROM_ENTRY = new Set(['transport', 'traddr', 'trsvcid', 'nqn', 'hostnqn', 'hostid', 'hdr-digest', 'data-digest', 'output-format', ...HANDOFF_OPTIONS.map((o) => o.long)]);
+const FROM_ENTRY = new Set(['raw', 'transport', 'traddr', 'trsvcid', 'nqn', 'hostnqn', 'hostid', 'hdr-digest', 'data-digest', 'output-format', ...HANDOFF_OPTIONS.map((o) => o.long)]);
 
 function options(): OptionSpec[] {
   return [
     ...ADDRESS_OPTIONS.map((o) => (o.long === 'trsvcid' ? { ...o, help: 'discovery controller port', default: DEFAULT_DISCOVERY_PORT } : o)),
     { long: 'override-traddr', type: 'string', metavar: 'ADDR', help: "dial ADDR instead of each entry's advertised address (NAT, port forwards)" },
     { long: 'override-trsvcid', type: 'string', metavar: 'PORT', help: "dial PORT instead of each entry's advertised port" },
+    RAW_OPTION,
     ...connectVerb.options.filter((o) => !FROM_ENTRY.has(o.long)),
     ...HANDOFF_OPTIONS,
   ];
@@ -60,6 +61,7 @@ export const verb: Verb = {
       overrideTraddr: typeof opts['override-traddr'] === 'string' ? opts['override-traddr'] : undefined,
       overrideTrsvcid: typeof opts['override-trsvcid'] === 'string' ? opts['override-trsvcid'] : undefined,
     });
+    writeRawLog(opts, log);
     const entries = log.entries.filter((e) => e.subtype === SubType.NVM && e.trtype === TrType.TCP);
     if (entries.length === 0) {
       process.stderr.write('the discovery log has no NVM subsystem on TCP\n');

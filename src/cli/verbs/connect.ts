@@ -176,7 +176,8 @@ export const NBD_OPTIONS: readonly OptionSpec[] = [
   { long: 'stdio', type: 'boolean', help: 'serve one NBD connection on stdin/stdout and exit when it ends (for nbdinfo -- CMD, nbd_connect_command); messages go to stderr' },
   { long: 'attach', type: 'boolean', help: 'attach every namespace to a /dev/nbdX with nbd-client (root, nbd module)' },
   { long: 'connections', short: 'C', type: 'int', metavar: 'N', min: 1, max: 16, help: 'nbd-client connections per device with --attach', default: 1 },
-  { long: 'read-only', short: 'r', type: 'boolean', help: 'serve the namespaces read-only' },
+  // No -r: in nvme-cli -r is --raw FILE (discover, connect-all); read-only has its long name only.
+  { long: 'read-only', type: 'boolean', help: 'serve the namespaces read-only' },
 ];
 
 /** Human rendering of a session's exports. */

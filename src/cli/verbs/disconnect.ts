@@ -32,6 +32,7 @@ export const verb: Verb = {
     { long: 'device', short: 'd', type: 'string', metavar: 'nvmeX', help: 'disconnect this controller (or the one serving /dev/nbdX)' },
     CONTROL_OPTION,
   ],
+  positionals: true,
   async run(opts, positionals) {
     const target = disconnectTarget(opts, positionals);
     const r = (await requestDaemon(opts, stateDir(), ControlVerb.DISCONNECT, target)) as { disconnected: string[] };

@@ -2,6 +2,7 @@
  * `nvmf-nbd discover`: read the discovery log of a discovery controller (port 8009 by default;
  * Linux nvmet also answers on its I/O port) and print its entries.
  */
+import * as fs from 'node:fs';
 import type { OptionSpec } from '../args';
 import type { Verb } from '../verb';
 import { ADRFAM_NAMES, SUBTYPE_NAMES, TRTYPE_NAMES, discover } from '../../controller/discovery';
@@ -18,7 +19,17 @@ const OPTIONS: readonly OptionSpec[] = [
   ...ADDRESS_OPTIONS.map((o) => (o.long === 'trsvcid' ? { ...o, default: DEFAULT_DISCOVERY_PORT } : o)),
   { long: 'override-traddr', type: 'string', metavar: 'ADDR', help: 'show ADDR instead of each entry\'s advertised address (NAT, port forwards)' },
   { long: 'override-trsvcid', type: 'string', metavar: 'PORT', help: 'show PORT instead of each entry\'s advertised port' },
+  RAW_OPTION,
 ];
+
+/** nvme-cli's `-r/--raw FILE`: the discovery log page as read, written to FILE (0644, replaced). */
+export const RAW_OPTION: OptionSpec = { long: 'raw', short: 'r', type: 'string', metavar: 'FILE', help: 'also write the raw discovery log page to FILE (as nvme-cli)' };
+
+/** Write the raw log for `-r/--raw` when asked. */
+export function writeRawLog(opts: Record<string, unknown>, log: DiscoveryLog): void {
+  if (typeof opts.raw !== 'string') return;
+  fs.writeFileSync(opts.raw, log.raw ?? Buffer.alloc(0));
+}
 
 /** nvme-cli-like JSON of a discovery log. */
 export function discoveryJson(log: DiscoveryLog): Record<string, unknown> {
@@ -61,6 +72,7 @@ export const verb: Verb = {
       overrideTraddr: typeof opts['override-traddr'] === 'string' ? opts['override-traddr'] : undefined,
       overrideTrsvcid: typeof opts['override-trsvcid'] === 'string' ? opts['override-trsvcid'] : undefined,
     });
+    writeRawLog(opts, log);
     process.stdout.write(a.format === 'json' ? formatJson(discoveryJson(log)) : discoveryTable(log));
     return 0;
   },

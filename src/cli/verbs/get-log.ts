@@ -51,6 +51,7 @@ export const verb: Verb = {
     { long: 'output-format', short: 'o', type: 'string', metavar: 'normal|json|binary', help: 'output format', default: 'normal' },
     CONTROL_OPTION,
   ],
+  positionals: true,
   async run(opts, positionals) {
     const name = controllerName(positionals);
     const format = dataFormat(opts);

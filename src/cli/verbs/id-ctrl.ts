@@ -57,6 +57,7 @@ export const verb: Verb = {
   summary: 'print Identify Controller of a remote controller',
   usage: 'nvmf-nbd id-ctrl -t tcp -a ADDR [-s PORT] -n SUBNQN [-q HOSTNQN] [-I HOSTID] [-o normal|json]  |  nvmf-nbd id-ctrl nvmeX [-o normal|json]',
   options: [...adminVerbOptions(true), CONTROL_OPTION],
+  positionals: true,
   async run(opts, positionals) {
     const name = daemonControllerArg(positionals);
     if (name !== undefined) {

@@ -35,6 +35,7 @@ export const verb: Verb = {
     { long: 'namespace-id', short: 'n', type: 'int', metavar: 'NSID', min: 1, max: 0xfffffffe, help: 'namespace ID (required)' },
     CONTROL_OPTION,
   ],
+  positionals: true,
   async run(opts, positionals) {
     const nsid = opts['namespace-id'];
     if (typeof nsid !== 'number') usageError('-n/--namespace-id is required');
