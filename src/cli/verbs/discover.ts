@@ -15,6 +15,9 @@ export const DEFAULT_DISCOVERY_PORT = 8009;
 
 const TREQ_NAMES: Readonly<Record<number, string>> = { 0: 'not specified', 1: 'required', 2: 'not required' };
 
+/** nvme-cli's `-r/--raw FILE`: the discovery log page as read, written to FILE (0644, replaced). */
+export const RAW_OPTION: OptionSpec = { long: 'raw', short: 'r', type: 'string', metavar: 'FILE', help: 'also write the raw discovery log page to FILE (as nvme-cli)' };
+
 const OPTIONS: readonly OptionSpec[] = [
   ...ADDRESS_OPTIONS.map((o) => (o.long === 'trsvcid' ? { ...o, default: DEFAULT_DISCOVERY_PORT } : o)),
   { long: 'override-traddr', type: 'string', metavar: 'ADDR', help: 'show ADDR instead of each entry\'s advertised address (NAT, port forwards)' },
@@ -22,8 +25,6 @@ const OPTIONS: readonly OptionSpec[] = [
   RAW_OPTION,
 ];
 
-/** nvme-cli's `-r/--raw FILE`: the discovery log page as read, written to FILE (0644, replaced). */
-export const RAW_OPTION: OptionSpec = { long: 'raw', short: 'r', type: 'string', metavar: 'FILE', help: 'also write the raw discovery log page to FILE (as nvme-cli)' };
 
 /** Write the raw log for `-r/--raw` when asked. */
 export function writeRawLog(opts: Record<string, unknown>, log: DiscoveryLog): void {
