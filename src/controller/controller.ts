@@ -72,6 +72,8 @@ export interface NamespaceChanges {
 export interface ControllerOptions {
   readonly traddr: string;
   readonly trsvcid: number;
+  /** Local (source) address every queue's socket binds to (nvme-cli `-w/--host-traddr`). */
+  readonly hostTraddr?: string;
   readonly subnqn: string;
   readonly hostnqn: string;
   /** 16 bytes, or a UUID string. */
@@ -200,10 +202,10 @@ export class Controller extends EventEmitter {
     }
   }
 
-  private queueCommon(): { host: string; port: number; subnqn: string; hostnqn: string; hostid: Buffer; hdgst: boolean; ddgst: boolean; disableSqFlowControl: boolean; connectTimeoutMs: number | undefined; timeoutMs: number | undefined } {
+  private queueCommon(): { host: string; port: number; localAddress: string | undefined; subnqn: string; hostnqn: string; hostid: Buffer; hdgst: boolean; ddgst: boolean; disableSqFlowControl: boolean; connectTimeoutMs: number | undefined; timeoutMs: number | undefined } {
     const o = this.options;
     return {
-      host: o.traddr, port: o.trsvcid, subnqn: o.subnqn, hostnqn: o.hostnqn, hostid: hostidBuffer(o.hostid),
+      host: o.traddr, port: o.trsvcid, localAddress: o.hostTraddr, subnqn: o.subnqn, hostnqn: o.hostnqn, hostid: hostidBuffer(o.hostid),
       hdgst: o.hdgst === true, ddgst: o.ddgst === true, disableSqFlowControl: o.disableSqFlowControl === true,
       connectTimeoutMs: o.connectTimeoutMs, timeoutMs: o.ioTimeoutMs,
     };

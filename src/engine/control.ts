@@ -345,7 +345,7 @@ export const HANDOFF_OPTIONS: readonly OptionSpec[] = [
 ];
 
 /** Options that only steer the CLI and are not sent to the daemon. */
-const CLI_ONLY = new Set(['control', 'foreground', 'output-format']);
+const CLI_ONLY = new Set(['control', 'foreground', 'output-format', 'quiet']);
 
 /** The connect options as the daemon takes them: CLI-only options and absent values removed. */
 export function connectArgsForDaemon(opts: Record<string, unknown>): Record<string, unknown> {
@@ -361,6 +361,8 @@ export interface ConnectResult {
   readonly text: string;
   /** The foreground connect's `-o json` output. */
   readonly json: unknown;
+  /** True when the subsystem was already connected over this path and that controller is the answer. */
+  readonly existing?: boolean;
 }
 
 /**
@@ -373,7 +375,7 @@ export async function daemonOrForeground(opts: Record<string, unknown>, stateDir
     return await ControlClient.connect(sock, 2000);
   } catch (err) {
     if (err instanceof NvmfNbdError && err.code === ErrorCode.DAEMON_UNAVAILABLE) {
-      process.stderr.write(`no daemon running (${sock}); ${what}\n`);
+      if (opts.quiet !== true) process.stderr.write(`no daemon running (${sock}); ${what}\n`);
       return undefined;
     }
     throw err;

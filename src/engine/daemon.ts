@@ -370,10 +370,14 @@ export class Daemon {
     // Validates the required flags before a name is taken.
     this.o.connect.controllerOptions(args);
     if (typeof args.nbd === 'string') parseNbdSpec(args.nbd);
-    for (const e of this.entries.values()) {
-      if (e.args.nqn === args.nqn && e.args.traddr === args.traddr && e.args.trsvcid === args.trsvcid && e.args.hostnqn === args.hostnqn) {
-        throw new NvmfNbdError(ErrorCode.ALREADY_CONNECTED, `${String(args.nqn)} at ${String(args.traddr)}:${String(args.trsvcid)} is already connected as ${e.name}`);
+    // Idempotent (nvme-cli): a subsystem already connected over this path answers with its
+    // controller; -D/--duplicate-connect asks for a second association on purpose.
+    const existing = args['duplicate-connect'] === true ? undefined : this.samePath(args);
+    if (existing !== undefined) {
+      if (existing.session === undefined || existing.closing) {
+        throw new NvmfNbdError(ErrorCode.ALREADY_CONNECTED, `${String(args.nqn)} at ${String(args.traddr)}:${String(args.trsvcid)} is already known as ${existing.name} (${existing.state})`);
       }
+      return { name: existing.name, existing: true, ...this.o.connect.render(existing.session) };
     }
     const name = allocateName(this.entries.keys());
     const e = this.newEntry(name, args);
@@ -387,6 +391,13 @@ export class Daemon {
     await this.saveState();
     const session = e.session as ControllerSession;
     return { name, ...this.o.connect.render(session) };
+  }
+
+  /** The entry connected to the same subsystem over the same path (address, host, source), if any. */
+  private samePath(args: Record<string, unknown>): Entry | undefined {
+    const keys = ['nqn', 'traddr', 'trsvcid', 'hostnqn', 'host-traddr', 'host-iface'];
+    for (const e of this.entries.values()) if (keys.every((k) => e.args[k] === args[k])) return e;
+    return undefined;
   }
 
   /** Open the session of `e`, adopt still-held devices, attach the rest when asked. */

@@ -31,6 +31,8 @@ export interface QueuePairOptions {
   /** Target address (IPv4/IPv6 literal or host name). */
   readonly host: string;
   readonly port: number;
+  /** Local address to bind before connecting (nvme-cli host_traddr); undefined: any. */
+  readonly localAddress?: string;
   /** Queue ID: 0 = admin, 1..n = I/O. */
   readonly qid: number;
   /** Queue depth in entries (1-based; Connect carries it 0-based). At least 2. */
@@ -250,7 +252,7 @@ export class QueuePair extends EventEmitter {
       throw new NvmfNbdError(ErrorCode.INVALID_ARGUMENT, `queue size ${opts.queueSize} out of range 2..65536`);
     }
     const budget = opts.connectTimeoutMs ?? 10_000;
-    const socket = net.connect({ host: opts.host, port: opts.port });
+    const socket = net.connect({ host: opts.host, port: opts.port, ...(opts.localAddress !== undefined ? { localAddress: opts.localAddress } : {}) });
     const qp = new QueuePair(socket, opts);
     const timer = setTimeout(() => {
       qp.destroy(new NvmfNbdError(ErrorCode.TIMEOUT, `queue ${opts.qid}: connect to ${opts.host}:${opts.port} timed out after ${budget} ms`));

@@ -144,10 +144,15 @@ test('connect hands the connection off to the daemon and returns', { timeout: 30
   assert.match(again.out, /nvme1n1 +1 +32\.00 MiB/);
 });
 
-test('a second connect of the same subsystem is refused', { timeout: 20_000 }, async () => {
+test('a second connect of the same subsystem is idempotent: exit 0, the existing controller printed', { timeout: 20_000 }, async () => {
   const r = await cli(connectArgs(NQN1));
-  assert.equal(r.code, 1);
-  assert.match(r.err, /\(CLI_ERR_ALREADY_CONNECTED\)/);
+  assert.equal(r.code, 0, r.err);
+  assert.match(r.err, /already connected as nvme0/);
+  assert.match(r.out, /^controller \d+: nqn\.2014-08\.org\.nvmf-nbd:daemon-a/);
+  const q = await cli([...connectArgs(NQN1), '--quiet']);
+  assert.equal(q.code, 0, q.err);
+  assert.deepEqual([q.out, q.err], ['', '']);
+  assert.deepEqual((await list()).map((c) => c.name), ['nvme0', 'nvme1'], 'no new controller');
 });
 
 test('list -o json shows controllers, state, exports and queue counters', { timeout: 20_000 }, async () => {

@@ -101,7 +101,7 @@ test('names are the lowest free nvmeN; the state file follows connect and discon
   }
 });
 
-test('a duplicate connect and bad arguments are refused before a name is taken', { timeout: 10_000 }, async () => {
+test('a repeated connect answers with the existing controller; bad arguments are refused before a name is taken', { timeout: 10_000 }, async () => {
   const h = await harness();
   const d = await startDaemon(h);
   try {
@@ -110,12 +110,19 @@ test('a duplicate connect and bad arguments are refused before a name is taken',
       const r = await d.handleLine(JSON.stringify({ id: 9, verb: 'connect', args: a }));
       return r.ok ? 'accepted' : r.error.code;
     };
-    assert.equal(await code(args('nqn.a')), ErrorCode.ALREADY_CONNECTED);
+    // Idempotent: the same subsystem over the same path answers with the existing controller.
+    const again = (await d.handle({ id: 2, verb: ControlVerb.CONNECT, args: args('nqn.a') })) as { name: string; existing?: boolean };
+    assert.deepEqual([again.name, again.existing], ['nvme0', true]);
+    assert.equal(h.opened.length, 1, 'no second association');
     assert.equal(await code(args('nqn.b', { 'no-such-flag': 1 })), ErrorCode.CLI_USAGE);
     assert.equal(await code(args('nqn.b', { trsvcid: 'x' })), ErrorCode.CLI_USAGE);
     assert.equal(await code(args('nqn.b', { trsvcid: 70000 })), ErrorCode.CLI_USAGE);
     assert.equal(await code({ traddr: '127.0.0.1', ...HOST }), ErrorCode.CLI_USAGE, 'no -n');
     assert.deepEqual(d.names(), ['nvme0']);
+    // -D/--duplicate-connect: a second association on purpose.
+    const dup = (await d.handle({ id: 3, verb: ControlVerb.CONNECT, args: args('nqn.a', { 'duplicate-connect': true }) })) as { name: string; existing?: boolean };
+    assert.deepEqual([dup.name, dup.existing], ['nvme1', undefined]);
+    assert.equal(h.opened.length, 2);
   } finally {
     await d.shutdown();
     await fsp.rm(h.dir, { recursive: true });

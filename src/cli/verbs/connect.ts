@@ -5,6 +5,7 @@
  *
  * Also the home of the nvme-cli connection flags shared by id-ctrl, id-ns and list-ns.
  */
+import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { usageError } from '../args';
@@ -21,6 +22,7 @@ import { formatBytes, formatJson, formatTable, outputFormat } from '../output';
 import type { OutputFormat } from '../output';
 import { waitForShutdownSignal } from '../signals';
 import { HANDOFF_OPTIONS, handOffConnect } from '../../engine/control';
+import { ErrorCode, NvmfNbdError } from '../../errors';
 
 /** Default NVMe/TCP I/O port (IANA 4420). */
 export const DEFAULT_IO_PORT = 4420;
@@ -45,8 +47,17 @@ export const CONTROLLER_OPTIONS: readonly OptionSpec[] = [
   // Recovery (Linux nvme-fabrics reconnect_delay, ctrl_loss_tmo, fast_io_fail_tmo; nvme_core io_timeout).
   { long: 'reconnect-delay', short: 'c', type: 'int', metavar: 'SEC', min: 1, max: 86400, help: 'seconds between reconnect attempts after a lost connection', default: 10 },
   { long: 'ctrl-loss-tmo', short: 'l', type: 'int', metavar: 'SEC', min: -1, max: 31536000, help: 'give up reconnecting (I/O fails with EIO) after SEC; -1 = never', default: 600 },
-  { long: 'fast-io-fail-tmo', type: 'int', metavar: 'SEC', min: -1, max: 31536000, help: 'fail held I/O with EIO after SEC while reconnecting goes on; -1 = off', default: -1 },
+  { long: 'fast-io-fail-tmo', short: 'F', aliases: ['fast_io_fail_tmo'], type: 'int', metavar: 'SEC', min: -1, max: 31536000, help: 'fail held I/O with EIO after SEC while reconnecting goes on; -1 = off (nvme-cli spelling --fast_io_fail_tmo too)', default: -1 },
   { long: 'io-timeout', type: 'int', metavar: 'SEC', min: 1, max: 4294967, help: 'per-command timeout; a timeout reconnects the controller', default: 30 },
+];
+
+/** nvme-cli's path and scripting flags of connect (and connect-all). */
+export const PARITY_OPTIONS: readonly OptionSpec[] = [
+  { long: 'host-traddr', short: 'w', type: 'string', metavar: 'ADDR', help: 'source address of every queue connection' },
+  { long: 'host-iface', short: 'f', type: 'string', metavar: 'IFACE', help: 'source interface: resolved to its address (Node cannot bind a socket to a device)' },
+  { long: 'tos', short: 'T', type: 'int', metavar: 'TOS', min: -1, max: 255, help: 'IP type of service (refused: Node cannot set it)' },
+  { long: 'duplicate-connect', short: 'D', type: 'boolean', help: 'connect even when this subsystem is already connected over this path (a second association)' },
+  { long: 'quiet', type: 'boolean', help: 'print nothing but errors' },
 ];
 
 /** Options of connect (exported so the NBD server can append `--nbd`/`--attach`). */
@@ -55,7 +66,42 @@ export const CONNECT_OPTIONS: OptionSpec[] = [
   { long: 'nqn', short: 'n', type: 'string', metavar: 'SUBNQN', help: 'subsystem NQN (required)' },
   ...ADDRESS_OPTIONS.slice(3),
   ...CONTROLLER_OPTIONS,
+  ...PARITY_OPTIONS,
 ];
+
+/**
+ * `-w/--host-traddr` or `-f/--host-iface` → the local address to bind (undefined: the kernel
+ * picks). An interface resolves to its first address of the target's family.
+ * @throws CLI_ERR_USAGE (unknown interface, no address of that family, both flags, bad address)
+ */
+export function sourceAddressFromArgs(opts: Record<string, unknown>, traddr: string, interfaces: NodeJS.Dict<os.NetworkInterfaceInfo[]> = os.networkInterfaces()): string | undefined {
+  const w = typeof opts['host-traddr'] === 'string' ? opts['host-traddr'] : undefined;
+  const f = typeof opts['host-iface'] === 'string' ? opts['host-iface'] : undefined;
+  if (w !== undefined && f !== undefined) usageError(`-w/--host-traddr '${w}' and -f/--host-iface '${f}': give one`);
+  if (w !== undefined) {
+    if (net.isIP(w) === 0) usageError(`-w/--host-traddr: '${w}' is not an IP address`);
+    return w;
+  }
+  if (f === undefined) return undefined;
+  const list = interfaces[f];
+  if (list === undefined) usageError(`-f/--host-iface: no interface '${f}'`);
+  const family = net.isIPv6(traddr) ? 'IPv6' : 'IPv4';
+  const a = list.find((x) => x.family === family);
+  if (a === undefined) usageError(`-f/--host-iface: interface '${f}' has no ${family} address`);
+  return a.address;
+}
+
+/**
+ * `-T/--tos`: Node.js has no way to set IP_TOS on a socket (no setsockopt), so any value but
+ * -1 (the default: unset) is refused rather than silently not applied.
+ * @throws NVMF_ERR_UNSUPPORTED
+ */
+export function checkTos(opts: Record<string, unknown>): void {
+  const tos = opts.tos;
+  if (typeof tos === 'number' && tos !== -1) {
+    throw new NvmfNbdError(ErrorCode.UNSUPPORTED, `-T/--tos ${tos}: not supported (Node.js cannot set the IP type of service of a socket)`);
+  }
+}
 
 /** Read a required string option or raise a usage error. */
 export function requireString(opts: Record<string, unknown>, name: string, flag: string): string {
@@ -90,8 +136,11 @@ export function controllerOptionsFromArgs(opts: Record<string, unknown>): Contro
   // Without keep-alive the target never drops a lost association, and a stale write of it could
   // land after a re-driven or newer one (see "Why the quiesce time" in docs/ARCHITECTURE.md).
   if (kato === 0) usageError('-k/--keep-alive-tmo 0: keep-alive is required for safe reconnects');
+  checkTos(opts);
+  const hostTraddr = sourceAddressFromArgs(opts, a.traddr);
   return {
     traddr: a.traddr, trsvcid: a.trsvcid, subnqn, hostnqn: a.hostnqn, hostid: a.hostid, hdgst: a.hdgst, ddgst: a.ddgst,
+    ...(hostTraddr !== undefined ? { hostTraddr } : {}),
     nrIoQueues: typeof opts['nr-io-queues'] === 'number' ? opts['nr-io-queues'] : os.cpus().length,
     queueSize: typeof opts['queue-size'] === 'number' ? opts['queue-size'] : 128,
     kato,
@@ -204,7 +253,9 @@ export const verb: Verb = {
       // it); with none we say so and stay in the foreground (containers rely on this).
       const handed = await handOffConnect(opts, stateDir());
       if (handed !== undefined) {
-        process.stdout.write(format === 'json' ? formatJson(handed.json) : handed.text);
+        // Idempotent: an existing association is the answer (exit 0), said on stderr.
+        if (handed.existing === true && opts.quiet !== true) process.stderr.write(`${String(opts.nqn)} is already connected as ${handed.name} (-D/--duplicate-connect for a second association)\n`);
+        if (opts.quiet !== true) process.stdout.write(format === 'json' ? formatJson(handed.json) : handed.text);
         return 0;
       }
     }
@@ -230,9 +281,11 @@ export const verb: Verb = {
     // Listen for the signal before printing: a script that reads our output and then sends
     // SIGINT must never find us without the handler (the default action would kill us).
     const signalled = waitForShutdownSignal();
-    out.write(format === 'json'
-      ? formatJson({ ...session.describe(), namespaces: describeController(ctrl).namespaces })
-      : `${formatController(ctrl)}\n${formatExports(session)}`);
+    if (opts.quiet !== true) {
+      out.write(format === 'json'
+        ? formatJson({ ...session.describe(), namespaces: describeController(ctrl).namespaces })
+        : `${formatController(ctrl)}\n${formatExports(session)}`);
+    }
     await Promise.race([signalled, stopped, ...(session.stdioClosed !== undefined ? [session.stdioClosed] : [])]);
     await session.close();
     if (lost !== undefined) {
