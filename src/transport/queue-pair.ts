@@ -123,6 +123,11 @@ interface Pending {
 interface Waiter {
   readonly sqe: Buffer;
   readonly opts: SubmitOptions;
+  /**
+   * Absolute deadline (ms), fixed at submit(): time spent waiting for a slot counts, so a queue
+   * whose SQ looks full (a slow or lying target) cannot hold a command past its timeout.
+   */
+  readonly deadline: number;
   resolve(c: Completion): void;
   reject(e: Error): void;
 }
@@ -370,9 +375,13 @@ export class QueuePair extends EventEmitter {
       return Promise.reject(new NvmfNbdError(ErrorCode.INVALID_ARGUMENT, `transfer of ${Math.max(inLen, outLen)} bytes exceeds the queue limit ${this.maxTransfer}`));
     }
     return new Promise<Completion>((resolve, reject) => {
-      const w: Waiter = { sqe, opts, resolve, reject };
-      if (this.waiters.length === 0 && this.canIssue()) this.issue(w);
-      else this.waiters.push(w);
+      const w: Waiter = { sqe, opts, deadline: Date.now() + (opts.timeoutMs ?? this.timeoutMs), resolve, reject };
+      if (this.waiters.length === 0 && this.canIssue()) {
+        this.issue(w);
+      } else {
+        this.waiters.push(w);
+        if (Number.isFinite(w.deadline)) this.armTimer();
+      }
     });
   }
 
@@ -414,7 +423,7 @@ export class QueuePair extends EventEmitter {
       received: 0,
       c2hDone: false,
       digestError: false,
-      deadline: Date.now() + (opts.timeoutMs ?? this.timeoutMs),
+      deadline: w.deadline,
       acceptErrorStatus: opts.acceptErrorStatus === true,
     };
     this.inflight.set(cid, p);
@@ -452,13 +461,23 @@ export class QueuePair extends EventEmitter {
 
   private onTick(): void {
     this.timerArmed = false;
-    if (this.state === QpState.CLOSED || this.inflight.size === 0) return;
+    if (this.state === QpState.CLOSED || (this.inflight.size === 0 && this.waiters.length === 0)) return;
     const now = Date.now();
     for (const p of this.inflight.values()) {
       if (p.deadline <= now) {
         // A timed-out cid cannot be reused safely (its completion may still come): like Linux,
         // tear the queue down; the controller layer decides whether to reconnect.
         this.destroy(new NvmfNbdError(ErrorCode.TIMEOUT, `queue ${this.qid}: command 0x${p.opcode.toString(16)} (cid ${p.cid}) timed out`));
+        return;
+      }
+    }
+    // Waiters are FIFO with deadlines from submission, but timeouts may differ: scan them all.
+    // A command that could not even get a slot within its timeout means the queue makes no
+    // progress (e.g. the SQ looks full forever): the same teardown as an in-flight timeout.
+    for (const w of this.waiters) {
+      if (w.deadline <= now) {
+        this.destroy(new NvmfNbdError(ErrorCode.TIMEOUT,
+          `queue ${this.qid}: command 0x${(w.sqe[0] as number).toString(16)} timed out waiting for a submission slot (${this.inflight.size} in flight)`));
         return;
       }
     }
@@ -529,6 +548,14 @@ export class QueuePair extends EventEmitter {
     if (this.sqFlowControl && cqe.sqhd !== 0xffff) {
       if (cqe.sqhd >= this.queueSize) {
         throw fatal(ErrorCode.PDU_INVALID_HEADER, `queue ${this.qid}: SQHD ${cqe.sqhd} beyond queue size ${this.queueSize}`, Fes.INVALID_HEADER_FIELD, 16);
+      }
+      // The head only moves forward over entries the host submitted: it must lie in the
+      // circular range [last known head, tail]. Anything else (e.g. one past the tail, which
+      // would make the SQ look full forever) is a lying controller: fatal, not a wedge.
+      const n = this.queueSize;
+      if ((cqe.sqhd - this.sqHead + n) % n > (this.sqTail - this.sqHead + n) % n) {
+        throw fatal(ErrorCode.PDU_INVALID_HEADER,
+          `queue ${this.qid}: SQHD ${cqe.sqhd} outside the submitted range (head ${this.sqHead}, tail ${this.sqTail})`, Fes.INVALID_HEADER_FIELD, 16);
       }
       this.sqHead = cqe.sqhd;
     }

@@ -553,6 +553,37 @@ test('SQHD beyond the queue size → PDU_INVALID_HEADER', T, async () => {
   }, ErrorCode.PDU_INVALID_HEADER, 1, (qp) => qp.submit(sqeFlush(1)));
 });
 
+test('SQHD outside the submitted range (one past the tail) → PDU_INVALID_HEADER, not a wedged SQ (issue 14 finding 5)', T, async () => {
+  // Connect leaves head = tail = 1; one command makes tail 2. SQHD 3 would claim the controller
+  // consumed an entry never submitted, and make the SQ look full for ever after.
+  await expectFatal(async (c) => {
+    const cmd = await c.nextCommand();
+    c.respond(cmd.sqe.cid, { sqhd: 3 });
+  }, ErrorCode.PDU_INVALID_HEADER, 1, (qp) => qp.submit(sqeFlush(1)));
+});
+
+test('a command waiting for an SQ slot times out from submission (stale SQHD keeps the SQ full) (issue 14 finding 5)', T, async () => {
+  // queueSize 3: after Connect head = tail = 1. The target completes both commands but never
+  // moves SQHD (legal, in range): tail wraps to 0, (0 + 1) % 3 === head, the SQ looks full with
+  // nothing in flight. The third command must still fail within its own timeout.
+  const { target, qp, closed } = await withTarget(async (c) => {
+    const a = await c.nextCommand();
+    c.respond(a.sqe.cid, { sqhd: 1 });
+    const b = await c.nextCommand();
+    c.respond(b.sqe.cid, { sqhd: 1 });
+    await c.closed;
+  }, { qp: { queueSize: 3, timeoutMs: 5000 } });
+  try {
+    await qp.submit(sqeFlush(1));
+    await qp.submit(sqeFlush(2));
+    await rejectsWith(qp.submit(sqeFlush(3), { timeoutMs: 150 }), ErrorCode.TIMEOUT);
+    assert.equal((await closed)?.code, ErrorCode.TIMEOUT);
+  } finally {
+    qp.destroy();
+    await target.close();
+  }
+});
+
 test('destroy() fails waiting and in-flight commands once and emits close once', T, async () => {
   const { target, qp } = await withTarget(async (c) => { await c.nextCommand(); }, { qp: { queueSize: 2 } });
   try {
