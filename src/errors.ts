@@ -87,6 +87,9 @@ export const ErrorCode = {
   // Review fixes (appended)
   NAMESPACE_LIST_INVALID: 'NVMF_ERR_NAMESPACE_LIST_INVALID',
   NBD_TOO_MANY_OPTIONS: 'NBD_ERR_TOO_MANY_OPTIONS',
+  // In-band authentication, DH-HMAC-CHAP (appended)
+  AUTH_FAILED: 'NVMF_ERR_AUTH_FAILED',
+  DHCHAP_KEY_INVALID: 'CFG_ERR_DHCHAP_KEY_INVALID',
 } as const;
 
 export type ErrorCodeValue = (typeof ErrorCode)[keyof typeof ErrorCode];
@@ -103,6 +106,8 @@ export interface ErrorOptions {
   fes?: number;
   /** Byte offset of the offending field (TermReq FEI). */
   fei?: number;
+  /** In-band authentication failure: the reason code and its explanation (AUTH_Failure1/2). */
+  auth?: { readonly reason: number; readonly explanation: number };
 }
 
 /**
@@ -115,6 +120,8 @@ export class NvmfNbdError extends Error {
   readonly errno: number | undefined;
   readonly fes: number | undefined;
   readonly fei: number | undefined;
+  /** DH-HMAC-CHAP failure reason code / explanation, when authentication failed. */
+  readonly auth: { readonly reason: number; readonly explanation: number } | undefined;
 
   constructor(code: ErrorCodeValue, message: string, options: ErrorOptions = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
@@ -124,6 +131,7 @@ export class NvmfNbdError extends Error {
     this.errno = options.errno;
     this.fes = options.fes;
     this.fei = options.fei;
+    this.auth = options.auth;
   }
 
   /** False when the target said Do Not Retry. */

@@ -38,6 +38,7 @@ import {
 import type { Cqe, IdentifyController, IdentifyNamespace } from '../wire';
 import { ADMIN_QUEUE_SIZE, QueuePair } from '../transport/queue-pair';
 import type { Completion, QueueStats } from '../transport/queue-pair';
+import { authenticateQueue, type AuthOutcome, type DhchapHostOptions } from './auth';
 
 export { DISCOVERY_NQN } from '../wire';
 
@@ -102,6 +103,12 @@ export interface ControllerOptions {
   readonly watchdogMs?: number;
   /** Enable namespace-attribute AENs and keep an AER outstanding (default true when OAES bit 8). */
   readonly asyncEvents?: boolean;
+  /**
+   * DH-HMAC-CHAP in-band authentication (`controller/auth.ts`): every queue authenticates after
+   * its Connect when the controller asks (always when a controller secret is given), and again
+   * when the controller answers a command with Authentication Required.
+   */
+  readonly dhchap?: DhchapHostOptions;
 }
 
 /** What the host knows about one namespace. */
@@ -160,6 +167,8 @@ export class Controller extends EventEmitter {
   /** Largest data transfer of one command in bytes (MDTS, capped by HOST_MAX_TRANSFER). */
   maxTransfer = HOST_MAX_TRANSFER;
   cap!: CapFields;
+  /** What the admin queue's (latest) DH-HMAC-CHAP authentication agreed on; undefined without one. */
+  authentication: AuthOutcome | undefined;
 
   private admin!: QueuePair;
   private readonly ioQueues: QueuePair[] = [];
@@ -175,6 +184,8 @@ export class Controller extends EventEmitter {
   private nsWork: Promise<void> = Promise.resolve();
   private closed = false;
   private closing = false;
+  /** DH-HMAC-CHAP transaction identifiers: one per authentication of a queue of this association. */
+  private nextTid = 0;
 
   private constructor(opts: ControllerOptions) {
     super();
@@ -202,12 +213,27 @@ export class Controller extends EventEmitter {
     }
   }
 
-  private queueCommon(): { host: string; port: number; localAddress: string | undefined; subnqn: string; hostnqn: string; hostid: Buffer; hdgst: boolean; ddgst: boolean; disableSqFlowControl: boolean; connectTimeoutMs: number | undefined; timeoutMs: number | undefined } {
+  private queueCommon(): {
+    host: string; port: number; localAddress: string | undefined; subnqn: string; hostnqn: string; hostid: Buffer; hdgst: boolean; ddgst: boolean; disableSqFlowControl: boolean;
+    connectTimeoutMs: number | undefined; timeoutMs: number | undefined; authenticate?: (qp: QueuePair) => Promise<unknown>; authenticateAlways?: boolean;
+  } {
     const o = this.options;
+    const dhchap = o.dhchap;
     return {
       host: o.traddr, port: o.trsvcid, localAddress: o.hostTraddr, subnqn: o.subnqn, hostnqn: o.hostnqn, hostid: hostidBuffer(o.hostid),
       hdgst: o.hdgst === true, ddgst: o.ddgst === true, disableSqFlowControl: o.disableSqFlowControl === true,
       connectTimeoutMs: o.connectTimeoutMs, timeoutMs: o.ioTimeoutMs,
+      ...(dhchap === undefined ? {} : {
+        // With a controller secret the controller must prove itself even if it does not ask (not
+        // for discovery controllers, which Linux never authenticates).
+        authenticateAlways: dhchap.ctrlSecret !== undefined && o.discovery !== true,
+        authenticate: async (qp: QueuePair): Promise<unknown> => {
+          const outcome = await authenticateQueue(qp, { hostnqn: o.hostnqn, subnqn: o.subnqn, tid: this.nextTid++ & 0xffff, dhchap });
+          if (qp.qid === 0) this.authentication = outcome;
+          this.emit('authenticated', { qid: qp.qid, ...outcome });
+          return outcome;
+        },
+      }),
     };
   }
 

@@ -7,6 +7,7 @@ import { ErrorCode, NvmfNbdError } from '../errors';
 import { DISCOVERY_NQN, parseDiscoveryLogEntry, parseDiscoveryLogHeader, sqeGetLogPage } from '../wire';
 import type { DiscoveryLogEntry } from '../wire';
 import { Controller } from './controller';
+import type { DhchapHostOptions } from './auth';
 
 /** Log page identifier of the Discovery log. */
 const DISCOVERY_LOG_ID = 0x70;
@@ -32,6 +33,8 @@ export interface DiscoverOptions {
   overrideTraddr?: string;
   /** Replace every entry's advertised trsvcid. */
   overrideTrsvcid?: string;
+  /** DH-HMAC-CHAP, when the discovery controller requires in-band authentication. */
+  dhchap?: DhchapHostOptions;
 }
 
 /** Result of a discovery. */
@@ -73,6 +76,7 @@ export async function discover(o: DiscoverOptions): Promise<DiscoveryLog> {
   const ctrl = await Controller.connect({
     traddr: o.traddr, trsvcid: o.trsvcid, subnqn: DISCOVERY_NQN, hostnqn: o.hostnqn, hostid: o.hostid,
     kato: 0, nrIoQueues: 0, discovery: true, hdgst: o.hdgst, ddgst: o.ddgst, connectTimeoutMs: o.connectTimeoutMs,
+    ...(o.dhchap !== undefined ? { dhchap: o.dhchap } : {}),
   });
   try {
     const log = await readDiscoveryLog(ctrl);

@@ -5,6 +5,7 @@
 import type { NamespaceBackend } from './backend';
 import type { NamespaceIds } from './pages';
 import type { TargetController } from './controller';
+import type { TargetAuthPolicy, TargetHostKeys } from './auth';
 
 /** Log levels of {@link TargetLogger}. */
 export type TargetLogLevel = 'debug' | 'info' | 'warn' | 'error';
@@ -87,6 +88,10 @@ export interface TargetStats {
   keepAliveTimeouts: number;
   /** H2CTermReq received from hosts. */
   termReqsReceived: number;
+  /** DH-HMAC-CHAP authentications that succeeded (per queue). */
+  authentications: number;
+  /** DH-HMAC-CHAP authentications that failed or timed out (per queue). */
+  authFailures: number;
 }
 
 /** What queues and controllers need from the target. */
@@ -96,6 +101,10 @@ export interface TargetContext {
   readonly controllers: Map<number, TargetController>;
   subsystem(nqn: string): TargetSubsystem | undefined;
   hostAllowed(hostnqn: string): boolean;
+  /** DH-HMAC-CHAP keys of a host; such a host must authenticate every queue. */
+  hostKeys(hostnqn: string): TargetHostKeys | undefined;
+  /** Hashes and DH groups offered, transaction timeout. */
+  readonly authPolicy: TargetAuthPolicy;
   /** A free controller id, or undefined when all are in use. */
   newCntlid(): number | undefined;
   discoveryLog(): Buffer;

@@ -26,6 +26,13 @@ import { fail, isOk, ok, type Completion, type TargetContext } from './context';
 import { TargetController, type ControllerQueue } from './controller';
 import { ioCommand, ioPrecheck } from './io';
 import { WriteBatcher } from '../transport/write-batcher';
+import { FabricsAuthType } from '../wire/auth';
+import { AssociationAuth, QueueAuth } from './auth';
+
+/** Connect response DW0 bit 17: AUTHREQ.ATR, the host must authenticate this queue. */
+const AUTHREQ_ATR = 1 << 17;
+/** Replay state of DH-HMAC-CHAP, per association. */
+const associationAuth = new WeakMap<TargetController, AssociationAuth>();
 
 const G = GenericStatus;
 /** Data SGL Length Invalid (generic 0Fh). */
@@ -62,6 +69,11 @@ function invalidConnectParam(iattr: 0 | 1, ipo: number): Completion {
   return fail(Sct.COMMAND_SPECIFIC, FabricsStatus.CONNECT_INVALID_PARAMETERS, true, (iattr << 16) | ipo);
 }
 
+/** Authentication Required (SCT 1, SC 91h), DNR: the queue has not authenticated yet. */
+function authRequired(): Completion {
+  return fail(Sct.COMMAND_SPECIFIC, FabricsStatus.AUTH_REQUIRED, true);
+}
+
 let nextConnectionId = 1;
 
 /** One host connection (one NVMe queue once Connect succeeds). */
@@ -89,6 +101,8 @@ export class TargetQueue implements ControllerQueue {
   private nextTtag = 0;
   private connectTimer: NodeJS.Timeout | undefined;
   private readonly onClosed: (q: TargetQueue) => void;
+  /** DH-HMAC-CHAP state when the host has keys (then nothing but authentication runs until it succeeds). */
+  private auth: QueueAuth | undefined;
 
   constructor(ctx: TargetContext, sock: net.Socket, onClosed: (q: TargetQueue) => void) {
     this.ctx = ctx;
@@ -126,6 +140,7 @@ export class TargetQueue implements ControllerQueue {
     this.state = QueueState.CLOSED;
     if (this.connectTimer !== undefined) clearTimeout(this.connectTimer);
     this.connectTimer = undefined;
+    this.auth?.dispose();
     this.inflight.clear();
     this.r2t.clear();
     // Responses already produced this tick still go out (destroy would drop corked data).
@@ -279,6 +294,7 @@ export class TargetQueue implements ControllerQueue {
 
   /** Validation that must happen before asking the host for data (R2T). */
   private precheck(sqe: ParsedSqe): Completion | undefined {
+    if (sqe.opcode !== AdminOpcode.FABRICS && this.auth !== undefined && !this.auth.authenticated) return authRequired();
     if (sqe.opcode === AdminOpcode.FABRICS || this.ctrl === undefined || this.qid === 0) return undefined;
     if (!this.ctrl.ready) return fail(Sct.GENERIC, G.COMMAND_SEQUENCE_ERROR);
     return ioPrecheck(this.ctx, this.ctrl, sqe);
@@ -383,6 +399,12 @@ export class TargetQueue implements ControllerQueue {
   }
 
   private execute(s: ParsedSqe, data: Buffer | undefined): Completion | Promise<Completion> {
+    const auth = this.auth;
+    if (auth !== undefined && !auth.authenticated) {
+      // Until the host has authenticated this queue only the authentication commands run.
+      const isAuth = s.opcode === AdminOpcode.FABRICS && (s.fctype === FabricsAuthType.AUTH_SEND || s.fctype === FabricsAuthType.AUTH_RECEIVE);
+      if (!isAuth) return authRequired();
+    }
     if (s.opcode === AdminOpcode.FABRICS) return this.fabrics(s, data);
     const ctrl = this.ctrl;
     if (ctrl === undefined) return fail(Sct.GENERIC, G.COMMAND_SEQUENCE_ERROR);
@@ -411,9 +433,22 @@ export class TargetQueue implements ControllerQueue {
         if (!this.ctrl.propertySet(s.cdw11 >>> 0, (s.cdw10 & 1) !== 0, value)) return fail(Sct.GENERIC, G.INVALID_FIELD);
         return ok();
       }
+      case FabricsAuthType.AUTH_SEND:
+        if (this.auth === undefined) return fail(Sct.GENERIC, this.ctrl === undefined ? G.COMMAND_SEQUENCE_ERROR : G.INVALID_OPCODE);
+        return this.auth.send(s.cdw10, s.cdw11, data);
+      case FabricsAuthType.AUTH_RECEIVE:
+        if (this.auth === undefined) return fail(Sct.GENERIC, this.ctrl === undefined ? G.COMMAND_SEQUENCE_ERROR : G.INVALID_OPCODE);
+        return this.auth.receive(s.cdw10, s.cdw11);
       default:
         return fail(Sct.GENERIC, G.INVALID_OPCODE);
     }
+  }
+
+  /** Controller-initiated re-authentication; false when this queue does not authenticate. */
+  requireReauthentication(): boolean {
+    if (this.auth === undefined || this.state === QueueState.CLOSED) return false;
+    this.auth.requireReauthentication();
+    return true;
   }
 
   /** Fabrics Connect (NVMe-oF 1.1 §3.3): creates the controller (admin) or joins it (I/O). */
@@ -461,7 +496,19 @@ export class TargetQueue implements ControllerQueue {
     if (this.connectTimer !== undefined) clearTimeout(this.connectTimer);
     this.connectTimer = undefined;
     ctx.log('debug', `conn ${this.id} ${this.peer}: qid ${qid} connected to ${sub.nqn} cntlid ${ctrl.cntlid} sqsize ${sqsize}${this.sqFlowDisabled ? ' (SQ flow control disabled)' : ''}`);
-    return ok(ctrl.cntlid);
+    // Discovery controllers do not authenticate (as Linux nvmet).
+    const keys = sub.discovery ? undefined : ctx.hostKeys(cd.hostnqn);
+    if (keys === undefined) return ok(ctrl.cntlid);
+    let assoc = associationAuth.get(ctrl);
+    if (assoc === undefined) {
+      assoc = new AssociationAuth();
+      associationAuth.set(ctrl, assoc);
+    }
+    this.auth = new QueueAuth(qid, keys, sub.nqn, ctx.authPolicy, assoc, ctx.stats, {
+      log: (level, msg) => ctx.log(level, `conn ${this.id} ${this.peer}: ${msg}`),
+      close: (reason) => this.destroy(reason, true),
+    });
+    return ok(ctrl.cntlid | AUTHREQ_ATR);
   }
 
   private sendCqe(cid: number, c: Completion): void {

@@ -19,6 +19,9 @@ import type { TargetConfig, TargetContext, TargetLogger, TargetLogLevel, TargetN
 import type { TargetController } from './controller';
 import { encodeDiscoveryLog, namespaceIds, type DiscoveryEntry } from './pages';
 import { TargetQueue } from './queue';
+import { DEFAULT_TARGET_AUTH_POLICY, type TargetAuthPolicy, type TargetHostKeys } from './auth';
+import { parseDhchapKey, type DhchapKey } from '../wire/dhchap';
+import { dhchapHashLength, type DhchapGroupId, type DhchapHashId } from '../wire/auth';
 
 /** The well-known discovery subsystem NQN. */
 export const DISCOVERY_NQN = 'nqn.2014-08.org.nvmexpress.discovery';
@@ -63,6 +66,18 @@ export interface NvmeTargetOptions {
   subsystems?: SubsystemConfig[];
   /** Host NQNs allowed to connect; default any host. */
   allowHosts?: string[];
+  /**
+   * DH-HMAC-CHAP secrets per host (`DHHC-1:…` strings or parsed keys). Such a host must
+   * authenticate on every queue before any other command is accepted; when `allowHosts` is
+   * given, these hosts are added to it.
+   */
+  hostKeys?: Array<{ hostnqn: string; key: string | DhchapKey; ctrlKey?: string | DhchapKey }>;
+  /** Hash functions offered to authenticating hosts, in order of preference (default SHA-256, SHA-384, SHA-512). */
+  dhchapHashes?: DhchapHashId[];
+  /** DH groups offered, in order of preference (default ffdhe2048…ffdhe8192, then null). */
+  dhchapGroups?: DhchapGroupId[];
+  /** An authentication transaction must finish within this time, default 10000 ms. */
+  authTimeoutMs?: number;
   /** I/O queues per controller, default 8. */
   maxIoQueues?: number;
   /** Largest queue (CAP.MQES + 1), default 128. */
@@ -141,6 +156,29 @@ function resolveConfig(o: NvmeTargetOptions): TargetConfig {
   };
 }
 
+function resolveHostKeys(o: NvmeTargetOptions): Map<string, TargetHostKeys> {
+  const out = new Map<string, TargetHostKeys>();
+  for (const h of o.hostKeys ?? []) {
+    if (!h.hostnqn.startsWith('nqn.') || Buffer.byteLength(h.hostnqn) > 223) throw configError(`host NQN '${h.hostnqn}' with a DH-HMAC-CHAP key is not an NQN`);
+    if (out.has(h.hostnqn)) throw configError(`two DH-HMAC-CHAP keys for host ${h.hostnqn}`);
+    const key = typeof h.key === 'string' ? parseDhchapKey(h.key) : h.key;
+    const ctrlKey = h.ctrlKey === undefined ? undefined : typeof h.ctrlKey === 'string' ? parseDhchapKey(h.ctrlKey) : h.ctrlKey;
+    out.set(h.hostnqn, ctrlKey === undefined ? { hostnqn: h.hostnqn, key } : { hostnqn: h.hostnqn, key, ctrlKey });
+  }
+  return out;
+}
+
+function resolveAuthPolicy(o: NvmeTargetOptions): TargetAuthPolicy {
+  const d = DEFAULT_TARGET_AUTH_POLICY;
+  const hashes = o.dhchapHashes ?? d.hashes;
+  const dhgroups = o.dhchapGroups ?? d.dhgroups;
+  if (hashes.length === 0 || hashes.some((h) => dhchapHashLength(h) === 0)) throw configError(`DH-HMAC-CHAP hashes ${hashes.join(',')}: each must be 1..3`);
+  if (dhgroups.length === 0 || dhgroups.some((g) => !Number.isInteger(g) || g < 0 || g > 5)) throw configError(`DH-HMAC-CHAP groups ${dhgroups.join(',')}: each must be 0..5`);
+  const stepTimeoutMs = o.authTimeoutMs ?? d.stepTimeoutMs;
+  if (!Number.isInteger(stepTimeoutMs) || stepTimeoutMs < 1) throw configError(`authTimeoutMs ${stepTimeoutMs}`);
+  return { hashes, dhgroups, stepTimeoutMs };
+}
+
 /** Serial number derived from the NQN: stable, 20 characters max. */
 function defaultSerial(nqn: string): string {
   let h = 0x811c9dc5;
@@ -159,6 +197,7 @@ export class NvmeTarget {
   private readonly counters: TargetStats = {
     connections: 0, connectionsTotal: 0, controllers: 0, commands: 0, readCommands: 0, writeCommands: 0,
     bytesRead: 0, bytesWritten: 0, protocolErrors: 0, dataDigestErrors: 0, keepAliveTimeouts: 0, termReqsReceived: 0,
+    authentications: 0, authFailures: 0,
   };
   private readonly ctx: TargetContext;
   private server: net.Server | undefined;
@@ -176,8 +215,12 @@ export class NvmeTarget {
       this.addSubsystem(s, false);
       for (const ns of s.namespaces ?? []) this.pending.push({ nqn: s.nqn, ns });
     }
-    const allow = opts.allowHosts === undefined || opts.allowHosts.length === 0 ? undefined : new Set(opts.allowHosts);
+    const keys = resolveHostKeys(opts);
+    const allow = opts.allowHosts === undefined || opts.allowHosts.length === 0 ? undefined : new Set([...opts.allowHosts, ...keys.keys()]);
+    const authPolicy = resolveAuthPolicy(opts);
     this.ctx = {
+      hostKeys: (hostnqn) => keys.get(hostnqn),
+      authPolicy,
       cfg: this.cfg,
       stats: this.counters,
       controllers: this.controllers,
@@ -353,6 +396,17 @@ export class NvmeTarget {
       out.push({ nqn: s.nqn, serial: s.serial, namespaces: [...nss, ...pend] });
     }
     return out;
+  }
+
+  /**
+   * Ask every authenticated queue to authenticate again (the controller side of
+   * re-authentication): until a queue has, its commands complete with Authentication Required.
+   * Returns how many queues were asked.
+   */
+  requireReauthentication(): number {
+    let n = 0;
+    for (const q of this.queues) if (q.requireReauthentication()) n++;
+    return n;
   }
 
   /** A snapshot of the counters. */

@@ -16,7 +16,8 @@ import type { Pdu, PduOptions } from '../wire/pdu';
 import { SglType, encodeConnectData, setCid, setSgl, sqeConnect } from '../wire/sqe';
 import { parseCqe } from '../wire/cqe';
 import type { Cqe } from '../wire/cqe';
-import { formatStatus, statusError } from '../wire/status';
+import { FabricsStatus, Sct, formatStatus, statusError } from '../wire/status';
+import { sqeAuthReceive, sqeAuthSend } from '../wire/auth';
 import { WriteBatcher } from './write-batcher';
 
 /** Largest in-capsule write on an admin queue (TP 8000: admin capsules carry up to 8 KiB). */
@@ -57,6 +58,15 @@ export interface QueuePairOptions {
   readonly connectTimeoutMs?: number;
   /** Default per-command timeout. Default 30 s. */
   readonly timeoutMs?: number;
+  /**
+   * In-band authentication of this queue (DH-HMAC-CHAP, `controller/auth.ts`): run after Fabrics
+   * Connect when the response's AUTHREQ.ATR asks for it (or always with `authenticateAlways`),
+   * and again when a command completes with Authentication Required (the command is then
+   * retried once). Its rejection fails the connect / ends the queue.
+   */
+  readonly authenticate?: (qp: QueuePair) => Promise<unknown>;
+  /** Authenticate even when the controller does not ask (the host wants the controller authenticated). */
+  readonly authenticateAlways?: boolean;
 }
 
 /** Options of one {@link QueuePair.submit}. */
@@ -78,6 +88,10 @@ export interface SubmitOptions {
   /** Resolve with the CQE even when its status is an error (the caller decodes DW0). */
   readonly acceptErrorStatus?: boolean;
 }
+
+/** Connect response DW0 bits 31:16 (AUTHREQ): ATR (bit 17) authentication required, ASCR (bit 18) secure channel. */
+const AUTHREQ_ATR = 1 << 17;
+const AUTHREQ_ASCR = 1 << 18;
 
 /** What a successful command resolves with. */
 export interface Completion {
@@ -117,6 +131,8 @@ interface Pending {
   digestError: boolean;
   readonly deadline: number;
   readonly acceptErrorStatus: boolean;
+  /** The submission, kept so a command refused with Authentication Required can be retried once. */
+  readonly w: Waiter;
 }
 
 /** A command waiting for a free command identifier / SQ slot. */
@@ -130,6 +146,8 @@ interface Waiter {
   readonly deadline: number;
   resolve(c: Completion): void;
   reject(e: Error): void;
+  /** Already retried after a re-authentication. */
+  readonly authRetried?: boolean;
 }
 
 const QpState = { CONNECTING: 'connecting', READY: 'ready', CLOSED: 'closed' } as const;
@@ -215,6 +233,10 @@ export class QueuePair extends EventEmitter {
   rxEvents = 0;
   /** Resolves once the TCP socket is fully closed (nothing of this association can still be sent). */
   readonly socketClosed: Promise<void>;
+  /** Authentications of this queue that succeeded (the first one and re-authentications). */
+  authentications = 0;
+  private readonly authenticate: ((qp: QueuePair) => Promise<unknown>) | undefined;
+  private reauth: Promise<void> | undefined;
 
   private constructor(socket: net.Socket, opts: QueuePairOptions) {
     super();
@@ -227,6 +249,7 @@ export class QueuePair extends EventEmitter {
     this.inCapsuleMax = opts.inCapsuleMax ?? (opts.qid === 0 ? ADMIN_IN_CAPSULE_MAX : 0);
     this.maxTransfer = opts.maxTransfer ?? 1 << 20;
     this.timeoutMs = opts.timeoutMs ?? 30_000;
+    this.authenticate = opts.authenticate;
     this.tickMs = Math.max(5, Math.min(1000, Math.floor(this.timeoutMs / 8)));
     // A circular SQ of N entries holds N-1 commands; cids are bounded the same way.
     this.freeCids = new Uint16Array(Math.max(1, opts.queueSize - 1));
@@ -324,14 +347,57 @@ export class QueuePair extends EventEmitter {
         { status: cqe.status });
     }
     this.cntlid = cqe.dw0 & 0xffff;
-    if ((cqe.dw0 >>> 16) & 0x3) {
-      throw new NvmfNbdError(ErrorCode.UNSUPPORTED, `Fabrics Connect (queue ${opts.qid}): the target requires in-band authentication, which is not supported`);
-    }
     if (cqe.sqhd === 0xffff) {
       this.sqFlowControl = false;
     } else {
       this.sqHead = cqe.sqhd;
     }
+    if ((cqe.dw0 & AUTHREQ_ASCR) !== 0) {
+      throw new NvmfNbdError(ErrorCode.AUTH_FAILED, `Fabrics Connect (queue ${opts.qid}): the target requires a secure channel (AUTHREQ.ASCR), which is not supported`);
+    }
+    if ((cqe.dw0 & AUTHREQ_ATR) !== 0 || opts.authenticateAlways === true) {
+      if (this.authenticate === undefined) {
+        throw new NvmfNbdError(ErrorCode.AUTH_FAILED,
+          `Fabrics Connect (queue ${opts.qid}, subsystem ${opts.subnqn}): the target requires in-band authentication; give a DH-HMAC-CHAP secret (-S/--dhchap-secret)`);
+      }
+      await this.authenticate(this);
+      this.authentications++;
+    }
+  }
+
+  /** Authentication Send (Fabrics 05h) of `data` (DH-HMAC-CHAP, see controller/auth.ts). */
+  async authSend(data: Buffer, timeoutMs: number): Promise<void> {
+    await this.submit(sqeAuthSend(data.length), { dataOut: data, timeoutMs });
+  }
+
+  /** Authentication Receive (Fabrics 06h) with allocation length `al`: resolves with the data. */
+  async authReceive(al: number, timeoutMs: number): Promise<Buffer> {
+    const c = await this.submit(sqeAuthReceive(al), { dataInLength: al, timeoutMs });
+    return c.data as Buffer;
+  }
+
+  /**
+   * The controller answered Authentication Required: authenticate again (once for every command
+   * refused meanwhile), then retry `w` once. A failed re-authentication ends the queue.
+   */
+  private reauthenticateAndRetry(w: Waiter): void {
+    const run = this.authenticate;
+    if (run === undefined) return;
+    this.reauth ??= run(this).then(() => {
+      this.authentications++;
+      this.reauth = undefined;
+    }, (err: unknown) => {
+      this.reauth = undefined;
+      const e = err instanceof NvmfNbdError ? err : new NvmfNbdError(ErrorCode.AUTH_FAILED, `queue ${this.qid}: re-authentication failed: ${String(err)}`, { cause: err });
+      this.destroy(e);
+      throw e;
+    });
+    this.reauth.then(() => {
+      const again: Waiter = { sqe: w.sqe, opts: w.opts, resolve: w.resolve, reject: w.reject, authRetried: true };
+      if (this.state === QpState.CLOSED) w.reject(this.closeError ?? new NvmfNbdError(ErrorCode.CONNECTION_CLOSED, `queue ${this.qid} closed`));
+      else if (this.waiters.length === 0 && this.canIssue()) this.issue(again);
+      else this.waiters.push(again);
+    }, (err: unknown) => w.reject(err as Error));
   }
 
   /** Update the in-capsule limit once Identify Controller is known (IOCCSZ*16 − 64). */
@@ -425,6 +491,7 @@ export class QueuePair extends EventEmitter {
       digestError: false,
       deadline: w.deadline,
       acceptErrorStatus: opts.acceptErrorStatus === true,
+      w,
     };
     this.inflight.set(cid, p);
     if (!Number.isFinite(p.deadline)) this.untimed++;
@@ -560,6 +627,14 @@ export class QueuePair extends EventEmitter {
       this.sqHead = cqe.sqhd;
     }
     let err: NvmfNbdError | undefined;
+    if (!cqe.ok && cqe.status.sct === Sct.COMMAND_SPECIFIC && cqe.status.sc === FabricsStatus.AUTH_REQUIRED
+      && this.authenticate !== undefined && p.w.authRetried !== true && p.opcode !== 0x7f) {
+      // Re-authentication asked by the controller; Fabrics commands (auth itself) never retry.
+      this.release(p);
+      this.reauthenticateAndRetry(p.w);
+      this.drainWaiters();
+      return;
+    }
     if (!cqe.ok && p.acceptErrorStatus) {
       // The caller decodes the status itself (Fabrics Connect reads IATTR/IPO from DW0).
     } else if (!cqe.ok) {
@@ -572,12 +647,17 @@ export class QueuePair extends EventEmitter {
     this.complete(p, err, cqe);
   }
 
-  private complete(p: Pending, err: NvmfNbdError | undefined, cqe: Cqe): void {
+  /** Forget an in-flight command and free its cid. */
+  private release(p: Pending): void {
     this.inflight.delete(p.cid);
     if (!Number.isFinite(p.deadline)) this.untimed--;
     const tail = this.cidHead + this.cidCount;
     this.freeCids[tail >= this.freeCids.length ? tail - this.freeCids.length : tail] = p.cid;
     this.cidCount++;
+  }
+
+  private complete(p: Pending, err: NvmfNbdError | undefined, cqe: Cqe): void {
+    this.release(p);
     if (err !== undefined) {
       this.counters.errors++;
       p.reject(err);

@@ -8,3 +8,6 @@ export * from './identify';
 export * from './discovery-log';
 export * from './properties';
 export * from './nbd';
+export * from './auth';
+export * from './dhchap';
+export * from './ffdhe';
