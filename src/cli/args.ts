@@ -36,6 +36,17 @@ export interface ParsedArgs {
   readonly positionals: string[];
 }
 
+/** Every option of a parse, in command-line order (see {@link optionSequence}). */
+const SEQUENCE = new WeakMap<object, ReadonlyArray<{ readonly long: string; readonly value: string | number | boolean }>>();
+
+/**
+ * The options of a {@link parseArgs} result in the order they were given, for verbs whose
+ * options pair up (`--allow-host NQN --dhchap-key KEY`). Empty for objects parseArgs did not make.
+ */
+export function optionSequence(options: object): ReadonlyArray<{ readonly long: string; readonly value: string | number | boolean }> {
+  return SEQUENCE.get(options) ?? [];
+}
+
 /** Raise a usage error (exit 2). */
 export function usageError(message: string): never {
   throw new NvmfNbdError(ErrorCode.CLI_USAGE, message);
@@ -52,6 +63,8 @@ export function parseArgs(argv: readonly string[], specs: readonly OptionSpec[])
   const options: Record<string, string | number | boolean | Array<string | number> | undefined> = {};
   for (const s of specs) if (s.default !== undefined) options[s.long] = s.default;
   const positionals: string[] = [];
+  const sequence: Array<{ long: string; value: string | number | boolean }> = [];
+  SEQUENCE.set(options, sequence);
   let i = 0;
   while (i < argv.length) {
     const word = argv[i++] as string;
@@ -85,6 +98,7 @@ export function parseArgs(argv: readonly string[], specs: readonly OptionSpec[])
       if (raw === undefined) usageError(`option ${name} needs a value (${spec.metavar ?? 'VALUE'})`);
       value = spec.type === 'int' ? parseInteger(raw, name, spec) : raw;
     }
+    sequence.push({ long: spec.long, value });
     if (spec.repeat === true && typeof value !== 'boolean') {
       const prev = options[spec.long];
       options[spec.long] = Array.isArray(prev) ? [...prev, value] : [value];

@@ -10,6 +10,7 @@ import type { Verb } from './verb';
 // The verb table. Each verb module exports `verb`; keep this list sorted.
 const VERBS: ReadonlyArray<() => Verb> = [
   () => (require('./verbs/admin-passthru') as typeof import('./verbs/admin-passthru')).verb,
+  () => (require('./verbs/check-dhchap-key') as typeof import('./verbs/check-dhchap-key')).verb,
   () => (require('./verbs/connect') as typeof import('./verbs/connect')).verb,
   () => (require('./verbs/connect-all') as typeof import('./verbs/connect-all')).verb,
   () => (require('./verbs/daemon') as typeof import('./verbs/daemon')).verb,
@@ -17,6 +18,7 @@ const VERBS: ReadonlyArray<() => Verb> = [
   () => (require('./verbs/disconnect') as typeof import('./verbs/disconnect')).verb,
   () => (require('./verbs/disconnect-all') as typeof import('./verbs/disconnect-all')).verb,
   () => (require('./verbs/discover') as typeof import('./verbs/discover')).verb,
+  () => (require('./verbs/gen-dhchap-key') as typeof import('./verbs/gen-dhchap-key')).verb,
   () => (require('./verbs/gen-hostnqn') as typeof import('./verbs/gen-hostnqn')).verb,
   () => (require('./verbs/get-log') as typeof import('./verbs/get-log')).verb,
   () => (require('./verbs/id-ctrl') as typeof import('./verbs/id-ctrl')).verb,

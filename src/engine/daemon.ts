@@ -23,7 +23,7 @@ import { ControllerSession, parseNbdSpec } from './session';
 import type { NbdSpec, SessionOptions } from './session';
 import { ControlVerb, LineDecoder, encodeResponse, errorResponse, parseRequest, requestIdOf } from './control';
 import type { ControlRequest, ControlResponse } from './control';
-import { allocateName, readState, withoutSecrets, writeState } from './state-file';
+import { allocateName, readState, writeState } from './state-file';
 import type { StateController, StateDevice } from './state-file';
 import { AdminOpcode, Cns, sqeGetLogPage, sqeIdentify } from '../wire';
 import {
@@ -159,6 +159,13 @@ export async function kernelDeviceInUse(device: string, sysfsRoot = '/sys', proc
     }
   }
   return false;
+}
+
+/** `args` without absent values. */
+function withoutUndefined(args: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(args)) if (v !== undefined) out[k] = v;
+  return out;
 }
 
 /** Check `args` against option specs: known names, right types, bounds. @throws CLI_ERR_USAGE */
@@ -365,7 +372,8 @@ export class Daemon {
 
   private async connect(raw: Record<string, unknown>): Promise<unknown> {
     if (!this.running) throw new NvmfNbdError(ErrorCode.DAEMON_UNAVAILABLE, 'the daemon is shutting down');
-    const args = withoutSecrets(raw);
+    // Secrets stay in memory (reconnects need them); the state file only gets withoutSecrets().
+    const args = withoutUndefined(raw);
     checkArgs(args, this.o.connect.specs);
     // Validates the required flags before a name is taken.
     this.o.connect.controllerOptions(args);

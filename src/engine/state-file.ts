@@ -43,10 +43,22 @@ export function emptyState(): DaemonState {
   return { version: STATE_VERSION, controllers: [] };
 }
 
-/** `args` without secret values. */
+/** Secret arguments that may name a reference (`file:PATH`) instead of holding the secret. */
+const REFERENCE_ARGS: ReadonlySet<string> = new Set(['dhchap-secret', 'dhchap-ctrl-secret']);
+
+/**
+ * `args` without secret values. A DH-HMAC-CHAP secret given as a reference (`file:PATH`) is
+ * kept: it names where the key is, not the key, so a restarted daemon can read it again; an
+ * inline secret is dropped (after a restart that controller connects without it and fails
+ * authentication until it is connected again with the secret).
+ */
 export function withoutSecrets(args: Record<string, unknown>): Record<string, unknown> {
   const out: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(args)) if (!SECRET_ARGS.has(k) && v !== undefined) out[k] = v;
+  for (const [k, v] of Object.entries(args)) {
+    if (v === undefined) continue;
+    if (SECRET_ARGS.has(k) && !(REFERENCE_ARGS.has(k) && typeof v === 'string' && v.startsWith('file:'))) continue;
+    out[k] = v;
+  }
   return out;
 }
 

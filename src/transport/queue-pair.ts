@@ -393,10 +393,14 @@ export class QueuePair extends EventEmitter {
       throw e;
     });
     this.reauth.then(() => {
-      const again: Waiter = { sqe: w.sqe, opts: w.opts, resolve: w.resolve, reject: w.reject, authRetried: true };
+      // The retry gets a fresh deadline: the re-authentication took part of the old one.
+      const again: Waiter = { sqe: w.sqe, opts: w.opts, deadline: Date.now() + (w.opts.timeoutMs ?? this.timeoutMs), resolve: w.resolve, reject: w.reject, authRetried: true };
       if (this.state === QpState.CLOSED) w.reject(this.closeError ?? new NvmfNbdError(ErrorCode.CONNECTION_CLOSED, `queue ${this.qid} closed`));
       else if (this.waiters.length === 0 && this.canIssue()) this.issue(again);
-      else this.waiters.push(again);
+      else {
+        this.waiters.push(again);
+        if (Number.isFinite(again.deadline)) this.armTimer();
+      }
     }, (err: unknown) => w.reject(err as Error));
   }
 

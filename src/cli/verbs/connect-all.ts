@@ -58,6 +58,7 @@ export const verb: Verb = {
     const a = addressFromArgs(opts);
     const log = await discover({
       traddr: a.traddr, trsvcid: a.trsvcid, hostnqn: a.hostnqn, hostid: a.hostid, hdgst: a.hdgst, ddgst: a.ddgst,
+      ...(a.dhchap !== undefined ? { dhchap: a.dhchap } : {}),
       overrideTraddr: typeof opts['override-traddr'] === 'string' ? opts['override-traddr'] : undefined,
       overrideTrsvcid: typeof opts['override-trsvcid'] === 'string' ? opts['override-trsvcid'] : undefined,
     });

@@ -23,6 +23,8 @@ import type { OutputFormat } from '../output';
 import { waitForShutdownSignal } from '../signals';
 import { HANDOFF_OPTIONS, handOffConnect } from '../../engine/control';
 import { ErrorCode, NvmfNbdError } from '../../errors';
+import type { DhchapHostOptions } from '../../controller/auth';
+import { loadDhchapSecret } from '../../controller/dhchap-secret';
 
 /** Default NVMe/TCP I/O port (IANA 4420). */
 export const DEFAULT_IO_PORT = 4420;
@@ -37,7 +39,26 @@ export const ADDRESS_OPTIONS: readonly OptionSpec[] = [
   { long: 'hdr-digest', short: 'g', type: 'boolean', help: 'enable the PDU header digest (CRC32C)' },
   { long: 'data-digest', short: 'G', type: 'boolean', help: 'enable the PDU data digest (CRC32C)' },
   { long: 'output-format', short: 'o', type: 'string', metavar: 'normal|json', help: 'output format', default: 'normal' },
+  // nvme-cli's spellings. The value is a DHHC-1 secret or file:PATH (a 0600 file holding one).
+  { long: 'dhchap-secret', short: 'S', type: 'string', metavar: 'DHHC-1:..|file:PATH', help: 'DH-HMAC-CHAP host secret for in-band authentication (inline, or file:PATH of a 0600 key file)' },
+  { long: 'dhchap-ctrl-secret', short: 'C', type: 'string', metavar: 'DHHC-1:..|file:PATH', help: 'DH-HMAC-CHAP controller secret: the controller must authenticate itself too (needs -S)' },
 ];
+
+/**
+ * -S/--dhchap-secret and -C/--dhchap-ctrl-secret → DH-HMAC-CHAP options (undefined without -S).
+ * @throws CLI_ERR_USAGE for -C without -S; CFG_ERR_DHCHAP_KEY_INVALID for a bad key or key file
+ */
+export function dhchapFromArgs(opts: Record<string, unknown>): DhchapHostOptions | undefined {
+  const s = opts['dhchap-secret'];
+  const c = opts['dhchap-ctrl-secret'];
+  if (typeof s !== 'string' || s === '') {
+    if (typeof c === 'string' && c !== '') usageError('-C/--dhchap-ctrl-secret needs -S/--dhchap-secret');
+    return undefined;
+  }
+  const secret = loadDhchapSecret(s, '-S/--dhchap-secret');
+  if (typeof c !== 'string' || c === '') return { secret };
+  return { secret, ctrlSecret: loadDhchapSecret(c, '-C/--dhchap-ctrl-secret') };
+}
 
 /** Controller flags of connect. */
 export const CONTROLLER_OPTIONS: readonly OptionSpec[] = [
@@ -111,7 +132,7 @@ export function requireString(opts: Record<string, unknown>, name: string, flag:
 }
 
 /** Check -t and return the address part of the options. */
-export function addressFromArgs(opts: Record<string, unknown>): { traddr: string; trsvcid: number; hostnqn: string; hostid: string; hdgst: boolean; ddgst: boolean; format: OutputFormat } {
+export function addressFromArgs(opts: Record<string, unknown>): { traddr: string; trsvcid: number; hostnqn: string; hostid: string; hdgst: boolean; ddgst: boolean; format: OutputFormat; dhchap?: DhchapHostOptions } {
   if (opts.transport !== 'tcp') usageError(`-t/--transport: '${String(opts.transport)}' is not supported (only tcp)`);
   const traddr = requireString(opts, 'traddr', '-a/--traddr');
   const format = outputFormat(opts['output-format'], usageError);
@@ -124,7 +145,11 @@ export function addressFromArgs(opts: Record<string, unknown>): { traddr: string
     hostnqn ??= id.hostnqn;
     hostid ??= id.hostid;
   }
-  return { traddr, trsvcid: opts.trsvcid as number, hostnqn, hostid, hdgst: opts['hdr-digest'] === true, ddgst: opts['data-digest'] === true, format };
+  const dhchap = dhchapFromArgs(opts);
+  return {
+    traddr, trsvcid: opts.trsvcid as number, hostnqn, hostid, hdgst: opts['hdr-digest'] === true, ddgst: opts['data-digest'] === true, format,
+    ...(dhchap !== undefined ? { dhchap } : {}),
+  };
 }
 
 /** Build ControllerOptions from connect's parsed flags (Linux defaults for what is absent). */
@@ -141,6 +166,7 @@ export function controllerOptionsFromArgs(opts: Record<string, unknown>): Contro
   return {
     traddr: a.traddr, trsvcid: a.trsvcid, subnqn, hostnqn: a.hostnqn, hostid: a.hostid, hdgst: a.hdgst, ddgst: a.ddgst,
     ...(hostTraddr !== undefined ? { hostTraddr } : {}),
+    ...(a.dhchap !== undefined ? { dhchap: a.dhchap } : {}),
     nrIoQueues: typeof opts['nr-io-queues'] === 'number' ? opts['nr-io-queues'] : os.cpus().length,
     queueSize: typeof opts['queue-size'] === 'number' ? opts['queue-size'] : 128,
     kato,
@@ -224,7 +250,8 @@ export const NBD_OPTIONS: readonly OptionSpec[] = [
   { long: 'nbd', type: 'string', metavar: 'unix:DIR|tcp:HOST:PORT|fd:N|stdio', help: 'where to serve the namespaces over NBD (default unix:STATE_DIR/nbd: a 0700 directory of 0600 sockets; fd:3 when started by systemd socket activation)' },
   { long: 'stdio', type: 'boolean', help: 'serve one NBD connection on stdin/stdout and exit when it ends (for nbdinfo -- CMD, nbd_connect_command); messages go to stderr' },
   { long: 'attach', type: 'boolean', help: 'attach every namespace to a /dev/nbdX with nbd-client (root, nbd module)' },
-  { long: 'connections', short: 'C', type: 'int', metavar: 'N', min: 1, max: 16, help: 'nbd-client connections per device with --attach', default: 1 },
+  // Long-only: -C is nvme-cli's --dhchap-ctrl-secret.
+  { long: 'connections', type: 'int', metavar: 'N', min: 1, max: 16, help: 'nbd-client connections per device with --attach', default: 1 },
   // No -r: in nvme-cli -r is --raw FILE (discover, connect-all); read-only has its long name only.
   { long: 'read-only', type: 'boolean', help: 'serve the namespaces read-only' },
 ];
@@ -241,7 +268,7 @@ export function formatExports(s: ControllerSession): string {
 export const verb: Verb = {
   name: 'connect',
   summary: 'connect an NVMe/TCP controller and serve its namespaces over NBD until Ctrl-C',
-  usage: 'nvmf-nbd connect -t tcp -a ADDR [-s PORT] -n SUBNQN [-q HOSTNQN] [-I HOSTID] [-i N] [-Q N] [-k SEC] [-g] [-G] [--nbd unix:DIR|tcp:HOST:PORT] [--attach] [-C N] [-o normal|json] [--foreground] [--control PATH]',
+  usage: 'nvmf-nbd connect -t tcp -a ADDR [-s PORT] -n SUBNQN [-q HOSTNQN] [-I HOSTID] [-i N] [-Q N] [-k SEC] [-g] [-G] [-S SECRET] [-C CTRL_SECRET] [--nbd unix:DIR|tcp:HOST:PORT] [--attach] [--connections N] [-o normal|json] [--foreground] [--control PATH]',
   options: [...CONNECT_OPTIONS, ...NBD_OPTIONS, ...HANDOFF_OPTIONS],
   async run(opts) {
     const { format, ...copts } = controllerOptionsFromArgs(opts);

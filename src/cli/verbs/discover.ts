@@ -64,12 +64,13 @@ export function discoveryTable(log: DiscoveryLog): string {
 export const verb: Verb = {
   name: 'discover',
   summary: 'read and print the discovery log of an NVMe/TCP discovery controller',
-  usage: 'nvmf-nbd discover -t tcp -a ADDR [-s 8009] [-q HOSTNQN] [-I HOSTID] [-g] [-G] [-o normal|json]',
+  usage: 'nvmf-nbd discover -t tcp -a ADDR [-s 8009] [-q HOSTNQN] [-I HOSTID] [-S SECRET [-C CTRL_SECRET]] [-g] [-G] [-o normal|json]',
   options: OPTIONS,
   async run(opts) {
     const a = addressFromArgs(opts);
     const log = await discover({
       traddr: a.traddr, trsvcid: a.trsvcid, hostnqn: a.hostnqn, hostid: a.hostid, hdgst: a.hdgst, ddgst: a.ddgst,
+      ...(a.dhchap !== undefined ? { dhchap: a.dhchap } : {}),
       overrideTraddr: typeof opts['override-traddr'] === 'string' ? opts['override-traddr'] : undefined,
       overrideTrsvcid: typeof opts['override-trsvcid'] === 'string' ? opts['override-trsvcid'] : undefined,
     });

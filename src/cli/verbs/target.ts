@@ -4,7 +4,10 @@
  * With no namespace options it serves one subsystem with one 1 GiB sparse memory namespace, so
  * `nvmf-nbd target` alone is a usable target on 127.0.0.1:4420.
  */
-import { usageError, type OptionSpec } from '../args';
+import { optionSequence, usageError, type OptionSpec } from '../args';
+import { loadDhchapSecret } from '../../controller/dhchap-secret';
+import type { DhchapKey } from '../../wire/dhchap';
+import { parseDhchapGroup, parseDhchapHash, type DhchapGroupId, type DhchapHashId } from '../../wire/auth';
 import type { Verb } from '../verb';
 import { parseHostPort, parseSizeArg } from '../values';
 import {
@@ -18,6 +21,10 @@ const OPTIONS: readonly OptionSpec[] = [
   { long: 'file', short: 'f', type: 'string', metavar: 'PATH[:SIZE]', repeat: true, help: 'add a file-backed namespace (created/extended to SIZE if given); repeatable' },
   { long: 'lba-size', short: 'b', type: 'int', metavar: '512|4096', help: 'logical block size of the namespaces', default: 512 },
   { long: 'allow-host', type: 'string', metavar: 'NQN', repeat: true, help: 'allow only these host NQNs (default: any host); repeatable' },
+  { long: 'dhchap-key', type: 'string', metavar: 'DHHC-1:..|file:PATH', repeat: true, help: 'DH-HMAC-CHAP secret of the preceding --allow-host: it must authenticate every queue' },
+  { long: 'dhchap-ctrl-key', type: 'string', metavar: 'DHHC-1:..|file:PATH', repeat: true, help: 'controller secret for the preceding --allow-host (bidirectional authentication)' },
+  { long: 'dhchap-hash', type: 'string', metavar: 'sha256,sha384,sha512', help: 'hash functions offered, in order of preference (default all)' },
+  { long: 'dhchap-dhgroup', type: 'string', metavar: 'ffdhe2048,...,null', help: 'DH groups offered, in order of preference (default ffdhe2048..ffdhe8192,null)' },
   { long: 'advertise', type: 'string', metavar: 'HOST:PORT', help: 'address put in the discovery log (behind NAT or port forwards)' },
   { long: 'queue-size', type: 'int', metavar: 'N', min: 2, max: 65536, help: 'largest queue a host may create (CAP.MQES+1)', default: 128 },
   { long: 'nr-io-queues', type: 'int', metavar: 'N', min: 1, max: 1024, help: 'I/O queues per controller', default: 8 },
@@ -48,10 +55,59 @@ function human(bytes: number): string {
   return `${Number.isInteger(v) ? v : v.toFixed(2)} ${units[u]}`;
 }
 
+/**
+ * `--allow-host NQN --dhchap-key K [--dhchap-ctrl-key K]`: each key belongs to the --allow-host
+ * before it. Keys may be inline or file:PATH (0600).
+ */
+export function dhchapTargetOptions(options: Record<string, unknown>): {
+  hostKeys?: Array<{ hostnqn: string; key: DhchapKey; ctrlKey?: DhchapKey }>;
+  dhchapHashes?: DhchapHashId[];
+  dhchapGroups?: DhchapGroupId[];
+} {
+  const hosts = new Map<string, { key?: string; ctrlKey?: string }>();
+  let current: string | undefined;
+  for (const { long, value } of optionSequence(options)) {
+    if (long === 'allow-host') {
+      current = String(value);
+      if (!hosts.has(current)) hosts.set(current, {});
+    } else if (long === 'dhchap-key' || long === 'dhchap-ctrl-key') {
+      if (current === undefined) usageError(`--${long} must follow the --allow-host it belongs to`);
+      const h = hosts.get(current) as { key?: string; ctrlKey?: string };
+      const field = long === 'dhchap-key' ? 'key' : 'ctrlKey';
+      if (h[field] !== undefined) usageError(`two --${long} for host ${current}`);
+      h[field] = String(value);
+    }
+  }
+  const hostKeys: Array<{ hostnqn: string; key: DhchapKey; ctrlKey?: DhchapKey }> = [];
+  for (const [hostnqn, h] of hosts) {
+    if (h.key === undefined) {
+      if (h.ctrlKey !== undefined) usageError(`--dhchap-ctrl-key for host ${hostnqn} needs a --dhchap-key`);
+      continue;
+    }
+    const key = loadDhchapSecret(h.key, `--dhchap-key of ${hostnqn}`);
+    hostKeys.push(h.ctrlKey === undefined ? { hostnqn, key } : { hostnqn, key, ctrlKey: loadDhchapSecret(h.ctrlKey, `--dhchap-ctrl-key of ${hostnqn}`) });
+  }
+  const list = <T>(flag: string, v: unknown, parse: (s: string) => T | undefined): T[] | undefined => {
+    if (typeof v !== 'string') return undefined;
+    return v.split(',').map((s) => {
+      const r = parse(s);
+      if (r === undefined) usageError(`${flag}: unknown '${s}'`);
+      return r;
+    });
+  };
+  const dhchapHashes = list('--dhchap-hash', options['dhchap-hash'], parseDhchapHash);
+  const dhchapGroups = list('--dhchap-dhgroup', options['dhchap-dhgroup'], parseDhchapGroup);
+  return {
+    ...(hostKeys.length > 0 ? { hostKeys } : {}),
+    ...(dhchapHashes !== undefined ? { dhchapHashes } : {}),
+    ...(dhchapGroups !== undefined ? { dhchapGroups } : {}),
+  };
+}
+
 export const verb: Verb = {
   name: 'target',
   summary: 'run the embedded NVMe/TCP target (memory- or file-backed namespaces)',
-  usage: 'nvmf-nbd target [--listen HOST:PORT] [--nqn NQN] [--memory SIZE]... [--file PATH[:SIZE]]... [--lba-size 512|4096] [--allow-host NQN]... [--advertise HOST:PORT] [-o json]',
+  usage: 'nvmf-nbd target [--listen HOST:PORT] [--nqn NQN] [--memory SIZE]... [--file PATH[:SIZE]]... [--lba-size 512|4096] [--allow-host NQN [--dhchap-key KEY [--dhchap-ctrl-key KEY]]]... [--dhchap-hash LIST] [--dhchap-dhgroup LIST] [--advertise HOST:PORT] [-o json]',
   options: OPTIONS,
   async run(options): Promise<number> {
     const listen = parseHostPort(String(options.listen), '--listen');
@@ -77,6 +133,7 @@ export const verb: Verb = {
       advertise,
       subsystems: [{ nqn: String(options.nqn), namespaces }],
       allowHosts: strings(options['allow-host']),
+      ...dhchapTargetOptions(options),
       queueSize: Number(options['queue-size']),
       maxIoQueues: Number(options['nr-io-queues']),
       log,
