@@ -17,6 +17,7 @@ import { ControlVerb, callDaemon } from '../../src/engine/control';
 import { readState, writeState } from '../../src/engine/state-file';
 import { connectBinding } from '../../src/cli/verbs/daemon';
 import { ErrorCode, NvmfNbdError } from '../../src/errors';
+import { formatDhchapKey, generateDhchapKey } from '../../src/wire/dhchap';
 
 const HOST = { hostnqn: 'nqn.2014-08.org.nvmexpress:uuid:0c5a2f1e-5d1b-4b8e-9a51-8d2b4a9c6e11', hostid: '0c5a2f1e-5d1b-4b8e-9a51-8d2b4a9c6e11' };
 
@@ -83,8 +84,21 @@ test('names are the lowest free nvmeN; the state file follows connect and discon
   const h = await harness();
   const d = await startDaemon(h);
   try {
-    const a = (await d.handle({ id: 1, verb: ControlVerb.CONNECT, args: args('nqn.a', { 'dhchap-secret': 'DHHC-1:00:c2VjcmV0' }) })) as { name: string };
-    const b = (await d.handle({ id: 2, verb: ControlVerb.CONNECT, args: args('nqn.b') })) as { name: string };
+    const inline = formatDhchapKey(generateDhchapKey());
+    const inlineCtrl = formatDhchapKey(generateDhchapKey({ keyLength: 48 }));
+    const keyFile = path.join(h.dir, 'host.key');
+    await fsp.writeFile(keyFile, `${formatDhchapKey(generateDhchapKey())}\n`, { mode: 0o600 });
+    const a = (await d.handle({ id: 1, verb: ControlVerb.CONNECT, args: args('nqn.a', { 'dhchap-secret': inline }) })) as { name: string };
+    const b = (await d.handle({ id: 2, verb: ControlVerb.CONNECT, args: args('nqn.b', { 'dhchap-secret': `file:${keyFile}`, 'dhchap-ctrl-secret': inlineCtrl }) })) as { name: string };
+    // The secrets reach the controller (kept in memory for reconnects)…
+    assert.equal((h.opened[1]?.controller as { dhchap?: { ctrlSecret?: unknown } }).dhchap?.ctrlSecret !== undefined, true);
+    // …but the state file keeps only the file: reference, never an inline secret.
+    const st0 = await readState(path.join(h.dir, 'state.json'));
+    assert.equal(st0.controllers.find((x) => x.args.nqn === 'nqn.b')?.args['dhchap-secret'], `file:${keyFile}`);
+    assert.equal(st0.controllers.find((x) => x.args.nqn === 'nqn.b')?.args['dhchap-ctrl-secret'], undefined);
+    assert.equal(st0.controllers.find((x) => x.args.nqn === 'nqn.a')?.args['dhchap-secret'], undefined);
+    const text0 = await fsp.readFile(path.join(h.dir, 'state.json'), 'utf8');
+    assert.ok(!text0.includes(inline.slice(10, 40)) && !text0.includes(inlineCtrl.slice(10, 40)));
     assert.deepEqual([a.name, b.name], ['nvme0', 'nvme1']);
     await d.handle({ id: 3, verb: ControlVerb.DISCONNECT, args: { name: 'nvme0' } });
     assert.equal(h.sessions[0]?.closed, true);
@@ -92,7 +106,7 @@ test('names are the lowest free nvmeN; the state file follows connect and discon
     assert.equal(c.name, 'nvme0', 'the freed name is reused');
     const st = await readState(path.join(h.dir, 'state.json'));
     assert.deepEqual(st.controllers.map((x) => [x.name, x.args.nqn]), [['nvme0', 'nqn.c'], ['nvme1', 'nqn.b']]);
-    assert.ok(!(await fsp.readFile(path.join(h.dir, 'state.json'), 'utf8')).includes('c2VjcmV0'));
+    assert.ok(!(await fsp.readFile(path.join(h.dir, 'state.json'), 'utf8')).includes(inline.slice(10, 40)));
     // Every session serves under the daemon's default unix directory.
     assert.deepEqual(h.opened[0]?.nbd, { unixDir: path.join(h.dir, 'nbd') });
   } finally {
