@@ -5,7 +5,7 @@
  */
 import { AdminOpcode, CommandSpecificStatus, GenericStatus, Sct, type ParsedSqe } from '../wire';
 import { fail, ok, type Completion, type TargetContext } from './context';
-import { AEC_NS_ATTR, type TargetController } from './controller';
+import { AEC_NS_ATTR, KATO_MAX_MS, type TargetController } from './controller';
 import {
   ControllerType, encodeActiveNamespaceList, encodeChangedNsLog, encodeErrorLog, encodeFirmwareLog,
   encodeIdentifyController, encodeIdentifyNamespace, encodeNsDescriptors, encodeSmartLog, IDENTIFY_SIZE,
@@ -162,10 +162,14 @@ function setFeatures(ctx: TargetContext, ctrl: TargetController, s: ParsedSqe): 
     case Fid.ASYNC_EVENT_CONFIG:
       ctrl.aec = disc ? 0 : s.cdw11 & AEC_NS_ATTR;
       return ok();
-    case Fid.KEEP_ALIVE_TIMER:
-      ctrl.kato = s.cdw11 >>> 0;
+    case Fid.KEEP_ALIVE_TIMER: {
+      const kato = s.cdw11 >>> 0;
+      // Same bound as Connect (Node timers overflow past 2^31 ms).
+      if (kato > KATO_MAX_MS) return invalidField();
+      ctrl.kato = kato;
       ctrl.armKeepAlive();
       return ok();
+    }
     case Fid.VOLATILE_WRITE_CACHE:
       if (disc) return invalidField();
       ctrl.vwce = s.cdw11 & 1;

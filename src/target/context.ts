@@ -42,6 +42,14 @@ export interface TargetConfig {
   readonly keepAliveGraceMs: number;
   /** A connection that has not completed Connect within this time is closed. */
   readonly connectTimeoutMs: number;
+  /** Open TCP connections at most; more are closed at accept (hostile-host bound). */
+  readonly maxConnections: number;
+  /** Live controllers (associations) at most, all hosts together. */
+  readonly maxControllers: number;
+  /** Live controllers per host NQN at most. */
+  readonly maxControllersPerHost: number;
+  /** A controller with KATO 0 (keep-alive off) is dropped after this long without a command. */
+  readonly idleTimeoutMs: number;
   readonly firmware: string;
 }
 
@@ -92,6 +100,10 @@ export interface TargetStats {
   authentications: number;
   /** DH-HMAC-CHAP authentications that failed or timed out (per queue). */
   authFailures: number;
+  /** Connections closed at accept because maxConnections were open. */
+  connectionsRefused: number;
+  /** Admin Connects refused because of maxControllers / maxControllersPerHost. */
+  controllersRefused: number;
 }
 
 /** What queues and controllers need from the target. */

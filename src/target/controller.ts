@@ -31,6 +31,15 @@ const CSTS_SHST_COMPLETE = 0x2 << 2;
 export const AEN_NS_ATTR_CHANGED = 0x02 | (0x00 << 8) | (0x04 << 16);
 /** Async Event Configuration bit for namespace attribute notices. */
 export const AEC_NS_ATTR = 1 << 8;
+/**
+ * Largest KATO accepted (ms, ≈ 12.4 days). Node's timers hold at most 2^31 − 1 ms and fire
+ * after 1 ms beyond that, so KATO plus its grace must stay below; larger values are refused
+ * with Invalid Field rather than silently shortened (issue 14 finding 10).
+ */
+export const KATO_MAX_MS = 2 ** 30;
+/** Node's largest timer delay. */
+const TIMER_MAX_MS = 2 ** 31 - 1;
+
 /** Changed Namespace List holds at most this many entries before it reports "more". */
 const CHANGED_NS_MAX = 1024;
 
@@ -92,16 +101,23 @@ export class TargetController {
     this.kaTimer?.refresh();
   }
 
-  /** (Re)start the keep-alive timer after a KATO change. */
+  /**
+   * (Re)start the keep-alive timer after a KATO change. A controller with KATO 0 (keep-alive
+   * off: nvme-cli `-k 0`, one-shot admin verbs, discovery) gets the idle limit instead, so no
+   * association lives forever without traffic (issue 14 finding 11).
+   */
   armKeepAlive(): void {
     if (this.kaTimer !== undefined) clearTimeout(this.kaTimer);
     this.kaTimer = undefined;
-    if (this.kato === 0 || this.destroyed) return;
-    const ms = this.kato + Math.max(this.ctx.cfg.keepAliveGraceMs, Math.floor(this.kato / 2));
+    if (this.destroyed) return;
+    const idle = this.kato === 0;
+    const ms = idle
+      ? this.ctx.cfg.idleTimeoutMs
+      : Math.min(TIMER_MAX_MS, this.kato + Math.max(this.ctx.cfg.keepAliveGraceMs, Math.floor(this.kato / 2)));
     this.kaTimer = setTimeout(() => {
       this.ctx.stats.keepAliveTimeouts++;
-      this.ctx.log('warn', `controller ${this.cntlid} (${this.hostnqn}): keep-alive timeout after ${ms} ms, dropping the association`);
-      this.destroy('keep-alive timeout');
+      this.ctx.log('warn', `controller ${this.cntlid} (${this.hostnqn}): ${idle ? 'idle' : 'keep-alive'} timeout after ${ms} ms, dropping the association`);
+      this.destroy(idle ? 'idle timeout' : 'keep-alive timeout');
     }, ms);
     this.kaTimer.unref();
   }

@@ -23,7 +23,7 @@ import { encodeCqe } from '../wire/cqe';
 import { FabricsStatus, GenericStatus, Sct } from '../wire/status';
 import { adminCommand } from './admin';
 import { fail, isOk, ok, type Completion, type TargetContext } from './context';
-import { TargetController, type ControllerQueue } from './controller';
+import { KATO_MAX_MS, TargetController, type ControllerQueue } from './controller';
 import { ioCommand, ioPrecheck } from './io';
 import { WriteBatcher } from '../transport/write-batcher';
 import { FabricsAuthType } from '../wire/auth';
@@ -476,6 +476,19 @@ export class TargetQueue implements ControllerQueue {
     let ctrl: TargetController;
     if (qid === 0) {
       if (cd.cntlid !== 0xffff) return invalidConnectParam(1, 16);
+      // KATO (SQE byte 48) is bounded so the keep-alive timer cannot overflow (issue 14
+      // finding 10). KATO 0 is accepted but gets the idle limit (see armKeepAlive).
+      if (kato > KATO_MAX_MS) {
+        ctx.log('info', `conn ${this.id} ${this.peer}: Connect with KATO ${kato} ms refused (maximum ${KATO_MAX_MS} ms)`);
+        return invalidConnectParam(0, 48);
+      }
+      let forHost = 0;
+      for (const c of ctx.controllers.values()) if (c.hostnqn === cd.hostnqn) forHost++;
+      if (ctx.controllers.size >= ctx.cfg.maxControllers || forHost >= ctx.cfg.maxControllersPerHost) {
+        ctx.stats.controllersRefused++;
+        ctx.log('warn', `conn ${this.id} ${this.peer}: Connect from '${cd.hostnqn}' refused: ${forHost >= ctx.cfg.maxControllersPerHost ? `${forHost} controllers for this host (maximum ${ctx.cfg.maxControllersPerHost})` : `${ctx.controllers.size} controllers (maximum ${ctx.cfg.maxControllers})`}`);
+        return fail(Sct.COMMAND_SPECIFIC, FabricsStatus.CONTROLLER_BUSY);
+      }
       const cntlid = ctx.newCntlid();
       if (cntlid === undefined) return fail(Sct.COMMAND_SPECIFIC, FabricsStatus.CONTROLLER_BUSY);
       ctrl = new TargetController(ctx, { cntlid, subsys: sub, hostnqn: cd.hostnqn, hostid: cd.hostid, kato });

@@ -96,6 +96,14 @@ export interface NvmeTargetOptions {
   keepAliveGraceMs?: number;
   /** Close connections that do not complete Connect within this time, default 30000 ms. */
   connectTimeoutMs?: number;
+  /** Open connections at most (more are closed at accept), default 1024. */
+  maxConnections?: number;
+  /** Live controllers (associations) at most, default 256; more Connects get Controller Busy. */
+  maxControllers?: number;
+  /** Live controllers per host NQN at most, default 32 (the NQN is client-chosen: a bound, not an identity). */
+  maxControllersPerHost?: number;
+  /** Drop a controller with KATO 0 (keep-alive off) after this long without a command, default 300000 ms. */
+  idleTimeoutMs?: number;
   /** Log sink; default: nothing. */
   log?: TargetLogger;
 }
@@ -137,7 +145,16 @@ function resolveConfig(o: NvmeTargetOptions): TargetConfig {
   if (!Number.isInteger(maxH2CData) || maxH2CData < 4096 || maxH2CData % 4 !== 0 || maxH2CData > 16 << 20) {
     throw configError(`maxH2CData ${maxH2CData} must be ≥ 4096 and a multiple of 4`);
   }
+  const limit = (name: string, v: number | undefined, def: number, max: number): number => {
+    const n = v ?? def;
+    if (!Number.isInteger(n) || n < 1 || n > max) throw configError(`${name} ${n} out of range 1..${max}`);
+    return n;
+  };
   return {
+    maxConnections: limit('maxConnections', o.maxConnections, 1024, 1 << 20),
+    maxControllers: limit('maxControllers', o.maxControllers, 256, 0xffef),
+    maxControllersPerHost: limit('maxControllersPerHost', o.maxControllersPerHost, 32, 0xffef),
+    idleTimeoutMs: limit('idleTimeoutMs', o.idleTimeoutMs, 300_000, 2 ** 31 - 1),
     queueSize,
     maxIoQueues,
     mdts,
@@ -198,6 +215,7 @@ export class NvmeTarget {
     connections: 0, connectionsTotal: 0, controllers: 0, commands: 0, readCommands: 0, writeCommands: 0,
     bytesRead: 0, bytesWritten: 0, protocolErrors: 0, dataDigestErrors: 0, keepAliveTimeouts: 0, termReqsReceived: 0,
     authentications: 0, authFailures: 0,
+    connectionsRefused: 0, controllersRefused: 0,
   };
   private readonly ctx: TargetContext;
   private server: net.Server | undefined;
@@ -291,6 +309,13 @@ export class NvmeTarget {
       return;
     }
     this.counters.connectionsTotal++;
+    if (this.queues.size >= this.cfg.maxConnections) {
+      // Before any byte is read: a host opening connections without end costs one fd each, briefly.
+      this.counters.connectionsRefused++;
+      this.ctx.log('warn', `connection from ${sock.remoteAddress ?? '?'}:${sock.remotePort ?? '?'} refused: ${this.queues.size} open (maximum ${this.cfg.maxConnections})`);
+      sock.destroy();
+      return;
+    }
     const q = new TargetQueue(this.ctx, sock, (done) => {
       this.queues.delete(done);
       this.counters.connections = this.queues.size;

@@ -28,6 +28,10 @@ const OPTIONS: readonly OptionSpec[] = [
   { long: 'advertise', type: 'string', metavar: 'HOST:PORT', help: 'address put in the discovery log (behind NAT or port forwards)' },
   { long: 'queue-size', type: 'int', metavar: 'N', min: 2, max: 65536, help: 'largest queue a host may create (CAP.MQES+1)', default: 128 },
   { long: 'nr-io-queues', type: 'int', metavar: 'N', min: 1, max: 1024, help: 'I/O queues per controller', default: 8 },
+  { long: 'max-connections', type: 'int', metavar: 'N', min: 1, max: 1 << 20, help: 'open connections at most (more are closed at accept)', default: 1024 },
+  { long: 'max-controllers', type: 'int', metavar: 'N', min: 1, max: 0xffef, help: 'live controllers (associations) at most; more Connects get Controller Busy', default: 256 },
+  { long: 'max-controllers-per-host', type: 'int', metavar: 'N', min: 1, max: 0xffef, help: 'live controllers per host NQN at most', default: 32 },
+  { long: 'idle-timeout', type: 'int', metavar: 'MS', min: 1, max: 2 ** 31 - 1, help: 'drop a controller with keep-alive off (KATO 0) after MS without a command', default: 300000 },
   { long: 'output-format', short: 'o', type: 'string', metavar: 'normal|json', help: 'output format', default: 'normal' },
   { long: 'verbose', short: 'v', type: 'boolean', help: 'log every connection and controller' },
 ];
@@ -136,6 +140,10 @@ export const verb: Verb = {
       ...dhchapTargetOptions(options),
       queueSize: Number(options['queue-size']),
       maxIoQueues: Number(options['nr-io-queues']),
+      maxConnections: Number(options['max-connections']),
+      maxControllers: Number(options['max-controllers']),
+      maxControllersPerHost: Number(options['max-controllers-per-host']),
+      idleTimeoutMs: Number(options['idle-timeout']),
       log,
     });
     // Register before listening so a signal during start-up still shuts down cleanly.
