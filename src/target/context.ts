@@ -7,6 +7,16 @@ import type { NamespaceIds } from './pages';
 import type { TargetController } from './controller';
 import type { TargetAuthPolicy, TargetHostKeys } from './auth';
 
+
+/**
+ * When the target completes a successful read with C2HData SUCCESS (no CapsuleResp):
+ * `spec` — only when the host disabled SQ flow control (TP 8000, Linux nvmet);
+ * `spdk` — always, whatever was negotiated (SPDK nvmf_tgt's default `c2h_success`), the foreign
+ * behaviour hosts must tolerate; `always-resp` — never, every command gets a CapsuleResp.
+ */
+export const C2hSuccessMode = { SPEC: 'spec', SPDK: 'spdk', ALWAYS_RESP: 'always-resp' } as const;
+export type C2hSuccessMode = (typeof C2hSuccessMode)[keyof typeof C2hSuccessMode];
+
 /** Log levels of {@link TargetLogger}. */
 export type TargetLogLevel = 'debug' | 'info' | 'warn' | 'error';
 
@@ -36,8 +46,8 @@ export interface TargetConfig {
   readonly aerl: number;
   /** NN: largest NSID. */
   readonly nn: number;
-  /** Use C2HData SUCCESS (no CapsuleResp) when the host disabled SQ flow control. */
-  readonly c2hSuccess: boolean;
+  /** When a successful read ends with C2HData SUCCESS instead of a CapsuleResp. */
+  readonly c2hSuccess: C2hSuccessMode;
   /** Extra time past KATO before an association is dropped. */
   readonly keepAliveGraceMs: number;
   /** A connection that has not completed Connect within this time is closed. */

@@ -5,6 +5,7 @@ export {
   type SubsystemInfo, type NamespaceInfo,
 } from './target';
 export type { TargetStats, TargetLogger, TargetLogLevel } from './context';
+export { C2hSuccessMode } from './context';
 export type { NamespaceBackend } from './backend';
 export { MemoryBackend, MEMORY_CHUNK_SIZE } from './backend-memory';
 export { FileBackend } from './backend-file';

@@ -22,7 +22,7 @@ import {
 import { encodeCqe } from '../wire/cqe';
 import { FabricsStatus, GenericStatus, Sct } from '../wire/status';
 import { adminCommand } from './admin';
-import { fail, isOk, ok, type Completion, type TargetContext } from './context';
+import { C2hSuccessMode, fail, isOk, ok, type Completion, type TargetContext } from './context';
 import { KATO_MAX_MS, TargetController, type ControllerQueue } from './controller';
 import { ioCommand, ioPrecheck } from './io';
 import { WriteBatcher } from '../transport/write-batcher';
@@ -551,7 +551,8 @@ export class TargetQueue implements ControllerQueue {
         data.copy(padded);
         data = padded;
       }
-      const success = this.sqFlowDisabled && this.ctx.cfg.c2hSuccess;
+      const mode = this.ctx.cfg.c2hSuccess;
+      const success = mode === C2hSuccessMode.SPDK || (mode === C2hSuccessMode.SPEC && this.sqFlowDisabled);
       const max = this.ctx.cfg.maxC2HData;
       for (let off = 0; off < data.length; off += max) {
         const n = Math.min(max, data.length - off);

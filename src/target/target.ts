@@ -16,6 +16,7 @@ import type { NamespaceBackend } from './backend';
 import { FileBackend } from './backend-file';
 import { MemoryBackend } from './backend-memory';
 import type { TargetConfig, TargetContext, TargetLogger, TargetLogLevel, TargetNamespace, TargetStats, TargetSubsystem } from './context';
+import { C2hSuccessMode } from './context';
 import type { TargetController } from './controller';
 import { encodeDiscoveryLog, namespaceIds, type DiscoveryEntry } from './pages';
 import { TargetQueue } from './queue';
@@ -90,8 +91,11 @@ export interface NvmeTargetOptions {
   ioccsz?: number;
   /** MAXH2CDATA announced in ICResp (≥ 4096, multiple of 4), default 128 KiB. */
   maxH2CData?: number;
-  /** Use C2HData SUCCESS instead of a CapsuleResp when the host disabled SQ flow control, default true. */
-  c2hSuccess?: boolean;
+  /**
+   * When a successful read ends with C2HData SUCCESS instead of a CapsuleResp (see
+   * {@link C2hSuccessMode}): default `spec` (only when the host disabled SQ flow control).
+   */
+  c2hSuccess?: C2hSuccessMode;
   /** Grace past KATO before an association is dropped, default 5000 ms. */
   keepAliveGraceMs?: number;
   /** Close connections that do not complete Connect within this time, default 30000 ms. */
@@ -130,6 +134,11 @@ function configError(msg: string): NvmfNbdError {
   return new NvmfNbdError(ErrorCode.CFG_INVALID, msg);
 }
 
+function checkC2hSuccess(m: string): C2hSuccessMode {
+  if (!(Object.values(C2hSuccessMode) as string[]).includes(m)) throw configError(`c2hSuccess '${m}' must be one of ${Object.values(C2hSuccessMode).join(', ')}`);
+  return m as C2hSuccessMode;
+}
+
 function resolveConfig(o: NvmeTargetOptions): TargetConfig {
   const queueSize = o.queueSize ?? 128;
   if (!Number.isInteger(queueSize) || queueSize < 2 || queueSize > 65536) throw configError(`queueSize ${queueSize} out of range 2..65536`);
@@ -166,7 +175,7 @@ function resolveConfig(o: NvmeTargetOptions): TargetConfig {
     kas: 10,
     aerl: 3,
     nn: MAX_NSID,
-    c2hSuccess: o.c2hSuccess ?? true,
+    c2hSuccess: checkC2hSuccess(o.c2hSuccess ?? C2hSuccessMode.SPEC),
     keepAliveGraceMs: o.keepAliveGraceMs ?? 5000,
     connectTimeoutMs: o.connectTimeoutMs ?? 30000,
     firmware: '1.0',

@@ -111,6 +111,13 @@ export interface QueueStats {
   waiting: number;
   /** False when the controller disabled SQ flow control. */
   sqFlowControl: boolean;
+  /** Reads completed by C2HData SUCCESS (no CapsuleResp). */
+  c2hSuccess: number;
+  /**
+   * Of those, how many arrived while SQ flow control was on: a deviation from TP 8000 that SPDK's
+   * nvmf_tgt makes by default (its `c2h_success` option). Tolerated and counted.
+   */
+  c2hSuccessWithSqFlow: number;
 }
 
 /** State of one in-flight command. */
@@ -133,6 +140,8 @@ interface Pending {
   readonly acceptErrorStatus: boolean;
   /** The submission, kept so a command refused with Authentication Required can be retried once. */
   readonly w: Waiter;
+  /** Submission sequence number (see QueuePair.sqIssued): the SQ entry this command took. */
+  readonly sqSeq: number;
 }
 
 /** A command waiting for a free command identifier / SQ slot. */
@@ -216,14 +225,23 @@ export class QueuePair extends EventEmitter {
   private cidHead = 0;
   private cidCount = 0;
   private readonly waiters: Waiter[] = [];
-  private sqTail = 0;
-  private sqHead = 0;
+  /**
+   * SQ flow control as sequence numbers, not ring indices: commands issued so far, and how many of
+   * them the controller is known to have fetched. A CQE's SQHD (a ring index) is converted to the
+   * newest sequence number it can denote; a C2HData SUCCESS (no CQE, so no SQHD) proves its own
+   * command was fetched, hence every earlier one too (one TCP stream, fetched in order). The
+   * known head only moves forward, so a SQHD older than a SUCCESS already seen changes nothing.
+   */
+  private sqIssued = 0;
+  private sqFetched = 0;
+  /** The newest head a CQE reported (SQHD as a sequence number): SQHDs may not go below it. */
+  private sqReported = 0;
   private timer: NodeJS.Timeout | undefined;
   private timerArmed = false;
   private readonly tickMs: number;
   private icWaiter: { resolve(): void; reject(e: Error): void } | undefined;
   private closeError: NvmfNbdError | undefined;
-  private readonly counters = { commands: 0, bytesIn: 0, bytesOut: 0, errors: 0 };
+  private readonly counters = { commands: 0, bytesIn: 0, bytesOut: 0, errors: 0, c2hSuccess: 0, c2hSuccessWithSqFlow: 0 };
   /** Commands in flight without a deadline (Asynchronous Event Requests wait forever). */
   private untimed = 0;
   /**
@@ -347,11 +365,8 @@ export class QueuePair extends EventEmitter {
         { status: cqe.status });
     }
     this.cntlid = cqe.dw0 & 0xffff;
-    if (cqe.sqhd === 0xffff) {
-      this.sqFlowControl = false;
-    } else {
-      this.sqHead = cqe.sqhd;
-    }
+    // Any other SQHD was already taken by onCapsuleResp.
+    if (cqe.sqhd === 0xffff) this.sqFlowControl = false;
     if ((cqe.dw0 & AUTHREQ_ASCR) !== 0) {
       throw new NvmfNbdError(ErrorCode.AUTH_FAILED, `Fabrics Connect (queue ${opts.qid}): the target requires a secure channel (AUTHREQ.ASCR), which is not supported`);
     }
@@ -458,7 +473,13 @@ export class QueuePair extends EventEmitter {
   private canIssue(): boolean {
     if (this.state !== QpState.READY || this.cidCount === 0) return false;
     if (!this.sqFlowControl) return true;
-    return (this.sqTail + 1) % this.queueSize !== this.sqHead;
+    // A circular SQ of N entries holds N-1 commands not yet fetched.
+    return this.sqIssued - this.sqFetched < this.queueSize - 1;
+  }
+
+  /** The controller has fetched every command up to sequence number `seq` (exclusive). */
+  private advanceSqHead(seq: number): void {
+    if (seq > this.sqFetched) this.sqFetched = seq;
   }
 
   private issue(w: Waiter): void {
@@ -496,11 +517,12 @@ export class QueuePair extends EventEmitter {
       deadline: w.deadline,
       acceptErrorStatus: opts.acceptErrorStatus === true,
       w,
+      sqSeq: this.sqIssued,
     };
     this.inflight.set(cid, p);
     if (!Number.isFinite(p.deadline)) this.untimed++;
     this.counters.commands++;
-    if (this.sqFlowControl) this.sqTail = (this.sqTail + 1) % this.queueSize;
+    this.sqIssued++;
     if (inCapsule !== undefined) this.counters.bytesOut += inCapsule.length;
     this.writePdu(encodeCapsuleCmd(sqe, inCapsule, this.txOpts));
     this.armTimer();
@@ -620,15 +642,20 @@ export class QueuePair extends EventEmitter {
       if (cqe.sqhd >= this.queueSize) {
         throw fatal(ErrorCode.PDU_INVALID_HEADER, `queue ${this.qid}: SQHD ${cqe.sqhd} beyond queue size ${this.queueSize}`, Fes.INVALID_HEADER_FIELD, 16);
       }
-      // The head only moves forward over entries the host submitted: it must lie in the
-      // circular range [last known head, tail]. Anything else (e.g. one past the tail, which
-      // would make the SQ look full forever) is a lying controller: fatal, not a wedge.
+      // Ring index → the newest sequence number with that index (at most N-1 behind the tail).
       const n = this.queueSize;
-      if ((cqe.sqhd - this.sqHead + n) % n > (this.sqTail - this.sqHead + n) % n) {
+      const seq = this.sqIssued - ((this.sqIssued % n - cqe.sqhd + n) % n);
+      // The head only moves forward over entries the host submitted: it must lie in the range
+      // [last head a CQE reported, tail]. Anything else (e.g. one past the tail, which would
+      // make the SQ look full forever) is a lying controller: fatal, not a wedge. It may lie
+      // behind a head that a C2HData SUCCESS implied (SPDK counts completions, not fetches):
+      // then it changes nothing.
+      if (seq < this.sqReported) {
         throw fatal(ErrorCode.PDU_INVALID_HEADER,
-          `queue ${this.qid}: SQHD ${cqe.sqhd} outside the submitted range (head ${this.sqHead}, tail ${this.sqTail})`, Fes.INVALID_HEADER_FIELD, 16);
+          `queue ${this.qid}: SQHD ${cqe.sqhd} outside the submitted range (head ${this.sqReported % n}, tail ${this.sqIssued % n})`, Fes.INVALID_HEADER_FIELD, 16);
       }
-      this.sqHead = cqe.sqhd;
+      this.sqReported = seq;
+      this.advanceSqHead(seq);
     }
     let err: NvmfNbdError | undefined;
     if (!cqe.ok && cqe.status.sct === Sct.COMMAND_SPECIFIC && cqe.status.sc === FabricsStatus.AUTH_REQUIRED
@@ -703,9 +730,6 @@ export class QueuePair extends EventEmitter {
     if (pdu.success && !pdu.last) {
       throw fatal(ErrorCode.PDU_SEQUENCE, `queue ${this.qid}: C2HData SUCCESS without LAST_PDU`, Fes.INVALID_HEADER_FIELD, 1);
     }
-    if (pdu.success && this.sqFlowControl) {
-      throw fatal(ErrorCode.PDU_SEQUENCE, `queue ${this.qid}: C2HData SUCCESS while SQ flow control is on`, Fes.INVALID_HEADER_FIELD, 1);
-    }
     // Placed by placeC2HData: already in dataIn (the parser copied it there from the chunks).
     if (pdu.data.buffer !== dataIn.buffer || pdu.data.byteOffset !== dataIn.byteOffset + pdu.datao) pdu.data.copy(dataIn, pdu.datao);
     p.received += len;
@@ -715,7 +739,15 @@ export class QueuePair extends EventEmitter {
     }
     if (pdu.last) p.c2hDone = true;
     if (pdu.success) {
-      // No CapsuleResp follows: complete the command as if a successful CQE arrived.
+      // No CapsuleResp follows: complete the command as if a successful CQE arrived. TP 8000 ties
+      // SUCCESS to SQ flow control being off, but SPDK sends it whatever was negotiated (and
+      // Linux's host accepts it): tolerate it, count it, and since no CQE will carry an SQHD for
+      // this command, take its fetch (and that of every earlier one) as the new SQ head.
+      this.counters.c2hSuccess++;
+      if (this.sqFlowControl) {
+        this.counters.c2hSuccessWithSqFlow++;
+        this.advanceSqHead(p.sqSeq + 1);
+      }
       const cqe: Cqe = {
         dw0: 0, dw1: 0, sqhd: 0xffff, sqid: this.qid, cid: p.cid, ok: true,
         status: { sct: 0, sc: 0, dnr: false, more: false, crd: 0 },

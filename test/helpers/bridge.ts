@@ -60,6 +60,8 @@ export interface BridgeOptions {
   nrIoQueues?: number;
   /** Extra session options (attach, connections…). */
   extra?: Partial<SessionOptions>;
+  /** Ask the controller to disable SQ flow control (`--disable-sqflow`). */
+  disableSqFlowControl?: boolean;
 }
 
 /** Connect a controller to 127.0.0.1:trsvcid and serve its namespaces over NBD. */
@@ -77,6 +79,7 @@ export function openBridge(o: BridgeOptions): Promise<ControllerSession> {
       // TCG guests stall for seconds at times; do not let a slow moment fail a command.
       ioTimeoutMs: 60_000,
       connectTimeoutMs: 30_000,
+      ...(o.disableSqFlowControl === true ? { disableSqFlowControl: true } : {}),
     },
     nbd: o.nbd,
     ...o.extra,

@@ -6,12 +6,19 @@
  *
  * Served twice, once over loopback TCP and once over a private Unix socket directory; the TCP
  * bridge also exports a second namespace with 4096-byte logical blocks.
+ *
+ * The two bridges dial two targets in the two foreign C2HData SUCCESS modes (the same backing
+ * files): the TCP bridge keeps SQ flow control on against a target that behaves like SPDK's
+ * nvmf_tgt (SUCCESS on every successful read), the Unix one disables SQ flow control against a
+ * target that always sends a CapsuleResp. Every test of the suite runs against both.
  */
-import { before, after } from 'node:test';
+import { before, after, test } from 'node:test';
+import assert from 'node:assert/strict';
 import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { NvmeTarget } from '../../src/target/target';
+import { C2hSuccessMode } from '../../src/target';
 import type { ControllerSession } from '../../src/engine/session';
 import { MiB, NvmeTap, defineHostClientTests, openBridge, sha256, type HostClientContext } from '../helpers/bridge';
 
@@ -19,7 +26,7 @@ const NQN = 'nqn.2014-08.org.nvmf-nbd:bridge-embedded';
 const SIZE = 64 * MiB;
 
 let dir = '';
-let target: NvmeTarget | undefined;
+const targets: NvmeTarget[] = [];
 let backing = '';
 let backing4k = '';
 let tap: NvmeTap | undefined;
@@ -43,22 +50,28 @@ before(async () => {
   dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'bridge-embedded-'));
   backing = path.join(dir, 'ns1.img');
   backing4k = path.join(dir, 'ns2.img');
-  target = new NvmeTarget({
-    listen: { host: '127.0.0.1', port: 0 },
-    subsystems: [{
-      nqn: NQN,
-      namespaces: [
-        { nsid: 1, sizeBytes: SIZE, backing: { file: backing } },
-        { nsid: 2, sizeBytes: SIZE, lbaSize: 4096, backing: { file: backing4k } },
-      ],
-    }],
-  });
-  const addr = await target.listen();
+  const ports: number[] = [];
+  for (const c2hSuccess of [C2hSuccessMode.SPDK, C2hSuccessMode.ALWAYS_RESP]) {
+    const target = new NvmeTarget({
+      listen: { host: '127.0.0.1', port: 0 },
+      c2hSuccess,
+      subsystems: [{
+        nqn: NQN,
+        namespaces: [
+          { nsid: 1, sizeBytes: SIZE, backing: { file: backing } },
+          { nsid: 2, sizeBytes: SIZE, lbaSize: 4096, backing: { file: backing4k } },
+        ],
+      }],
+    });
+    targets.push(target);
+    ports.push((await target.listen()).port);
+  }
   // The TCP-served bridge dials through a tap, to see the NVMe commands it sends.
-  tap = await NvmeTap.start(addr.port);
+  tap = await NvmeTap.start(ports[0] as number);
   for (const kind of ['tcp', 'unix'] as const) {
     const session = await openBridge({
-      trsvcid: kind === 'tcp' ? tap.port : addr.port,
+      trsvcid: kind === 'tcp' ? tap.port : ports[1] as number,
+      disableSqFlowControl: kind === 'unix',
       subnqn: NQN,
       name: kind === 'tcp' ? 'nvme0' : 'nvme1',
       nbd: kind === 'tcp' ? { tcp: { host: '127.0.0.1', port: 0 } } : { unixDir: path.join(dir, 'run') },
@@ -89,10 +102,24 @@ before(async () => {
 after(async () => {
   for (const s of sessions) await s.close();
   await tap?.close();
-  await target?.close();
+  for (const t of targets) await t.close();
   if (dir !== '') await fsp.rm(dir, { recursive: true, force: true });
 }, { timeout: 60_000 });
 
-defineHostClientTests('embedded target, NBD over TCP', () => ctx.tcp, () => true);
-defineHostClientTests('embedded target, NBD over a Unix socket', () => ctx.unix, () => true);
-defineHostClientTests('embedded target, 4096-byte LBA namespace', () => ctx.tcp4k, () => true);
+defineHostClientTests('embedded target (SPDK-style SUCCESS, SQ flow control on), NBD over TCP', () => ctx.tcp, () => true);
+defineHostClientTests('embedded target (always CapsuleResp, SQ flow control off), NBD over a Unix socket', () => ctx.unix, () => true);
+defineHostClientTests('embedded target (SPDK-style SUCCESS), 4096-byte LBA namespace', () => ctx.tcp4k, () => true);
+
+// Runs last (node:test keeps file order): the reads of the suites above were accounted as the
+// two modes promise.
+test('SPDK-style target: reads completed by SUCCESS with SQ flow control on are counted; always-resp: none', () => {
+  const [spdk, resp] = sessions.map((s) => s.controller.stats());
+  assert.ok(spdk !== undefined && resp !== undefined);
+  const sum = (qs: typeof spdk.io, k: 'c2hSuccess' | 'c2hSuccessWithSqFlow'): number => qs.reduce((n, q) => n + q[k], 0);
+  assert.ok(spdk.io.every((q) => q.sqFlowControl), 'the TCP bridge keeps SQ flow control');
+  assert.ok(sum(spdk.io, 'c2hSuccessWithSqFlow') > 0, 'reads ended with SUCCESS while SQ flow control was on');
+  assert.equal(sum(spdk.io, 'c2hSuccess'), sum(spdk.io, 'c2hSuccessWithSqFlow'));
+  assert.ok(resp.io.every((q) => !q.sqFlowControl), 'the Unix bridge disabled SQ flow control');
+  assert.equal(sum(resp.io, 'c2hSuccess'), 0, 'an always-resp target never sends SUCCESS');
+  assert.ok(spdk.io.every((q) => q.errors === 0) && resp.io.every((q) => q.errors === 0));
+});

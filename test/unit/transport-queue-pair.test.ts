@@ -382,11 +382,73 @@ test('reused cccid (a second CapsuleResp for a completed command) → UNKNOWN_CC
   });
 });
 
-test('SUCCESS while SQ flow control is on → PDU_SEQUENCE', T, async () => {
-  await expectFatal(async (c) => {
+test('SUCCESS while SQ flow control is on (SPDK default): reads complete, the SQ head advances, counted', T, async () => {
+  // queueSize 3: two commands fit the SQ. The target answers every read with C2HData SUCCESS
+  // and never a CapsuleResp, so no SQHD ever arrives: unless each SUCCESS advances the host's
+  // view of the SQ head, the third read waits forever for a slot.
+  const datas = [0, 1, 2, 3, 4, 5].map(() => randomBytes(512));
+  const { target, qp } = await withTarget(async (c) => {
+    for (let i = 0; i < datas.length; i++) {
+      const cmd = await c.nextCommand();
+      c.c2h(cmd.sqe.cid, 0, datas[cmd.sqe.nsid - 1] as Buffer, { last: true, success: true });
+    }
+  }, { qp: { queueSize: 3 } });
+  try {
+    assert.equal(qp.sqFlowControl, true);
+    const got = await Promise.all(datas.map((_, i) => qp.submit(sqeRead(i + 1, 0n, 1), { dataInLength: 512 })));
+    got.forEach((r, i) => assert.deepEqual(r.data, datas[i]));
+    const s = qp.stats();
+    assert.equal(s.c2hSuccess, 6);
+    assert.equal(s.c2hSuccessWithSqFlow, 6);
+    assert.equal(s.bytesIn, 6 * 512);
+    assert.equal(s.errors, 0);
+    assert.equal(s.inFlight, 0);
+  } finally {
+    qp.destroy();
+    await target.close();
+  }
+});
+
+test('SUCCESS with SQ flow control on, then a CQE with an older SQHD: the head never moves back', T, async () => {
+  const data = randomBytes(512);
+  const { target, qp } = await withTarget(async (c) => {
+    const a = await c.nextCommand(); // flush, SQ slot 1
+    const b = await c.nextCommand(); // read, SQ slot 2
+    c.c2h(b.sqe.cid, 0, data, { last: true, success: true }); // b fetched: head is slot 0 now
+    c.respond(a.sqe.cid, { sqhd: 2 }); // stale: the head as it was before b was fetched
+    // Two more commands fit only if the stale SQHD did not rewind the head.
+    const x = await c.nextCommand();
+    const y = await c.nextCommand();
+    c.respond(x.sqe.cid, { sqhd: 1 });
+    c.respond(y.sqe.cid, { sqhd: 2 });
+  }, { qp: { queueSize: 3 } });
+  try {
+    const [, rb] = await Promise.all([qp.submit(sqeFlush(1)), qp.submit(sqeRead(1, 0n, 1), { dataInLength: 512 })]);
+    assert.deepEqual(rb.data, data);
+    await Promise.all([qp.submit(sqeFlush(1)), qp.submit(sqeFlush(1))]);
+    assert.equal(qp.stats().c2hSuccessWithSqFlow, 1);
+  } finally {
+    qp.destroy();
+    await target.close();
+  }
+});
+
+test('SUCCESS without LAST_PDU with SQ flow control on → still rejected', T, async () => {
+  const { target, qp, closed } = await withTarget(async (c) => {
     const cmd = await c.nextCommand();
-    c.c2h(cmd.sqe.cid, 0, Buffer.alloc(4096), { last: true, success: true });
-  }, ErrorCode.PDU_SEQUENCE, 1);
+    const parts = encodeC2HData({ cccid: cmd.sqe.cid, datao: 0, last: true, success: true }, Buffer.alloc(4096), c.opts);
+    (parts[0] as Buffer)[1] = 0x08; // SUCCESS, LAST_PDU cleared
+    c.send(parts);
+  });
+  try {
+    assert.equal(qp.sqFlowControl, true);
+    const err = await rejectsWith(qp.submit(sqeRead(1, 0n, 8), { dataInLength: 4096 }), ErrorCode.PDU_INVALID_HEADER);
+    assert.equal(err.fes, 1);
+    assert.equal((await closed)?.code, ErrorCode.PDU_INVALID_HEADER);
+  } finally {
+    qp.destroy();
+    await target.close();
+  }
 });
 
 test('SUCCESS without LAST_PDU → rejected as an invalid header', T, async () => {

@@ -70,6 +70,7 @@ export const CONTROLLER_OPTIONS: readonly OptionSpec[] = [
   { long: 'ctrl-loss-tmo', short: 'l', type: 'int', metavar: 'SEC', min: -1, max: 31536000, help: 'give up reconnecting (I/O fails with EIO) after SEC; -1 = never', default: 600 },
   { long: 'fast-io-fail-tmo', short: 'F', aliases: ['fast_io_fail_tmo'], type: 'int', metavar: 'SEC', min: -1, max: 31536000, help: 'fail held I/O with EIO after SEC while reconnecting goes on; -1 = off (nvme-cli spelling --fast_io_fail_tmo too)', default: -1 },
   { long: 'io-timeout', type: 'int', metavar: 'SEC', min: 1, max: 4294967, help: 'per-command timeout; a timeout reconnects the controller', default: 30 },
+  { long: 'disable-sqflow', type: 'boolean', help: 'ask the controller to disable SQ flow control (Connect CATTR bit 2; nvme-cli spelling)' },
 ];
 
 /** nvme-cli's path and scripting flags of connect (and connect-all). */
@@ -170,6 +171,7 @@ export function controllerOptionsFromArgs(opts: Record<string, unknown>): Contro
     nrIoQueues: typeof opts['nr-io-queues'] === 'number' ? opts['nr-io-queues'] : os.cpus().length,
     queueSize: typeof opts['queue-size'] === 'number' ? opts['queue-size'] : 128,
     kato,
+    ...(opts['disable-sqflow'] === true ? { disableSqFlowControl: true } : {}),
     ...resilienceFromArgs(opts),
     format: a.format,
   };
@@ -268,7 +270,7 @@ export function formatExports(s: ControllerSession): string {
 export const verb: Verb = {
   name: 'connect',
   summary: 'connect an NVMe/TCP controller and serve its namespaces over NBD until Ctrl-C',
-  usage: 'nvmf-nbd connect -t tcp -a ADDR [-s PORT] -n SUBNQN [-q HOSTNQN] [-I HOSTID] [-i N] [-Q N] [-k SEC] [-g] [-G] [-S SECRET] [-C CTRL_SECRET] [--nbd unix:DIR|tcp:HOST:PORT] [--attach] [--connections N] [-o normal|json] [--foreground] [--control PATH]',
+  usage: 'nvmf-nbd connect -t tcp -a ADDR [-s PORT] -n SUBNQN [-q HOSTNQN] [-I HOSTID] [-i N] [-Q N] [-k SEC] [-g] [-G] [--disable-sqflow] [-S SECRET] [-C CTRL_SECRET] [--nbd unix:DIR|tcp:HOST:PORT] [--attach] [--connections N] [-o normal|json] [--foreground] [--control PATH]',
   options: [...CONNECT_OPTIONS, ...NBD_OPTIONS, ...HANDOFF_OPTIONS],
   async run(opts) {
     const { format, ...copts } = controllerOptionsFromArgs(opts);

@@ -9,7 +9,7 @@ import { CONTROL_OPTION, ControlVerb, requestDaemon } from '../../engine/control
 import { formatBytes, formatJson, formatTable, outputFormat } from '../output';
 
 interface ListedExport { name?: string; nsid?: number; size?: number; blockSize?: number; endpoint?: string; device?: string | null }
-interface ListedQueue { qid?: number; commands?: number; bytesIn?: number; bytesOut?: number; errors?: number; inFlight?: number; waiting?: number }
+interface ListedQueue { qid?: number; commands?: number; bytesIn?: number; bytesOut?: number; errors?: number; inFlight?: number; waiting?: number; sqFlowControl?: boolean; c2hSuccess?: number; c2hSuccessWithSqFlow?: number }
 interface ListedController {
   name?: string; state?: string; subnqn?: string; traddr?: string; trsvcid?: number; cntlid?: number; model?: string;
   reconnects?: number; lastError?: { code?: string; message?: string } | null; exports?: ListedExport[];
@@ -18,6 +18,12 @@ interface ListedController {
 
 function cell(v: unknown): string {
   return v === undefined || v === null ? '-' : String(v);
+}
+
+/** Reads completed by C2HData SUCCESS; those that came while SQ flow control was on (SPDK) in parentheses. */
+function c2hSuccessCell(q: ListedQueue): string {
+  if (q.c2hSuccess === undefined) return '-';
+  return q.c2hSuccessWithSqFlow !== undefined && q.c2hSuccessWithSqFlow > 0 ? `${q.c2hSuccess} (${q.c2hSuccessWithSqFlow} with SQ flow)` : String(q.c2hSuccess);
 }
 
 /** Human rendering of the daemon's list result. */
@@ -37,8 +43,9 @@ export function formatList(controllers: readonly ListedController[]): string {
     }
     const qs = [...(c.queues?.admin !== undefined ? [c.queues.admin] : []), ...(c.queues?.io ?? [])];
     if (qs.length > 0) {
-      out += `\n${formatTable(['QID', 'COMMANDS', 'IN FLIGHT', 'WAITING', 'BYTES IN', 'BYTES OUT', 'ERRORS'], qs.map((q) => [
+      out += `\n${formatTable(['QID', 'COMMANDS', 'IN FLIGHT', 'WAITING', 'BYTES IN', 'BYTES OUT', 'ERRORS', 'SQ FLOW', 'C2H SUCCESS'], qs.map((q) => [
         cell(q.qid), cell(q.commands), cell(q.inFlight), cell(q.waiting), cell(q.bytesIn), cell(q.bytesOut), cell(q.errors),
+        q.sqFlowControl === undefined ? '-' : q.sqFlowControl ? 'on' : 'off', c2hSuccessCell(q),
       ]))}`;
     }
   }

@@ -11,7 +11,7 @@ import { parseDhchapGroup, parseDhchapHash, type DhchapGroupId, type DhchapHashI
 import type { Verb } from '../verb';
 import { parseHostPort, parseSizeArg } from '../values';
 import {
-  DEFAULT_LISTEN, DEFAULT_NAMESPACE_SIZE, DEFAULT_TARGET_NQN, NvmeTarget, type NamespaceConfig, type TargetLogLevel,
+  C2hSuccessMode, DEFAULT_LISTEN, DEFAULT_NAMESPACE_SIZE, DEFAULT_TARGET_NQN, NvmeTarget, type NamespaceConfig, type TargetLogLevel,
 } from '../../target';
 
 const OPTIONS: readonly OptionSpec[] = [
@@ -32,6 +32,7 @@ const OPTIONS: readonly OptionSpec[] = [
   { long: 'max-controllers', type: 'int', metavar: 'N', min: 1, max: 0xffef, help: 'live controllers (associations) at most; more Connects get Controller Busy', default: 256 },
   { long: 'max-controllers-per-host', type: 'int', metavar: 'N', min: 1, max: 0xffef, help: 'live controllers per host NQN at most', default: 32 },
   { long: 'idle-timeout', type: 'int', metavar: 'MS', min: 1, max: 2 ** 31 - 1, help: 'drop a controller with keep-alive off (KATO 0) after MS without a command', default: 300000 },
+  { long: 'c2h-success', type: 'string', metavar: 'spec|spdk|always-resp', help: 'when a read ends with C2HData SUCCESS instead of a CapsuleResp: spec = only if the host disabled SQ flow control; spdk = always (like SPDK nvmf_tgt); always-resp = never', default: 'spec' },
   { long: 'output-format', short: 'o', type: 'string', metavar: 'normal|json', help: 'output format', default: 'normal' },
   { long: 'verbose', short: 'v', type: 'boolean', help: 'log every connection and controller' },
 ];
@@ -111,13 +112,15 @@ export function dhchapTargetOptions(options: Record<string, unknown>): {
 export const verb: Verb = {
   name: 'target',
   summary: 'run the embedded NVMe/TCP target (memory- or file-backed namespaces)',
-  usage: 'nvmf-nbd target [--listen HOST:PORT] [--nqn NQN] [--memory SIZE]... [--file PATH[:SIZE]]... [--lba-size 512|4096] [--allow-host NQN [--dhchap-key KEY [--dhchap-ctrl-key KEY]]]... [--dhchap-hash LIST] [--dhchap-dhgroup LIST] [--advertise HOST:PORT] [-o json]',
+  usage: 'nvmf-nbd target [--listen HOST:PORT] [--nqn NQN] [--memory SIZE]... [--file PATH[:SIZE]]... [--lba-size 512|4096] [--allow-host NQN [--dhchap-key KEY [--dhchap-ctrl-key KEY]]]... [--dhchap-hash LIST] [--dhchap-dhgroup LIST] [--advertise HOST:PORT] [--c2h-success spec|spdk|always-resp] [-o json]',
   options: OPTIONS,
   async run(options): Promise<number> {
     const listen = parseHostPort(String(options.listen), '--listen');
     const advertise = options.advertise === undefined ? undefined : parseHostPort(String(options.advertise), '--advertise');
     const lbaSize = Number(options['lba-size']);
     if (lbaSize !== 512 && lbaSize !== 4096) usageError(`--lba-size ${lbaSize}: must be 512 or 4096`);
+    const c2hSuccess = String(options['c2h-success']);
+    if (!(Object.values(C2hSuccessMode) as string[]).includes(c2hSuccess)) usageError(`--c2h-success ${c2hSuccess}: must be spec, spdk or always-resp`);
     const format = String(options['output-format']);
     if (format !== 'normal' && format !== 'json') usageError(`-o ${format}: must be normal or json`);
     const namespaces: NamespaceConfig[] = [];
@@ -144,6 +147,7 @@ export const verb: Verb = {
       maxControllers: Number(options['max-controllers']),
       maxControllersPerHost: Number(options['max-controllers-per-host']),
       idleTimeoutMs: Number(options['idle-timeout']),
+      c2hSuccess: c2hSuccess as C2hSuccessMode,
       log,
     });
     // Register before listening so a signal during start-up still shuts down cleanly.
