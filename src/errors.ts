@@ -90,6 +90,13 @@ export const ErrorCode = {
   // In-band authentication, DH-HMAC-CHAP (appended)
   AUTH_FAILED: 'NVMF_ERR_AUTH_FAILED',
   DHCHAP_KEY_INVALID: 'CFG_ERR_DHCHAP_KEY_INVALID',
+  // Config files: /etc/nvme/discovery.conf, /etc/nvme/config.json (appended)
+  CFG_SYNTAX: 'CFG_ERR_SYNTAX',
+  CFG_UNKNOWN_KEY: 'CFG_ERR_UNKNOWN_KEY',
+  CFG_BAD_VALUE: 'CFG_ERR_BAD_VALUE',
+  CFG_MISSING_KEY: 'CFG_ERR_MISSING_KEY',
+  CFG_UNSUPPORTED: 'CFG_ERR_UNSUPPORTED',
+  CFG_TOO_LARGE: 'CFG_ERR_TOO_LARGE',
 } as const;
 
 export type ErrorCodeValue = (typeof ErrorCode)[keyof typeof ErrorCode];
