@@ -59,6 +59,10 @@ export const MAX_DSM_RANGES = 256;
 export const CTRATT_TBKAS = 1 << 6;
 /** OAES bit 8 / Async Event Configuration bit 8: Namespace Attribute Notices. */
 export const AEN_NS_ATTR = 1 << 8;
+/** OAES bit 31 / Async Event Configuration bit 31: Discovery Log Page Change notices (discovery controllers). */
+export const AEN_DISCOVERY_LOG = 0x80000000;
+/** The Discovery Log Page Change event: type Notice (2), info F0h, log page 70h. */
+export const AEN_INFO_DISCOVERY_LOG_CHANGED = 0xf0;
 /** Asynchronous event type Notice (CQE DW0 bits 2:0) and its info "namespace attribute changed". */
 const AsyncEvent = { TYPE_NOTICE: 2, INFO_NS_ATTR_CHANGED: 0 } as const;
 
@@ -109,6 +113,12 @@ export interface ControllerOptions {
    * when the controller answers a command with Authentication Required.
    */
   readonly dhchap?: DhchapHostOptions;
+  /**
+   * Discovery controllers: enable Discovery Log Page Change notices (Async Event Config bit 31)
+   * when the controller offers them (OAES bit 31) and keep an AER outstanding; each one is
+   * emitted as `aen` with info F0h. Used by persistent discovery.
+   */
+  readonly discoveryLogEvents?: boolean;
 }
 
 /** What the host knows about one namespace. */
@@ -263,7 +273,13 @@ export class Controller extends EventEmitter {
       this.maxTransfer = Math.min(HOST_MAX_TRANSFER, mpsminBytes * 2 ** mdts);
     }
     if (kato > 0) this.startKeepAlive(kato, o.watchdogMs ?? 2 * kato);
-    if (o.discovery === true) return;
+    if (o.discovery === true) {
+      if (o.discoveryLogEvents === true && this.discoveryLogEventsSupported) {
+        await this.adminCommand(sqeSetFeatures(FeatureId.ASYNC_EVENT_CONFIG, AEN_DISCOVERY_LOG));
+        this.postAer();
+      }
+      return;
+    }
 
     await this.rescanNamespaces();
 
@@ -296,6 +312,11 @@ export class Controller extends EventEmitter {
   /** True until the association is closed or destroyed. */
   get alive(): boolean {
     return !this.closed && !this.closing;
+  }
+
+  /** The (discovery) controller can send Discovery Log Page Change notices (OAES bit 31). */
+  get discoveryLogEventsSupported(): boolean {
+    return this.identify !== undefined && (this.identify.oaes & AEN_DISCOVERY_LOG) !== 0;
   }
 
   /** The controller reports Traffic Based Keep Alive Support (CTRATT bit 6). */

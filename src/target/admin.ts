@@ -5,7 +5,7 @@
  */
 import { AdminOpcode, CommandSpecificStatus, GenericStatus, Sct, type ParsedSqe } from '../wire';
 import { fail, ok, type Completion, type TargetContext } from './context';
-import { AEC_NS_ATTR, KATO_MAX_MS, type TargetController } from './controller';
+import { AEC_DISCOVERY_LOG, AEC_NS_ATTR, KATO_MAX_MS, type TargetController } from './controller';
 import {
   ControllerType, encodeActiveNamespaceList, encodeChangedNsLog, encodeErrorLog, encodeFirmwareLog,
   encodeIdentifyController, encodeIdentifyNamespace, encodeNsDescriptors, encodeSmartLog, IDENTIFY_SIZE,
@@ -133,6 +133,7 @@ function getLogPage(ctx: TargetContext, ctrl: TargetController, s: ParsedSqe, ma
     case Lid.DISCOVERY:
       if (!disc) return fail(Sct.COMMAND_SPECIFIC, CS.INVALID_LOG_PAGE);
       page = ctx.discoveryLog();
+      ctrl.readDiscoveryLog(rae);
       break;
     default:
       return fail(Sct.COMMAND_SPECIFIC, CS.INVALID_LOG_PAGE);
@@ -160,7 +161,8 @@ function setFeatures(ctx: TargetContext, ctrl: TargetController, s: ParsedSqe): 
       return ok((n - 1) | ((n - 1) << 16));
     }
     case Fid.ASYNC_EVENT_CONFIG:
-      ctrl.aec = disc ? 0 : s.cdw11 & AEC_NS_ATTR;
+      // Each controller type keeps the one notice it can raise.
+      ctrl.aec = (disc ? s.cdw11 & AEC_DISCOVERY_LOG : s.cdw11 & AEC_NS_ATTR) >>> 0;
       return ok();
     case Fid.KEEP_ALIVE_TIMER: {
       const kato = s.cdw11 >>> 0;

@@ -40,6 +40,10 @@ export const KATO_MAX_MS = 2 ** 30;
 /** Node's largest timer delay. */
 const TIMER_MAX_MS = 2 ** 31 - 1;
 
+/** AEN: type 2 (notice), info F0h (Discovery Log Page Change), log page 70h (NVMe-oF 1.1 §5.3). */
+export const AEN_DISCOVERY_LOG_CHANGED = 0x02 | (0xf0 << 8) | (0x70 << 16);
+/** Async Event Configuration bit 31: Discovery Log Page Change notices (discovery controllers). */
+export const AEC_DISCOVERY_LOG = 0x80000000;
 /** Changed Namespace List holds at most this many entries before it reports "more". */
 const CHANGED_NS_MAX = 1024;
 
@@ -67,6 +71,7 @@ export class TargetController {
   private aerWaiters: Array<(c: Completion) => void> = [];
   private events: number[] = [];
   private changedNs: number[] = [];
+  private discNoticeMasked = false;
   private changedOverflow = false;
   /** The namespace notice was reported and stays masked until the log page is read. */
   private nsNoticeMasked = false;
@@ -203,6 +208,21 @@ export class TargetController {
     if (this.nsNoticeMasked || (this.aec & AEC_NS_ATTR) === 0) return;
     this.nsNoticeMasked = true;
     this.postEvent(AEN_NS_ATTR_CHANGED);
+  }
+
+  /**
+   * The discovery log changed (a subsystem, port or referral came or went). Like the namespace
+   * notice, it is sent once and masked until the host reads the log with RAE cleared.
+   */
+  discoveryLogChanged(): void {
+    if (this.discNoticeMasked || (this.aec & AEC_DISCOVERY_LOG) === 0) return;
+    this.discNoticeMasked = true;
+    this.postEvent(AEN_DISCOVERY_LOG_CHANGED >>> 0);
+  }
+
+  /** The host read the discovery log: without RAE the notice is unmasked again. */
+  readDiscoveryLog(rae: boolean): void {
+    if (!rae) this.discNoticeMasked = false;
   }
 
   /** The Changed Namespace List log page; reading it without RAE clears it and unmasks the event. */

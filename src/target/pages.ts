@@ -63,7 +63,8 @@ export function encodeIdentifyController(f: IdentifyControllerFields): Buffer {
   b[77] = f.mdts; // MDTS
   b.writeUInt16LE(f.cntlid, 78); // CNTLID
   b.writeUInt32LE(NVME_VERSION, 80); // VER
-  b.writeUInt32LE(io ? 1 << 8 : 0, 92); // OAES bit 8: Namespace Attribute Notices
+  // OAES bit 8: Namespace Attribute Notices (I/O); bit 31: Discovery Log Page Change (discovery).
+  b.writeUInt32LE(io ? 1 << 8 : 0x80000000, 92);
   b.writeUInt32LE(0, 96); // CTRATT
   b[111] = f.type; // CNTRLTYPE
   b.writeUInt16LE(0, 256); // OACS: no optional admin commands
@@ -180,6 +181,8 @@ export interface DiscoveryEntry {
   portid: number;
   /** Max admin SQ size (asqsz). */
   asqsz: number;
+  /** 2 NVM subsystem (default), 1 referral to another discovery service. */
+  subtype?: number;
 }
 
 /**
@@ -197,7 +200,7 @@ export function encodeDiscoveryLog(genctr: bigint, entries: readonly DiscoveryEn
     const o = 1024 * (i + 1);
     b[o] = 3; // TRTYPE TCP
     b[o + 1] = e.adrfam;
-    b[o + 2] = 2; // SUBTYPE NVMe subsystem
+    b[o + 2] = e.subtype ?? 2; // SUBTYPE: 2 NVMe subsystem, 1 discovery referral
     b[o + 3] = 0x04; // TREQ: secure channel not specified; SQ flow control disable supported
     b.writeUInt16LE(e.portid, o + 4);
     b.writeUInt16LE(0xffff, o + 6);

@@ -231,6 +231,9 @@ export class NvmeTarget {
   private bound: { host: string; port: number } | undefined;
   private lastCntlid = 0;
   private closed = false;
+  /** Discovery log generation counter: bumped on every change of the log. */
+  private genctr = 1n;
+  private readonly referrals: Array<{ host: string; port: number }> = [];
 
   /** Validates the configuration (throws CFG_ERR_INVALID); namespaces are opened by {@link listen}. */
   constructor(opts: NvmeTargetOptions = {}) {
@@ -356,8 +359,62 @@ export class NvmeTarget {
         asqsz: 32,
       });
     }
-    // The subsystem set never changes while running, so the generation counter is constant.
-    return encodeDiscoveryLog(1n, entries);
+    for (const r of this.referrals) {
+      entries.push({ subnqn: DISCOVERY_NQN, traddr: r.host, trsvcid: String(r.port), adrfam: net.isIPv6(r.host) ? 2 : 1, portid: 1, asqsz: 32, subtype: 1 });
+    }
+    return encodeDiscoveryLog(this.genctr, entries);
+  }
+
+  /**
+   * The discovery log changed: bump the generation counter and send the Discovery Log Page
+   * Change AEN to every discovery controller that enabled it (Async Event Config bit 31).
+   */
+  private discoveryChanged(): void {
+    this.genctr++;
+    const d = this.subsys.get(DISCOVERY_NQN);
+    for (const c of d?.controllers ?? []) c.discoveryLogChanged();
+  }
+
+  /**
+   * Add an NVM subsystem while running (its namespaces opened first); the discovery log gains
+   * it and discovery controllers get the log-change AEN.
+   */
+  async addSubsystemAtRuntime(s: SubsystemConfig): Promise<void> {
+    this.addSubsystem(s, false);
+    try {
+      for (const ns of s.namespaces ?? []) await this.addNamespace(s.nqn, ns);
+    } catch (err) {
+      await this.removeSubsystem(s.nqn).catch(() => undefined);
+      throw err;
+    }
+    this.discoveryChanged();
+  }
+
+  /** Remove an NVM subsystem: its controllers are dropped, its namespaces closed, the log changes. */
+  async removeSubsystem(nqn: string): Promise<void> {
+    const sub = this.subsys.get(nqn);
+    if (sub === undefined || sub.discovery) throw new NvmfNbdError(ErrorCode.INVALID_ARGUMENT, `no NVM subsystem ${nqn}`);
+    this.subsys.delete(nqn);
+    for (const c of [...sub.controllers]) c.destroy('subsystem removed');
+    for (const ns of sub.namespaces.values()) {
+      await ns.backend.flush().catch(() => undefined);
+      await ns.backend.close().catch(() => undefined);
+    }
+    sub.namespaces.clear();
+    this.discoveryChanged();
+  }
+
+  /** Add a referral to another discovery service (nvmet `ports/N/referrals/`). */
+  addReferral(host: string, port: number): void {
+    this.referrals.push({ host, port });
+    this.discoveryChanged();
+  }
+
+  /** Remove a referral. */
+  removeReferral(host: string, port: number): void {
+    const i = this.referrals.findIndex((r) => r.host === host && r.port === port);
+    if (i >= 0) this.referrals.splice(i, 1);
+    this.discoveryChanged();
   }
 
   /**
