@@ -29,6 +29,10 @@ export interface DiscoverOptions {
   hdgst?: boolean;
   ddgst?: boolean;
   connectTimeoutMs?: number;
+  /** Local address to connect from (nvme-cli `-w/--host-traddr`). */
+  hostTraddr?: string;
+  /** Discovery subsystem NQN (default the well-known one; unique discovery NQNs, TP 8013). */
+  subnqn?: string;
   /** Replace every entry's advertised traddr (behind NAT / port forwarding). */
   overrideTraddr?: string;
   /** Replace every entry's advertised trsvcid. */
@@ -74,7 +78,8 @@ export async function readDiscoveryLog(ctrl: Controller): Promise<DiscoveryLog> 
 /** Connect to the discovery controller at traddr:trsvcid, read the log, disconnect. */
 export async function discover(o: DiscoverOptions): Promise<DiscoveryLog> {
   const ctrl = await Controller.connect({
-    traddr: o.traddr, trsvcid: o.trsvcid, subnqn: DISCOVERY_NQN, hostnqn: o.hostnqn, hostid: o.hostid,
+    traddr: o.traddr, trsvcid: o.trsvcid, subnqn: o.subnqn ?? DISCOVERY_NQN, hostnqn: o.hostnqn, hostid: o.hostid,
+    ...(o.hostTraddr !== undefined ? { hostTraddr: o.hostTraddr } : {}),
     kato: 0, nrIoQueues: 0, discovery: true, hdgst: o.hdgst, ddgst: o.ddgst, connectTimeoutMs: o.connectTimeoutMs,
     ...(o.dhchap !== undefined ? { dhchap: o.dhchap } : {}),
   });

@@ -34,6 +34,8 @@ export const ControlVerb = {
   ID_NS: 'id-ns',
   GET_LOG: 'get-log',
   ADMIN_PASSTHRU: 'admin-passthru',
+  /** Add a (persistent) discovery controller: `{ discovery, connect, persistent, disconnectRemoved }`. */
+  ADD_DISCOVERY: 'add-discovery',
 } as const;
 export type ControlVerbValue = (typeof ControlVerb)[keyof typeof ControlVerb];
 

@@ -23,9 +23,11 @@ import { ControllerSession, parseNbdSpec } from './session';
 import type { NbdSpec, SessionOptions } from './session';
 import { ControlVerb, LineDecoder, encodeResponse, errorResponse, parseRequest, requestIdOf } from './control';
 import type { ControlRequest, ControlResponse } from './control';
-import { allocateName, readState, writeState } from './state-file';
+import { allocateName, readState, withoutSecrets, writeState } from './state-file';
 import type { StateController, StateDevice } from './state-file';
-import { AdminOpcode, Cns, sqeGetLogPage, sqeIdentify } from '../wire';
+import { AdminOpcode, Cns, DISCOVERY_NQN, sqeGetLogPage, sqeIdentify } from '../wire';
+import { PersistentDiscovery } from './persistent-discovery';
+import type { DiscoveryEntry } from '../controller/discovery';
 import {
   ChunkQueue, InfoType, MAX_OPTION_LENGTH, NBD_IHAVEOPT, NBD_MAGIC, NBD_OPT_REPLY_MAGIC, NBD_REQUEST_MAGIC, NBD_SIMPLE_REPLY_MAGIC,
   ClientFlag, Opt, REQUEST_HEADER_SIZE, Rep, SIMPLE_REPLY_SIZE,
@@ -198,16 +200,105 @@ function argInt(args: Record<string, unknown>, k: string, min: number, max: numb
   return v;
 }
 
+interface DiscoveryRecord {
+  readonly name: string;
+  readonly discovery: Record<string, unknown>;
+  readonly connect: Record<string, unknown>;
+  readonly persistent: boolean;
+  readonly disconnectRemoved: boolean;
+  /** Kept in discovery.json (connect-all -p); config-file entries are re-read at each start instead. */
+  readonly saved: boolean;
+  /** Controllers this discovery connected (or found connected) for entries of its log. */
+  readonly owned: Set<string>;
+  pd: PersistentDiscovery;
+}
+
+function isRecordArg(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function withoutOverrides(a: Record<string, unknown>): Record<string, unknown> {
+  const { 'override-traddr': _t, 'override-trsvcid': _s, ...rest } = a;
+  return rest;
+}
+
+/** Subsystem + path of a controller's connect options (what makes two connects the same). */
+function pathKey(a: Record<string, unknown>): string {
+  return JSON.stringify(['nqn', 'traddr', 'trsvcid', 'hostnqn', 'host-traddr', 'host-iface'].map((k) => a[k] ?? null));
+}
+
+/** The lowest free `discN`. */
+function allocateDiscoveryName(used: Iterable<string>): string {
+  const taken = new Set(used);
+  for (let i = 0; ; i++) if (!taken.has(`disc${i}`)) return `disc${i}`;
+}
+
+/** Keys of connect options that configure the discovery controller itself. */
+const DISCOVERY_ARG_KEYS = new Set(['transport', 'traddr', 'trsvcid', 'nqn', 'hostnqn', 'hostid', 'hdr-digest', 'data-digest', 'host-traddr', 'host-iface', 'reconnect-delay', 'ctrl-loss-tmo', 'override-traddr', 'override-trsvcid']);
+
+/** A discovery entry's options → the discovery controller's and those for the subsystems it lists. */
+export function splitDiscoveryArgs(args: Record<string, unknown>, specs: readonly OptionSpec[]): { dargs: Record<string, unknown>; cargs: Record<string, unknown> } {
+  const known = new Set(specs.map((s) => s.long));
+  const dargs: Record<string, unknown> = {};
+  const cargs: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(args)) {
+    if (v === undefined) continue;
+    if (DISCOVERY_ARG_KEYS.has(k)) dargs[k] = v;
+    if (known.has(k) && !['transport', 'traddr', 'trsvcid', 'nqn'].includes(k)) cargs[k] = v;
+  }
+  return { dargs, cargs };
+}
+
+interface DiscoveryFileEntry { name: string; discovery: Record<string, unknown>; connect: Record<string, unknown>; disconnectRemoved: boolean }
+
+/**
+ * The persistent discovery controllers a restarted daemon brings back (no secrets in it).
+ * @throws CFG_ERR_STATE_FILE_INVALID
+ */
+async function readDiscoveryFile(file: string): Promise<DiscoveryFileEntry[]> {
+  let text: string;
+  try {
+    text = await fsp.readFile(file, 'utf8');
+  } catch {
+    return [];
+  }
+  let v: unknown;
+  try {
+    v = JSON.parse(text) as unknown;
+  } catch (err) {
+    throw new NvmfNbdError(ErrorCode.STATE_FILE_INVALID, `${file}: ${(err as Error).message}`);
+  }
+  const list = isRecordArg(v) && Array.isArray(v.discovery) ? (v.discovery as unknown[]) : undefined;
+  if (list === undefined) throw new NvmfNbdError(ErrorCode.STATE_FILE_INVALID, `${file}: no discovery list`);
+  return list.map((x, i) => {
+    if (!isRecordArg(x) || typeof x.name !== 'string' || !/^disc\d+$/.test(x.name) || !isRecordArg(x.discovery) || !isRecordArg(x.connect)) {
+      throw new NvmfNbdError(ErrorCode.STATE_FILE_INVALID, `${file}: entry ${i} is malformed`);
+    }
+    return { name: x.name, discovery: x.discovery, connect: x.connect, disconnectRemoved: x.disconnectRemoved === true };
+  });
+}
+
+async function writeDiscoveryFile(file: string, list: DiscoveryFileEntry[]): Promise<void> {
+  const tmp = `${file}.${process.pid}.tmp`;
+  await fsp.writeFile(tmp, `${JSON.stringify({ version: 1, discovery: list }, null, 2)}\n`, { mode: 0o600 });
+  await fsp.rename(tmp, file);
+}
+
 /** The long-running engine. */
 export class Daemon {
   private readonly entries = new Map<string, Entry>();
+  /** Discovery controllers (persistent, or one-shot ones still retrying), by name (disc0, …). */
+  private readonly discoveries = new Map<string, DiscoveryRecord>();
   private readonly conns = new Set<net.Socket>();
   private server: net.Server | undefined;
   private running = true;
   private stateWrite: Promise<void> = Promise.resolve();
+  private discoveryWrite: Promise<void> = Promise.resolve();
   private shutdownPromise: Promise<void> | undefined;
   readonly controlPath: string;
   readonly stateFile: string;
+  /** Persistent discovery controllers to restore at start (next to the state file). */
+  readonly discoveryFile: string;
   readonly nbd: DaemonNbdSpec;
   private readonly log: (msg: string) => void;
   private readonly openSession: (o: SessionOptions) => Promise<ControllerSession>;
@@ -216,6 +307,7 @@ export class Daemon {
   private constructor(private readonly o: DaemonOptions) {
     this.controlPath = o.controlPath ?? path.join(o.stateDir, 'control.sock');
     this.stateFile = o.stateFile ?? path.join(o.stateDir, 'state.json');
+    this.discoveryFile = path.join(path.dirname(this.stateFile), 'discovery.json');
     this.nbd = o.nbd ?? { unixDir: path.join(o.stateDir, 'nbd') };
     this.log = o.log ?? (() => undefined);
     this.openSession = o.openSession ?? ((so) => ControllerSession.open(so));
@@ -242,6 +334,15 @@ export class Daemon {
     for (const e of d.entries.values()) {
       d.log(`${e.name}: reconnecting ${String(e.args.nqn)} at ${String(e.args.traddr)}:${String(e.args.trsvcid)} from the state file`);
       void d.tryOpen(e);
+    }
+    for (const r of await readDiscoveryFile(d.discoveryFile)) {
+      d.log(`${r.name}: persistent discovery at ${String(r.discovery.traddr)}:${String(r.discovery.trsvcid)} from ${d.discoveryFile}`);
+      try {
+        d.checkDiscoveryArgs(r.discovery, r.connect);
+        d.startDiscovery(r.name, r.discovery, r.connect, { persistent: true, disconnectRemoved: r.disconnectRemoved });
+      } catch (err) {
+        d.log(`${r.name}: not restored: ${(err as Error).message}`);
+      }
     }
     return d;
   }
@@ -347,10 +448,15 @@ export class Daemon {
         return this.connect(a);
       case ControlVerb.DISCONNECT:
         return this.disconnect(a);
-      case ControlVerb.DISCONNECT_ALL:
-        return { disconnected: await this.closeEntries([...this.entries.values()]) };
+      case ControlVerb.DISCONNECT_ALL: {
+        const discs = await this.closeDiscoveries([...this.discoveries.values()]);
+        return { disconnected: [...discs, ...await this.closeEntries([...this.entries.values()])] };
+      }
       case ControlVerb.LIST:
-        return { controllers: [...this.entries.values()].sort((x, y) => Number(x.name.slice(4)) - Number(y.name.slice(4))).map((e) => this.describe(e)) };
+        return {
+          controllers: [...this.entries.values()].sort((x, y) => Number(x.name.slice(4)) - Number(y.name.slice(4))).map((e) => this.describe(e)),
+          discovery: [...this.discoveries.values()].map((r) => ({ ...r.pd.describe(), persistent: r.persistent, disconnectRemoved: r.disconnectRemoved, controllers: [...r.owned].sort() })),
+        };
       case ControlVerb.ID_CTRL:
         return this.idCtrl(a);
       case ControlVerb.ID_NS:
@@ -359,6 +465,8 @@ export class Daemon {
         return this.getLog(a);
       case ControlVerb.ADMIN_PASSTHRU:
         return this.adminPassthru(a);
+      case ControlVerb.ADD_DISCOVERY:
+        return this.addDiscovery(a);
       default: {
         const never: never = req.verb;
         throw new NvmfNbdError(ErrorCode.CONTROL_UNKNOWN_VERB, `unknown verb ${String(never)}`);
@@ -496,6 +604,8 @@ export class Daemon {
     const name = argString(a, 'name');
     const nqn = argString(a, 'nqn');
     const device = argString(a, 'device');
+    const disc = name !== undefined ? this.discoveries.get(name) : undefined;
+    if (disc !== undefined) return this.closeDiscoveries([disc]).then((disconnected) => ({ disconnected }));
     let match: Entry[];
     if (name !== undefined) match = [...this.entries.values()].filter((e) => e.name === name);
     else if (nqn !== undefined) match = [...this.entries.values()].filter((e) => e.args.nqn === nqn);
@@ -600,6 +710,199 @@ export class Daemon {
   }
 
   // -------------------------------------------------------------------------------------------
+  // Discovery controllers (discover -p, connect-all -p, config files at start)
+  // -------------------------------------------------------------------------------------------
+
+  /**
+   * `add-discovery`: `{ discovery: <connect options of the discovery controller>, connect:
+   * <connect options for every subsystem found>, persistent, disconnectRemoved }`. Waits for the
+   * first read of the log and the first connect attempt of every subsystem in it, then answers
+   * with the discovery controller and its controllers. A discovery controller already known for
+   * that address answers as it is (idempotent). A first connect that fails is an error and
+   * nothing is kept (the CLI exits non-zero; a boot unit retries).
+   */
+  private async addDiscovery(a: Record<string, unknown>): Promise<unknown> {
+    if (!this.running) throw new NvmfNbdError(ErrorCode.DAEMON_UNAVAILABLE, 'the daemon is shutting down');
+    // Secrets stay in memory (the subsystems found need them); discovery.json gets withoutSecrets().
+    const dargs = isRecordArg(a.discovery) ? withoutUndefined(a.discovery) : undefined;
+    const cargs = isRecordArg(a.connect) ? withoutUndefined(a.connect) : {};
+    if (dargs === undefined) throw new NvmfNbdError(ErrorCode.CLI_USAGE, 'add-discovery needs discovery (the discovery controller\'s options)');
+    this.checkDiscoveryArgs(dargs, cargs);
+    for (const r of this.discoveries.values()) {
+      if (r.discovery.traddr === dargs.traddr && r.discovery.trsvcid === dargs.trsvcid && r.discovery.hostnqn === dargs.hostnqn) {
+        return { name: r.name, existing: true, discovery: r.pd.describe(), controllers: [...r.owned].sort() };
+      }
+    }
+    const name = allocateDiscoveryName(this.discoveries.keys());
+    const persistent = a.persistent === true;
+    const r = this.startDiscovery(name, dargs, cargs, { persistent, disconnectRemoved: a.disconnectRemoved === true, once: !persistent });
+    await new Promise<void>((resolve, reject) => {
+      const onRefresh = (): void => { r.pd.off('state', onState); resolve(); };
+      const onState = (st: string): void => {
+        if (st !== 'connecting' && st !== 'dead') return;
+        r.pd.off('refresh', onRefresh);
+        r.pd.off('state', onState);
+        reject(new NvmfNbdError((r.pd.lastError?.code ?? ErrorCode.CONNECT_FAILED) as typeof ErrorCode.CONNECT_FAILED, `${name}: ${r.pd.lastError?.message ?? 'discovery failed'}`));
+      };
+      r.pd.once('refresh', onRefresh);
+      r.pd.on('state', onState);
+    }).catch(async (err: unknown) => {
+      await r.pd.close();
+      this.discoveries.delete(name);
+      await this.saveDiscoveries();
+      throw err;
+    });
+    const out = { name, discovery: r.pd.describe(), controllers: [...r.owned].sort() };
+    if (!persistent) {
+      await r.pd.close();
+      this.discoveries.delete(name);
+    }
+    return out;
+  }
+
+  /**
+   * Apply config-file entries at start (nothing is awaited: each connects and retries in the
+   * background like a state-file entry). I/O entries already connected over that path are left
+   * alone; discovery entries become discovery controllers (persistent ones stay, the others do
+   * one read, retrying until it works).
+   */
+  applyConfig(entries: ReadonlyArray<{ kind: 'io' | 'discovery'; args: Record<string, unknown>; persistent: boolean; where: string }>): void {
+    for (const p of entries) {
+      try {
+        if (p.kind === 'io') {
+          const args = withoutUndefined(p.args);
+          checkArgs(args, this.o.connect.specs);
+          this.o.connect.controllerOptions(args);
+          if (this.samePath(args) !== undefined) continue;
+          const name = allocateName(this.entries.keys());
+          const e = this.newEntry(name, args);
+          this.entries.set(name, e);
+          this.log(`${name}: ${String(args.nqn)} at ${String(args.traddr)}:${String(args.trsvcid)} from ${p.where}`);
+          void this.tryOpen(e);
+        } else {
+          const { dargs, cargs } = splitDiscoveryArgs(p.args, this.o.connect.specs);
+          this.checkDiscoveryArgs(dargs, cargs);
+          const known = [...this.discoveries.values()].some((r) => r.discovery.traddr === dargs.traddr && r.discovery.trsvcid === dargs.trsvcid && r.discovery.hostnqn === dargs.hostnqn);
+          if (known) continue;
+          const name = allocateDiscoveryName(this.discoveries.keys());
+          this.log(`${name}: discovery at ${String(dargs.traddr)}:${String(dargs.trsvcid)} from ${p.where}${p.persistent ? ' (persistent)' : ''}`);
+          this.startDiscovery(name, dargs, cargs, { persistent: p.persistent, disconnectRemoved: false, once: !p.persistent, saved: false });
+        }
+      } catch (err) {
+        this.log(`${p.where}: ${(err as Error).message}`);
+      }
+    }
+  }
+
+  /** Validate the discovery controller's options and the template (as connect would). */
+  checkDiscoveryArgs(dargs: Record<string, unknown>, cargs: Record<string, unknown>): void {
+    const specs = [...this.o.connect.specs, { long: 'override-traddr', type: 'string' as const, help: '' }, { long: 'override-trsvcid', type: 'string' as const, help: '' }];
+    checkArgs(dargs, specs);
+    checkArgs(cargs, this.o.connect.specs);
+    this.o.connect.controllerOptions({ ...withoutOverrides(dargs), nqn: typeof dargs.nqn === 'string' ? dargs.nqn : DISCOVERY_NQN });
+    this.o.connect.controllerOptions({ traddr: '127.0.0.1', nqn: 'nqn.2014-08.org.nvmf-nbd:check', ...cargs });
+  }
+
+  /**
+   * Start a discovery controller whose log drives the controllers: every NVM entry is connected
+   * (unless one for that subsystem and path exists) and owned; with disconnectRemoved, an owned
+   * controller whose entry left the log is disconnected.
+   */
+  startDiscovery(name: string, dargs: Record<string, unknown>, cargs: Record<string, unknown>, o: { persistent: boolean; disconnectRemoved: boolean; once?: boolean; saved?: boolean }): DiscoveryRecord {
+    const base = this.o.connect.controllerOptions({ ...withoutOverrides(dargs), nqn: typeof dargs.nqn === 'string' ? dargs.nqn : DISCOVERY_NQN });
+    const katoS = typeof dargs['keep-alive-tmo'] === 'number' ? dargs['keep-alive-tmo'] : undefined;
+    const rec: DiscoveryRecord = {
+      name, discovery: dargs, connect: cargs, persistent: o.persistent, disconnectRemoved: o.disconnectRemoved, owned: new Set(),
+      saved: o.saved ?? o.persistent,
+      pd: undefined as unknown as PersistentDiscovery,
+    };
+    rec.pd = new PersistentDiscovery({
+      name,
+      controller: {
+        traddr: base.traddr, trsvcid: base.trsvcid, subnqn: base.subnqn, hostnqn: base.hostnqn, hostid: base.hostid,
+        hdgst: base.hdgst, ddgst: base.ddgst, ...(base.hostTraddr !== undefined ? { hostTraddr: base.hostTraddr } : {}),
+        ...(katoS !== undefined ? { kato: katoS * 1000 } : {}),
+      },
+      ...(typeof dargs['override-traddr'] === 'string' ? { overrideTraddr: dargs['override-traddr'] } : {}),
+      ...(typeof dargs['override-trsvcid'] === 'string' ? { overrideTrsvcid: dargs['override-trsvcid'] } : {}),
+      reconnectDelayMs: (typeof dargs['reconnect-delay'] === 'number' ? dargs['reconnect-delay'] : DEFAULT_RECONNECT_DELAY_S) * 1000,
+      ctrlLossTmoMs: typeof dargs['ctrl-loss-tmo'] === 'number' ? (dargs['ctrl-loss-tmo'] < 0 ? -1 : dargs['ctrl-loss-tmo'] * 1000) : -1,
+      once: o.once === true,
+      onLog: (entries) => this.applyDiscoveryLog(rec, entries),
+      log: this.log,
+    });
+    this.discoveries.set(name, rec);
+    // A one-shot discovery leaves the list once it has done its read.
+    if (o.once === true) rec.pd.on('state', (st: string) => { if (st === 'closed' && this.discoveries.get(name) === rec) this.discoveries.delete(name); });
+    if (rec.saved) void this.saveDiscoveries();
+    rec.pd.start();
+    return rec;
+  }
+
+  private async applyDiscoveryLog(rec: DiscoveryRecord, entries: readonly DiscoveryEntry[]): Promise<void> {
+    if (!this.running) return;
+    const want = new Set<string>();
+    const opening: Array<Promise<void>> = [];
+    for (const e of entries) {
+      const port = Number(e.trsvcid);
+      if (!Number.isInteger(port) || port < 1 || port > 65535) continue;
+      const args: Record<string, unknown> = { ...rec.connect, transport: 'tcp', traddr: e.traddr, trsvcid: port, nqn: e.subnqn };
+      if (rec.discovery.hostnqn !== undefined && args.hostnqn === undefined) args.hostnqn = rec.discovery.hostnqn;
+      if (rec.discovery.hostid !== undefined && args.hostid === undefined) args.hostid = rec.discovery.hostid;
+      try {
+        checkArgs(args, this.o.connect.specs);
+        this.o.connect.controllerOptions(args);
+      } catch (err) {
+        this.log(`${rec.name}: skipping ${e.subnqn.slice(0, 223)}: ${(err as Error).message}`);
+        continue;
+      }
+      want.add(pathKey(args));
+      const existing = this.samePath(args);
+      if (existing !== undefined) {
+        rec.owned.add(existing.name);
+        continue;
+      }
+      const name = allocateName(this.entries.keys());
+      const ent = this.newEntry(name, args);
+      this.entries.set(name, ent);
+      rec.owned.add(name);
+      this.log(`${rec.name}: new subsystem ${e.subnqn} at ${e.traddr}:${e.trsvcid}: connecting as ${name}`);
+      opening.push(this.tryOpen(ent));
+    }
+    await Promise.all(opening);
+    if (rec.disconnectRemoved) {
+      const gone: Entry[] = [];
+      for (const n of [...rec.owned]) {
+        const ent = this.entries.get(n);
+        if (ent === undefined) rec.owned.delete(n);
+        else if (!want.has(pathKey(ent.args))) {
+          rec.owned.delete(n);
+          gone.push(ent);
+          this.log(`${rec.name}: ${String(ent.args.nqn)} left the discovery log: disconnecting ${n}`);
+        }
+      }
+      if (gone.length > 0) await this.closeEntries(gone).catch((err: unknown) => this.log(`${rec.name}: ${(err as Error).message}`));
+    }
+  }
+
+  private async closeDiscoveries(list: DiscoveryRecord[]): Promise<string[]> {
+    for (const r of list) {
+      await r.pd.close();
+      this.discoveries.delete(r.name);
+    }
+    await this.saveDiscoveries();
+    return list.map((r) => r.name);
+  }
+
+  private saveDiscoveries(): Promise<void> {
+    const list = [...this.discoveries.values()].filter((r) => r.saved).map((r) => ({
+      name: r.name, discovery: withoutSecrets(r.discovery), connect: withoutSecrets(r.connect), disconnectRemoved: r.disconnectRemoved,
+    }));
+    this.discoveryWrite = this.discoveryWrite.catch(() => undefined).then(() => writeDiscoveryFile(this.discoveryFile, list));
+    return this.discoveryWrite.catch((err: unknown) => this.log(`cannot write ${this.discoveryFile}: ${(err as Error).message}`));
+  }
+
+  // -------------------------------------------------------------------------------------------
   // Listing and admin pass-through
   // -------------------------------------------------------------------------------------------
 
@@ -612,6 +915,8 @@ export class Daemon {
       subnqn: e.args.nqn,
       traddr: e.args.traddr,
       trsvcid: e.args.trsvcid,
+      // The connect options it was made with (no secrets): for --dump-config and a CSI driver.
+      args: withoutSecrets(e.args),
     };
     const s = e.session;
     if (s === undefined) return { ...base, exports: e.adopt.map((d) => ({ name: d.export, device: d.device })) };
@@ -723,6 +1028,7 @@ export class Daemon {
         else this.server.close(() => resolve());
       });
       for (const c of this.conns) c.destroy();
+      for (const r of this.discoveries.values()) await r.pd.close();
       let first: unknown;
       for (const e of this.entries.values()) {
         await this.closeEntry(e, this.o.keepAttached === true).catch((err: unknown) => {

@@ -5,6 +5,11 @@
  * (CC.SHN), removes the control socket and exits 0.
  */
 import * as path from 'node:path';
+import { spawn } from 'node:child_process';
+import { loadConfig, planEntries } from '../config-files';
+import type { PlannedEntry } from '../config-files';
+import { DEFAULT_IO_PORT, addressFromArgs } from './connect';
+import { DEFAULT_DISCOVERY_PORT } from './discover';
 import type { OptionSpec } from '../args';
 import type { Verb } from '../verb';
 import { stateDir } from '../../controller/host-identity';
@@ -28,7 +33,20 @@ const OPTIONS: readonly OptionSpec[] = [
   { long: 'holder', type: 'string', metavar: 'tcp:HOST:PORT', help: '(internal) run as the NBD holder listening here' },
   { long: 'holder-backend', type: 'string', metavar: 'PATH', help: '(internal) the daemon socket a holder relays to' },
   { long: 'holder-pid-file', type: 'string', metavar: 'PATH', help: '(internal) where a holder records itself' },
+  { long: 'config', type: 'string', metavar: 'FILE', help: 'connect the entries of FILE at start (config.json layout or discovery.conf lines) instead of /etc/nvme/discovery.conf and config.json' },
+  { long: 'no-config', type: 'boolean', help: 'do not read any config file at start' },
 ];
+
+/**
+ * Tell systemd we are ready (Type=notify). Node cannot send on the notify socket itself (no
+ * unix datagram sockets), so `systemd-notify --ready` does it; as root `--pid` attributes the
+ * message to us even after systemd-notify exits (the unit also sets NotifyAccess=all).
+ */
+function notifySystemd(status: string): void {
+  if (process.env.NOTIFY_SOCKET === undefined || process.env.NOTIFY_SOCKET === '') return;
+  const child = spawn('systemd-notify', ['--ready', `--pid=${process.pid}`, `--status=${status}`], { stdio: 'ignore' });
+  child.on('error', (err) => process.stderr.write(`systemd-notify: ${err.message}\n`));
+}
 
 /** The daemon's view of the connect verb (its options, defaults and output). */
 export function connectBinding(): ConnectBinding {
@@ -50,6 +68,18 @@ export function connectBinding(): ConnectBinding {
   };
 }
 
+/** The config entries the daemon applies at start (`--config FILE`, else the /etc/nvme files that exist). */
+export function daemonConfigPlan(opts: Record<string, unknown>): PlannedEntry[] {
+  const cfg = loadConfig(typeof opts.config === 'string' ? { file: opts.config } : {});
+  const known = new Set(connectVerb.options.map((o) => o.long));
+  return planEntries(cfg.entries, known, {}, (kind, args) => {
+    args.trsvcid ??= kind === 'discovery' ? DEFAULT_DISCOVERY_PORT : DEFAULT_IO_PORT;
+    args['output-format'] ??= 'normal';
+    if (kind === 'io') controllerOptionsFromArgs({ ...args, transport: 'tcp' });
+    else addressFromArgs({ transport: 'tcp', ...args });
+  });
+}
+
 export const verb: Verb = {
   name: 'daemon',
   summary: 'run the engine that owns all controllers, with its control socket (foreground)',
@@ -69,6 +99,9 @@ export const verb: Verb = {
       return 0;
     }
     const dir = stateDir();
+    // The config is read and checked before anything starts: a bad file is a clear error and
+    // nothing of it is applied.
+    const plan = opts['no-config'] === true ? [] : daemonConfigPlan(opts);
     const nbd = parseDaemonNbdSpec(typeof opts.nbd === 'string' ? opts.nbd : `unix:${path.join(dir, 'nbd')}`);
     protectFromOomKiller();
     // Listen for signals before anything can print "ready" (scripts signal right after).
@@ -83,7 +116,9 @@ export const verb: Verb = {
       log: (m) => process.stderr.write(`${m}\n`),
     });
     const where = 'unixDir' in nbd ? `unix:${nbd.unixDir}` : `tcp:${nbd.tcp.host}:${nbd.tcp.basePort}+N`;
-    process.stdout.write(`nvmf-nbd daemon ready: control ${d.controlPath}, state ${d.stateFile}, nbd ${where}\n`);
+    d.applyConfig(plan);
+    process.stdout.write(`nvmf-nbd daemon ready: control ${d.controlPath}, state ${d.stateFile}, nbd ${where}${plan.length > 0 ? `, ${plan.length} config entr${plan.length === 1 ? 'y' : 'ies'}` : ''}\n`);
+    notifySystemd(`control ${d.controlPath}`);
     const sig = await signalled;
     process.stderr.write(`${sig}: shutting down\n`);
     await d.shutdown();

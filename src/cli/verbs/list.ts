@@ -7,6 +7,7 @@ import { usageError } from '../args';
 import { stateDir } from '../../controller/host-identity';
 import { CONTROL_OPTION, ControlVerb, requestDaemon } from '../../engine/control';
 import { formatBytes, formatJson, formatTable, outputFormat } from '../output';
+import { dumpConfig } from './connect-all';
 
 interface ListedExport { name?: string; nsid?: number; size?: number; blockSize?: number; endpoint?: string; device?: string | null }
 interface ListedQueue { qid?: number; commands?: number; bytesIn?: number; bytesOut?: number; errors?: number; inFlight?: number; waiting?: number; sqFlowControl?: boolean; c2hSuccess?: number; c2hSuccessWithSqFlow?: number }
@@ -14,6 +15,12 @@ interface ListedController {
   name?: string; state?: string; subnqn?: string; traddr?: string; trsvcid?: number; cntlid?: number; model?: string;
   reconnects?: number; lastError?: { code?: string; message?: string } | null; exports?: ListedExport[];
   queues?: { admin?: ListedQueue; io?: ListedQueue[] };
+  args?: Record<string, unknown>; hostnqn?: string;
+}
+
+interface ListedDiscovery {
+  name?: string; state?: string; traddr?: string; trsvcid?: number; genctr?: number | null; notices?: number; reconnects?: number;
+  referrals?: string[]; controllers?: string[]; persistent?: boolean; notify?: boolean | null; lastError?: { code?: string; message?: string } | null;
 }
 
 function cell(v: unknown): string {
@@ -24,6 +31,15 @@ function cell(v: unknown): string {
 function c2hSuccessCell(q: ListedQueue): string {
   if (q.c2hSuccess === undefined) return '-';
   return q.c2hSuccessWithSqFlow !== undefined && q.c2hSuccessWithSqFlow > 0 ? `${q.c2hSuccess} (${q.c2hSuccessWithSqFlow} with SQ flow)` : String(q.c2hSuccess);
+}
+
+/** Human table of the daemon's discovery controllers (empty string when there are none). */
+export function formatDiscoveryList(ds: readonly ListedDiscovery[]): string {
+  if (ds.length === 0) return '';
+  return `\n${formatTable(['DISCOVERY', 'STATE', 'ADDRESS', 'GENCTR', 'AEN', 'NOTICES', 'RECONNECTS', 'REFERRALS', 'CONTROLLERS'], ds.map((d) => [
+    cell(d.name), cell(d.state), `${cell(d.traddr)}:${cell(d.trsvcid)}`, cell(d.genctr), d.notify === true ? 'yes' : d.notify === false ? 'poll' : '-',
+    cell(d.notices ?? 0), cell(d.reconnects ?? 0), (d.referrals ?? []).join(',') || '-', (d.controllers ?? []).join(',') || '-',
+  ]))}`;
 }
 
 /** Human rendering of the daemon's list result. */
@@ -58,12 +74,17 @@ export const verb: Verb = {
   usage: 'nvmf-nbd list [-o normal|json] [--control PATH]',
   options: [
     { long: 'output-format', short: 'o', type: 'string', metavar: 'normal|json', help: 'output format', default: 'normal' },
+    { long: 'dump-config', type: 'boolean', help: 'print the connected controllers as config.json (libnvme layout, no secrets)' },
     CONTROL_OPTION,
   ],
   async run(opts) {
     const format = outputFormat(opts['output-format'], usageError);
-    const r = (await requestDaemon(opts, stateDir(), ControlVerb.LIST)) as { controllers: ListedController[] };
-    process.stdout.write(format === 'json' ? formatJson(r) : formatList(r.controllers));
+    const r = (await requestDaemon(opts, stateDir(), ControlVerb.LIST)) as { controllers: ListedController[]; discovery?: ListedDiscovery[] };
+    if (opts['dump-config'] === true) {
+      process.stdout.write(dumpConfig(r.controllers.map((c) => ({ ...(c.args ?? {}), ...(c.hostnqn !== undefined && c.args?.hostnqn === undefined ? { hostnqn: c.hostnqn } : {}) }))));
+      return 0;
+    }
+    process.stdout.write(format === 'json' ? formatJson(r) : formatList(r.controllers) + formatDiscoveryList(r.discovery ?? []));
     return 0;
   },
 };
