@@ -14,6 +14,13 @@
  * | anything else, any transport error                    | EIO                             |
  * | NVMF_ERR_UNSUPPORTED / NAMESPACE_UNSUPPORTED          | ENOTSUP                         |
  * | NVMF_ERR_INVALID_ARGUMENT                             | EINVAL                          |
+ *
+ * The errno is decided once, by the first layer that knows why a request failed, and never
+ * overwritten: the resilience layer knows the controller state (ESHUTDOWN while deleting, EIO
+ * after ctrl_loss_tmo or for a namespace fenced after a format change), the session knows a
+ * namespace was removed (EIO), the device knows the request's bounds and mode (EINVAL, ENOSPC,
+ * EPERM, ENOTSUP); an error that arrives without one (an NVMe status, a transport error) gets it
+ * here, from the table above and the operation.
  */
 import type { NvmeStatus } from '../errors';
 import { ErrorCode, NvmfNbdError } from '../errors';
@@ -52,9 +59,10 @@ export function nvmeStatusToErrno(s: NvmeStatus, op: BlockOp): NbdErrnoValue {
   }
 }
 
-/** Map any error of the host engine to the NBD errno. */
+/** The NBD errno of any error of the host engine: the one already decided, else from the table. */
 export function errorToErrno(err: unknown, op: BlockOp): NbdErrnoValue {
   if (!(err instanceof NvmfNbdError)) return NbdErrno.EIO;
+  if (err.errno !== undefined) return err.errno as NbdErrnoValue;
   if (err.status !== undefined) return nvmeStatusToErrno(err.status, op);
   switch (err.code) {
     case ErrorCode.UNSUPPORTED:
@@ -68,13 +76,14 @@ export function errorToErrno(err: unknown, op: BlockOp): NbdErrnoValue {
 }
 
 /**
- * Return an `NvmfNbdError` with `errno` set for the NBD layer, keeping the original code and
- * NVMe status (the original error becomes the cause).
+ * Return an `NvmfNbdError` with `errno` set for the NBD layer: the error itself when a lower
+ * layer already decided its errno (never overwritten), else a copy with the errno from the
+ * table, keeping the original code and NVMe status (the original error becomes the cause).
  */
 export function withErrno(err: unknown, op: BlockOp): NvmfNbdError {
+  if (err instanceof NvmfNbdError && err.errno !== undefined) return err;
   const errno = errorToErrno(err, op);
   if (err instanceof NvmfNbdError) {
-    if (err.errno === errno) return err;
     return new NvmfNbdError(err.code, err.message, { cause: err, status: err.status, errno, fes: err.fes, fei: err.fei });
   }
   return new NvmfNbdError(ErrorCode.CONNECTION_CLOSED, `${op} failed: ${String(err)}`, { cause: err, errno });

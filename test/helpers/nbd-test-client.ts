@@ -29,6 +29,12 @@ interface Waiting {
   reject: (e: Error) => void;
 }
 
+/** Handshake choices. */
+export interface HandshakeOptions {
+  /** Ask for NBD_INFO_BLOCK_SIZE in NBD_OPT_GO (agree to the server's block-size constraints). */
+  requestBlockSize?: boolean;
+}
+
 /** Where to connect. */
 export type Endpoint = { host?: string; port: number } | { path: string };
 
@@ -36,6 +42,8 @@ export type Endpoint = { host?: string; port: number } | { path: string };
 export class NbdTestClient {
   size = 0n;
   transmissionFlags = 0;
+  /** NBD_INFO_BLOCK_SIZE as the server answered it (only when the client asked for it). */
+  blockSizes: { min: number; preferred: number; max: number } | undefined;
   private cookie = 1n;
   private readonly waiting = new Map<bigint, Waiting>();
   private buf: Buffer = Buffer.alloc(0);
@@ -44,18 +52,18 @@ export class NbdTestClient {
   private constructor(private readonly sock: Duplex) {}
 
   /** Connect and negotiate `exportName` with NBD_OPT_GO. */
-  static async connect(ep: Endpoint, exportName: string, timeoutMs = 10_000): Promise<NbdTestClient> {
+  static async connect(ep: Endpoint, exportName: string, timeoutMs = 10_000, o: HandshakeOptions = {}): Promise<NbdTestClient> {
     const sock = 'path' in ep ? net.connect(ep.path) : net.connect(ep.port, ep.host ?? '127.0.0.1');
     sock.setNoDelay?.(true);
-    return NbdTestClient.overStream(sock, exportName, timeoutMs);
+    return NbdTestClient.overStream(sock, exportName, timeoutMs, o);
   }
 
   /** Negotiate `exportName` over an already connected stream (e.g. a child's stdin/stdout). */
-  static async overStream(sock: Duplex, exportName: string, timeoutMs = 10_000): Promise<NbdTestClient> {
+  static async overStream(sock: Duplex, exportName: string, timeoutMs = 10_000, o: HandshakeOptions = {}): Promise<NbdTestClient> {
     const c = new NbdTestClient(sock);
     const timer = setTimeout(() => sock.destroy(new Error('NBD handshake timed out')), timeoutMs);
     try {
-      await c.handshake(exportName);
+      await c.handshake(exportName, o.requestBlockSize === true);
     } finally {
       clearTimeout(timer);
     }
@@ -65,7 +73,7 @@ export class NbdTestClient {
     return c;
   }
 
-  private async handshake(name: string): Promise<void> {
+  private async handshake(name: string, requestBlockSize: boolean): Promise<void> {
     const reader = new HandshakeReader(this.sock);
     const hello = await reader.read(18);
     if (hello.readBigUInt64BE(0) !== NBDMAGIC || hello.readBigUInt64BE(8) !== IHAVEOPT) throw new Error('bad NBD greeting');
@@ -74,13 +82,18 @@ export class NbdTestClient {
     const cflags = Buffer.alloc(4);
     cflags.writeUInt32BE(1 | (noZeroes ? 2 : 0));
     const nameBuf = Buffer.from(name, 'utf8');
-    const opt = Buffer.alloc(16 + 4 + nameBuf.length + 2);
+    // With requestBlockSize one info request, NBD_INFO_BLOCK_SIZE (3): the client then agrees to
+    // the server's block-size constraints. Without it (like the kernel and nbd-client) it has
+    // agreed to none.
+    const infos = requestBlockSize ? [3] : [];
+    const opt = Buffer.alloc(16 + 4 + nameBuf.length + 2 + 2 * infos.length);
     opt.writeBigUInt64BE(IHAVEOPT, 0);
     opt.writeUInt32BE(7, 8); // NBD_OPT_GO
-    opt.writeUInt32BE(4 + nameBuf.length + 2, 12);
+    opt.writeUInt32BE(4 + nameBuf.length + 2 + 2 * infos.length, 12);
     opt.writeUInt32BE(nameBuf.length, 16);
     nameBuf.copy(opt, 20);
-    opt.writeUInt16BE(0, 20 + nameBuf.length);
+    opt.writeUInt16BE(infos.length, 20 + nameBuf.length);
+    infos.forEach((t, i) => opt.writeUInt16BE(t, 22 + nameBuf.length + 2 * i));
     this.sock.write(Buffer.concat([cflags, opt]));
     for (;;) {
       const h = await reader.read(20);
@@ -92,6 +105,10 @@ export class NbdTestClient {
       if (type === 3 && body.readUInt16BE(0) === 0) {
         this.size = body.readBigUInt64BE(2);
         this.transmissionFlags = body.readUInt16BE(10);
+        continue;
+      }
+      if (type === 3 && body.readUInt16BE(0) === 3 && body.length >= 14) {
+        this.blockSizes = { min: body.readUInt32BE(2), preferred: body.readUInt32BE(6), max: body.readUInt32BE(10) };
         continue;
       }
       if (type >= 0x80000000) throw Object.assign(new Error(`NBD_OPT_GO refused: 0x${type.toString(16)} ${body.toString()}`), { nbdOptError: type });
