@@ -15,6 +15,9 @@
 #                      the embedded one) --nsid N --runtime S --ramp S --queues N --queue-size N
 #                      --region MiB --jobs ... --no-prefill --target-cpu N
 #                      (WRITES DESTROY DATA in the first --region MiB of the namespace)
+#   --only auth        the DH-HMAC-CHAP cost: connect and reconnect times without authentication and
+#                      with null/ffdhe2048/ffdhe4096 (ARGS go to dist/bench/auth-bench.js: --runs N
+#                      --queues N --groups none,null,2048,4096,8192)
 #   --only profile     CPU-profile the bridge (V8 profiler) during one job (default 4k-randread-qd32,
 #                      --profile-job NAME to change) and its top-10 self-time functions
 # Environment: BENCH_RUNTIME (seconds per job, default 5), BENCH_RAMP (warm-up seconds, default 1),
@@ -27,11 +30,11 @@ only=""
 if [ "${1:-}" = "--only" ]; then
   only="${2:-}"
   shift 2 || die "--only needs nbd, engine or profile"
-  case "$only" in nbd|engine|profile) ;; *) die "--only '$only': use nbd, engine or profile" ;; esac
+  case "$only" in nbd|engine|profile|auth) ;; *) die "--only '$only': use nbd, engine, auth or profile" ;; esac
 elif [ "$#" -gt 0 ]; then
   case "$1" in
-    -h|--help) sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) die "arguments need --only nbd|engine|profile first (see --help)" ;;
+    -h|--help) sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) die "arguments need --only nbd|engine|auth|profile first (see --help)" ;;
   esac
 fi
 
@@ -57,4 +60,5 @@ case "$only" in
   nbd) node dist/bench/nbd-bench.js --cpu "$cpu" "$@" ;;
   engine) "${engine_prefix[@]}" node dist/bench/engine-bench.js "$@" ;;
   profile) node dist/bench/nbd-bench.js --cpu "$cpu" --profile "$@" ;;
+  auth) "${engine_prefix[@]}" node dist/bench/auth-bench.js "$@" ;;
 esac

@@ -43,6 +43,8 @@ export interface DhchapHostOptions {
   readonly dhgroups?: readonly DhchapGroupId[];
   /** Deadline of each Authentication Send/Receive (default 10 s). */
   readonly stepTimeoutMs?: number;
+  /** Called after each successful authentication of a queue (every queue, every reconnect). */
+  readonly onAuthenticated?: (e: AuthOutcome & { readonly qid: number }) => void;
 }
 
 /** What a queue must offer to be authenticated: the two Fabrics authentication commands. */

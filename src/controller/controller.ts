@@ -240,7 +240,9 @@ export class Controller extends EventEmitter {
         authenticate: async (qp: QueuePair): Promise<unknown> => {
           const outcome = await authenticateQueue(qp, { hostnqn: o.hostnqn, subnqn: o.subnqn, tid: this.nextTid++ & 0xffff, dhchap });
           if (qp.qid === 0) this.authentication = outcome;
-          this.emit('authenticated', { qid: qp.qid, ...outcome });
+          const e = { qid: qp.qid, ...outcome };
+          this.emit('authenticated', e);
+          dhchap.onAuthenticated?.(e);
           return outcome;
         },
       }),

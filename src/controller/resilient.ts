@@ -31,6 +31,7 @@
  * Hence KATO 0 (never expire) is refused: with it no wait is long enough.
  */
 import { EventEmitter } from 'node:events';
+import type { AuthOutcome } from './auth';
 import { ErrorCode, NvmfNbdError } from '../errors';
 import { NbdErrno } from '../block/errno';
 import type { NamespaceBackend } from '../block/nvme-device';
@@ -217,6 +218,8 @@ export class ResilientController extends EventEmitter implements NamespaceBacken
   // ---- the current association's facts ------------------------------------------------------
 
   get cntlid(): number { return this.ctrl.cntlid; }
+  /** DH-HMAC-CHAP outcome of the current association's admin queue (undefined without one). */
+  get authentication(): AuthOutcome | undefined { return this.ctrl.authentication; }
   get identify(): IdentifyController { return this.ctrl.identify; }
   get identifyRaw(): Buffer { return this.ctrl.identifyRaw; }
   get namespaces(): ReadonlyMap<number, NamespaceInfo> { return this.ctrl.namespaces; }

@@ -23,7 +23,7 @@ import type { OutputFormat } from '../output';
 import { waitForShutdownSignal } from '../signals';
 import { HANDOFF_OPTIONS, handOffConnect } from '../../engine/control';
 import { ErrorCode, NvmfNbdError } from '../../errors';
-import type { DhchapHostOptions } from '../../controller/auth';
+import { describeOutcome, type AuthOutcome, type DhchapHostOptions } from '../../controller/auth';
 import { loadDhchapSecret } from '../../controller/dhchap-secret';
 
 /** Default NVMe/TCP I/O port (IANA 4420). */
@@ -218,7 +218,11 @@ export function describeNamespace(ns: NamespaceInfo): Record<string, unknown> {
 }
 
 /** What describeController/formatController read: a Controller or a ResilientController. */
-export type DescribableController = Pick<Controller, 'cntlid' | 'options' | 'identify' | 'ioQueueCount' | 'maxTransfer'> & { readonly namespaces: ReadonlyMap<number, NamespaceInfo> };
+export type DescribableController = Pick<Controller, 'cntlid' | 'options' | 'identify' | 'ioQueueCount' | 'maxTransfer'> & {
+  readonly namespaces: ReadonlyMap<number, NamespaceInfo>;
+  /** DH-HMAC-CHAP outcome of the admin queue, when it authenticated. */
+  readonly authentication?: AuthOutcome | undefined;
+};
 
 /** A JSON-friendly description of a connected controller. */
 export function describeController(c: DescribableController): Record<string, unknown> {
@@ -233,6 +237,7 @@ export function describeController(c: DescribableController): Record<string, unk
     firmware: c.identify.fr,
     ioQueues: c.ioQueueCount,
     maxTransfer: c.maxTransfer,
+    ...(c.authentication !== undefined ? { authentication: describeOutcome(c.authentication) } : {}),
     namespaces: [...c.namespaces.values()].map(describeNamespace),
   };
 }
