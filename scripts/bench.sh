@@ -33,7 +33,7 @@ if [ "${1:-}" = "--only" ]; then
   case "$only" in nbd|engine|profile|auth) ;; *) die "--only '$only': use nbd, engine, auth or profile" ;; esac
 elif [ "$#" -gt 0 ]; then
   case "$1" in
-    -h|--help) sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "arguments need --only nbd|engine|auth|profile first (see --help)" ;;
   esac
 fi
