@@ -242,10 +242,16 @@ export function describeController(c: DescribableController): Record<string, unk
   };
 }
 
+/** `{ authentication: 'sha256 ffdhe2048 bidirectional' }` when the controller authenticated, else `{}`. */
+export function authenticationField(c: { readonly authentication?: AuthOutcome | undefined }): { authentication?: string } {
+  return c.authentication !== undefined ? { authentication: describeOutcome(c.authentication) } : {};
+}
+
 /** Human rendering of {@link describeController}. */
 export function formatController(c: DescribableController): string {
   const head = `controller ${c.cntlid}: ${c.options.subnqn} at ${c.options.traddr}:${c.options.trsvcid}\n` +
-    `  model ${c.identify.mn}, serial ${c.identify.sn}, firmware ${c.identify.fr}, ${c.ioQueueCount} I/O queues\n`;
+    `  model ${c.identify.mn}, serial ${c.identify.sn}, firmware ${c.identify.fr}, ${c.ioQueueCount} I/O queues\n` +
+    (c.authentication !== undefined ? `  authenticated (DH-HMAC-CHAP ${describeOutcome(c.authentication)})\n` : '');
   const rows = [...c.namespaces.values()].map((ns) => [
     String(ns.nsid), ns.usable ? formatBytes(Number(ns.nsze) * ns.lbaSize) : '-', String(ns.lbaSize), String(ns.nsze), ns.usable ? 'yes' : `no: ${ns.reasonIfNot ?? ''}`,
   ]);
@@ -317,7 +323,7 @@ export const verb: Verb = {
     const signalled = waitForShutdownSignal();
     if (opts.quiet !== true) {
       out.write(format === 'json'
-        ? formatJson({ ...session.describe(), namespaces: describeController(ctrl).namespaces })
+        ? formatJson({ ...session.describe(), ...authenticationField(ctrl), namespaces: describeController(ctrl).namespaces })
         : `${formatController(ctrl)}\n${formatExports(session)}`);
     }
     await Promise.race([signalled, stopped, ...(session.stdioClosed !== undefined ? [session.stdioClosed] : [])]);
