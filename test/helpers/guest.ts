@@ -45,7 +45,16 @@ export interface GuestOptions {
   share?: string;
   /** Milliseconds to wait for the guest to become ready, default 180000 (TCG on a busy machine). */
   bootTimeoutMs?: number;
+  /**
+   * Which guest: '6.1' (default; Debian 12's kernel, busybox initramfs, scripts/rig/build-guest.sh)
+   * or '6.12' (Debian 13's kernel with a trixie user space: nvme-cli 2.13, tlshd, keyutils;
+   * scripts/rig/build-guest-612.sh). `share` works on both.
+   */
+  kernel?: GuestKernel;
 }
+
+/** The rig's guest kernels. */
+export type GuestKernel = '6.1' | '6.12';
 
 /** Result of {@link Guest.exec}. */
 export interface ExecResult {
@@ -57,6 +66,7 @@ export interface ExecResult {
 
 const REPO_ROOT = findRepoRoot();
 const BUILD_SCRIPT = path.join(REPO_ROOT, 'scripts', 'rig', 'build-guest.sh');
+const BUILD_SCRIPT_612 = path.join(REPO_ROOT, 'scripts', 'rig', 'build-guest-612.sh');
 const CACHE_DIR = path.join(process.env.NVMF_NBD_CACHE ?? path.join(os.homedir(), '.cache', 'nvmf-nbd'), 'rig');
 
 /** Walk up from this file to the folder holding scripts/rig (works from test/ and dist/test/). */
@@ -87,8 +97,17 @@ function onPath(cmd: string): boolean {
  * Whether a guest can be booted here: QEMU and the tools the image is built from are present.
  * `reason` names what is missing (for `need()`).
  */
-export function guestAvailable(): { ok: boolean; reason: string } {
+export function guestAvailable(kernel: GuestKernel = '6.1'): { ok: boolean; reason: string } {
   if (process.platform !== 'linux') return { ok: false, reason: 'the QEMU rig needs Linux' };
+  if (kernel === '6.12') {
+    const cmds = ['qemu-system-x86_64', 'busybox', 'cpio', 'gzip', 'flock', 'xz', 'mke2fs', 'apt-get', 'dpkg'];
+    const missing = cmds.filter((c) => !onPath(c));
+    const built = fs.existsSync(path.join(CACHE_DIR, 'trixie')) && fs.readdirSync(path.join(CACHE_DIR, 'trixie')).some((n) => n.startsWith('root-'));
+    if (!built && !onPath('debootstrap')) missing.push('debootstrap');
+    if (!built && process.getuid?.() !== 0) missing.push('root (debootstrap of the trixie user space, once)');
+    if (missing.length > 0) return { ok: false, reason: `6.12 QEMU rig unavailable, missing: ${missing.join(', ')} (run 'bash scripts/setup.sh' as root)` };
+    return { ok: true, reason: '' };
+  }
   const cmds = ['qemu-system-x86_64', 'busybox', 'cpio', 'gzip', 'flock', 'nbd-client', 'mke2fs', 'e2fsck', 'nvme'];
   const missing = cmds.filter((c) => !onPath(c));
   const haveKernel = fs.existsSync(path.join(CACHE_DIR, 'kernel'));
@@ -101,31 +120,37 @@ export function guestAvailable(): { ok: boolean; reason: string } {
 interface Image {
   kernel: string;
   initrd: string;
+  /** The 6.12 guest's root image (opened with snapshot=on). */
+  rootfs?: string;
 }
 
-let imagePromise: Promise<Image> | undefined;
+const imagePromises = new Map<GuestKernel, Promise<Image>>();
 
 /** Build the image once per process (the script itself is idempotent and locked). */
-function buildImage(): Promise<Image> {
-  imagePromise ??= new Promise<Image>((resolve, reject) => {
-    execFile('bash', [BUILD_SCRIPT], { maxBuffer: 16 << 20, timeout: 600_000 }, (err, stdout, stderr) => {
+function buildImage(kernel: GuestKernel): Promise<Image> {
+  const have = imagePromises.get(kernel);
+  if (have !== undefined) return have;
+  const script = kernel === '6.12' ? BUILD_SCRIPT_612 : BUILD_SCRIPT;
+  const p = new Promise<Image>((resolve, reject) => {
+    execFile('bash', [script], { maxBuffer: 16 << 20, timeout: 900_000 }, (err, stdout, stderr) => {
       if (err) {
-        imagePromise = undefined;
-        reject(new Error(`scripts/rig/build-guest.sh failed: ${err.message}\n${stderr.slice(-4000)}`));
+        imagePromises.delete(kernel);
+        reject(new Error(`${path.basename(script)} failed: ${err.message}\n${stderr.slice(-4000)}`));
         return;
       }
       const kv = Object.fromEntries(
         stdout.split('\n').filter((l) => l.includes('=')).map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]),
       );
-      if (!kv.KERNEL || !kv.INITRD) {
-        imagePromise = undefined;
-        reject(new Error(`scripts/rig/build-guest.sh printed no KERNEL/INITRD:\n${stdout}\n${stderr.slice(-2000)}`));
+      if (!kv.KERNEL || !kv.INITRD || (kernel === '6.12' && !kv.ROOTFS)) {
+        imagePromises.delete(kernel);
+        reject(new Error(`${path.basename(script)} printed no KERNEL/INITRD:\n${stdout}\n${stderr.slice(-2000)}`));
         return;
       }
-      resolve({ kernel: kv.KERNEL, initrd: kv.INITRD });
+      resolve({ kernel: kv.KERNEL, initrd: kv.INITRD, rootfs: kv.ROOTFS });
     });
   });
-  return imagePromise;
+  imagePromises.set(kernel, p);
+  return p;
 }
 
 /** A free TCP port on 127.0.0.1 (bound then released: QEMU binds it right after). */
@@ -255,7 +280,7 @@ export class Guest {
    * Throws with the console log tail when QEMU exits or the guest does not get ready in time.
    */
   static async start(opts: GuestOptions = {}): Promise<Guest> {
-    const img = await buildImage();
+    const img = await buildImage(opts.kernel ?? '6.1');
     sweepStaleDirs();
     // A port picked free may be taken before QEMU binds it: pick again (only for hostPort 0).
     const canRetry = (opts.hostfwd ?? []).some((f) => f.hostPort === 0);
@@ -295,6 +320,10 @@ export class Guest {
       '-chardev', `socket,id=cmd,path=${sockPath},server=on,wait=off`,
       '-device', 'virtio-serial-pci', '-device', 'virtserialport,chardev=cmd,name=nvmf.cmd',
     ];
+    if (img.rootfs !== undefined) {
+      // snapshot=on: the guest writes to a throw-away overlay, never to the cached image.
+      args.push('-drive', `file=${img.rootfs.replace(/,/g, ',,')},if=virtio,format=raw,snapshot=on,cache=unsafe`);
+    }
     if (opts.share !== undefined) {
       const share = path.resolve(opts.share);
       args.push('-virtfs', `local,path=${share.replace(/,/g, ',,')},mount_tag=host,security_model=none,readonly=on`);
@@ -516,7 +545,7 @@ function portDir(port: number): string {
  */
 export async function setupNvmet(
   g: Guest,
-  o: { port?: number; subsystems: NvmetSubsystem[] },
+  o: { port?: number; subsystems: NvmetSubsystem[]; tls?: NvmetTls },
 ): Promise<void> {
   const lines = ['set -e'];
   for (const s of o.subsystems) {
@@ -525,14 +554,30 @@ export async function setupNvmet(
     for (const n of s.namespaces) lines.push(namespaceScript(s.nqn, n.nsid, n.sizeMiB, true));
   }
   await g.exec(lines.join('\n'));
-  await addNvmetPort(g, o.port);
+  await addNvmetPort(g, o.port, o.tls);
+}
+
+/**
+ * TLS on an nvmet port (6.12 guest only): `addr_tsas` tls1.3 and `addr_treq` required or
+ * "not required". The PSKs come from the kernel's .nvme keyring (see {@link insertGuestTlsKey}),
+ * the handshake from tlshd.
+ */
+export type NvmetTls = 'required' | 'not required';
+
+/**
+ * Put the TLS PSK derived from a configured key into the guest's .nvme keyring with nvme-cli
+ * (`nvme check-tls-key --insert`), for identity version 0 or 1. Prints nvme-cli's output.
+ */
+export async function insertGuestTlsKey(g: Guest, o: { key: string; hostnqn: string; subnqn: string; identity?: 0 | 1 }): Promise<string> {
+  const r = await g.exec(`nvme check-tls-key --insert -d ${shq(o.key)} -n ${shq(o.hostnqn)} -c ${shq(o.subnqn)} -I ${o.identity ?? 0}`);
+  return r.out;
 }
 
 /**
  * Create the TCP port (default 4420) if needed and link every subsystem into it, so the
  * target listens (again). Undoes {@link removeNvmetPort}.
  */
-export async function addNvmetPort(g: Guest, port = 4420): Promise<void> {
+export async function addNvmetPort(g: Guest, port = 4420, tls?: NvmetTls): Promise<void> {
   const pd = portDir(port);
   await g.exec(
     [
@@ -541,6 +586,7 @@ export async function addNvmetPort(g: Guest, port = 4420): Promise<void> {
       `  mkdir ${pd}`,
       `  echo tcp > ${pd}/addr_trtype; echo ipv4 > ${pd}/addr_adrfam`,
       `  echo 0.0.0.0 > ${pd}/addr_traddr; echo ${port} > ${pd}/addr_trsvcid`,
+      ...(tls !== undefined ? [`  echo tls1.3 > ${pd}/addr_tsas; echo ${shq(tls)} > ${pd}/addr_treq`] : []),
       'fi',
       `for s in ${NVMET}/subsystems/*; do`,
       '  [ -d "$s" ] || continue',
