@@ -48,6 +48,7 @@ export async function connectAdminOnly(opts: Record<string, unknown>): Promise<{
   const ctrl = await Controller.connect({
     traddr: a.traddr, trsvcid: a.trsvcid, subnqn, hostnqn: a.hostnqn, hostid: a.hostid, hdgst: a.hdgst, ddgst: a.ddgst,
     nrIoQueues: 0, kato: 0,
+    ...(a.dhchap !== undefined ? { dhchap: a.dhchap } : {}),
   });
   return { ctrl, format: a.format };
 }
