@@ -53,6 +53,8 @@ describe('DH-HMAC-CHAP with the Linux kernel (6.12 guest)', { timeout: 1_800_000
   let nvmetPort = 0;
   let skipReason = '';
   let cliKey: DhchapKey | undefined;
+  /** Host keys with hash indicators 0..3, made by the guest's nvme-cli. */
+  const cliKeys: DhchapKey[] = [];
   const ctrlKey = generateDhchapKey({ keyLength: 48 });
   const guestHostKey = generateDhchapKey({ hmac: 1, nqn: GUEST_HOSTNQN });
   const guestCtrlKey = generateDhchapKey({ keyLength: 64 });
@@ -87,6 +89,9 @@ describe('DH-HMAC-CHAP with the Linux kernel (6.12 guest)', { timeout: 1_800_000
     // The host key as nvme-cli 2.13 in the guest makes it.
     const made = await g.exec(`nvme gen-dhchap-key --hmac=1 --nqn=${HOSTNQN}`);
     cliKey = parseDhchapKey(made.out.trim());
+    for (const [hmac, len] of [[0, 48], [1, 32], [2, 48], [3, 64]] as const) {
+      cliKeys.push(parseDhchapKey((await g.exec(`nvme gen-dhchap-key --hmac=${hmac} --key-length=${len} --nqn=${HOSTNQN}`)).out.trim()));
+    }
   });
 
   after(async () => {
@@ -127,7 +132,6 @@ describe('DH-HMAC-CHAP with the Linux kernel (6.12 guest)', { timeout: 1_800_000
 
   it('our host → Linux nvmet: each hash × null/ffdhe2048 (and ffdhe4096), uni- and bidirectional, key from nvme-cli 2.13; I/O on every queue', async (t) => {
     if (!ready(t)) return;
-    const key = cliKey as DhchapKey;
     const cases: Array<[DhchapHashId, DhchapGroupId, boolean]> = [];
     for (const h of [DhchapHash.SHA256, DhchapHash.SHA384, DhchapHash.SHA512]) {
       cases.push([h, DhchapGroup.NULL, false], [h, DhchapGroup.FFDHE2048, true]);
@@ -135,6 +139,8 @@ describe('DH-HMAC-CHAP with the Linux kernel (6.12 guest)', { timeout: 1_800_000
     cases.push([DhchapHash.SHA256, DhchapGroup.FFDHE2048, false], [DhchapHash.SHA512, DhchapGroup.NULL, true], [DhchapHash.SHA384, DhchapGroup.FFDHE4096, true]);
     let i = 0;
     for (const [hash, group, bidi] of cases) {
+      // Host keys with every hash indicator (the transformation uses the key's own hash).
+      const key = cliKeys[i % cliKeys.length] as DhchapKey;
       await nvmetHost({ key, ...(bidi ? { ctrlKey } : {}), hash, group });
       const queues: number[] = [];
       const t0 = Date.now();
@@ -153,7 +159,7 @@ describe('DH-HMAC-CHAP with the Linux kernel (6.12 guest)', { timeout: 1_800_000
       } finally {
         await c.close();
       }
-      t.diagnostic(`${HASH_NAME[hash]} ${GROUP_NAME[group]} ${bidi ? 'bidirectional' : 'unidirectional'}: connect ${ms} ms`);
+      t.diagnostic(`${HASH_NAME[hash]} ${GROUP_NAME[group]} ${bidi ? 'bidirectional' : 'unidirectional'}, host key DHHC-1:0${key.hmac}: connect ${ms} ms`);
       i++;
     }
   });

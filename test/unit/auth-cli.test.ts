@@ -12,7 +12,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseArgs } from '../../src/cli/args';
-import { dhchapFromArgs, verb as connectVerb } from '../../src/cli/verbs/connect';
+import { absoluteSecretReferences, dhchapFromArgs, verb as connectVerb } from '../../src/cli/verbs/connect';
 import { dhchapTargetOptions, verb as targetVerb } from '../../src/cli/verbs/target';
 import { loadDhchapSecret } from '../../src/controller/dhchap-secret';
 import { formatDhchapKey, generateDhchapKey } from '../../src/wire/dhchap';
@@ -93,6 +93,9 @@ test('-S/--dhchap-secret and -C/--dhchap-ctrl-secret as in nvme-cli; --connectio
   assert.equal(d?.ctrlSecret?.key.length, 64);
   assert.throws(() => dhchapFromArgs({ 'dhchap-ctrl-secret': k2 }), { code: ErrorCode.CLI_USAGE });
   assert.equal(dhchapFromArgs({}), undefined);
+  const rel: Record<string, unknown> = { 'dhchap-secret': 'file:keys/host.key', 'dhchap-ctrl-secret': 'file:/abs/ctrl.key' };
+  absoluteSecretReferences(rel);
+  assert.deepEqual(rel, { 'dhchap-secret': `file:${path.resolve('keys/host.key')}`, 'dhchap-ctrl-secret': 'file:/abs/ctrl.key' }, 'relative references are made absolute for the daemon');
   assert.throws(() => parseArgs(['-C', '4'], connectVerb.options) && dhchapFromArgs(parseArgs(['-S', k1, '-C', '4'], connectVerb.options).options), { code: ErrorCode.DHCHAP_KEY_INVALID }, '-C 4 is a (bad) controller secret now');
 });
 

@@ -24,7 +24,7 @@ import { ControllerSession, parseNbdSpec } from '../../engine/session';
 import { protectFromOomKiller } from '../../engine/oom';
 import { ErrorCode, NvmfNbdError } from '../../errors';
 import { SubType, TrType } from '../../wire';
-import { ADDRESS_OPTIONS, DEFAULT_IO_PORT, addressFromArgs, checkTos, controllerOptionsFromArgs, describeController, formatController, formatExports, sourceAddressFromArgs, verb as connectVerb, withLinuxDefaults } from './connect';
+import { ADDRESS_OPTIONS, DEFAULT_IO_PORT, absoluteSecretReferences, addressFromArgs, checkTos, controllerOptionsFromArgs, describeController, formatController, formatExports, sourceAddressFromArgs, verb as connectVerb, withLinuxDefaults } from './connect';
 import { loadConfig, planEntries } from '../config-files';
 import type { PlannedEntry } from '../config-files';
 import { nvmeEtcDir } from '../../controller/host-identity';
@@ -123,6 +123,7 @@ export const verb: Verb = {
     return options();
   },
   async run(opts) {
+    absoluteSecretReferences(opts);
     const format = outputFormat(opts['output-format'], usageError);
     const quiet = opts.quiet === true;
     const plan = connectAllPlan(opts);

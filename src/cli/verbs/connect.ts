@@ -45,6 +45,17 @@ export const ADDRESS_OPTIONS: readonly OptionSpec[] = [
 ];
 
 /**
+ * Make `file:PATH` secret references absolute (in place), so a daemon that takes the connection
+ * over — whose working directory is not ours — and its state file name the same file.
+ */
+export function absoluteSecretReferences(opts: Record<string, unknown>): void {
+  for (const k of ['dhchap-secret', 'dhchap-ctrl-secret']) {
+    const v = opts[k];
+    if (typeof v === 'string' && v.startsWith('file:') && v.length > 5 && !path.isAbsolute(v.slice(5))) opts[k] = `file:${path.resolve(v.slice(5))}`;
+  }
+}
+
+/**
  * -S/--dhchap-secret and -C/--dhchap-ctrl-secret → DH-HMAC-CHAP options (undefined without -S).
  * @throws CLI_ERR_USAGE for -C without -S; CFG_ERR_DHCHAP_KEY_INVALID for a bad key or key file
  */
@@ -284,6 +295,7 @@ export const verb: Verb = {
   usage: 'nvmf-nbd connect -t tcp -a ADDR [-s PORT] -n SUBNQN [-q HOSTNQN] [-I HOSTID] [-i N] [-Q N] [-k SEC] [-g] [-G] [--disable-sqflow] [-S SECRET] [-C CTRL_SECRET] [--nbd unix:DIR|tcp:HOST:PORT] [--attach] [--connections N] [-o normal|json] [--foreground] [--control PATH]',
   options: [...CONNECT_OPTIONS, ...NBD_OPTIONS, ...HANDOFF_OPTIONS],
   async run(opts) {
+    absoluteSecretReferences(opts);
     const { format, ...copts } = controllerOptionsFromArgs(opts);
     const activated = socketActivationFd();
     const nbdArg = opts.stdio === true ? 'stdio' : typeof opts.nbd === 'string' ? opts.nbd : activated !== undefined ? `fd:${activated}` : undefined;
