@@ -208,6 +208,8 @@ interface DiscoveryRecord {
   readonly disconnectRemoved: boolean;
   /** Kept in discovery.json (connect-all -p); config-file entries are re-read at each start instead. */
   readonly saved: boolean;
+  /** `discover -p`: keep the discovery controller and its log current, connect nothing. */
+  readonly watchOnly: boolean;
   /** Controllers this discovery connected (or found connected) for entries of its log. */
   readonly owned: Set<string>;
   pd: PersistentDiscovery;
@@ -234,7 +236,7 @@ function allocateDiscoveryName(used: Iterable<string>): string {
 }
 
 /** Keys of connect options that configure the discovery controller itself. */
-const DISCOVERY_ARG_KEYS = new Set(['transport', 'traddr', 'trsvcid', 'nqn', 'hostnqn', 'hostid', 'hdr-digest', 'data-digest', 'host-traddr', 'host-iface', 'reconnect-delay', 'ctrl-loss-tmo', 'override-traddr', 'override-trsvcid']);
+const DISCOVERY_ARG_KEYS = new Set(['transport', 'traddr', 'trsvcid', 'nqn', 'hostnqn', 'hostid', 'hdr-digest', 'data-digest', 'host-traddr', 'host-iface', 'reconnect-delay', 'ctrl-loss-tmo', 'override-traddr', 'override-trsvcid', 'dhchap-secret', 'dhchap-ctrl-secret']);
 
 /** A discovery entry's options → the discovery controller's and those for the subsystems it lists. */
 export function splitDiscoveryArgs(args: Record<string, unknown>, specs: readonly OptionSpec[]): { dargs: Record<string, unknown>; cargs: Record<string, unknown> } {
@@ -249,7 +251,7 @@ export function splitDiscoveryArgs(args: Record<string, unknown>, specs: readonl
   return { dargs, cargs };
 }
 
-interface DiscoveryFileEntry { name: string; discovery: Record<string, unknown>; connect: Record<string, unknown>; disconnectRemoved: boolean }
+interface DiscoveryFileEntry { name: string; discovery: Record<string, unknown>; connect: Record<string, unknown>; disconnectRemoved: boolean; watchOnly: boolean }
 
 /**
  * The persistent discovery controllers a restarted daemon brings back (no secrets in it).
@@ -274,7 +276,7 @@ async function readDiscoveryFile(file: string): Promise<DiscoveryFileEntry[]> {
     if (!isRecordArg(x) || typeof x.name !== 'string' || !/^disc\d+$/.test(x.name) || !isRecordArg(x.discovery) || !isRecordArg(x.connect)) {
       throw new NvmfNbdError(ErrorCode.STATE_FILE_INVALID, `${file}: entry ${i} is malformed`);
     }
-    return { name: x.name, discovery: x.discovery, connect: x.connect, disconnectRemoved: x.disconnectRemoved === true };
+    return { name: x.name, discovery: x.discovery, connect: x.connect, disconnectRemoved: x.disconnectRemoved === true, watchOnly: x.watchOnly === true };
   });
 }
 
@@ -339,7 +341,7 @@ export class Daemon {
       d.log(`${r.name}: persistent discovery at ${String(r.discovery.traddr)}:${String(r.discovery.trsvcid)} from ${d.discoveryFile}`);
       try {
         d.checkDiscoveryArgs(r.discovery, r.connect);
-        d.startDiscovery(r.name, r.discovery, r.connect, { persistent: true, disconnectRemoved: r.disconnectRemoved });
+        d.startDiscovery(r.name, r.discovery, r.connect, { persistent: true, disconnectRemoved: r.disconnectRemoved, watchOnly: r.watchOnly });
       } catch (err) {
         d.log(`${r.name}: not restored: ${(err as Error).message}`);
       }
@@ -455,7 +457,7 @@ export class Daemon {
       case ControlVerb.LIST:
         return {
           controllers: [...this.entries.values()].sort((x, y) => Number(x.name.slice(4)) - Number(y.name.slice(4))).map((e) => this.describe(e)),
-          discovery: [...this.discoveries.values()].map((r) => ({ ...r.pd.describe(), persistent: r.persistent, disconnectRemoved: r.disconnectRemoved, controllers: [...r.owned].sort() })),
+          discovery: [...this.discoveries.values()].map((r) => ({ ...r.pd.describe(), persistent: r.persistent, disconnectRemoved: r.disconnectRemoved, watchOnly: r.watchOnly, controllers: [...r.owned].sort() })),
         };
       case ControlVerb.ID_CTRL:
         return this.idCtrl(a);
@@ -735,7 +737,7 @@ export class Daemon {
     }
     const name = allocateDiscoveryName(this.discoveries.keys());
     const persistent = a.persistent === true;
-    const r = this.startDiscovery(name, dargs, cargs, { persistent, disconnectRemoved: a.disconnectRemoved === true, once: !persistent });
+    const r = this.startDiscovery(name, dargs, cargs, { persistent, disconnectRemoved: a.disconnectRemoved === true, once: !persistent, watchOnly: a.watchOnly === true });
     await new Promise<void>((resolve, reject) => {
       const onRefresh = (): void => { r.pd.off('state', onState); resolve(); };
       const onState = (st: string): void => {
@@ -808,12 +810,12 @@ export class Daemon {
    * (unless one for that subsystem and path exists) and owned; with disconnectRemoved, an owned
    * controller whose entry left the log is disconnected.
    */
-  startDiscovery(name: string, dargs: Record<string, unknown>, cargs: Record<string, unknown>, o: { persistent: boolean; disconnectRemoved: boolean; once?: boolean; saved?: boolean }): DiscoveryRecord {
+  startDiscovery(name: string, dargs: Record<string, unknown>, cargs: Record<string, unknown>, o: { persistent: boolean; disconnectRemoved: boolean; once?: boolean; saved?: boolean; watchOnly?: boolean }): DiscoveryRecord {
     const base = this.o.connect.controllerOptions({ ...withoutOverrides(dargs), nqn: typeof dargs.nqn === 'string' ? dargs.nqn : DISCOVERY_NQN });
     const katoS = typeof dargs['keep-alive-tmo'] === 'number' ? dargs['keep-alive-tmo'] : undefined;
     const rec: DiscoveryRecord = {
       name, discovery: dargs, connect: cargs, persistent: o.persistent, disconnectRemoved: o.disconnectRemoved, owned: new Set(),
-      saved: o.saved ?? o.persistent,
+      saved: o.saved ?? o.persistent, watchOnly: o.watchOnly === true,
       pd: undefined as unknown as PersistentDiscovery,
     };
     rec.pd = new PersistentDiscovery({
@@ -821,6 +823,7 @@ export class Daemon {
       controller: {
         traddr: base.traddr, trsvcid: base.trsvcid, subnqn: base.subnqn, hostnqn: base.hostnqn, hostid: base.hostid,
         hdgst: base.hdgst, ddgst: base.ddgst, ...(base.hostTraddr !== undefined ? { hostTraddr: base.hostTraddr } : {}),
+        ...(base.dhchap !== undefined ? { dhchap: base.dhchap } : {}),
         ...(katoS !== undefined ? { kato: katoS * 1000 } : {}),
       },
       ...(typeof dargs['override-traddr'] === 'string' ? { overrideTraddr: dargs['override-traddr'] } : {}),
@@ -840,7 +843,7 @@ export class Daemon {
   }
 
   private async applyDiscoveryLog(rec: DiscoveryRecord, entries: readonly DiscoveryEntry[]): Promise<void> {
-    if (!this.running) return;
+    if (!this.running || rec.watchOnly) return;
     const want = new Set<string>();
     const opening: Array<Promise<void>> = [];
     for (const e of entries) {
@@ -896,7 +899,7 @@ export class Daemon {
 
   private saveDiscoveries(): Promise<void> {
     const list = [...this.discoveries.values()].filter((r) => r.saved).map((r) => ({
-      name: r.name, discovery: withoutSecrets(r.discovery), connect: withoutSecrets(r.connect), disconnectRemoved: r.disconnectRemoved,
+      name: r.name, discovery: withoutSecrets(r.discovery), connect: withoutSecrets(r.connect), disconnectRemoved: r.disconnectRemoved, watchOnly: r.watchOnly,
     }));
     this.discoveryWrite = this.discoveryWrite.catch(() => undefined).then(() => writeDiscoveryFile(this.discoveryFile, list));
     return this.discoveryWrite.catch((err: unknown) => this.log(`cannot write ${this.discoveryFile}: ${(err as Error).message}`));

@@ -213,3 +213,20 @@ test('list --dump-config prints what is connected as config.json (libnvme layout
   assert.equal(j[0]?.subsystems[0]?.ports[0]?.transport, 'tcp');
   assert.equal(typeof j[0]?.subsystems[0]?.ports[0]?.trsvcid, 'string');
 });
+
+test('discover -p prints the log and leaves the discovery controller with the daemon (connecting nothing)', T, async () => {
+  const p2 = t2!.address()!.port;
+  const before = (await list()).controllers.length;
+  const r = await cli(['discover', '-a', '127.0.0.1', '-s', String(p2), ...ID, '-p', '--control', control]);
+  assert.equal(r.code, 0, r.err);
+  assert.match(r.out, /Discovery Log Number of Records/);
+  assert.match(r.err, /disc\d: persistent discovery controller kept by the daemon/);
+  const l = await until('the watch-only discovery controller live', (x) => x.discovery.some((d) => d.state === 'live' && (d as { watchOnly?: boolean }).watchOnly === true));
+  const w = l.discovery.find((d) => (d as { watchOnly?: boolean }).watchOnly === true);
+  assert.deepEqual(w?.controllers, []);
+  assert.equal(l.controllers.length, before);
+  // disconnect -d discN removes a discovery controller (its controllers stay).
+  const d = await cli(['disconnect', '-d', w!.name, '--control', control]);
+  assert.equal(d.code, 0, d.err);
+  assert.equal((await list()).discovery.some((x) => x.name === w!.name), false);
+});

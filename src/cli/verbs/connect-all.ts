@@ -54,9 +54,9 @@ function options(): OptionSpec[] {
 }
 
 /** Options of the discovery controller itself (what add-discovery takes as `discovery`). */
-const DISCOVERY_KEYS = ['transport', 'traddr', 'trsvcid', 'nqn', 'hostnqn', 'hostid', 'hdr-digest', 'data-digest', 'host-traddr', 'host-iface', 'reconnect-delay', 'ctrl-loss-tmo', 'override-traddr', 'override-trsvcid'];
+export const DISCOVERY_KEYS = ['transport', 'traddr', 'trsvcid', 'nqn', 'hostnqn', 'hostid', 'hdr-digest', 'data-digest', 'host-traddr', 'host-iface', 'reconnect-delay', 'ctrl-loss-tmo', 'override-traddr', 'override-trsvcid', 'dhchap-secret', 'dhchap-ctrl-secret'];
 
-function pick(o: Record<string, unknown>, keys: readonly string[]): Record<string, unknown> {
+export function pick(o: Record<string, unknown>, keys: readonly string[]): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   for (const k of keys) if (o[k] !== undefined) out[k] = o[k];
   return out;

@@ -14,12 +14,12 @@ export function disconnectTarget(opts: Record<string, unknown>, positionals: rea
   if (typeof opts.nqn === 'string') given.push({ nqn: opts.nqn });
   if (typeof opts.device === 'string') {
     const d = opts.device;
-    given.push(/^\/dev\/nbd\d+$/.test(d) ? { device: d } : /^nvme\d+$/.test(d) ? { name: d } : usageError(`-d/--device: '${d}' is neither nvmeX nor /dev/nbdX`));
+    given.push(/^\/dev\/nbd\d+$/.test(d) ? { device: d } : /^(nvme|disc)\d+$/.test(d) ? { name: d } : usageError(`-d/--device: '${d}' is neither nvmeX, discX nor /dev/nbdX`));
   }
   for (const p of positionals) {
-    given.push(/^\/dev\/nbd\d+$/.test(p) ? { device: p } : /^nvme\d+$/.test(p) ? { name: p } : usageError(`'${p}' is neither nvmeX nor /dev/nbdX`));
+    given.push(/^\/dev\/nbd\d+$/.test(p) ? { device: p } : /^(nvme|disc)\d+$/.test(p) ? { name: p } : usageError(`'${p}' is neither nvmeX, discX nor /dev/nbdX`));
   }
-  if (given.length !== 1) usageError('give exactly one of -n SUBNQN, -d nvmeX, or /dev/nbdX');
+  if (given.length !== 1) usageError('give exactly one of -n SUBNQN, -d nvmeX|discX, or /dev/nbdX');
   return given[0] as Record<string, string>;
 }
 

@@ -8,6 +8,8 @@ import type { Verb } from '../verb';
 import { ADRFAM_NAMES, SUBTYPE_NAMES, TRTYPE_NAMES, discover } from '../../controller/discovery';
 import type { DiscoveryLog } from '../../controller/discovery';
 import { ADDRESS_OPTIONS, addressFromArgs } from './connect';
+import { CONTROL_OPTION, ControlVerb, connectArgsForDaemon, requestDaemon } from '../../engine/control';
+import { stateDir } from '../../controller/host-identity';
 import { formatJson, formatTable } from '../output';
 
 /** Default discovery port (IANA 8009). */
@@ -23,6 +25,8 @@ const OPTIONS: readonly OptionSpec[] = [
   { long: 'override-traddr', type: 'string', metavar: 'ADDR', help: 'show ADDR instead of each entry\'s advertised address (NAT, port forwards)' },
   { long: 'override-trsvcid', type: 'string', metavar: 'PORT', help: 'show PORT instead of each entry\'s advertised port' },
   RAW_OPTION,
+  { long: 'persistent', short: 'p', type: 'boolean', help: 'then keep the discovery controller connected in the daemon (KATO, log-change AEN; `list` shows it)' },
+  CONTROL_OPTION,
 ];
 
 
@@ -64,7 +68,7 @@ export function discoveryTable(log: DiscoveryLog): string {
 export const verb: Verb = {
   name: 'discover',
   summary: 'read and print the discovery log of an NVMe/TCP discovery controller',
-  usage: 'nvmf-nbd discover -t tcp -a ADDR [-s 8009] [-q HOSTNQN] [-I HOSTID] [-S SECRET [-C CTRL_SECRET]] [-g] [-G] [-o normal|json]',
+  usage: 'nvmf-nbd discover -t tcp -a ADDR [-s 8009] [-q HOSTNQN] [-I HOSTID] [-S SECRET [-C CTRL_SECRET]] [-g] [-G] [-r FILE] [-p] [-o normal|json]',
   options: OPTIONS,
   async run(opts) {
     const a = addressFromArgs(opts);
@@ -76,6 +80,14 @@ export const verb: Verb = {
     });
     writeRawLog(opts, log);
     process.stdout.write(a.format === 'json' ? formatJson(discoveryJson(log)) : discoveryTable(log));
+    if (opts.persistent === true) {
+      // nvme-cli leaves the kernel's discovery controller connected; here the daemon keeps it.
+      const { DISCOVERY_KEYS, pick } = require('./connect-all') as typeof import('./connect-all');
+      const r = (await requestDaemon(opts, stateDir(), ControlVerb.ADD_DISCOVERY, {
+        discovery: pick(connectArgsForDaemon(opts), DISCOVERY_KEYS), connect: {}, persistent: true, watchOnly: true,
+      })) as { name: string; existing?: boolean };
+      process.stderr.write(`${r.name}: persistent discovery controller kept by the daemon${r.existing === true ? ' (already running)' : ''}\n`);
+    }
     return 0;
   },
 };
