@@ -47,6 +47,12 @@ export interface AttachOptions {
   timeoutSec?: number;
   /** Keep reconnecting when the connection drops (`-p`). */
   persist?: boolean;
+  /**
+   * Backend identifier (`-i ID`, shown in /sys/block/nbdX/backend; the udev rule's stable name).
+   * Passed only when the nbd-client supports it (3.25+; Debian 12's 3.24 does not): see
+   * {@link nbdClientSupportsIdentifier}.
+   */
+  identifier?: string;
   /** nbd-client command (default `nbd-client` on PATH). */
   nbdClient?: string;
   /** sysfs root (tests use a fake tree). Default `/sys`. */
@@ -79,7 +85,27 @@ export function buildAttachArgs(o: AttachOptions, device: string): string[] {
     args.push('-t', String(o.timeoutSec));
   }
   if (o.persist === true) args.push('-p');
+  if (o.identifier !== undefined) {
+    if (!/^[A-Za-z0-9._:-]{1,128}$/.test(o.identifier)) throw new NvmfNbdError(ErrorCode.CFG_INVALID, `bad backend identifier '${o.identifier.slice(0, 64)}'`);
+    args.push('-i', o.identifier);
+  }
   return args;
+}
+
+const identifierSupport = new Map<string, Promise<boolean>>();
+
+/**
+ * Does this nbd-client take `-i IDENTIFIER`? Asked once per command: an nbd-client that does
+ * not know the option says "unrecognized option"; one that does complains about the missing
+ * host instead. Nothing is connected either way.
+ */
+export function nbdClientSupportsIdentifier(cmd = 'nbd-client', run: Runner = defaultRunner): Promise<boolean> {
+  let p = identifierSupport.get(cmd);
+  if (p === undefined) {
+    p = run(cmd, ['-i', 'nvmf-nbd-probe']).then((r) => !/unrecognized option|invalid option/i.test(r.stderr + r.stdout), () => false);
+    identifierSupport.set(cmd, p);
+  }
+  return p;
 }
 
 /**
@@ -121,7 +147,10 @@ export async function attach(o: AttachOptions): Promise<string> {
   const cmd = o.nbdClient ?? 'nbd-client';
   await checkAttachPrerequisites({ nbdClient: cmd, sysfsRoot: o.sysfsRoot, run });
   const device = o.device ?? (await findFreeDevice(o.sysfsRoot, o.devDir));
-  const args = buildAttachArgs(o, device);
+  // The identifier is a naming aid: without nbd-client support the device still attaches
+  // (the daemon's by-id links and the udev helper's fallback still name it).
+  const withId = o.identifier !== undefined && (await nbdClientSupportsIdentifier(cmd, run)) ? o : { ...o, identifier: undefined };
+  const args = buildAttachArgs(withId, device);
   const r = await run(cmd, args);
   if (r.code !== 0) {
     throw new NvmfNbdError(ErrorCode.NBD_ATTACH_FAILED, `nbd-client ${args.join(' ')} failed (${r.code}): ${r.stderr.trim()}`);

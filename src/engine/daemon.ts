@@ -27,6 +27,8 @@ import { allocateName, readState, withoutSecrets, writeState } from './state-fil
 import type { StateController, StateDevice } from './state-file';
 import { AdminOpcode, Cns, DISCOVERY_NQN, sqeGetLogPage, sqeIdentify } from '../wire';
 import { PersistentDiscovery } from './persistent-discovery';
+import { syncByIdLinks } from './by-id';
+import type { ByIdWant } from './by-id';
 import type { DiscoveryEntry } from '../controller/discovery';
 import {
   ChunkQueue, InfoType, MAX_OPTION_LENGTH, NBD_IHAVEOPT, NBD_MAGIC, NBD_OPT_REPLY_MAGIC, NBD_REQUEST_MAGIC, NBD_SIMPLE_REPLY_MAGIC,
@@ -82,6 +84,8 @@ export interface DaemonOptions {
    * connection without a daemon.
    */
   readonly sticky?: { readonly command: readonly string[]; readonly holdMs: number };
+  /** sysfs root for partition lookups of the by-id links (tests). Default /sys. */
+  readonly sysfsRoot?: string;
   /** Is this kernel device still held (by a persist-mode nbd-client)? Default: sysfs + /proc. */
   readonly deviceInUse?: (device: string) => Promise<boolean>;
   readonly log?: (msg: string) => void;
@@ -296,6 +300,7 @@ export class Daemon {
   private running = true;
   private stateWrite: Promise<void> = Promise.resolve();
   private discoveryWrite: Promise<void> = Promise.resolve();
+  private linkWrite: Promise<void> = Promise.resolve();
   private shutdownPromise: Promise<void> | undefined;
   readonly controlPath: string;
   readonly stateFile: string;
@@ -455,6 +460,8 @@ export class Daemon {
         return { disconnected: [...discs, ...await this.closeEntries([...this.entries.values()])] };
       }
       case ControlVerb.LIST:
+        // Partitions made since the last change get their links now.
+        await this.syncLinks();
         return {
           controllers: [...this.entries.values()].sort((x, y) => Number(x.name.slice(4)) - Number(y.name.slice(4))).map((e) => this.describe(e)),
           discovery: [...this.discoveries.values()].map((r) => ({ ...r.pd.describe(), persistent: r.persistent, disconnectRemoved: r.disconnectRemoved, watchOnly: r.watchOnly, controllers: [...r.owned].sort() })),
@@ -706,6 +713,7 @@ export class Daemon {
         ? e.session.exports.filter((x) => x.device !== undefined).map((x) => ({ export: x.name, device: x.device as string }))
         : e.adopt,
     }));
+    void this.syncLinks();
     // Writes are serialised: the last one always reflects the latest state.
     this.stateWrite = this.stateWrite.catch(() => undefined).then(() => writeState(this.stateFile, { version: 1, controllers }));
     return this.stateWrite.catch((err: unknown) => this.log(`cannot write ${this.stateFile}: ${(err as Error).message}`));
@@ -905,6 +913,21 @@ export class Daemon {
     return this.discoveryWrite.catch((err: unknown) => this.log(`cannot write ${this.discoveryFile}: ${(err as Error).message}`));
   }
 
+  /** `<stateDir>/by-id`: the udev-less stable names of attached namespaces. */
+  get byIdDir(): string {
+    return path.join(this.o.stateDir, 'by-id');
+  }
+
+  /** Bring the by-id links in line with the attached devices (serialised; errors logged). */
+  syncLinks(): Promise<void> {
+    const wants: ByIdWant[] = [];
+    for (const e of this.entries.values()) {
+      for (const x of e.session?.exports ?? []) if (x.device !== undefined && x.stableId !== undefined) wants.push({ id: x.stableId, device: x.device });
+    }
+    this.linkWrite = this.linkWrite.catch(() => undefined).then(async () => { await syncByIdLinks(this.byIdDir, wants, this.o.sysfsRoot !== undefined ? { sysfsRoot: this.o.sysfsRoot } : {}); });
+    return this.linkWrite.catch((err: unknown) => this.log(`cannot update ${this.byIdDir}: ${(err as Error).message}`));
+  }
+
   // -------------------------------------------------------------------------------------------
   // Listing and admin pass-through
   // -------------------------------------------------------------------------------------------
@@ -926,6 +949,10 @@ export class Daemon {
     // The session's description carries the controller's own state (live, connecting while
     // it reconnects, deleting, dead), reconnects, attempts and last error.
     const d = s.describe();
+    if (Array.isArray(d.exports)) {
+      d.exports = (d.exports as Array<Record<string, unknown>>).map((x) => (typeof x.stableId === 'string' && x.device !== null
+        ? { ...x, link: path.join(this.byIdDir, `nvmf-nbd-${x.stableId}`) } : x));
+    }
     const h = e.holder;
     if (h !== undefined && Array.isArray(d.exports)) {
       d.exports = (d.exports as Array<Record<string, unknown>>).map((x) => ({ ...x, endpoint: `tcp:${h.host}:${h.port}`, backend: x.endpoint, holderPid: h.pid }));
@@ -1040,6 +1067,8 @@ export class Daemon {
         });
       }
       await this.stateWrite.catch(() => undefined);
+      // Detached devices lose their links; kept ones (--keep-attached) keep them.
+      if (this.o.keepAttached !== true) await this.syncLinks();
       await closed;
       await fsp.unlink(this.controlPath).catch(() => undefined);
       if (first !== undefined) throw first;

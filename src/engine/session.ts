@@ -30,7 +30,10 @@ import { Duplex } from 'node:stream';
 import { NbdServer, formatEndpoint } from '../nbd/server';
 import type { NbdEndpoint, NbdExportStats, NbdServerOptions } from '../nbd/server';
 import { attach, detach } from '../attach/nbd-client';
+import { formatUuid, nbdBackendIdentifier, parseNsIdDescriptors, stableNamespaceId } from '../wire/ns-descriptors';
+import type { NamespaceIdentifiers } from '../wire/ns-descriptors';
 import { ErrorCode, NvmfNbdError } from '../errors';
+import { Cns, sqeIdentify } from '../wire';
 
 /**
  * Where a session serves NBD: a private directory of Unix sockets, loopback TCP, an inherited
@@ -94,6 +97,10 @@ export interface SessionExport {
   device?: string;
   /** New size in bytes after a capacity change (connected NBD clients keep seeing `size`). */
   capacityChanged?: number;
+  /** NGUID / EUI-64 (hex) and UUID (text) of the namespace, as it reports them. */
+  ids?: { nguid?: string; eui64?: string; uuid?: string };
+  /** The stable name part: UUID, else NGUID, else EUI-64 (`/dev/disk/by-id/nvmf-nbd-<id>`). */
+  stableId?: string;
 }
 
 /**
@@ -223,6 +230,7 @@ export class ControllerSession extends EventEmitter {
     try {
       const namespaces = [...controller.namespaces.values()].sort((a, b) => a.nsid - b.nsid);
       for (const ns of namespaces) s.addNamespace(ns);
+      await s.identifyAll();
       await s.listen();
       for (const sk of s.skipped) log(`${o.name}: namespace ${sk.nsid} not exported: ${sk.reason}`);
       if (o.attach === true) await s.attachAll();
@@ -306,6 +314,7 @@ export class ControllerSession extends EventEmitter {
         log(`${this.name}: namespace ${nsid} added but not exported: ${this.skipped.find((x) => x.nsid === nsid)?.reason ?? ''}`);
         continue;
       }
+      await this.identifyAll();
       await this.listen();
       const e = this.exports[this.exports.length - 1] as SessionExport;
       log(`${this.name}: namespace ${nsid} added: export ${e.name}`);
@@ -345,6 +354,34 @@ export class ControllerSession extends EventEmitter {
     this.devices.set(ns.nsid, device);
     // The endpoint is filled in by listen().
     this.exports.push({ name, nsid: ns.nsid, size: device.size, blockSize: device.blockSize, endpoint: { unix: '' } });
+  }
+
+  /**
+   * Learn each new export's identifiers: the Namespace Identification Descriptors (CNS 03h),
+   * else NGUID/EUI64 of Identify Namespace (a controller may not support CNS 03h).
+   */
+  private async identifyAll(): Promise<void> {
+    for (let i = 0; i < this.exports.length; i++) {
+      const e = this.exports[i] as SessionExport;
+      if (e.ids !== undefined) continue;
+      let ids: NamespaceIdentifiers = {};
+      try {
+        const r = await this.controller.adminCommand(sqeIdentify(Cns.NS_ID_DESCRIPTORS, e.nsid), { dataInLength: 4096 });
+        ids = parseNsIdDescriptors(r.data as Buffer);
+      } catch {
+        // Not supported (NVMe < 1.3) or refused: Identify Namespace still has NGUID and EUI64.
+      }
+      const idns = this.controller.namespaces.get(e.nsid)?.identify;
+      if (ids.nguid === undefined && idns !== undefined && idns.nguid.some((x) => x !== 0)) ids.nguid = idns.nguid;
+      if (ids.eui64 === undefined && idns !== undefined && idns.eui64.some((x) => x !== 0)) ids.eui64 = idns.eui64;
+      const text = {
+        ...(ids.nguid !== undefined ? { nguid: ids.nguid.toString('hex') } : {}),
+        ...(ids.eui64 !== undefined ? { eui64: ids.eui64.toString('hex') } : {}),
+        ...(ids.uuid !== undefined ? { uuid: formatUuid(ids.uuid) } : {}),
+      };
+      const stableId = stableNamespaceId(ids);
+      this.exports[i] = { ...e, ids: text, ...(stableId !== undefined ? { stableId } : {}) };
+    }
   }
 
   /** Give every export without an endpoint one (listening on what is missing). */
@@ -397,7 +434,10 @@ export class ControllerSession extends EventEmitter {
         throw new NvmfNbdError(ErrorCode.CLI_USAGE, `cannot attach ${e.name}: it is served on ${formatEndpoint(ep)}, not on a socket nbd-client can dial`);
       }
       const where = 'unix' in ep ? { socketPath: ep.unix } : { host: ep.tcp.host, port: ep.tcp.port };
-      e.device = await attach({ ...where, exportName: e.name, blockSize: e.blockSize, connections: this.o.connections ?? 1 });
+      e.device = await attach({
+        ...where, exportName: e.name, blockSize: e.blockSize, connections: this.o.connections ?? 1,
+        ...(e.stableId !== undefined ? { identifier: nbdBackendIdentifier(e.stableId) } : {}),
+      });
       this.o.log?.(`${e.name} attached as ${e.device}`);
     }
   }
@@ -444,6 +484,8 @@ export class ControllerSession extends EventEmitter {
         blockSize: e.blockSize,
         endpoint: formatEndpoint(e.endpoint),
         device: e.device ?? null,
+        ...(e.ids !== undefined ? { ids: e.ids } : {}),
+        ...(e.stableId !== undefined ? { stableId: e.stableId, udevLink: `/dev/disk/by-id/nvmf-nbd-${e.stableId}` } : {}),
         ...(e.capacityChanged !== undefined ? { capacityChanged: e.capacityChanged } : {}),
       })),
       skipped: this.skipped,

@@ -122,6 +122,13 @@ test('connect-all -p: the discovery controller stays in the daemon (AEN enabled)
   assert.match(r.out, /^disc0: persistent discovery 127\.0\.0\.1:\d+; controllers: nvme0/m);
   const l = await until('a live', (x) => live(x, 'a'));
   assert.equal(l.discovery[0]?.state, 'live');
+  // Stable names: the namespace's identifiers (CNS 03h) and the by-id name are listed.
+  const ex = (l.controllers[0] as unknown as { exports: Array<{ ids: { uuid: string; nguid: string; eui64: string }; stableId: string; udevLink: string }> }).exports[0];
+  assert.match(ex?.ids.uuid ?? '', /^[0-9a-f]{8}-[0-9a-f]{4}-5[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+  assert.match(ex?.ids.nguid ?? '', /^[0-9a-f]{32}$/);
+  assert.match(ex?.ids.eui64 ?? '', /^[0-9a-f]{16}$/);
+  assert.equal(ex?.stableId, ex?.ids.uuid);
+  assert.equal(ex?.udevLink, `/dev/disk/by-id/nvmf-nbd-${ex?.ids.uuid ?? ''}`);
   assert.equal(l.discovery[0]?.notify, true, 'the embedded discovery controller offers the log-change AEN');
   const human = await cli(['list', '--control', control]);
   assert.match(human.out, /DISCOVERY +STATE +ADDRESS/);

@@ -9,7 +9,10 @@ import { CONTROL_OPTION, ControlVerb, requestDaemon } from '../../engine/control
 import { formatBytes, formatJson, formatTable, outputFormat } from '../output';
 import { dumpConfig } from './connect-all';
 
-interface ListedExport { name?: string; nsid?: number; size?: number; blockSize?: number; endpoint?: string; device?: string | null }
+interface ListedExport {
+  name?: string; nsid?: number; size?: number; blockSize?: number; endpoint?: string; device?: string | null;
+  ids?: { nguid?: string; eui64?: string; uuid?: string }; stableId?: string; link?: string;
+}
 interface ListedQueue { qid?: number; commands?: number; bytesIn?: number; bytesOut?: number; errors?: number; inFlight?: number; waiting?: number; sqFlowControl?: boolean; c2hSuccess?: number; c2hSuccessWithSqFlow?: number }
 interface ListedController {
   name?: string; state?: string; subnqn?: string; traddr?: string; trsvcid?: number; cntlid?: number; model?: string;
@@ -53,9 +56,15 @@ export function formatList(controllers: readonly ListedController[]): string {
     if (c.lastError !== undefined && c.lastError !== null) out += `\n${cell(c.name)}: last error: ${cell(c.lastError.message)} (${cell(c.lastError.code)})\n`;
     const ex = c.exports ?? [];
     if (ex.length > 0) {
-      out += `\n${formatTable(['EXPORT', 'NSID', 'SIZE', 'LBA', 'NBD ENDPOINT', 'DEVICE'], ex.map((e) => [
+      out += `\n${formatTable(['EXPORT', 'NSID', 'SIZE', 'LBA', 'NBD ENDPOINT', 'DEVICE', 'STABLE ID', 'LINK'], ex.map((e) => [
         cell(e.name), cell(e.nsid), e.size !== undefined ? formatBytes(e.size) : '-', cell(e.blockSize), cell(e.endpoint), cell(e.device),
+        cell(e.stableId), cell(e.link),
       ]))}`;
+      for (const e of ex) {
+        const ids = e.ids ?? {};
+        const parts = [ids.uuid !== undefined ? `UUID ${ids.uuid}` : '', ids.nguid !== undefined ? `NGUID ${ids.nguid}` : '', ids.eui64 !== undefined ? `EUI-64 ${ids.eui64}` : ''].filter((x) => x !== '');
+        if (parts.length > 0) out += `  ${cell(e.name)}: ${parts.join(', ')}\n`;
+      }
     }
     const qs = [...(c.queues?.admin !== undefined ? [c.queues.admin] : []), ...(c.queues?.io ?? [])];
     if (qs.length > 0) {
