@@ -713,10 +713,11 @@ export class Daemon {
         ? e.session.exports.filter((x) => x.device !== undefined).map((x) => ({ export: x.name, device: x.device as string }))
         : e.adopt,
     }));
-    void this.syncLinks();
+    const links = this.syncLinks();
     // Writes are serialised: the last one always reflects the latest state.
     this.stateWrite = this.stateWrite.catch(() => undefined).then(() => writeState(this.stateFile, { version: 1, controllers }));
-    return this.stateWrite.catch((err: unknown) => this.log(`cannot write ${this.stateFile}: ${(err as Error).message}`));
+    const state = this.stateWrite.catch((err: unknown) => this.log(`cannot write ${this.stateFile}: ${(err as Error).message}`));
+    return Promise.all([state, links]).then(() => undefined);
   }
 
   // -------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ const OPTIONS: readonly OptionSpec[] = [
   { long: 'holder-pid-file', type: 'string', metavar: 'PATH', help: '(internal) where a holder records itself' },
   { long: 'config', type: 'string', metavar: 'FILE', help: 'connect the entries of FILE at start (config.json layout or discovery.conf lines) instead of /etc/nvme/discovery.conf and config.json' },
   { long: 'no-config', type: 'boolean', help: 'do not read any config file at start' },
+  { long: 'attach', type: 'boolean', help: 'attach the namespaces of config-file entries as /dev/nbdX (containers, DaemonSets: no autoconnect unit there)' },
 ];
 
 /**
@@ -72,7 +73,7 @@ export function connectBinding(): ConnectBinding {
 export function daemonConfigPlan(opts: Record<string, unknown>): PlannedEntry[] {
   const cfg = loadConfig(typeof opts.config === 'string' ? { file: opts.config } : {});
   const known = new Set(connectVerb.options.map((o) => o.long));
-  return planEntries(cfg.entries, known, {}, (kind, args) => {
+  return planEntries(cfg.entries, known, opts.attach === true ? { attach: true } : {}, (kind, args) => {
     args.trsvcid ??= kind === 'discovery' ? DEFAULT_DISCOVERY_PORT : DEFAULT_IO_PORT;
     args['output-format'] ??= 'normal';
     if (kind === 'io') controllerOptionsFromArgs({ ...args, transport: 'tcp' });
