@@ -191,7 +191,13 @@ export class Controller extends EventEmitter {
   /** Receive watchdog state per queue: rxEvents seen and since when nothing moved. */
   private readonly silence = new Map<QueuePair, { rx: number; since: number }>();
   /** Namespace change handling, serialized. */
-  private nsWork: Promise<void> = Promise.resolve();
+  /**
+   * Namespace changes waiting to be applied (a set of NSIDs, 'all' for a full rescan) and
+   * whether a run is going: an AER storm coalesces into one running and one pending rescan
+   * (issue 14 finding 7).
+   */
+  private nsPending: Set<number> | 'all' | undefined;
+  private nsRunning = false;
   private closed = false;
   private closing = false;
   /** DH-HMAC-CHAP transaction identifiers: one per authentication of a queue of this association. */
@@ -340,12 +346,15 @@ export class Controller extends EventEmitter {
     return Promise.all(qs.map((q) => q.socketClosed)).then(() => undefined);
   }
 
-  /** Keep one Asynchronous Event Request outstanding; it has no deadline. */
+  /**
+   * Keep one Asynchronous Event Request outstanding; it has no deadline. After a namespace
+   * notice it is re-posted only once the Changed Namespace List was read (see
+   * {@link onAsyncEvent}): a target completing AERs as fast as they are posted then paces
+   * itself at one log read per event instead of building a backlog.
+   */
   private postAer(): void {
     if (!this.alive) return;
     this.adminCommand(sqeAsyncEventRequest(), { timeoutMs: Infinity }).then((c) => {
-      // Repost first so an event that follows right away is not missed.
-      this.postAer();
       this.onAsyncEvent(c.cqe.dw0);
     }, () => {
       // Closed (nothing to do) or refused with a status (e.g. AER limit): stop posting rather
@@ -357,19 +366,62 @@ export class Controller extends EventEmitter {
     const type = dw0 & 0x7;
     const info = (dw0 >>> 8) & 0xff;
     this.emit('aen', { type, info, lid: (dw0 >>> 16) & 0xff });
-    if (type !== AsyncEvent.TYPE_NOTICE || info !== AsyncEvent.INFO_NS_ATTR_CHANGED) return;
-    this.nsWork = this.nsWork.then(() => this.onNamespaceNotice()).catch((err: unknown) => {
+    if (type !== AsyncEvent.TYPE_NOTICE || info !== AsyncEvent.INFO_NS_ATTR_CHANGED) {
+      // Not acted upon: keep listening (one AER outstanding at a time, nothing accumulates).
+      this.postAer();
+      return;
+    }
+    this.onNamespaceNotice().catch((err: unknown) => {
       // A lost association rescans on reconnect; anything else is worth a warning.
       if (this.alive) this.emit('warning', err);
     });
   }
 
-  /** Read the Changed Namespace List (RAE cleared, which re-arms the event) and apply it. */
+  /**
+   * Read the Changed Namespace List (RAE cleared, which re-arms the event), re-post the AER,
+   * then queue the change: at most one rescan runs and one waits, later notices merge into it.
+   */
   private async onNamespaceNotice(): Promise<void> {
-    const { data } = await this.adminCommand(sqeGetLogPage(LogPage.CHANGED_NS, 4096, 0xffffffff, 0, 0, false), { dataInLength: 4096 });
-    const list = parseNamespaceList(data as Buffer);
+    let list: number[] | undefined;
+    try {
+      const { data } = await this.adminCommand(sqeGetLogPage(LogPage.CHANGED_NS, 4096, 0xffffffff, 0, 0, false), { dataInLength: 4096 });
+      list = parseNamespaceList(data as Buffer);
+    } finally {
+      this.postAer();
+    }
     // FFFFFFFFh in the first entry: more than 1024 changed, rescan everything.
-    await this.applyNamespaceChanges(list[0] === 0xffffffff ? undefined : list);
+    this.queueNamespaceChanges(list[0] === 0xffffffff ? undefined : list);
+  }
+
+  /** Merge `changed` (undefined: everything) into the pending rescan and start it unless one runs. */
+  private queueNamespaceChanges(changed: readonly number[] | undefined): void {
+    if (changed === undefined || this.nsPending === 'all') {
+      this.nsPending = 'all';
+    } else {
+      const p = this.nsPending ?? new Set<number>();
+      for (const n of changed) p.add(n);
+      this.nsPending = p;
+    }
+    if (this.nsRunning) return;
+    this.nsRunning = true;
+    void (async () => {
+      try {
+        while (this.nsPending !== undefined && this.alive) {
+          const p = this.nsPending;
+          this.nsPending = undefined;
+          await this.applyNamespaceChanges(p === 'all' ? undefined : [...p]).catch((err: unknown) => {
+            if (this.alive) this.emit('warning', err);
+          });
+        }
+      } finally {
+        this.nsRunning = false;
+      }
+    })();
+  }
+
+  /** Rescans started by namespace notices that are running or waiting (0, 1 or 2): for tests and `list`. */
+  get pendingRescans(): number {
+    return (this.nsRunning ? 1 : 0) + (this.nsPending !== undefined ? 1 : 0);
   }
 
   /**

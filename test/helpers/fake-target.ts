@@ -231,6 +231,11 @@ export interface ControllerModel {
   capTo?: number;
   /** Only this subsystem NQN (and the discovery NQN) is accepted by Connect. */
   subnqn?: string;
+  /**
+   * A hostile AER storm: OAES announces namespace notices and every Asynchronous Event Request is
+   * completed at once with "namespace attribute changed"; the Changed Namespace List names NSID 1.
+   */
+  aerStorm?: boolean;
   /** Commands seen (opcode, qid) for assertions. */
   seen?: Array<{ qid: number; opcode: number; fctype?: number; cdw10: number; nsid: number }>;
 }
@@ -250,6 +255,7 @@ export function identifyControllerData(m: ControllerModel, cntlid: number): Buff
   b.writeUInt16LE(cntlid, 78);
   b.writeUInt32LE(0x00020000, 80);
   b.writeUInt16LE(m.oncs ?? 0x0c, 520);
+  if (m.aerStorm === true) b.writeUInt32LE(1 << 8, 92); // OAES: namespace attribute notices
   b.writeUInt32LE(Math.max(...[0, ...m.namespaces.keys()]), 516);
   b[525] = m.vwc === false ? 0 : 1;
   b.writeUInt32LE(m.ioccsz ?? (64 + 8192) / 16, 1792);
@@ -354,7 +360,17 @@ export async function serveController(c: FakeConn, m: ControllerModel): Promise<
         }
         case 0x09: done(cid, { dw0: sqe.cdw11 }); break;
         case 0x18: done(cid); break;
+        case 0x0c:
+          if (m.aerStorm === true) done(cid, { dw0: 0x02 | (0x04 << 16) });
+          else done(cid, { sc: 0x01 });
+          break;
         case 0x02: {
+          if (m.aerStorm === true && (sqe.cdw10 & 0xff) === 0x04) {
+            const list = Buffer.alloc(4096);
+            list.writeUInt32LE(1, 0);
+            sendData(list);
+            break;
+          }
           const numd = ((sqe.cdw10 >>> 16) | ((sqe.cdw11 & 0xffff) << 16)) + 1;
           const off = sqe.cdw12;
           const entries = m.discovery ?? [];
