@@ -97,6 +97,13 @@ export interface ControllerOptions {
   readonly connectTimeoutMs?: number;
   /** Per-command timeout (default 30 s). */
   readonly ioTimeoutMs?: number;
+  /**
+   * Budget for the whole bring-up (every queue connect, Identify, namespace scan), default
+   * {@link DEFAULT_BRING_UP_TIMEOUT_MS}: each command is bounded by `ioTimeoutMs`, but a target
+   * answering thousands of them slowly must not stretch one connect without end
+   * (`NVMF_ERR_TIMEOUT`, issue 14 finding 15).
+   */
+  readonly bringUpTimeoutMs?: number;
   /** Skip namespace scan and I/O queues (discovery controllers). */
   readonly discovery?: boolean;
   /**
@@ -143,6 +150,9 @@ export interface ControllerStats {
   admin: QueueStats;
   io: QueueStats[];
 }
+
+/** Default {@link ControllerOptions.bringUpTimeoutMs}. */
+export const DEFAULT_BRING_UP_TIMEOUT_MS = 60_000;
 
 /** The CAP register fields used here. */
 interface CapFields { mqes: number; to: number; mpsmin: number; css: number }
@@ -220,13 +230,34 @@ export class Controller extends EventEmitter {
    */
   static async connect(opts: ControllerOptions): Promise<Controller> {
     const c = new Controller(opts);
+    const budget = opts.bringUpTimeoutMs ?? DEFAULT_BRING_UP_TIMEOUT_MS;
+    let expired: NvmfNbdError | undefined;
+    // The overall deadline: destroying the controller fails whatever command or queue connect
+    // bring-up is waiting for, and bringUp() stops at its next step.
+    const timer = setTimeout(() => {
+      expired = new NvmfNbdError(ErrorCode.TIMEOUT, `controller ${opts.subnqn} at ${opts.traddr}:${opts.trsvcid}: bring-up did not finish within ${budget} ms`);
+      c.destroy(expired);
+    }, Math.min(budget, 2 ** 31 - 1));
     try {
       await c.bringUp();
+      if (expired !== undefined) throw expired;
       return c;
     } catch (err) {
-      c.destroy(err instanceof NvmfNbdError ? err : new NvmfNbdError(ErrorCode.CONNECT_FAILED, String(err), { cause: err }));
-      throw err;
+      const e = expired ?? err;
+      c.destroy(e instanceof NvmfNbdError ? e : new NvmfNbdError(ErrorCode.CONNECT_FAILED, String(e), { cause: e }));
+      throw e;
+    } finally {
+      clearTimeout(timer);
     }
+  }
+
+  /** After an await in bringUp: a queue that connected after the controller was destroyed is closed at once. */
+  private adopt(qp: QueuePair): QueuePair {
+    if (this.closed || this.closing) {
+      qp.destroy();
+      throw new NvmfNbdError(ErrorCode.CONNECTION_CLOSED, `controller ${this.options.subnqn}: closed during bring-up`);
+    }
+    return qp;
   }
 
   private queueCommon(): {
@@ -258,10 +289,10 @@ export class Controller extends EventEmitter {
   private async bringUp(): Promise<void> {
     const o = this.options;
     const kato = o.kato ?? (o.discovery === true ? 0 : 5000);
-    this.admin = await QueuePair.connect({
+    this.admin = this.adopt(await QueuePair.connect({
       ...this.queueCommon(), qid: 0, queueSize: ADMIN_QUEUE_SIZE, cntlid: 0xffff, kato,
       maxTransfer: HOST_MAX_TRANSFER,
-    });
+    }));
     this.cntlid = this.admin.cntlid;
     this.watch(this.admin);
 
@@ -302,10 +333,10 @@ export class Controller extends EventEmitter {
       // IOCCSZ is in 16-byte units and includes the 64-byte SQE (NVMe-oF §4.1).
       const inCapsuleMax = ioccsz > 4 ? ioccsz * 16 - 64 : 0;
       for (let qid = 1; qid <= count; qid++) {
-        const qp = await QueuePair.connect({
+        const qp = this.adopt(await QueuePair.connect({
           ...this.queueCommon(), qid, queueSize, cntlid: this.cntlid, inCapsuleMax,
           maxTransfer: this.maxTransfer,
-        });
+        }));
         this.ioQueues.push(qp);
         this.watch(qp);
       }

@@ -16,6 +16,8 @@ const ENTRY_LEN = 1024;
 /** A discovery log longer than this is refused (bounded memory against a broken target). */
 export const MAX_DISCOVERY_ENTRIES = 1024;
 const MAX_ATTEMPTS = 5;
+/** Default {@link DiscoverOptions.timeoutMs}: the whole discovery, connect to disconnect. */
+export const DEFAULT_DISCOVERY_TIMEOUT_MS = 60_000;
 
 /** One discovery log entry (the wire codec's parse). */
 export type DiscoveryEntry = DiscoveryLogEntry;
@@ -33,6 +35,15 @@ export interface DiscoverOptions {
   hostTraddr?: string;
   /** Discovery subsystem NQN (default the well-known one; unique discovery NQNs, TP 8013). */
   subnqn?: string;
+  /** Per-command timeout (default 30 s). */
+  ioTimeoutMs?: number;
+  /**
+   * Budget for the whole discovery (connect, every log page read, all generation retries),
+   * default {@link DEFAULT_DISCOVERY_TIMEOUT_MS}. Each command is bounded by `ioTimeoutMs`; this
+   * bounds the sequence, which a slow target with many records and a tiny MDTS could stretch to
+   * hours (`NVMF_ERR_TIMEOUT`, issue 14 finding 15).
+   */
+  timeoutMs?: number;
   /** Replace every entry's advertised traddr (behind NAT / port forwarding). */
   overrideTraddr?: string;
   /** Replace every entry's advertised trsvcid. */
@@ -77,20 +88,32 @@ export async function readDiscoveryLog(ctrl: Controller): Promise<DiscoveryLog> 
 
 /** Connect to the discovery controller at traddr:trsvcid, read the log, disconnect. */
 export async function discover(o: DiscoverOptions): Promise<DiscoveryLog> {
+  const budget = o.timeoutMs ?? DEFAULT_DISCOVERY_TIMEOUT_MS;
+  const start = Date.now();
   const ctrl = await Controller.connect({
     traddr: o.traddr, trsvcid: o.trsvcid, subnqn: o.subnqn ?? DISCOVERY_NQN, hostnqn: o.hostnqn, hostid: o.hostid,
     ...(o.hostTraddr !== undefined ? { hostTraddr: o.hostTraddr } : {}),
     kato: 0, nrIoQueues: 0, discovery: true, hdgst: o.hdgst, ddgst: o.ddgst, connectTimeoutMs: o.connectTimeoutMs,
+    ...(o.ioTimeoutMs !== undefined ? { ioTimeoutMs: o.ioTimeoutMs } : {}),
+    bringUpTimeoutMs: budget,
     ...(o.dhchap !== undefined ? { dhchap: o.dhchap } : {}),
   });
+  let expired: NvmfNbdError | undefined;
+  // What is left of the budget bounds the log reads: destroying the controller fails the
+  // command in flight with this error.
+  const timer = setTimeout(() => {
+    expired = new NvmfNbdError(ErrorCode.TIMEOUT, `discovery at ${o.traddr}:${o.trsvcid} did not finish within ${budget} ms`);
+    ctrl.destroy(expired);
+  }, Math.max(0, Math.min(2 ** 31 - 1, budget - (Date.now() - start))));
   try {
-    const log = await readDiscoveryLog(ctrl);
+    const log = await readDiscoveryLog(ctrl).catch((err: unknown) => { throw expired ?? err; });
     for (const e of log.entries) {
       if (o.overrideTraddr !== undefined) e.traddr = o.overrideTraddr;
       if (o.overrideTrsvcid !== undefined) e.trsvcid = o.overrideTrsvcid;
     }
     return log;
   } finally {
+    clearTimeout(timer);
     await ctrl.close();
   }
 }

@@ -236,6 +236,9 @@ export interface ControllerModel {
    * completed at once with "namespace attribute changed"; the Changed Namespace List names NSID 1.
    */
   aerStorm?: boolean;
+  /** Delay before each Identify Namespace / Get Log Page answer (a slow target, each answer in time). */
+  identifyDelayMs?: number;
+  logDelayMs?: number;
   /** Commands seen (opcode, qid) for assertions. */
   seen?: Array<{ qid: number; opcode: number; fctype?: number; cdw10: number; nsid: number }>;
 }
@@ -348,6 +351,7 @@ export async function serveController(c: FakeConn, m: ControllerModel): Promise<
           const cns = sqe.cdw10 & 0xff;
           if (cns === 1) sendData(identifyControllerData(m, cntlid));
           else if (cns === 0) {
+            if (m.identifyDelayMs !== undefined) await new Promise((r) => setTimeout(r, m.identifyDelayMs));
             const ns = m.namespaces.get(sqe.nsid);
             if (ns === undefined) done(cid, { sc: 0x0b });
             else sendData(identifyNamespaceData(ns));
@@ -365,6 +369,7 @@ export async function serveController(c: FakeConn, m: ControllerModel): Promise<
           else done(cid, { sc: 0x01 });
           break;
         case 0x02: {
+          if (m.logDelayMs !== undefined) await new Promise((r) => setTimeout(r, m.logDelayMs));
           if (m.aerStorm === true && (sqe.cdw10 & 0xff) === 0x04) {
             const list = Buffer.alloc(4096);
             list.writeUInt32LE(1, 0);

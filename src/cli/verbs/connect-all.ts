@@ -31,7 +31,7 @@ import { nvmeEtcDir } from '../../controller/host-identity';
 import { formatConfigJson } from '../../config/config-json';
 import { connectArgsParams } from '../../config/connect-args';
 import type { ConfigParams } from '../../config/params';
-import { DEFAULT_DISCOVERY_PORT, RAW_OPTION, writeRawLog } from './discover';
+import { DEFAULT_DISCOVERY_PORT, DISCOVERY_TIMEOUT_OPTION, RAW_OPTION, discoveryBudgetFromArgs, writeRawLog } from './discover';
 import { formatJson, outputFormat } from '../output';
 import { waitForShutdownSignal } from '../signals';
 
@@ -44,6 +44,7 @@ function options(): OptionSpec[] {
     { long: 'override-traddr', type: 'string', metavar: 'ADDR', help: "dial ADDR instead of each entry's advertised address (NAT, port forwards)" },
     { long: 'override-trsvcid', type: 'string', metavar: 'PORT', help: "dial PORT instead of each entry's advertised port" },
     RAW_OPTION,
+    DISCOVERY_TIMEOUT_OPTION,
     { long: 'persistent', short: 'p', type: 'boolean', help: 'keep the discovery controller connected (in the daemon) and follow its log changes' },
     { long: 'disconnect-removed', type: 'boolean', help: 'with -p: disconnect controllers whose subsystem left the discovery log' },
     { long: 'config', type: 'string', metavar: 'FILE', help: 'read entries from FILE (config.json layout, or discovery.conf lines) instead of /etc/nvme' },
@@ -97,6 +98,8 @@ async function discoverEntry(opts: Record<string, unknown>, p: PlannedEntry): Pr
     ...(typeof p.args.nqn === 'string' ? { subnqn: p.args.nqn } : {}),
     overrideTraddr: typeof opts['override-traddr'] === 'string' ? opts['override-traddr'] : undefined,
     overrideTrsvcid: typeof opts['override-trsvcid'] === 'string' ? opts['override-trsvcid'] : undefined,
+    // --timeout bounds the whole discovery; --io-timeout (a connect flag) each of its commands.
+    ...discoveryBudgetFromArgs(opts),
   });
   writeRawLog(opts, log);
   const entries = log.entries.filter((e) => e.subtype === SubType.NVM && e.trtype === TrType.TCP);

@@ -5,7 +5,7 @@
 import * as fs from 'node:fs';
 import type { OptionSpec } from '../args';
 import type { Verb } from '../verb';
-import { ADRFAM_NAMES, SUBTYPE_NAMES, TRTYPE_NAMES, discover } from '../../controller/discovery';
+import { ADRFAM_NAMES, DEFAULT_DISCOVERY_TIMEOUT_MS, SUBTYPE_NAMES, TRTYPE_NAMES, discover } from '../../controller/discovery';
 import type { DiscoveryLog } from '../../controller/discovery';
 import { ADDRESS_OPTIONS, addressFromArgs } from './connect';
 import { CONTROL_OPTION, ControlVerb, connectArgsForDaemon, requestDaemon } from '../../engine/control';
@@ -17,6 +17,20 @@ export const DEFAULT_DISCOVERY_PORT = 8009;
 
 const TREQ_NAMES: Readonly<Record<number, string>> = { 0: 'not specified', 1: 'required', 2: 'not required' };
 
+/** `--timeout SEC`: the whole discovery's budget (connect, log reads, retries). */
+export const DISCOVERY_TIMEOUT_OPTION: OptionSpec = {
+  long: 'timeout', type: 'int', metavar: 'SEC', min: 1, max: 4294967,
+  help: 'budget for the whole discovery (connect, every log page read, retries)', default: DEFAULT_DISCOVERY_TIMEOUT_MS / 1000,
+};
+
+/** `--timeout` and `--io-timeout` (seconds) → the discover() budget options. */
+export function discoveryBudgetFromArgs(opts: Record<string, unknown>): { timeoutMs?: number; ioTimeoutMs?: number } {
+  const out: { timeoutMs?: number; ioTimeoutMs?: number } = {};
+  if (typeof opts.timeout === 'number') out.timeoutMs = opts.timeout * 1000;
+  if (typeof opts['io-timeout'] === 'number') out.ioTimeoutMs = opts['io-timeout'] * 1000;
+  return out;
+}
+
 /** nvme-cli's `-r/--raw FILE`: the discovery log page as read, written to FILE (0644, replaced). */
 export const RAW_OPTION: OptionSpec = { long: 'raw', short: 'r', type: 'string', metavar: 'FILE', help: 'also write the raw discovery log page to FILE (as nvme-cli)' };
 
@@ -27,6 +41,8 @@ const OPTIONS: readonly OptionSpec[] = [
   RAW_OPTION,
   { long: 'persistent', short: 'p', type: 'boolean', help: 'then keep the discovery controller connected in the daemon (KATO, log-change AEN; `list` shows it)' },
   CONTROL_OPTION,
+  DISCOVERY_TIMEOUT_OPTION,
+  { long: 'io-timeout', type: 'int', metavar: 'SEC', min: 1, max: 4294967, help: 'per-command timeout', default: 30 },
 ];
 
 
@@ -77,6 +93,7 @@ export const verb: Verb = {
       ...(a.dhchap !== undefined ? { dhchap: a.dhchap } : {}),
       overrideTraddr: typeof opts['override-traddr'] === 'string' ? opts['override-traddr'] : undefined,
       overrideTrsvcid: typeof opts['override-trsvcid'] === 'string' ? opts['override-trsvcid'] : undefined,
+      ...discoveryBudgetFromArgs(opts),
     });
     writeRawLog(opts, log);
     process.stdout.write(a.format === 'json' ? formatJson(discoveryJson(log)) : discoveryTable(log));
