@@ -97,6 +97,10 @@ export const ErrorCode = {
   CFG_MISSING_KEY: 'CFG_ERR_MISSING_KEY',
   CFG_UNSUPPORTED: 'CFG_ERR_UNSUPPORTED',
   CFG_TOO_LARGE: 'CFG_ERR_TOO_LARGE',
+  // Security hardening: hostile targets and NBD clients (issue 14, appended)
+  TOO_MANY_NAMESPACES: 'NVMF_ERR_TOO_MANY_NAMESPACES',
+  NBD_TOO_MANY_CONNECTIONS: 'NBD_ERR_TOO_MANY_CONNECTIONS',
+  NBD_IDLE_TIMEOUT: 'NBD_ERR_IDLE_TIMEOUT',
 } as const;
 
 export type ErrorCodeValue = (typeof ErrorCode)[keyof typeof ErrorCode];

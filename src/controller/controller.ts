@@ -104,6 +104,13 @@ export interface ControllerOptions {
    * (`NVMF_ERR_TIMEOUT`, issue 14 finding 15).
    */
   readonly bringUpTimeoutMs?: number;
+  /**
+   * Namespaces served per controller at most, default {@link DEFAULT_MAX_NAMESPACES}: the lowest
+   * active NSIDs up to this count are identified and served, the rest are skipped (counted in
+   * {@link Controller.namespacesOverLimit}, a `warning` with NVMF_ERR_TOO_MANY_NAMESPACES), so a
+   * target reporting up to 2^20 namespaces cannot exhaust memory or descriptors.
+   */
+  readonly maxNamespaces?: number;
   /** Skip namespace scan and I/O queues (discovery controllers). */
   readonly discovery?: boolean;
   /**
@@ -138,10 +145,11 @@ export interface NamespaceInfo {
   /** False when the host cannot serve it (metadata, protection information, zero size…). */
   readonly usable: boolean;
   readonly reasonIfNot?: string;
-  /** Parsed Identify Namespace. */
+  /**
+   * Parsed Identify Namespace. The raw 4 KiB page is not kept: a target with thousands of
+   * namespaces would cost 4 KiB+ each (issue 14 finding 4); `id-ns` reads it afresh.
+   */
   readonly identify: IdentifyNamespace;
-  /** Raw Identify Namespace data (4096 bytes). */
-  readonly raw: Buffer;
 }
 
 /** Per-controller counters. */
@@ -150,6 +158,9 @@ export interface ControllerStats {
   admin: QueueStats;
   io: QueueStats[];
 }
+
+/** Default {@link ControllerOptions.maxNamespaces}. */
+export const DEFAULT_MAX_NAMESPACES = 4096;
 
 /** Default {@link ControllerOptions.bringUpTimeoutMs}. */
 export const DEFAULT_BRING_UP_TIMEOUT_MS = 60_000;
@@ -184,6 +195,8 @@ export class Controller extends EventEmitter {
   readonly namespaces = new Map<number, NamespaceInfo>();
   /** Version register (VS). */
   version = 0;
+  /** Active namespaces beyond {@link ControllerOptions.maxNamespaces}, not served (latest scan). */
+  namespacesOverLimit = 0;
   /** Largest data transfer of one command in bytes (MDTS, capped by HOST_MAX_TRANSFER). */
   maxTransfer = HOST_MAX_TRANSFER;
   cap!: CapFields;
@@ -462,7 +475,7 @@ export class Controller extends EventEmitter {
    * synchronous step, so no I/O ever sees a new block size without its listeners knowing.
    */
   async applyNamespaceChanges(changed?: readonly number[]): Promise<NamespaceChanges> {
-    const active = new Set(await this.activeNamespaceIds());
+    const active = new Set(this.capNamespaces(await this.activeNamespaceIds()));
     const out: NamespaceChanges = { added: [], removed: [], resized: [] };
     const check = new Set<number>(changed === undefined ? active : changed.filter((n) => active.has(n)));
     for (const nsid of active) if (!this.namespaces.has(nsid)) check.add(nsid);
@@ -603,10 +616,22 @@ export class Controller extends EventEmitter {
 
   /** Re-read the active namespace list and Identify each namespace. */
   async rescanNamespaces(): Promise<Map<number, NamespaceInfo>> {
-    const ids = await this.activeNamespaceIds();
+    const ids = this.capNamespaces(await this.activeNamespaceIds());
     this.namespaces.clear();
     for (const nsid of ids) this.namespaces.set(nsid, await this.identifyNamespace(nsid));
     return this.namespaces;
+  }
+
+  /** The first maxNamespaces of the (increasing) active NSIDs; the rest are counted and reported. */
+  private capNamespaces(ids: number[]): number[] {
+    const max = this.options.maxNamespaces ?? DEFAULT_MAX_NAMESPACES;
+    const over = Math.max(0, ids.length - max);
+    if (over > 0 && over !== this.namespacesOverLimit) {
+      this.emit('warning', new NvmfNbdError(ErrorCode.TOO_MANY_NAMESPACES,
+        `controller ${this.options.subnqn}: ${ids.length} active namespaces, serving the first ${max}; NSIDs ${ids[max] ?? ''}..${ids[ids.length - 1] ?? ''} skipped (raise --max-namespaces)`));
+    }
+    this.namespacesOverLimit = over;
+    return over > 0 ? ids.slice(0, max) : ids;
   }
 
   /**
@@ -814,8 +839,8 @@ export function classifyNamespace(nsid: number, raw: Buffer): NamespaceInfo {
   else if (ms !== 0) reasonIfNot = `LBA format ${fmt} has ${ms} bytes of metadata per block (not supported)`;
   else if (identify.hasProtection) reasonIfNot = `end-to-end protection information type ${dps & 0x7} is enabled (not supported)`;
   return reasonIfNot === undefined
-    ? { nsid, lbaSize, nsze, usable: true, identify, raw }
-    : { nsid, lbaSize, nsze, usable: false, reasonIfNot, identify, raw };
+    ? { nsid, lbaSize, nsze, usable: true, identify }
+    : { nsid, lbaSize, nsze, usable: false, reasonIfNot, identify };
 }
 
 export { AdminOpcode };

@@ -223,6 +223,8 @@ export class ResilientController extends EventEmitter implements NamespaceBacken
   get identify(): IdentifyController { return this.ctrl.identify; }
   get identifyRaw(): Buffer { return this.ctrl.identifyRaw; }
   get namespaces(): ReadonlyMap<number, NamespaceInfo> { return this.ctrl.namespaces; }
+  /** Active namespaces beyond maxNamespaces, not served. */
+  get namespacesOverLimit(): number { return this.ctrl.namespacesOverLimit; }
   get ioQueueCount(): number { return this.ctrl.ioQueueCount; }
   get maxTransfer(): number { return this.ctrl.maxTransfer; }
   get version(): number { return this.ctrl.version; }

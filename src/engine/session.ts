@@ -21,6 +21,7 @@
 import { EventEmitter } from 'node:events';
 import * as path from 'node:path';
 import type { ControllerOptions, NamespaceChanges, NamespaceInfo } from '../controller/controller';
+import { DEFAULT_MAX_NAMESPACES } from '../controller/controller';
 import { ResilientController } from '../controller/resilient';
 import type { CtrlStateValue, ResilienceOptions } from '../controller/resilient';
 import { NvmeNamespaceDevice } from '../block/nvme-device';
@@ -66,6 +67,12 @@ export function socketActivationFd(env: NodeJS.ProcessEnv = process.env, pid = p
   const n = Number(env.LISTEN_FDS);
   return Number.isInteger(n) && n >= 1 ? 3 : undefined;
 }
+
+/**
+ * Unix sockets of one session at most: the first exports get their own `<export>.sock`, later
+ * ones share the controller's `<name>.sock` (the NBD export name selects the namespace).
+ */
+export const MAX_EXPORT_SOCKETS = 16;
 
 /** Options of {@link ControllerSession.open}. */
 export interface SessionOptions {
@@ -233,6 +240,9 @@ export class ControllerSession extends EventEmitter {
       await s.identifyAll();
       await s.listen();
       for (const sk of s.skipped) log(`${o.name}: namespace ${sk.nsid} not exported: ${sk.reason}`);
+      if (controller.namespacesOverLimit > 0) {
+        log(`${o.name}: ${controller.namespacesOverLimit} more active namespaces not exported: more than ${o.controller.maxNamespaces ?? DEFAULT_MAX_NAMESPACES} (--max-namespaces) (${ErrorCode.TOO_MANY_NAMESPACES})`);
+      }
       if (o.attach === true) await s.attachAll();
       s.watchController();
       return s;
@@ -411,11 +421,16 @@ export class ControllerSession extends EventEmitter {
     // One socket per export in a private directory (0700 dir, 0600 sockets): every socket
     // serves every export, but a per-namespace path is what tools and nbd-client are given.
     // A withdrawn export's socket stays (it serves the other exports); a namespace that comes
-    // back reuses it.
+    // back reuses it. Per-export sockets are bounded (MAX_EXPORT_SOCKETS): further exports
+    // share one controller socket, `<name>.sock`, where the export name (nbd-client -N)
+    // selects the namespace — a target with thousands of namespaces costs one descriptor, not
+    // thousands (issue 14 finding 4).
     const dir = path.join(spec.unixDir, this.name);
     for (let i = 0; i < this.exports.length; i++) {
       const e = this.exports[i] as SessionExport;
-      const p = path.join(dir, `${e.name}.sock`);
+      if ('unix' in e.endpoint && e.endpoint.unix !== '') continue;
+      let p = path.join(dir, `${e.name}.sock`);
+      if (!this.unixEndpoints.has(p) && this.unixEndpoints.size >= MAX_EXPORT_SOCKETS) p = path.join(dir, `${this.name}.sock`);
       let ep = this.unixEndpoints.get(p);
       if (ep === undefined) {
         ep = await this.server.listen({ unix: p });
@@ -489,6 +504,7 @@ export class ControllerSession extends EventEmitter {
         ...(e.capacityChanged !== undefined ? { capacityChanged: e.capacityChanged } : {}),
       })),
       skipped: this.skipped,
+      ...(c.namespacesOverLimit > 0 ? { namespacesOverLimit: c.namespacesOverLimit } : {}),
       nbd: this.stats(),
       queues: c.stats(),
     };

@@ -73,6 +73,7 @@ export function dhchapFromArgs(opts: Record<string, unknown>): DhchapHostOptions
 
 /** Controller flags of connect. */
 export const CONTROLLER_OPTIONS: readonly OptionSpec[] = [
+  { long: 'max-namespaces', type: 'int', metavar: 'N', min: 1, max: 1 << 20, help: 'serve at most N namespaces of the controller (the lowest NSIDs; the rest are skipped)', default: 4096 },
   { long: 'nr-io-queues', short: 'i', type: 'int', metavar: 'N', min: 1, max: 65535, help: 'number of I/O queues (default: CPU count, capped by the controller)' },
   { long: 'queue-size', short: 'Q', type: 'int', metavar: 'N', min: 2, max: 65536, help: 'I/O queue depth', default: 128 },
   { long: 'keep-alive-tmo', short: 'k', type: 'int', metavar: 'SEC', min: 0, max: 4294967, help: 'keep-alive timeout in seconds (connect needs ≥ 1: it makes the target drop a lost association before held writes are re-driven)', default: 5 },
@@ -180,6 +181,7 @@ export function controllerOptionsFromArgs(opts: Record<string, unknown>): Contro
     ...(hostTraddr !== undefined ? { hostTraddr } : {}),
     ...(a.dhchap !== undefined ? { dhchap: a.dhchap } : {}),
     nrIoQueues: typeof opts['nr-io-queues'] === 'number' ? opts['nr-io-queues'] : os.cpus().length,
+    ...(typeof opts['max-namespaces'] === 'number' ? { maxNamespaces: opts['max-namespaces'] } : {}),
     queueSize: typeof opts['queue-size'] === 'number' ? opts['queue-size'] : 128,
     kato,
     ...(opts['disable-sqflow'] === true ? { disableSqFlowControl: true } : {}),
