@@ -538,6 +538,7 @@ export class Daemon {
       attach: false,
       connections: typeof args.connections === 'number' ? args.connections : 1,
       readOnly: args['read-only'] === true,
+      ...(typeof args['nbd-idle-timeout'] === 'number' ? { nbdServer: { idleTimeoutMs: args['nbd-idle-timeout'] * 1000 } } : {}),
       log: (m) => this.log(m),
     });
     if (e.closing || !this.running) {

@@ -93,6 +93,21 @@ export interface NbdConnectionHost {
   readonly handshakeTimeoutMs: number;
   /** After our FIN, how long a client that does not read may keep the socket (then destroyed). */
   readonly closeGraceMs: number;
+  /** Connections in transmission on one export at most; GO beyond → ERR_POLICY. */
+  readonly maxConnectionsPerExport: number;
+  /** Transmission phase: close a connection that sent nothing for this long with nothing in flight (0 = never). */
+  readonly idleTimeoutMs: number;
+  /**
+   * The server-wide budget of request bytes in flight plus reply bytes not yet taken by clients,
+   * shared by every connection: true when it is used up. A connection holding bytes then stops
+   * reading (those that do not read their replies keep holding them); one holding nothing may
+   * still take one request, so a well-behaved client always makes progress.
+   */
+  budgetExhausted(): boolean;
+  /** Call `resume` once when some connection released budget. */
+  waitBudget(resume: () => void): void;
+  /** A connection released budget (a reply was taken, a request ended). */
+  budgetReleased(): void;
 }
 
 const Phase = { HANDSHAKE: 0, TRANSMISSION: 1, CLOSED: 2 } as const;
@@ -136,6 +151,10 @@ export class NbdConnection {
   private handshakePaused = false;
   private optionCount = 0;
   private handshakeTimer: NodeJS.Timeout | undefined;
+  /** Transmission idle timer (host.idleTimeoutMs), refreshed on every chunk received. */
+  private idleTimer: NodeJS.Timeout | undefined;
+  /** Waiting for the server-wide budget (registered with host.waitBudget). */
+  private budgetWait = false;
   private resolveClosed!: () => void;
   /** Resolves once the socket is closed and all state released. */
   readonly closed: Promise<void> = new Promise((r) => {
@@ -171,8 +190,13 @@ export class NbdConnection {
     s.on('error', (err: Error) => this.destroy(ErrorCode.CONNECTION_CLOSED, `socket error: ${err.message}`, 'warn'));
     s.on('close', () => this.onClose());
     s.on('drain', () => {
-      if (this.phase === Phase.TRANSMISSION) this.pump();
-      else if (this.phase === Phase.HANDSHAKE) this.resumeHandshake();
+      if (this.phase === Phase.TRANSMISSION) {
+        this.pump();
+        // Queued replies were taken: others waiting for the shared budget may go on.
+        this.host.budgetReleased();
+      } else if (this.phase === Phase.HANDSHAKE) {
+        this.resumeHandshake();
+      }
     });
     if (this.host.handshakeTimeoutMs > 0) {
       this.handshakeTimer = setTimeout(
@@ -201,6 +225,11 @@ export class NbdConnection {
     this.maybeFinish();
   }
 
+  /** Bytes this connection holds against the server-wide budget: requests in flight plus unsent replies. */
+  get heldBytes(): number {
+    return this.phase === Phase.CLOSED ? 0 : this.inFlightBytes + this.socket.writableLength;
+  }
+
   /** The one teardown path: log (when given a code), destroy the socket. */
   destroy(code?: ErrorCodeValue, msg?: string, level: NbdLogEntry['level'] = 'warn'): void {
     if (this.phase === Phase.CLOSED) return;
@@ -223,6 +252,7 @@ export class NbdConnection {
         this.handshake();
         return;
       case Phase.TRANSMISSION:
+        this.idleTimer?.refresh();
         // After DISC the client must send nothing more; ignore whatever comes.
         if (this.draining && this.shutdownErrno === 0) return;
         (this.rq as NbdRequestParser).push(chunk);
@@ -282,6 +312,21 @@ export class NbdConnection {
       clearTimeout(this.handshakeTimer);
       this.handshakeTimer = undefined;
     }
+    if (this.idleTimer !== undefined) {
+      clearTimeout(this.idleTimer);
+      this.idleTimer = undefined;
+    }
+  }
+
+  /** The idle timer fired: nothing received for idleTimeoutMs. Requests still running keep it alive. */
+  private onIdle(): void {
+    if (this.phase !== Phase.TRANSMISSION) return;
+    if (this.inFlight > 0) {
+      this.idleTimer?.refresh();
+      return;
+    }
+    this.log('info', `idle for ${this.host.idleTimeoutMs} ms; closing`, ErrorCode.NBD_IDLE_TIMEOUT);
+    this.endSocket();
   }
 
   private log(level: NbdLogEntry['level'], msg: string, code?: ErrorCodeValue): void {
@@ -375,6 +420,11 @@ export class NbdConnection {
           this.destroy(ErrorCode.NBD_UNKNOWN_EXPORT, `unknown export '${name}'`, 'warn');
           return;
         }
+        if (exp.connections.size >= this.host.maxConnectionsPerExport) {
+          // No polite refusal exists for EXPORT_NAME either.
+          this.destroy(ErrorCode.NBD_TOO_MANY_CONNECTIONS, `export '${name}' already has ${exp.connections.size} connections (maximum ${this.host.maxConnectionsPerExport})`, 'warn');
+          return;
+        }
         w(encodeExportNameReply(exp.device.size, this.transmissionFlags(exp.device), this.noZeroes));
         this.enterTransmission(exp);
         return;
@@ -397,6 +447,11 @@ export class NbdConnection {
         if (found === undefined) return;
         const { req, exp } = found;
         const dev = exp.device;
+        if (option === Opt.GO && exp.connections.size >= this.host.maxConnectionsPerExport) {
+          this.log('warn', `export '${exp.name}' already has ${exp.connections.size} connections (maximum ${this.host.maxConnectionsPerExport}); GO refused`, ErrorCode.NBD_TOO_MANY_CONNECTIONS);
+          w(encodeRepError(option, Rep.ERR_POLICY, `export '${exp.name}' has too many connections`));
+          return;
+        }
         w(encodeInfoExport(option, dev.size, this.transmissionFlags(dev)));
         for (const t of req.infos) {
           if (t === InfoType.NAME) w(encodeInfoName(option, exp.name));
@@ -497,6 +552,10 @@ export class NbdConnection {
     this.rq = new NbdRequestParser(exp.device.maxRequest);
     for (const c of this.opts.drain()) this.rq.push(c);
     this.log('debug', `transmission on export '${exp.name}'`);
+    if (this.host.idleTimeoutMs > 0) {
+      this.idleTimer = setTimeout(() => this.onIdle(), this.host.idleTimeoutMs);
+      this.idleTimer.unref();
+    }
     if (exp.removed || this.host.shuttingDown) this.shutdownErrno = NbdErrno.ESHUTDOWN;
     // Defer: pump() may reply, and we are inside the handshake's cork.
     process.nextTick(() => {
@@ -514,6 +573,7 @@ export class NbdConnection {
     const rq = this.rq as NbdRequestParser;
     const maxN = this.host.maxInFlight;
     const maxB = this.host.maxInFlightBytes;
+    let overBudget = false;
     this.pumping = true;
     try {
       while (
@@ -523,6 +583,10 @@ export class NbdConnection {
         this.inFlightBytes < maxB &&
         this.socket.writableLength < maxB
       ) {
+        if (this.heldBytes > 0 && this.host.budgetExhausted()) {
+          overBudget = true;
+          break;
+        }
         let req: NbdRequest | undefined;
         try {
           req = rq.next();
@@ -544,7 +608,14 @@ export class NbdConnection {
       this.pumping = false;
     }
     if (this.phase !== Phase.TRANSMISSION) return;
-    const blocked = this.inFlight >= maxN || this.inFlightBytes >= maxB || this.socket.writableLength >= maxB;
+    if (overBudget && !this.budgetWait) {
+      this.budgetWait = true;
+      this.host.waitBudget(() => {
+        this.budgetWait = false;
+        this.pump();
+      });
+    }
+    const blocked = overBudget || this.inFlight >= maxN || this.inFlightBytes >= maxB || this.socket.writableLength >= maxB;
     if (blocked && !this.paused) {
       this.paused = true;
       this.socket.pause();
@@ -710,6 +781,7 @@ export class NbdConnection {
   private after(): void {
     this.pump();
     this.maybeFinish();
+    this.host.budgetReleased();
   }
 
   private finishRead(req: NbdRequest, bytes: number, data: Buffer): void {

@@ -45,6 +45,18 @@ export interface NbdServerOptions {
    *  the socket is destroyed (default 5000): close()/removeExport() finish even when a client
    *  stopped reading. */
   closeGraceMs?: number;
+  /** Open connections at most (more are closed at accept, NBD_ERR_TOO_MANY_CONNECTIONS), default 256. */
+  maxConnections?: number;
+  /** Connections in transmission per export at most (GO beyond → NBD_REP_ERR_POLICY), default 64. */
+  maxConnectionsPerExport?: number;
+  /**
+   * Request bytes in flight plus reply bytes not yet read, all connections together, before
+   * connections that hold bytes stop reading (default 256 MiB): per-connection bounds alone
+   * multiply with the number of connections.
+   */
+  maxTotalBytes?: number;
+  /** After GO, close a connection that sent nothing for this long with nothing in flight (default 0 = never). */
+  idleTimeoutMs?: number;
 }
 
 /** Per-export statistics, as `list` shows them. */
@@ -78,6 +90,11 @@ export class NbdServer {
   private closing = false;
   private readonly host: NbdConnectionHost;
   private readonly logFn: (e: NbdLogEntry) => void;
+  private readonly maxConnections: number;
+  private readonly maxTotalBytes: number;
+  /** Connections waiting for the shared budget (resumed in FIFO order when bytes are released). */
+  private readonly budgetWaiters: Array<() => void> = [];
+  private budgetWake = false;
 
   constructor(opts: NbdServerOptions = {}) {
     this.logFn = opts.log ?? defaultLog;
@@ -85,6 +102,8 @@ export class NbdServer {
     const maxInFlightBytes = opts.maxInFlightBytes ?? 64 * 1024 * 1024;
     const handshakeTimeoutMs = opts.handshakeTimeoutMs ?? 30_000;
     const closeGraceMs = opts.closeGraceMs ?? 5000;
+    this.maxConnections = opts.maxConnections ?? 256;
+    this.maxTotalBytes = opts.maxTotalBytes ?? 256 * 1024 * 1024;
     const self = this;
     this.host = {
       findExport: (name) => this.findExport(name),
@@ -97,7 +116,32 @@ export class NbdServer {
       maxInFlightBytes,
       handshakeTimeoutMs,
       closeGraceMs,
+      maxConnectionsPerExport: opts.maxConnectionsPerExport ?? 64,
+      idleTimeoutMs: opts.idleTimeoutMs ?? 0,
+      budgetExhausted: () => this.heldBytes() >= this.maxTotalBytes,
+      waitBudget: (resume) => {
+        this.budgetWaiters.push(resume);
+      },
+      budgetReleased: () => this.budgetReleased(),
     };
+  }
+
+  /** Bytes held by all connections (requests in flight + replies not yet read). */
+  heldBytes(): number {
+    let n = 0;
+    for (const c of this.connections) n += c.heldBytes;
+    return n;
+  }
+
+  /** Wake the connections waiting for budget, once per tick (they re-check and may wait again). */
+  private budgetReleased(): void {
+    if (this.budgetWaiters.length === 0 || this.budgetWake) return;
+    this.budgetWake = true;
+    setImmediate(() => {
+      this.budgetWake = false;
+      if (this.heldBytes() >= this.maxTotalBytes) return;
+      for (const resume of this.budgetWaiters.splice(0)) resume();
+    });
   }
 
   /**
@@ -164,6 +208,12 @@ export class NbdServer {
   async listen(spec: NbdListenSpec): Promise<NbdEndpoint> {
     if (this.closing) throw new NvmfNbdError(ErrorCode.NBD_LISTEN_FAILED, 'server is closing');
     const server = net.createServer({ allowHalfOpen: true }, (sock) => {
+      if (this.connections.size >= this.maxConnections) {
+        // Before the greeting: a flood of connections costs one descriptor each, briefly.
+        this.logFn({ level: 'warn', msg: `connection refused: ${this.connections.size} open (maximum ${this.maxConnections})`, code: ErrorCode.NBD_TOO_MANY_CONNECTIONS });
+        sock.destroy();
+        return;
+      }
       sock.setNoDelay(true);
       this.serveSocket(sock);
     });
@@ -231,7 +281,11 @@ export class NbdServer {
   serveSocket(socket: Duplex): NbdConnection {
     const conn = new NbdConnection(this.host, socket, this.nextConnId++);
     this.connections.add(conn);
-    void conn.closed.then(() => this.connections.delete(conn));
+    void conn.closed.then(() => {
+      this.connections.delete(conn);
+      // Its held bytes are gone with it.
+      this.budgetReleased();
+    });
     if (this.closing) {
       socket.destroy();
       return conn;

@@ -24,7 +24,7 @@ import { ControllerSession, parseNbdSpec } from '../../engine/session';
 import { protectFromOomKiller } from '../../engine/oom';
 import { ErrorCode, NvmfNbdError } from '../../errors';
 import { SubType, TrType } from '../../wire';
-import { ADDRESS_OPTIONS, DEFAULT_IO_PORT, absoluteSecretReferences, addressFromArgs, checkTos, controllerOptionsFromArgs, describeController, formatController, formatExports, sourceAddressFromArgs, verb as connectVerb, withLinuxDefaults } from './connect';
+import { ADDRESS_OPTIONS, DEFAULT_IO_PORT, absoluteSecretReferences, addressFromArgs, checkTos, controllerOptionsFromArgs, describeController, formatController, formatExports, nbdServerFromArgs, sourceAddressFromArgs, verb as connectVerb, withLinuxDefaults } from './connect';
 import { loadConfig, planEntries } from '../config-files';
 import type { PlannedEntry } from '../config-files';
 import { nvmeEtcDir } from '../../controller/host-identity';
@@ -234,6 +234,7 @@ async function foreground(opts: Record<string, unknown>, perEntry: Array<Record<
       const s = await ControllerSession.open({
         name: `nvme${sessions.length}`, controller: withLinuxDefaults(copts), nbd, attach: o.attach === true,
         connections: typeof o.connections === 'number' ? o.connections : 1, readOnly: o['read-only'] === true,
+        nbdServer: nbdServerFromArgs(o),
         log: (m) => process.stderr.write(`${m}\n`),
       });
       sessions.push(s);

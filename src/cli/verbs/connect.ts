@@ -190,6 +190,12 @@ export function controllerOptionsFromArgs(opts: Record<string, unknown>): Contro
   };
 }
 
+/** NBD server options from the connect flags (`--nbd-idle-timeout` SEC → idleTimeoutMs). */
+export function nbdServerFromArgs(opts: Record<string, unknown>): { idleTimeoutMs?: number } {
+  const v = opts['nbd-idle-timeout'];
+  return typeof v === 'number' ? { idleTimeoutMs: v * 1000 } : {};
+}
+
 /** -c/-l/--fast-io-fail-tmo/--io-timeout (seconds) → ms options; absent flags stay absent. */
 export function resilienceFromArgs(opts: Record<string, unknown>): ResilienceOptions & { ioTimeoutMs?: number } {
   const ms = (name: string): number | undefined => {
@@ -280,6 +286,7 @@ export const NBD_OPTIONS: readonly OptionSpec[] = [
   { long: 'connections', type: 'int', metavar: 'N', min: 1, max: 16, help: 'nbd-client connections per device with --attach', default: 1 },
   // No -r: in nvme-cli -r is --raw FILE (discover, connect-all); read-only has its long name only.
   { long: 'read-only', type: 'boolean', help: 'serve the namespaces read-only' },
+  { long: 'nbd-idle-timeout', type: 'int', metavar: 'SEC', min: 1, max: 2147483, help: 'close an NBD connection that sent nothing for SEC seconds after choosing its export (default: never)' },
 ];
 
 /** Human rendering of a session's exports. */
@@ -326,6 +333,7 @@ export const verb: Verb = {
       attach: opts.attach === true,
       connections: opts.connections as number,
       readOnly: opts['read-only'] === true,
+      nbdServer: nbdServerFromArgs(opts),
       log: (msg) => process.stderr.write(`${msg}\n`),
     });
     const ctrl = session.controller;
