@@ -237,3 +237,42 @@ test('discover -p prints the log and leaves the discovery controller with the da
   assert.equal(d.code, 0, d.err);
   assert.equal((await list()).discovery.some((x) => x.name === w!.name), false);
 });
+
+test('the daemon applies the config at start (--config); a bad config stops it with its CFG_ERR_* code', T, async () => {
+  const p2 = t2!.address()!.port;
+  await t2!.addSubsystemAtRuntime(sub('h'));
+  const alt = path.join(dir, 'alt');
+  const json = path.join(dir, 'start.json');
+  await fsp.writeFile(json, JSON.stringify([{ hostnqn: HOSTNQN, subsystems: [{ nqn: `${P}h`, ports: [{ transport: 'tcp', traddr: '127.0.0.1', trsvcid: String(p2), nr_io_queues: 1 }] }] }]));
+  const env = { ...process.env, NVMF_NBD_STATE_DIR: path.join(alt, 'state') };
+  const altControl = path.join(alt, 'c.sock');
+  await fsp.mkdir(alt, { recursive: true });
+  const child = spawn(process.execPath, [MAIN, 'daemon', '--control', altControl, '--config', json], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+  try {
+    for (let i = 0; i < 300 && !out.includes('daemon ready'); i++) await new Promise((r) => setTimeout(r, 100));
+    assert.match(out, /daemon ready: .*1 config entry/);
+    const saved = control;
+    control = altControl;
+    try {
+      await until('h live from the config at start', (x) => live(x, 'h'));
+    } finally {
+      control = saved;
+    }
+  } finally {
+    const done = new Promise((r) => child.once('exit', r));
+    child.kill('SIGTERM');
+    await done;
+  }
+  const badFile = path.join(dir, 'bad-start.json');
+  await fsp.writeFile(badFile, '[{"hostnqn": "nqn.x:h", "subsystems": [{"nqn": "nqn.x:s", "ports": [{"transport": "tcp", "traddr": "127.0.0.1", "trsvcid": "nope"}]}]}]');
+  const bad = await new Promise<{ code: number | null; err: string }>((resolve) => {
+    const c = spawn(process.execPath, [MAIN, 'daemon', '--control', path.join(alt, 'c2.sock'), '--config', badFile], { env, stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    c.stderr.on('data', (d: Buffer) => { err += d.toString(); });
+    c.on('exit', (code) => resolve({ code, err }));
+  });
+  assert.equal(bad.code, 1);
+  assert.match(bad.err, /bad-start\.json:\$\[0\]\.subsystems\[0\]\.ports\[0\]\.trsvcid: .*\(CFG_ERR_BAD_VALUE\)/);
+});

@@ -120,6 +120,19 @@ test('discover -r/--raw FILE writes the log page as read (header + entries); con
     assert.equal(raw.length, 1024 * 3);
     assert.equal(raw.readBigUInt64LE(8), 2n, 'numrec');
     assert.equal(raw.subarray(1024 + 256, 1024 + 256 + NQN.length).toString(), NQN);
+    // connect-all -r FILE (the issue's `connect-all -r out.bin`): the log is written; with no
+    // NVM subsystem in it the verb exits 1 after saying so.
+    const empty = new NvmeTarget({ listen: { host: '127.0.0.1', port: 0 }, subsystems: [] });
+    const e = await empty.listen();
+    try {
+      const out = path.join(STATE, 'out.bin');
+      const c = await cli(['connect-all', '-a', '127.0.0.1', '-s', String(e.port), ...ID, '-r', out, '--foreground']);
+      assert.equal(c.code, 1, c.err);
+      assert.match(c.err, /no NVM subsystem on TCP/);
+      assert.equal(fs.readFileSync(out).length, 1024, 'header only');
+    } finally {
+      await empty.close();
+    }
   } finally {
     await target.close();
   }
