@@ -12,6 +12,7 @@
 import type { Duplex } from 'node:stream';
 import { ErrorCode, NvmfNbdError, type ErrorCodeValue } from '../errors';
 import type { BlockDevice } from '../block/types';
+import { SUB_BLOCK_MAX_REQUEST, type SubBlockDevice } from '../block/sub-block';
 import {
   BASE_ALLOCATION,
   ClientFlag,
@@ -75,6 +76,11 @@ export interface NbdExportCounters {
 export interface NbdExportEntry {
   readonly name: string;
   readonly device: BlockDevice;
+  /**
+   * The same device behind the export's range lock: every request of every connection goes
+   * through it, so read-modify-writes of partial blocks are serialized against everything.
+   */
+  readonly sub: SubBlockDevice;
   readonly description: string;
   readonly counters: NbdExportCounters;
   readonly connections: Set<NbdConnection>;
@@ -132,6 +138,13 @@ export class NbdConnection {
   private exp: NbdExportEntry | undefined;
   private noZeroes = false;
   private structured = false;
+  /**
+   * The client asked for NBD_INFO_BLOCK_SIZE in GO: it agreed to our minimum (the LBA size) and
+   * maximum (32 MiB), and gets EINVAL/EOVERFLOW outside them. Otherwise (GO without it, or
+   * EXPORT_NAME) it agreed to no minimum: unaligned requests are served by read-modify-write and
+   * requests up to SUB_BLOCK_MAX_REQUEST are taken.
+   */
+  private strictSizes = false;
   /** Export name the meta context was negotiated for, when `base:allocation` is selected. */
   private metaExport: string | undefined;
   private metaActive = false;
@@ -457,12 +470,15 @@ export class NbdConnection {
           if (t === InfoType.NAME) w(encodeInfoName(option, exp.name));
           else if (t === InfoType.DESCRIPTION && exp.description !== '') w(encodeInfoDescription(option, exp.description));
         }
-        // Block sizes are sent even when not requested (proto.md allows it); clients that did
-        // not ask (the kernel) still get aligned requests because they use -b blockSize.
+        // Block sizes are sent even when not requested (proto.md allows it); a client that did
+        // not ask has not agreed to them, though (see strictSizes).
         const { min, preferred, max } = blockSizes(dev);
         w(encodeInfoBlockSize(option, min, preferred, max));
         w(encodeRepAck(option));
-        if (option === Opt.GO) this.enterTransmission(exp);
+        if (option === Opt.GO) {
+          this.strictSizes = req.infos.includes(InfoType.BLOCK_SIZE);
+          this.enterTransmission(exp);
+        }
         return;
       }
       case Opt.STRUCTURED_REPLY:
@@ -549,7 +565,7 @@ export class NbdConnection {
     this.phase = Phase.TRANSMISSION;
     // Meta contexts negotiated for another export do not carry over (proto.md).
     if (this.metaExport !== exp.name) this.metaActive = false;
-    this.rq = new NbdRequestParser(exp.device.maxRequest);
+    this.rq = new NbdRequestParser(this.maxRequest(exp.device));
     for (const c of this.opts.drain()) this.rq.push(c);
     this.log('debug', `transmission on export '${exp.name}'`);
     if (this.host.idleTimeoutMs > 0) {
@@ -633,6 +649,11 @@ export class NbdConnection {
     }
   }
 
+  /** Largest request this connection takes (payloads beyond it end the connection). */
+  private maxRequest(dev: BlockDevice): number {
+    return this.strictSizes ? dev.maxRequest : Math.max(dev.maxRequest, SUB_BLOCK_MAX_REQUEST);
+  }
+
   /** errno for a request that cannot run, or 0 when it is valid. */
   private validate(req: NbdRequest, dev: BlockDevice): number {
     const t = req.type;
@@ -668,16 +689,17 @@ export class NbdConnection {
     if (writes && dev.readOnly) return NbdErrno.EPERM;
     if (req.length === 0) return NbdErrno.EINVAL;
     // READ replies are buffered whole: refuse what exceeds the advertised maximum block size.
-    if (t === Cmd.READ && req.length > dev.maxRequest) return NbdErrno.EOVERFLOW;
+    if (t === Cmd.READ && req.length > this.maxRequest(dev)) return NbdErrno.EOVERFLOW;
     if (req.offset + req.length > dev.size) return t === Cmd.WRITE || t === Cmd.WRITE_ZEROES ? NbdErrno.ENOSPC : NbdErrno.EINVAL;
     const bs = dev.blockSize;
-    if (req.offset % bs !== 0 || req.length % bs !== 0) return NbdErrno.EINVAL;
+    if (this.strictSizes && (req.offset % bs !== 0 || req.length % bs !== 0)) return NbdErrno.EINVAL;
     return 0;
   }
 
   private dispatch(req: NbdRequest): void {
     const exp = this.exp as NbdExportEntry;
     const dev = exp.device;
+    const sub = exp.sub;
     if (req.type === Cmd.DISC) {
       this.draining = true;
       this.log('debug', 'client sent DISC');
@@ -703,7 +725,7 @@ export class NbdConnection {
           c.reads++;
           c.bytesRead += req.length;
           this.begin(bytes);
-          dev.read(req.offset, req.length).then(
+          sub.read(req.offset, req.length).then(
             (data) => this.finishRead(req, bytes, data),
             (err: unknown) => this.finish(req, bytes, err),
           );
@@ -715,18 +737,18 @@ export class NbdConnection {
           c.writes++;
           c.bytesWritten += bytes;
           this.begin(bytes);
-          p = dev.write(req.offset, data, (req.flags & CmdFlag.FUA) !== 0);
+          p = sub.write(req.offset, data, (req.flags & CmdFlag.FUA) !== 0);
           break;
         }
         case Cmd.FLUSH:
           c.flushes++;
           this.begin(0);
-          p = dev.flush();
+          p = sub.flush();
           break;
         case Cmd.TRIM:
           c.trims++;
           this.begin(0);
-          p = dev.trim(req.offset, req.length);
+          p = sub.trim(req.offset, req.length);
           // proto.md: a FUA trim must be persistent before the reply. BlockDevice.trim has no
           // FUA (NVMe Deallocate has none either), so flush the device after it.
           if ((req.flags & CmdFlag.FUA) !== 0 && dev.canFlush) p = p.then(() => dev.flush());
@@ -734,7 +756,7 @@ export class NbdConnection {
         case Cmd.WRITE_ZEROES:
           c.zeroes++;
           this.begin(0);
-          p = dev.writeZeroes(req.offset, req.length, {
+          p = sub.writeZeroes(req.offset, req.length, {
             mayDeallocate: (req.flags & CmdFlag.NO_HOLE) === 0,
             fua: (req.flags & CmdFlag.FUA) !== 0,
             fastOnly: (req.flags & CmdFlag.FAST_ZERO) !== 0,

@@ -12,6 +12,7 @@ import * as path from 'node:path';
 import type { Duplex } from 'node:stream';
 import { ErrorCode, NvmfNbdError } from '../errors';
 import type { BlockDevice } from '../block/types';
+import { SubBlockDevice, type SubBlockCounters } from '../block/sub-block';
 import { MAX_STRING_LENGTH } from '../wire/nbd';
 import { NbdConnection, type NbdConnectionHost, type NbdExportCounters, type NbdExportEntry, type NbdLogEntry } from './connection';
 
@@ -60,7 +61,7 @@ export interface NbdServerOptions {
 }
 
 /** Per-export statistics, as `list` shows them. */
-export interface NbdExportStats extends NbdExportCounters {
+export interface NbdExportStats extends NbdExportCounters, SubBlockCounters {
   name: string;
   description: string;
   size: number;
@@ -156,6 +157,7 @@ export class NbdServer {
     this.exportsByName.set(name, {
       name,
       device,
+      sub: new SubBlockDevice(device),
       description: opts.description ?? '',
       counters: { reads: 0, writes: 0, bytesRead: 0, bytesWritten: 0, flushes: 0, trims: 0, zeroes: 0, errors: 0 },
       connections: new Set(),
@@ -193,6 +195,7 @@ export class NbdServer {
       readOnly: e.device.readOnly,
       connections: e.connections.size,
       ...e.counters,
+      ...e.sub.counters,
     }));
   }
 

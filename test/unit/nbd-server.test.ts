@@ -204,10 +204,10 @@ async function start(o: { maxInFlight?: number; maxInFlightBytes?: number; dev?:
   return { server, port: ep.tcp.port, logs, dev, ro };
 }
 
-async function connectGo(f: Fixture, name = 'disk'): Promise<{ c: Raw; n: Negotiated }> {
+async function connectGo(f: Fixture, name = 'disk', infos: number[] = []): Promise<{ c: Raw; n: Negotiated }> {
   const c = await Raw.connect(f.port);
   await greet(c);
-  const n = await go(c, name);
+  const n = await go(c, name, infos);
   return { c, n };
 }
 
@@ -686,10 +686,10 @@ test('violation: bad request magic → closed, NBD_ERR_BAD_MAGIC', T, async () =
   }
 });
 
-test('violations answered with an errno while the connection stays usable', T, async () => {
+test('violations answered with an errno while the connection stays usable (a client that negotiated block sizes)', T, async () => {
   const f = await start();
   try {
-    const { c } = await connectGo(f);
+    const { c } = await connectGo(f, 'disk', [InfoType.BLOCK_SIZE]);
     const cases: Array<[string, () => bigint, number]> = [
       ['unknown command', () => req(c, 42, 0, 512), NbdErrno.EINVAL],
       ['unknown flag', () => req(c, Cmd.READ, 0, 512, { flags: 0x8000 }), NbdErrno.EINVAL],
@@ -743,15 +743,18 @@ test('violation: write/trim/zero on a read-only export → EPERM, payload consum
 });
 
 test('violation: WRITE longer than the maximum block size → closed, NBD_ERR_REQUEST_TOO_LARGE', T, async () => {
-  const f = await start();
-  try {
-    const { c } = await connectGo(f);
-    // Only the header: the server must refuse before waiting for (or buffering) 32 MiB + 512.
-    c.send(encodeRequest({ type: Cmd.WRITE, cookie: 1n, offset: 0, length: 32 * MiB + 512 }).subarray(0, 28));
-    assert.equal((await c.expectClose()).length, 0);
-    assert.ok(hasCode(f, ErrorCode.NBD_REQUEST_TOO_LARGE));
-  } finally {
-    await f.server.close();
+  // 32 MiB for a client that negotiated block sizes, 64 MiB for one that did not.
+  for (const [infos, max] of [[[InfoType.BLOCK_SIZE], 32 * MiB], [[], 64 * MiB]] as const) {
+    const f = await start();
+    try {
+      const { c } = await connectGo(f, 'disk', [...infos]);
+      // Only the header: the server must refuse before waiting for (or buffering) the payload.
+      c.send(encodeRequest({ type: Cmd.WRITE, cookie: 1n, offset: 0, length: max + 512 }).subarray(0, 28));
+      assert.equal((await c.expectClose()).length, 0);
+      assert.ok(hasCode(f, ErrorCode.NBD_REQUEST_TOO_LARGE));
+    } finally {
+      await f.server.close();
+    }
   }
 });
 
