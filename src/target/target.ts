@@ -231,6 +231,7 @@ export class NvmeTarget {
   private bound: { host: string; port: number } | undefined;
   private lastCntlid = 0;
   private closed = false;
+  private authPolicy: TargetAuthPolicy;
   /** Discovery log generation counter: bumped on every change of the log. */
   private genctr = 1n;
   private readonly referrals: Array<{ host: string; port: number }> = [];
@@ -247,10 +248,12 @@ export class NvmeTarget {
     }
     const keys = resolveHostKeys(opts);
     const allow = opts.allowHosts === undefined || opts.allowHosts.length === 0 ? undefined : new Set([...opts.allowHosts, ...keys.keys()]);
-    const authPolicy = resolveAuthPolicy(opts);
+    this.authPolicy = resolveAuthPolicy(opts);
+    const self = this;
     this.ctx = {
       hostKeys: (hostnqn) => keys.get(hostnqn),
-      authPolicy,
+      // Read at each queue's Connect, so setDhchapPolicy() applies to the next connections.
+      get authPolicy(): TargetAuthPolicy { return self.authPolicy; },
       cfg: this.cfg,
       stats: this.counters,
       controllers: this.controllers,
@@ -487,6 +490,18 @@ export class NvmeTarget {
       out.push({ nqn: s.nqn, serial: s.serial, namespaces: [...nss, ...pend] });
     }
     return out;
+  }
+
+  /**
+   * Change the DH-HMAC-CHAP hashes / groups offered (in order of preference) for connections
+   * made from now on. @throws CFG_ERR_INVALID
+   */
+  setDhchapPolicy(o: { hashes?: DhchapHashId[]; dhgroups?: DhchapGroupId[] }): void {
+    this.authPolicy = resolveAuthPolicy({
+      dhchapHashes: o.hashes ?? [...this.authPolicy.hashes],
+      dhchapGroups: o.dhgroups ?? [...this.authPolicy.dhgroups],
+      authTimeoutMs: this.authPolicy.stepTimeoutMs,
+    });
   }
 
   /**

@@ -286,6 +286,41 @@ describe('DH-HMAC-CHAP with the Linux kernel (6.12 guest)', { timeout: 1_800_000
     t.diagnostic(`Linux host authenticated ${n} queues; dmesg: ${r.out.split('\n').filter((l) => /authenticated/i.test(l)).join(' | ')}`);
   });
 
+  it('Linux host → our target with each hash × null/ffdhe2048 (our target\'s choice), uni- and bidirectional: the data reads back', async (t) => {
+    if (!ready(t)) return;
+    const guest = g as Guest;
+    const tg = target as NvmeTarget;
+    const base = `nvme connect -t tcp -a ${GUEST_HOST_ALIAS} -s 4420 -n ${OUR_NQN} -q ${GUEST_HOSTNQN} -I ${GUEST_HOSTID} --dhchap-secret ${shq(formatDhchapKey(guestHostKey))}`;
+    const waitDev = 'i=0; while [ ! -b /dev/nvme0n1 ]; do i=$((i+1)); [ $i -gt 600 ] && { echo "no /dev/nvme0n1"; dmesg | tail -30; exit 1; }; sleep 0.1; done';
+    try {
+      await guest.exec('dd if=/dev/urandom of=/tmp/pat bs=64k count=4 2>/dev/null; dmesg -c >/dev/null');
+      let i = 0;
+      for (const hash of [DhchapHash.SHA256, DhchapHash.SHA384, DhchapHash.SHA512]) {
+        for (const group of [DhchapGroup.NULL, DhchapGroup.FFDHE2048]) {
+          const bidi = i % 2 === 1;
+          tg.setDhchapPolicy({ hashes: [hash], dhgroups: [group] });
+          const r = await guest.exec([
+            'set -e',
+            `${base}${bidi ? ` --dhchap-ctrl-secret ${shq(formatDhchapKey(guestCtrlKey))}` : ''}`,
+            waitDev,
+            `dd if=/tmp/pat of=/dev/nvme0n1 bs=64k seek=${16 * i} oflag=direct 2>/dev/null`,
+            `dd if=/dev/nvme0n1 bs=64k skip=${16 * i} count=4 iflag=direct 2>/dev/null | cmp - /tmp/pat`,
+            `nvme disconnect -n ${OUR_NQN} >/dev/null`,
+            'i=0; while [ -b /dev/nvme0n1 ]; do i=$((i+1)); [ $i -gt 300 ] && exit 1; sleep 0.1; done',
+            'dmesg -c | grep -i "authenticated" || true',
+          ].join('\n'), { timeoutMs: 180_000 });
+          const hname = (HASH_NAME[hash] as string).replace(/[()]/g, '\\$&');
+          assert.match(r.out, new RegExp(`authenticated with hash ${hname} dhgroup ${GROUP_NAME[group] as string}`), r.out);
+          if (bidi) assert.match(r.out, /controller authenticated/, r.out);
+          t.diagnostic(`${HASH_NAME[hash]} ${GROUP_NAME[group]} ${bidi ? 'bidirectional' : 'unidirectional'}: ok`);
+          i++;
+        }
+      }
+    } finally {
+      tg.setDhchapPolicy({ hashes: [1, 2, 3], dhgroups: [1, 2, 3, 4, 5, 0] });
+    }
+  });
+
   it('key tools: same inputs → same output as the guest\'s nvme-cli 2.13; each side accepts the other\'s keys', async (t) => {
     if (!ready(t)) return;
     const guest = g as Guest;

@@ -93,6 +93,23 @@ test('every hash × every DH group, unidirectional and bidirectional: all queues
   t.diagnostic(`${n} associations authenticated`);
 });
 
+test('the target picks the first hash and group of its preference lists that the host offers (setDhchapPolicy)', { timeout: 20_000 }, async () => {
+  try {
+    target.setDhchapPolicy({ hashes: [DhchapHash.SHA512, DhchapHash.SHA256], dhgroups: [DhchapGroup.FFDHE3072, DhchapGroup.NULL] });
+    const c = await Controller.connect(opts({ nrIoQueues: 1, dhchap: { secret: hostKey } }));
+    assert.deepEqual(c.authentication, { hashId: DhchapHash.SHA512, dhgroup: DhchapGroup.FFDHE3072, bidirectional: false });
+    await c.close();
+    const d = await Controller.connect(opts({ nrIoQueues: 1, dhchap: { secret: hostKey, hashes: [DhchapHash.SHA256, DhchapHash.SHA384], dhgroups: [DhchapGroup.NULL, DhchapGroup.FFDHE2048] } }));
+    assert.deepEqual(d.authentication, { hashId: DhchapHash.SHA256, dhgroup: DhchapGroup.NULL, bidirectional: false });
+    await d.close();
+    const e = await failure(Controller.connect(opts({ nrIoQueues: 1, dhchap: { secret: hostKey, dhgroups: [DhchapGroup.FFDHE8192] } })));
+    assert.deepEqual(e.auth, { reason: 1, explanation: AuthFailure.DHGROUP_UNUSABLE });
+    assert.throws(() => target.setDhchapPolicy({ hashes: [] }), { code: ErrorCode.CFG_INVALID });
+  } finally {
+    target.setDhchapPolicy({ hashes: [1, 2, 3], dhgroups: [1, 2, 3, 4, 5, 0] });
+  }
+});
+
 test('wrong host key, wrong controller key, no key: NVMF_ERR_AUTH_FAILED with the reason; nothing connected', { timeout: 30_000 }, async () => {
   const f0 = target.stats().authFailures;
   const wrongHost = await failure(Controller.connect(opts({ dhchap: { secret: generateDhchapKey({ hmac: 2, nqn: HOSTNQN }) } })));
