@@ -123,6 +123,11 @@ if [[ ! -f "$rootfs" || ! -f "$initrd" ]]; then
   grep -q '^keyrings=.nvme' "$stage/root/etc/tlshd.conf" || printf '[authenticate]\nkeyrings=.nvme\n' >>"$stage/root/etc/tlshd.conf"
   # The host identity the tests expect when they pass none; each test passes its own -q/--hostnqn.
   echo "rig-612" >"$stage/root/etc/hostname"
+  # tlshd resolves its peer's name: no DNS here (slirp's is not reachable), so the files only,
+  # or every handshake waits for a resolver timeout.
+  printf '127.0.0.1 localhost\n10.0.2.15 rig-612\n10.0.2.2 host\n10.0.2.100 host-alias\n' >"$stage/root/etc/hosts"
+  : >"$stage/root/etc/resolv.conf"
+  sed -i 's/^hosts:.*/hosts: files/' "$stage/root/etc/nsswitch.conf"
   size_mb=$(( $(du -sm "$stage/root" | cut -f1) + 160 ))
   mke2fs -q -t ext4 -O ^has_journal -L rigroot -d "$stage/root" "$stage/rootfs.ext4" "${size_mb}M"
   # Stage 1: busybox, virtio_blk + ext4 (unpacked: busybox modprobe reads no .ko.xz), a tiny /init.

@@ -13,8 +13,12 @@ say() { echo "rig: $*" >/dev/console; }
 say "init start $(cut -d' ' -f1 /proc/uptime)"
 
 for m in virtio_net virtio_console qemu_fw_cfg configfs crc32c_generic tls \
-         nvmet nvmet-tcp nvme-tcp nbd loop ext4; do
+         nvmet nbd loop ext4; do
   modprobe "$m" 2>/dev/null || say "modprobe $m failed"
+done
+# A TLS handshake under TCG (tlshd, gnutls) can take seconds on a busy host: 60 s, not 10 s.
+for m in nvmet-tcp nvme-tcp; do
+  modprobe "$m" tls_handshake_timeout=60 2>/dev/null || modprobe "$m" 2>/dev/null || say "modprobe $m failed"
 done
 modprobe null_blk nr_devices=0 2>/dev/null || say "modprobe null_blk failed"
 mount -t configfs none /sys/kernel/config 2>/dev/null

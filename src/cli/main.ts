@@ -27,6 +27,9 @@ const VERBS: ReadonlyArray<() => Verb> = [
   () => (require('./verbs/list-ns') as typeof import('./verbs/list-ns')).verb,
   () => (require('./verbs/show-hostnqn') as typeof import('./verbs/show-hostnqn')).verb,
   () => (require('./verbs/target') as typeof import('./verbs/target')).verb,
+  () => (require('./verbs/tls-key') as typeof import('./verbs/tls-key')).checkVerb,
+  () => (require('./verbs/tls-key') as typeof import('./verbs/tls-key')).genVerb,
+  () => (require('./verbs/tls-key') as typeof import('./verbs/tls-key')).verb,
 ];
 
 function topHelp(verbs: readonly Verb[]): string {

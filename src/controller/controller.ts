@@ -10,6 +10,7 @@
  * Asynchronous events: one AER kept outstanding; a namespace-attribute notice reads the Changed
  * Namespace List and emits `namespaces` ({ added, removed, resized }).
  */
+import type { TlsPsk } from '../tls/psk';
 import { EventEmitter } from 'node:events';
 import * as os from 'node:os';
 import { ErrorCode, NvmfNbdError } from '../errors';
@@ -133,6 +134,8 @@ export interface ControllerOptions {
    * emitted as `aen` with info F0h. Used by persistent discovery.
    */
   readonly discoveryLogEvents?: boolean;
+  /** NVMe/TCP secure channel: TLS 1.3 with this PSK on every queue (reconnects too). Never logged. */
+  readonly tls?: TlsPsk;
 }
 
 /** What the host knows about one namespace. */
@@ -275,11 +278,12 @@ export class Controller extends EventEmitter {
 
   private queueCommon(): {
     host: string; port: number; localAddress: string | undefined; subnqn: string; hostnqn: string; hostid: Buffer; hdgst: boolean; ddgst: boolean; disableSqFlowControl: boolean;
-    connectTimeoutMs: number | undefined; timeoutMs: number | undefined; authenticate?: (qp: QueuePair) => Promise<unknown>; authenticateAlways?: boolean;
+    connectTimeoutMs: number | undefined; timeoutMs: number | undefined; authenticate?: (qp: QueuePair) => Promise<unknown>; authenticateAlways?: boolean; tls: TlsPsk | undefined;
   } {
     const o = this.options;
     const dhchap = o.dhchap;
     return {
+      tls: o.tls,
       host: o.traddr, port: o.trsvcid, localAddress: o.hostTraddr, subnqn: o.subnqn, hostnqn: o.hostnqn, hostid: hostidBuffer(o.hostid),
       hdgst: o.hdgst === true, ddgst: o.ddgst === true, disableSqFlowControl: o.disableSqFlowControl === true,
       connectTimeoutMs: o.connectTimeoutMs, timeoutMs: o.ioTimeoutMs,

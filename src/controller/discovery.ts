@@ -3,6 +3,7 @@
  * header, then all entries, and retry when the generation counter changed meanwhile
  * (NVMe-oF §5.3 / base spec 2.0 §5.16.1.23).
  */
+import type { TlsPsk } from '../tls/psk';
 import { ErrorCode, NvmfNbdError } from '../errors';
 import { DISCOVERY_NQN, parseDiscoveryLogEntry, parseDiscoveryLogHeader, sqeGetLogPage } from '../wire';
 import type { DiscoveryLogEntry } from '../wire';
@@ -50,6 +51,8 @@ export interface DiscoverOptions {
   overrideTrsvcid?: string;
   /** DH-HMAC-CHAP, when the discovery controller requires in-band authentication. */
   dhchap?: DhchapHostOptions;
+  /** TLS PSK for the discovery controller (derived for the discovery NQN). */
+  tls?: TlsPsk;
 }
 
 /** Result of a discovery. */
@@ -97,6 +100,7 @@ export async function discover(o: DiscoverOptions): Promise<DiscoveryLog> {
     ...(o.ioTimeoutMs !== undefined ? { ioTimeoutMs: o.ioTimeoutMs } : {}),
     bringUpTimeoutMs: budget,
     ...(o.dhchap !== undefined ? { dhchap: o.dhchap } : {}),
+    ...(o.tls !== undefined ? { tls: o.tls } : {}),
   });
   let expired: NvmfNbdError | undefined;
   // What is left of the budget bounds the log reads: destroying the controller fails the

@@ -15,7 +15,8 @@ import { ErrorCode, NvmfNbdError } from '../errors';
 export const STATE_VERSION = 1;
 
 /** Connect arguments whose values must never reach the disk. */
-export const SECRET_ARGS: ReadonlySet<string> = new Set(['dhchap-secret', 'dhchap-ctrl-secret', 'tls-key', 'psk', 'keyring']);
+// (`keyring` is the key store's path and `tls-key-identity` a key's name: references, kept.)
+export const SECRET_ARGS: ReadonlySet<string> = new Set(['dhchap-secret', 'dhchap-ctrl-secret', 'tls-key', 'psk']);
 
 /** A device the daemon attached for an export. */
 export interface StateDevice {

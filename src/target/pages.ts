@@ -183,6 +183,8 @@ export interface DiscoveryEntry {
   asqsz: number;
   /** 2 NVM subsystem (default), 1 referral to another discovery service. */
   subtype?: number;
+  /** Secure channel: TREQ bits 1:0 (1 required, 2 not required) and TSAS sectype 2 (TLS 1.3); absent = none. */
+  tls?: 'required' | 'optional';
 }
 
 /**
@@ -201,7 +203,10 @@ export function encodeDiscoveryLog(genctr: bigint, entries: readonly DiscoveryEn
     b[o] = 3; // TRTYPE TCP
     b[o + 1] = e.adrfam;
     b[o + 2] = e.subtype ?? 2; // SUBTYPE: 2 NVMe subsystem, 1 discovery referral
-    b[o + 3] = 0x04; // TREQ: secure channel not specified; SQ flow control disable supported
+    // TREQ bits 1:0 secure channel (0 not specified, 1 required, 2 not required); bit 2: SQ flow
+    // control disable supported. TSAS byte 0 for TCP: sectype (2 = TLS 1.3).
+    b[o + 3] = 0x04 | (e.tls === 'required' ? 0x01 : e.tls === 'optional' ? 0x02 : 0);
+    if (e.tls !== undefined) b[o + 768] = 2;
     b.writeUInt16LE(e.portid, o + 4);
     b.writeUInt16LE(0xffff, o + 6);
     b.writeUInt16LE(e.asqsz, o + 8);

@@ -11,7 +11,9 @@
  * ```
  */
 import * as net from 'node:net';
+import * as tls from 'node:tls';
 import { ErrorCode, NvmfNbdError } from '../errors';
+import { tlsServerOptions } from '../tls/channel';
 import type { NamespaceBackend } from './backend';
 import { FileBackend } from './backend-file';
 import { MemoryBackend } from './backend-memory';
@@ -61,6 +63,12 @@ export interface SubsystemConfig {
 export interface NvmeTargetOptions {
   /** Address to listen on; default 127.0.0.1:4420. Port 0 picks a free port. */
   listen?: { host: string; port: number };
+  /**
+   * NVMe/TCP secure channel (TLS 1.3, PSK): `required` refuses plain connections, `optional`
+   * accepts both (a connection starting with a TLS record is TLS). `lookup` gives the TLS PSK for
+   * a client's PSK identity (see src/tls/target-keys.ts), or undefined to fail its handshake.
+   */
+  tls?: { mode: 'required' | 'optional'; lookup: (identity: string) => Buffer | undefined };
   /** traddr/trsvcid put in the discovery log instead of the listening address (NAT, forwards). */
   advertise?: { host: string; port: number };
   /** Subsystems; default one subsystem {@link DEFAULT_TARGET_NQN} with a 1 GiB memory namespace. */
@@ -293,7 +301,7 @@ export class NvmeTarget {
       throw err;
     }
     const want = this.opts.listen ?? DEFAULT_LISTEN;
-    const server = net.createServer((sock) => this.accept(sock));
+    const server = net.createServer((sock) => (this.opts.tls === undefined ? this.accept(sock) : this.acceptMaybeTls(sock)));
     this.server = server;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -339,6 +347,47 @@ export class NvmeTarget {
     this.counters.connections = this.queues.size;
   }
 
+  /**
+   * A TLS port: the first byte tells a TLS record (0x16, handshake) from a plain ICReq (PDU type
+   * 0). TLS connections are accepted once their handshake is done; plain ones only when TLS is
+   * optional. Until then the socket is bounded by the Connect timeout.
+   */
+  private acceptMaybeTls(sock: net.Socket): void {
+    const t = this.opts.tls as NonNullable<NvmeTargetOptions['tls']>;
+    const timer = setTimeout(() => sock.destroy(), this.cfg.connectTimeoutMs);
+    sock.once('error', () => undefined);
+    sock.once('close', () => clearTimeout(timer));
+    sock.once('readable', () => {
+      const first = sock.read(1) as Buffer | null;
+      if (first === null) return;
+      sock.unshift(first);
+      if (first[0] !== 0x16) {
+        clearTimeout(timer);
+        if (t.mode === 'required') {
+          this.counters.connectionsRefused++;
+          this.ctx.log('warn', `plain connection from ${sock.remoteAddress ?? '?'} refused: TLS is required on this port`);
+          sock.destroy();
+          return;
+        }
+        this.accept(sock);
+        return;
+      }
+      const ts = new tls.TLSSocket(sock, { isServer: true, ...tlsServerOptions(t.lookup) } as tls.TLSSocketOptions);
+      let secured = false;
+      ts.once('error', (err) => {
+        if (secured) return; // the queue's own handler reports errors after the handshake
+        this.counters.connectionsRefused++;
+        this.ctx.log('warn', `TLS handshake with ${sock.remoteAddress ?? '?'} failed: ${err.message}`);
+        sock.destroy();
+      });
+      ts.once('secure', () => {
+        secured = true;
+        clearTimeout(timer);
+        this.accept(ts);
+      });
+    });
+  }
+
   private newCntlid(): number | undefined {
     // Dynamic controller model: 1..FFEFh, cycling so a recently freed id is not reused at once.
     for (let i = 0; i < 0xffef; i++) {
@@ -360,6 +409,7 @@ export class NvmeTarget {
         adrfam: net.isIPv6(where.host) ? 2 : 1,
         portid: 1,
         asqsz: 32,
+        ...(this.opts.tls !== undefined ? { tls: this.opts.tls.mode } : {}),
       });
     }
     for (const r of this.referrals) {

@@ -9,6 +9,8 @@
 import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
 import { ErrorCode, NvmfNbdError } from '../errors';
+import { tlsConnect } from '../tls/channel';
+import type { TlsPsk } from '../tls/psk';
 // Straight from the codec modules, not the '../wire' barrel: its CommonJS re-exports are getters,
 // a call per use on the per-command path.
 import { Fes, PduParser, PduType, encodeCapsuleCmd, encodeH2CData, encodeIcReq, encodeTermReq } from '../wire/pdu';
@@ -67,6 +69,8 @@ export interface QueuePairOptions {
   readonly authenticate?: (qp: QueuePair) => Promise<unknown>;
   /** Authenticate even when the controller does not ask (the host wants the controller authenticated). */
   readonly authenticateAlways?: boolean;
+  /** Run TLS 1.3 with this PSK before ICReq (NVMe/TCP secure channel); absent = plain TCP. */
+  readonly tls?: TlsPsk;
 }
 
 /** Options of one {@link QueuePair.submit}. */
@@ -249,6 +253,9 @@ export class QueuePair extends EventEmitter {
    * with commands awaiting a reply whose count does not move has a silent (stalled) peer.
    */
   rxEvents = 0;
+  /** The TLS handshake finished (secure channel up). */
+  private tlsUp = false;
+  private tcpUp = false;
   /** Resolves once the TCP socket is fully closed (nothing of this association can still be sent). */
   readonly socketClosed: Promise<void>;
   /** Authentications of this queue that succeeded (the first one and re-authentications). */
@@ -282,10 +289,15 @@ export class QueuePair extends EventEmitter {
     this.socketClosed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('error', (err) => {
-      const code = this.state === QpState.CONNECTING ? ErrorCode.CONNECT_FAILED : ErrorCode.CONNECTION_CLOSED;
+      // Before secureConnect a TLS socket's error is the handshake's (wrong key, no TLS there).
+      const handshaking = opts.tls !== undefined && this.tcpUp && !this.tlsUp;
+      const code = handshaking ? ErrorCode.TLS_HANDSHAKE : this.state === QpState.CONNECTING ? ErrorCode.CONNECT_FAILED : ErrorCode.CONNECTION_CLOSED;
       this.destroy(new NvmfNbdError(code, `queue ${this.qid} (${opts.host}:${opts.port}): ${err.message}`, { cause: err }));
     });
-    socket.on('close', () => this.destroy(new NvmfNbdError(ErrorCode.CONNECTION_CLOSED, `queue ${this.qid}: connection closed by the target`)));
+    socket.on('close', () => this.destroy(opts.tls !== undefined && this.tcpUp && !this.tlsUp
+      ? new NvmfNbdError(ErrorCode.TLS_HANDSHAKE, `queue ${this.qid} (${opts.host}:${opts.port}): the target closed the connection during the TLS handshake (no TLS on that port, or it does not know PSK identity '${opts.tls.identity}')`)
+      : new NvmfNbdError(ErrorCode.CONNECTION_CLOSED, `queue ${this.qid}: connection closed by the target`)));
+    if (opts.tls !== undefined) socket.once('connect', () => { this.tcpUp = true; });
   }
 
   /**
@@ -298,7 +310,8 @@ export class QueuePair extends EventEmitter {
       throw new NvmfNbdError(ErrorCode.INVALID_ARGUMENT, `queue size ${opts.queueSize} out of range 2..65536`);
     }
     const budget = opts.connectTimeoutMs ?? 10_000;
-    const socket = net.connect({ host: opts.host, port: opts.port, ...(opts.localAddress !== undefined ? { localAddress: opts.localAddress } : {}) });
+    const local = opts.localAddress !== undefined ? { localAddress: opts.localAddress } : {};
+    const socket = opts.tls !== undefined ? tlsConnect(opts.host, opts.port, opts.tls, local) : net.connect({ host: opts.host, port: opts.port, ...local });
     const qp = new QueuePair(socket, opts);
     const timer = setTimeout(() => {
       qp.destroy(new NvmfNbdError(ErrorCode.TIMEOUT, `queue ${opts.qid}: connect to ${opts.host}:${opts.port} timed out after ${budget} ms`));
@@ -306,7 +319,14 @@ export class QueuePair extends EventEmitter {
     try {
       await new Promise<void>((resolve, reject) => {
         qp.once('close', (err?: Error) => reject(err ?? new NvmfNbdError(ErrorCode.CONNECTION_CLOSED, 'closed')));
-        socket.once('connect', () => resolve());
+        if (opts.tls !== undefined) {
+          socket.once('secureConnect', () => {
+            qp.tlsUp = true;
+            resolve();
+          });
+        } else {
+          socket.once('connect', () => resolve());
+        }
       });
       await qp.initialize();
       await qp.fabricsConnect(opts);

@@ -24,6 +24,8 @@ import { ControllerSession, parseNbdSpec } from '../../engine/session';
 import { protectFromOomKiller } from '../../engine/oom';
 import { ErrorCode, NvmfNbdError } from '../../errors';
 import { SubType, TrType } from '../../wire';
+import { TcpSecType, Treq } from '../../wire/discovery-log';
+import { tlsRequested } from '../tls-args';
 import { ADDRESS_OPTIONS, DEFAULT_IO_PORT, absoluteSecretReferences, addressFromArgs, checkTos, controllerOptionsFromArgs, describeController, formatController, formatExports, nbdServerFromArgs, sourceAddressFromArgs, verb as connectVerb, withLinuxDefaults } from './connect';
 import { loadConfig, planEntries } from '../config-files';
 import type { PlannedEntry } from '../config-files';
@@ -31,7 +33,7 @@ import { nvmeEtcDir } from '../../controller/host-identity';
 import { formatConfigJson } from '../../config/config-json';
 import { connectArgsParams } from '../../config/connect-args';
 import type { ConfigParams } from '../../config/params';
-import { DEFAULT_DISCOVERY_PORT, DISCOVERY_TIMEOUT_OPTION, RAW_OPTION, discoveryBudgetFromArgs, writeRawLog } from './discover';
+import { DEFAULT_DISCOVERY_PORT, DISCOVERY_TIMEOUT_OPTION, RAW_OPTION, discoveryBudgetFromArgs, discoveryTls, secureChannel, writeRawLog } from './discover';
 import { formatJson, outputFormat } from '../output';
 import { waitForShutdownSignal } from '../signals';
 
@@ -100,9 +102,20 @@ async function discoverEntry(opts: Record<string, unknown>, p: PlannedEntry): Pr
     overrideTrsvcid: typeof opts['override-trsvcid'] === 'string' ? opts['override-trsvcid'] : undefined,
     // --timeout bounds the whole discovery; --io-timeout (a connect flag) each of its commands.
     ...discoveryBudgetFromArgs(opts),
+    ...discoveryTls(p.args, a.hostnqn),
   });
   writeRawLog(opts, log);
-  const entries = log.entries.filter((e) => e.subtype === SubType.NVM && e.trtype === TrType.TCP);
+  // An entry whose port requires a secure channel is connected over TLS or not at all (never
+  // plain); one that offers TLS as optional uses it when TLS flags are given.
+  const entries = log.entries.filter((e) => {
+    if (e.subtype !== SubType.NVM || e.trtype !== TrType.TCP) return false;
+    const required = (e.treq & 3) === Treq.REQUIRED || (e.tsas[0] === TcpSecType.TLS13 && (e.treq & 3) === Treq.NOT_SPECIFIED);
+    if (required && !tlsRequested(p.args)) {
+      process.stderr.write(`${e.subnqn}: the port requires a secure channel (${secureChannel(e)}); give --tls or --tls-key (${ErrorCode.TLS_REQUIRED})\n`);
+      return false;
+    }
+    return true;
+  });
   if (entries.length === 0 && opts.quiet !== true) process.stderr.write(`${p.where}: the discovery log of ${a.traddr}:${a.trsvcid} has no NVM subsystem on TCP\n`);
   // The discovery entry's identity (hostnqn/hostid) goes with every subsystem it lists.
   return entries.map((e) => entryConnectOptions({ ...p.args, hostnqn: a.hostnqn, hostid: a.hostid }, e));

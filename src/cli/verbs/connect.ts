@@ -25,6 +25,7 @@ import { HANDOFF_OPTIONS, handOffConnect } from '../../engine/control';
 import { ErrorCode, NvmfNbdError } from '../../errors';
 import { describeOutcome, type AuthOutcome, type DhchapHostOptions } from '../../controller/auth';
 import { loadDhchapSecret } from '../../controller/dhchap-secret';
+import { TLS_OPTIONS, tlsArgsForHandoff, tlsFromArgs } from '../tls-args';
 
 /** Default NVMe/TCP I/O port (IANA 4420). */
 export const DEFAULT_IO_PORT = 4420;
@@ -101,6 +102,7 @@ export const CONNECT_OPTIONS: OptionSpec[] = [
   ...ADDRESS_OPTIONS.slice(3),
   ...CONTROLLER_OPTIONS,
   ...PARITY_OPTIONS,
+  ...TLS_OPTIONS,
 ];
 
 /**
@@ -176,7 +178,9 @@ export function controllerOptionsFromArgs(opts: Record<string, unknown>): Contro
   if (kato === 0) usageError('-k/--keep-alive-tmo 0: keep-alive is required for safe reconnects');
   checkTos(opts);
   const hostTraddr = sourceAddressFromArgs(opts, a.traddr);
+  const tls = tlsFromArgs(opts, a.hostnqn, subnqn);
   return {
+    ...(tls !== undefined ? { tls } : {}),
     traddr: a.traddr, trsvcid: a.trsvcid, subnqn, hostnqn: a.hostnqn, hostid: a.hostid, hdgst: a.hdgst, ddgst: a.ddgst,
     ...(hostTraddr !== undefined ? { hostTraddr } : {}),
     ...(a.dhchap !== undefined ? { dhchap: a.dhchap } : {}),
@@ -301,7 +305,7 @@ export function formatExports(s: ControllerSession): string {
 export const verb: Verb = {
   name: 'connect',
   summary: 'connect an NVMe/TCP controller and serve its namespaces over NBD until Ctrl-C',
-  usage: 'nvmf-nbd connect -t tcp -a ADDR [-s PORT] -n SUBNQN [-q HOSTNQN] [-I HOSTID] [-i N] [-Q N] [-k SEC] [-g] [-G] [--disable-sqflow] [-S SECRET] [-C CTRL_SECRET] [--nbd unix:DIR|tcp:HOST:PORT] [--attach] [--connections N] [-o normal|json] [--foreground] [--control PATH]',
+  usage: 'nvmf-nbd connect -t tcp -a ADDR [-s PORT] -n SUBNQN [-q HOSTNQN] [-I HOSTID] [-i N] [-Q N] [-k SEC] [-g] [-G] [--tls [--tls-key FILE|KEY] [--tls-key-identity ID] [--keyring FILE]] [--disable-sqflow] [-S SECRET] [-C CTRL_SECRET] [--nbd unix:DIR|tcp:HOST:PORT] [--attach] [--connections N] [-o normal|json] [--foreground] [--control PATH]',
   options: [...CONNECT_OPTIONS, ...NBD_OPTIONS, ...HANDOFF_OPTIONS],
   async run(opts) {
     absoluteSecretReferences(opts);
@@ -312,7 +316,7 @@ export const verb: Verb = {
     if (opts.foreground !== true && nbdArg !== 'stdio' && !(nbdArg ?? '').startsWith('fd:')) {
       // A running daemon takes the connection over (its answer is printed as we would print
       // it); with none we say so and stay in the foreground (containers rely on this).
-      const handed = await handOffConnect(opts, stateDir());
+      const handed = await handOffConnect(tlsArgsForHandoff(opts, copts.hostnqn, copts.subnqn), stateDir());
       if (handed !== undefined) {
         // Idempotent: an existing association is the answer (exit 0), said on stderr.
         if (handed.existing === true && opts.quiet !== true) process.stderr.write(`${String(opts.nqn)} is already connected as ${handed.name} (-D/--duplicate-connect for a second association)\n`);

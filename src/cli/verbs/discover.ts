@@ -11,6 +11,8 @@ import { ADDRESS_OPTIONS, addressFromArgs } from './connect';
 import { CONTROL_OPTION, ControlVerb, connectArgsForDaemon, requestDaemon } from '../../engine/control';
 import { stateDir } from '../../controller/host-identity';
 import { formatJson, formatTable } from '../output';
+import { TLS_OPTIONS, tlsFromArgs } from '../tls-args';
+import { DISCOVERY_NQN } from '../../target/target';
 
 /** Default discovery port (IANA 8009). */
 export const DEFAULT_DISCOVERY_PORT = 8009;
@@ -43,7 +45,23 @@ const OPTIONS: readonly OptionSpec[] = [
   CONTROL_OPTION,
   DISCOVERY_TIMEOUT_OPTION,
   { long: 'io-timeout', type: 'int', metavar: 'SEC', min: 1, max: 4294967, help: 'per-command timeout', default: 30 },
+  ...TLS_OPTIONS,
 ];
+
+/** TCP TSAS sectype names (nvme-cli's spelling). */
+const SECTYPE_NAMES: Readonly<Record<number, string>> = { 0: 'none', 1: 'tls12', 2: 'tls13' };
+
+/** The secure channel an entry asks for: "required, tls13", "not specified, none", … */
+export function secureChannel(e: { treq: number; tsas: Buffer }): string {
+  const sec = SECTYPE_NAMES[e.tsas[0] ?? 0] ?? String(e.tsas[0]);
+  return `${TREQ_NAMES[e.treq & 3] ?? String(e.treq & 3)}, ${sec}`;
+}
+
+/** `--tls…` on a discovery verb: the PSK for the discovery NQN (the Linux host does the same). */
+export function discoveryTls(opts: Record<string, unknown>, hostnqn: string): { tls?: NonNullable<ReturnType<typeof tlsFromArgs>> } {
+  const tls = tlsFromArgs(opts, hostnqn, DISCOVERY_NQN);
+  return tls === undefined ? {} : { tls };
+}
 
 
 /** Write the raw log for `-r/--raw` when asked. */
@@ -61,6 +79,7 @@ export function discoveryJson(log: DiscoveryLog): Record<string, unknown> {
       adrfam: ADRFAM_NAMES[e.adrfam] ?? String(e.adrfam),
       subtype: SUBTYPE_NAMES[e.subtype] ?? String(e.subtype),
       treq: TREQ_NAMES[e.treq & 3] ?? String(e.treq),
+      sectype: SECTYPE_NAMES[e.tsas[0] ?? 0] ?? String(e.tsas[0]),
       portid: e.portid,
       trsvcid: e.trsvcid,
       subnqn: e.subnqn,
@@ -75,10 +94,10 @@ export function discoveryJson(log: DiscoveryLog): Record<string, unknown> {
 export function discoveryTable(log: DiscoveryLog): string {
   const rows = log.entries.map((e, i) => [
     String(i), TRTYPE_NAMES[e.trtype] ?? String(e.trtype), ADRFAM_NAMES[e.adrfam] ?? String(e.adrfam),
-    SUBTYPE_NAMES[e.subtype] ?? String(e.subtype), String(e.portid), e.traddr, e.trsvcid, e.subnqn,
+    SUBTYPE_NAMES[e.subtype] ?? String(e.subtype), String(e.portid), e.traddr, e.trsvcid, secureChannel(e), e.subnqn,
   ]);
   return `Discovery Log Number of Records ${log.entries.length}, Generation counter ${log.genctr}\n` +
-    formatTable(['#', 'TRTYPE', 'ADRFAM', 'SUBTYPE', 'PORTID', 'TRADDR', 'TRSVCID', 'SUBNQN'], rows);
+    formatTable(['#', 'TRTYPE', 'ADRFAM', 'SUBTYPE', 'PORTID', 'TRADDR', 'TRSVCID', 'TREQ, SECTYPE', 'SUBNQN'], rows);
 }
 
 export const verb: Verb = {
@@ -94,6 +113,7 @@ export const verb: Verb = {
       overrideTraddr: typeof opts['override-traddr'] === 'string' ? opts['override-traddr'] : undefined,
       overrideTrsvcid: typeof opts['override-trsvcid'] === 'string' ? opts['override-trsvcid'] : undefined,
       ...discoveryBudgetFromArgs(opts),
+      ...discoveryTls(opts, a.hostnqn),
     });
     writeRawLog(opts, log);
     process.stdout.write(a.format === 'json' ? formatJson(discoveryJson(log)) : discoveryTable(log));

@@ -9,6 +9,8 @@ import { loadDhchapSecret } from '../../controller/dhchap-secret';
 import type { DhchapKey } from '../../wire/dhchap';
 import { parseDhchapGroup, parseDhchapHash, type DhchapGroupId, type DhchapHashId } from '../../wire/auth';
 import type { Verb } from '../verb';
+import { loadTargetPsks } from '../../tls/target-keys';
+import { DISCOVERY_NQN } from '../../target/target';
 import { parseHostPort, parseSizeArg } from '../values';
 import {
   C2hSuccessMode, DEFAULT_LISTEN, DEFAULT_NAMESPACE_SIZE, DEFAULT_TARGET_NQN, NvmeTarget, type NamespaceConfig, type TargetLogLevel,
@@ -25,6 +27,8 @@ const OPTIONS: readonly OptionSpec[] = [
   { long: 'dhchap-ctrl-key', type: 'string', metavar: 'DHHC-1:..|file:PATH', repeat: true, help: 'controller secret for the preceding --allow-host (bidirectional authentication)' },
   { long: 'dhchap-hash', type: 'string', metavar: 'sha256,sha384,sha512', help: 'hash functions offered, in order of preference (default all)' },
   { long: 'dhchap-dhgroup', type: 'string', metavar: 'ffdhe2048,...,null', help: 'DH groups offered, in order of preference (default ffdhe2048..ffdhe8192,null)' },
+  { long: 'tls', type: 'string', metavar: 'required|optional', help: 'NVMe/TCP over TLS 1.3 (PSK): required refuses plain TCP, optional accepts both; needs --psk' },
+  { long: 'psk', type: 'string', metavar: 'FILE', help: 'TLS PSKs (0600): "<hostnqn> NVMeTLSkey-1:01:…:" (configured, per host) or "<identity> <key>" lines' },
   { long: 'advertise', type: 'string', metavar: 'HOST:PORT', help: 'address put in the discovery log (behind NAT or port forwards)' },
   { long: 'queue-size', type: 'int', metavar: 'N', min: 2, max: 65536, help: 'largest queue a host may create (CAP.MQES+1)', default: 128 },
   { long: 'nr-io-queues', type: 'int', metavar: 'N', min: 1, max: 1024, help: 'I/O queues per controller', default: 8 },
@@ -112,7 +116,7 @@ export function dhchapTargetOptions(options: Record<string, unknown>): {
 export const verb: Verb = {
   name: 'target',
   summary: 'run the embedded NVMe/TCP target (memory- or file-backed namespaces)',
-  usage: 'nvmf-nbd target [--listen HOST:PORT] [--nqn NQN] [--memory SIZE]... [--file PATH[:SIZE]]... [--lba-size 512|4096] [--allow-host NQN [--dhchap-key KEY [--dhchap-ctrl-key KEY]]]... [--dhchap-hash LIST] [--dhchap-dhgroup LIST] [--advertise HOST:PORT] [--c2h-success spec|spdk|always-resp] [-o json]',
+  usage: 'nvmf-nbd target [--listen HOST:PORT] [--nqn NQN] [--memory SIZE]... [--file PATH[:SIZE]]... [--lba-size 512|4096] [--allow-host NQN [--dhchap-key KEY [--dhchap-ctrl-key KEY]]]... [--dhchap-hash LIST] [--dhchap-dhgroup LIST] [--tls required|optional --psk FILE] [--advertise HOST:PORT] [--c2h-success spec|spdk|always-resp] [-o json]',
   options: OPTIONS,
   async run(options): Promise<number> {
     const listen = parseHostPort(String(options.listen), '--listen');
@@ -135,8 +139,14 @@ export const verb: Verb = {
       if (level === 'debug' && !verbose) return;
       process.stderr.write(`nvmf-nbd target: ${level}: ${msg}\n`);
     };
+    const tlsMode = options.tls;
+    if (tlsMode !== undefined && tlsMode !== 'required' && tlsMode !== 'optional') usageError(`--tls ${String(tlsMode)}: must be required or optional`);
+    if (tlsMode !== undefined && typeof options.psk !== 'string') usageError('--tls needs --psk FILE');
+    if (tlsMode === undefined && typeof options.psk === 'string') usageError('--psk needs --tls required|optional');
+    const psks = typeof options.psk === 'string' ? loadTargetPsks(options.psk, [String(options.nqn), DISCOVERY_NQN]) : undefined;
     const target = new NvmeTarget({
       listen,
+      ...(psks !== undefined ? { tls: { mode: tlsMode as 'required' | 'optional', lookup: (id: string) => psks.get(id) } } : {}),
       advertise,
       subsystems: [{ nqn: String(options.nqn), namespaces }],
       allowHosts: strings(options['allow-host']),
