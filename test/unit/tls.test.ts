@@ -21,6 +21,7 @@ import { deriveTlsPsk, formatInterchangeKey, parseInterchangeKey } from '../../s
 import { KeyStore, readSecretFile } from '../../src/tls/keystore';
 import { targetPskTable } from '../../src/tls/target-keys';
 import { tlsFromArgs } from '../../src/cli/tls-args';
+import { discoveryJson, discoveryTable } from '../../src/cli/verbs/discover';
 
 const NQN = 'nqn.2014-08.org.nvmf-nbd:tls-unit';
 const DISC = 'nqn.2014-08.org.nvmexpress.discovery';
@@ -176,6 +177,9 @@ test('optional port: TLS and plain hosts both connect; discovery log shows TREQ 
     assert.ok(e !== undefined);
     assert.equal(e.treq & 3, treq);
     assert.equal(e.tsas[0], TcpSecType.TLS13);
+    // discover shows both (table and JSON).
+    assert.match(discoveryTable(log), treq === Treq.REQUIRED ? /\brequired\s+tls13\b/ : /not required\s+tls13\b/);
+    assert.equal((discoveryJson(log).records as Array<{ sectype: string }>)[0]?.sectype, 'tls13');
   }
   const p = await discover({ traddr: '127.0.0.1', trsvcid: ports.plain, hostnqn: HOSTNQN, hostid: HOSTID });
   assert.equal((p.entries[0]?.treq ?? 0) & 3, 0);

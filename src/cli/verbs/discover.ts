@@ -94,10 +94,11 @@ export function discoveryJson(log: DiscoveryLog): Record<string, unknown> {
 export function discoveryTable(log: DiscoveryLog): string {
   const rows = log.entries.map((e, i) => [
     String(i), TRTYPE_NAMES[e.trtype] ?? String(e.trtype), ADRFAM_NAMES[e.adrfam] ?? String(e.adrfam),
-    SUBTYPE_NAMES[e.subtype] ?? String(e.subtype), String(e.portid), e.traddr, e.trsvcid, secureChannel(e), e.subnqn,
+    SUBTYPE_NAMES[e.subtype] ?? String(e.subtype), String(e.portid), e.traddr, e.trsvcid, e.subnqn,
+    TREQ_NAMES[e.treq & 3] ?? String(e.treq & 3), SECTYPE_NAMES[e.tsas[0] ?? 0] ?? String(e.tsas[0]),
   ]);
   return `Discovery Log Number of Records ${log.entries.length}, Generation counter ${log.genctr}\n` +
-    formatTable(['#', 'TRTYPE', 'ADRFAM', 'SUBTYPE', 'PORTID', 'TRADDR', 'TRSVCID', 'TREQ, SECTYPE', 'SUBNQN'], rows);
+    formatTable(['#', 'TRTYPE', 'ADRFAM', 'SUBTYPE', 'PORTID', 'TRADDR', 'TRSVCID', 'SUBNQN', 'TREQ', 'SECTYPE'], rows);
 }
 
 export const verb: Verb = {
