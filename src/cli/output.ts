@@ -6,18 +6,31 @@
 /** One row of cells; every cell is already text. */
 export type Row = readonly string[];
 
-/** Render an aligned table with a header row and a dashed rule, like `nvme list`. */
-export function formatTable(headers: Row, rows: readonly Row[]): string {
+/**
+ * Escape C0/C1 control characters and DEL as `\xNN` (and a backslash as `\\`) for human output:
+ * strings a target sends (discovery log, Identify: NQNs, model, serial, firmware, traddr) could
+ * otherwise carry terminal escape sequences. JSON output stays exact (JSON escapes them itself).
+ */
+export function escapeControl(s: string): string {
+  // eslint-disable-next-line no-control-regex
+  if (!/[\x00-\x1f\x7f-\x9f\\]/.test(s)) return s;
+  // eslint-disable-next-line no-control-regex
+  return s.replace(/[\x00-\x1f\x7f-\x9f\\]/g, (c) => (c === '\\' ? '\\\\' : `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`));
+}
+
+/** Render an aligned table with a header row and a dashed rule, like `nvme list` (cells escaped). */
+export function formatTable(headers: Row, rawRows: readonly Row[]): string {
+  const rows = rawRows.map((r) => r.map(escapeControl));
   const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
   const line = (r: Row): string => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i] ?? 0))).join('  ').trimEnd();
   const rule = widths.map((w) => '-'.repeat(w)).join('  ');
   return [line(headers), rule, ...rows.map(line)].join('\n') + '\n';
 }
 
-/** Render `key : value` lines with the keys padded to one column. */
+/** Render `key : value` lines with the keys padded to one column (values escaped). */
 export function formatFields(fields: ReadonlyArray<readonly [string, string | number | bigint | boolean]>): string {
   const w = Math.max(0, ...fields.map(([k]) => k.length));
-  return fields.map(([k, v]) => `${k.padEnd(w)} : ${typeof v === 'number' && Number.isInteger(v) && k !== 'nsid' ? formatNumber(v) : String(v)}`).join('\n') + '\n';
+  return fields.map(([k, v]) => `${k.padEnd(w)} : ${typeof v === 'number' && Number.isInteger(v) && k !== 'nsid' ? formatNumber(v) : escapeControl(String(v))}`).join('\n') + '\n';
 }
 
 function formatNumber(v: number): string {

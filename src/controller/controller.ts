@@ -842,6 +842,8 @@ export function classifyNamespace(nsid: number, raw: Buffer): NamespaceInfo {
   else if (lbaSize === 0) reasonIfNot = `LBA format ${fmt} has an unsupported block size`;
   else if (ms !== 0) reasonIfNot = `LBA format ${fmt} has ${ms} bytes of metadata per block (not supported)`;
   else if (identify.hasProtection) reasonIfNot = `end-to-end protection information type ${dps & 0x7} is enabled (not supported)`;
+  // Byte offsets are JavaScript numbers (and NBD sizes u64): exact only up to 2^53.
+  else if (nsze * BigInt(lbaSize) > BigInt(Number.MAX_SAFE_INTEGER)) reasonIfNot = `size ${nsze} × ${lbaSize} bytes is beyond 2^53 bytes (not supported)`;
   return reasonIfNot === undefined
     ? { nsid, lbaSize, nsze, usable: true, identify }
     : { nsid, lbaSize, nsze, usable: false, reasonIfNot, identify };

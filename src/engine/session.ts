@@ -357,7 +357,15 @@ export class ControllerSession extends EventEmitter {
       this.skipped.push({ nsid: ns.nsid, reason: ns.reasonIfNot ?? 'unsupported format' });
       return;
     }
-    const device = new ExportDevice(new NvmeNamespaceDevice(this.controller, ns.nsid, { readOnly: this.o.readOnly }));
+    let inner: NvmeNamespaceDevice;
+    try {
+      inner = new NvmeNamespaceDevice(this.controller, ns.nsid, { readOnly: this.o.readOnly });
+    } catch (err) {
+      // A namespace the bridge cannot serve is skipped with its reason; it never fails the others.
+      this.skipped.push({ nsid: ns.nsid, reason: (err as Error).message });
+      return;
+    }
+    const device = new ExportDevice(inner);
     const name = `${this.name}n${ns.nsid}`;
     const ctrl = this.controller.identify;
     this.server.addExport(name, device, { description: `${ctrl.mn} ${ctrl.sn} nsid ${ns.nsid}` });

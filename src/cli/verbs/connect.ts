@@ -18,7 +18,7 @@ import { isUuid, loadHostIdentity, stateDir } from '../../controller/host-identi
 import { ControllerSession, parseNbdSpec, socketActivationFd } from '../../engine/session';
 import { protectFromOomKiller } from '../../engine/oom';
 import { formatEndpoint } from '../../nbd/server';
-import { formatBytes, formatJson, formatTable, outputFormat } from '../output';
+import { escapeControl, formatBytes, formatJson, formatTable, outputFormat } from '../output';
 import type { OutputFormat } from '../output';
 import { waitForShutdownSignal } from '../signals';
 import { HANDOFF_OPTIONS, handOffConnect } from '../../engine/control';
@@ -272,8 +272,9 @@ export function authenticationField(c: { readonly authentication?: AuthOutcome |
 
 /** Human rendering of {@link describeController}. */
 export function formatController(c: DescribableController): string {
-  const head = `controller ${c.cntlid}: ${c.options.subnqn} at ${c.options.traddr}:${c.options.trsvcid}\n` +
-    `  model ${c.identify.mn}, serial ${c.identify.sn}, firmware ${c.identify.fr}, ${c.ioQueueCount} I/O queues\n` +
+  const e = escapeControl;
+  const head = `controller ${c.cntlid}: ${e(c.options.subnqn)} at ${e(c.options.traddr)}:${c.options.trsvcid}\n` +
+    `  model ${e(c.identify.mn)}, serial ${e(c.identify.sn)}, firmware ${e(c.identify.fr)}, ${c.ioQueueCount} I/O queues\n` +
     (c.authentication !== undefined ? `  authenticated (DH-HMAC-CHAP ${describeOutcome(c.authentication)})\n` : '');
   const rows = [...c.namespaces.values()].map((ns) => [
     String(ns.nsid), ns.usable ? formatBytes(Number(ns.nsze) * ns.lbaSize) : '-', String(ns.lbaSize), String(ns.nsze), ns.usable ? 'yes' : `no: ${ns.reasonIfNot ?? ''}`,
