@@ -22,6 +22,12 @@ export const EXIT_MISSING_PREREQ = 2;
 
 /** The dist/bench directory (this file's compiled location), for spawning sibling entries. */
 export const BENCH_DIST_DIR = __dirname;
+/**
+ * The benchmark's TLS PSK (configured key, SHA-256): public on purpose, it only protects loopback
+ * traffic between two benchmark processes. The target serves TLS as optional, so plain and TLS rows
+ * run against the same target in the same run.
+ */
+export const BENCH_TLS_KEY = 'NVMeTLSkey-1:01:YmVuY2gtb25seS1wc2stbm90LWEtc2VjcmV0LTAwMDADd4Ww:';
 
 /**
  * Parse `--key value` / `--key=value` / `--flag` arguments into a map. Unknown keys are the
@@ -142,9 +148,9 @@ export function spawnHelper<T>(argv: readonly string[], timeoutMs = 20_000, extr
 }
 
 /** Spawn the embedded target (bench/target-proc.ts) pinned to `cpu`; resolves with its port. */
-export async function startTargetProc(o: { cpu: number | undefined; sizeBytes: number; maxIoQueues?: number }): Promise<Helper<{ port: number; nqn: string }> & { pinned: boolean }> {
+export async function startTargetProc(o: { cpu: number | undefined; sizeBytes: number; maxIoQueues?: number; tlsOptional?: boolean }): Promise<Helper<{ port: number; nqn: string }> & { pinned: boolean }> {
   const p = pinned(o.cpu, [process.execPath, path.join(BENCH_DIST_DIR, 'target-proc.js'), '--size', String(o.sizeBytes), '--nqn', BENCH_SUBNQN,
-    ...(o.maxIoQueues !== undefined ? ['--max-io-queues', String(o.maxIoQueues)] : [])]);
+    ...(o.maxIoQueues !== undefined ? ['--max-io-queues', String(o.maxIoQueues)] : []), ...(o.tlsOptional === true ? ['--tls-optional'] : [])]);
   const h = await spawnHelper<{ port: number; nqn: string }>(p.argv);
   return { ...h, pinned: p.pinned };
 }

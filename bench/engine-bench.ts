@@ -17,10 +17,11 @@
  * this process per I/O (process.cpuUsage delta / I/Os) — steadier than IOPS on a shared machine.
  */
 import { Controller } from '../src/controller/controller';
+import { deriveTlsPsk, parseInterchangeKey } from '../src/tls/psk';
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import {
-  BENCH_HOSTID, BENCH_HOSTNQN, BENCH_SUBNQN, MiB, fmt, machineLine, numArg, parseArgs, percentile, procCpuMicros, startTargetProc, table,
+  BENCH_HOSTID, BENCH_HOSTNQN, BENCH_SUBNQN, BENCH_TLS_KEY, MiB, fmt, machineLine, numArg, parseArgs, percentile, procCpuMicros, startTargetProc, table,
 } from './common';
 import type { Helper } from './common';
 
@@ -133,7 +134,7 @@ function cpusAllowed(): string {
 
 async function main(): Promise<void> {
   const a = parseArgs(process.argv.slice(2),
-    ['traddr', 'trsvcid', 'subnqn', 'nsid', 'runtime', 'ramp', 'queues', 'queue-size', 'region', 'jobs', 'target-cpu'], ['no-prefill']);
+    ['traddr', 'trsvcid', 'subnqn', 'nsid', 'runtime', 'ramp', 'queues', 'queue-size', 'region', 'jobs', 'target-cpu'], ['no-prefill', 'no-tls']);
   const runtime = numArg(a, 'runtime', Number(process.env['BENCH_RUNTIME'] ?? 5));
   const ramp = numArg(a, 'ramp', Number(process.env['BENCH_RAMP'] ?? 1));
   const nsid = numArg(a, 'nsid', 1);
@@ -148,7 +149,7 @@ async function main(): Promise<void> {
   let where: { traddr: string; trsvcid: number; subnqn: string };
   if (a.get('trsvcid') === undefined) {
     const cpu = numArg(a, 'target-cpu', 0);
-    target = await startTargetProc({ cpu, sizeBytes: 1024 * MiB });
+    target = await startTargetProc({ cpu, sizeBytes: 1024 * MiB, tlsOptional: !a.has('no-tls') });
     where = { traddr: '127.0.0.1', trsvcid: target.ready.port, subnqn: target.ready.nqn };
     process.stdout.write(`${machineLine()}\ntarget: embedded (memory, 1 GiB) on CPU ${target.pinned ? cpu : '(unpinned)'}, 127.0.0.1:${where.trsvcid}\n`);
   } else {
@@ -178,6 +179,23 @@ async function main(): Promise<void> {
       const r = await runJob(ctrl, nsid, ns.lbaSize, regionBlocks, job, ramp, runtime, target?.child.pid);
       rows.push([job.name, fmt(r.iops, 0), fmt(r.mibps), fmt(r.p50, 0), fmt(r.p99, 0), fmt(r.cpuUsPerIo), fmt(r.targetCpuUsPerIo)]);
       process.stderr.write(`engine-bench: ${job.name} done\n`);
+    }
+    // TLS rows (embedded target only: it serves TLS as optional): the same jobs over NVMe/TCP TLS
+    // 1.3 (TLS_AES_128_GCM_SHA256, PSK) on a second association, beside the plain rows.
+    if (target !== undefined && !a.has('no-tls')) {
+      const tlsJobs = jobs.filter((j) => j.qd === 32 || j.bytes === 128 * 1024);
+      await ctrl.close();
+      ctrl = await Controller.connect({
+        ...where, hostnqn: BENCH_HOSTNQN, hostid: BENCH_HOSTID,
+        tls: deriveTlsPsk(parseInterchangeKey(BENCH_TLS_KEY), BENCH_HOSTNQN, where.subnqn, 0),
+        ...(queues !== undefined ? { nrIoQueues: Number(queues) } : {}),
+        ...(queueSize !== undefined ? { queueSize: Number(queueSize) } : {}),
+      });
+      for (const job of tlsJobs) {
+        const r = await runJob(ctrl, nsid, ns.lbaSize, regionBlocks, job, ramp, runtime, target.child.pid);
+        rows.push([`tls ${job.name}`, fmt(r.iops, 0), fmt(r.mibps), fmt(r.p50, 0), fmt(r.p99, 0), fmt(r.cpuUsPerIo), fmt(r.targetCpuUsPerIo)]);
+        process.stderr.write(`engine-bench: tls ${job.name} done\n`);
+      }
     }
     process.stdout.write(`${table(['job', 'IOPS', 'MiB/s', 'p50 µs', 'p99 µs', 'host CPU µs/IO', 'target CPU µs/IO'], rows)}\n`);
     process.stdout.write(`engine peak RSS: ${fmt(process.resourceUsage().maxRSS / 1024)} MiB\n`);

@@ -8,16 +8,18 @@
  * Prints `READY {"port":N,"nqn":"..."}` once listening; SIGTERM/SIGINT close it and exit 0.
  */
 import { NvmeTarget } from '../src/target/target';
-import { BENCH_SUBNQN, numArg, parseArgs } from './common';
+import { BENCH_HOSTNQN, BENCH_SUBNQN, BENCH_TLS_KEY, numArg, parseArgs } from './common';
+import { targetPskTable } from '../src/tls/target-keys';
 
 async function main(): Promise<void> {
-  const args = parseArgs(process.argv.slice(2), ['size', 'nqn', 'port', 'max-io-queues']);
+  const args = parseArgs(process.argv.slice(2), ['size', 'nqn', 'port', 'max-io-queues'], ['tls-optional']);
   const sizeBytes = numArg(args, 'size', 1024 * 1024 * 1024);
   const nqn = args.get('nqn') ?? BENCH_SUBNQN;
   const target = new NvmeTarget({
     listen: { host: '127.0.0.1', port: numArg(args, 'port', 0) },
     subsystems: [{ nqn, namespaces: [{ sizeBytes, backing: { memory: true } }] }],
     maxIoQueues: numArg(args, 'max-io-queues', 8),
+    ...(args.has('tls-optional') ? { tls: { mode: 'optional' as const, lookup: ((t) => (id: string) => t.get(id))(targetPskTable(`${BENCH_HOSTNQN} ${BENCH_TLS_KEY}\n`, [nqn])) } } : {}),
   });
   const addr = await target.listen();
   let closing = false;
