@@ -30,10 +30,13 @@ import { PersistentDiscovery } from './persistent-discovery';
 import { syncByIdLinks } from './by-id';
 import type { ByIdWant } from './by-id';
 import type { DiscoveryEntry } from '../controller/discovery';
-import {
-  ChunkQueue, InfoType, MAX_OPTION_LENGTH, NBD_IHAVEOPT, NBD_MAGIC, NBD_OPT_REPLY_MAGIC, NBD_REQUEST_MAGIC, NBD_SIMPLE_REPLY_MAGIC,
-  ClientFlag, Opt, REQUEST_HEADER_SIZE, Rep, SIMPLE_REPLY_SIZE,
-} from '../wire/nbd';
+import { Cmd as NbdCmd, NBD_REQUEST_MAGIC, REQUEST_HEADER_SIZE } from '../wire/nbd';
+import { NbdClientStream, NbdServerStream } from '../wire/nbd-relay';
+import type { HeldRequest } from '../wire/nbd-relay';
+
+// The holder's stream trackers live in the wire layer; re-exported for existing importers.
+export { NbdClientStream, NbdServerStream } from '../wire/nbd-relay';
+export type { NbdServerHandshake, HeldRequest } from '../wire/nbd-relay';
 
 /** Where the daemon serves NBD by default: a directory of Unix sockets, or TCP from a base port. */
 export type DaemonNbdSpec = { unixDir: string } | { tcp: { host: string; basePort: number } };
@@ -127,6 +130,8 @@ const DEFAULT_CTRL_LOSS_TMO_S = 600;
 export const MAX_PASSTHRU_DATA = 512 * 1024;
 /** Requests queued per control connection before the daemon stops reading it. */
 const MAX_QUEUED_REQUESTS = 16;
+/** Reply bytes a control connection may leave unread before the daemon stops answering it. */
+export const MAX_UNSENT_REPLY_BYTES = 2 * 1024 * 1024;
 
 /** True when something listens on the Unix socket `p`. */
 export function socketAlive(p: string, timeoutMs = 1000): Promise<boolean> {
@@ -180,7 +185,10 @@ export function checkArgs(args: Record<string, unknown>, specs: readonly OptionS
   for (const [k, v] of Object.entries(args)) {
     const spec = byLong.get(k);
     if (spec === undefined) throw new NvmfNbdError(ErrorCode.CLI_USAGE, `unknown connect option '${k.slice(0, 64)}'`);
-    if (v === undefined || v === null) continue;
+    // JSON has no undefined; null would skip the check and then override a default
+    // (`trsvcid: null` reaching net.connect): refused like any other bad value.
+    if (v === undefined) continue;
+    if (v === null) throw new NvmfNbdError(ErrorCode.CLI_USAGE, `connect option --${k}: null is not a value`);
     const values = spec.repeat === true && Array.isArray(v) ? (v as unknown[]) : [v];
     for (const x of values) {
       const ok = spec.type === 'boolean' ? typeof x === 'boolean'
@@ -189,6 +197,18 @@ export function checkArgs(args: Record<string, unknown>, specs: readonly OptionS
       if (!ok) throw new NvmfNbdError(ErrorCode.CLI_USAGE, `connect option --${k}: bad value ${JSON.stringify(x)?.slice(0, 64) ?? ''}`);
     }
   }
+}
+
+/**
+ * A per-connect `nbd` spec as the daemon accepts it: `unix:DIR` or `tcp:HOST:PORT` only. `stdio`
+ * would serve NBD on the daemon's own log stream and `fd:N` on whatever descriptor N is in the
+ * daemon: both belong to a foreground process.
+ * @throws CLI_ERR_USAGE
+ */
+export function parseConnectNbdSpec(s: string): NbdSpec {
+  const n = parseNbdSpec(s);
+  if ('unixDir' in n || 'tcp' in n) return n;
+  throw new NvmfNbdError(ErrorCode.CLI_USAGE, `--nbd '${s.slice(0, 64)}': a daemon serves unix:DIR or tcp:HOST:PORT only (stdio and fd:N are for a foreground connect)`);
 }
 
 function argString(args: Record<string, unknown>, k: string): string | undefined {
@@ -336,20 +356,40 @@ export class Daemon {
     await d.prepareControlPath();
     const state = await readState(d.stateFile);
     // Names are reserved before the socket opens, so a CLI connect cannot take one of them.
-    for (const c of state.controllers) d.entries.set(c.name, d.newEntry(c.name, c.args, c.devices));
-    await d.listen();
-    for (const e of d.entries.values()) {
-      d.log(`${e.name}: reconnecting ${String(e.args.nqn)} at ${String(e.args.traddr)}:${String(e.args.trsvcid)} from the state file`);
-      void d.tryOpen(e);
-    }
-    for (const r of await readDiscoveryFile(d.discoveryFile)) {
-      d.log(`${r.name}: persistent discovery at ${String(r.discovery.traddr)}:${String(r.discovery.trsvcid)} from ${d.discoveryFile}`);
+    // Restored arguments pass the same check as a control-socket connect: a bad entry is
+    // dropped (and leaves the state file with the next write), the others are restored.
+    let dropped = 0;
+    for (const c of state.controllers) {
+      let args: Record<string, unknown>;
       try {
-        d.checkDiscoveryArgs(r.discovery, r.connect);
-        d.startDiscovery(r.name, r.discovery, r.connect, { persistent: true, disconnectRemoved: r.disconnectRemoved, watchOnly: r.watchOnly });
+        args = d.validateConnectArgs(c.args);
       } catch (err) {
-        d.log(`${r.name}: not restored: ${(err as Error).message}`);
+        dropped++;
+        d.log(`${d.stateFile}: dropping ${c.name}: ${(err as Error).message} (${(err as { code?: string }).code ?? 'error'})`);
+        continue;
       }
+      d.entries.set(c.name, d.newEntry(c.name, args, c.devices));
+    }
+    await d.listen();
+    try {
+      if (dropped > 0) await d.saveState();
+      for (const e of d.entries.values()) {
+        d.log(`${e.name}: reconnecting ${String(e.args.nqn)} at ${String(e.args.traddr)}:${String(e.args.trsvcid)} from the state file`);
+        void d.tryOpen(e);
+      }
+      for (const r of await readDiscoveryFile(d.discoveryFile)) {
+        d.log(`${r.name}: persistent discovery at ${String(r.discovery.traddr)}:${String(r.discovery.trsvcid)} from ${d.discoveryFile}`);
+        try {
+          d.checkDiscoveryArgs(r.discovery, r.connect);
+          d.startDiscovery(r.name, r.discovery, r.connect, { persistent: true, disconnectRemoved: r.disconnectRemoved, watchOnly: r.watchOnly });
+        } catch (err) {
+          d.log(`${r.name}: not restored: ${(err as Error).message}`);
+        }
+      }
+    } catch (err) {
+      // Never a half-started daemon: no control socket left listening, the caller exits non-zero.
+      await d.shutdown().catch(() => undefined);
+      throw err;
     }
     return d;
   }
@@ -405,6 +445,26 @@ export class Daemon {
     const reply = (r: ControlResponse): void => {
       if (!sock.destroyed) sock.write(encodeResponse(r));
     };
+    // Two windows: requests taken from the decoder and answered bytes the peer has not read yet.
+    // A peer that pipelines requests and never reads stops being read (and its decoded lines
+    // stay undecoded) until the kernel takes our replies.
+    const full = (): boolean => queued >= MAX_QUEUED_REQUESTS || sock.writableLength > MAX_UNSENT_REPLY_BYTES;
+    const pump = (): void => {
+      while (!full() && !sock.destroyed) {
+        const line = decoder.next();
+        if (line === undefined) break;
+        queued++;
+        // Requests of one connection are answered in order.
+        chain = chain.then(async () => {
+          reply(await this.handleLine(line));
+          queued--;
+          pump();
+        });
+      }
+      if (full()) sock.pause();
+      else if (sock.isPaused()) sock.resume();
+    };
+    sock.on('drain', pump);
     sock.on('data', (chunk: Buffer) => {
       try {
         decoder.push(chunk);
@@ -414,17 +474,7 @@ export class Daemon {
         sock.destroySoon();
         return;
       }
-      for (let line = decoder.next(); line !== undefined; line = decoder.next()) {
-        const l = line;
-        queued++;
-        if (queued >= MAX_QUEUED_REQUESTS) sock.pause();
-        // Requests of one connection are answered in order.
-        chain = chain.then(async () => {
-          reply(await this.handleLine(l));
-          queued--;
-          if (queued < MAX_QUEUED_REQUESTS && sock.isPaused()) sock.resume();
-        });
-      }
+      pump();
     });
     sock.on('error', () => undefined);
     sock.on('close', () => this.conns.delete(sock));
@@ -487,14 +537,25 @@ export class Daemon {
   // Connect, reconnect, disconnect
   // -------------------------------------------------------------------------------------------
 
-  private async connect(raw: Record<string, unknown>): Promise<unknown> {
-    if (!this.running) throw new NvmfNbdError(ErrorCode.DAEMON_UNAVAILABLE, 'the daemon is shutting down');
-    // Secrets stay in memory (reconnects need them); the state file only gets withoutSecrets().
+  /**
+   * The one check of connect arguments, for control-socket connects and restored state alike:
+   * known options of the right types (no nulls), the required flags, a daemon-servable `nbd`.
+   * Secrets stay in memory (reconnects need them); the state file only gets withoutSecrets().
+   * @returns the arguments without undefined values
+   * @throws CLI_ERR_USAGE
+   */
+  private validateConnectArgs(raw: Record<string, unknown>): Record<string, unknown> {
     const args = withoutUndefined(raw);
     checkArgs(args, this.o.connect.specs);
     // Validates the required flags before a name is taken.
     this.o.connect.controllerOptions(args);
-    if (typeof args.nbd === 'string') parseNbdSpec(args.nbd);
+    if (typeof args.nbd === 'string') parseConnectNbdSpec(args.nbd);
+    return args;
+  }
+
+  private async connect(raw: Record<string, unknown>): Promise<unknown> {
+    if (!this.running) throw new NvmfNbdError(ErrorCode.DAEMON_UNAVAILABLE, 'the daemon is shutting down');
+    const args = this.validateConnectArgs(raw);
     // Idempotent (nvme-cli): a subsystem already connected over this path answers with its
     // controller; -D/--duplicate-connect asks for a second association on purpose.
     const existing = args['duplicate-connect'] === true ? undefined : this.samePath(args);
@@ -534,7 +595,7 @@ export class Daemon {
       name: e.name,
       controller: this.o.connect.controllerOptions(args),
       // Sticky: the session serves a private socket; the holder owns the public endpoint.
-      nbd: sticky ? { unixDir: this.holdDir() } : typeof args.nbd === 'string' ? parseNbdSpec(args.nbd) : endpointFor(e.name, this.nbd),
+      nbd: sticky ? { unixDir: this.holdDir() } : typeof args.nbd === 'string' ? parseConnectNbdSpec(args.nbd) : endpointFor(e.name, this.nbd),
       attach: false,
       connections: typeof args.connections === 'number' ? args.connections : 1,
       readOnly: args['read-only'] === true,
@@ -1095,230 +1156,12 @@ export class Daemon {
 // idempotent; this is the NVMe host's own re-drive, one layer up).
 // ---------------------------------------------------------------------------------------------
 
-/** NBD command types the relay needs to tell apart (proto.md). */
-const NbdCmd = { READ: 0, WRITE: 1, DISC: 2 } as const;
-/** Bytes of held requests per connection before the holder stops reading the client. */
-const MAX_HELD_BYTES = 256 * 1024 * 1024;
-
-/** One request as the client sent it, kept until its reply arrives. */
-interface HeldRequest {
-  readonly cookie: bigint;
-  readonly type: number;
-  readonly length: number;
-  /** Header and (WRITE) payload, ready to be re-sent. */
-  readonly bytes: Buffer[];
-  readonly size: number;
-}
-
-/**
- * The client → server byte stream of one NBD connection (pure: no sockets). During the
- * handshake it records the raw bytes (to replay them to a new server) and notes the options;
- * in transmission it cuts the stream into requests.
- * @throws NBD_ERR_PROTOCOL / NBD_ERR_OPTION_TOO_LARGE / NBD_ERR_REQUEST_TOO_LARGE on bad input
- */
-export class NbdClientStream {
-  private readonly q = new ChunkQueue();
-  private phase: 'flags' | 'options' | 'optionData' | 'transmission' = 'flags';
-  /** Option or request header waiting for its data. */
-  private header: Buffer | undefined;
-  /** Every handshake byte the client sent. */
-  readonly handshake: Buffer[] = [];
-  /** Client flags (NO_ZEROES matters for EXPORT_NAME). */
-  clientFlags = 0;
-  /** The last option sent. */
-  lastOption = -1;
-
-  constructor(private readonly maxPayload = 32 * 1024 * 1024) {}
-
-  /** Server reached transmission: from now on bytes are requests. */
-  startTransmission(): void {
-    this.phase = 'transmission';
-  }
-
-  /** Feed bytes; returns the requests completed by them (none during the handshake). */
-  push(chunk: Buffer): HeldRequest[] {
-    this.q.push(chunk);
-    const out: HeldRequest[] = [];
-    for (;;) {
-      switch (this.phase) {
-        case 'flags': {
-          if (this.q.length < 4) return out;
-          const b = Buffer.from(this.q.take(4));
-          this.clientFlags = b.readUInt32BE(0);
-          this.handshake.push(b);
-          this.phase = 'options';
-          break;
-        }
-        case 'options': {
-          // IHAVEOPT u64 | option u32 | length u32 | data
-          if (this.q.length < 16) return out;
-          const h = Buffer.from(this.q.take(16));
-          if (h.readBigUInt64BE(0) !== NBD_IHAVEOPT) throw new NvmfNbdError(ErrorCode.NBD_PROTOCOL, 'option without IHAVEOPT');
-          if (h.readUInt32BE(12) > MAX_OPTION_LENGTH) throw new NvmfNbdError(ErrorCode.NBD_OPTION_TOO_LARGE, `option of ${h.readUInt32BE(12)} bytes`);
-          this.header = h;
-          this.phase = 'optionData';
-          break;
-        }
-        case 'optionData': {
-          const h = this.header as Buffer;
-          const len = h.readUInt32BE(12);
-          if (this.q.length < len) return out;
-          this.handshake.push(h, Buffer.from(this.q.take(len)));
-          this.lastOption = h.readUInt32BE(8);
-          this.header = undefined;
-          this.phase = 'options';
-          break;
-        }
-        case 'transmission': {
-          // magic u32 | flags u16 | type u16 | cookie u64 | offset u64 | length u32 | [WRITE data]
-          if (this.header === undefined) {
-            if (this.q.length < REQUEST_HEADER_SIZE) return out;
-            const h = Buffer.from(this.q.take(REQUEST_HEADER_SIZE));
-            if (h.readUInt32BE(0) !== NBD_REQUEST_MAGIC) throw new NvmfNbdError(ErrorCode.NBD_BAD_MAGIC, 'bad request magic');
-            if (h.readUInt16BE(6) === NbdCmd.WRITE && h.readUInt32BE(24) > this.maxPayload) {
-              throw new NvmfNbdError(ErrorCode.NBD_REQUEST_TOO_LARGE, `write of ${h.readUInt32BE(24)} bytes`);
-            }
-            this.header = h;
-          }
-          const h = this.header;
-          const type = h.readUInt16BE(6);
-          const length = h.readUInt32BE(24);
-          const payload = type === NbdCmd.WRITE ? length : 0;
-          if (this.q.length < payload) return out;
-          this.header = undefined;
-          const bytes = payload > 0 ? [h, Buffer.from(this.q.take(payload))] : [h];
-          out.push({ cookie: h.readBigUInt64BE(8), type, length, bytes, size: REQUEST_HEADER_SIZE + payload });
-          break;
-        }
-        default: {
-          const never: never = this.phase;
-          throw new Error(`bad phase ${String(never)}`);
-        }
-      }
-    }
-  }
-}
-
-/** What the server side of the handshake said. */
-export interface NbdServerHandshake {
-  /** Export size from NBD_INFO_EXPORT or the EXPORT_NAME reply. */
-  size: bigint | undefined;
-  /** The server accepted structured replies. */
-  structured: boolean;
-}
-
-/**
- * The server → client byte stream (pure). Handshake: greeting, option replies, until the ACK of
- * NBD_OPT_GO (or the EXPORT_NAME reply); then simple replies, each returned whole (header and
- * READ data) so a relay never forwards half a reply.
- */
-export class NbdServerStream {
-  private readonly q = new ChunkQueue();
-  private phase: 'greeting' | 'replies' | 'replyData' | 'exportName' | 'transmission' = 'greeting';
-  /** Option reply or simple reply header waiting for its data. */
-  private header: Buffer | undefined;
-  readonly info: NbdServerHandshake = { size: undefined, structured: false };
-
-  /**
-   * @param client the same connection's client stream (its last option and flags decide how the
-   *        handshake ends)
-   * @param requestOf the in-flight request of a cookie (undefined: not in flight)
-   */
-  constructor(
-    private readonly client: NbdClientStream,
-    private readonly requestOf: (cookie: bigint) => { type: number; length: number } | undefined,
-    /** Replaying a recorded handshake: a refused GO is final (the export is gone). */
-    private readonly replay = false,
-  ) {}
-
-  /**
-   * Feed bytes. `done` is true when these bytes ended the handshake; `replies` are the complete
-   * replies after it.
-   */
-  push(chunk: Buffer): { done: boolean; replies: Array<{ cookie: bigint; bytes: Buffer[] }> } {
-    this.q.push(chunk);
-    const replies: Array<{ cookie: bigint; bytes: Buffer[] }> = [];
-    let done = false;
-    const transmission = (): void => {
-      done = true;
-      this.phase = 'transmission';
-      this.client.startTransmission();
-    };
-    for (;;) {
-      switch (this.phase) {
-        case 'greeting': {
-          // NBDMAGIC u64 | IHAVEOPT u64 | handshake flags u16
-          if (this.q.length < 18) return { done, replies };
-          const g = Buffer.from(this.q.take(18));
-          if (g.readBigUInt64BE(0) !== NBD_MAGIC || g.readBigUInt64BE(8) !== NBD_IHAVEOPT) throw new NvmfNbdError(ErrorCode.NBD_PROTOCOL, 'not a fixed-newstyle NBD server');
-          this.phase = 'replies';
-          break;
-        }
-        case 'replies': {
-          // EXPORT_NAME has no reply header: size u64 | flags u16 | [124 zeroes]
-          if (this.client.lastOption === Opt.EXPORT_NAME) {
-            this.phase = 'exportName';
-            break;
-          }
-          // magic u64 | option u32 | type u32 | length u32 | data
-          if (this.q.length < 20) return { done, replies };
-          const h = Buffer.from(this.q.take(20));
-          if (h.readBigUInt64BE(0) !== NBD_OPT_REPLY_MAGIC) throw new NvmfNbdError(ErrorCode.NBD_PROTOCOL, 'bad option reply magic');
-          if (h.readUInt32BE(16) > MAX_OPTION_LENGTH) throw new NvmfNbdError(ErrorCode.NBD_OPTION_TOO_LARGE, `option reply of ${h.readUInt32BE(16)} bytes`);
-          this.header = h;
-          this.phase = 'replyData';
-          break;
-        }
-        case 'replyData': {
-          const h = this.header as Buffer;
-          const len = h.readUInt32BE(16);
-          if (this.q.length < len) return { done, replies };
-          const data = Buffer.from(this.q.take(len));
-          this.header = undefined;
-          this.phase = 'replies';
-          const option = h.readUInt32BE(8);
-          const type = h.readUInt32BE(12);
-          if (type === Rep.INFO && data.length >= 12 && data.readUInt16BE(0) === InfoType.EXPORT) this.info.size = data.readBigUInt64BE(2);
-          if (option === Opt.STRUCTURED_REPLY && type === Rep.ACK) this.info.structured = true;
-          if (option === Opt.GO && type === Rep.ACK) transmission();
-          if (this.replay && option === Opt.GO && (type & 0x80000000) !== 0) {
-            throw new NvmfNbdError(ErrorCode.NBD_UNKNOWN_EXPORT, `the restarted server refused the export (reply type 0x${type.toString(16)})`);
-          }
-          break;
-        }
-        case 'exportName': {
-          const n = 10 + ((this.client.clientFlags & ClientFlag.NO_ZEROES) !== 0 ? 0 : 124);
-          if (this.q.length < n) return { done, replies };
-          this.info.size = Buffer.from(this.q.take(n)).readBigUInt64BE(0);
-          transmission();
-          break;
-        }
-        case 'transmission': {
-          // magic u32 | error u32 | cookie u64 | [READ data when error is 0]
-          if (this.header === undefined) {
-            if (this.q.length < SIMPLE_REPLY_SIZE) return { done, replies };
-            const h = Buffer.from(this.q.take(SIMPLE_REPLY_SIZE));
-            if (h.readUInt32BE(0) !== NBD_SIMPLE_REPLY_MAGIC) throw new NvmfNbdError(ErrorCode.NBD_BAD_MAGIC, 'not a simple reply');
-            this.header = h;
-          }
-          const h = this.header;
-          const cookie = h.readBigUInt64BE(8);
-          const req = this.requestOf(cookie);
-          if (req === undefined) throw new NvmfNbdError(ErrorCode.NBD_PROTOCOL, `reply for unknown cookie ${cookie}`);
-          const data = req.type === NbdCmd.READ && h.readUInt32BE(4) === 0 ? req.length : 0;
-          if (this.q.length < data) return { done, replies };
-          this.header = undefined;
-          replies.push({ cookie, bytes: data > 0 ? [h, Buffer.from(this.q.take(data))] : [h] });
-          break;
-        }
-        default: {
-          const never: never = this.phase;
-          throw new Error(`bad phase ${String(never)}`);
-        }
-      }
-    }
-  }
-}
+/** Bytes of held requests (READ data counted) per connection before the holder stops reading the client. */
+export const MAX_HELD_BYTES = 256 * 1024 * 1024;
+/** Reply bytes queued towards a client that does not read before the holder stops reading the daemon. */
+export const MAX_CLIENT_BACKLOG = 8 * 1024 * 1024;
+/** Client connections per holder (nbd-client -C allows 16 per device; a few devices share a holder). */
+export const MAX_HOLDER_CONNECTIONS = 64;
 
 /** Where a holder listens and whom it relays to. */
 export interface HolderOptions {
@@ -1327,6 +1170,12 @@ export interface HolderOptions {
   readonly backend: string;
   /** Give a held connection up (close it: the kernel fails its I/O) after this long. */
   readonly holdMs: number;
+  /** Held bytes per connection before the client is not read (default {@link MAX_HELD_BYTES}). */
+  readonly maxHeldBytes?: number;
+  /** Unread reply bytes per client before the daemon side is not read (default {@link MAX_CLIENT_BACKLOG}). */
+  readonly maxClientBacklog?: number;
+  /** Client connections at once (default {@link MAX_HOLDER_CONNECTIONS}); more are closed at accept. */
+  readonly maxConnections?: number;
   readonly log?: (msg: string) => void;
 }
 
@@ -1337,6 +1186,10 @@ class HeldConnection {
   private s: NbdServerStream;
   private readonly inflight = new Map<bigint, HeldRequest>();
   private heldBytes = 0;
+  /** Requests parsed but not yet in flight (the held-bytes bound); `sent`: relayed already. */
+  private readonly waiting: Array<{ r: HeldRequest; relayed: boolean }> = [];
+  /** Handshake bytes from the client before the first dial connected. */
+  private readonly early: Buffer[] = [];
   private state: 'handshake' | 'relay' | 'holding' | 'replaying' | 'closed' = 'handshake';
   private size: bigint | undefined;
   private lostAt = 0;
@@ -1346,10 +1199,12 @@ class HeldConnection {
 
   constructor(private readonly client: net.Socket, private readonly o: HolderOptions, private readonly onClose: () => void) {
     this.s = this.serverStream();
-    client.setNoDelay(true);
+    client.setNoDelay?.(true);
     client.on('data', (d: Buffer) => this.fromClient(d));
     client.on('error', () => undefined);
     client.on('close', () => this.close('client closed'));
+    // Backpressure through the relay: replies wait in the daemon (its own bounds), not here.
+    client.on('drain', () => this.flowBackend());
     this.dial(false);
   }
 
@@ -1361,6 +1216,22 @@ class HeldConnection {
     this.o.log?.(m);
   }
 
+  /** Read the client only while held bytes fit and the handshake is not waiting for an answer. */
+  private flowClient(): void {
+    if (this.state === 'closed') return;
+    const stop = this.waiting.length > 0 || this.c.awaitingAnswer;
+    if (stop) this.client.pause();
+    else if (this.client.isPaused()) this.client.resume();
+  }
+
+  /** Read the daemon only while the client takes our replies. */
+  private flowBackend(): void {
+    const b = this.backend;
+    if (b === undefined) return;
+    if (this.client.writableLength > (this.o.maxClientBacklog ?? MAX_CLIENT_BACKLOG)) b.pause();
+    else if (b.isPaused()) b.resume();
+  }
+
   private fromClient(d: Buffer): void {
     try {
       if (this.noHold) {
@@ -1368,26 +1239,53 @@ class HeldConnection {
         return;
       }
       if (this.state === 'handshake') {
-        // Relayed as is; parsed only to be able to replay it.
+        // Relayed as is; parsed only to be able to replay it. Bytes after a GO wait (unparsed)
+        // for the server's answer: they are requests after an ACK, options after a refusal.
         this.c.push(d);
-        this.backend?.write(d);
+        // Before the daemon answers the dial, bytes wait here (a client may send its flags
+        // without waiting for the greeting).
+        if (this.backend === undefined) this.early.push(d);
+        else this.backend.write(d);
+        this.flowClient();
         return;
       }
-      for (const r of this.c.push(d)) {
-        if (r.type === NbdCmd.DISC) {
-          this.disc = true;
-          if (this.state === 'relay') this.send([r]);
-          continue;
-        }
-        this.inflight.set(r.cookie, r);
-        this.heldBytes += r.size;
-        if (this.state === 'relay') this.send([r]);
-      }
-      if (this.heldBytes > MAX_HELD_BYTES) this.client.pause();
+      this.track(this.c.push(d), false);
     } catch (err) {
       this.log(`holder: client: ${(err as Error).message}`);
       this.close('client protocol error');
     }
+  }
+
+  /**
+   * Take requests from the client. Each waits in `waiting` until the held bytes (READ data
+   * counted) leave room, then is in flight (sent now when relaying, else re-sent after a
+   * reconnect) until its reply. `relayed`: the bytes went to the daemon already (pipelined
+   * after the GO): in flight at once, a reply may follow.
+   */
+  private track(rs: readonly HeldRequest[], relayed: boolean): void {
+    for (const r of rs) this.waiting.push({ r, relayed });
+    this.admit();
+  }
+
+  /** Move waiting requests in flight while the held-bytes bound allows (one at least). */
+  private admit(): void {
+    const limit = this.o.maxHeldBytes ?? MAX_HELD_BYTES;
+    const out: HeldRequest[] = [];
+    while (this.waiting.length > 0) {
+      const w = this.waiting[0] as { r: HeldRequest; relayed: boolean };
+      if (!w.relayed && this.inflight.size > 0 && this.heldBytes + w.r.cost > limit) break;
+      this.waiting.shift();
+      if (w.r.type === NbdCmd.DISC) {
+        // The client is leaving: nothing to reply; sent after everything before it.
+        this.disc = true;
+      } else {
+        this.inflight.set(w.r.cookie, w.r);
+        this.heldBytes += w.r.cost;
+      }
+      if (!w.relayed) out.push(w.r);
+    }
+    if (this.state === 'relay' && out.length > 0) this.send(out);
+    this.flowClient();
   }
 
   private send(rs: readonly HeldRequest[]): void {
@@ -1403,6 +1301,7 @@ class HeldConnection {
     b.setNoDelay?.(true);
     b.on('connect', () => {
       this.backend = b;
+      for (const x of this.early.splice(0)) b.write(x);
       if (replay) {
         this.state = 'replaying';
         this.s = this.serverStream(true);
@@ -1410,6 +1309,7 @@ class HeldConnection {
         for (const x of this.c.handshake) b.write(x);
         b.uncork();
       }
+      this.flowBackend();
     });
     b.on('data', (d: Buffer) => this.fromBackend(b, d));
     b.on('error', () => undefined);
@@ -1420,20 +1320,35 @@ class HeldConnection {
     if (b !== this.backend) return;
     if (this.noHold) {
       this.client.write(d);
+      this.flowBackend();
       return;
     }
     try {
-      const r = this.s.push(d);
+      let r = this.s.push(d);
       if (this.state === 'handshake') {
-        this.client.write(d);
-        if (r.done) {
-          this.size = this.s.info.size;
-          // Chunked (structured) replies are not parsed: such a connection is relayed, not held.
-          // The kernel client never asks for them.
-          this.noHold = this.s.info.structured;
-          this.state = 'relay';
+        if (!r.done) {
+          this.client.write(d);
+          // A refused GO lets the client go on with options: parse what it pipelined.
+          if (!this.c.awaitingAnswer) this.c.push(Buffer.alloc(0));
+          this.flowClient();
+          return;
         }
-        return;
+        this.size = this.s.info.size;
+        // Chunked (structured) replies are not parsed: such a connection is relayed, not held.
+        // The kernel client never asks for them.
+        this.noHold = this.s.info.structured;
+        this.state = 'relay';
+        // Everything up to the end of the handshake is relayed as it came; replies after it
+        // go out whole, below.
+        this.client.write(d.subarray(0, d.length - this.s.buffered));
+        if (this.noHold) {
+          this.client.write(d.subarray(d.length - this.s.buffered));
+          this.flowClient();
+          return;
+        }
+        // Requests pipelined after the GO were relayed already: only track them.
+        this.track(this.c.push(Buffer.alloc(0)), true);
+        r = this.s.push(Buffer.alloc(0));
       }
       if (this.state === 'replaying' && r.done) {
         if (this.s.info.size !== this.size) {
@@ -1445,7 +1360,9 @@ class HeldConnection {
         const held = [...this.inflight.values()];
         this.log(`holder: reconnected after ${Date.now() - this.lostAt} ms; re-sending ${held.length} request(s)`);
         this.send(held);
-        if (this.disc) this.send([{ cookie: 0n, type: NbdCmd.DISC, length: 0, bytes: [discRequest()], size: REQUEST_HEADER_SIZE }]);
+        if (this.disc) this.send([{ cookie: 0n, type: NbdCmd.DISC, length: 0, bytes: [discRequest()], size: REQUEST_HEADER_SIZE, cost: REQUEST_HEADER_SIZE }]);
+        this.admit();
+        r = this.s.push(Buffer.alloc(0));
       }
       if (r.replies.length > 0) {
         this.client.cork();
@@ -1453,13 +1370,14 @@ class HeldConnection {
           const req = this.inflight.get(rep.cookie);
           if (req !== undefined) {
             this.inflight.delete(rep.cookie);
-            this.heldBytes -= req.size;
+            this.heldBytes -= req.cost;
           }
           for (const x of rep.bytes) this.client.write(x);
         }
         this.client.uncork();
-        if (this.heldBytes <= MAX_HELD_BYTES && this.client.isPaused()) this.client.resume();
+        this.admit();
       }
+      this.flowBackend();
     } catch (err) {
       this.log(`holder: server: ${(err as Error).message}`);
       this.close('server protocol error');
@@ -1516,6 +1434,11 @@ export class NbdHolder {
   static async start(o: HolderOptions): Promise<NbdHolder> {
     let h: NbdHolder | undefined;
     const server = net.createServer((sock) => {
+      if (h !== undefined && h.conns.size >= (o.maxConnections ?? MAX_HOLDER_CONNECTIONS)) {
+        o.log?.(`holder: refusing a connection: ${h.conns.size} already (the limit)`);
+        sock.destroy();
+        return;
+      }
       const c = new HeldConnection(sock, o, () => h?.conns.delete(c));
       h?.conns.add(c);
     });
