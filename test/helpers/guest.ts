@@ -505,7 +505,8 @@ const NULLB = '/sys/kernel/config/nullb';
 /** A subsystem and its namespaces for {@link setupNvmet}. */
 export interface NvmetSubsystem {
   nqn: string;
-  namespaces: Array<{ nsid: number; sizeMiB: number }>;
+  /** blockSize: the null_blk logical block size (default 512; 4096 for a 4 KiB-LBA namespace). */
+  namespaces: Array<{ nsid: number; sizeMiB: number; blockSize?: number }>;
 }
 
 /** The null_blk configfs name backing namespace `nsid` of `nqn`. */
@@ -514,14 +515,14 @@ function nullbName(nqn: string, nsid: number): string {
 }
 
 /** Shell lines that create the backing device and namespace `nsid` of `nqn` (enabled unless told). */
-function namespaceScript(nqn: string, nsid: number, sizeMiB: number, enable: boolean): string {
+function namespaceScript(nqn: string, nsid: number, sizeMiB: number, enable: boolean, blockSize = 512): string {
   const nb = `${NULLB}/${nullbName(nqn, nsid)}`;
   const ns = `${NVMET}/subsystems/${nqn}/namespaces/${nsid}`;
   return [
     `mkdir ${shq(nb)}`,
     `echo ${sizeMiB} > ${shq(nb)}/size`,
     `echo 1 > ${shq(nb)}/memory_backed`,
-    `echo 512 > ${shq(nb)}/blocksize`,
+    `echo ${blockSize} > ${shq(nb)}/blocksize`,
     `echo 1 > ${shq(nb)}/discard 2>/dev/null || true`,
     `echo 1 > ${shq(nb)}/power`,
     // 6.1 names a configfs-made null_blk disk after its configfs item; older kernels nullb<index>.
@@ -551,7 +552,7 @@ export async function setupNvmet(
   for (const s of o.subsystems) {
     const sd = `${NVMET}/subsystems/${s.nqn}`;
     lines.push(`mkdir ${shq(sd)}`, `echo 1 > ${shq(sd)}/attr_allow_any_host`);
-    for (const n of s.namespaces) lines.push(namespaceScript(s.nqn, n.nsid, n.sizeMiB, true));
+    for (const n of s.namespaces) lines.push(namespaceScript(s.nqn, n.nsid, n.sizeMiB, true, n.blockSize));
   }
   await g.exec(lines.join('\n'));
   await addNvmetPort(g, o.port, o.tls);
