@@ -108,6 +108,8 @@ export const ErrorCode = {
   TLS_KEY_NOT_FOUND: 'NVMF_ERR_TLS_KEY_NOT_FOUND',
   TLS_REQUIRED: 'NVMF_ERR_TLS_REQUIRED',
   KEY_FILE_INSECURE: 'CFG_ERR_KEY_FILE_INSECURE',
+  /** An existing socket/state directory belongs to someone else or is group/other-writable. */
+  UNSAFE_DIR: 'CFG_ERR_UNSAFE_DIR',
   NBD_TLS_REQUIRED: 'NBD_ERR_TLS_REQUIRED',
   NBD_INSECURE_BIND: 'NBD_ERR_INSECURE_BIND',
 } as const;

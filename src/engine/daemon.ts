@@ -18,6 +18,7 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import { ErrorCode, NvmfNbdError } from '../errors';
+import { ensurePrivateDir } from '../net/private-dir';
 import type { OptionSpec } from '../cli/args';
 import { ControllerSession, parseNbdSpec } from './session';
 import type { NbdSpec, SessionOptions } from './session';
@@ -352,7 +353,7 @@ export class Daemon {
     if (o.sticky !== undefined && !('tcp' in d.nbd && d.nbd.tcp.basePort !== 0)) {
       throw new NvmfNbdError(ErrorCode.CFG_INVALID, 'sticky NBD endpoints need --nbd tcp:HOST:BASEPORT with a fixed base port');
     }
-    await fsp.mkdir(o.stateDir, { recursive: true, mode: 0o700 });
+    await ensurePrivateDir(o.stateDir);
     await d.prepareControlPath();
     const state = await readState(d.stateFile);
     // Names are reserved before the socket opens, so a CLI connect cannot take one of them.
@@ -399,7 +400,7 @@ export class Daemon {
   }
 
   private async prepareControlPath(): Promise<void> {
-    await fsp.mkdir(path.dirname(this.controlPath), { recursive: true, mode: 0o700 });
+    await ensurePrivateDir(path.dirname(this.controlPath));
     let st: fs.Stats;
     try {
       st = await fsp.lstat(this.controlPath);

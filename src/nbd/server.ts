@@ -11,6 +11,7 @@ import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import type { Duplex } from 'node:stream';
 import { ErrorCode, NvmfNbdError } from '../errors';
+import { ensurePrivateDir } from '../net/private-dir';
 import type { BlockDevice } from '../block/types';
 import { SubBlockDevice, type SubBlockCounters } from '../block/sub-block';
 import { MAX_STRING_LENGTH } from '../wire/nbd';
@@ -259,13 +260,7 @@ export class NbdServer {
 
   /** mkdir -m 0700 the parent when missing; remove a stale socket nobody listens on. */
   private async prepareUnixPath(p: string): Promise<void> {
-    const dir = path.dirname(p);
-    try {
-      await fsp.mkdir(dir, { mode: 0o700 });
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
-      else if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-    }
+    await ensurePrivateDir(path.dirname(p));
     let st;
     try {
       st = await fsp.lstat(p);
