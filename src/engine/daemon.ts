@@ -120,7 +120,7 @@ interface Entry {
   timer: NodeJS.Timeout | undefined;
   closing: boolean;
   /** Sticky mode: the holder's public endpoint and pid. */
-  holder: { host: string; port: number; pid: number; backend: string } | undefined;
+  holder: { host: string; port: number; pid: number; backend: string; startTime?: string } | undefined;
 }
 
 /** Default reconnect delay (Linux `reconnect_delay`), seconds. */
@@ -732,12 +732,16 @@ export class Daemon {
     const want = { host: pub.tcp.host, port: pub.tcp.port, backend: first.endpoint.unix };
     const pidFile = path.join(this.holdDir(), `${e.name}.holder.json`);
     const old = await readHolderFile(pidFile);
-    if (old !== undefined && old.host === want.host && old.port === want.port && old.backend === want.backend && processAlive(old.pid)) {
-      e.holder = { ...want, pid: old.pid };
+    // A pid alone proves nothing after a crash or reboot: adopt or signal only a process that
+    // is the holder this file describes (start time, command line, its endpoint answers).
+    const verified = old !== undefined && (await verifyHolder(old, pidFile));
+    if (old !== undefined && !verified && processAlive(old.pid)) this.log(`${e.name}: pid ${old.pid} from ${pidFile} is not our holder: leaving it alone`);
+    if (old !== undefined && verified && old.host === want.host && old.port === want.port && old.backend === want.backend) {
+      e.holder = { ...want, pid: old.pid, ...(old.startTime !== undefined ? { startTime: old.startTime } : {}) };
       this.log(`${e.name}: holder ${old.pid} still holds tcp:${want.host}:${want.port}; its connections resume`);
       return;
     }
-    if (old !== undefined && processAlive(old.pid)) process.kill(old.pid, 'SIGTERM');
+    if (old !== undefined && verified) process.kill(old.pid, 'SIGTERM');
     const log = await fsp.open(path.join(this.holdDir(), `${e.name}.holder.log`), 'a', 0o600);
     const [cmd, ...pre] = sticky.command;
     const child = spawn(cmd as string, [
@@ -751,7 +755,7 @@ export class Daemon {
     for (let i = 0; i < 100; i++) {
       const f = await readHolderFile(pidFile);
       if (f?.pid === pid) {
-        e.holder = { ...want, pid };
+        e.holder = { ...want, pid, ...(f.startTime !== undefined ? { startTime: f.startTime } : {}) };
         this.log(`${e.name}: holder ${pid} listens on tcp:${want.host}:${want.port}`);
         return;
       }
@@ -765,7 +769,8 @@ export class Daemon {
     const h = e.holder;
     if (h === undefined) return;
     e.holder = undefined;
-    if (processAlive(h.pid)) process.kill(h.pid, 'SIGTERM');
+    // Only the process we started or verified: same pid and same start time.
+    if (h.startTime !== undefined && processStartTime(h.pid) === h.startTime) process.kill(h.pid, 'SIGTERM');
   }
 
   private saveState(): Promise<void> {
@@ -1466,7 +1471,7 @@ export class NbdHolder {
 }
 
 /** The holder's pid file: who holds which endpoint. */
-interface HolderFile { pid: number; host: string; port: number; backend: string }
+interface HolderFile { pid: number; host: string; port: number; backend: string; startTime?: string }
 
 async function readHolderFile(file: string): Promise<HolderFile | undefined> {
   try {
@@ -1485,6 +1490,51 @@ export async function writeHolderFile(file: string, v: HolderFile): Promise<void
   await fsp.rename(tmp, file);
 }
 
+/** Field 22 of /proc/PID/stat (start time in clock ticks since boot), or undefined. */
+export function processStartTime(pid: number, procRoot = '/proc'): string | undefined {
+  try {
+    const stat = fs.readFileSync(path.join(procRoot, String(pid), 'stat'), 'utf8');
+    // comm (field 2) may hold spaces and parentheses: fields after it follow the last ')'.
+    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return rest[19];
+  } catch {
+    return undefined;
+  }
+}
+
+function startTimeField(pid: number): { startTime?: string } {
+  const t = processStartTime(pid);
+  return t === undefined ? {} : { startTime: t };
+}
+
+/**
+ * Is the process a holder pid file names really that holder? Its start time matches the one
+ * recorded, its command line is a `--holder` run with this pid file, and its endpoint answers.
+ * Never signal a process that fails this (after a crash or reboot the pid may be anyone's).
+ */
+export async function verifyHolder(f: HolderFile, pidFile: string, procRoot = '/proc'): Promise<boolean> {
+  if (!Number.isSafeInteger(f.pid) || f.pid <= 1 || f.startTime === undefined) return false;
+  if (processStartTime(f.pid, procRoot) !== f.startTime) return false;
+  let argv: string[];
+  try {
+    argv = fs.readFileSync(path.join(procRoot, String(f.pid), 'cmdline'), 'utf8').split('\0');
+  } catch {
+    return false;
+  }
+  const at = argv.indexOf('--holder-pid-file');
+  if (!argv.includes('--holder') || at < 0 || argv[at + 1] !== pidFile) return false;
+  return tcpAlive(f.host, f.port);
+}
+
+function tcpAlive(host: string, port: number, timeoutMs = 1000): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.connect({ host, port });
+    const t = setTimeout(() => { s.destroy(); resolve(false); }, timeoutMs);
+    s.once('connect', () => { clearTimeout(t); s.destroy(); resolve(true); });
+    s.once('error', () => { clearTimeout(t); resolve(false); });
+  });
+}
+
 function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
@@ -1500,7 +1550,7 @@ function processAlive(pid: number): boolean {
  */
 export async function runHolder(o: HolderOptions & { pidFile: string; signalled: Promise<unknown> }): Promise<void> {
   const h = await NbdHolder.start(o);
-  await writeHolderFile(o.pidFile, { pid: process.pid, host: o.listen.host, port: h.port, backend: o.backend });
+  await writeHolderFile(o.pidFile, { pid: process.pid, host: o.listen.host, port: h.port, backend: o.backend, ...startTimeField(process.pid) });
   o.log?.(`holder ${process.pid}: tcp:${o.listen.host}:${h.port} → ${o.backend}`);
   let idleSince = Date.now();
   const idle = new Promise<void>((resolve) => {
