@@ -18,6 +18,7 @@ import { loadDhchapSecret } from '../../src/controller/dhchap-secret';
 import { formatDhchapKey, generateDhchapKey } from '../../src/wire/dhchap';
 import { ErrorCode } from '../../src/errors';
 import { haveCommand } from '../helpers/prereq';
+import { throwsCode } from '../helpers/assert-code';
 
 const MAIN = path.resolve(__dirname, '..', '..', 'src', 'cli', 'main.js');
 const HOSTNQN = 'nqn.2014-08.org.nvmexpress:uuid:7a1d2c3b-4e5f-4a6b-8c7d-9e0f1a2b3c4d';
@@ -71,8 +72,8 @@ test('secrets: inline or file:PATH; a key file readable by group/others is refus
     assert.deepEqual(loadDhchapSecret(`file:${f}`), loadDhchapSecret(key));
     fs.chmodSync(f, 0o640);
     assert.throws(() => loadDhchapSecret(`file:${f}`), (e: NodeJS.ErrnoException & { code: string; message: string }) => e.code === ErrorCode.DHCHAP_KEY_INVALID && /chmod 600/.test(e.message) && !e.message.includes(key.slice(10, 30)));
-    assert.throws(() => loadDhchapSecret(`file:${path.join(dir, 'missing')}`), { code: ErrorCode.DHCHAP_KEY_INVALID });
-    assert.throws(() => loadDhchapSecret(`file:${dir}`), { code: ErrorCode.DHCHAP_KEY_INVALID });
+    throwsCode(() => loadDhchapSecret(`file:${path.join(dir, 'missing')}`), ErrorCode.DHCHAP_KEY_INVALID);
+    throwsCode(() => loadDhchapSecret(`file:${dir}`), ErrorCode.DHCHAP_KEY_INVALID);
     fs.writeFileSync(path.join(dir, 'junk'), 'not a key', { mode: 0o600 });
     assert.throws(() => loadDhchapSecret(`file:${path.join(dir, 'junk')}`), (e: { code: string; message: string }) => e.code === ErrorCode.DHCHAP_KEY_INVALID && !e.message.includes('not a key'));
     assert.throws(() => loadDhchapSecret('DHHC-1:00:bm90IGEga2V5:'), (e: { code: string; message: string }) => e.code === ErrorCode.DHCHAP_KEY_INVALID && !e.message.includes('bm90IGEga2V5'));
@@ -91,12 +92,12 @@ test('-S/--dhchap-secret and -C/--dhchap-ctrl-secret as in nvme-cli; --connectio
   const d = dhchapFromArgs(options);
   assert.equal(d?.secret.key.length, 32);
   assert.equal(d?.ctrlSecret?.key.length, 64);
-  assert.throws(() => dhchapFromArgs({ 'dhchap-ctrl-secret': k2 }), { code: ErrorCode.CLI_USAGE });
+  throwsCode(() => dhchapFromArgs({ 'dhchap-ctrl-secret': k2 }), ErrorCode.CLI_USAGE);
   assert.equal(dhchapFromArgs({}), undefined);
   const rel: Record<string, unknown> = { 'dhchap-secret': 'file:keys/host.key', 'dhchap-ctrl-secret': 'file:/abs/ctrl.key' };
   absoluteSecretReferences(rel);
   assert.deepEqual(rel, { 'dhchap-secret': `file:${path.resolve('keys/host.key')}`, 'dhchap-ctrl-secret': 'file:/abs/ctrl.key' }, 'relative references are made absolute for the daemon');
-  assert.throws(() => parseArgs(['-C', '4'], connectVerb.options) && dhchapFromArgs(parseArgs(['-S', k1, '-C', '4'], connectVerb.options).options), { code: ErrorCode.DHCHAP_KEY_INVALID }, '-C 4 is a (bad) controller secret now');
+  throwsCode(() => parseArgs(['-C', '4'], connectVerb.options) && dhchapFromArgs(parseArgs(['-S', k1, '-C', '4'], connectVerb.options).options), ErrorCode.DHCHAP_KEY_INVALID, '-C 4 is a (bad) controller secret now');
 });
 
 test('target: each --dhchap-key / --dhchap-ctrl-key belongs to the --allow-host before it', () => {
@@ -107,9 +108,9 @@ test('target: each --dhchap-key / --dhchap-ctrl-key belongs to the --allow-host 
   assert.deepEqual(o.hostKeys?.map((h) => [h.hostnqn, h.ctrlKey !== undefined]), [['nqn.b', true]]);
   assert.deepEqual(o.dhchapHashes, [3, 1]);
   assert.deepEqual(o.dhchapGroups, [3, 0]);
-  assert.throws(() => dhchapTargetOptions(parseArgs(['--dhchap-key', k1], targetVerb.options).options), { code: ErrorCode.CLI_USAGE });
-  assert.throws(() => dhchapTargetOptions(parseArgs(['--allow-host', 'nqn.a', '--dhchap-key', k1, '--dhchap-key', k2], targetVerb.options).options), { code: ErrorCode.CLI_USAGE });
-  assert.throws(() => dhchapTargetOptions(parseArgs(['--dhchap-hash', 'md5'], targetVerb.options).options), { code: ErrorCode.CLI_USAGE });
+  throwsCode(() => dhchapTargetOptions(parseArgs(['--dhchap-key', k1], targetVerb.options).options), ErrorCode.CLI_USAGE);
+  throwsCode(() => dhchapTargetOptions(parseArgs(['--allow-host', 'nqn.a', '--dhchap-key', k1, '--dhchap-key', k2], targetVerb.options).options), ErrorCode.CLI_USAGE);
+  throwsCode(() => dhchapTargetOptions(parseArgs(['--dhchap-hash', 'md5'], targetVerb.options).options), ErrorCode.CLI_USAGE);
 });
 
 /** Spawn the CLI and resolve with the first complete JSON document on stdout. */

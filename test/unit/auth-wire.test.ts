@@ -16,6 +16,7 @@ import {
 } from '../../src/wire/dhchap';
 import { FFDHE_PRIMES_HEX } from '../../src/wire/ffdhe';
 import { ErrorCode } from '../../src/errors';
+import { throwsCode } from '../helpers/assert-code';
 
 const hex = (s: string): Buffer => Buffer.from(s.replace(/\s+/g, ''), 'hex');
 
@@ -30,7 +31,7 @@ test('Authentication Send / Receive SQEs: opcode 7Fh, fctype 05h/06h, SPSP0/1 01
   assert.deepEqual([...r.subarray(40, 48)], [0x00, 0x01, 0x01, 0xe9, 0x00, 0x10, 0, 0]);
   const f = authSqeFields(r.readUInt32LE(40), r.readUInt32LE(44));
   assert.deepEqual(f, { secp: 0xe9, spsp0: 1, spsp1: 1, length: 4096 });
-  assert.throws(() => sqeAuthSend(0), { code: ErrorCode.INVALID_ARGUMENT });
+  throwsCode(() => sqeAuthSend(0), ErrorCode.INVALID_ARGUMENT);
 });
 
 test('AUTH_Negotiate: 8-byte header + one 64-byte descriptor, hash ids @4, DH ids @34 of the descriptor', () => {
@@ -135,15 +136,15 @@ test('DHHC-1 keys: nvme-cli 2.3 output reproduced byte for byte; CRC, length and
   // hmac 0: the secret unchanged.
   assert.deepEqual(generateDhchapKey({ secret, hmac: 0 }).key, secret);
   assert.equal(generateDhchapKey({ keyLength: 64 }).key.length, 64);
-  const bad = (s: string): void => assert.throws(() => parseDhchapKey(s), { code: ErrorCode.DHCHAP_KEY_INVALID });
+  const bad = (s: string): void => { throwsCode(() => parseDhchapKey(s), ErrorCode.DHCHAP_KEY_INVALID); };
   bad('DHHC-1:01:1wWhDeGRxTcjvLIclMHvVmyLF4rH+aG7AtuOoUZmKwLx2OkT:'); // one bit off: CRC
   bad('DHHC-1:04:1wWhDeGRxTcjvLIclMHvVmyLF4rH+aG7AtuOoUZmKwLX2OkT:'); // hash indicator
   bad('DHHC-1:02:1wWhDeGRxTcjvLIclMHvVmyLF4rH+aG7AtuOoUZmKwLX2OkT:'); // 32 bytes with SHA-384
   bad(`DHHC-1:00:${Buffer.alloc(20).toString('base64')}:`); // length
   bad('DHHC-2:00:AAAA:');
-  assert.throws(() => generateDhchapKey({ hmac: 2, keyLength: 32, nqn: 'x' }), { code: ErrorCode.DHCHAP_KEY_INVALID });
-  assert.throws(() => generateDhchapKey({ keyLength: 40 }), { code: ErrorCode.DHCHAP_KEY_INVALID });
-  assert.throws(() => generateDhchapKey({ hmac: 1 }), { code: ErrorCode.DHCHAP_KEY_INVALID }, 'hmac needs an NQN');
+  throwsCode(() => generateDhchapKey({ hmac: 2, keyLength: 32, nqn: 'x' }), ErrorCode.DHCHAP_KEY_INVALID);
+  throwsCode(() => generateDhchapKey({ keyLength: 40 }), ErrorCode.DHCHAP_KEY_INVALID);
+  throwsCode(() => generateDhchapKey({ hmac: 1 }), ErrorCode.DHCHAP_KEY_INVALID, 'hmac needs an NQN');
   try {
     parseDhchapKey('DHHC-1:00:c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0Zm9v:');
   } catch (err) {
@@ -205,10 +206,10 @@ test('DH exchange: both sides agree on a padded session key; bad peer values are
     assert.equal(a.sessionKey(b.publicValue).length, plen);
     const one = Buffer.alloc(plen);
     one[plen - 1] = 1;
-    assert.throws(() => a.sessionKey(one), { code: ErrorCode.AUTH_FAILED });
+    throwsCode(() => a.sessionKey(one), ErrorCode.AUTH_FAILED);
     const pm1 = Buffer.from(ffdhePrime(g));
     pm1[plen - 1] = 0xfe;
-    assert.throws(() => a.sessionKey(pm1), { code: ErrorCode.AUTH_FAILED });
-    assert.throws(() => a.sessionKey(Buffer.alloc(plen - 1, 7)), { code: ErrorCode.AUTH_FAILED });
+    throwsCode(() => a.sessionKey(pm1), ErrorCode.AUTH_FAILED);
+    throwsCode(() => a.sessionKey(Buffer.alloc(plen - 1, 7)), ErrorCode.AUTH_FAILED);
   }
 });

@@ -12,6 +12,7 @@ import { connectBinding } from '../../src/cli/verbs/daemon';
 import { formatList } from '../../src/cli/verbs/list';
 import { verb as targetVerb } from '../../src/cli/verbs/target';
 import { ErrorCode, NvmfNbdError } from '../../src/errors';
+import { rejectsCode } from '../helpers/assert-code';
 
 const BASE = ['-t', 'tcp', '-a', '127.0.0.1', '-n', 'nqn.2014-08.org.example:s', '-q', 'nqn.2014-08.org.example:h', '-I', '11111111-2222-3333-4444-555555555555'];
 
@@ -42,6 +43,6 @@ test('list shows SQ flow control and reads completed by SUCCESS (those with SQ f
 
 test('target --c2h-success accepts spec|spdk|always-resp and refuses anything else', async () => {
   const o = parseArgs(['--c2h-success', 'sometimes'], targetVerb.options).options;
-  await assert.rejects(targetVerb.run(o, []), (e: unknown) => e instanceof NvmfNbdError && e.code === ErrorCode.CLI_USAGE);
+  await rejectsCode(targetVerb.run(o, []), ErrorCode.CLI_USAGE);
   assert.equal(parseArgs([], targetVerb.options).options['c2h-success'], 'spec');
 });

@@ -14,6 +14,7 @@ import { formatJson, formatTable } from '../../src/cli/output';
 import { ErrorCode, NvmfNbdError } from '../../src/errors';
 import { FakeTarget, serveController } from '../helpers/fake-target';
 import type { ControllerModel } from '../helpers/fake-target';
+import { throwsCode } from '../helpers/assert-code';
 
 const T = { timeout: 10_000 };
 const SUBNQN = 'nqn.2024-01.io.test:cli';
@@ -94,7 +95,7 @@ test('host identity: hostid derived from a uuid-form hostnqn; a bad hostid is CF
   fs.writeFileSync(path.join(etc, 'hostnqn'), 'nqn.2014-08.org.nvmexpress:uuid:12345678-1234-1234-1234-123456789abc');
   assert.equal(loadHostIdentity({ etcDir: etc, stateDir: state }).hostid, '12345678-1234-1234-1234-123456789abc');
   fs.writeFileSync(path.join(etc, 'hostid'), 'garbage');
-  assert.throws(() => loadHostIdentity({ etcDir: etc, stateDir: state }), (e: NvmfNbdError) => e.code === ErrorCode.CFG_INVALID);
+  throwsCode(() => loadHostIdentity({ etcDir: etc, stateDir: state }), ErrorCode.CFG_INVALID);
 });
 
 test('state directory: $NVMF_NBD_STATE_DIR wins', () => {

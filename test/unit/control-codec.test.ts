@@ -10,6 +10,7 @@ import {
   errorResponse, parseRequest, parseResponse, requestIdOf, responseError,
 } from '../../src/engine/control';
 import { ErrorCode, NvmfNbdError } from '../../src/errors';
+import { throwsCode } from '../helpers/assert-code';
 
 function lines(d: LineDecoder): string[] {
   const out: string[] = [];
@@ -50,10 +51,10 @@ test('an oversize line fails as soon as it passes the limit, before the newline 
   const d = new LineDecoder(1024);
   d.push(Buffer.alloc(1000, 0x61));
   assert.equal(d.buffered, 1000);
-  assert.throws(() => d.push(Buffer.alloc(100, 0x61)), (e: unknown) => e instanceof NvmfNbdError && e.code === ErrorCode.CONTROL_LINE_TOO_LONG);
+  throwsCode(() => d.push(Buffer.alloc(100, 0x61)), ErrorCode.CONTROL_LINE_TOO_LONG);
   assert.equal(d.buffered, 0, 'nothing more is held');
   // The decoder stays failed: the stream cannot be resynchronised.
-  assert.throws(() => d.push(Buffer.from('\n{"id":1,"verb":"ping"}\n')), (e: unknown) => (e as NvmfNbdError).code === ErrorCode.CONTROL_LINE_TOO_LONG);
+  throwsCode(() => d.push(Buffer.from('\n{"id":1,"verb":"ping"}\n')), ErrorCode.CONTROL_LINE_TOO_LONG);
 });
 
 test('a line of exactly the limit is accepted; the default limit is 1 MiB', () => {
@@ -62,7 +63,7 @@ test('a line of exactly the limit is accepted; the default limit is 1 MiB', () =
   assert.deepEqual(lines(d), ['0123456789abcdef']);
   assert.equal(MAX_CONTROL_LINE, 1 << 20);
   const big = new LineDecoder();
-  assert.throws(() => big.push(Buffer.alloc(MAX_CONTROL_LINE + 1, 0x20)), (e: unknown) => (e as NvmfNbdError).code === ErrorCode.CONTROL_LINE_TOO_LONG);
+  throwsCode(() => big.push(Buffer.alloc(MAX_CONTROL_LINE + 1, 0x20)), ErrorCode.CONTROL_LINE_TOO_LONG);
 });
 
 test('bad requests get stable codes', () => {
@@ -97,8 +98,8 @@ test('responses round trip; bigints and Buffers survive as numbers / hex', () =>
   assert.deepEqual(ok, { id: 5, ok: true, result: { n: 10, huge: '18446744073709551616', b: '0102ff' } });
   const err = parseResponse(encodeResponse(errorResponse(6, new NvmfNbdError(ErrorCode.NO_SUCH_CONTROLLER, 'no nvme9'))).toString().trimEnd());
   assert.deepEqual(err, { id: 6, ok: false, error: { code: 'CLI_ERR_NO_SUCH_CONTROLLER', message: 'no nvme9' } });
-  assert.throws(() => parseResponse('{"id":1}'), (e: unknown) => (e as NvmfNbdError).code === ErrorCode.CONTROL_PROTOCOL);
-  assert.throws(() => parseResponse('{"id":1,"ok":false,"error":{}}'), (e: unknown) => (e as NvmfNbdError).code === ErrorCode.CONTROL_PROTOCOL);
+  throwsCode(() => parseResponse('{"id":1}'), ErrorCode.CONTROL_PROTOCOL);
+  throwsCode(() => parseResponse('{"id":1,"ok":false,"error":{}}'), ErrorCode.CONTROL_PROTOCOL);
 });
 
 test('a result too large for one line becomes an error response, still one line', () => {
@@ -110,7 +111,7 @@ test('a result too large for one line becomes an error response, still one line'
 });
 
 test('an oversized request is refused by the encoder', () => {
-  assert.throws(() => encodeRequest({ id: 1, verb: ControlVerb.CONNECT, args: { x: 'y'.repeat(MAX_CONTROL_LINE) } }), (e: unknown) => (e as NvmfNbdError).code === ErrorCode.CONTROL_LINE_TOO_LONG);
+  throwsCode(() => encodeRequest({ id: 1, verb: ControlVerb.CONNECT, args: { x: 'y'.repeat(MAX_CONTROL_LINE) } }), ErrorCode.CONTROL_LINE_TOO_LONG);
 });
 
 test('remote errors keep known codes; unknown ones become CONTROL_PROTOCOL', () => {

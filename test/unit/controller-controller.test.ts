@@ -11,6 +11,7 @@ import { discover } from '../../src/controller/discovery';
 import { ErrorCode, NvmfNbdError } from '../../src/errors';
 import { FakeTarget, serveController } from '../helpers/fake-target';
 import type { ControllerModel } from '../helpers/fake-target';
+import { rejectsCode } from '../helpers/assert-code';
 
 const T = { timeout: 8000 };
 const SUBNQN = 'nqn.2024-01.io.test:sub-a';
@@ -70,8 +71,8 @@ test('bring-up: CC.EN then CSTS.RDY, Identify, namespaces (metadata one skipped)
 test('I/O on a namespace with metadata is refused with NAMESPACE_UNSUPPORTED', T, async () => {
   const { target, ctrl } = await start(model());
   try {
-    await assert.rejects(ctrl.read(3, 0n, 1), (e: NvmfNbdError) => e.code === ErrorCode.NAMESPACE_UNSUPPORTED);
-    await assert.rejects(ctrl.read(9, 0n, 1), (e: NvmfNbdError) => e.code === ErrorCode.NAMESPACE_NOT_FOUND);
+    await rejectsCode(ctrl.read(3, 0n, 1), ErrorCode.NAMESPACE_UNSUPPORTED);
+    await rejectsCode(ctrl.read(9, 0n, 1), ErrorCode.NAMESPACE_NOT_FOUND);
   } finally {
     await ctrl.close();
     await target.close();
@@ -155,13 +156,13 @@ test('close() sets CC.SHN=01b and waits for CSTS.SHST complete', T, async () => 
   assert.equal(((m.regs?.cc ?? 0) >>> 14) & 3, 1);
   assert.equal(((m.regs?.csts ?? 0) >>> 2) & 3, 2);
   assert.equal(closed, 1);
-  await assert.rejects(ctrl.read(1, 0n, 1), (e: NvmfNbdError) => e.code === ErrorCode.CONNECTION_CLOSED);
+  await rejectsCode(ctrl.read(1, 0n, 1), ErrorCode.CONNECTION_CLOSED);
 });
 
 test('CSTS.RDY never set → ENABLE_TIMEOUT bounded by CAP.TO', T, async () => {
   const m = model({ neverReady: true, capTo: 1 });
   const t0 = Date.now();
-  await assert.rejects(start(m), (e: NvmfNbdError) => e.code === ErrorCode.ENABLE_TIMEOUT);
+  await rejectsCode(start(m), ErrorCode.ENABLE_TIMEOUT);
   assert.ok(Date.now() - t0 < 3000);
 });
 
@@ -182,7 +183,7 @@ test('a lost I/O queue destroys the controller: CONTROLLER_LOST on close and on 
   (target.conns[1]?.socket)?.destroy();
   const err = await closed;
   assert.equal(err?.code, ErrorCode.CONTROLLER_LOST);
-  await assert.rejects(ctrl.read(1, 0n, 1), (e: NvmfNbdError) => e.code === ErrorCode.CONNECTION_CLOSED);
+  await rejectsCode(ctrl.read(1, 0n, 1), ErrorCode.CONNECTION_CLOSED);
   await target.close();
 });
 

@@ -10,6 +10,7 @@ import { passthruRequest } from '../../src/cli/verbs/admin-passthru';
 import { controllerName, dataFormat, hexDump } from '../../src/cli/verbs/get-log';
 import { entryConnectOptions } from '../../src/cli/verbs/connect-all';
 import { ErrorCode, NvmfNbdError } from '../../src/errors';
+import { throwsCode } from '../helpers/assert-code';
 
 const usage = (f: () => unknown): boolean => {
   try {
@@ -63,5 +64,5 @@ test('get-log helpers: hex dump lines, nvmeX positional, -o/-b', () => {
 test('connect-all: each entry becomes a connect with its own address and NQN; other flags carry over', () => {
   const o = entryConnectOptions({ traddr: '127.0.0.1', trsvcid: 8009, 'nr-io-queues': 2, attach: true, 'override-traddr': '127.0.0.1', control: '/c' }, { traddr: '10.0.2.15', trsvcid: '4420', subnqn: 'nqn.s' });
   assert.deepEqual(o, { 'nr-io-queues': 2, attach: true, control: '/c', transport: 'tcp', traddr: '10.0.2.15', trsvcid: 4420, nqn: 'nqn.s' });
-  assert.throws(() => entryConnectOptions({}, { traddr: 'a', trsvcid: 'x', subnqn: 'n' }), (e: unknown) => (e as NvmfNbdError).code === ErrorCode.INVALID_ARGUMENT);
+  throwsCode(() => entryConnectOptions({}, { traddr: 'a', trsvcid: 'x', subnqn: 'n' }), ErrorCode.INVALID_ARGUMENT);
 });

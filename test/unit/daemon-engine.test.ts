@@ -18,6 +18,7 @@ import { readState, writeState } from '../../src/engine/state-file';
 import { connectBinding } from '../../src/cli/verbs/daemon';
 import { ErrorCode, NvmfNbdError } from '../../src/errors';
 import { formatDhchapKey, generateDhchapKey } from '../../src/wire/dhchap';
+import { throwsCode, rejectsCode } from '../helpers/assert-code';
 
 const HOST = { hostnqn: 'nqn.2014-08.org.nvmexpress:uuid:0c5a2f1e-5d1b-4b8e-9a51-8d2b4a9c6e11', hostid: '0c5a2f1e-5d1b-4b8e-9a51-8d2b4a9c6e11' };
 
@@ -185,7 +186,7 @@ test('a dead controller stays listed until disconnect; disconnect by device find
     assert.equal(l.controllers[0]?.state, 'dead');
     const r = (await d.handle({ id: 3, verb: ControlVerb.DISCONNECT, args: { device: '/dev/nbd9' } })) as { disconnected: string[] };
     assert.deepEqual(r.disconnected, ['nvme0']);
-    await assert.rejects(d.handle({ id: 4, verb: ControlVerb.DISCONNECT, args: { device: '/dev/nbd9' } }), (e: unknown) => (e as NvmfNbdError).code === ErrorCode.NO_SUCH_CONTROLLER);
+    await rejectsCode(d.handle({ id: 4, verb: ControlVerb.DISCONNECT, args: { device: '/dev/nbd9' } }), ErrorCode.NO_SUCH_CONTROLLER);
   } finally {
     await d.shutdown();
     await fsp.rm(h.dir, { recursive: true });
@@ -212,7 +213,7 @@ test('admin pass-through refuses what would break the session; data direction is
     assert.equal(await code({ opcode: 0x06, dataLen: 1 << 20, direction: 'read' }), ErrorCode.CLI_USAGE, 'over 512 KiB');
     assert.equal(await code({ opcode: 0x06, dataLen: 4096, cdw10: 1 }), 'accepted');
     assert.equal(await code({ name: 'nvme5', opcode: 0x06, dataLen: 4096 }), ErrorCode.NO_SUCH_CONTROLLER);
-    await assert.rejects(d.handle({ id: 3, verb: ControlVerb.ID_NS, args: { name: 'nvme0', nsid: 2 } }), (e: unknown) => (e as NvmfNbdError).code === ErrorCode.NAMESPACE_NOT_FOUND);
+    await rejectsCode(d.handle({ id: 3, verb: ControlVerb.ID_NS, args: { name: 'nvme0', nsid: 2 } }), ErrorCode.NAMESPACE_NOT_FOUND);
   } finally {
     await d.shutdown();
     await fsp.rm(h.dir, { recursive: true });
@@ -222,11 +223,11 @@ test('admin pass-through refuses what would break the session; data direction is
 test('one daemon per control socket; shutdown removes the socket; a stale one is replaced', { timeout: 10_000 }, async () => {
   const h = await harness();
   const d = await startDaemon(h);
-  await assert.rejects(startDaemon(h), (e: unknown) => (e as NvmfNbdError).code === ErrorCode.DAEMON_RUNNING);
+  await rejectsCode(startDaemon(h), ErrorCode.DAEMON_RUNNING);
   assert.deepEqual(await callDaemon(path.join(h.dir, 'control.sock'), ControlVerb.PING).then((r) => (r as { controllers: number }).controllers), 0);
   await d.shutdown();
   await assert.rejects(fsp.stat(path.join(h.dir, 'control.sock')), { code: 'ENOENT' });
-  await assert.rejects(callDaemon(path.join(h.dir, 'control.sock'), ControlVerb.PING), (e: unknown) => (e as NvmfNbdError).code === ErrorCode.DAEMON_UNAVAILABLE);
+  await rejectsCode(callDaemon(path.join(h.dir, 'control.sock'), ControlVerb.PING), ErrorCode.DAEMON_UNAVAILABLE);
   await fsp.rm(h.dir, { recursive: true });
 });
 
@@ -235,8 +236,8 @@ test('endpoint specs, argument checks and the held-device probe', async () => {
   assert.deepEqual(endpointFor('nvme3', parseDaemonNbdSpec('tcp:127.0.0.1:0')), { tcp: { host: '127.0.0.1', port: 0 } });
   assert.deepEqual(endpointFor('nvme3', parseDaemonNbdSpec('unix:/run/x')), { unixDir: '/run/x' });
   const specs = [{ long: 'n', type: 'int', min: 1, max: 3, help: '' }, { long: 'f', type: 'boolean', help: '' }] as const;
-  assert.throws(() => checkArgs({ n: 4 }, specs), (e: unknown) => (e as NvmfNbdError).code === ErrorCode.CLI_USAGE);
-  assert.throws(() => checkArgs({ f: 'yes' }, specs), (e: unknown) => (e as NvmfNbdError).code === ErrorCode.CLI_USAGE);
+  throwsCode(() => checkArgs({ n: 4 }, specs), ErrorCode.CLI_USAGE);
+  throwsCode(() => checkArgs({ f: 'yes' }, specs), ErrorCode.CLI_USAGE);
   checkArgs({ n: 2, f: true }, specs);
   const root = await fsp.mkdtemp(path.join(os.tmpdir(), 'daemon-probe-'));
   await fsp.mkdir(path.join(root, 'sys', 'block', 'nbd1'), { recursive: true });

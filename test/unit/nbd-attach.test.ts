@@ -10,6 +10,7 @@ import { promises as fsp } from 'node:fs';
 import { ErrorCode, NvmfNbdError } from '../../src/errors';
 import { attach, buildAttachArgs, checkAttachPrerequisites, detach, findFreeDevice, type RunResult } from '../../src/attach/nbd-client';
 import { protectFromOomKiller } from '../../src/engine/oom';
+import { throwsCode, rejectsCode } from '../helpers/assert-code';
 
 const isCode = (code: string) => (e: unknown) => e instanceof NvmfNbdError && e.code === code;
 
@@ -49,9 +50,9 @@ test('buildAttachArgs: unix socket, name, block size, connections, timeout, pers
     ['-N', 'x', '127.0.0.1', '10809', '/dev/nbd0', '-b', '512'],
     'one connection: no -C; no timeout or persist unless asked',
   );
-  assert.throws(() => buildAttachArgs({ socketPath: 's', exportName: 'x', blockSize: 520 }, '/dev/nbd0'), isCode(ErrorCode.CFG_INVALID));
-  assert.throws(() => buildAttachArgs({ exportName: 'x', blockSize: 512 }, '/dev/nbd0'), isCode(ErrorCode.CFG_INVALID));
-  assert.throws(() => buildAttachArgs({ socketPath: 's', exportName: 'x', blockSize: 512, connections: 0 }, '/dev/nbd0'), isCode(ErrorCode.CFG_INVALID));
+  throwsCode(() => buildAttachArgs({ socketPath: 's', exportName: 'x', blockSize: 520 }, '/dev/nbd0'), ErrorCode.CFG_INVALID);
+  throwsCode(() => buildAttachArgs({ exportName: 'x', blockSize: 512 }, '/dev/nbd0'), ErrorCode.CFG_INVALID);
+  throwsCode(() => buildAttachArgs({ socketPath: 's', exportName: 'x', blockSize: 512, connections: 0 }, '/dev/nbd0'), ErrorCode.CFG_INVALID);
 });
 
 test('findFreeDevice: lowest-numbered device with no pid and size 0', async () => {
@@ -73,8 +74,8 @@ test('findFreeDevice: all busy → NBD_ERR_NO_FREE_DEVICE; none at all → NBD_E
   const busy = await fakeSysfs([{ n: 0, size: 8, pid: 1 }]);
   const none = await fakeSysfs([]);
   try {
-    await assert.rejects(findFreeDevice(busy), isCode(ErrorCode.NBD_NO_FREE_DEVICE));
-    await assert.rejects(findFreeDevice(none), isCode(ErrorCode.NBD_MODULE_MISSING));
+    await rejectsCode(findFreeDevice(busy), ErrorCode.NBD_NO_FREE_DEVICE);
+    await rejectsCode(findFreeDevice(none), ErrorCode.NBD_MODULE_MISSING);
   } finally {
     await fsp.rm(busy, { recursive: true });
     await fsp.rm(none, { recursive: true });
@@ -91,8 +92,8 @@ test('checkAttachPrerequisites: missing client, missing module (modprobe fails),
     return { code: 1, stdout: '', stderr: 'modprobe: FATAL: Module nbd not found' };
   };
   try {
-    await assert.rejects(checkAttachPrerequisites({ pathEnv: path.join(bin, 'nowhere'), sysfsRoot: loaded, run }), isCode(ErrorCode.NBD_CLIENT_MISSING));
-    await assert.rejects(checkAttachPrerequisites({ pathEnv: bin, sysfsRoot: unloaded, run }), isCode(ErrorCode.NBD_MODULE_MISSING));
+    await rejectsCode(checkAttachPrerequisites({ pathEnv: path.join(bin, 'nowhere'), sysfsRoot: loaded, run }), ErrorCode.NBD_CLIENT_MISSING);
+    await rejectsCode(checkAttachPrerequisites({ pathEnv: bin, sysfsRoot: unloaded, run }), ErrorCode.NBD_MODULE_MISSING);
     assert.deepEqual(calls, [['modprobe', 'nbd']]);
     await checkAttachPrerequisites({ pathEnv: bin, sysfsRoot: loaded, run });
     assert.equal(calls.length, 1, 'no modprobe when the module is there');
@@ -120,7 +121,7 @@ test('attach runs nbd-client on the free device; failures carry NBD_ERR_ATTACH_F
       attach({ socketPath: 's.sock', exportName: 'e', blockSize: 512, device: '/dev/nbd5', nbdClient: client, sysfsRoot: sys, run }),
       (e: NvmfNbdError) => e.code === ErrorCode.NBD_ATTACH_FAILED && e.message.includes('Connection refused'),
     );
-    await assert.rejects(detach('/dev/nbd1', { nbdClient: client, run }), isCode(ErrorCode.NBD_DETACH_FAILED));
+    await rejectsCode(detach('/dev/nbd1', { nbdClient: client, run }), ErrorCode.NBD_DETACH_FAILED);
     exit = 0;
     await detach('/dev/nbd1', { nbdClient: client, run });
     assert.deepEqual(calls.at(-1), [client, '-d', '/dev/nbd1']);

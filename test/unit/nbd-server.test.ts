@@ -30,6 +30,7 @@ import {
   encodeOption,
   encodeRequest,
 } from '../../src/wire/nbd';
+import { throwsCode, rejectsCode } from '../helpers/assert-code';
 
 const T = { timeout: 10_000 };
 const MiB = 1024 * 1024;
@@ -848,7 +849,7 @@ test('Unix socket: mode 0600 in a fresh 0700 directory; a stale socket is replac
     c.close();
 
     const s2 = new NbdServer({ log: () => undefined });
-    await assert.rejects(s2.listen({ unix: sock }), (e: NvmfNbdError) => e.code === ErrorCode.NBD_LISTEN_FAILED);
+    await rejectsCode(s2.listen({ unix: sock }), ErrorCode.NBD_LISTEN_FAILED);
     await s1.close();
 
     // leave a stale socket file behind, as a crashed server would (SIGKILL skips the unlink)
@@ -874,7 +875,7 @@ test('Unix socket: mode 0600 in a fresh 0700 directory; a stale socket is replac
 test('addExport rejects duplicates with NBD_ERR_EXPORT_EXISTS', () => {
   const s = new NbdServer({ log: () => undefined });
   s.addExport('a', new MemoryBlockDevice({ size: MiB }));
-  assert.throws(() => s.addExport('a', new MemoryBlockDevice({ size: MiB })), (e: NvmfNbdError) => e.code === ErrorCode.NBD_EXPORT_EXISTS);
+  throwsCode(() => s.addExport('a', new MemoryBlockDevice({ size: MiB })), ErrorCode.NBD_EXPORT_EXISTS);
 });
 
 // ---------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import type { NamespaceBackend } from '../../src/block/nvme-device';
 import { NbdErrno, errorToErrno, nvmeStatusToErrno } from '../../src/block/errno';
 import { ErrorCode, NvmfNbdError } from '../../src/errors';
 import type { NvmeStatus } from '../../src/errors';
+import { throwsCode } from '../helpers/assert-code';
 
 type Call = { op: string; nsid: number; slba: bigint; nlb: number; fua?: boolean; deallocate?: boolean };
 
@@ -97,8 +98,8 @@ test('read-only device refuses writes with EPERM', async () => {
 });
 
 test('a namespace with metadata cannot be opened (NAMESPACE_UNSUPPORTED)', () => {
-  assert.throws(() => new NvmeNamespaceDevice(backend({ ms: true }), 1), (e: NvmfNbdError) => e.code === ErrorCode.NAMESPACE_UNSUPPORTED);
-  assert.throws(() => new NvmeNamespaceDevice(backend(), 2), (e: NvmfNbdError) => e.code === ErrorCode.NAMESPACE_NOT_FOUND);
+  throwsCode(() => new NvmeNamespaceDevice(backend({ ms: true }), 1), ErrorCode.NAMESPACE_UNSUPPORTED);
+  throwsCode(() => new NvmeNamespaceDevice(backend(), 2), ErrorCode.NAMESPACE_NOT_FOUND);
 });
 
 test('NVMe status → errno table', () => {

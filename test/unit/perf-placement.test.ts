@@ -14,6 +14,7 @@ import { QueuePair } from '../../src/transport/queue-pair';
 import { Controller } from '../../src/controller/controller';
 import { FakeTarget, serveController } from '../helpers/fake-target';
 import type { ControllerModel, FakeConn } from '../helpers/fake-target';
+import { throwsCode, rejectsCode } from '../helpers/assert-code';
 
 const T = { timeout: 5000 };
 
@@ -107,8 +108,8 @@ test('placeData throwing fails the parser with that error before the payload is 
     maxData: 4096,
     placeData: () => { throw new NvmfNbdError(ErrorCode.UNKNOWN_CCCID, 'no such command', { fes: 1, fei: 8 }); },
   });
-  assert.throws(() => p.push(stream.subarray(0, 24), () => undefined), (e: NvmfNbdError) => e.code === ErrorCode.UNKNOWN_CCCID);
-  assert.throws(() => p.push(stream.subarray(24), () => undefined), (e: NvmfNbdError) => e.code === ErrorCode.UNKNOWN_CCCID);
+  throwsCode(() => p.push(stream.subarray(0, 24), () => undefined), ErrorCode.UNKNOWN_CCCID);
+  throwsCode(() => p.push(stream.subarray(24), () => undefined), ErrorCode.UNKNOWN_CCCID);
 });
 
 test('QueuePair submit({ dataIn }): C2HData PDUs land in the caller buffer, resolved with that same buffer', T, async () => {
@@ -163,7 +164,7 @@ test('Controller.read(…, into): MDTS-split commands fill views of the one dest
     assert.equal(whole[0], 0x55);
     assert.equal(whole[whole.length - 1], 0x55);
     assert.equal((m.seen ?? []).slice(before).filter((s) => s.opcode === 0x02).length, 8, 'split in 8 commands');
-    await assert.rejects(ctrl.read(1, 0n, 2, Buffer.alloc(100)), (e: NvmfNbdError) => e.code === ErrorCode.INVALID_ARGUMENT);
+    await rejectsCode(ctrl.read(1, 0n, 2, Buffer.alloc(100)), ErrorCode.INVALID_ARGUMENT);
   } finally {
     await ctrl.close();
     await target.close();

@@ -14,6 +14,7 @@ import type { ControllerOptions, NamespaceChanges, NamespaceInfo } from '../../s
 import { ErrorCode, NvmfNbdError } from '../../src/errors';
 import { FaultProxy, ProxyMode } from '../helpers/fault-proxy';
 import { FakeTarget, serveController } from '../helpers/fake-target';
+import { throwsCode } from '../helpers/assert-code';
 
 const NQN = 'nqn.2014-08.org.nvmf-nbd:resilient-unit';
 const HOSTNQN = 'nqn.2014-08.org.nvmexpress:uuid:0f6c3d1e-1a2b-4c3d-9e8f-00000000a001';
@@ -284,7 +285,7 @@ test('connect flags -c/-l/--fast-io-fail-tmo/--io-timeout become the recovery op
   // Absent flags: Linux's defaults (reconnect_delay 10 s, ctrl_loss_tmo 600 s, fast_io_fail off, io_timeout 30 s).
   const d = controllerOptionsFromArgs(parseArgs(base, CONNECT_OPTIONS).options);
   assert.deepEqual([d.reconnectDelayMs, d.ctrlLossTmoMs, d.fastIoFailTmoMs, d.ioTimeoutMs], [10_000, 600_000, -1, 30_000]);
-  assert.throws(() => parseArgs([...base, '-l', '-2'], CONNECT_OPTIONS), (e: NvmfNbdError) => e.code === ErrorCode.CLI_USAGE);
+  throwsCode(() => parseArgs([...base, '-l', '-2'], CONNECT_OPTIONS), ErrorCode.CLI_USAGE);
 });
 
 test('a namespace whose block size changed across a reconnect is fenced: its held I/O fails with EIO, never runs with the old LBA math', { timeout: 15_000 }, async () => {

@@ -6,6 +6,7 @@ import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import { ErrorCode } from '../../src/errors';
 import { FileBackend, MemoryBackend, NvmeTarget } from '../../src/target';
+import { throwsCode, rejectsCode } from '../helpers/assert-code';
 
 describe('MemoryBackend', () => {
   it('allocates chunks on first write only and reads zeroes elsewhere', async () => {
@@ -77,7 +78,7 @@ describe('FileBackend', () => {
   });
 
   it('a missing file without a size is a CFG_ERR_INVALID error', async () => {
-    await assert.rejects(FileBackend.open(path.join(os.tmpdir(), 'nvmf-no-such-file-xyz')), (e: unknown) => (e as { code: string }).code === ErrorCode.CFG_INVALID);
+    await rejectsCode(FileBackend.open(path.join(os.tmpdir(), 'nvmf-no-such-file-xyz')), ErrorCode.CFG_INVALID);
   });
 });
 
@@ -98,9 +99,9 @@ describe('NvmeTarget configuration', () => {
   });
 
   it('rejects bad sizes, duplicate NSIDs and unknown subsystems with stable codes', async () => {
-    assert.throws(() => new NvmeTarget({ queueSize: 1 }), (e: unknown) => (e as { code: string }).code === ErrorCode.CFG_INVALID);
-    assert.throws(() => new NvmeTarget({ ioccsz: 2 }), (e: unknown) => (e as { code: string }).code === ErrorCode.CFG_INVALID);
-    assert.throws(() => new NvmeTarget({ mdtsPages: 3 }), (e: unknown) => (e as { code: string }).code === ErrorCode.CFG_INVALID);
+    throwsCode(() => new NvmeTarget({ queueSize: 1 }), ErrorCode.CFG_INVALID);
+    throwsCode(() => new NvmeTarget({ ioccsz: 2 }), ErrorCode.CFG_INVALID);
+    throwsCode(() => new NvmeTarget({ mdtsPages: 3 }), ErrorCode.CFG_INVALID);
     const t = new NvmeTarget({ listen: { host: '127.0.0.1', port: 0 }, subsystems: [{ nqn: 'nqn.2014-08.org.x:a' }] });
     await t.listen();
     try {

@@ -11,6 +11,7 @@ import { C2hSuccessMode, NvmeTarget } from '../../src/target';
 import type { C2hSuccessMode as Mode } from '../../src/target';
 import { ErrorCode, NvmfNbdError } from '../../src/errors';
 import { connectAdmin, connectIo, enable, RawHost } from './target-rawhost';
+import { throwsCode } from '../helpers/assert-code';
 
 const NQN = 'nqn.2014-08.org.nvmf-nbd:test-c2h';
 const T = { timeout: 10_000 };
@@ -58,6 +59,6 @@ describe('target: C2HData SUCCESS modes', () => {
     assert.deepEqual(await readOnce(C2hSuccessMode.ALWAYS_RESP, true), { viaSuccess: false, stray: 0 });
   });
   it('an unknown mode is a configuration error', () => {
-    assert.throws(() => new NvmeTarget({ c2hSuccess: 'sometimes' as Mode }), (e: unknown) => e instanceof NvmfNbdError && e.code === ErrorCode.CFG_INVALID);
+    throwsCode(() => new NvmeTarget({ c2hSuccess: 'sometimes' as Mode }), ErrorCode.CFG_INVALID);
   });
 });
