@@ -5,9 +5,11 @@
  */
 import { spawn, spawnSync } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { formatInterchangeKey } from '../src/tls/psk';
 
 /** Host identity the benchmark connects with (any valid NQN/UUID works for our target). */
 export const BENCH_HOSTNQN = 'nqn.2014-08.org.nvmexpress:uuid:b0e1c4b0-0000-4000-8000-000000000001';
@@ -23,11 +25,13 @@ export const EXIT_MISSING_PREREQ = 2;
 /** The dist/bench directory (this file's compiled location), for spawning sibling entries. */
 export const BENCH_DIST_DIR = __dirname;
 /**
- * The benchmark's TLS PSK (configured key, SHA-256): public on purpose, it only protects loopback
- * traffic between two benchmark processes. The target serves TLS as optional, so plain and TLS rows
- * run against the same target in the same run.
+ * The benchmark's TLS PSK (configured key, SHA-256), made fresh for each run: no key is kept in
+ * the repository. The first bench process makes it and puts it in its environment, so the target
+ * process it spawns (which inherits that environment) configures the same key. The target serves
+ * TLS as optional, so plain and TLS rows run against the same target in the same run.
  */
-export const BENCH_TLS_KEY = 'NVMeTLSkey-1:01:YmVuY2gtb25seS1wc2stbm90LWEtc2VjcmV0LTAwMDADd4Ww:';
+export const BENCH_TLS_KEY: string = process.env.NVMF_NBD_BENCH_TLS_KEY
+  ?? (process.env.NVMF_NBD_BENCH_TLS_KEY = formatInterchangeKey(randomBytes(32), 1));
 
 /**
  * Parse `--key value` / `--key=value` / `--flag` arguments into a map. Unknown keys are the
