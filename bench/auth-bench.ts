@@ -9,7 +9,7 @@
  *   node dist/bench/auth-bench.js [--runs N] [--queues N] [--groups none,null,2048,4096,8192]
  */
 import * as net from 'node:net';
-import { NvmeTarget } from '../src/target/target';
+import { NvmeTarget } from '../src/embedded-target/target';
 import { Controller, type ControllerOptions } from '../src/controller/controller';
 import { ResilientController, CtrlState } from '../src/controller/resilient';
 import { generateDhchapKey, type DhchapKey } from '../src/wire/dhchap';

@@ -11,7 +11,7 @@
  *
  *   node dist/bench/rmw-bench.js [--seconds 5] [--qd 16]
  */
-import { NvmeTarget } from '../src/target/target';
+import { NvmeTarget } from '../src/embedded-target/target';
 import { ControllerSession } from '../src/engine/session';
 import { Cmd, NbdTestClient } from '../test/helpers/nbd-test-client';
 

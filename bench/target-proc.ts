@@ -7,7 +7,7 @@
  *
  * Prints `READY {"port":N,"nqn":"..."}` once listening; SIGTERM/SIGINT close it and exit 0.
  */
-import { NvmeTarget } from '../src/target/target';
+import { NvmeTarget } from '../src/embedded-target/target';
 import { BENCH_HOSTNQN, BENCH_SUBNQN, BENCH_TLS_KEY, numArg, parseArgs } from './common';
 import { targetPskTable } from '../src/tls/target-keys';
 

@@ -12,7 +12,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { MemoryBlockDevice } from '../../src/block/memory-device';
 import { NbdServer } from '../../src/nbd/server';
-import { NvmeTarget } from '../../src/target';
+import { NvmeTarget } from '../../src/embedded-target';
 import { Daemon } from '../../src/engine/daemon';
 import type { ControllerSession } from '../../src/engine/session';
 import { encodeRequest as encodeControlRequest, parseResponse } from '../../src/engine/control';

@@ -12,7 +12,7 @@ import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { NvmeTarget } from '../../src/target/target';
+import { NvmeTarget } from '../../src/embedded-target/target';
 import { formatDhchapKey, generateDhchapKey } from '../../src/wire/dhchap';
 import { NbdTestClient } from '../helpers/nbd-test-client';
 

@@ -21,7 +21,7 @@ import { after, before, describe, it } from 'node:test';
 import * as guestHelpers from '../helpers/guest';
 import { Guest, GUEST_HOST_ALIAS, addNvmetPort, removeNvmetPort, setupNvmet, shq } from '../helpers/guest';
 import { need } from '../helpers/prereq';
-import { NvmeTarget } from '../../src/target';
+import { NvmeTarget } from '../../src/embedded-target';
 import { Controller } from '../../src/controller/controller';
 import { ResilientController, CtrlState } from '../../src/controller/resilient';
 import { DhchapGroup, DhchapHash, type DhchapGroupId, type DhchapHashId } from '../../src/wire/auth';

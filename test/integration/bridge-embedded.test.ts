@@ -17,8 +17,8 @@ import assert from 'node:assert/strict';
 import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { NvmeTarget } from '../../src/target/target';
-import { C2hSuccessMode } from '../../src/target';
+import { NvmeTarget } from '../../src/embedded-target/target';
+import { C2hSuccessMode } from '../../src/embedded-target';
 import type { ControllerSession } from '../../src/engine/session';
 import { MiB, NvmeTap, defineHostClientTests, openBridge, sha256, type HostClientContext } from '../helpers/bridge';
 

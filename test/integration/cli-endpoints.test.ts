@@ -16,7 +16,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { Duplex } from 'node:stream';
-import { NvmeTarget } from '../../src/target/target';
+import { NvmeTarget } from '../../src/embedded-target/target';
 import { NbdTestClient } from '../helpers/nbd-test-client';
 import { needCommands } from '../helpers/prereq';
 import { run } from '../helpers/bridge';

@@ -18,7 +18,7 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { NvmeTarget } from '../../src/target/target';
+import { NvmeTarget } from '../../src/embedded-target/target';
 import { NbdTestClient } from '../helpers/nbd-test-client';
 
 const MAIN = path.resolve(__dirname, '../../src/cli/main.js');

@@ -26,7 +26,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { need } from '../helpers/prereq';
 import { Guest, guestAvailable } from '../helpers/guest';
-import { NvmeTarget } from '../../src/target/target';
+import { NvmeTarget } from '../../src/embedded-target/target';
 import { DaemonProc } from '../helpers/daemon-proc';
 
 const NQN = 'nqn.2014-08.org.nvmf-nbd:fault-daemon-restart';

@@ -7,7 +7,7 @@
  */
 import { before, after, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { NvmeTarget } from '../../src/target/target';
+import { NvmeTarget } from '../../src/embedded-target/target';
 import type { ControllerSession } from '../../src/engine/session';
 import { openBridge } from '../helpers/bridge';
 import { largeRequests, subBlockWorkload } from '../helpers/sub-block-conformance';

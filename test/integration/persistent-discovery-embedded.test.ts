@@ -14,8 +14,8 @@ import type { ChildProcess } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { NvmeTarget } from '../../src/target/target';
-import type { SubsystemConfig } from '../../src/target/target';
+import { NvmeTarget } from '../../src/embedded-target/target';
+import type { SubsystemConfig } from '../../src/embedded-target/target';
 import { freePort } from '../helpers/guest';
 
 const MAIN = path.resolve(__dirname, '../../src/cli/main.js');

@@ -12,7 +12,7 @@ import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Guest, GUEST_HOST_ALIAS, guestAvailable } from '../helpers/guest';
 import { need } from '../helpers/prereq';
-import { NvmeTarget } from '../../src/target';
+import { NvmeTarget } from '../../src/embedded-target';
 
 const NQN = 'nqn.2014-08.org.nvmf-nbd:linux-host-test';
 const HOSTNQN = 'nqn.2014-08.org.nvmexpress:uuid:6c1b1a4e-3f51-4a38-9d0e-2b7f3c9a0d11';

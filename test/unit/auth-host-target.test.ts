@@ -8,7 +8,7 @@
  */
 import { after, before, test } from 'node:test';
 import * as assert from 'node:assert/strict';
-import { NvmeTarget } from '../../src/target/target';
+import { NvmeTarget } from '../../src/embedded-target/target';
 import { Controller, type ControllerOptions } from '../../src/controller/controller';
 import { ResilientController, CtrlState } from '../../src/controller/resilient';
 import { authenticateQueue, type AuthChannel } from '../../src/controller/auth';

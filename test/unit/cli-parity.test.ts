@@ -15,7 +15,7 @@ import { parseArgs } from '../../src/cli/args';
 import { verb as connectVerb, sourceAddressFromArgs } from '../../src/cli/verbs/connect';
 import { Controller } from '../../src/controller/controller';
 import { ErrorCode } from '../../src/errors';
-import { NvmeTarget } from '../../src/target';
+import { NvmeTarget } from '../../src/embedded-target';
 
 const MAIN = path.resolve(__dirname, '../../src/cli/main.js');
 const NQN = 'nqn.2014-08.org.nvmf-nbd:parity';

@@ -6,7 +6,7 @@
  */
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { NvmeTarget } from '../../src/target/target';
+import { NvmeTarget } from '../../src/embedded-target/target';
 import { Controller } from '../../src/controller/controller';
 import { ErrorCode, NvmfNbdError } from '../../src/errors';
 import { encodeNamespaceList } from '../../src/wire';
@@ -16,7 +16,7 @@ const NQN = 'nqn.2014-08.org.nvmf-nbd:nslist';
 
 // The target's queue looks adminCommand up on the module at each call, so wrapping the export works.
 // eslint-disable-next-line @typescript-eslint/no-require-imports
-const adminMod = require('../../src/target/admin') as { adminCommand: (ctx: unknown, ctrl: unknown, s: ParsedSqe, maxData: number) => unknown };
+const adminMod = require('../../src/embedded-target/admin') as { adminCommand: (ctx: unknown, ctrl: unknown, s: ParsedSqe, maxData: number) => unknown };
 const original = adminMod.adminCommand;
 after(() => { adminMod.adminCommand = original; });
 

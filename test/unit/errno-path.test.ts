@@ -6,7 +6,7 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { NvmeTarget } from '../../src/target/target';
+import { NvmeTarget } from '../../src/embedded-target/target';
 import { CtrlState, ResilientController } from '../../src/controller/resilient';
 import type { ResilienceOptions } from '../../src/controller/resilient';
 import type { ControllerOptions, NamespaceChanges } from '../../src/controller/controller';

@@ -7,7 +7,7 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { NvmeTarget } from '../../src/target/target';
+import { NvmeTarget } from '../../src/embedded-target/target';
 import { ResilientController } from '../../src/controller/resilient';
 import { ErrorCode, NvmfNbdError } from '../../src/errors';
 import { NbdErrno } from '../../src/block/errno';
@@ -21,7 +21,7 @@ const VENDOR_OPCODE = 0xc0;
 
 // The target's queue looks adminCommand up on the module at each call, so wrapping the export works.
 // eslint-disable-next-line @typescript-eslint/no-require-imports
-const adminMod = require('../../src/target/admin') as { adminCommand: (ctx: unknown, ctrl: unknown, s: ParsedSqe, maxData: number) => unknown };
+const adminMod = require('../../src/embedded-target/admin') as { adminCommand: (ctx: unknown, ctrl: unknown, s: ParsedSqe, maxData: number) => unknown };
 const original = adminMod.adminCommand;
 let vendorExecuted = 0;
 let identifyCtrlSeen = 0;

@@ -5,7 +5,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { NvmeTarget } from '../../src/target/target';
+import { NvmeTarget } from '../../src/embedded-target/target';
 import { CtrlState, ResilientController } from '../../src/controller/resilient';
 
 const NQN = 'nqn.2014-08.org.nvmf-nbd:close-connecting';

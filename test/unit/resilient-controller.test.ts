@@ -7,7 +7,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import * as net from 'node:net';
-import { NvmeTarget } from '../../src/target/target';
+import { NvmeTarget } from '../../src/embedded-target/target';
 import { CtrlState, ResilientController, diffNamespaces } from '../../src/controller/resilient';
 import type { ResilienceOptions } from '../../src/controller/resilient';
 import type { ControllerOptions, NamespaceChanges, NamespaceInfo } from '../../src/controller/controller';

@@ -7,7 +7,7 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { NvmeTarget } from '../../src/target/target';
+import { NvmeTarget } from '../../src/embedded-target/target';
 import { ControllerSession } from '../../src/engine/session';
 import type { SessionExport } from '../../src/engine/session';
 import type { NamespaceChanges } from '../../src/controller/controller';

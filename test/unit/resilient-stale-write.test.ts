@@ -10,7 +10,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as net from 'node:net';
-import { NvmeTarget } from '../../src/target/target';
+import { NvmeTarget } from '../../src/embedded-target/target';
 import { ResilientController, quiesceTimeMs } from '../../src/controller/resilient';
 import { NvmeNamespaceDevice } from '../../src/block/nvme-device';
 import { ErrorCode, NvmfNbdError } from '../../src/errors';

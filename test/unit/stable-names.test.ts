@@ -12,7 +12,7 @@ import { execFile } from 'node:child_process';
 import { encodeNsIdDescriptors, nbdBackendIdentifier, parseNsIdDescriptors, stableNamespaceId } from '../../src/wire/ns-descriptors';
 import { planByIdLinks, syncByIdLinks } from '../../src/engine/by-id';
 import { buildAttachArgs, nbdClientSupportsIdentifier } from '../../src/attach/nbd-client';
-import { namespaceIds } from '../../src/target/pages';
+import { namespaceIds } from '../../src/embedded-target/pages';
 
 const REPO = path.resolve(__dirname, '../../..');
 const UUID = Buffer.from('0123456789abcdef0123456789abcdef', 'hex');

@@ -5,7 +5,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import { ErrorCode } from '../../src/errors';
-import { FileBackend, MemoryBackend, NvmeTarget } from '../../src/target';
+import { FileBackend, MemoryBackend, NvmeTarget } from '../../src/embedded-target';
 import { throwsCode, rejectsCode } from '../helpers/assert-code';
 
 describe('MemoryBackend', () => {

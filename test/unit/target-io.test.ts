@@ -11,7 +11,7 @@ import {
   sqeFlush, sqeGetFeatures, sqeGetLogPage, sqeIdentify, sqeKeepAlive, sqePropertyGet, sqePropertySet, sqeRead,
   sqeSetFeatures, sqeWrite, sqeWriteZeroes,
 } from '../../src/wire';
-import { DISCOVERY_NQN, NvmeTarget } from '../../src/target';
+import { DISCOVERY_NQN, NvmeTarget } from '../../src/embedded-target';
 import { connectAdmin, connectIo, enable, RawHost } from './target-rawhost';
 
 const NQN = 'nqn.2014-08.org.nvmf-nbd:test-io';

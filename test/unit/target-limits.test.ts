@@ -7,8 +7,8 @@
 import { strict as assert } from 'node:assert';
 import { mock, test } from 'node:test';
 import { FabricsStatus, GenericStatus, sqeSetFeatures } from '../../src/wire';
-import { NvmeTarget, type NvmeTargetOptions } from '../../src/target';
-import { KATO_MAX_MS } from '../../src/target/controller';
+import { NvmeTarget, type NvmeTargetOptions } from '../../src/embedded-target';
+import { KATO_MAX_MS } from '../../src/embedded-target/target-controller';
 import { connectAdmin, enable, HOSTNQN, RawHost } from './target-rawhost';
 
 const NQN = 'nqn.2014-08.org.nvmf-nbd:test-limits';

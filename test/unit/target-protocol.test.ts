@@ -8,7 +8,7 @@ import {
   crc32c, encodeCapsuleCmd, encodeH2CData, encodeIcReq, GenericStatus, FabricsStatus, CommandSpecificStatus,
   sqeIdentify, sqeRead, sqeWrite, sqeSetFeatures, PduType, sqeConnect, encodeConnectData, sqeAsyncEventRequest,
 } from '../../src/wire';
-import { NvmeTarget } from '../../src/target';
+import { NvmeTarget } from '../../src/embedded-target';
 import { connectAdmin, connectIo, enable, HOSTNQN, RawHost } from './target-rawhost';
 
 const NQN = 'nqn.2014-08.org.nvmf-nbd:test-proto';

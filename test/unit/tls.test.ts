@@ -12,7 +12,7 @@ import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { NvmeTarget } from '../../src/target/target';
+import { NvmeTarget } from '../../src/embedded-target/target';
 import { Controller, type ControllerOptions } from '../../src/controller/controller';
 import { discover } from '../../src/controller/discovery';
 import { ErrorCode, NvmfNbdError } from '../../src/errors';

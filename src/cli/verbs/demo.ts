@@ -4,7 +4,7 @@
  * TCP, serves the namespace over NBD, prints the exports and the exact client commands, and runs
  * until Ctrl-C. `npm start` runs this.
  */
-import { NvmeTarget } from '../../target/target';
+import { NvmeTarget } from '../../embedded-target/target';
 import { ControllerSession, parseNbdSpec } from '../../engine/session';
 import { protectFromOomKiller } from '../../engine/oom';
 import { resolveHostIdentity } from '../../controller/host-identity';

@@ -12,7 +12,7 @@ import { CONTROL_OPTION, ControlVerb, connectArgsForDaemon, requestDaemon } from
 import { stateDir } from '../../controller/host-identity';
 import { formatJson, formatTable } from '../output';
 import { TLS_OPTIONS, tlsFromArgs } from '../tls-args';
-import { DISCOVERY_NQN } from '../../target/target';
+import { DISCOVERY_NQN } from '../../embedded-target/target';
 
 /** Default discovery port (IANA 8009). */
 export const DEFAULT_DISCOVERY_PORT = 8009;

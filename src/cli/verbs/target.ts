@@ -10,11 +10,11 @@ import type { DhchapKey } from '../../wire/dhchap';
 import { parseDhchapGroup, parseDhchapHash, type DhchapGroupId, type DhchapHashId } from '../../wire/auth';
 import type { Verb } from '../verb';
 import { loadTargetPsks } from '../../tls/target-keys';
-import { DISCOVERY_NQN } from '../../target/target';
+import { DISCOVERY_NQN } from '../../embedded-target/target';
 import { parseHostPort, parseSizeArg } from '../values';
 import {
   C2hSuccessMode, DEFAULT_LISTEN, DEFAULT_NAMESPACE_SIZE, DEFAULT_TARGET_NQN, NvmeTarget, type NamespaceConfig, type TargetLogLevel,
-} from '../../target';
+} from '../../embedded-target';
 
 const OPTIONS: readonly OptionSpec[] = [
   { long: 'listen', type: 'string', metavar: 'HOST:PORT', help: 'address to listen on', default: `${DEFAULT_LISTEN.host}:${DEFAULT_LISTEN.port}` },

@@ -23,11 +23,11 @@ import { encodeCqe } from '../wire/cqe';
 import { FabricsStatus, GenericStatus, Sct } from '../wire/status';
 import { adminCommand } from './admin';
 import { C2hSuccessMode, fail, isOk, ok, type Completion, type TargetContext } from './context';
-import { KATO_MAX_MS, TargetController, type ControllerQueue } from './controller';
+import { KATO_MAX_MS, TargetController, type ControllerQueue } from './target-controller';
 import { ioCommand, ioPrecheck } from './io';
 import { WriteBatcher } from '../transport/write-batcher';
 import { FabricsAuthType } from '../wire/auth';
-import { AssociationAuth, QueueAuth } from './auth';
+import { AssociationAuth, QueueAuth } from './target-auth';
 
 /** Connect response DW0 bit 17: AUTHREQ.ATR, the host must authenticate this queue. */
 const AUTHREQ_ATR = 1 << 17;

@@ -3,13 +3,13 @@
  * chunks never written return zeroes, deallocating a whole chunk frees it, so a 1 GiB namespace
  * costs nothing until it is written. Memory is bounded by the namespace size.
  */
-import type { NamespaceBackend } from './backend';
+import type { StorageBackend } from './storage';
 
 /** Default allocation unit: 1 MiB. */
 export const MEMORY_CHUNK_SIZE = 1 << 20;
 
-/** A sparse memory-backed {@link NamespaceBackend}. */
-export class MemoryBackend implements NamespaceBackend {
+/** A sparse memory-backed {@link StorageBackend}. */
+export class MemoryBackend implements StorageBackend {
   readonly size: number;
   readonly description = 'memory';
   private readonly chunkSize: number;

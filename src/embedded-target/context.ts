@@ -2,10 +2,10 @@
  * Shared shapes of the embedded target: its resolved configuration, subsystems and namespaces,
  * counters, and the context object queues and controllers use to reach the target.
  */
-import type { NamespaceBackend } from './backend';
+import type { StorageBackend } from './storage';
 import type { NamespaceIds } from './pages';
-import type { TargetController } from './controller';
-import type { TargetAuthPolicy, TargetHostKeys } from './auth';
+import type { TargetController } from './target-controller';
+import type { TargetAuthPolicy, TargetHostKeys } from './target-auth';
 
 
 /**
@@ -71,7 +71,7 @@ export interface TargetNamespace {
   readonly lbads: number;
   /** Size in logical blocks. */
   readonly blocks: number;
-  readonly backend: NamespaceBackend;
+  readonly backend: StorageBackend;
   readonly ids: NamespaceIds;
 }
 

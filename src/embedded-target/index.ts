@@ -2,10 +2,10 @@
 export {
   NvmeTarget, DISCOVERY_NQN, DEFAULT_TARGET_NQN, DEFAULT_NAMESPACE_SIZE, DEFAULT_LISTEN,
   type NvmeTargetOptions, type SubsystemConfig, type NamespaceConfig, type NamespaceBacking,
-  type SubsystemInfo, type NamespaceInfo,
+  type SubsystemInfo, type TargetNamespaceInfo,
 } from './target';
 export type { TargetStats, TargetLogger, TargetLogLevel } from './context';
 export { C2hSuccessMode } from './context';
-export type { NamespaceBackend } from './backend';
-export { MemoryBackend, MEMORY_CHUNK_SIZE } from './backend-memory';
-export { FileBackend } from './backend-file';
+export type { StorageBackend } from './storage';
+export { MemoryBackend, MEMORY_CHUNK_SIZE } from './storage-memory';
+export { FileBackend } from './storage-file';

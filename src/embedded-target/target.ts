@@ -14,15 +14,15 @@ import * as net from 'node:net';
 import * as tls from 'node:tls';
 import { ErrorCode, NvmfNbdError } from '../errors';
 import { tlsServerOptions } from '../tls/channel';
-import type { NamespaceBackend } from './backend';
-import { FileBackend } from './backend-file';
-import { MemoryBackend } from './backend-memory';
+import type { StorageBackend } from './storage';
+import { FileBackend } from './storage-file';
+import { MemoryBackend } from './storage-memory';
 import type { TargetConfig, TargetContext, TargetLogger, TargetLogLevel, TargetNamespace, TargetStats, TargetSubsystem } from './context';
 import { C2hSuccessMode } from './context';
-import type { TargetController } from './controller';
+import type { TargetController } from './target-controller';
 import { encodeDiscoveryLog, namespaceIds, type DiscoveryEntry } from './pages';
 import { TargetQueue } from './queue';
-import { DEFAULT_TARGET_AUTH_POLICY, type TargetAuthPolicy, type TargetHostKeys } from './auth';
+import { DEFAULT_TARGET_AUTH_POLICY, type TargetAuthPolicy, type TargetHostKeys } from './target-auth';
 import { parseDhchapKey, type DhchapKey } from '../wire/dhchap';
 import { dhchapHashLength, type DhchapGroupId, type DhchapHashId } from '../wire/auth';
 
@@ -121,7 +121,7 @@ export interface NvmeTargetOptions {
 }
 
 /** A namespace as reported by {@link NvmeTarget.subsystems}. */
-export interface NamespaceInfo {
+export interface TargetNamespaceInfo {
   nsid: number;
   sizeBytes: number;
   lbaSize: number;
@@ -132,7 +132,7 @@ export interface NamespaceInfo {
 export interface SubsystemInfo {
   nqn: string;
   serial: string;
-  namespaces: NamespaceInfo[];
+  namespaces: TargetNamespaceInfo[];
 }
 
 /** Largest NSID served (Identify Controller NN). */
@@ -489,7 +489,7 @@ export class NvmeTarget {
     if (ns.sizeBytes !== undefined && (!Number.isSafeInteger(ns.sizeBytes) || ns.sizeBytes < lbaSize || ns.sizeBytes % lbaSize !== 0)) {
       throw configError(`namespace size ${ns.sizeBytes} must be a positive multiple of ${lbaSize}`);
     }
-    let backend: NamespaceBackend;
+    let backend: StorageBackend;
     if ('memory' in ns.backing) {
       if (ns.sizeBytes === undefined) throw configError('a memory namespace needs a size');
       backend = new MemoryBackend(ns.sizeBytes);

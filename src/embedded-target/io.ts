@@ -6,7 +6,7 @@
 import { GenericStatus, Sct } from '../wire/status';
 import { IoOpcode, type ParsedSqe } from '../wire/sqe';
 import { fail, ok, type Completion, type TargetContext, type TargetNamespace } from './context';
-import type { TargetController } from './controller';
+import type { TargetController } from './target-controller';
 
 const G = GenericStatus;
 /** Data SGL Length Invalid (generic 0Fh): the SGL does not describe the command's transfer. */

@@ -5,7 +5,7 @@
  */
 import { AdminOpcode, CommandSpecificStatus, GenericStatus, Sct, type ParsedSqe } from '../wire';
 import { fail, ok, type Completion, type TargetContext } from './context';
-import { AEC_DISCOVERY_LOG, AEC_NS_ATTR, KATO_MAX_MS, type TargetController } from './controller';
+import { AEC_DISCOVERY_LOG, AEC_NS_ATTR, KATO_MAX_MS, type TargetController } from './target-controller';
 import {
   ControllerType, encodeActiveNamespaceList, encodeChangedNsLog, encodeErrorLog, encodeFirmwareLog,
   encodeIdentifyController, encodeIdentifyNamespace, encodeNsDescriptors, encodeSmartLog, IDENTIFY_SIZE,

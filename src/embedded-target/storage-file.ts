@@ -4,14 +4,14 @@
  */
 import * as fs from 'node:fs';
 import { ErrorCode, NvmfNbdError } from '../errors';
-import type { NamespaceBackend } from './backend';
+import type { StorageBackend } from './storage';
 
 /** Largest zero-write issued at once (bounds memory and keeps the event loop responsive). */
 const ZERO_CHUNK = 1 << 20;
 let zeroes: Buffer | undefined;
 
-/** A {@link NamespaceBackend} on a regular file. Create with {@link FileBackend.open}. */
-export class FileBackend implements NamespaceBackend {
+/** A {@link StorageBackend} on a regular file. Create with {@link FileBackend.open}. */
+export class FileBackend implements StorageBackend {
   readonly size: number;
   readonly description: string;
   private readonly fh: fs.promises.FileHandle;

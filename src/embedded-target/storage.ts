@@ -2,7 +2,7 @@
  * Storage behind one namespace of the embedded target. Offsets and lengths are in bytes and are
  * already checked by the caller (the I/O command handler) to lie inside `size`.
  */
-export interface NamespaceBackend {
+export interface StorageBackend {
   /** Size in bytes. */
   readonly size: number;
   /** Human description (`memory`, `file:PATH`), for logs and the CLI. */
