@@ -15,9 +15,10 @@ import { ensurePrivateDir } from '../net/private-dir';
 import type { BlockDevice } from '../block/types';
 import { SubBlockDevice, type SubBlockCounters } from '../block/sub-block';
 import { MAX_STRING_LENGTH } from '../wire/nbd';
-import { NbdConnection, type NbdConnectionHost, type NbdExportCounters, type NbdExportEntry, type NbdLogEntry } from './connection';
+import { NbdConnection } from './connection';
+import type { NbdConnectionHost, NbdExportCounters, NbdExportEntry, NbdLogEntry } from './types';
 
-export type { NbdLogEntry, NbdExportCounters } from './connection';
+export type { NbdLogEntry, NbdExportCounters } from './types';
 
 /** Where to listen. TCP host defaults to 127.0.0.1; port 0 picks a free port. */
 export type NbdListenSpec = { unix: string } | { tcp: { host?: string; port: number } } | { fd: number };

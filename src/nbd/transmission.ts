@@ -1,0 +1,375 @@
+/**
+ * The transmission phase of one NBD connection: requests parsed, validated against the NBD
+ * protocol, run on the export's device, answered out of order (simple or structured replies).
+ *
+ * Flow control: requests are parsed only while fewer than `maxInFlight` requests and
+ * `maxInFlightBytes` bytes are in flight and the reply queue is below `maxInFlightBytes`;
+ * otherwise the socket is paused and parsing resumes as replies complete. Unparsed bytes stay
+ * in the parser's queue (nothing is parsed twice).
+ */
+import type { Duplex } from 'node:stream';
+import { ErrorCode, NvmfNbdError, type ErrorCodeValue } from '../errors';
+import type { BlockDevice } from '../block/types';
+import { SUB_BLOCK_MAX_REQUEST } from '../block/sub-block';
+import {
+  Cmd,
+  CmdFlag,
+  NbdErrno,
+  NbdRequestParser,
+  ReplyFlag,
+  encodeBlockStatus,
+  encodeChunkError,
+  encodeOffsetDataHeader,
+  encodeSimpleReply,
+  nbdErrno,
+  type NbdRequest,
+} from '../wire/nbd';
+import type { WriteBatcher } from '../transport/write-batcher';
+import { BASE_ALLOCATION_ID, type Negotiated } from './handshake';
+import type { NbdConnectionHost, NbdExportEntry, NbdLogEntry } from './types';
+
+/** What the transmission phase needs from its connection. */
+export interface TransmissionOwner {
+  readonly socket: Duplex;
+  /** Replies produced in one tick leave in one writev. */
+  readonly out: WriteBatcher;
+  readonly host: NbdConnectionHost;
+  /** Still in the transmission phase (not closed). */
+  readonly inTransmission: boolean;
+  log(level: NbdLogEntry['level'], msg: string, code?: ErrorCodeValue): void;
+  destroy(code?: ErrorCodeValue, msg?: string, level?: NbdLogEntry['level']): void;
+  /** Send what is queued, then close. */
+  endSocket(): void;
+}
+
+/** Largest request a connection takes (payloads beyond it end the connection). */
+export function maxRequestFor(dev: BlockDevice, strictSizes: boolean): number {
+  return strictSizes ? dev.maxRequest : Math.max(dev.maxRequest, SUB_BLOCK_MAX_REQUEST);
+}
+
+/** Server side of the transmission phase of one connection bound to export `exp`. */
+export class NbdTransmission {
+  private readonly rq: NbdRequestParser;
+  private readonly structured: boolean;
+  private readonly strictSizes: boolean;
+  private readonly metaActive: boolean;
+  private inFlight = 0;
+  /** Request bytes in flight (read buffers, write payloads). */
+  inFlightBytes = 0;
+  private pumping = false;
+  /** Client sent DISC, or the server is shutting this connection down: stop taking work. */
+  private draining = false;
+  /** The client half-closed: finish what it sent, then close. */
+  private peerEnded = false;
+  /** Server shutdown / export removal: answer everything with ESHUTDOWN. */
+  private shutdownErrno = 0;
+  /** Export removed: even requests already running are answered ESHUTDOWN. */
+  private failInFlight = false;
+  private paused = false;
+  /** Waiting for the server-wide budget (registered with host.waitBudget). */
+  private budgetWait = false;
+
+  constructor(
+    private readonly owner: TransmissionOwner,
+    private readonly exp: NbdExportEntry,
+    n: Negotiated,
+    leftover: Buffer[],
+  ) {
+    this.structured = n.structured;
+    this.strictSizes = n.strictSizes;
+    this.metaActive = n.metaActive;
+    this.rq = new NbdRequestParser(maxRequestFor(exp.device, n.strictSizes));
+    for (const c of leftover) this.rq.push(c);
+    if (exp.removed || owner.host.shuttingDown) this.shutdownErrno = NbdErrno.ESHUTDOWN;
+  }
+
+  /** Requests running on the device. */
+  get requestsInFlight(): number {
+    return this.inFlight;
+  }
+
+  /** Bytes received. */
+  push(chunk: Buffer): void {
+    // After DISC the client must send nothing more; ignore whatever comes.
+    if (this.draining && this.shutdownErrno === 0) return;
+    this.rq.push(chunk);
+    this.pump();
+  }
+
+  /** The client half-closed. */
+  end(): void {
+    // Complete requests may still be queued behind backpressure: run and answer them; pump()
+    // reports a truncated tail once everything before it has been parsed.
+    this.peerEnded = true;
+    this.pump();
+    this.maybeFinish();
+  }
+
+  /** See NbdConnection.shutdown. */
+  shutdown(failInFlight: boolean): void {
+    this.shutdownErrno = NbdErrno.ESHUTDOWN;
+    if (failInFlight) this.failInFlight = true;
+    this.pump();
+    this.maybeFinish();
+  }
+
+  /** Take requests until a limit is reached; pause or resume the socket accordingly. */
+  pump(): void {
+    const owner = this.owner;
+    if (this.pumping || !owner.inTransmission) return;
+    const rq = this.rq;
+    const host = owner.host;
+    const socket = owner.socket;
+    const maxN = host.maxInFlight;
+    const maxB = host.maxInFlightBytes;
+    let overBudget = false;
+    this.pumping = true;
+    try {
+      while (
+        owner.inTransmission &&
+        !this.draining &&
+        this.inFlight < maxN &&
+        this.inFlightBytes < maxB &&
+        socket.writableLength < maxB
+      ) {
+        if (this.inFlightBytes + socket.writableLength > 0 && host.budgetExhausted()) {
+          overBudget = true;
+          break;
+        }
+        let req: NbdRequest | undefined;
+        try {
+          req = rq.next();
+        } catch (err) {
+          const code = err instanceof NvmfNbdError ? err.code : ErrorCode.NBD_PROTOCOL;
+          owner.destroy(code, (err as Error).message, 'warn');
+          return;
+        }
+        if (req === undefined) {
+          if (this.peerEnded && rq.partial) {
+            owner.destroy(ErrorCode.NBD_TRUNCATED, 'client closed in the middle of a request', 'warn');
+            return;
+          }
+          break;
+        }
+        this.dispatch(req);
+      }
+    } finally {
+      this.pumping = false;
+    }
+    if (!owner.inTransmission) return;
+    if (overBudget && !this.budgetWait) {
+      this.budgetWait = true;
+      host.waitBudget(() => {
+        this.budgetWait = false;
+        this.pump();
+      });
+    }
+    const blocked = overBudget || this.inFlight >= maxN || this.inFlightBytes >= maxB || socket.writableLength >= maxB;
+    if (blocked && !this.paused) {
+      this.paused = true;
+      socket.pause();
+    } else if (!blocked && this.paused) {
+      this.paused = false;
+      socket.resume();
+    }
+  }
+
+  /** Close after DISC / shutdown once every reply is out. */
+  maybeFinish(): void {
+    if (!this.owner.inTransmission || this.inFlight !== 0) return;
+    if (this.draining || this.shutdownErrno !== 0 || (this.peerEnded && !this.rq.partial)) {
+      this.owner.endSocket();
+    }
+  }
+
+  /** errno for a request that cannot run, or 0 when it is valid. */
+  private validate(req: NbdRequest, dev: BlockDevice): number {
+    const t = req.type;
+    let allowed: number = CmdFlag.FUA;
+    switch (t) {
+      case Cmd.READ:
+        if (this.structured) allowed |= CmdFlag.DF;
+        break;
+      case Cmd.WRITE:
+      case Cmd.CACHE:
+        break;
+      case Cmd.FLUSH:
+        // offset and length are reserved for FLUSH; tolerate junk there.
+        if (!dev.canFlush) return NbdErrno.EINVAL;
+        return (req.flags & ~allowed) !== 0 ? NbdErrno.EINVAL : 0;
+      case Cmd.TRIM:
+        if (!dev.canTrim && !dev.readOnly) return NbdErrno.EINVAL;
+        break;
+      case Cmd.WRITE_ZEROES:
+        if (!dev.canWriteZeroes && !dev.readOnly) return NbdErrno.EINVAL;
+        allowed |= CmdFlag.NO_HOLE;
+        if (dev.canFastZero) allowed |= CmdFlag.FAST_ZERO;
+        break;
+      case Cmd.BLOCK_STATUS:
+        if (!this.metaActive) return NbdErrno.EINVAL;
+        allowed |= CmdFlag.REQ_ONE;
+        break;
+      default:
+        return NbdErrno.EINVAL;
+    }
+    if ((req.flags & ~allowed) !== 0) return NbdErrno.EINVAL;
+    const writes = t === Cmd.WRITE || t === Cmd.TRIM || t === Cmd.WRITE_ZEROES;
+    if (writes && dev.readOnly) return NbdErrno.EPERM;
+    if (req.length === 0) return NbdErrno.EINVAL;
+    // READ replies are buffered whole: refuse what exceeds the advertised maximum block size.
+    if (t === Cmd.READ && req.length > maxRequestFor(dev, this.strictSizes)) return NbdErrno.EOVERFLOW;
+    if (req.offset + req.length > dev.size) return t === Cmd.WRITE || t === Cmd.WRITE_ZEROES ? NbdErrno.ENOSPC : NbdErrno.EINVAL;
+    const bs = dev.blockSize;
+    if (this.strictSizes && (req.offset % bs !== 0 || req.length % bs !== 0)) return NbdErrno.EINVAL;
+    return 0;
+  }
+
+  private dispatch(req: NbdRequest): void {
+    const exp = this.exp;
+    const dev = exp.device;
+    const sub = exp.sub;
+    if (req.type === Cmd.DISC) {
+      this.draining = true;
+      this.owner.log('debug', 'client sent DISC');
+      this.maybeFinish();
+      return;
+    }
+    if (this.shutdownErrno !== 0) {
+      this.replyError(req, this.shutdownErrno);
+      return;
+    }
+    const bad = this.validate(req, dev);
+    if (bad !== 0) {
+      this.replyError(req, bad);
+      return;
+    }
+    const c = exp.counters;
+    let p: Promise<unknown>;
+    let bytes = 0;
+    try {
+      switch (req.type) {
+        case Cmd.READ: {
+          bytes = req.length;
+          c.reads++;
+          c.bytesRead += req.length;
+          this.begin(bytes);
+          sub.read(req.offset, req.length).then(
+            (data) => this.finishRead(req, bytes, data),
+            (err: unknown) => this.finish(req, bytes, err),
+          );
+          return;
+        }
+        case Cmd.WRITE: {
+          const data = req.data as Buffer;
+          bytes = data.length;
+          c.writes++;
+          c.bytesWritten += bytes;
+          this.begin(bytes);
+          p = sub.write(req.offset, data, (req.flags & CmdFlag.FUA) !== 0);
+          break;
+        }
+        case Cmd.FLUSH:
+          c.flushes++;
+          this.begin(0);
+          p = sub.flush();
+          break;
+        case Cmd.TRIM:
+          c.trims++;
+          this.begin(0);
+          p = sub.trim(req.offset, req.length);
+          // proto.md: a FUA trim must be persistent before the reply. BlockDevice.trim has no
+          // FUA (NVMe Deallocate has none either), so flush the device after it.
+          if ((req.flags & CmdFlag.FUA) !== 0 && dev.canFlush) p = p.then(() => dev.flush());
+          break;
+        case Cmd.WRITE_ZEROES:
+          c.zeroes++;
+          this.begin(0);
+          p = sub.writeZeroes(req.offset, req.length, {
+            mayDeallocate: (req.flags & CmdFlag.NO_HOLE) === 0,
+            fua: (req.flags & CmdFlag.FUA) !== 0,
+            fastOnly: (req.flags & CmdFlag.FAST_ZERO) !== 0,
+          });
+          break;
+        case Cmd.CACHE:
+          // A prefetch hint; the backend has no cache worth warming.
+          this.replyOk(req);
+          return;
+        case Cmd.BLOCK_STATUS:
+          // The backend cannot tell holes from data (NVMe has no cheap "is allocated" query
+          // we rely on), so every range is reported as allocated data: status 0 is always
+          // a correct answer for base:allocation.
+          this.owner.out.write(
+            encodeBlockStatus(ReplyFlag.DONE, req.cookieHi, req.cookieLo, BASE_ALLOCATION_ID, [{ length: req.length, flags: 0 }]),
+          );
+          return;
+        default:
+          this.replyError(req, NbdErrno.EINVAL);
+          return;
+      }
+    } catch (err) {
+      // A device that throws synchronously fails only this request.
+      this.finish(req, bytes, err);
+      return;
+    }
+    p.then(
+      () => this.finish(req, bytes, undefined),
+      (err: unknown) => this.finish(req, bytes, err),
+    );
+  }
+
+  private begin(bytes: number): void {
+    this.inFlight++;
+    this.inFlightBytes += bytes;
+  }
+
+  private done(bytes: number): boolean {
+    this.inFlight--;
+    this.inFlightBytes -= bytes;
+    return this.owner.inTransmission;
+  }
+
+  private after(): void {
+    this.pump();
+    this.maybeFinish();
+    this.owner.host.budgetReleased();
+  }
+
+  private finishRead(req: NbdRequest, bytes: number, data: Buffer): void {
+    if (!this.done(bytes)) return;
+    if (this.failInFlight) {
+      this.replyError(req, NbdErrno.ESHUTDOWN);
+    } else if (data.length !== req.length) {
+      this.owner.log('error', `device returned ${data.length} bytes for a ${req.length}-byte read`, ErrorCode.SHORT_READ);
+      this.replyError(req, NbdErrno.EIO);
+    } else {
+      const o = this.owner.out;
+      if (this.structured) o.write(encodeOffsetDataHeader(ReplyFlag.DONE, req.cookieHi, req.cookieLo, req.offset, data.length));
+      else o.write(encodeSimpleReply(0, req.cookieHi, req.cookieLo));
+      o.write(data);
+    }
+    this.after();
+  }
+
+  private finish(req: NbdRequest, bytes: number, err: unknown): void {
+    if (!this.done(bytes)) return;
+    if (this.failInFlight) this.replyError(req, NbdErrno.ESHUTDOWN);
+    else if (err === undefined) this.replyOk(req);
+    else {
+      const errno = nbdErrno(err instanceof NvmfNbdError ? err.errno : undefined);
+      this.owner.log('debug', `request type ${req.type} failed: ${(err as Error)?.message ?? String(err)} (errno ${errno})`);
+      this.replyError(req, errno);
+    }
+    this.after();
+  }
+
+  private replyOk(req: NbdRequest): void {
+    this.owner.out.write(encodeSimpleReply(0, req.cookieHi, req.cookieLo));
+  }
+
+  private replyError(req: NbdRequest, errno: number): void {
+    this.exp.counters.errors++;
+    // With structured replies a READ must not get a simple reply; errors go in an error chunk.
+    if (this.structured) this.owner.out.write(encodeChunkError(ReplyFlag.DONE, req.cookieHi, req.cookieLo, errno));
+    else this.owner.out.write(encodeSimpleReply(errno, req.cookieHi, req.cookieLo));
+  }
+}
