@@ -16,7 +16,7 @@ import {
   Cmd, Opt, NbdOptionParser, NbdRequestParser, encodeExportNameReply, encodeGreeting, encodeInfoExport, encodeInfoRequest, encodeMetaContextRequest,
   encodeOffsetDataHeader, encodeOption, encodeRepAck, encodeRepServer, encodeRequest, encodeSimpleReply, parseInfoRequest, parseMetaContextRequest,
 } from '../../src/wire/nbd';
-import { NbdClientStream, NbdServerStream } from '../../src/engine/daemon';
+import { NbdClientStream, NbdServerStream } from '../../src/wire/nbd-relay';
 import { encodeRequest as encodeControlRequest, encodeResponse as encodeControlResponse, parseRequest, parseResponse } from '../../src/engine/control';
 import { validateState } from '../../src/engine/state-file';
 import { parseConfigJson } from '../../src/config/config-json';

@@ -6,7 +6,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { NbdClientStream, NbdServerStream } from '../../src/engine/daemon';
+import { NbdClientStream, NbdServerStream } from '../../src/wire/nbd-relay';
 import {
   Cmd, InfoType, Opt, encodeExportNameReply, encodeGreeting, encodeInfoBlockSize, encodeInfoExport, encodeInfoRequest, encodeOption,
   Rep, encodeRepAck, encodeRepError, encodeRepServer, encodeRequest, encodeSimpleReply,

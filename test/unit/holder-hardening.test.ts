@@ -10,8 +10,8 @@ import { promises as fsp } from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { NbdClientStream, NbdServerStream } from '../../src/engine/daemon';
-import { NbdHolder } from '../../src/engine/daemon';
+import { NbdClientStream, NbdServerStream } from '../../src/wire/nbd-relay';
+import { NbdHolder } from '../../src/engine/holder';
 import { NbdServer } from '../../src/nbd/server';
 import { MemoryBlockDevice } from '../../src/block/memory-device';
 import {

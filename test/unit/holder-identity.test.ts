@@ -10,7 +10,7 @@ import { promises as fsp } from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { processStartTime, verifyHolder } from '../../src/engine/daemon';
+import { processStartTime, verifyHolder } from '../../src/engine/holder-file';
 
 test('finding 3: holder identity is start time + command line + a live endpoint, not the pid alone', { timeout: 20_000 }, async () => {
   const root = await fsp.mkdtemp(path.join(os.tmpdir(), 'holder-id-'));
