@@ -107,6 +107,8 @@ export const ErrorCode = {
   TLS_KEY_INVALID: 'NVMF_ERR_TLS_KEY_INVALID',
   TLS_KEY_NOT_FOUND: 'NVMF_ERR_TLS_KEY_NOT_FOUND',
   TLS_REQUIRED: 'NVMF_ERR_TLS_REQUIRED',
+  /** Embedded target: a Connect's host/subsystem NQN differs from the TLS PSK identity's. */
+  TLS_IDENTITY_MISMATCH: 'NVMF_ERR_TLS_IDENTITY_MISMATCH',
   KEY_FILE_INSECURE: 'CFG_ERR_KEY_FILE_INSECURE',
   /** An existing socket/state directory belongs to someone else or is group/other-writable. */
   UNSAFE_DIR: 'CFG_ERR_UNSAFE_DIR',

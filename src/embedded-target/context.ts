@@ -114,6 +114,8 @@ export interface TargetStats {
   connectionsRefused: number;
   /** Admin Connects refused because of maxControllers / maxControllersPerHost. */
   controllersRefused: number;
+  /** Connects over TLS refused because their NQNs differ from the PSK identity's (set on the first). */
+  tlsIdentityMismatches?: number;
 }
 
 /** What queues and controllers need from the target. */

@@ -28,6 +28,8 @@ import { ioCommand, ioPrecheck } from './io';
 import { WriteBatcher } from '../transport/write-batcher';
 import { FabricsAuthType } from '../wire/auth';
 import { AssociationAuth, QueueAuth } from './target-auth';
+import { tlsPeerIdentity } from '../tls/channel';
+import { identityNqns } from '../tls/psk';
 
 /** Connect response DW0 bit 17: AUTHREQ.ATR, the host must authenticate this queue. */
 const AUTHREQ_ATR = 1 << 17;
@@ -451,6 +453,24 @@ export class TargetQueue implements ControllerQueue {
     return true;
   }
 
+  /**
+   * A queue that came up over TLS may only Connect as the host, to the subsystem, that its PSK
+   * identity names (`NVMe0R0x <hostnqn> <subnqn>`, TP 8011): otherwise a host holding the PSK of
+   * one subsystem (or of another host) could use it for any. Refused with Connect Invalid
+   * Parameters pointing at the differing field (IATTR 1, IPO 512 hostnqn / 256 subnqn); an
+   * identity not of that form names nothing and is refused at the hostnqn. Plain queues pass.
+   */
+  private checkTlsIdentity(hostnqn: string, subnqn: string): Completion | undefined {
+    const identity = tlsPeerIdentity(this.sock);
+    if (identity === undefined) return undefined;
+    const named = identityNqns(identity);
+    const field = named === undefined || named.hostnqn !== hostnqn ? 'host' : named.subnqn !== subnqn ? 'subsystem' : undefined;
+    if (field === undefined) return undefined;
+    this.ctx.stats.tlsIdentityMismatches = (this.ctx.stats.tlsIdentityMismatches ?? 0) + 1;
+    this.ctx.log('warn', `conn ${this.id} ${this.peer}: ${ErrorCode.TLS_IDENTITY_MISMATCH}: Connect as host '${hostnqn}' to '${subnqn}' refused: the TLS PSK identity '${identity.split(' ').slice(0, 3).join(' ')}' names ${named === undefined ? 'no NQNs' : `${field === 'host' ? `host '${named.hostnqn}'` : `subsystem '${named.subnqn}'`}`}`);
+    return invalidConnectParam(1, field === 'subsystem' ? 256 : 512);
+  }
+
   /** Fabrics Connect (NVMe-oF 1.1 §3.3): creates the controller (admin) or joins it (I/O). */
   private connect(s: ParsedSqe, data: Buffer | undefined): Completion {
     const ctx = this.ctx;
@@ -468,6 +488,8 @@ export class TargetQueue implements ControllerQueue {
       return invalidConnectParam(1, 256);
     }
     if (cd.hostnqn === '') return invalidConnectParam(1, 512);
+    const tlsRefusal = this.checkTlsIdentity(cd.hostnqn, cd.subnqn);
+    if (tlsRefusal !== undefined) return tlsRefusal;
     if (!ctx.hostAllowed(cd.hostnqn)) {
       ctx.log('info', `conn ${this.id} ${this.peer}: host '${cd.hostnqn}' not allowed`);
       return fail(Sct.COMMAND_SPECIFIC, FabricsStatus.CONNECT_INVALID_HOST);

@@ -187,6 +187,17 @@ export function parseIdentity(identity: string): { version: number; generated: b
 }
 
 /**
+ * The host NQN and subsystem NQN a PSK identity names (`NVMe0Rhh <hostnqn> <subnqn>` or
+ * `NVMe1Rhh <hostnqn> <subnqn> <digest>`, WIRE.md), or undefined when it is not of that form.
+ */
+export function identityNqns(identity: string): { hostnqn: string; subnqn: string } | undefined {
+  const parts = identity.split(' ');
+  const m = /^NVMe([01])[RG]0[12]$/.exec(parts[0] ?? '');
+  if (m === null || parts.length !== (m[1] === '0' ? 3 : 4) || parts.some((x) => x === '')) return undefined;
+  return { hostnqn: parts[1] as string, subnqn: parts[2] as string };
+}
+
+/**
  * The identities the Linux host looks up by default for `--tls` without a key (`NVMe0R02 …`,
  * then `NVMe0R01 …`), most preferred first.
  */

@@ -12,12 +12,17 @@ import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import * as net from 'node:net';
+import * as tls from 'node:tls';
 import { NvmeTarget } from '../../src/embedded-target/target';
 import { Controller, type ControllerOptions } from '../../src/controller/controller';
 import { discover } from '../../src/controller/discovery';
 import { ErrorCode, NvmfNbdError } from '../../src/errors';
 import { TcpSecType, Treq } from '../../src/wire/discovery-log';
-import { deriveTlsPsk, formatInterchangeKey, parseInterchangeKey } from '../../src/tls/psk';
+import { deriveTlsPsk, formatInterchangeKey, identityNqns, parseInterchangeKey } from '../../src/tls/psk';
+import { serverTicketsSuppressed, tlsConnect } from '../../src/tls/channel';
+import { encodeIcReq } from '../../src/wire/pdu';
+import { rejectsCode } from '../helpers/assert-code';
 import { KeyStore, readSecretFile } from '../../src/tls/keystore';
 import { targetPskTable } from '../../src/tls/target-keys';
 import { tlsFromArgs } from '../../src/cli/tls-args';
@@ -192,4 +197,108 @@ test('failures: wrong key, unknown identity, TLS required but off, TLS to a plai
   const off = await code(Controller.connect(opts(ports.required, { tls: undefined })));
   assert.ok(([ErrorCode.CONNECTION_CLOSED, ErrorCode.CONNECT_FAILED] as string[]).includes(off), off);
   assert.equal(await code(Controller.connect(opts(ports.plain))), ErrorCode.TLS_HANDSHAKE);
+});
+
+/**
+ * Open a raw TLS connection (our client options) to `port`, send an ICReq and resolve with the
+ * number of TLS 1.3 NewSessionTickets the client saw ('session' events) before the ICResp came.
+ */
+async function ticketsBeforeIcResp(port: number): Promise<number> {
+  const p = deriveTlsPsk(key, HOSTNQN, NQN, 1);
+  const s = tlsConnect('127.0.0.1', port, p);
+  let tickets = 0;
+  s.on('session', () => { tickets++; });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      s.once('error', reject);
+      s.once('secureConnect', () => s.write(encodeIcReq({ hpda: 0, hdgst: false, ddgst: false, maxr2t: 0 })));
+      let got = 0;
+      s.on('data', (d: Buffer) => {
+        got += d.length;
+        if (got >= 128) resolve();
+      });
+    });
+    // A ticket, when sent, precedes the ICResp on the wire; give a late one a moment anyway.
+    await new Promise((r) => setImmediate(r));
+    return tickets;
+  } finally {
+    s.destroy();
+  }
+}
+
+test('target sends no TLS 1.3 NewSessionTicket (the Linux host refuses post-handshake records); a default node:tls server does', async () => {
+  assert.ok(serverTicketsSuppressed(), 'this Node lacks the ticket-key hook');
+  assert.equal(await ticketsBeforeIcResp(ports.required), 0);
+  assert.equal(await ticketsBeforeIcResp(ports.optional), 0);
+  // Control: the same PSK options without our context make OpenSSL send a ticket, which the
+  // client above would have counted — so the zero is not an artefact of the test client.
+  const srv = net.createServer((sock) => {
+    const ts = new tls.TLSSocket(sock, {
+      isServer: true, minVersion: 'TLSv1.3', ciphers: 'TLS_AES_128_GCM_SHA256',
+      pskCallback: (_s: tls.TLSSocket, id: string) => table.get(id) ?? null,
+    } as tls.TLSSocketOptions);
+    ts.on('error', () => undefined);
+    ts.on('data', () => ts.write(Buffer.alloc(128)));
+  });
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+  try {
+    assert.ok(await ticketsBeforeIcResp((srv.address() as net.AddressInfo).port) >= 1);
+  } finally {
+    srv.close();
+  }
+});
+
+test('Connect over TLS must name the PSK identity\'s host and subsystem: mismatch → Invalid Parameters, logged with a stable code', async () => {
+  const lines: string[] = [];
+  const t = new NvmeTarget({
+    listen: { host: '127.0.0.1', port: 0 },
+    subsystems: [
+      { nqn: NQN, namespaces: [{ nsid: 1, sizeBytes: 4 << 20, backing: { memory: true } }] },
+      { nqn: `${NQN}-b`, namespaces: [{ nsid: 1, sizeBytes: 4 << 20, backing: { memory: true } }] },
+    ],
+    tls: { mode: 'optional', lookup: (id: string) => both.get(id) },
+    connectTimeoutMs: 5000,
+    log: (level, msg) => lines.push(`${level} ${msg}`),
+  });
+  const STRANGER = 'nqn.2014-08.org.nvmexpress:uuid:00000000-1111-2222-3333-444444444444';
+  const both = targetPskTable(`${HOSTNQN} ${KEY}\n${STRANGER} ${KEY}\n`, [NQN, `${NQN}-b`, DISC]);
+  const port = (await t.listen()).port;
+  try {
+    // The identity names HOSTNQN, the Connect says STRANGER (who has a key of its own here).
+    const host = await rejectsCode(Controller.connect(opts(port, { hostnqn: STRANGER })), ErrorCode.CONNECT_FAILED);
+    assert.equal(host.status?.sct, 1);
+    assert.equal(host.status?.sc, 0x82);
+    assert.equal(host.status?.dnr, true);
+    assert.match(host.message, /host NQN/);
+    // The identity names subsystem -b, the Connect asks for NQN.
+    const sub = await rejectsCode(Controller.connect(opts(port, { tls: deriveTlsPsk(key, HOSTNQN, `${NQN}-b`, 0) })), ErrorCode.CONNECT_FAILED);
+    assert.equal(sub.status?.sc, 0x82);
+    assert.match(sub.message, /subsystem NQN/);
+    // The discovery subsystem's identity cannot open an NVM subsystem either.
+    await rejectsCode(Controller.connect(opts(port, { tls: deriveTlsPsk(key, HOSTNQN, DISC, 1) })), ErrorCode.CONNECT_FAILED);
+    const refused = lines.filter((l) => l.includes(ErrorCode.TLS_IDENTITY_MISMATCH));
+    assert.equal(refused.length, 3, lines.join('\n'));
+    assert.ok(refused.every((l) => l.startsWith('warn ')));
+    assert.equal(t.stats().tlsIdentityMismatches, 3);
+    for (const l of lines) assert.ok(!l.includes(SECRET.toString('hex')) && !l.includes(KEY.slice(16, 40)), `secret in log: ${l}`);
+    // Matching identities (v0, v1, either subsystem) and plain queues still connect.
+    for (const [sn, v] of [[NQN, 1], [`${NQN}-b`, 0]] as const) {
+      const c = await Controller.connect(opts(port, { subnqn: sn, tls: deriveTlsPsk(key, HOSTNQN, sn, v) }));
+      assert.equal(c.identify.subnqn, sn);
+      await c.close();
+    }
+    const plainHost = await Controller.connect(opts(port, { hostnqn: STRANGER, tls: undefined }));
+    await plainHost.close();
+    assert.equal(t.stats().tlsIdentityMismatches, 3);
+  } finally {
+    await t.close();
+  }
+});
+
+test('identityNqns: NQNs of v0/v1 identities; anything else is undefined', () => {
+  assert.deepEqual(identityNqns(`NVMe0R01 ${HOSTNQN} ${NQN}`), { hostnqn: HOSTNQN, subnqn: NQN });
+  assert.deepEqual(identityNqns(`NVMe1R02 ${HOSTNQN} ${NQN} abc=`), { hostnqn: HOSTNQN, subnqn: NQN });
+  for (const bad of [`NVMe1R01 ${HOSTNQN} ${NQN}`, `NVMe0R01 ${HOSTNQN} ${NQN} extra`, `NVMe0R03 ${HOSTNQN} ${NQN}`, `NVMe0R01 ${HOSTNQN}  ${NQN}`, 'plain', '']) {
+    assert.equal(identityNqns(bad), undefined, bad);
+  }
 });
