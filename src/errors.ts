@@ -114,6 +114,9 @@ export const ErrorCode = {
   UNSAFE_DIR: 'CFG_ERR_UNSAFE_DIR',
   NBD_TLS_REQUIRED: 'NBD_ERR_TLS_REQUIRED',
   NBD_INSECURE_BIND: 'NBD_ERR_INSECURE_BIND',
+  // Multipath / ANA (issue 12, appended)
+  /** A peer's ANA log page (LID 0Ch) is malformed (descriptor past the end, group id 0, duplicate group). */
+  ANA_LOG_INVALID: 'NVMF_ERR_ANA_LOG_INVALID',
 } as const;
 
 export type ErrorCodeValue = (typeof ErrorCode)[keyof typeof ErrorCode];

@@ -35,6 +35,12 @@ export interface IdentifyController {
   /** Error log page entries (0-based), u8 @262. */ elpe: number;
   /** Number of power states supported (0-based), u8 @263. */ npss: number;
   /** Keep alive support granularity (100 ms units; 0 = not supported), u16 @320. */ kas: number;
+  /** ANA transition time (seconds; CMIC bit 3), u8 @342. */ anatt: number;
+  /** ANA capabilities (see wire/ana.ts `Anacap`), u8 @343. */ anacap: number;
+  /** Largest ANA group id, u32 @344. */ anagrpmax: number;
+  /** Number of ANA group ids supported, u32 @348. */ nanagrpid: number;
+  /** Persistent event log size (4 KiB units), u32 @352. */ pels: number;
+  /** Command quiesce time (ms): how long commands may still execute after the controller lost the host (TP 4129), u16 @386. */ cqt: number;
   /** SQ entry size (max 7:4, required 3:0, log2), u8 @512. */ sqes: number;
   /** CQ entry size, u8 @513. */ cqes: number;
   /** Max outstanding commands (fabrics), u16 @514. */ maxcmd: number;
@@ -74,7 +80,7 @@ export interface IdentifyNamespace {
   /** Metadata capabilities, u8 @27. */ mc: number;
   /** End-to-end protection capabilities, u8 @28. */ dpc: number;
   /** End-to-end protection settings (bits 2:0 type), u8 @29. */ dps: number;
-  /** Multi-path / sharing, u8 @30. */ nmic: number;
+  /** Multi-path I/O and sharing (bit 0: may be attached to two or more controllers at once), u8 @30. */ nmic: number;
   /** Reservation capabilities, u8 @31. */ rescap: number;
   /** u16 @34, @36, @38, @40, @42, @44, @46. */
   nawun: number; nawupf: number; nacwu: number; nabsn: number; nabo: number; nabspf: number; noiob: number;
@@ -82,6 +88,7 @@ export interface IdentifyNamespace {
   /** Preferred write granularity/alignment, deallocate granularity/alignment, optimal write size
    *  (0-based blocks), u16 @64, @66, @68, @70, @72. */
   npwg: number; npwa: number; npdg: number; npda: number; nows: number;
+  /** ANA group id (0 = none; CMIC bit 3 controllers), u32 @92. */ anagrpid: number;
   /** Namespace GUID, 16 bytes @104. */ nguid: Buffer;
   /** IEEE EUI-64, 8 bytes @120. */ eui64: Buffer;
   /** LBA formats, nlbaf+1 entries (at most 64) @128. */ lbaf: LbaFormat[];
@@ -157,6 +164,12 @@ export function parseIdentifyController(b: Buffer): IdentifyController {
     elpe: b[262]!,
     npss: b[263]!,
     kas: b.readUInt16LE(320),
+    anatt: b[342]!,
+    anacap: b[343]!,
+    anagrpmax: b.readUInt32LE(344),
+    nanagrpid: b.readUInt32LE(348),
+    pels: b.readUInt32LE(352),
+    cqt: b.readUInt16LE(386),
     sqes: b[512]!,
     cqes: b[513]!,
     maxcmd: b.readUInt16LE(514),
@@ -213,6 +226,12 @@ export function encodeIdentifyController(o: Partial<IdentifyController>): Buffer
   u8(262, o.elpe);
   u8(263, o.npss);
   u16(320, o.kas);
+  u8(342, o.anatt);
+  u8(343, o.anacap);
+  u32(344, o.anagrpmax);
+  u32(348, o.nanagrpid);
+  u32(352, o.pels);
+  u16(386, o.cqt);
   u8(512, o.sqes);
   u8(513, o.cqes);
   u16(514, o.maxcmd);
@@ -282,6 +301,7 @@ export function parseIdentifyNamespace(b: Buffer): IdentifyNamespace {
     npdg: b.readUInt16LE(68),
     npda: b.readUInt16LE(70),
     nows: b.readUInt16LE(72),
+    anagrpid: b.readUInt32LE(92),
     nguid: Buffer.from(b.subarray(104, 120)),
     eui64: Buffer.from(b.subarray(120, 128)),
     lbaf,
@@ -328,6 +348,7 @@ export function encodeIdentifyNamespace(o: IdentifyNamespaceInput): Buffer {
   b.writeUInt16LE(o.npdg ?? 0, 68);
   b.writeUInt16LE(o.npda ?? 0, 70);
   b.writeUInt16LE(o.nows ?? 0, 72);
+  b.writeUInt32LE((o.anagrpid ?? 0) >>> 0, 92);
   if (o.nguid) o.nguid.copy(b, 104, 0, 16);
   if (o.eui64) o.eui64.copy(b, 120, 0, 8);
   lbaf.forEach((f, i) => {

@@ -5,6 +5,7 @@ export * from './sqe';
 export * from './cqe';
 export * from './status';
 export * from './identify';
+export * from './ana';
 export * from './discovery-log';
 export * from './properties';
 export * from './nbd';

@@ -47,6 +47,12 @@ function ctrlFixture(): Buffer {
   b[262] = 127;
   b[263] = 0;
   b.writeUInt16LE(1, 320);
+  b[342] = 10; // ANATT
+  b[343] = 0x5f; // ANACAP
+  b.writeUInt32LE(128, 344); // ANAGRPMAX
+  b.writeUInt32LE(64, 348); // NANAGRPID
+  b.writeUInt32LE(3, 352); // PELS
+  b.writeUInt16LE(4500, 386); // CQT
   b[512] = 0x66;
   b[513] = 0x44;
   b.writeUInt16LE(128, 514);
@@ -73,7 +79,8 @@ const CTRL = {
   vid: 0x1b36, ssvid: 0x1af4, sn: 'SN123', mn: 'Linux', fr: '6.1.0', rab: 6, ieee: 0x123456, cmic: 0x0b, mdts: 5,
   cntlid: 0x21, ver: 0x00020000, rtd3r: 1000, rtd3e: 2000, oaes: 0x900, ctratt: 0x8000, cntrltype: 1,
   fguid: Buffer.from([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]), crdt1: 10, crdt2: 20, crdt3: 30,
-  oacs: 4, acl: 3, aerl: 3, frmw: 3, lpa: 0x25, elpe: 127, npss: 0, kas: 1, sqes: 0x66, cqes: 0x44, maxcmd: 128,
+  oacs: 4, acl: 3, aerl: 3, frmw: 3, lpa: 0x25, elpe: 127, npss: 0, kas: 1,
+  anatt: 10, anacap: 0x5f, anagrpmax: 128, nanagrpid: 64, pels: 3, cqt: 4500, sqes: 0x66, cqes: 0x44, maxcmd: 128,
   nn: 1024, oncs: 0x0c, fuses: 1, fna: 4, vwc: 1, awun: 7, awupf: 0, sgls: 0x100005, mnan: 1024,
   subnqn: 'nqn.2014-08.org.example:sub1', ioccsz: 260, iorcsz: 1, icdoff: 0, fcatt: 0, msdbd: 1, ofcs: 1,
 };
@@ -112,6 +119,7 @@ function nsFixture(): Buffer {
   b.writeBigUInt64LE(0x1234n, 48);
   b.writeBigUInt64LE(1n, 56); // nvmcap high half
   for (let i = 0; i < 5; i++) b.writeUInt16LE(10 + i, 64 + 2 * i);
+  b.writeUInt32LE(0x2a, 92); // ANAGRPID
   for (let i = 0; i < 16; i++) b[104 + i] = 0xa0 + i;
   for (let i = 0; i < 8; i++) b[120 + i] = 0xe0 + i;
   // lbaf0: 512 B, no metadata, rp 2; lbaf1: 4 KiB, 8 bytes metadata, rp 0
@@ -127,7 +135,7 @@ function nsFixture(): Buffer {
 const NS = {
   nsze: 2097152n, ncap: 2097152n, nuse: 1000n, nsfeat: 0x11, nlbaf: 1, flbas: 1, mc: 0, dpc: 0, dps: 0, nmic: 1, rescap: 0,
   nawun: 1, nawupf: 2, nacwu: 3, nabsn: 4, nabo: 5, nabspf: 6, noiob: 7, nvmcap: (1n << 64n) | 0x1234n,
-  npwg: 10, npwa: 11, npdg: 12, npda: 13, nows: 14,
+  npwg: 10, npwa: 11, npdg: 12, npda: 13, nows: 14, anagrpid: 0x2a,
   nguid: Buffer.from(Array.from({ length: 16 }, (_, i) => 0xa0 + i)),
   eui64: Buffer.from(Array.from({ length: 8 }, (_, i) => 0xe0 + i)),
   lbaf: [{ ms: 0, lbads: 9, rp: 2 }, { ms: 8, lbads: 12, rp: 0 }],
