@@ -5,7 +5,9 @@
  */
 import { AdminOpcode, CommandSpecificStatus, GenericStatus, Sct, type ParsedSqe } from '../wire';
 import { fail, ok, type Completion, type TargetContext } from './context';
-import { AEC_DISCOVERY_LOG, AEC_NS_ATTR, KATO_MAX_MS, type TargetController } from './target-controller';
+import { AEC_ANA_CHANGE, AEC_DISCOVERY_LOG, AEC_NS_ATTR, KATO_MAX_MS, type TargetController } from './target-controller';
+import { ANA_LOG_RGO, Anacap, LID_ANA } from '../wire/ana';
+import { MAX_ANA_GROUPS } from './ports';
 import {
   ControllerType, encodeActiveNamespaceList, encodeChangedNsLog, encodeErrorLog, encodeFirmwareLog,
   encodeIdentifyController, encodeIdentifyNamespace, encodeNsDescriptors, encodeSmartLog, IDENTIFY_SIZE,
@@ -17,7 +19,9 @@ const CS = CommandSpecificStatus;
 /** Feature identifiers the target implements. */
 const Fid = { VOLATILE_WRITE_CACHE: 0x06, NUMBER_OF_QUEUES: 0x07, ASYNC_EVENT_CONFIG: 0x0b, KEEP_ALIVE_TIMER: 0x0f } as const;
 /** Log page identifiers the target implements. */
-const Lid = { ERROR: 0x01, SMART: 0x02, FIRMWARE: 0x03, CHANGED_NS: 0x04, DISCOVERY: 0x70 } as const;
+const Lid = { ERROR: 0x01, SMART: 0x02, FIRMWARE: 0x03, CHANGED_NS: 0x04, ANA: LID_ANA, DISCOVERY: 0x70 } as const;
+/** Every ANA state can be reported; ANAGRPID may change while attached (so no bit 6). */
+const ANACAP = Anacap.OPTIMIZED | Anacap.NON_OPTIMIZED | Anacap.INACCESSIBLE | Anacap.PERSISTENT_LOSS | Anacap.CHANGE;
 /** Identify CNS values the target implements. */
 const Cns = { NAMESPACE: 0x00, CONTROLLER: 0x01, ACTIVE_NS_LIST: 0x02, NS_DESCRIPTORS: 0x03, CSI_CONTROLLER: 0x06 } as const;
 
@@ -72,6 +76,7 @@ function identify(ctx: TargetContext, ctrl: TargetController, s: ParsedSqe): Com
       aerl: cfg.aerl,
       subnqn: sub.nqn,
       ioccsz: (64 + cfg.inCapsuleDataSize) / 16,
+      ...(sub.discovery ? {} : { ana: { anatt: cfg.anatt, anacap: ANACAP, maxGroups: MAX_ANA_GROUPS }, cqt: cfg.cqtMs }),
     }));
   }
   if (sub.discovery) return invalidField();
@@ -81,7 +86,7 @@ function identify(ctx: TargetContext, ctrl: TargetController, s: ParsedSqe): Com
       const ns = sub.namespaces.get(s.nsid);
       // An inactive NSID in range reads as a zero-filled structure (NVMe Base 2.0 §5.17.2.1).
       if (ns === undefined) return ok(0, Buffer.alloc(IDENTIFY_SIZE));
-      return ok(0, encodeIdentifyNamespace({ nsze: BigInt(ns.blocks), lbads: ns.lbads, ids: ns.ids }));
+      return ok(0, encodeIdentifyNamespace({ nsze: BigInt(ns.blocks), lbads: ns.lbads, ids: ns.ids, anagrpid: ns.anaGroup }));
     }
     case Cns.ACTIVE_NS_LIST:
       if (s.nsid >= 0xfffffffe) return invalidNamespace();
@@ -130,6 +135,12 @@ function getLogPage(ctx: TargetContext, ctrl: TargetController, s: ParsedSqe, ma
       if (disc) return fail(Sct.COMMAND_SPECIFIC, CS.INVALID_LOG_PAGE);
       page = encodeChangedNsLog(ctrl.readChangedNs(rae));
       break;
+    case Lid.ANA:
+      if (disc) return fail(Sct.COMMAND_SPECIFIC, CS.INVALID_LOG_PAGE);
+      // LSP bit 0 (CDW10 bit 8): Return Groups Only.
+      page = ctx.anaLog(ctrl, ((s.cdw10 >>> 8) & ANA_LOG_RGO) !== 0);
+      ctrl.readAnaLog(rae);
+      break;
     case Lid.DISCOVERY:
       if (!disc) return fail(Sct.COMMAND_SPECIFIC, CS.INVALID_LOG_PAGE);
       page = ctx.discoveryLog();
@@ -162,7 +173,7 @@ function setFeatures(ctx: TargetContext, ctrl: TargetController, s: ParsedSqe): 
     }
     case Fid.ASYNC_EVENT_CONFIG:
       // Each controller type keeps the one notice it can raise.
-      ctrl.aec = (disc ? s.cdw11 & AEC_DISCOVERY_LOG : s.cdw11 & AEC_NS_ATTR) >>> 0;
+      ctrl.aec = (disc ? s.cdw11 & AEC_DISCOVERY_LOG : s.cdw11 & (AEC_NS_ATTR | AEC_ANA_CHANGE)) >>> 0;
       return ok();
     case Fid.KEEP_ALIVE_TIMER: {
       const kato = s.cdw11 >>> 0;

@@ -61,6 +61,10 @@ export interface TargetConfig {
   /** A controller with KATO 0 (keep-alive off) is dropped after this long without a command. */
   readonly idleTimeoutMs: number;
   readonly firmware: string;
+  /** ANATT advertised: seconds a group may stay in the ANA change state. */
+  readonly anatt: number;
+  /** CQT advertised: ms commands may still execute after the association is lost. */
+  readonly cqtMs: number;
 }
 
 /** One namespace being served. */
@@ -73,6 +77,8 @@ export interface TargetNamespace {
   readonly blocks: number;
   readonly backend: StorageBackend;
   readonly ids: NamespaceIds;
+  /** ANA group (ANAGRPID, 1..MAX_ANA_GROUPS); its state is per port. */
+  anaGroup: number;
 }
 
 /** An NVM subsystem or the discovery subsystem. */
@@ -132,6 +138,8 @@ export interface TargetContext {
   /** A free controller id, or undefined when all are in use. */
   newCntlid(): number | undefined;
   discoveryLog(): Buffer;
+  /** The ANA log page (LID 0Ch) as controller `ctrl` (its subsystem, its port) reports it. */
+  anaLog(ctrl: TargetController, groupsOnly: boolean): Buffer;
   log(level: TargetLogLevel, message: string): void;
 }
 

@@ -3,7 +3,8 @@
  * (deallocate) and Write Zeroes. `ioPrecheck` validates a command before its data is requested
  * (R2T), so a bad Write never makes the host send data or the target buffer it.
  */
-import { GenericStatus, Sct } from '../wire/status';
+import { GenericStatus, PathStatus, Sct } from '../wire/status';
+import { AnaState } from '../wire/ana';
 import { IoOpcode, type ParsedSqe } from '../wire/sqe';
 import { fail, ok, type Completion, type TargetContext, type TargetNamespace } from './context';
 import type { TargetController } from './target-controller';
@@ -26,10 +27,37 @@ function slbaOf(s: ParsedSqe): bigint {
   return (BigInt(s.cdw11) << 32n) | BigInt(s.cdw10);
 }
 
-/** Namespace + LBA range check shared by Read, Write and Write Zeroes. */
+/**
+ * The path status for a namespace whose ANA group is not accessible on the controller's port
+ * (NVMe Base 2.0 §8.1.3): Asymmetric Access Inaccessible / Persistent Loss / Transition (SCT 3h
+ * SC 02h / 01h / 03h), DNR clear so a multipath host retries on another path, as Linux nvmet
+ * does. Undefined when the group is optimized or non-optimized there.
+ */
+export function anaStatus(ctrl: TargetController, ns: TargetNamespace): Completion | undefined {
+  const state = ctrl.port.anaState(ns.anaGroup);
+  switch (state) {
+    case AnaState.OPTIMIZED:
+    case AnaState.NON_OPTIMIZED:
+      return undefined;
+    case AnaState.INACCESSIBLE:
+      return fail(Sct.PATH, PathStatus.ANA_INACCESSIBLE, false);
+    case AnaState.PERSISTENT_LOSS:
+      return fail(Sct.PATH, PathStatus.ANA_PERSISTENT_LOSS, false);
+    case AnaState.CHANGE:
+      return fail(Sct.PATH, PathStatus.ANA_TRANSITION, false);
+    default: {
+      const never: never = state;
+      return never;
+    }
+  }
+}
+
+/** Namespace + ANA + LBA range check shared by Read, Write and Write Zeroes. */
 function rangeOf(ctrl: TargetController, s: ParsedSqe): Range | Completion {
   const ns = ctrl.subsys.namespaces.get(s.nsid);
   if (ns === undefined) return fail(Sct.GENERIC, G.INVALID_NAMESPACE_OR_FORMAT);
+  const path = anaStatus(ctrl, ns);
+  if (path !== undefined) return path;
   const nlb = (s.cdw12 & 0xffff) + 1;
   const slba = slbaOf(s);
   if (slba + BigInt(nlb) > BigInt(ns.blocks)) return fail(Sct.GENERIC, G.LBA_OUT_OF_RANGE);
@@ -55,7 +83,10 @@ export function ioPrecheck(ctx: TargetContext, ctrl: TargetController, s: Parsed
       return undefined;
     }
     case IoOpcode.DATASET_MANAGEMENT: {
-      if (!ctrl.subsys.namespaces.has(s.nsid)) return fail(Sct.GENERIC, G.INVALID_NAMESPACE_OR_FORMAT);
+      const ns = ctrl.subsys.namespaces.get(s.nsid);
+      if (ns === undefined) return fail(Sct.GENERIC, G.INVALID_NAMESPACE_OR_FORMAT);
+      const path = anaStatus(ctrl, ns);
+      if (path !== undefined) return path;
       const nr = (s.cdw10 & 0xff) + 1;
       // At least NR ranges; Linux always sends a 4 KiB buffer (room for 256 ranges) whatever NR is.
       if (s.sgl.length < nr * DSM_RANGE) return fail(Sct.GENERIC, DATA_SGL_LENGTH_INVALID);
@@ -90,11 +121,15 @@ export async function ioCommand(ctx: TargetContext, ctrl: TargetController, s: P
     }
     case IoOpcode.FLUSH: {
       if (s.nsid === NSID_ALL) {
-        await Promise.all([...ctrl.subsys.namespaces.values()].map((ns) => ns.backend.flush()));
+        // Only the namespaces this path can reach.
+        const reachable = [...ctrl.subsys.namespaces.values()].filter((ns) => anaStatus(ctrl, ns) === undefined);
+        await Promise.all(reachable.map((ns) => ns.backend.flush()));
         return ok();
       }
       const ns = ctrl.subsys.namespaces.get(s.nsid);
       if (ns === undefined) return fail(Sct.GENERIC, G.INVALID_NAMESPACE_OR_FORMAT);
+      const path = anaStatus(ctrl, ns);
+      if (path !== undefined) return path;
       await ns.backend.flush();
       return ok();
     }

@@ -4,6 +4,7 @@
  * Layouts follow NVMe Base 2.0 and NVMe-oF 1.1; byte offsets are written next to each field.
  */
 import { createHash } from 'node:crypto';
+import { AEN_CFG_ANA_CHANGE, Cmic } from '../wire/ana';
 
 /** Size of every Identify data structure. */
 export const IDENTIFY_SIZE = 4096;
@@ -37,6 +38,13 @@ export interface IdentifyControllerFields {
   subnqn: string;
   /** IOCCSZ in 16-byte units. */
   ioccsz: number;
+  /**
+   * Asymmetric Namespace Access (I/O controllers): CMIC gets multi-port and ANA reporting, OAES
+   * the ANA change notice, and ANATT (s), ANACAP, ANAGRPMAX = NANAGRPID are filled in.
+   */
+  ana?: { anatt: number; anacap: number; maxGroups: number };
+  /** CQT: command quiesce time in ms (0 = not reported). */
+  cqt?: number;
 }
 
 function putString(b: Buffer, at: number, len: number, s: string, pad = 0x20): void {
@@ -59,12 +67,15 @@ export function encodeIdentifyController(f: IdentifyControllerFields): Buffer {
   putString(b, 24, 40, f.model); // MN
   putString(b, 64, 8, f.firmware); // FR
   b[72] = 0; // RAB
-  b[76] = io ? 0x02 : 0; // CMIC bit 1: the subsystem may have several controllers
+  // CMIC bit 1: the subsystem may have several controllers; with ANA also bit 0 (several ports)
+  // and bit 3 (ANA reporting), which is what turns on the Linux host's native multipath ANA code.
+  b[76] = io ? (f.ana !== undefined ? Cmic.MULTI_PORT | Cmic.MULTI_CTRL | Cmic.ANA : Cmic.MULTI_CTRL) : 0;
   b[77] = f.mdts; // MDTS
   b.writeUInt16LE(f.cntlid, 78); // CNTLID
   b.writeUInt32LE(NVME_VERSION, 80); // VER
   // OAES bit 8: Namespace Attribute Notices (I/O); bit 31: Discovery Log Page Change (discovery).
-  b.writeUInt32LE(io ? 1 << 8 : 0x80000000, 92);
+  // Bit 11: ANA Change Notices.
+  b.writeUInt32LE(io ? (1 << 8) | (f.ana !== undefined ? AEN_CFG_ANA_CHANGE : 0) : 0x80000000, 92);
   b.writeUInt32LE(0, 96); // CTRATT
   b[111] = f.type; // CNTRLTYPE
   b.writeUInt16LE(0, 256); // OACS: no optional admin commands
@@ -76,6 +87,13 @@ export function encodeIdentifyController(f: IdentifyControllerFields): Buffer {
   b.writeUInt16LE(0x0157, 266); // WCTEMP 343 K
   b.writeUInt16LE(0x0173, 268); // CCTEMP 371 K
   b.writeUInt16LE(f.kas, 320); // KAS
+  if (io && f.ana !== undefined) {
+    b[342] = f.ana.anatt; // ANATT (s)
+    b[343] = f.ana.anacap; // ANACAP
+    b.writeUInt32LE(f.ana.maxGroups, 344); // ANAGRPMAX
+    b.writeUInt32LE(f.ana.maxGroups, 348); // NANAGRPID
+  }
+  b.writeUInt16LE(f.cqt ?? 0, 386); // CQT (ms)
   b[512] = 0x66; // SQES: 64 bytes required and max
   b[513] = 0x44; // CQES: 16 bytes
   b.writeUInt16LE(f.maxcmd, 514); // MAXCMD
@@ -119,6 +137,8 @@ export interface IdentifyNamespaceFields {
   /** log2 of the LBA size: 9 or 12. */
   lbads: number;
   ids: NamespaceIds;
+  /** ANAGRPID (0 = none). */
+  anagrpid?: number;
 }
 
 /**
@@ -135,6 +155,7 @@ export function encodeIdentifyNamespace(f: IdentifyNamespaceFields): Buffer {
   b[26] = 0; // FLBAS: format 0, no metadata
   b[30] = 0x01; // NMIC: may be attached to several controllers
   b[33] = 0x09; // DLFEAT: deallocated blocks read as zeroes (001b), Write Zeroes may deallocate (bit 3)
+  b.writeUInt32LE(f.anagrpid ?? 0, 92); // ANAGRPID
   f.ids.nguid.copy(b, 104);
   f.ids.eui64.copy(b, 120);
   b.writeUInt32LE((f.lbads & 0xff) << 16, 128); // LBAF0: MS 0, LBADS, RP 0

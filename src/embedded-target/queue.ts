@@ -30,6 +30,7 @@ import { FabricsAuthType } from '../wire/auth';
 import { AssociationAuth, QueueAuth } from './target-auth';
 import { tlsPeerIdentity } from '../tls/channel';
 import { identityNqns } from '../tls/psk';
+import type { TargetPort } from './ports';
 
 /** Connect response DW0 bit 17: AUTHREQ.ATR, the host must authenticate this queue. */
 const AUTHREQ_ATR = 1 << 17;
@@ -105,9 +106,12 @@ export class TargetQueue implements ControllerQueue {
   private readonly onClosed: (q: TargetQueue) => void;
   /** DH-HMAC-CHAP state when the host has keys (then nothing but authentication runs until it succeeds). */
   private auth: QueueAuth | undefined;
+  /** The port (listener) this connection was accepted on. */
+  private readonly port: TargetPort;
 
-  constructor(ctx: TargetContext, sock: net.Socket, onClosed: (q: TargetQueue) => void) {
+  constructor(ctx: TargetContext, sock: net.Socket, onClosed: (q: TargetQueue) => void, port: TargetPort) {
     this.ctx = ctx;
+    this.port = port;
     this.sock = sock;
     this.out = new WriteBatcher(sock);
     this.onClosed = onClosed;
@@ -513,11 +517,12 @@ export class TargetQueue implements ControllerQueue {
       }
       const cntlid = ctx.newCntlid();
       if (cntlid === undefined) return fail(Sct.COMMAND_SPECIFIC, FabricsStatus.CONTROLLER_BUSY);
-      ctrl = new TargetController(ctx, { cntlid, subsys: sub, hostnqn: cd.hostnqn, hostid: cd.hostid, kato });
+      ctrl = new TargetController(ctx, { cntlid, subsys: sub, hostnqn: cd.hostnqn, hostid: cd.hostid, kato, port: this.port });
       ctrl.admin = this;
     } else {
       const c = ctx.controllers.get(cd.cntlid);
-      if (c === undefined || c.subsys !== sub || c.hostnqn !== cd.hostnqn || !c.ready) return invalidConnectParam(1, 16);
+      // A controller's queues all use the port its admin queue connected on.
+      if (c === undefined || c.subsys !== sub || c.hostnqn !== cd.hostnqn || !c.ready || c.port !== this.port) return invalidConnectParam(1, 16);
       if (qid > c.grantedQueues || c.io.has(qid)) return invalidConnectParam(0, 42);
       ctrl = c;
       ctrl.io.set(qid, this);

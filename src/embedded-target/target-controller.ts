@@ -7,6 +7,8 @@
 import { CommandSpecificStatus, Sct } from '../wire';
 import { fail, ok, type Completion, type TargetContext, type TargetSubsystem } from './context';
 import { NVME_VERSION } from './pages';
+import { AEN_ANA_CHANGE_DW0, AEN_CFG_ANA_CHANGE } from '../wire/ana';
+import type { TargetPort } from './ports';
 
 /** A queue (connection) as the controller sees it. */
 export interface ControllerQueue {
@@ -31,6 +33,8 @@ const CSTS_SHST_COMPLETE = 0x2 << 2;
 export const AEN_NS_ATTR_CHANGED = 0x02 | (0x00 << 8) | (0x04 << 16);
 /** Async Event Configuration bit for namespace attribute notices. */
 export const AEC_NS_ATTR = 1 << 8;
+/** Async Event Configuration bit 11: ANA change notices. */
+export const AEC_ANA_CHANGE = AEN_CFG_ANA_CHANGE;
 /**
  * Largest KATO accepted (ms, ≈ 12.4 days). Node's timers hold at most 2^31 − 1 ms and fire
  * after 1 ms beyond that, so KATO plus its grace must stay below; larger values are refused
@@ -53,6 +57,8 @@ export class TargetController {
   readonly subsys: TargetSubsystem;
   readonly hostnqn: string;
   readonly hostid: Buffer;
+  /** The port the admin queue connected on: its ANA states are this controller's. */
+  readonly port: TargetPort;
   /** Keep Alive Timeout in ms (0 = disabled). */
   kato: number;
   readonly io = new Map<number, ControllerQueue>();
@@ -75,11 +81,14 @@ export class TargetController {
   private changedOverflow = false;
   /** The namespace notice was reported and stays masked until the log page is read. */
   private nsNoticeMasked = false;
+  /** The ANA change notice was reported and stays masked until the ANA log is read without RAE. */
+  private anaNoticeMasked = false;
   private kaTimer: NodeJS.Timeout | undefined;
   private destroyed = false;
 
-  constructor(ctx: TargetContext, o: { cntlid: number; subsys: TargetSubsystem; hostnqn: string; hostid: Buffer; kato: number }) {
+  constructor(ctx: TargetContext, o: { cntlid: number; subsys: TargetSubsystem; hostnqn: string; hostid: Buffer; kato: number; port: TargetPort }) {
     this.ctx = ctx;
+    this.port = o.port;
     this.cntlid = o.cntlid;
     this.subsys = o.subsys;
     this.hostnqn = o.hostnqn;
@@ -88,6 +97,7 @@ export class TargetController {
     this.grantedQueues = o.subsys.discovery ? 0 : ctx.cfg.maxIoQueues;
     ctx.controllers.set(this.cntlid, this);
     o.subsys.controllers.add(this);
+    o.port.controllers.add(this);
     ctx.stats.controllers = ctx.controllers.size;
     this.armKeepAlive();
   }
@@ -220,6 +230,22 @@ export class TargetController {
     this.postEvent(AEN_DISCOVERY_LOG_CHANGED >>> 0);
   }
 
+  /**
+   * The ANA log this controller reports changed (a group's state on its port, or which
+   * namespaces a group holds): the ANA change notice (info 03h, log 0Ch) once, masked until the
+   * host reads the ANA log without RAE.
+   */
+  anaChanged(): void {
+    if (this.anaNoticeMasked || (this.aec & AEC_ANA_CHANGE) === 0) return;
+    this.anaNoticeMasked = true;
+    this.postEvent(AEN_ANA_CHANGE_DW0);
+  }
+
+  /** The host read the ANA log: without RAE the notice is unmasked again. */
+  readAnaLog(rae: boolean): void {
+    if (!rae) this.anaNoticeMasked = false;
+  }
+
   /** The host read the discovery log: without RAE the notice is unmasked again. */
   readDiscoveryLog(rae: boolean): void {
     if (!rae) this.discNoticeMasked = false;
@@ -252,6 +278,7 @@ export class TargetController {
     this.aerWaiters = [];
     this.ctx.controllers.delete(this.cntlid);
     this.subsys.controllers.delete(this);
+    this.port.controllers.delete(this);
     this.ctx.stats.controllers = this.ctx.controllers.size;
     this.ctx.log('debug', `controller ${this.cntlid} (${this.subsys.nqn}): destroyed: ${reason}`);
     const queues = [...this.io.values()];

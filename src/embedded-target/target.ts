@@ -3,6 +3,12 @@
  * whose namespaces are backed by sparse memory or files, and a control API to add and remove
  * namespaces while hosts are connected (raising the namespace-attribute AEN).
  *
+ * Several listeners (ports) may serve the same subsystems, each with its own ANA state per ANA
+ * group (Asymmetric Namespace Access): a multipath host sees one namespace through several
+ * controllers, and `setAnaState()` moves it between optimized / non-optimized / inaccessible /
+ * persistent loss / change on one port (ANA change AEN to that port's controllers; I/O there is
+ * answered with the matching path status).
+ *
  * ```ts
  * const t = new NvmeTarget({ listen: { host: '127.0.0.1', port: 0 } });
  * const addr = await t.listen();            // one subsystem, one 1 GiB memory namespace
@@ -24,6 +30,10 @@ import { encodeDiscoveryLog, namespaceIds, type DiscoveryEntry } from './pages';
 import { TargetQueue } from './queue';
 import { DEFAULT_TARGET_AUTH_POLICY, type TargetAuthPolicy, type TargetHostKeys } from './target-auth';
 import { parseDhchapKey, type DhchapKey } from '../wire/dhchap';
+import { encodeAnaLog, type AnaGroupDescriptor, type AnaState } from '../wire/ana';
+import {
+  checkAnaGroup, DEFAULT_ANA_GROUP, TargetPort, toAnaState, type AnaStateInput, type TargetPortConfig, type TargetPortInfo,
+} from './ports';
 import { dhchapHashLength, type DhchapGroupId, type DhchapHashId } from '../wire/auth';
 
 /** The well-known discovery subsystem NQN. */
@@ -47,6 +57,8 @@ export interface NamespaceConfig {
   /** Logical block size, default 512. */
   lbaSize?: 512 | 4096;
   backing: NamespaceBacking;
+  /** ANA group (ANAGRPID, 1..128), default 1. Its state is set per port. */
+  anaGroup?: number;
 }
 
 /** An NVM subsystem to serve. */
@@ -61,8 +73,21 @@ export interface SubsystemConfig {
 
 /** Options of {@link NvmeTarget}. */
 export interface NvmeTargetOptions {
-  /** Address to listen on; default 127.0.0.1:4420. Port 0 picks a free port. */
+  /** Address to listen on; default 127.0.0.1:4420. Port 0 picks a free port. Port id 1. */
   listen?: { host: string; port: number };
+  /**
+   * Several listeners (NVMe ports) for the same subsystems, instead of `listen`/`advertise`:
+   * each with a port id (default 1, 2, …), its own advertised address and ANA states.
+   */
+  ports?: TargetPortConfig[];
+  /** ANATT advertised: seconds a group may stay in the ANA change state (1..255), default 10. */
+  anatt?: number;
+  /**
+   * CQT advertised (ms, 0..65535): how long after the association is lost commands may still
+   * execute. Default keepAliveGraceMs + 1000 (the target notices the loss KATO + grace after the
+   * last command, then backend I/O already started finishes).
+   */
+  cqtMs?: number;
   /**
    * NVMe/TCP secure channel (TLS 1.3, PSK): `required` refuses plain connections, `optional`
    * accepts both (a connection starting with a TLS record is TLS). `lookup` gives the TLS PSK for
@@ -162,6 +187,11 @@ function resolveConfig(o: NvmeTargetOptions): TargetConfig {
   if (!Number.isInteger(maxH2CData) || maxH2CData < 4096 || maxH2CData % 4 !== 0 || maxH2CData > 16 << 20) {
     throw configError(`maxH2CData ${maxH2CData} must be ≥ 4096 and a multiple of 4`);
   }
+  const anatt = o.anatt ?? 10;
+  if (!Number.isInteger(anatt) || anatt < 1 || anatt > 255) throw configError(`anatt ${anatt} out of range 1..255 s`);
+  const keepAliveGraceMs = o.keepAliveGraceMs ?? 5000;
+  const cqtMs = o.cqtMs ?? Math.min(0xffff, keepAliveGraceMs + 1000);
+  if (!Number.isInteger(cqtMs) || cqtMs < 0 || cqtMs > 0xffff) throw configError(`cqtMs ${cqtMs} out of range 0..65535`);
   const limit = (name: string, v: number | undefined, def: number, max: number): number => {
     const n = v ?? def;
     if (!Number.isInteger(n) || n < 1 || n > max) throw configError(`${name} ${n} out of range 1..${max}`);
@@ -184,9 +214,11 @@ function resolveConfig(o: NvmeTargetOptions): TargetConfig {
     aerl: 3,
     nn: MAX_NSID,
     c2hSuccess: checkC2hSuccess(o.c2hSuccess ?? C2hSuccessMode.SPEC),
-    keepAliveGraceMs: o.keepAliveGraceMs ?? 5000,
+    keepAliveGraceMs,
     connectTimeoutMs: o.connectTimeoutMs ?? 30000,
     firmware: '1.0',
+    anatt,
+    cqtMs,
   };
 }
 
@@ -235,9 +267,14 @@ export class NvmeTarget {
     connectionsRefused: 0, controllersRefused: 0,
   };
   private readonly ctx: TargetContext;
-  private server: net.Server | undefined;
-  private bound: { host: string; port: number } | undefined;
+  /** Listeners by port id, in the order they were configured. */
+  private readonly portMap = new Map<number, TargetPort>();
+  private listening = false;
   private lastCntlid = 0;
+  /** ANA log change count (target-wide): bumped on every change of any ANA log. */
+  private anaChgcnt = 1n;
+  /** Change count when a group's membership (which namespaces it holds) last changed. */
+  private readonly groupChangedAt = new Map<number, bigint>();
   private closed = false;
   private authPolicy: TargetAuthPolicy;
   /** Discovery log generation counter: bumped on every change of the log. */
@@ -248,6 +285,12 @@ export class NvmeTarget {
   constructor(opts: NvmeTargetOptions = {}) {
     this.opts = opts;
     this.cfg = resolveConfig(opts);
+    if (opts.ports !== undefined && (opts.listen !== undefined || opts.advertise !== undefined)) {
+      throw configError('give either ports or listen/advertise, not both');
+    }
+    const portCfgs = opts.ports ?? [{ ...(opts.listen ?? DEFAULT_LISTEN), ...(opts.advertise !== undefined ? { advertise: opts.advertise } : {}) }];
+    if (portCfgs.length === 0) throw configError('at least one port');
+    for (const p of portCfgs) this.newPort(p);
     this.addSubsystem({ nqn: DISCOVERY_NQN }, true);
     const subs = opts.subsystems ?? [{ nqn: DEFAULT_TARGET_NQN, namespaces: [{ sizeBytes: DEFAULT_NAMESPACE_SIZE, backing: { memory: true } }] }];
     for (const s of subs) {
@@ -269,6 +312,7 @@ export class NvmeTarget {
       hostAllowed: (hostnqn) => allow === undefined || allow.has(hostnqn),
       newCntlid: () => this.newCntlid(),
       discoveryLog: () => this.discoveryLog(),
+      anaLog: (ctrl, groupsOnly) => this.anaLog(ctrl, groupsOnly),
       log: (level: TargetLogLevel, message: string) => opts.log?.(level, message),
     };
   }
@@ -288,46 +332,182 @@ export class NvmeTarget {
     });
   }
 
-  /**
-   * Open the configured namespaces and start listening. Resolves with the bound address (the
-   * real port when 0 was asked).
-   */
-  async listen(): Promise<{ host: string; port: number }> {
-    if (this.server !== undefined || this.closed) throw new NvmfNbdError(ErrorCode.INVALID_ARGUMENT, 'target already listening or closed');
-    try {
-      for (const p of this.pending.splice(0)) await this.addNamespace(p.nqn, p.ns);
-    } catch (err) {
-      await this.closeNamespaces();
-      throw err;
+  /** Create a port object (not bound yet); CFG_ERR_INVALID for a bad or duplicate id. */
+  private newPort(cfg: TargetPortConfig): TargetPort {
+    let id = cfg.id;
+    if (id === undefined) {
+      id = 1;
+      while (this.portMap.has(id)) id++;
     }
-    const want = this.opts.listen ?? DEFAULT_LISTEN;
-    const server = net.createServer((sock) => (this.opts.tls === undefined ? this.accept(sock) : this.acceptMaybeTls(sock)));
-    this.server = server;
+    if (!Number.isInteger(id) || id < 1 || id > 0xffef) throw configError(`port id ${id} out of range 1..65519`);
+    if (this.portMap.has(id)) throw configError(`duplicate port id ${id}`);
+    if (!Number.isInteger(cfg.port) || cfg.port < 0 || cfg.port > 65535) throw configError(`port ${cfg.port} of port id ${id} out of range`);
+    const p = new TargetPort(id, cfg);
+    this.portMap.set(id, p);
+    return p;
+  }
+
+  /** Bind one port's listener. */
+  private async bindPort(p: TargetPort): Promise<void> {
+    const want = p.want;
+    const server = net.createServer((sock) => (this.opts.tls === undefined ? this.accept(sock, p) : this.acceptMaybeTls(sock, p)));
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(want.port, want.host, () => {
         server.off('error', reject);
         resolve();
       });
-    }).catch(async (err: unknown) => {
-      this.server = undefined;
-      await this.closeNamespaces();
+    }).catch((err: unknown) => {
       throw new NvmfNbdError(ErrorCode.CFG_INVALID, `cannot listen on ${want.host}:${want.port}: ${(err as Error).message}`, { cause: err });
     });
-    server.on('error', (err) => this.ctx.log('error', `listener error: ${err.message}`));
+    server.on('error', (err) => this.ctx.log('error', `port ${p.id}: listener error: ${err.message}`));
     const a = server.address() as net.AddressInfo;
-    this.bound = { host: a.address, port: a.port };
-    this.ctx.log('info', `listening on ${a.address}:${a.port}`);
-    return { ...this.bound };
+    p.server = server;
+    p.bound = { host: a.address, port: a.port };
+    this.ctx.log('info', `port ${p.id}: listening on ${a.address}:${a.port}`);
   }
 
-  /** The bound address, once listening. */
+  /** Close one port's listener and drop its connections and controllers. */
+  private async unbindPort(p: TargetPort, reason: string): Promise<void> {
+    const server = p.server;
+    p.server = undefined;
+    const closing = server === undefined ? Promise.resolve() : new Promise<void>((resolve) => server.close(() => resolve()));
+    for (const c of [...p.controllers]) c.destroy(reason);
+    for (const q of [...p.connections]) q.destroy(reason);
+    await closing;
+  }
+
+  /**
+   * Open the configured namespaces and start listening on every port. Resolves with the first
+   * port's bound address (the real port when 0 was asked); see {@link ports} for all of them.
+   */
+  async listen(): Promise<{ host: string; port: number }> {
+    if (this.listening || this.closed) throw new NvmfNbdError(ErrorCode.INVALID_ARGUMENT, 'target already listening or closed');
+    this.listening = true;
+    try {
+      for (const p of this.pending.splice(0)) await this.addNamespace(p.nqn, p.ns);
+      for (const p of this.portMap.values()) await this.bindPort(p);
+    } catch (err) {
+      this.listening = false;
+      for (const p of this.portMap.values()) await this.unbindPort(p, 'listen failed');
+      await this.closeNamespaces();
+      throw err;
+    }
+    return this.address() as { host: string; port: number };
+  }
+
+  /** The first port's bound address, once listening. */
   address(): { host: string; port: number } | undefined {
-    return this.bound === undefined ? undefined : { ...this.bound };
+    const first = this.portMap.values().next().value as TargetPort | undefined;
+    return first?.bound === undefined ? undefined : { ...first.bound };
   }
 
-  private accept(sock: net.Socket): void {
-    if (this.closed) {
+  /** Every port: id, bound (or configured) address, advertised address, ANA states set, live controllers. */
+  ports(): TargetPortInfo[] {
+    return [...this.portMap.values()].map((p) => p.info());
+  }
+
+  /**
+   * Add a listener while running (or before {@link listen}); resolves with its info once bound.
+   * The discovery log gains its entries. @throws CFG_ERR_INVALID (bad or duplicate id, bind failure)
+   */
+  async addPort(cfg: TargetPortConfig): Promise<TargetPortInfo> {
+    if (this.closed) throw new NvmfNbdError(ErrorCode.INVALID_ARGUMENT, 'target closed');
+    const p = this.newPort(cfg);
+    if (this.listening) {
+      try {
+        await this.bindPort(p);
+      } catch (err) {
+        this.portMap.delete(p.id);
+        throw err;
+      }
+      this.discoveryChanged();
+    }
+    return p.info();
+  }
+
+  /**
+   * Remove a listener: it stops accepting, and its connections and controllers are dropped (as
+   * unlinking an nvmet port). The discovery log loses its entries. @throws INVALID_ARGUMENT
+   */
+  async removePort(id: number): Promise<void> {
+    const p = this.portMap.get(id);
+    if (p === undefined) throw new NvmfNbdError(ErrorCode.INVALID_ARGUMENT, `no port ${id}`);
+    this.portMap.delete(id);
+    await this.unbindPort(p, `port ${id} removed`);
+    this.ctx.log('info', `port ${id} removed`);
+    this.discoveryChanged();
+  }
+
+  /**
+   * Set the ANA state of `group` on port `portId` (1..128; names as Linux: optimized,
+   * non-optimized, inaccessible, persistent-loss, change). When it changes, the ANA log of that
+   * port's controllers changes and each that enabled it gets the ANA change notice; I/O to the
+   * group's namespaces on that port is then answered per state (§8.1.3). Other ports are not
+   * affected. Returns whether anything changed. @throws INVALID_ARGUMENT (no such port),
+   * CFG_ERR_INVALID (bad group or state)
+   */
+  setAnaState(portId: number, group: number, state: AnaStateInput): boolean {
+    const p = this.portMap.get(portId);
+    if (p === undefined) throw new NvmfNbdError(ErrorCode.INVALID_ARGUMENT, `no port ${portId}`);
+    const v = toAnaState(state);
+    checkAnaGroup(group);
+    if (!p.setAnaState(group, v, this.anaChgcnt + 1n)) return false;
+    this.anaChgcnt++;
+    this.ctx.log('info', `port ${portId}: ANA group ${group} is now ${String(state)}`);
+    for (const c of p.controllers) c.anaChanged();
+    return true;
+  }
+
+  /** The ANA state of `group` on port `portId`. @throws INVALID_ARGUMENT (no such port) */
+  anaState(portId: number, group: number): AnaState {
+    const p = this.portMap.get(portId);
+    if (p === undefined) throw new NvmfNbdError(ErrorCode.INVALID_ARGUMENT, `no port ${portId}`);
+    return p.anaState(checkAnaGroup(group));
+  }
+
+  /**
+   * Move a namespace to another ANA group (nvmet's `namespaces/N/ana_grpid`): every controller of
+   * the subsystem gets the ANA change notice. @throws NVMF_ERR_NAMESPACE_NOT_FOUND, CFG_ERR_INVALID
+   */
+  setNamespaceAnaGroup(subnqn: string, nsid: number, group: number): void {
+    const ns = this.subsys.get(subnqn)?.namespaces.get(nsid);
+    if (ns === undefined) throw new NvmfNbdError(ErrorCode.NAMESPACE_NOT_FOUND, `no namespace ${nsid} in ${subnqn}`);
+    checkAnaGroup(group);
+    if (ns.anaGroup === group) return;
+    const old = ns.anaGroup;
+    ns.anaGroup = group;
+    this.groupsChanged(old, group);
+    for (const c of this.subsys.get(subnqn)?.controllers ?? []) c.anaChanged();
+  }
+
+  /** Which namespaces groups hold changed. */
+  private groupsChanged(...groups: number[]): void {
+    this.anaChgcnt++;
+    for (const g of groups) this.groupChangedAt.set(g, this.anaChgcnt);
+  }
+
+  /**
+   * The ANA log of `ctrl`: one descriptor per ANA group holding namespaces of its subsystem
+   * (ascending group id, NSIDs ascending), each with the group's state on the controller's port.
+   */
+  private anaLog(ctrl: TargetController, groupsOnly: boolean): Buffer {
+    const byGroup = new Map<number, number[]>();
+    for (const ns of ctrl.subsys.namespaces.values()) {
+      const l = byGroup.get(ns.anaGroup);
+      if (l === undefined) byGroup.set(ns.anaGroup, [ns.nsid]);
+      else l.push(ns.nsid);
+    }
+    const groups: AnaGroupDescriptor[] = [...byGroup.entries()].sort((a, b) => a[0] - b[0]).map(([grpid, nsids]) => {
+      const a = ctrl.port.anaChangedAt(grpid);
+      const b = this.groupChangedAt.get(grpid) ?? 0n;
+      return { grpid, chgcnt: a > b ? a : b, state: ctrl.port.anaState(grpid), nsids: nsids.sort((x, y) => x - y) };
+    });
+    return encodeAnaLog({ chgcnt: this.anaChgcnt, groups }, { groupsOnly });
+  }
+
+  private accept(sock: net.Socket, port: TargetPort): void {
+    if (this.closed || port.server === undefined) {
       sock.destroy();
       return;
     }
@@ -341,9 +521,11 @@ export class NvmeTarget {
     }
     const q = new TargetQueue(this.ctx, sock, (done) => {
       this.queues.delete(done);
+      port.connections.delete(done);
       this.counters.connections = this.queues.size;
-    });
+    }, port);
     this.queues.add(q);
+    port.connections.add(q);
     this.counters.connections = this.queues.size;
   }
 
@@ -352,7 +534,7 @@ export class NvmeTarget {
    * 0). TLS connections are accepted once their handshake is done; plain ones only when TLS is
    * optional. Until then the socket is bounded by the Connect timeout.
    */
-  private acceptMaybeTls(sock: net.Socket): void {
+  private acceptMaybeTls(sock: net.Socket, port: TargetPort): void {
     const t = this.opts.tls as NonNullable<NvmeTargetOptions['tls']>;
     const timer = setTimeout(() => sock.destroy(), this.cfg.connectTimeoutMs);
     sock.once('error', () => undefined);
@@ -369,7 +551,7 @@ export class NvmeTarget {
           sock.destroy();
           return;
         }
-        this.accept(sock);
+        this.accept(sock, port);
         return;
       }
       const ts = new tls.TLSSocket(sock, { isServer: true, ...tlsServerOptions(t.lookup) } as tls.TLSSocketOptions);
@@ -383,7 +565,7 @@ export class NvmeTarget {
       ts.once('secure', () => {
         secured = true;
         clearTimeout(timer);
-        this.accept(ts);
+        this.accept(ts, port);
       });
     });
   }
@@ -398,19 +580,22 @@ export class NvmeTarget {
   }
 
   private discoveryLog(): Buffer {
-    const where = this.opts.advertise ?? this.bound ?? DEFAULT_LISTEN;
     const entries: DiscoveryEntry[] = [];
+    // Every subsystem through every port: a multipath host finds all paths in one log.
     for (const s of this.subsys.values()) {
       if (s.discovery) continue;
-      entries.push({
-        subnqn: s.nqn,
-        traddr: where.host,
-        trsvcid: String(where.port),
-        adrfam: net.isIPv6(where.host) ? 2 : 1,
-        portid: 1,
-        asqsz: 32,
-        ...(this.opts.tls !== undefined ? { tls: this.opts.tls.mode } : {}),
-      });
+      for (const p of this.portMap.values()) {
+        const where = p.advertised();
+        entries.push({
+          subnqn: s.nqn,
+          traddr: where.host,
+          trsvcid: String(where.port),
+          adrfam: net.isIPv6(where.host) ? 2 : 1,
+          portid: p.id,
+          asqsz: 32,
+          ...(this.opts.tls !== undefined ? { tls: this.opts.tls.mode } : {}),
+        });
+      }
     }
     for (const r of this.referrals) {
       entries.push({ subnqn: DISCOVERY_NQN, traddr: r.host, trsvcid: String(r.port), adrfam: net.isIPv6(r.host) ? 2 : 1, portid: 1, asqsz: 32, subtype: 1 });
@@ -478,6 +663,7 @@ export class NvmeTarget {
     const sub = this.subsys.get(subnqn);
     if (sub === undefined || sub.discovery) throw new NvmfNbdError(ErrorCode.INVALID_ARGUMENT, `no NVM subsystem ${subnqn}`);
     const lbaSize = ns.lbaSize ?? 512;
+    const anaGroup = checkAnaGroup(ns.anaGroup ?? DEFAULT_ANA_GROUP);
     if (lbaSize !== 512 && lbaSize !== 4096) throw configError(`LBA size ${String(lbaSize)} must be 512 or 4096`);
     let nsid = ns.nsid;
     if (nsid === undefined) {
@@ -506,8 +692,9 @@ export class NvmeTarget {
       await backend.close();
       throw new NvmfNbdError(ErrorCode.INVALID_ARGUMENT, `NSID ${nsid} already exists in ${subnqn}`);
     }
-    const entry: TargetNamespace = { nsid, lbaSize, lbads: lbaSize === 512 ? 9 : 12, blocks, backend, ids: namespaceIds(subnqn, nsid) };
+    const entry: TargetNamespace = { nsid, lbaSize, lbads: lbaSize === 512 ? 9 : 12, blocks, backend, ids: namespaceIds(subnqn, nsid), anaGroup };
     sub.namespaces.set(nsid, entry);
+    this.groupsChanged(anaGroup);
     this.ctx.log('info', `${subnqn}: namespace ${nsid} added (${blocks * lbaSize} bytes, ${lbaSize}-byte blocks, ${backend.description})`);
     for (const c of sub.controllers) c.namespaceChanged(nsid);
     return nsid;
@@ -519,6 +706,7 @@ export class NvmeTarget {
     const ns = sub?.namespaces.get(nsid);
     if (sub === undefined || ns === undefined) throw new NvmfNbdError(ErrorCode.NAMESPACE_NOT_FOUND, `no namespace ${nsid} in ${subnqn}`);
     sub.namespaces.delete(nsid);
+    this.groupsChanged(ns.anaGroup);
     this.ctx.log('info', `${subnqn}: namespace ${nsid} removed`);
     for (const c of sub.controllers) c.namespaceChanged(nsid);
     await ns.backend.flush().catch(() => undefined);
@@ -574,12 +762,10 @@ export class NvmeTarget {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    const server = this.server;
-    this.server = undefined;
-    const closing = server === undefined ? Promise.resolve() : new Promise<void>((resolve) => server.close(() => resolve()));
+    const closing = [...this.portMap.values()].map((p) => this.unbindPort(p, 'target closing'));
     for (const c of [...this.controllers.values()]) c.destroy('target closing');
     for (const q of [...this.queues]) q.destroy('target closing');
-    await closing;
+    await Promise.all(closing);
     await this.closeNamespaces();
   }
 
