@@ -9,3 +9,4 @@ export { C2hSuccessMode } from './context';
 export type { StorageBackend } from './storage';
 export { MemoryBackend, MEMORY_CHUNK_SIZE } from './storage-memory';
 export { FileBackend } from './storage-file';
+export { MAX_ANA_GROUPS, DEFAULT_ANA_GROUP, type TargetPortConfig, type TargetPortInfo, type AnaStateInput } from './ports';

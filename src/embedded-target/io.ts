@@ -108,6 +108,8 @@ export async function ioCommand(ctx: TargetContext, ctrl: TargetController, s: P
       const buf = await r.ns.backend.read(r.offset, r.length);
       st.readCommands++;
       st.bytesRead += r.length;
+      ctrl.port.io.readCommands++;
+      ctrl.port.io.bytesRead += r.length;
       return ok(0, buf);
     }
     case IoOpcode.WRITE: {
@@ -117,6 +119,8 @@ export async function ioCommand(ctx: TargetContext, ctrl: TargetController, s: P
       if ((s.cdw12 & (1 << 30)) !== 0) await r.ns.backend.flush();
       st.writeCommands++;
       st.bytesWritten += r.length;
+      ctrl.port.io.writeCommands++;
+      ctrl.port.io.bytesWritten += r.length;
       return ok();
     }
     case IoOpcode.FLUSH: {

@@ -43,6 +43,8 @@ export interface TargetPortInfo {
   ana: Array<{ group: number; state: AnaState }>;
   /** Live controllers on this port. */
   controllers: number;
+  /** Reads and writes executed through this port (which path carried the I/O). */
+  io: { readCommands: number; writeCommands: number; bytesRead: number; bytesWritten: number };
 }
 
 function configError(msg: string): NvmfNbdError {
@@ -73,6 +75,8 @@ export class TargetPort {
   readonly controllers = new Set<TargetController>();
   /** Open connections accepted on this port (closed when the port is removed). */
   readonly connections = new Set<{ destroy(reason: string): void }>();
+  /** Reads and writes executed through this port. */
+  readonly io = { readCommands: 0, writeCommands: 0, bytesRead: 0, bytesWritten: 0 };
   private readonly states = new Map<number, AnaState>();
   /** Target-wide ANA change count when each group's state on this port last changed. */
   private readonly changedAt = new Map<number, bigint>();
@@ -113,7 +117,7 @@ export class TargetPort {
     return {
       id: this.id, host: where.host, port: where.port,
       ...(this.advertise !== undefined ? { advertise: { ...this.advertise } } : {}),
-      ana, controllers: this.controllers.size,
+      ana, controllers: this.controllers.size, io: { ...this.io },
     };
   }
 }

@@ -218,6 +218,7 @@ describe('target: several ports, ANA groups, ANA log, ANA change notice', () => 
       ['optimized', undefined],
     ];
     for (const [state, sc] of cases) {
+      const before = target.ports().find((p) => p.id === 7)!.io;
       target.setAnaState(7, 1, state as 'inaccessible');
       const read = await ioB.submit(sqeRead(1, 0n, 32), { readLength: 16384 });
       // The write is refused before its data is asked for (no R2T): the callback below fails the test otherwise.
@@ -233,6 +234,9 @@ describe('target: several ports, ANA groups, ANA log, ANA change notice', () => 
         else assert.deepEqual(statusOf(r), [Sct.PATH, sc, false], `${state}: ${what}`);
       }
       assert.equal(r2t, false, `${state}: no R2T for a refused write`);
+      const io = target.ports().find((p) => p.id === 7)!.io;
+      assert.equal(io.readCommands, before.readCommands + (sc === undefined ? 1 : 0), `${state}: port 7 read count`);
+      assert.equal(io.writeCommands, before.writeCommands + (sc === undefined ? 1 : 0), `${state}: port 7 write count`);
       if (sc === undefined) assert.deepEqual(read.data, data);
       // Group 2 on the same port and group 1 on port 1 are not affected.
       assert.equal((await ioB.submit(sqeRead(2, 0n, 8), { readLength: 4096 })).cqe.ok, true, `${state}: group 2 readable`);

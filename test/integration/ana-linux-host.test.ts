@@ -1,0 +1,182 @@
+/**
+ * The Linux kernel host with native NVMe multipath (6.12 guest, nvme-cli 2.13) against the
+ * embedded target over two ports (issue 12 item 7): one subsystem, two controllers, ONE
+ * multipath namespace whose per-path ANA states are the ones the target reports; after
+ * `setAnaState` on a port the kernel's path state follows (ANA change AEN → it re-reads the ANA
+ * log), and I/O keeps working through the other path (which the target's per-port counters
+ * show). One guest boot for all cases.
+ */
+import { strict as assert } from 'node:assert';
+import { after, before, describe, it } from 'node:test';
+import { Guest, GUEST_HOST_ALIAS, guestAvailable } from '../helpers/guest';
+import { need } from '../helpers/prereq';
+import { NvmeTarget, type TargetPortInfo } from '../../src/embedded-target';
+
+const NQN = 'nqn.2014-08.org.nvmf-nbd:ana-linux-host';
+const HOSTNQN = 'nqn.2014-08.org.nvmexpress:uuid:3b0f2d9a-6c1e-4f7a-8d25-91e4c7a0b612';
+const HOSTID = '3b0f2d9a-6c1e-4f7a-8d25-91e4c7a0b612';
+/** Guest-side ports of the two paths (guestfwd 10.0.2.100:P → the target's host ports). */
+const GP1 = 4420;
+const GP2 = 4421;
+const NS_BYTES = 64 << 20;
+
+/** One path as the guest kernel sees it. */
+interface GuestPath {
+  ctrl: string;
+  trsvcid: number;
+  disk: string;
+  state: string;
+  grpid: number;
+}
+
+describe('ANA: Linux native multipath host (6.12 guest) over two ports of the embedded target', { timeout: 1_200_000 }, () => {
+  const avail = guestAvailable('6.12');
+  let target: NvmeTarget | undefined;
+  let guest: Guest | undefined;
+  const logs: string[] = [];
+
+  before(async () => {
+    if (!avail.ok) return;
+    target = new NvmeTarget({
+      ports: [
+        { id: 1, host: '127.0.0.1', port: 0, advertise: { host: GUEST_HOST_ALIAS, port: GP1 } },
+        // Port 2 starts non-optimized for group 1: the kernel must read that from the log.
+        { id: 2, host: '127.0.0.1', port: 0, advertise: { host: GUEST_HOST_ALIAS, port: GP2 }, ana: [{ group: 1, state: 'non-optimized' }] },
+      ],
+      subsystems: [{
+        nqn: NQN,
+        namespaces: [
+          { nsid: 1, sizeBytes: NS_BYTES, backing: { memory: true }, anaGroup: 1 },
+          { nsid: 2, sizeBytes: 16 << 20, backing: { memory: true }, anaGroup: 2 },
+        ],
+      }],
+      log: (level, msg) => logs.push(`${level}: ${msg}`),
+    });
+    await target.listen();
+    const [a, b] = target.ports() as [TargetPortInfo, TargetPortInfo];
+    guest = await Guest.start({ kernel: '6.12', guestfwd: [{ guestPort: GP1, hostPort: a.port }, { guestPort: GP2, hostPort: b.port }] });
+    await guest.exec('modprobe nvme-tcp && test -e /dev/nvme-fabrics');
+  });
+
+  after(async () => {
+    await guest?.stop();
+    await target?.close();
+  });
+
+  /** Every path of namespace 1: controller, its trsvcid, path disk, ana_state, ana_grpid. */
+  async function paths(g: Guest): Promise<GuestPath[]> {
+    const r = await g.exec([
+      'for c in /sys/class/nvme/nvme*; do',
+      '  n=$(basename $c); a=$(cat $c/address)',
+      '  for p in $c/nvme*c*n1; do [ -e $p/ana_state ] || continue',
+      '    echo "$n|$a|$(basename $p)|$(cat $p/ana_state)|$(cat $p/ana_grpid)"',
+      '  done',
+      'done',
+    ].join('\n'));
+    return r.out.trim().split('\n').filter((l) => l.includes('|')).map((l) => {
+      const [ctrl, addr, disk, state, grpid] = l.split('|') as [string, string, string, string, string];
+      const m = /trsvcid=(\d+)/.exec(addr);
+      return { ctrl, trsvcid: Number(m?.[1] ?? 0), disk, state, grpid: Number(grpid) };
+    }).sort((x, y) => x.trsvcid - y.trsvcid);
+  }
+
+  /** Poll (no fixed sleep) until the paths' states are `want` (by guest port), up to 120 s. */
+  async function waitStates(g: Guest, want: Record<number, string>): Promise<GuestPath[]> {
+    let last: GuestPath[] = [];
+    for (let i = 0; i < 600; i++) {
+      last = await paths(g);
+      if (last.length === Object.keys(want).length && last.every((p) => want[p.trsvcid] === p.state)) return last;
+      await g.exec('sleep 0.2');
+    }
+    const dmesg = (await g.exec('dmesg | tail -30', { check: false })).out;
+    assert.fail(`path states ${JSON.stringify(last)} never became ${JSON.stringify(want)}\n${dmesg}`);
+  }
+
+  /** Write `mib` MiB of fresh random data at `seekMiB` through the multipath disk, read it back uncached, compare. */
+  async function writeVerify(g: Guest, seekMiB: number, mib: number): Promise<void> {
+    const r = await g.exec([
+      'set -e',
+      `dd if=/dev/urandom of=/tmp/w bs=1M count=${mib} 2>/dev/null`,
+      `dd if=/tmp/w of=/dev/nvme0n1 bs=1M seek=${seekMiB} oflag=direct conv=fsync 2>/dev/null`,
+      `dd if=/dev/nvme0n1 bs=1M skip=${seekMiB} count=${mib} iflag=direct 2>/dev/null | sha256sum | cut -d" " -f1`,
+      'sha256sum /tmp/w | cut -d" " -f1',
+    ].join('\n'), { timeoutMs: 180_000 });
+    const [got, want] = r.out.trim().split('\n');
+    assert.ok(want !== undefined && want.length === 64, r.out);
+    assert.equal(got, want, 'read back through the multipath disk what was written');
+  }
+
+  function portIo(id: number): TargetPortInfo['io'] {
+    return target!.ports().find((p) => p.id === id)!.io;
+  }
+
+  it('nvme connect over two ports: one subsystem, two controllers, one multipath namespace, ANA states as set', async (t) => {
+    if (!need(t, avail.ok, avail.reason)) return;
+    const g = guest!;
+    assert.equal((await g.exec('cat /sys/module/nvme_core/parameters/multipath')).out.trim(), 'Y', 'native multipath on (CONFIG_NVME_MULTIPATH)');
+    for (const port of [GP1, GP2]) {
+      await g.exec(`nvme connect -t tcp -a ${GUEST_HOST_ALIAS} -s ${port} -n ${NQN} -q ${HOSTNQN} -I ${HOSTID}`, { timeoutMs: 90_000 });
+    }
+    await g.exec('i=0; while [ ! -b /dev/nvme0n1 ] || [ ! -b /dev/nvme0n2 ]; do i=$((i+1)); [ $i -gt 600 ] && { ls /dev; dmesg | tail -30; exit 1; }; sleep 0.1; done', { timeoutMs: 90_000 });
+    const subsys = (await g.exec('ls -d /sys/class/nvme-subsystem/nvme-subsys*')).out.trim().split('\n');
+    assert.equal(subsys.length, 1, `one subsystem: ${subsys.join(' ')}`);
+    const s = subsys[0]!;
+    assert.equal((await g.exec(`cat ${s}/subsysnqn`)).out.trim(), NQN);
+    const ctrls = (await g.exec(`ls ${s} | grep -E '^nvme[0-9]+$'`)).out.trim().split('\n');
+    assert.equal(ctrls.length, 2, `two controllers (paths) in the subsystem: ${ctrls.join(' ')}`);
+    // One block device per namespace (the multipath head), none per path.
+    const disks = (await g.exec('ls /sys/block | grep ^nvme')).out.trim().split('\n');
+    assert.deepEqual(disks.filter((d) => /^nvme\d+n\d+$/.test(d)).sort(), ['nvme0n1', 'nvme0n2'], `block devices: ${disks.join(' ')}`);
+    assert.equal((await g.exec('cat /sys/block/nvme0n1/size')).out.trim(), String(NS_BYTES / 512));
+    const cntlids = (await g.exec(`for c in ${ctrls.map((c) => `/sys/class/nvme/${c}`).join(' ')}; do cat $c/cntlid; done`)).out.trim().split('\n');
+    assert.equal(new Set(cntlids).size, 2, `distinct cntlids ${cntlids.join(',')}`);
+    const p = await waitStates(g, { [GP1]: 'optimized', [GP2]: 'non-optimized' });
+    assert.deepEqual(p.map((x) => x.grpid), [1, 1], 'ana_grpid from Identify Namespace');
+    assert.equal(target!.ports().reduce((n, x) => n + x.controllers, 0), 2, 'two controllers on the target');
+    // nvme-cli's view: two live paths with their ANA states.
+    const ls = (await g.exec('nvme list-subsys /dev/nvme0n1')).out;
+    assert.match(ls, new RegExp(`trsvcid=${GP1}.*live.*optimized`));
+    assert.match(ls, new RegExp(`trsvcid=${GP2}.*live.*non-optimized`));
+    assert.equal((ls.match(/ \+- nvme\d+ tcp/g) ?? []).length, 2, ls);
+    const ana = (await g.exec(`nvme ana-log /dev/${p[1]!.ctrl} -o json`)).out;
+    const log = JSON.parse(ana.slice(ana.indexOf('{'))) as { ana_log?: Array<{ grpid: number; state: string; nsids?: Array<{ nsid: number }> }> };
+    const groups = (log.ana_log ?? []).map((d) => [d.grpid, d.state]);
+    assert.deepEqual(groups, [[1, 'non-optimized'], [2, 'optimized']], `nvme ana-log through port 2: ${ana}`);
+    const before = portIo(1);
+    await writeVerify(g, 0, 8);
+    assert.ok(portIo(1).writeCommands > before.writeCommands, 'iopolicy numa: I/O on the optimized path (port 1)');
+  });
+
+  it('setAnaState(port 1, inaccessible) + port 2 optimized: the kernel follows through the ANA AEN; I/O moves to port 2', async (t) => {
+    if (!need(t, avail.ok, avail.reason)) return;
+    const g = guest!;
+    target!.setAnaState(1, 1, 'inaccessible');
+    target!.setAnaState(2, 1, 'optimized');
+    await waitStates(g, { [GP1]: 'inaccessible', [GP2]: 'optimized' });
+    const p1 = portIo(1);
+    const p2 = portIo(2);
+    await writeVerify(g, 8, 8);
+    assert.equal(portIo(1).writeCommands, p1.writeCommands, 'no write executed through the inaccessible port');
+    assert.equal(portIo(1).readCommands, p1.readCommands, 'no read executed through the inaccessible port');
+    assert.ok(portIo(2).writeCommands > p2.writeCommands && portIo(2).readCommands > p2.readCommands, 'port 2 carried the I/O');
+    // Group 2 (namespace 2) was never touched: still optimized on both paths.
+    const g2 = (await g.exec('cat /sys/class/nvme/nvme*/nvme*c*n2/ana_state')).out.trim().split('\n');
+    assert.deepEqual(g2, ['optimized', 'optimized']);
+  });
+
+  it('persistent loss on port 2 and port 1 back: the kernel follows again and the data written before is intact', async (t) => {
+    if (!need(t, avail.ok, avail.reason)) return;
+    const g = guest!;
+    target!.setAnaState(1, 1, 'optimized');
+    target!.setAnaState(2, 1, 'persistent-loss');
+    await waitStates(g, { [GP1]: 'optimized', [GP2]: 'persistent-loss' });
+    const p2 = portIo(2);
+    await writeVerify(g, 16, 4);
+    assert.equal(portIo(2).writeCommands, p2.writeCommands, 'nothing through the persistent-loss port');
+    target!.setAnaState(2, 1, 'optimized');
+    await waitStates(g, { [GP1]: 'optimized', [GP2]: 'optimized' });
+    const d = await g.exec(`nvme disconnect -n ${NQN}`, { timeoutMs: 60_000 });
+    assert.match(d.out, /disconnected 2 controller/);
+    assert.ok(!logs.some((l) => l.startsWith('error:')), `no protocol errors on the target:\n${logs.filter((l) => l.startsWith('error:')).join('\n')}`);
+  });
+});
