@@ -32,12 +32,13 @@ cd "$REPO_ROOT"
 #   buildah debootstrap dpkg-repack    container image build test (scripts/container/)
 #   util-linux (flock) gzip ca-certificates   normally present; listed so minimal systems work
 #   systemd               systemd-analyze verify (unit files in systemd/), systemd-id128 (host identity cross-check)
+#   gnutls-bin            psktool/certtool: PSK files and X.509 certificates for the NBD-over-TLS tests
 #   lz4 xz-utils zstd     the rig unpacks the kernel once (xz; zstd for 6.12) and packs the initramfs with lz4: faster boots
 APT_PACKAGES=(
   nbd-client qemu-utils libnbd-bin fio nbdkit
   qemu-system-x86 busybox-static cpio e2fsprogs nvme-cli file
   buildah debootstrap dpkg-repack
-  util-linux gzip ca-certificates lz4 xz-utils zstd systemd
+  util-linux gzip ca-certificates lz4 xz-utils zstd systemd gnutls-bin
 )
 
 # --- Debian packages -----------------------------------------------------------------------

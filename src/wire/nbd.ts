@@ -289,7 +289,13 @@ export class NbdOptionParser {
   private option = 0;
   private optLength = 0;
 
-  constructor(private readonly maxOptionLength = MAX_OPTION_LENGTH) {}
+  /**
+   * @param afterClientFlags the client flags were already read (by the STARTTLS gate, on the
+   *   plain socket): after TLS the option haggling continues with an option header, no flags.
+   */
+  constructor(private readonly maxOptionLength = MAX_OPTION_LENGTH, afterClientFlags = false) {
+    if (afterClientFlags) this.state = HsState.OPTION_HEADER;
+  }
 
   push(chunk: Buffer): void {
     this.q.push(chunk);
