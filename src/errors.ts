@@ -117,6 +117,8 @@ export const ErrorCode = {
   // Multipath / ANA (issue 12, appended)
   /** A peer's ANA log page (LID 0Ch) is malformed (descriptor past the end, group id 0, duplicate group). */
   ANA_LOG_INVALID: 'NVMF_ERR_ANA_LOG_INVALID',
+  /** A loopback TCP NBD peer owned by another local user (issue 14, finding 1). */
+  NBD_PEER_REFUSED: 'NBD_ERR_PEER_REFUSED',
 } as const;
 
 export type ErrorCodeValue = (typeof ErrorCode)[keyof typeof ErrorCode];

@@ -45,9 +45,12 @@ export class NbdConnection implements HandshakeOwner, TransmissionOwner {
     readonly host: NbdConnectionHost,
     readonly socket: Duplex,
     readonly id: number,
+    /** Set when the STARTTLS gate ran on the plain socket: `socket` is the secure one, the
+     *  greeting and client flags are done, option haggling continues. */
+    private readonly afterTls?: { readonly noZeroes: boolean },
   ) {
     this.out = new WriteBatcher(socket);
-    this.hs = new NbdHandshake(this);
+    this.hs = new NbdHandshake(this, afterTls);
   }
 
   /** The export this connection is bound to (after GO / EXPORT_NAME). */
@@ -88,7 +91,7 @@ export class NbdConnection implements HandshakeOwner, TransmissionOwner {
       );
       this.handshakeTimer.unref();
     }
-    s.write(encodeGreeting());
+    if (this.afterTls === undefined) s.write(encodeGreeting());
   }
 
   /**

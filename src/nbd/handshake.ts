@@ -73,7 +73,7 @@ export interface HandshakeOwner {
 
 /** Server side of the option haggling of one connection. */
 export class NbdHandshake {
-  private readonly opts = new NbdOptionParser();
+  private readonly opts: NbdOptionParser;
   private noZeroes = false;
   private structured = false;
   /** Export name the meta context was negotiated for, when `base:allocation` is selected. */
@@ -83,7 +83,15 @@ export class NbdHandshake {
   private paused = false;
   private optionCount = 0;
 
-  constructor(private readonly owner: HandshakeOwner) {}
+  /**
+   * @param afterTls set when the STARTTLS gate (tls-gate.ts) ran the plain part on the raw
+   *   socket: the owner's socket is the secure one, the client flags are known, and haggling
+   *   continues with an option header.
+   */
+  constructor(private readonly owner: HandshakeOwner, private readonly afterTls?: { readonly noZeroes: boolean }) {
+    this.opts = new NbdOptionParser(undefined, afterTls !== undefined);
+    if (afterTls !== undefined) this.noZeroes = afterTls.noZeroes;
+  }
 
   /** The client is in the middle of an option (for a truncation report at EOF). */
   get partial(): boolean {
@@ -235,8 +243,12 @@ export class NbdHandshake {
       case Opt.SET_META_CONTEXT:
         this.metaContextOption(option, data, w);
         return;
+      case Opt.STARTTLS:
+        // proto.md: STARTTLS once TLS is up → ERR_INVALID; without TLS configured we are NOTLS.
+        if (this.afterTls !== undefined) w(encodeRepError(option, Rep.ERR_INVALID, 'TLS already negotiated'));
+        else w(encodeRepError(option, Rep.ERR_UNSUP, 'TLS is not configured on this server'));
+        return;
       default:
-        // STARTTLS included: this server runs in NOTLS mode.
         w(encodeRepError(option, Rep.ERR_UNSUP, `option ${option} not supported`));
         return;
     }

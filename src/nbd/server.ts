@@ -4,7 +4,8 @@
  *
  * Private by default: Unix sockets are created with mode 0600 (bound under umask 0177, so no
  * window exists where others could connect) in a directory created 0700; TCP defaults to
- * 127.0.0.1.
+ * 127.0.0.1, where a plain listener serves only peers of our uid or root (see `access.ts`);
+ * with TLS every connection goes through the STARTTLS gate first.
  */
 import * as net from 'node:net';
 import { promises as fsp } from 'node:fs';
@@ -17,6 +18,9 @@ import { SubBlockDevice, type SubBlockCounters } from '../block/sub-block';
 import { MAX_STRING_LENGTH } from '../wire/nbd';
 import { NbdConnection } from './connection';
 import type { NbdConnectionHost, NbdExportCounters, NbdExportEntry, NbdLogEntry } from './types';
+import { checkTcpListenAllowed, needsPeerUidCheck, type NbdAccessPolicy } from './access';
+import { runTlsGate } from './tls-gate';
+import { checkLocalPeer } from '../net/loopback-guard';
 
 export type { NbdLogEntry, NbdExportCounters } from './types';
 
@@ -60,6 +64,12 @@ export interface NbdServerOptions {
   maxTotalBytes?: number;
   /** After GO, close a connection that sent nothing for this long with nothing in flight (default 0 = never). */
   idleTimeoutMs?: number;
+  /** Who may connect: TLS, the loopback peer-uid rule, non-loopback plain TCP (see access.ts). */
+  access?: NbdAccessPolicy;
+  /** The uid loopback peers must have (besides root); default our effective uid (tests). */
+  peerUid?: number;
+  /** Where /proc is (tests). */
+  procRoot?: string;
 }
 
 /** Per-export statistics, as `list` shows them. */
@@ -98,12 +108,22 @@ export class NbdServer {
   /** Connections waiting for the shared budget (resumed in FIFO order when bytes are released). */
   private readonly budgetWaiters: Array<() => void> = [];
   private budgetWake = false;
+  private readonly access: NbdAccessPolicy;
+  private readonly peerOpts: { selfUid?: number; procRoot?: string };
+  /** Sockets before their NbdConnection exists (peer check, STARTTLS gate): closed by close(). */
+  private readonly pending = new Set<Duplex>();
+  private readonly handshakeTimeoutMs: number;
+  /** Connections refused by the loopback peer-uid rule (tests, stats). */
+  peerRefused = 0;
 
   constructor(opts: NbdServerOptions = {}) {
     this.logFn = opts.log ?? defaultLog;
+    this.access = opts.access ?? {};
+    this.peerOpts = { ...(opts.peerUid !== undefined ? { selfUid: opts.peerUid } : {}), ...(opts.procRoot !== undefined ? { procRoot: opts.procRoot } : {}) };
     const maxInFlight = opts.maxInFlight ?? 128;
     const maxInFlightBytes = opts.maxInFlightBytes ?? 64 * 1024 * 1024;
     const handshakeTimeoutMs = opts.handshakeTimeoutMs ?? 30_000;
+    this.handshakeTimeoutMs = handshakeTimeoutMs;
     const closeGraceMs = opts.closeGraceMs ?? 5000;
     this.maxConnections = opts.maxConnections ?? 256;
     this.maxTotalBytes = opts.maxTotalBytes ?? 256 * 1024 * 1024;
@@ -212,15 +232,18 @@ export class NbdServer {
    */
   async listen(spec: NbdListenSpec): Promise<NbdEndpoint> {
     if (this.closing) throw new NvmfNbdError(ErrorCode.NBD_LISTEN_FAILED, 'server is closing');
+    // Decided once the address is known (an inherited fd may be loopback TCP too).
+    let peerCheck = false;
     const server = net.createServer({ allowHalfOpen: true }, (sock) => {
-      if (this.connections.size >= this.maxConnections) {
+      if (this.connections.size + this.pending.size >= this.maxConnections) {
         // Before the greeting: a flood of connections costs one descriptor each, briefly.
         this.logFn({ level: 'warn', msg: `connection refused: ${this.connections.size} open (maximum ${this.maxConnections})`, code: ErrorCode.NBD_TOO_MANY_CONNECTIONS });
         sock.destroy();
         return;
       }
       sock.setNoDelay(true);
-      this.serveSocket(sock);
+      if (peerCheck) this.servePeerChecked(sock);
+      else this.serveSocket(sock);
     });
     try {
       let endpoint: NbdEndpoint;
@@ -241,14 +264,19 @@ export class NbdServer {
         // An already bound, listening socket handed over by systemd or libnbd (LISTEN_FDS).
         server.listen({ fd: spec.fd });
         await waitListening(server);
+        const a = server.address();
+        if (a !== null && typeof a === 'object') checkTcpListenAllowed(a.address, this.access);
         endpoint = { fd: spec.fd };
       } else {
         const host = spec.tcp.host ?? '127.0.0.1';
+        checkTcpListenAllowed(host, this.access);
         server.listen({ host, port: spec.tcp.port });
         await waitListening(server);
         const addr = server.address() as net.AddressInfo;
         endpoint = { tcp: { host, port: addr.port } };
       }
+      const bound = server.address();
+      peerCheck = bound !== null && typeof bound === 'object' && needsPeerUidCheck(bound.address, this.access);
       this.listeners.push({ server, endpoint });
       this.logFn({ level: 'info', msg: `listening on ${formatEndpoint(endpoint)}` });
       return endpoint;
@@ -277,8 +305,59 @@ export class NbdServer {
    * Serve one already-connected stream (a TCP/Unix socket from elsewhere, an inherited fd, or
    * `Duplex.from({ readable: process.stdin, writable: process.stdout })` for --stdio).
    */
-  serveSocket(socket: Duplex): NbdConnection {
-    const conn = new NbdConnection(this.host, socket, this.nextConnId++);
+  serveSocket(socket: Duplex): { readonly closed: Promise<void> } {
+    if (this.access.tls === undefined) return this.serveConnection(socket);
+    // TLS required: the plain part of the handshake runs in the gate, the rest on the secure socket.
+    if (this.closing) {
+      socket.destroy();
+      return { closed: Promise.resolve() };
+    }
+    const id = this.nextConnId;
+    this.pending.add(socket);
+    const closed = runTlsGate(socket, {
+      tls: this.access.tls,
+      timeoutMs: this.handshakeTimeoutMs,
+      log: (level, msg, code) => this.logFn({ level, msg, ...(code !== undefined ? { code } : {}), conn: id }),
+    }).then((r) => {
+      this.pending.delete(socket);
+      if (r === undefined) return undefined;
+      if (this.closing) {
+        r.socket.destroy();
+        return undefined;
+      }
+      return this.serveConnection(r.socket, { noZeroes: r.noZeroes }).closed;
+    });
+    return { closed: closed.then(() => undefined) };
+  }
+
+  /**
+   * A plain loopback TCP connection: serve it only when its peer socket belongs to our uid or
+   * root (issue 14, finding 1); reading waits for the verdict.
+   */
+  private servePeerChecked(sock: net.Socket): void {
+    sock.pause();
+    this.pending.add(sock);
+    void checkLocalPeer(sock, this.peerOpts).then((v) => {
+      this.pending.delete(sock);
+      if (sock.destroyed) return;
+      if (!v.allowed) {
+        this.peerRefused++;
+        const self = this.peerOpts.selfUid ?? process.geteuid?.() ?? 0;
+        this.logFn({
+          level: 'warn',
+          code: ErrorCode.NBD_PEER_REFUSED,
+          msg: `connection from ${sock.remoteAddress ?? '?'}:${sock.remotePort ?? '?'} refused: its socket belongs to ${v.uid === undefined ? 'an unknown user' : `uid ${v.uid}`}; loopback TCP serves only uid ${self} and root (use a Unix socket, --nbd-tls, or --nbd-allow-any-local-user)`,
+        });
+        sock.destroy();
+        return;
+      }
+      sock.resume();
+      this.serveSocket(sock);
+    });
+  }
+
+  private serveConnection(socket: Duplex, afterTls?: { noZeroes: boolean }): NbdConnection {
+    const conn = new NbdConnection(this.host, socket, this.nextConnId++, afterTls);
     this.connections.add(conn);
     void conn.closed.then(() => {
       this.connections.delete(conn);
@@ -305,6 +384,8 @@ export class NbdServer {
           l.server.close(() => resolve());
         }),
     );
+    for (const s of this.pending) s.destroy();
+    this.pending.clear();
     const conns = [...this.connections];
     for (const c of conns) c.shutdown(false);
     await Promise.all(conns.map((c) => c.closed));

@@ -85,16 +85,23 @@ function readPublicFile(file: string, what: string): Buffer {
  * accepted (plain) socket after NBD_OPT_STARTTLS was acknowledged.
  */
 export class NbdTlsServer {
-  private readonly context: tls.SecureContext;
+  private readonly options: tls.TlsOptions;
   private readonly psks: Map<string, Buffer> | undefined;
   /** True when clients must present a certificate signed by `caFile`. */
   readonly verifyClients: boolean;
 
-  private constructor(readonly files: NbdTlsFiles, psks: Map<string, Buffer> | undefined, ctx: tls.SecureContextOptions) {
+  private constructor(readonly files: NbdTlsFiles, psks: Map<string, Buffer> | undefined, ctx: tls.TlsOptions) {
     this.psks = psks;
     this.verifyClients = ctx.ca !== undefined;
+    this.options = {
+      ...ctx,
+      requestCert: this.verifyClients,
+      rejectUnauthorized: this.verifyClients,
+      ...(psks !== undefined ? { pskCallback: (_s: tls.TLSSocket, identity: string): Buffer | null => psks.get(identity) ?? null } : {}),
+    };
     try {
-      this.context = tls.createSecureContext(ctx);
+      // Parse the PEM data now: a bad certificate or key is a start-up error, not a per-client one.
+      tls.createSecureContext(ctx);
     } catch (err) {
       // OpenSSL's message says what is wrong with the PEM data, never the key bytes.
       throw new NvmfNbdError(ErrorCode.TLS_KEY_INVALID, `NBD TLS certificate/key: ${(err as Error).message}`);
@@ -118,7 +125,7 @@ export class NbdTlsServer {
       throw new NvmfNbdError(ErrorCode.CFG_INVALID, 'NBD TLS: a client CA needs the server certificate and key too');
     }
     const psks = pskFile !== undefined ? parsePskFile(readSecretFile(pskFile, 'NBD TLS PSK file'), pskFile) : undefined;
-    const ctx: tls.SecureContextOptions = { minVersion: 'TLSv1.2' };
+    const ctx: tls.TlsOptions = { minVersion: 'TLSv1.2' };
     if (certFile !== undefined && keyFile !== undefined) {
       ctx.cert = readPublicFile(certFile, 'NBD TLS certificate');
       ctx.key = readSecretFile(keyFile, 'NBD TLS key file');
@@ -146,40 +153,36 @@ export class NbdTlsServer {
    * (wrong PSK, unknown identity, certificate refused, peer gone) — the raw socket is destroyed.
    */
   accept(raw: Duplex, timeoutMs = 30_000): Promise<tls.TLSSocket> {
-    const opts: tls.TLSSocketOptions & { pskCallback?: unknown } = {
-      isServer: true,
-      secureContext: this.context,
-      requestCert: this.verifyClients,
-      rejectUnauthorized: this.verifyClients,
-    };
-    const psks = this.psks;
-    if (psks !== undefined) {
-      opts.pskCallback = (_s: tls.TLSSocket, identity: string): Buffer | null => psks.get(identity) ?? null;
-    }
-    const sock = new tls.TLSSocket(raw as unknown as import('node:net').Socket, opts as tls.TLSSocketOptions);
+    // A tls.Server per connection, fed the accepted socket ('connection' may be emitted by
+    // users): its events belong to this one client, and it checks client certificates against
+    // the CA exactly as a listening TLS server does. It never listens.
+    const srv = tls.createServer({ ...this.options, handshakeTimeout: timeoutMs });
     return new Promise((resolve, reject) => {
+      let settled = false;
       const fail = (why: string): void => {
+        if (settled) return;
+        settled = true;
         clearTimeout(timer);
-        sock.destroy();
         raw.destroy();
         reject(new NvmfNbdError(ErrorCode.TLS_HANDSHAKE, `NBD TLS handshake failed: ${why}`));
       };
-      const timer = setTimeout(() => fail(`no handshake within ${timeoutMs} ms`), timeoutMs);
+      const timer = setTimeout(() => fail(`no handshake within ${timeoutMs} ms`), timeoutMs + 1000);
       timer.unref?.();
-      sock.once('secure', () => {
-        clearTimeout(timer);
-        sock.off('error', onError);
-        sock.off('close', onClose);
-        if (this.verifyClients && !sock.authorized) {
-          fail(`client certificate refused (${String(sock.authorizationError)})`);
+      srv.once('secureConnection', (sock: tls.TLSSocket) => {
+        if (settled) {
+          sock.destroy();
           return;
         }
+        settled = true;
+        clearTimeout(timer);
         resolve(sock);
       });
-      const onError = (err: Error): void => fail(err.message);
-      const onClose = (): void => fail('connection closed');
-      sock.once('error', onError);
-      sock.once('close', onClose);
+      srv.once('tlsClientError', (err: Error & { reason?: string; code?: string }) => {
+        // OpenSSL's reason ("binder does not verify": a wrong PSK) without its source paths.
+        fail(err.reason !== undefined ? `${err.reason}${err.code !== undefined ? ` (${err.code})` : ''}` : err.message);
+      });
+      raw.once('close', () => fail('connection closed'));
+      srv.emit('connection', raw);
     });
   }
 }
