@@ -29,6 +29,21 @@ export const ADMIN_QUEUE_SIZE = 32;
 /** Size of the Connect command's data (always in-capsule). */
 const CONNECT_DATA_LEN = 1024;
 
+/**
+ * Receive path of a plain-TCP queue (`net.Socket` `onread`): every socket read lands in one
+ * buffer per queue, or — for the rest of a large C2HData payload — straight in the read's
+ * destination, so the kernel's copy out of the socket is the only copy (see ARCHITECTURE
+ * "Benchmarks": why reads cost twice writes). No Buffer, ArrayBuffer or closure per read.
+ */
+const RX_SCRATCH = 64 * 1024;
+/**
+ * Scratch size while large payloads stream in: enough for a run of CapsuleResps and the next
+ * C2HData header, little enough that most of the next payload is left for a direct read.
+ */
+const RX_SMALL = 1024;
+/** Payload rest (bytes) worth a read of its own straight into the destination. */
+const RX_DIRECT_MIN = 16 * 1024;
+
 /** Options of {@link QueuePair.connect}. */
 export interface QueuePairOptions {
   /** Target address (IPv4/IPv6 literal or host name). */
@@ -214,6 +229,15 @@ export class QueuePair extends EventEmitter {
   sqFlowControl = true;
 
   private readonly socket: net.Socket;
+  /** Receive scratch (plain TCP, onread); undefined on TLS, which delivers 'data' chunks. */
+  private readonly rxScratch: Buffer | undefined;
+  private readonly rxSmall: Buffer | undefined;
+  /** The payload view last handed to the socket as its read buffer, if any. */
+  private rxDirect: Buffer | undefined;
+  /** The last C2HData placed was large: read headers into the small scratch (RX_SMALL). */
+  private rxLarge = false;
+  /** The one PDU callback (a closure per socket read costs an allocation per read). */
+  private readonly onPduFn = (pdu: Pdu): void => this.onPdu(pdu);
   /** PDUs written in one tick leave in one writev (see write-batcher.ts). */
   private readonly out: WriteBatcher;
   private readonly parser: PduParser;
@@ -263,9 +287,11 @@ export class QueuePair extends EventEmitter {
   private readonly authenticate: ((qp: QueuePair) => Promise<unknown>) | undefined;
   private reauth: Promise<void> | undefined;
 
-  private constructor(socket: net.Socket, opts: QueuePairOptions) {
+  private constructor(socket: net.Socket, opts: QueuePairOptions, rxScratch?: Buffer) {
     super();
     this.socket = socket;
+    this.rxScratch = rxScratch;
+    this.rxSmall = rxScratch?.subarray(0, RX_SMALL);
     this.out = new WriteBatcher(socket);
     this.qid = opts.qid;
     this.queueSize = opts.queueSize;
@@ -284,10 +310,11 @@ export class QueuePair extends EventEmitter {
       role: 'host',
       maxData: Math.max(this.maxTransfer, 8192),
       placeData: (_type, cccid, _ttag, datao, datal) => this.placeC2HData(cccid, datao, datal),
+      reusesChunks: rxScratch !== undefined,
     });
     socket.setNoDelay(true);
     this.socketClosed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    if (rxScratch === undefined) socket.on('data', (chunk: Buffer) => this.onData(chunk, chunk.length));
     socket.on('error', (err) => {
       // Before secureConnect a TLS socket's error is the handshake's (wrong key, no TLS there).
       const handshaking = opts.tls !== undefined && this.tcpUp && !this.tlsUp;
@@ -311,8 +338,20 @@ export class QueuePair extends EventEmitter {
     }
     const budget = opts.connectTimeoutMs ?? 10_000;
     const local = opts.localAddress !== undefined ? { localAddress: opts.localAddress } : {};
-    const socket = opts.tls !== undefined ? tlsConnect(opts.host, opts.port, opts.tls, local) : net.connect({ host: opts.host, port: opts.port, ...local });
-    const qp = new QueuePair(socket, opts);
+    // Plain TCP reads into the queue's own buffers (onread); the socket asks for the first one
+    // while connecting, before the queue pair exists.
+    const rxScratch = opts.tls !== undefined ? undefined : Buffer.allocUnsafeSlow(RX_SCRATCH);
+    let qpRef: QueuePair | undefined;
+    const socket = rxScratch === undefined ? tlsConnect(opts.host, opts.port, opts.tls as TlsPsk, local) : net.connect({
+      host: opts.host, port: opts.port, ...local,
+      onread: {
+        buffer: () => (qpRef === undefined ? rxScratch : qpRef.rxBuffer()),
+        // true: keep reading (false would pause the socket).
+        callback: (n: number, buf: Uint8Array): boolean => { qpRef?.onRead(n, buf as Buffer); return true; },
+      },
+    });
+    const qp = new QueuePair(socket, opts, rxScratch);
+    qpRef = qp;
     const timer = setTimeout(() => {
       qp.destroy(new NvmfNbdError(ErrorCode.TIMEOUT, `queue ${opts.qid}: connect to ${opts.host}:${opts.port} timed out after ${budget} ms`));
     }, budget);
@@ -597,16 +636,42 @@ export class QueuePair extends EventEmitter {
     this.armTimer();
   }
 
-  private onData(chunk: Buffer): void {
+  /** The next socket read buffer (onread): the rest of a large payload, else the scratch. */
+  private rxBuffer(): Buffer {
+    const d = this.state === QpState.CLOSED ? undefined : this.parser.directTarget(RX_DIRECT_MIN);
+    this.rxDirect = d;
+    return d ?? ((this.rxLarge ? this.rxSmall : this.rxScratch) as Buffer);
+  }
+
+  /** `n` bytes were read into `buf`, the buffer rxBuffer returned last (onread). */
+  private onRead(n: number, buf: Buffer): void {
+    if (buf !== this.rxDirect) {
+      this.onData(buf, n);
+      return;
+    }
     if (this.state === QpState.CLOSED) return;
     this.rxEvents++;
     try {
-      this.parser.push(chunk, (pdu) => this.onPdu(pdu));
+      this.parser.pushDirect(n, this.onPduFn);
     } catch (err) {
-      const e = err instanceof NvmfNbdError ? err : new NvmfNbdError(ErrorCode.PDU_INVALID_HEADER, `queue ${this.qid}: ${String(err)}`, { cause: err, fes: Fes.INVALID_HEADER_FIELD });
-      this.counters.errors++;
-      this.sendTermReqAndDestroy(e);
+      this.onRxError(err);
     }
+  }
+
+  private onData(chunk: Buffer, n: number): void {
+    if (this.state === QpState.CLOSED) return;
+    this.rxEvents++;
+    try {
+      this.parser.push(chunk, this.onPduFn, n);
+    } catch (err) {
+      this.onRxError(err);
+    }
+  }
+
+  private onRxError(err: unknown): void {
+    const e = err instanceof NvmfNbdError ? err : new NvmfNbdError(ErrorCode.PDU_INVALID_HEADER, `queue ${this.qid}: ${String(err)}`, { cause: err, fes: Fes.INVALID_HEADER_FIELD });
+    this.counters.errors++;
+    this.sendTermReqAndDestroy(e);
   }
 
   private onPdu(pdu: Pdu): void {
@@ -730,6 +795,7 @@ export class QueuePair extends EventEmitter {
     const dataIn = p.dataIn;
     // Errors are reported by onC2HData with the full PDU (same codes); just do not place.
     if (dataIn === undefined || p.c2hDone || datao !== p.received || datao + datal > dataIn.length) return undefined;
+    this.rxLarge = datal >= RX_DIRECT_MIN;
     // The usual case (one PDU carries the whole read): the buffer itself, no view to allocate.
     return datao === 0 && datal === dataIn.length ? dataIn : dataIn.subarray(datao, datao + datal);
   }
@@ -834,8 +900,16 @@ export class QueuePair extends EventEmitter {
     for (const p of pend) p.reject(failWith);
     for (const w of waiting) w.reject(failWith);
     this.counters.errors += pend.length + waiting.length;
-    // end() lets a queued TermReq flush; destroySoon-like behaviour without hanging forever.
-    this.socket.end();
+    if (this.rxDirect !== undefined) {
+      // The socket's read buffer is a command's destination, which now belongs to its caller
+      // again: read nothing more into it; close once a queued TermReq is flushed.
+      this.rxDirect = undefined;
+      this.socket.pause();
+      this.socket.destroySoon();
+    } else {
+      // end() lets a queued TermReq flush; destroySoon-like behaviour without hanging forever.
+      this.socket.end();
+    }
     setTimeout(() => this.socket.destroy(), 1000).unref();
     this.emit('close', err);
   }

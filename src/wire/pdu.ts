@@ -94,6 +94,13 @@ export interface PduParserOptions {
    * own errors, before the payload is read.
    */
   placeData?: PlaceData;
+  /**
+   * Optional: the caller reuses the memory of a pushed chunk once `push` returns (a socket reading
+   * into one buffer, `net.Socket` `onread`). The parser then copies what it still holds of the
+   * chunk (a header whose data follows, a payload awaiting its digest) before returning, and the
+   * views in delivered PDUs (sqe, cqe, unplaced data) are valid only during `onPdu`.
+   */
+  reusesChunks?: boolean;
 }
 
 /** See {@link PduParserOptions.placeData}. */
@@ -178,6 +185,7 @@ export class PduParser {
   private readonly maxData: number;
   private readonly align: number;
   private readonly placeData: PlaceData | undefined;
+  private readonly reusesChunks: boolean;
   /** True while `dataBuf` is a destination returned by `placeData` (not parser memory). */
   private placed = false;
   private hdgst = false;
@@ -197,12 +205,15 @@ export class PduParser {
   private dataHave = 0;
   private ddBuf: Buffer | undefined = undefined;
   private ddHave = 0;
+  /** With `reusesChunks`: the one header buffer (delivered views are only valid during onPdu). */
+  private ownHdr: Buffer | undefined = undefined;
 
   constructor(opts: PduParserOptions) {
     this.role = opts.role;
     this.maxData = opts.maxData;
     this.align = opts.pda === undefined ? 4 : (opts.pda + 1) * 4;
     this.placeData = opts.placeData;
+    this.reusesChunks = opts.reusesChunks === true;
   }
 
   /** Switch digests on after ICReq/ICResp (both directions use the same negotiated digests). */
@@ -219,11 +230,12 @@ export class PduParser {
   /** Feed bytes; calls onPdu for each complete PDU (data as subarray views when contiguous).
    *  Throws NvmfNbdError with `fes`/`fei` set on a fatal error (the caller sends TermReq, closes).
    *  An exception thrown by `onPdu` propagates too and also leaves the parser failed, since the
-   *  rest of the chunk was not consumed. */
-  push(chunk: Buffer, onPdu: (pdu: Pdu) => void): void {
+   *  rest of the chunk was not consumed. `len` (default: all of it): only `chunk[0, len)` is
+   *  fed, so a caller reading into one big buffer needs no view per read. */
+  push(chunk: Buffer, onPdu: (pdu: Pdu) => void, len: number = chunk.length): void {
     if (this.failed !== undefined) throw this.failed;
     try {
-      this.run(chunk, onPdu);
+      this.run(chunk, len, onPdu);
     } catch (err) {
       // The stream position is lost either way (ours or the callback's error): stay failed.
       this.failed = err;
@@ -231,9 +243,38 @@ export class PduParser {
     }
   }
 
-  private run(chunk: Buffer, onPdu: (pdu: Pdu) => void): void {
+  /**
+   * Where the next bytes of the stream may be written directly (e.g. by the kernel, as a socket's
+   * read buffer): the unfilled rest of a payload's `placeData` destination, when at least `min`
+   * bytes of it are missing; else undefined. The bytes must then be fed with {@link pushDirect}.
+   * Reading a large payload this way skips the user-space copy from a socket chunk.
+   */
+  directTarget(min: number): Buffer | undefined {
+    if (this.failed !== undefined || this.state !== State.DATA || !this.placed) return undefined;
+    const buf = this.dataBuf!;
+    const rest = buf.length - this.dataHave;
+    if (rest < min) return undefined;
+    return this.dataHave === 0 ? buf : buf.subarray(this.dataHave);
+  }
+
+  /** `n` bytes (1..rest) of the stream were written into the buffer {@link directTarget} returned. */
+  pushDirect(n: number, onPdu: (pdu: Pdu) => void): void {
+    if (this.failed !== undefined) throw this.failed;
+    try {
+      const cur = this.cur!;
+      if (this.state !== State.DATA || !this.placed || n <= 0 || this.dataHave + n > cur.dataLen) {
+        throw new Error(`pushDirect(${n}) without a direct target`);
+      }
+      this.dataHave += n;
+      if (this.dataHave === cur.dataLen) this.dataDone(cur, onPdu);
+    } catch (err) {
+      this.failed = err;
+      throw err;
+    }
+  }
+
+  private run(chunk: Buffer, len: number, onPdu: (pdu: Pdu) => void): void {
     let off = 0;
-    const len = chunk.length;
     while (off < len) {
       switch (this.state) {
         case State.HEADER: {
@@ -247,7 +288,7 @@ export class PduParser {
               break;
             }
           }
-          const buf = (this.hdrBuf ??= Buffer.allocUnsafe(MAX_HEADER));
+          const buf = (this.hdrBuf ??= this.reusesChunks ? (this.ownHdr ??= Buffer.allocUnsafeSlow(MAX_HEADER)) : Buffer.allocUnsafe(MAX_HEADER));
           const need = this.cur === undefined ? CH_LEN : this.cur.headerLen;
           const n = Math.min(need - this.hdrHave, len - off);
           chunk.copy(buf, this.hdrHave, off, off + n);
@@ -284,10 +325,8 @@ export class PduParser {
             this.dataHave += n;
             off += n;
             if (this.dataHave < cur.dataLen) break;
-            this.data = buf;
-            this.dataBuf = undefined;
-            this.placed = false;
-            this.dataHave = 0;
+            this.dataDone(cur, onPdu);
+            break;
           }
           if (cur.dd) this.state = State.DDGST;
           else this.emit(true, onPdu);
@@ -318,6 +357,34 @@ export class PduParser {
         }
       }
     }
+    if (this.reusesChunks && this.state !== State.HEADER) this.detach(chunk);
+  }
+
+  /** The gathered payload is complete (copied or placed): on to its digest, or deliver. */
+  private dataDone(cur: Current, onPdu: (pdu: Pdu) => void): void {
+    this.data = this.dataBuf;
+    this.dataBuf = undefined;
+    this.placed = false;
+    this.dataHave = 0;
+    if (cur.dd) this.state = State.DDGST;
+    else this.emit(true, onPdu);
+  }
+
+  /**
+   * A PDU continues past this chunk, whose memory the caller reuses: copy what still views it
+   * (its header; a contiguous payload awaiting DDGST) into parser memory. Rare for small PDUs;
+   * for a large one it is the header (≤ 132 bytes) once.
+   */
+  private detach(chunk: Buffer): void {
+    const h = this.header;
+    if (h !== undefined && h.buffer === chunk.buffer) {
+      const own = (this.ownHdr ??= Buffer.allocUnsafeSlow(MAX_HEADER));
+      // The header may already be in ownHdr's memory only via hdrBuf, which is never a chunk view.
+      h.copy(own, 0);
+      this.header = own.subarray(0, h.length);
+    }
+    const d = this.data;
+    if (d !== undefined && d.buffer === chunk.buffer) this.data = Buffer.from(d);
   }
 
   /**
