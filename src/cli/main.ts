@@ -61,7 +61,8 @@ export async function main(argv: readonly string[]): Promise<number> {
   } catch (err) {
     if (err instanceof NvmfNbdError) {
       process.stderr.write(`nvmf-nbd ${verb.name}: ${err.message} (${err.code})\n`);
-      if (err.code === ErrorCode.CLI_USAGE) {
+      // An NBD endpoint that would serve plain NBD to the network is a usage error too.
+      if (err.code === ErrorCode.CLI_USAGE || err.code === ErrorCode.NBD_INSECURE_BIND) {
         process.stderr.write(`Run 'nvmf-nbd ${verb.name} --help' for usage.\n`);
         return 2;
       }

@@ -15,7 +15,8 @@
 import * as path from 'node:path';
 import type { OptionSpec } from './args';
 import { usageError } from './args';
-import type { NbdAccessPolicy } from '../nbd/access';
+import { checkTcpListenAllowed, type NbdAccessPolicy } from '../nbd/access';
+import { parseNbdSpec } from '../engine/session';
 import { NbdTlsServer, type NbdTlsFiles } from '../tls/nbd-tls';
 
 /** The flags (appended to the option tables of the verbs that serve NBD). */
@@ -63,6 +64,27 @@ export function nbdAccessFromArgs(opts: Record<string, unknown>): NbdAccessPolic
     ...(opts['nbd-allow-any-local-user'] === true ? { allowAnyLocalUser: true } : {}),
     ...(opts['nbd-insecure'] === true ? { insecure: true } : {}),
   };
+}
+
+/**
+ * Refuse early (before connecting anything) an `--nbd tcp:HOST:PORT` that would serve plain NBD
+ * to other hosts: HOST not loopback, no TLS flags, no --nbd-insecure.
+ * @throws NBD_ERR_INSECURE_BIND
+ */
+export function checkNbdEndpointArg(spec: string | undefined, opts: Record<string, unknown>): void {
+  if (spec === undefined || !spec.startsWith('tcp:')) return;
+  const n = parseNbdSpec(spec);
+  if (!('tcp' in n)) return;
+  const tlsOn = opts['nbd-tls'] === true || ['nbd-tls-psk', 'nbd-tls-cert'].some((k) => str(opts[k]) !== undefined);
+  if (!tlsOn) checkTcpListenAllowed(n.tcp.host, { ...(opts['nbd-insecure'] === true ? { insecure: true } : {}) });
+}
+
+/** Make the credential paths absolute in place (they may travel to a daemon with another cwd). */
+export function absoluteNbdTlsPaths(opts: Record<string, unknown>): void {
+  for (const k of ['nbd-tls-psk', 'nbd-tls-cert', 'nbd-tls-key', 'nbd-tls-ca']) {
+    const v = opts[k];
+    if (typeof v === 'string' && v !== '' && !path.isAbsolute(v)) opts[k] = path.resolve(v);
+  }
 }
 
 /** The flags as connect arguments (for a daemon hand-off / state file): paths and booleans only. */

@@ -139,6 +139,11 @@ export class NbdTlsServer {
     return new NbdTlsServer(files, psks, ctx);
   }
 
+  /** The PSK identities (names, not secrets: a client offers one in the clear). */
+  get identities(): string[] {
+    return [...(this.psks?.keys() ?? [])];
+  }
+
   /** What is configured, for logs and `list` (file names and identity count, never keys). */
   describe(): string {
     const parts: string[] = [];

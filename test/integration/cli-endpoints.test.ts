@@ -55,9 +55,9 @@ function collect(s: NodeJS.ReadableStream): { text: string } {
   return box;
 }
 
-test('demo (npm start): prints its endpoint as JSON, nbdinfo sees the export, Ctrl-C exits 0', { timeout: 60_000 }, async (t) => {
+test('demo (npm start): serves a 0600 Unix socket by default, prints it as JSON, nbdinfo sees the export, Ctrl-C exits 0', { timeout: 60_000 }, async (t) => {
   if (!needCommands(t, ['nbdinfo'])) return;
-  const child = spawn(process.execPath, [MAIN, 'demo', '--memory', '128M', '--nbd', 'tcp:127.0.0.1:0', '-o', 'json'], {
+  const child = spawn(process.execPath, [MAIN, 'demo', '--memory', '128M', '-o', 'json'], {
     env: { ...process.env, NVMF_NBD_STATE_DIR: stateDir },
   });
   const out = collect(child.stdout);
@@ -74,9 +74,14 @@ test('demo (npm start): prints its endpoint as JSON, nbdinfo sees the export, Ct
     const e = doc.controller.exports[0];
     assert.equal(e?.name, 'nvme0n1');
     assert.equal(e?.size, 128 << 20);
-    const m = /^tcp:127\.0\.0\.1:(\d+)$/.exec(e?.endpoint ?? '');
+    // Issue 14 finding 1: not loopback TCP (every local user reaches that) but a private socket.
+    const m = /^unix:(.+)$/.exec(e?.endpoint ?? '');
     assert.ok(m !== null, `endpoint ${e?.endpoint}`);
-    const info = await run('nbdinfo', ['--json', `nbd://127.0.0.1:${m[1]}/nvme0n1`], 20_000);
+    const sock = m[1] as string;
+    assert.ok(sock.startsWith(path.join(stateDir, 'demo') + path.sep), sock);
+    assert.equal(fs.statSync(sock).mode & 0o777, 0o600);
+    assert.equal(fs.statSync(path.join(stateDir, 'demo')).mode & 0o777, 0o700);
+    const info = await run('nbdinfo', ['--json', `nbd+unix:///nvme0n1?socket=${sock}`], 20_000);
     assert.equal(info.code, 0, info.stderr);
     const j = JSON.parse(info.stdout) as { exports: Array<{ 'export-name': string; 'export-size': number; can_flush: boolean; can_trim: boolean }> };
     assert.equal(j.exports[0]?.['export-name'], 'nvme0n1');
@@ -86,6 +91,20 @@ test('demo (npm start): prints its endpoint as JSON, nbdinfo sees the export, Ct
     child.kill('SIGINT');
   }
   assert.equal(await exited, 0, err.text);
+});
+
+test('connect: plain NBD on a non-loopback address is a usage error (NBD_ERR_INSECURE_BIND, exit 2) before connecting; a 0644 PSK file is refused', { timeout: 60_000 }, async () => {
+  const base = [MAIN, 'connect', '-t', 'tcp', '-a', '127.0.0.1', '-s', String(port), '-n', NQN, '--foreground'];
+  const r = await run(process.execPath, [...base, '--nbd', 'tcp:0.0.0.0:0'], 30_000);
+  assert.equal(r.code, 2, r.stderr);
+  assert.match(r.stderr, /NBD_ERR_INSECURE_BIND/);
+  const psk = path.join(stateDir, 'loose.psk');
+  fs.writeFileSync(psk, `alice:${'ab'.repeat(32)}\n`, { mode: 0o644 });
+  fs.chmodSync(psk, 0o644);
+  const k = await run(process.execPath, [...base, '--nbd', 'tcp:0.0.0.0:0', '--nbd-tls-psk', psk], 30_000);
+  assert.equal(k.code, 1, k.stderr);
+  assert.match(k.stderr, /CFG_ERR_KEY_FILE_INSECURE/);
+  assert.doesNotMatch(k.stderr, /abab/, 'no key material in the error');
 });
 
 test('connect --stdio: NBD on stdin/stdout, messages on stderr, exit 0 when the client leaves', { timeout: 60_000 }, async () => {

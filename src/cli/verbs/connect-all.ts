@@ -21,6 +21,7 @@ import { stateDir } from '../../controller/host-identity';
 import { ControlVerb, HANDOFF_OPTIONS, connectArgsForDaemon, daemonOrForeground } from '../../engine/control';
 import type { ConnectResult } from '../../engine/control';
 import { ControllerSession, parseNbdSpec } from '../../engine/session';
+import { checkNbdEndpointArg } from '../nbd-tls-args';
 import { protectFromOomKiller } from '../../engine/oom';
 import { ErrorCode, NvmfNbdError } from '../../errors';
 import { SubType, TrType } from '../../wire';
@@ -234,6 +235,7 @@ export function dumpConfig(list: ReadonlyArray<Record<string, unknown>>): string
 /** No daemon: serve every entry from this process until a signal. */
 async function foreground(opts: Record<string, unknown>, perEntry: Array<Record<string, unknown>>, format: 'normal' | 'json', failedBefore: number): Promise<number> {
   const nbdArg = typeof opts.nbd === 'string' ? opts.nbd : `unix:${path.join(stateDir(), 'nbd')}`;
+  checkNbdEndpointArg(nbdArg, opts);
   const nbd = parseNbdSpec(nbdArg);
   if ('tcp' in nbd && nbd.tcp.port !== 0 && perEntry.length > 1) usageError('--nbd tcp:HOST:PORT with several subsystems in the foreground: use port 0 or a daemon');
   if (opts.attach === true) protectFromOomKiller();

@@ -18,6 +18,8 @@ import { isUuid, loadHostIdentity, stateDir } from '../../controller/host-identi
 import { ControllerSession, parseNbdSpec, socketActivationFd } from '../../engine/session';
 import { protectFromOomKiller } from '../../engine/oom';
 import { formatEndpoint } from '../../nbd/server';
+import type { NbdAccessPolicy } from '../../nbd/access';
+import { NBD_SECURITY_OPTIONS, absoluteNbdTlsPaths, checkNbdEndpointArg, nbdAccessFromArgs } from '../nbd-tls-args';
 import { escapeControl, formatBytes, formatJson, formatTable, outputFormat } from '../output';
 import type { OutputFormat } from '../output';
 import { waitForShutdownSignal } from '../signals';
@@ -50,6 +52,7 @@ export const ADDRESS_OPTIONS: readonly OptionSpec[] = [
  * over — whose working directory is not ours — and its state file name the same file.
  */
 export function absoluteSecretReferences(opts: Record<string, unknown>): void {
+  absoluteNbdTlsPaths(opts);
   for (const k of ['dhchap-secret', 'dhchap-ctrl-secret']) {
     const v = opts[k];
     if (typeof v === 'string' && v.startsWith('file:') && v.length > 5 && !path.isAbsolute(v.slice(5))) opts[k] = `file:${path.resolve(v.slice(5))}`;
@@ -194,10 +197,14 @@ export function controllerOptionsFromArgs(opts: Record<string, unknown>): Contro
   };
 }
 
-/** NBD server options from the connect flags (`--nbd-idle-timeout` SEC → idleTimeoutMs). */
-export function nbdServerFromArgs(opts: Record<string, unknown>): { idleTimeoutMs?: number } {
+/**
+ * NBD server options from the connect flags (`--nbd-idle-timeout` SEC → idleTimeoutMs; the
+ * access policy of `--nbd-tls*`, `--nbd-insecure`, `--nbd-allow-any-local-user`, which loads
+ * and checks the TLS key files).
+ */
+export function nbdServerFromArgs(opts: Record<string, unknown>): { idleTimeoutMs?: number; access: NbdAccessPolicy } {
   const v = opts['nbd-idle-timeout'];
-  return typeof v === 'number' ? { idleTimeoutMs: v * 1000 } : {};
+  return { ...(typeof v === 'number' ? { idleTimeoutMs: v * 1000 } : {}), access: nbdAccessFromArgs(opts) };
 }
 
 /** -c/-l/--fast-io-fail-tmo/--io-timeout (seconds) → ms options; absent flags stay absent. */
@@ -292,6 +299,7 @@ export const NBD_OPTIONS: readonly OptionSpec[] = [
   // No -r: in nvme-cli -r is --raw FILE (discover, connect-all); read-only has its long name only.
   { long: 'read-only', type: 'boolean', help: 'serve the namespaces read-only' },
   { long: 'nbd-idle-timeout', type: 'int', metavar: 'SEC', min: 1, max: 2147483, help: 'close an NBD connection that sent nothing for SEC seconds after choosing its export (default: never)' },
+  ...NBD_SECURITY_OPTIONS,
 ];
 
 /** Human rendering of a session's exports. */
@@ -313,6 +321,9 @@ export const verb: Verb = {
     const { format, ...copts } = controllerOptionsFromArgs(opts);
     const activated = socketActivationFd();
     const nbdArg = opts.stdio === true ? 'stdio' : typeof opts.nbd === 'string' ? opts.nbd : activated !== undefined ? `fd:${activated}` : undefined;
+    checkNbdEndpointArg(nbdArg, opts);
+    // Loads (and checks: 0600, format) the NBD TLS files before anything connects.
+    const nbdServer = nbdServerFromArgs(opts);
     // stdio and an inherited socket belong to this process: never hand those off to a daemon.
     if (opts.foreground !== true && nbdArg !== 'stdio' && !(nbdArg ?? '').startsWith('fd:')) {
       // A running daemon takes the connection over (its answer is printed as we would print
@@ -338,7 +349,7 @@ export const verb: Verb = {
       attach: opts.attach === true,
       connections: opts.connections as number,
       readOnly: opts['read-only'] === true,
-      nbdServer: nbdServerFromArgs(opts),
+      nbdServer,
       log: (msg) => process.stderr.write(`${msg}\n`),
     });
     const ctrl = session.controller;
