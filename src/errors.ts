@@ -119,6 +119,9 @@ export const ErrorCode = {
   ANA_LOG_INVALID: 'NVMF_ERR_ANA_LOG_INVALID',
   /** A loopback TCP NBD peer owned by another local user (issue 14, finding 1). */
   NBD_PEER_REFUSED: 'NBD_ERR_PEER_REFUSED',
+  // Embedded target storage (issue 15, appended)
+  /** A storage backend was asked for a range outside its namespace, or not a non-negative integer one. */
+  STORAGE_RANGE: 'NVMF_ERR_STORAGE_RANGE',
 } as const;
 
 export type ErrorCodeValue = (typeof ErrorCode)[keyof typeof ErrorCode];

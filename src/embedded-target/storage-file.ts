@@ -4,7 +4,7 @@
  */
 import * as fs from 'node:fs';
 import { ErrorCode, NvmfNbdError } from '../errors';
-import type { StorageBackend } from './storage';
+import { checkStorageRange, type StorageBackend } from './storage';
 
 /** Largest zero-write issued at once (bounds memory and keeps the event loop responsive). */
 const ZERO_CHUNK = 1 << 20;
@@ -48,6 +48,7 @@ export class FileBackend implements StorageBackend {
   }
 
   async read(offset: number, length: number): Promise<Buffer> {
+    checkStorageRange(this, 'read', offset, length);
     const out = Buffer.alloc(length);
     let done = 0;
     while (done < length) {
@@ -59,6 +60,7 @@ export class FileBackend implements StorageBackend {
   }
 
   async write(offset: number, data: Buffer): Promise<void> {
+    checkStorageRange(this, 'write', offset, data.length);
     let done = 0;
     while (done < data.length) {
       const { bytesWritten } = await this.fh.write(data, done, data.length - done, offset + done);
@@ -71,10 +73,11 @@ export class FileBackend implements StorageBackend {
   }
 
   deallocate(offset: number, length: number): Promise<void> {
-    return this.writeZeroes(offset, length);
+    return this.writeZeroes(offset, length); // checks the range
   }
 
   async writeZeroes(offset: number, length: number): Promise<void> {
+    checkStorageRange(this, 'write zeroes', offset, length);
     zeroes ??= Buffer.alloc(ZERO_CHUNK);
     let done = 0;
     while (done < length) {

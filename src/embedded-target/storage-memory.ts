@@ -3,7 +3,7 @@
  * chunks never written return zeroes, deallocating a whole chunk frees it, so a 1 GiB namespace
  * costs nothing until it is written. Memory is bounded by the namespace size.
  */
-import type { StorageBackend } from './storage';
+import { checkStorageRange, checkStorageSize, type StorageBackend } from './storage';
 
 /** Default allocation unit: 1 MiB. */
 export const MEMORY_CHUNK_SIZE = 1 << 20;
@@ -20,6 +20,8 @@ export class MemoryBackend implements StorageBackend {
    * @param chunkSize allocation unit in bytes (tests use small ones)
    */
   constructor(size: number, chunkSize = MEMORY_CHUNK_SIZE) {
+    checkStorageSize('memory', size);
+    checkStorageSize('memory chunk', chunkSize);
     this.size = size;
     this.chunkSize = chunkSize;
   }
@@ -30,6 +32,11 @@ export class MemoryBackend implements StorageBackend {
   }
 
   read(offset: number, length: number): Promise<Buffer> {
+    try {
+      checkStorageRange(this, 'read', offset, length);
+    } catch (err) {
+      return Promise.reject(err);
+    }
     // A fresh zeroed buffer: the caller hands it to socket.write, which keeps a reference until
     // the kernel took it, so it must never be a view of chunk memory that a later write changes.
     // allocUnsafe: every byte is written below (copied, or zeroed for never-written chunks), so
@@ -44,6 +51,11 @@ export class MemoryBackend implements StorageBackend {
   }
 
   write(offset: number, data: Buffer): Promise<void> {
+    try {
+      checkStorageRange(this, 'write', offset, data.length);
+    } catch (err) {
+      return Promise.reject(err);
+    }
     this.forEachSpan(offset, data.length, (idx, at, n, pos) => {
       let c = this.chunks.get(idx);
       if (c === undefined) {
@@ -60,6 +72,11 @@ export class MemoryBackend implements StorageBackend {
   }
 
   deallocate(offset: number, length: number): Promise<void> {
+    try {
+      checkStorageRange(this, 'deallocate', offset, length);
+    } catch (err) {
+      return Promise.reject(err);
+    }
     this.forEachSpan(offset, length, (idx, at, n) => {
       const c = this.chunks.get(idx);
       if (c === undefined) return;
@@ -70,7 +87,7 @@ export class MemoryBackend implements StorageBackend {
   }
 
   writeZeroes(offset: number, length: number): Promise<void> {
-    // Zeroes read back from unallocated chunks, so zeroing is deallocation.
+    // (deallocate checks the range.) Zeroes read back from unallocated chunks, so zeroing is deallocation.
     return this.deallocate(offset, length);
   }
 

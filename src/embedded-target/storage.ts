@@ -1,6 +1,9 @@
+import { ErrorCode, NvmfNbdError } from '../errors';
+
 /**
- * Storage behind one namespace of the embedded target. Offsets and lengths are in bytes and are
- * already checked by the caller (the I/O command handler) to lie inside `size`.
+ * Storage behind one namespace of the embedded target. Offsets and lengths are in bytes. The I/O
+ * command handler checks them against the namespace first; every backend checks them again
+ * ({@link checkStorageRange}) so that a bug above can never read or write outside the namespace.
  */
 export interface StorageBackend {
   /** Size in bytes. */
@@ -19,4 +22,28 @@ export interface StorageBackend {
   writeZeroes(offset: number, length: number): Promise<void>;
   /** Release resources (file handles, memory). Further calls fail. */
   close(): Promise<void>;
+}
+
+/**
+ * Defence in depth for {@link StorageBackend} implementations: `offset` and `length` must be
+ * non-negative safe integers with `offset + length <= size` (a zero length is allowed anywhere
+ * up to `size`). Throws {@link ErrorCode.STORAGE_RANGE} otherwise; the target's command layer
+ * turns any backend error into an Internal Error completion.
+ * @param backend the backend being asked (its `size` and `description` name the namespace)
+ * @param op the operation, for the message
+ */
+export function checkStorageRange(backend: Pick<StorageBackend, 'size' | 'description'>, op: string, offset: number, length: number): void {
+  if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0 || offset + length > backend.size) {
+    throw new NvmfNbdError(
+      ErrorCode.STORAGE_RANGE,
+      `${backend.description}: ${op} of ${String(length)} bytes at ${String(offset)} is outside the namespace (${backend.size} bytes)`,
+    );
+  }
+}
+
+/** Checks a backend's size when it is created: a positive safe integer. */
+export function checkStorageSize(description: string, size: number): void {
+  if (!Number.isSafeInteger(size) || size <= 0) {
+    throw new NvmfNbdError(ErrorCode.STORAGE_RANGE, `${description}: size ${String(size)} is not a positive integer number of bytes`);
+  }
 }

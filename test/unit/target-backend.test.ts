@@ -105,15 +105,11 @@ describe('NvmeTarget configuration', () => {
     const t = new NvmeTarget({ listen: { host: '127.0.0.1', port: 0 }, subsystems: [{ nqn: 'nqn.2014-08.org.x:a' }] });
     await t.listen();
     try {
-      await assert.rejects(t.addNamespace('nqn.2014-08.org.x:a', { sizeBytes: 1000, backing: { memory: true } }),
-        (e: unknown) => (e as { code: string }).code === ErrorCode.CFG_INVALID);
+      await rejectsCode(t.addNamespace('nqn.2014-08.org.x:a', { sizeBytes: 1000, backing: { memory: true } }), ErrorCode.CFG_INVALID);
       assert.equal(await t.addNamespace('nqn.2014-08.org.x:a', { nsid: 5, sizeBytes: 4096, backing: { memory: true } }), 5);
-      await assert.rejects(t.addNamespace('nqn.2014-08.org.x:a', { nsid: 5, sizeBytes: 4096, backing: { memory: true } }),
-        (e: unknown) => (e as { code: string }).code === ErrorCode.INVALID_ARGUMENT);
-      await assert.rejects(t.addNamespace('nqn.2014-08.org.x:b', { sizeBytes: 4096, backing: { memory: true } }),
-        (e: unknown) => (e as { code: string }).code === ErrorCode.INVALID_ARGUMENT);
-      await assert.rejects(t.removeNamespace('nqn.2014-08.org.x:a', 6),
-        (e: unknown) => (e as { code: string }).code === ErrorCode.NAMESPACE_NOT_FOUND);
+      await rejectsCode(t.addNamespace('nqn.2014-08.org.x:a', { nsid: 5, sizeBytes: 4096, backing: { memory: true } }), ErrorCode.INVALID_ARGUMENT);
+      await rejectsCode(t.addNamespace('nqn.2014-08.org.x:b', { sizeBytes: 4096, backing: { memory: true } }), ErrorCode.INVALID_ARGUMENT);
+      await rejectsCode(t.removeNamespace('nqn.2014-08.org.x:a', 6), ErrorCode.NAMESPACE_NOT_FOUND);
       await t.removeNamespace('nqn.2014-08.org.x:a', 5);
       assert.deepEqual(t.subsystems()[0]!.namespaces, []);
     } finally {
