@@ -12,6 +12,8 @@ import {
 } from '../../src/wire/identify';
 import { encodeDiscoveryLog, parseDiscoveryLogEntries, parseDiscoveryLogHeader } from '../../src/wire/discovery-log';
 import { parseNsIdDescriptors } from '../../src/wire/ns-descriptors';
+import { encodeAnaLog, parseAnaLog } from '../../src/wire/ana';
+import { parseAnaStateFile } from '../../src/config/ana-states';
 import {
   Cmd, Opt, NbdOptionParser, NbdRequestParser, encodeExportNameReply, encodeGreeting, encodeInfoExport, encodeInfoRequest, encodeMetaContextRequest,
   encodeOffsetDataHeader, encodeOption, encodeRepAck, encodeRepServer, encodeRequest, encodeSimpleReply, parseInfoRequest, parseMetaContextRequest,
@@ -171,6 +173,17 @@ export function parserTargets(): ParserTarget[] {
         parseIdentifyNamespace(page);
         parseNamespaceList(page);
         parseNsIdDescriptors(page);
+      },
+    },
+    {
+      name: 'ANA log page (LID 0Ch) and ANA state file',
+      seeds: [
+        encodeAnaLog({ chgcnt: 7n, groups: [{ grpid: 1, chgcnt: 3n, state: 1, nsids: [1, 2] }, { grpid: 2, chgcnt: 5n, state: 3, nsids: [3] }] }),
+        encodeAnaLog({ chgcnt: 1n, groups: [{ grpid: 9, chgcnt: 1n, state: 0x0f, nsids: [] }] }, { groupsOnly: true }),
+        text('1 1 optimized\n2 1 inaccessible # x\n'),
+      ],
+      run(input: Buffer): void {
+        try { parseAnaLog(input); } finally { parseAnaStateFile(input.toString('utf8')); }
       },
     },
     {

@@ -29,6 +29,22 @@ interface GuestPath {
   grpid: number;
 }
 
+/** [grpid, state] of every ANA group descriptor in nvme-cli's JSON (found by key, whatever the nesting). */
+function anaGroups(v: unknown): Array<[number, string]> {
+  const out: Array<[number, string]> = [];
+  const walk = (x: unknown): void => {
+    if (Array.isArray(x)) { x.forEach(walk); return; }
+    if (x === null || typeof x !== 'object') return;
+    const o = x as Record<string, unknown>;
+    const id = Object.keys(o).find((k) => /^(ana_?)?gr(ou)?p_?id$/i.test(k));
+    const st = Object.keys(o).find((k) => /state/i.test(k));
+    if (id !== undefined && st !== undefined) out.push([Number(o[id]), String(o[st]).toLowerCase().replace(/[_ ]/g, '-')]);
+    else Object.values(o).forEach(walk);
+  };
+  walk(v);
+  return out;
+}
+
 describe('ANA: Linux native multipath host (6.12 guest) over two ports of the embedded target', { timeout: 1_200_000 }, () => {
   const avail = guestAvailable('6.12');
   let target: NvmeTarget | undefined;
@@ -63,12 +79,19 @@ describe('ANA: Linux native multipath host (6.12 guest) over two ports of the em
     await target?.close();
   });
 
-  /** Every path of namespace 1: controller, its trsvcid, path disk, ana_state, ana_grpid. */
-  async function paths(g: Guest): Promise<GuestPath[]> {
+  /** The multipath head disk of `nsid` (the kernel numbers heads in scan order, not by NSID). */
+  let heads: Record<number, string> = {};
+  async function findHeads(g: Guest): Promise<Record<number, string>> {
+    const r = await g.exec('for d in /sys/block/nvme*n*; do case ${d##*/} in *c*) continue;; esac; echo "$(cat $d/nsid) ${d##*/}"; done');
+    return Object.fromEntries(r.out.trim().split('\n').map((l) => l.split(' ')).map(([n, d]) => [Number(n), d as string]));
+  }
+
+  /** Every path of namespace `nsid`: controller, its trsvcid, path disk, ana_state, ana_grpid. */
+  async function paths(g: Guest, nsid = 1): Promise<GuestPath[]> {
     const r = await g.exec([
       'for c in /sys/class/nvme/nvme*; do',
       '  n=$(basename $c); a=$(cat $c/address)',
-      '  for p in $c/nvme*c*n1; do [ -e $p/ana_state ] || continue',
+      `  for p in $c/nvme*c*n*; do [ -e $p/ana_state ] && [ "$(cat $p/nsid)" = ${nsid} ] || continue`,
       '    echo "$n|$a|$(basename $p)|$(cat $p/ana_state)|$(cat $p/ana_grpid)"',
       '  done',
       'done',
@@ -92,25 +115,34 @@ describe('ANA: Linux native multipath host (6.12 guest) over two ports of the em
     assert.fail(`path states ${JSON.stringify(last)} never became ${JSON.stringify(want)}\n${dmesg}`);
   }
 
+  /** sha256 of what each writeVerify wrote, by its first MiB. */
+  const written = new Map<number, { mib: number; sha: string }>();
+
+  /** sha256 of `mib` MiB at `skipMiB` of namespace 1, read uncached through the multipath disk. */
+  async function readSha(g: Guest, skipMiB: number, mib: number): Promise<string> {
+    return (await g.exec(`dd if=/dev/${heads[1]} bs=1M skip=${skipMiB} count=${mib} iflag=direct 2>/dev/null | sha256sum | cut -d" " -f1`, { timeoutMs: 180_000 })).out.trim();
+  }
+
   /** Write `mib` MiB of fresh random data at `seekMiB` through the multipath disk, read it back uncached, compare. */
   async function writeVerify(g: Guest, seekMiB: number, mib: number): Promise<void> {
     const r = await g.exec([
       'set -e',
       `dd if=/dev/urandom of=/tmp/w bs=1M count=${mib} 2>/dev/null`,
-      `dd if=/tmp/w of=/dev/nvme0n1 bs=1M seek=${seekMiB} oflag=direct conv=fsync 2>/dev/null`,
-      `dd if=/dev/nvme0n1 bs=1M skip=${seekMiB} count=${mib} iflag=direct 2>/dev/null | sha256sum | cut -d" " -f1`,
+      `dd if=/tmp/w of=/dev/${heads[1]} bs=1M seek=${seekMiB} oflag=direct conv=fsync 2>/dev/null`,
+      `dd if=/dev/${heads[1]} bs=1M skip=${seekMiB} count=${mib} iflag=direct 2>/dev/null | sha256sum | cut -d" " -f1`,
       'sha256sum /tmp/w | cut -d" " -f1',
     ].join('\n'), { timeoutMs: 180_000 });
     const [got, want] = r.out.trim().split('\n');
     assert.ok(want !== undefined && want.length === 64, r.out);
     assert.equal(got, want, 'read back through the multipath disk what was written');
+    written.set(seekMiB, { mib, sha: want });
   }
 
   function portIo(id: number): TargetPortInfo['io'] {
     return target!.ports().find((p) => p.id === id)!.io;
   }
 
-  it('nvme connect over two ports: one subsystem, two controllers, one multipath namespace, ANA states as set', async (t) => {
+  it('nvme connect over two ports: one subsystem, two controllers, one multipath namespace each, ANA states as set', async (t) => {
     if (!need(t, avail.ok, avail.reason)) return;
     const g = guest!;
     assert.equal((await g.exec('cat /sys/module/nvme_core/parameters/multipath')).out.trim(), 'Y', 'native multipath on (CONFIG_NVME_MULTIPATH)');
@@ -127,21 +159,22 @@ describe('ANA: Linux native multipath host (6.12 guest) over two ports of the em
     // One block device per namespace (the multipath head), none per path.
     const disks = (await g.exec('ls /sys/block | grep ^nvme')).out.trim().split('\n');
     assert.deepEqual(disks.filter((d) => /^nvme\d+n\d+$/.test(d)).sort(), ['nvme0n1', 'nvme0n2'], `block devices: ${disks.join(' ')}`);
-    assert.equal((await g.exec('cat /sys/block/nvme0n1/size')).out.trim(), String(NS_BYTES / 512));
+    heads = await findHeads(g);
+    assert.deepEqual(Object.keys(heads).sort(), ['1', '2'], `one head per NSID: ${JSON.stringify(heads)}`);
+    assert.equal((await g.exec(`cat /sys/block/${heads[1]}/size`)).out.trim(), String(NS_BYTES / 512));
     const cntlids = (await g.exec(`for c in ${ctrls.map((c) => `/sys/class/nvme/${c}`).join(' ')}; do cat $c/cntlid; done`)).out.trim().split('\n');
     assert.equal(new Set(cntlids).size, 2, `distinct cntlids ${cntlids.join(',')}`);
     const p = await waitStates(g, { [GP1]: 'optimized', [GP2]: 'non-optimized' });
     assert.deepEqual(p.map((x) => x.grpid), [1, 1], 'ana_grpid from Identify Namespace');
     assert.equal(target!.ports().reduce((n, x) => n + x.controllers, 0), 2, 'two controllers on the target');
     // nvme-cli's view: two live paths with their ANA states.
-    const ls = (await g.exec('nvme list-subsys /dev/nvme0n1')).out;
+    const ls = (await g.exec(`nvme list-subsys /dev/${heads[1]}`)).out;
     assert.match(ls, new RegExp(`trsvcid=${GP1}.*live.*optimized`));
     assert.match(ls, new RegExp(`trsvcid=${GP2}.*live.*non-optimized`));
     assert.equal((ls.match(/ \+- nvme\d+ tcp/g) ?? []).length, 2, ls);
     const ana = (await g.exec(`nvme ana-log /dev/${p[1]!.ctrl} -o json`)).out;
-    const log = JSON.parse(ana.slice(ana.indexOf('{'))) as { ana_log?: Array<{ grpid: number; state: string; nsids?: Array<{ nsid: number }> }> };
-    const groups = (log.ana_log ?? []).map((d) => [d.grpid, d.state]);
-    assert.deepEqual(groups, [[1, 'non-optimized'], [2, 'optimized']], `nvme ana-log through port 2: ${ana}`);
+    t.diagnostic(`nvme ana-log via port 2: ${ana.replace(/\s+/g, ' ')}`);
+    assert.deepEqual(anaGroups(JSON.parse(ana.slice(ana.indexOf('{')))), [[1, 'non-optimized'], [2, 'optimized']], `nvme ana-log through port 2: ${ana}`);
     const before = portIo(1);
     await writeVerify(g, 0, 8);
     assert.ok(portIo(1).writeCommands > before.writeCommands, 'iopolicy numa: I/O on the optimized path (port 1)');
@@ -160,8 +193,7 @@ describe('ANA: Linux native multipath host (6.12 guest) over two ports of the em
     assert.equal(portIo(1).readCommands, p1.readCommands, 'no read executed through the inaccessible port');
     assert.ok(portIo(2).writeCommands > p2.writeCommands && portIo(2).readCommands > p2.readCommands, 'port 2 carried the I/O');
     // Group 2 (namespace 2) was never touched: still optimized on both paths.
-    const g2 = (await g.exec('cat /sys/class/nvme/nvme*/nvme*c*n2/ana_state')).out.trim().split('\n');
-    assert.deepEqual(g2, ['optimized', 'optimized']);
+    assert.deepEqual((await paths(g, 2)).map((x) => [x.state, x.grpid]), [['optimized', 2], ['optimized', 2]]);
   });
 
   it('persistent loss on port 2 and port 1 back: the kernel follows again and the data written before is intact', async (t) => {
@@ -173,8 +205,11 @@ describe('ANA: Linux native multipath host (6.12 guest) over two ports of the em
     const p2 = portIo(2);
     await writeVerify(g, 16, 4);
     assert.equal(portIo(2).writeCommands, p2.writeCommands, 'nothing through the persistent-loss port');
+    // Everything written so far, through whichever path, reads back through port 1 now.
+    for (const [seek, w] of written) assert.equal(await readSha(g, seek, w.mib), w.sha, `data at ${seek} MiB intact`);
     target!.setAnaState(2, 1, 'optimized');
     await waitStates(g, { [GP1]: 'optimized', [GP2]: 'optimized' });
+    assert.equal(written.size, 3);
     const d = await g.exec(`nvme disconnect -n ${NQN}`, { timeoutMs: 60_000 });
     assert.match(d.out, /disconnected 2 controller/);
     assert.ok(!logs.some((l) => l.startsWith('error:')), `no protocol errors on the target:\n${logs.filter((l) => l.startsWith('error:')).join('\n')}`);
