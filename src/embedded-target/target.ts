@@ -351,6 +351,8 @@ export class NvmeTarget {
   private async bindPort(p: TargetPort): Promise<void> {
     const want = p.want;
     const server = net.createServer((sock) => (this.opts.tls === undefined ? this.accept(sock, p) : this.acceptMaybeTls(sock, p)));
+    // Set before listening: accept() refuses connections of a port without a server.
+    p.server = server;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(want.port, want.host, () => {
@@ -358,11 +360,11 @@ export class NvmeTarget {
         resolve();
       });
     }).catch((err: unknown) => {
+      p.server = undefined;
       throw new NvmfNbdError(ErrorCode.CFG_INVALID, `cannot listen on ${want.host}:${want.port}: ${(err as Error).message}`, { cause: err });
     });
     server.on('error', (err) => this.ctx.log('error', `port ${p.id}: listener error: ${err.message}`));
     const a = server.address() as net.AddressInfo;
-    p.server = server;
     p.bound = { host: a.address, port: a.port };
     this.ctx.log('info', `port ${p.id}: listening on ${a.address}:${a.port}`);
   }
