@@ -341,10 +341,9 @@ test('a controller that never answers an authentication step: AUTH_FAILED after 
     await c.closed;
   });
   try {
-    const t0 = Date.now();
+    // "No hang" is the test's own timeout; no elapsed-time bound.
     const err = await failure(Controller.connect(opts({ trsvcid: fake.port, dhchap: { secret: hostKey, stepTimeoutMs: 500 } })));
     assert.equal(err.code, ErrorCode.AUTH_FAILED);
-    assert.ok(Date.now() - t0 < 15_000);
   } finally {
     await fake.close();
   }

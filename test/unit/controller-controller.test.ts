@@ -2,13 +2,14 @@
  * Controller bring-up, namespace scan, I/O split at MDTS, keep-alive, shutdown and discovery,
  * against the scripted controller of test/helpers/fake-target.ts.
  */
-import { test } from 'node:test';
+import { mock, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { Controller } from '../../src/controller/controller';
 import type { ControllerOptions } from '../../src/controller/controller';
 import { discover } from '../../src/controller/discovery';
 import { ErrorCode, NvmfNbdError } from '../../src/errors';
+import { Cns, sqeIdentify } from '../../src/wire';
 import { FakeTarget, serveController } from '../helpers/fake-target';
 import type { ControllerModel } from '../helpers/fake-target';
 import { rejectsCode } from '../helpers/assert-code';
@@ -132,14 +133,42 @@ test('NVMe error status surfaces as NVME_STATUS with the status', T, async () =>
   }
 });
 
-test('keep-alive is sent every KATO/2', T, async () => {
+/** Waits (real time, generous) until `cond()` holds: for a PDU that is on its way, never to prove absence. */
+async function until(cond: () => boolean, what: string): Promise<void> {
+  for (let i = 0; i < 500 && !cond(); i++) await new Promise((r) => setImmediate(r));
+  for (let i = 0; i < 500 && !cond(); i++) await new Promise((r) => setTimeout(r, 10));
+  assert.ok(cond(), what);
+}
+
+test('keep-alive is sent every KATO/2 (fake interval timer: one Keep Alive per 100 ms tick at KATO 200)', T, async () => {
   const m = model();
-  const { target, ctrl } = await start(m, { kato: 200, nrIoQueues: 1 });
+  // Only setInterval (the keep-alive timer) is faked: the connect's own waits stay real.
+  mock.timers.enable({ apis: ['setInterval'] });
+  const { target, ctrl } = await start(m, { kato: 200, nrIoQueues: 1 }).catch((e: unknown) => {
+    mock.timers.reset();
+    throw e;
+  });
+  const kas = (): number => (m.seen ?? []).filter((s) => s.opcode === 0x18).length;
   try {
-    await new Promise((r) => setTimeout(r, 450));
-    const kas = (m.seen ?? []).filter((s) => s.opcode === 0x18).length;
-    assert.ok(kas >= 3 && kas <= 6, `keep-alives: ${kas}`);
+    // An Identify round trip on the admin queue: the answer to a Keep Alive sent before it has
+    // been handled by then, and the Keep Alive itself has reached the target.
+    const roundTrip = (): Promise<unknown> => ctrl.adminCommand(sqeIdentify(Cns.CONTROLLER), { dataInLength: 4096 });
+    assert.equal(kas(), 0);
+    mock.timers.tick(99);
+    await roundTrip();
+    assert.equal(kas(), 0, 'no Keep Alive before KATO/2');
+    mock.timers.tick(1);
+    await until(() => kas() === 1, 'first Keep Alive at KATO/2');
+    await roundTrip();
+    mock.timers.tick(100);
+    await until(() => kas() === 2, 'second Keep Alive one period later');
+    await roundTrip();
+    mock.timers.tick(100);
+    await until(() => kas() === 3, 'third Keep Alive');
+    await roundTrip();
+    assert.equal(kas(), 3, 'exactly one Keep Alive per period');
   } finally {
+    mock.timers.reset();
     await ctrl.close();
     await target.close();
   }
@@ -159,11 +188,29 @@ test('close() sets CC.SHN=01b and waits for CSTS.SHST complete', T, async () => 
   await rejectsCode(ctrl.read(1, 0n, 1), ErrorCode.CONNECTION_CLOSED);
 });
 
-test('CSTS.RDY never set → ENABLE_TIMEOUT bounded by CAP.TO', T, async () => {
+test('CSTS.RDY never set → ENABLE_TIMEOUT after CAP.TO (500 ms units; fake clock)', T, async () => {
   const m = model({ neverReady: true, capTo: 1 });
-  const t0 = Date.now();
-  await rejectsCode(start(m), ErrorCode.ENABLE_TIMEOUT);
-  assert.ok(Date.now() - t0 < 3000);
+  // The enable wait polls with setTimeout against Date.now: both fake, advanced 10 ms per turn
+  // of the event loop while the (real) socket I/O goes on; the virtual time at the error is exact.
+  mock.timers.enable({ apis: ['setTimeout', 'Date'], now: 0 });
+  try {
+    let settled = false;
+    let at = -1;
+    const p = start(m).finally(() => {
+      settled = true;
+      at = Date.now();
+    });
+    p.catch(() => undefined);
+    while (!settled) {
+      mock.timers.tick(10);
+      await new Promise((r) => setImmediate(r));
+    }
+    await rejectsCode(p, ErrorCode.ENABLE_TIMEOUT);
+    assert.ok(at >= 500, `gave up at ${at} ms of virtual time, before CAP.TO = 500 ms`);
+    assert.ok(at <= 1000, `gave up at ${at} ms of virtual time, long after CAP.TO = 500 ms`);
+  } finally {
+    mock.timers.reset();
+  }
 });
 
 test('a wrong subsystem NQN → CONNECT_FAILED with Connect Invalid Parameters in the message', T, async () => {

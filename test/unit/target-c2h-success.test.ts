@@ -6,7 +6,7 @@
 import { strict as assert } from 'node:assert';
 import { randomBytes } from 'node:crypto';
 import { describe, it } from 'node:test';
-import { sqeRead, sqeWrite } from '../../src/wire';
+import { sqeFlush, sqeRead, sqeWrite } from '../../src/wire';
 import { C2hSuccessMode, NvmeTarget } from '../../src/embedded-target';
 import type { C2hSuccessMode as Mode } from '../../src/embedded-target';
 import { ErrorCode, NvmfNbdError } from '../../src/errors';
@@ -35,7 +35,8 @@ async function readOnce(mode: Mode, disableSqFc: boolean): Promise<{ viaSuccess:
     assert.equal((await io.submit(sqeWrite(1, 8n, 8, false), { write: data })).cqe.ok, true);
     const r = await io.submit(sqeRead(1, 8n, 8), { readLength: 4096 });
     assert.deepEqual(r.data, data);
-    await new Promise((res) => setTimeout(res, 50));
+    // A later command's completion: a CapsuleResp for the read would have come before it (one stream).
+    assert.equal((await io.submit(sqeFlush(1))).cqe.ok, true);
     const out = { viaSuccess: r.viaSuccess === true, stray: io.stray.length };
     io.close();
     admin.close();

@@ -199,7 +199,8 @@ describe('target: host bring-up and I/O', () => {
     const r = await io.submit(sqeRead(1, 64n, 8), { readLength: 4096 });
     assert.equal(r.viaSuccess, true);
     assert.deepEqual(r.data, data);
-    await new Promise((res) => setTimeout(res, 50));
+    // A later command's completion: a CapsuleResp for the read would have come before it (one stream).
+    assert.equal((await io.submit(sqeFlush(1))).cqe.ok, true);
     assert.equal(io.stray.length, 0, 'no CapsuleResp after SUCCESS');
     admin.close();
   });

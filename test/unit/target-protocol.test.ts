@@ -3,7 +3,7 @@
  * closed connection; bad commands → the exact NVMe status; the target keeps serving afterwards.
  */
 import { strict as assert } from 'node:assert';
-import { after, before, describe, it } from 'node:test';
+import { after, before, describe, it, mock } from 'node:test';
 import {
   crc32c, encodeCapsuleCmd, encodeH2CData, encodeIcReq, GenericStatus, FabricsStatus, CommandSpecificStatus,
   sqeIdentify, sqeRead, sqeWrite, sqeSetFeatures, PduType, sqeConnect, encodeConnectData, sqeAsyncEventRequest,
@@ -316,20 +316,28 @@ describe('target: malicious host', () => {
     }
   });
 
-  it('KATO expiry drops the association (admin and I/O queues)', T, async () => {
+  it('KATO expiry drops the association (admin and I/O queues); not before KATO (fake timers)', T, async () => {
     const admin = await RawHost.connect(port);
     await admin.icreq();
-    const c = await connectAdmin(admin, NQN, { kato: 300 });
-    await enable(admin);
-    const io = await RawHost.connect(port);
-    await io.icreq();
-    await connectIo(io, NQN, c.cqe.dw0);
     const before = target.stats().keepAliveTimeouts;
-    const t0 = Date.now();
-    await admin.waitClosed(5000);
-    await io.waitClosed(2000);
-    assert.ok(Date.now() - t0 >= 300, 'not before KATO');
-    assert.equal(target.stats().keepAliveTimeouts, before + 1);
+    // The target arms its keep-alive timer at the admin Connect: fake from here on.
+    mock.timers.enable({ apis: ['setTimeout'] });
+    try {
+      const c = await connectAdmin(admin, NQN, { kato: 300 });
+      await enable(admin);
+      const io = await RawHost.connect(port);
+      await io.icreq();
+      await connectIo(io, NQN, c.cqe.dw0);
+      mock.timers.tick(299);
+      assert.equal(target.stats().keepAliveTimeouts, before, 'not before KATO');
+      assert.equal(admin.closed || io.closed, false);
+      mock.timers.tick(60_000); // past KATO + the target's grace
+      assert.equal(target.stats().keepAliveTimeouts, before + 1);
+      await admin.waitClosed(5000);
+      await io.waitClosed(5000);
+    } finally {
+      mock.timers.reset();
+    }
   });
 
   it('more commands outstanding than the SQ holds → TermReq FES 2', T, async () => {
