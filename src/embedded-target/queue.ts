@@ -25,7 +25,7 @@ import { adminCommand } from './admin';
 import { C2hSuccessMode, fail, isOk, ok, type Completion, type TargetContext } from './context';
 import { KATO_MAX_MS, TargetController, type ControllerQueue } from './target-controller';
 import { ioCommand, ioPrecheck } from './io';
-import { WriteBatcher } from '../transport/write-batcher';
+import { WriteBatcher } from '../net/write-batcher';
 import { FabricsAuthType } from '../wire/auth';
 import { AssociationAuth, QueueAuth } from './target-auth';
 import { tlsPeerIdentity } from '../tls/channel';
@@ -89,7 +89,7 @@ export class TargetQueue implements ControllerQueue {
 
   private readonly ctx: TargetContext;
   private readonly sock: net.Socket;
-  /** PDUs produced in one tick leave in one writev (see transport/write-batcher.ts). */
+  /** PDUs produced in one tick leave in one writev (see net/write-batcher.ts). */
   private readonly out: WriteBatcher;
   private readonly parser: PduParser;
   private readonly peer: string;

@@ -12,7 +12,6 @@
  * per controller detach the kernel devices (unless keepAttached), drain NBD, CC.SHN; remove the
  * control socket. The state file stays: it says what a restarted daemon should reconnect.
  */
-import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
@@ -22,8 +21,8 @@ import { ensurePrivateDir } from '../net/private-dir';
 import type { OptionSpec } from '../cli/args';
 import { ControllerSession, parseNbdSpec } from './session';
 import type { NbdSpec, SessionOptions } from './session';
-import { ControlVerb, LineDecoder, encodeResponse, errorResponse, parseRequest, requestIdOf } from './control';
-import type { ControlRequest, ControlResponse } from './control';
+import { ControlVerb, LineDecoder, encodeResponse, errorResponse, parseRequest, requestIdOf } from '../wire/control';
+import type { ControlRequest, ControlResponse } from '../wire/control';
 import { allocateName, readState, withoutSecrets, writeState } from './state-file';
 import type { StateController, StateDevice } from './state-file';
 import { AdminOpcode, Cns, DISCOVERY_NQN, sqeGetLogPage, sqeIdentify } from '../wire';
@@ -31,7 +30,7 @@ import { PersistentDiscovery } from './persistent-discovery';
 import { syncByIdLinks } from './by-id';
 import type { ByIdWant } from './by-id';
 import type { DiscoveryEntry } from '../controller/discovery';
-import { socketAlive } from '../net/probe';
+import { listenPrivate, preparePrivateSocket } from '../net/private-socket';
 import { kernelDeviceInUse } from './device-in-use';
 import {
   allocateDiscoveryName, argInt, argString, checkArgs, isRecordArg, parseConnectNbdSpec, pathKey, splitDiscoveryArgs, withoutOverrides,
@@ -239,33 +238,14 @@ export class Daemon {
   }
 
   private async prepareControlPath(): Promise<void> {
-    await ensurePrivateDir(path.dirname(this.controlPath));
-    let st: fs.Stats;
-    try {
-      st = await fsp.lstat(this.controlPath);
-    } catch {
-      return;
-    }
-    if (!st.isSocket()) throw new NvmfNbdError(ErrorCode.CFG_INVALID, `${this.controlPath} exists and is not a socket`);
-    if (await socketAlive(this.controlPath)) throw new NvmfNbdError(ErrorCode.DAEMON_RUNNING, `a daemon already answers on ${this.controlPath}`);
-    // A stale socket from a killed daemon.
-    await fsp.unlink(this.controlPath);
+    await preparePrivateSocket(this.controlPath, {
+      notSocket: ErrorCode.CFG_INVALID, inUse: ErrorCode.DAEMON_RUNNING, inUseMessage: `a daemon already answers on ${this.controlPath}`,
+    });
   }
 
   private async listen(): Promise<void> {
     const server = net.createServer((sock) => this.serveControl(sock));
-    // The bind happens inside listen(): under umask 0177 the socket never exists with looser mode.
-    const old = process.umask(0o177);
-    try {
-      server.listen(this.controlPath);
-    } finally {
-      process.umask(old);
-    }
-    await new Promise<void>((resolve, reject) => {
-      server.once('listening', resolve);
-      server.once('error', reject);
-    });
-    await fsp.chmod(this.controlPath, 0o600);
+    await listenPrivate(server, this.controlPath);
     this.server = server;
   }
 

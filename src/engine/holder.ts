@@ -21,6 +21,7 @@ import { Cmd as NbdCmd, REQUEST_HEADER_SIZE, encodeRequest } from '../wire/nbd';
 import { NbdClientStream, NbdServerStream } from '../wire/nbd-relay';
 import type { HeldRequest } from '../wire/nbd-relay';
 import { socketAlive } from '../net/probe';
+import { waitListening } from '../net/listen';
 import { readHolderFile, startTimeField, writeHolderFile } from './holder-file';
 
 /** Bytes of held requests (READ data counted) per connection before the holder stops reading the client. */
@@ -303,9 +304,8 @@ export class NbdHolder {
       h?.conns.add(c);
     });
     server.listen({ host: o.listen.host, port: o.listen.port });
-    await new Promise<void>((resolve, reject) => {
-      server.once('listening', resolve);
-      server.once('error', (err) => reject(new NvmfNbdError(ErrorCode.NBD_LISTEN_FAILED, `holder cannot listen on ${o.listen.host}:${o.listen.port}: ${err.message}`, { cause: err })));
+    await waitListening(server).catch((err: Error) => {
+      throw new NvmfNbdError(ErrorCode.NBD_LISTEN_FAILED, `holder cannot listen on ${o.listen.host}:${o.listen.port}: ${err.message}`, { cause: err });
     });
     h = new NbdHolder(server, (server.address() as net.AddressInfo).port);
     return h;

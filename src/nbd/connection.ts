@@ -9,7 +9,7 @@
 import type { Duplex } from 'node:stream';
 import { ErrorCode, type ErrorCodeValue } from '../errors';
 import { encodeGreeting } from '../wire/nbd';
-import { WriteBatcher } from '../transport/write-batcher';
+import { WriteBatcher } from '../net/write-batcher';
 import { NbdHandshake, type HandshakeOwner, type Negotiated } from './handshake';
 import { NbdTransmission, type TransmissionOwner } from './transmission';
 import type { NbdConnectionHost, NbdExportEntry, NbdLogEntry } from './types';

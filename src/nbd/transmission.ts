@@ -24,7 +24,7 @@ import {
   nbdErrno,
   type NbdRequest,
 } from '../wire/nbd';
-import type { WriteBatcher } from '../transport/write-batcher';
+import type { WriteBatcher } from '../net/write-batcher';
 import { BASE_ALLOCATION_ID, type Negotiated } from './handshake';
 import type { NbdConnectionHost, NbdExportEntry, NbdLogEntry } from './types';
 

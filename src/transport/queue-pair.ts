@@ -20,7 +20,7 @@ import { parseCqe } from '../wire/cqe';
 import type { Cqe } from '../wire/cqe';
 import { FabricsStatus, Sct, formatStatus, statusError } from '../wire/status';
 import { sqeAuthReceive, sqeAuthSend } from '../wire/auth';
-import { WriteBatcher } from './write-batcher';
+import { WriteBatcher } from '../net/write-batcher';
 
 /** Largest in-capsule write on an admin queue (TP 8000: admin capsules carry up to 8 KiB). */
 export const ADMIN_IN_CAPSULE_MAX = 8192;

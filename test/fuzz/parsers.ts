@@ -19,7 +19,7 @@ import {
   encodeOffsetDataHeader, encodeOption, encodeRepAck, encodeRepServer, encodeRequest, encodeSimpleReply, parseInfoRequest, parseMetaContextRequest,
 } from '../../src/wire/nbd';
 import { NbdClientStream, NbdServerStream } from '../../src/wire/nbd-relay';
-import { encodeRequest as encodeControlRequest, encodeResponse as encodeControlResponse, parseRequest, parseResponse } from '../../src/engine/control';
+import { encodeRequest as encodeControlRequest, encodeResponse as encodeControlResponse, parseRequest, parseResponse } from '../../src/wire/control';
 import { validateState } from '../../src/engine/state-file';
 import { parseConfigJson } from '../../src/config/config-json';
 import { parseDiscoveryConf } from '../../src/config/discovery-conf';

@@ -15,7 +15,7 @@ import { NbdServer } from '../../src/nbd/server';
 import { NvmeTarget } from '../../src/embedded-target';
 import { Daemon } from '../../src/engine/daemon';
 import type { ControllerSession } from '../../src/engine/session';
-import { encodeRequest as encodeControlRequest, parseResponse } from '../../src/engine/control';
+import { encodeRequest as encodeControlRequest, parseResponse } from '../../src/wire/control';
 import { connectBinding } from '../../src/cli/verbs/daemon';
 import { ErrorCode, NvmfNbdError } from '../../src/errors';
 import { Rng, chunks, mutate, type FuzzResult } from './lib';

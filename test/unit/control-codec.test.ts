@@ -6,9 +6,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  ControlVerb, LineDecoder, MAX_CONTROL_LINE, connectArgsForDaemon, controlSocketPath, encodeRequest, encodeResponse,
-  errorResponse, parseRequest, parseResponse, requestIdOf, responseError,
-} from '../../src/engine/control';
+  ControlVerb, LineDecoder, MAX_CONTROL_LINE, encodeRequest, encodeResponse, errorResponse, parseRequest, parseResponse,
+  requestIdOf, responseError,
+} from '../../src/wire/control';
+import { controlSocketPath } from '../../src/engine/control-client';
+import { connectArgsForDaemon } from '../../src/cli/daemon-client';
 import { ErrorCode, NvmfNbdError } from '../../src/errors';
 import { throwsCode } from '../helpers/assert-code';
 

@@ -15,7 +15,8 @@ import { Daemon, endpointFor, parseDaemonNbdSpec } from '../../src/engine/daemon
 import { checkArgs } from '../../src/engine/daemon-args';
 import { kernelDeviceInUse } from '../../src/engine/device-in-use';
 import type { ControllerSession, SessionOptions } from '../../src/engine/session';
-import { ControlVerb, callDaemon } from '../../src/engine/control';
+import { ControlVerb } from '../../src/wire/control';
+import { callDaemon } from '../../src/engine/control-client';
 import { readState, writeState } from '../../src/engine/state-file';
 import { connectBinding } from '../../src/cli/verbs/daemon';
 import { ErrorCode, NvmfNbdError } from '../../src/errors';

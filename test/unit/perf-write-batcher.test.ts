@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as net from 'node:net';
 import { Writable } from 'node:stream';
-import { WriteBatcher } from '../../src/transport/write-batcher';
+import { WriteBatcher } from '../../src/net/write-batcher';
 
 /** A Writable that records each _write / _writev call as one batch. */
 function recorder(): { sink: Writable; batches: Buffer[][] } {

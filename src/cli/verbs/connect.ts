@@ -23,7 +23,7 @@ import { NBD_SECURITY_OPTIONS, absoluteNbdTlsPaths, checkNbdEndpointArg, nbdAcce
 import { escapeControl, formatBytes, formatJson, formatTable, outputFormat } from '../output';
 import type { OutputFormat } from '../output';
 import { waitForShutdownSignal } from '../signals';
-import { HANDOFF_OPTIONS, handOffConnect } from '../../engine/control';
+import { HANDOFF_OPTIONS, handOffConnect } from '../daemon-client';
 import { ErrorCode, NvmfNbdError } from '../../errors';
 import { describeOutcome, type AuthOutcome, type DhchapHostOptions } from '../../controller/auth';
 import { loadDhchapSecret } from '../../controller/dhchap-secret';

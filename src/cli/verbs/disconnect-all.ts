@@ -1,7 +1,8 @@
 /** `nvmf-nbd disconnect-all`: the daemon detaches and closes every controller. */
 import type { Verb } from '../verb';
 import { stateDir } from '../../controller/host-identity';
-import { CONTROL_OPTION, ControlVerb, requestDaemon } from '../../engine/control';
+import { ControlVerb } from '../../wire/control';
+import { CONTROL_OPTION, requestDaemon } from '../daemon-client';
 
 export const verb: Verb = {
   name: 'disconnect-all',

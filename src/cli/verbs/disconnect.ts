@@ -6,7 +6,8 @@
 import type { Verb } from '../verb';
 import { usageError } from '../args';
 import { stateDir } from '../../controller/host-identity';
-import { CONTROL_OPTION, ControlVerb, requestDaemon } from '../../engine/control';
+import { ControlVerb } from '../../wire/control';
+import { CONTROL_OPTION, requestDaemon } from '../daemon-client';
 
 /** The control request for disconnect's flags and positional. */
 export function disconnectTarget(opts: Record<string, unknown>, positionals: readonly string[]): Record<string, string> {

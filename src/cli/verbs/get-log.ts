@@ -5,7 +5,8 @@
 import type { Verb } from '../verb';
 import { usageError } from '../args';
 import { stateDir } from '../../controller/host-identity';
-import { CONTROL_OPTION, ControlVerb, requestDaemon } from '../../engine/control';
+import { ControlVerb } from '../../wire/control';
+import { CONTROL_OPTION, requestDaemon } from '../daemon-client';
 import { MAX_PASSTHRU_DATA } from '../../engine/daemon';
 import { formatJson } from '../output';
 

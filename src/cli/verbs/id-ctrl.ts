@@ -11,7 +11,8 @@ import { usageError } from '../args';
 import { parseIdentifyController } from '../../wire';
 import type { IdentifyController } from '../../wire';
 import { stateDir } from '../../controller/host-identity';
-import { CONTROL_OPTION, ControlVerb, requestDaemon } from '../../engine/control';
+import { ControlVerb } from '../../wire/control';
+import { CONTROL_OPTION, requestDaemon } from '../daemon-client';
 
 /** `nvmeX` when the first positional names a daemon controller (else undefined). */
 export function daemonControllerArg(positionals: readonly string[]): string | undefined {

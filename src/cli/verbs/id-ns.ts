@@ -11,7 +11,8 @@ import { ErrorCode, NvmfNbdError } from '../../errors';
 import { classifyNamespace } from '../../controller/controller';
 import type { NamespaceInfo } from '../../controller/controller';
 import { stateDir } from '../../controller/host-identity';
-import { CONTROL_OPTION, ControlVerb, requestDaemon } from '../../engine/control';
+import { ControlVerb } from '../../wire/control';
+import { CONTROL_OPTION, requestDaemon } from '../daemon-client';
 
 function printIdNs(nsid: number, ns: NamespaceInfo, format: 'normal' | 'json'): void {
   const { lbaf, nguid, eui64, ...scalars } = ns.identify;

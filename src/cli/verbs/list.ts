@@ -5,7 +5,8 @@
 import type { Verb } from '../verb';
 import { usageError } from '../args';
 import { stateDir } from '../../controller/host-identity';
-import { CONTROL_OPTION, ControlVerb, requestDaemon } from '../../engine/control';
+import { ControlVerb } from '../../wire/control';
+import { CONTROL_OPTION, requestDaemon } from '../daemon-client';
 import { formatBytes, formatJson, formatTable, outputFormat } from '../output';
 import { dumpConfig } from './connect-all';
 
