@@ -1,13 +1,19 @@
 /**
- * Data structures the embedded target returns to hosts (pure encoders, no I/O): Identify
- * Controller / Namespace / lists / descriptors, and the log pages a Linux host asks for.
- * Layouts follow NVMe Base 2.0 and NVMe-oF 1.1; byte offsets are written next to each field.
+ * What the embedded target reports to hosts: the values of its Identify Controller / Namespace /
+ * lists / descriptors and of the log pages a Linux host asks for. The layouts (byte offsets) are
+ * `src/wire/`'s — one encoder per structure, shared with the host's decoders; this file only
+ * chooses the values (capabilities the target has, identities, policy such as list order).
  */
 import { createHash } from 'node:crypto';
 import { AEN_CFG_ANA_CHANGE, Cmic } from '../wire/ana';
+import {
+  AdrFam, IDENTIFY_SIZE, SubType, TcpSecType, Treq, encodeDiscoveryLog as encodeDiscoveryLogPage, encodeIdentifyController as encodeIdCtrl,
+  encodeIdentifyNamespace as encodeIdNs, encodeNamespaceList,
+} from '../wire';
+import { encodeNsIdDescriptors } from '../wire/ns-descriptors';
+import { encodeChangedNsList, encodeErrorLog as encodeErrorEntries, encodeFirmwareLog as encodeFirmwareSlots, encodeSmartLog as encodeSmart } from '../wire/log-pages';
 
-/** Size of every Identify data structure. */
-export const IDENTIFY_SIZE = 4096;
+export { IDENTIFY_SIZE };
 
 /** Controller types (Identify Controller CNTRLTYPE). */
 export const ControllerType = { IO: 1, DISCOVERY: 2 } as const;
@@ -17,6 +23,10 @@ export const NVME_VERSION = 0x00010400;
 
 /** PCI vendor id reported in VID/SSVID: 0 (no PCI vendor: a software target). */
 const VID = 0x0000;
+/** OAES bit 8: Namespace Attribute Notices. */
+const OAES_NS_ATTR = 1 << 8;
+/** OAES bit 31: Discovery Log Page Change notices. */
+const OAES_DISCOVERY_LOG = 0x80000000;
 
 /** Fields of Identify Controller that vary per target/controller. */
 export interface IdentifyControllerFields {
@@ -47,69 +57,57 @@ export interface IdentifyControllerFields {
   cqt?: number;
 }
 
-function putString(b: Buffer, at: number, len: number, s: string, pad = 0x20): void {
-  // Identify strings are ASCII, space padded, not NUL terminated.
-  b.fill(pad, at, at + len);
-  b.write(s.slice(0, len), at, len, 'latin1');
-}
-
 /**
  * Identify Controller (CNS 01h), NVMe Base 2.0 Figure 275 + NVMe-oF 1.1 §4.1 fabrics fields.
  * What the Linux host checks: CNTLID matches Connect, KAS non-zero for I/O controllers, SGLS
  * bits 1:0 non-zero, ICDOFF 0, IOCCSZ for the in-capsule size, OAES bit 8 for namespace AENs.
  */
 export function encodeIdentifyController(f: IdentifyControllerFields): Buffer {
-  const b = Buffer.alloc(IDENTIFY_SIZE);
   const io = f.type === ControllerType.IO;
-  b.writeUInt16LE(VID, 0); // VID
-  b.writeUInt16LE(VID, 2); // SSVID
-  putString(b, 4, 20, f.serial); // SN
-  putString(b, 24, 40, f.model); // MN
-  putString(b, 64, 8, f.firmware); // FR
-  b[72] = 0; // RAB
-  // CMIC bit 1: the subsystem may have several controllers; with ANA also bit 0 (several ports)
-  // and bit 3 (ANA reporting), which is what turns on the Linux host's native multipath ANA code.
-  b[76] = io ? (f.ana !== undefined ? Cmic.MULTI_PORT | Cmic.MULTI_CTRL | Cmic.ANA : Cmic.MULTI_CTRL) : 0;
-  b[77] = f.mdts; // MDTS
-  b.writeUInt16LE(f.cntlid, 78); // CNTLID
-  b.writeUInt32LE(NVME_VERSION, 80); // VER
-  // OAES bit 8: Namespace Attribute Notices (I/O); bit 31: Discovery Log Page Change (discovery).
-  // Bit 11: ANA Change Notices.
-  b.writeUInt32LE(io ? (1 << 8) | (f.ana !== undefined ? AEN_CFG_ANA_CHANGE : 0) : 0x80000000, 92);
-  b.writeUInt32LE(0, 96); // CTRATT
-  b[111] = f.type; // CNTRLTYPE
-  b.writeUInt16LE(0, 256); // OACS: no optional admin commands
-  b[258] = 3; // ACL: 0-based, abort limit (Abort is accepted, never aborts)
-  b[259] = f.aerl; // AERL
-  b[260] = 0x03; // FRMW: slot 1 read-only, one slot
-  b[261] = 0x04; // LPA bit 2: extended data / offset for Get Log Page
-  b[262] = 0; // ELPE: one error log entry
-  b.writeUInt16LE(0x0157, 266); // WCTEMP 343 K
-  b.writeUInt16LE(0x0173, 268); // CCTEMP 371 K
-  b.writeUInt16LE(f.kas, 320); // KAS
-  if (io && f.ana !== undefined) {
-    b[342] = f.ana.anatt; // ANATT (s)
-    b[343] = f.ana.anacap; // ANACAP
-    b.writeUInt32LE(f.ana.maxGroups, 344); // ANAGRPMAX
-    b.writeUInt32LE(f.ana.maxGroups, 348); // NANAGRPID
-  }
-  b.writeUInt16LE(f.cqt ?? 0, 386); // CQT (ms)
-  b[512] = 0x66; // SQES: 64 bytes required and max
-  b[513] = 0x44; // CQES: 16 bytes
-  b.writeUInt16LE(f.maxcmd, 514); // MAXCMD
-  b.writeUInt32LE(f.nn, 516); // NN
-  b.writeUInt16LE(io ? (1 << 2) | (1 << 3) : 0, 520); // ONCS: DSM, Write Zeroes
-  b[525] = io ? 0x07 : 0; // VWC present; bits 2:1 = 11b flush with NSID FFFFFFFFh supported
-  b.writeUInt32LE((1 << 0) | (1 << 20), 536); // SGLS: SGLs supported, offset addressing in-capsule
-  b.writeUInt32LE(io ? f.nn : 0, 540); // MNAN
-  b.write(f.subnqn.slice(0, 255), 768, 255, 'utf8'); // SUBNQN, NUL padded
-  b.writeUInt32LE(f.ioccsz, 1792); // IOCCSZ
-  b.writeUInt32LE(1, 1796); // IORCSZ: 16-byte response capsules
-  b.writeUInt16LE(0, 1800); // ICDOFF
-  b[1802] = 0; // FCATT: dynamic controller model
-  b[1803] = 1; // MSDBD: one SGL descriptor
-  b.writeUInt16LE(25, 2048); // PSD0 MP: 0.25 W (in 0.01 W units), any non-zero value
-  return b;
+  const ana = io ? f.ana : undefined;
+  return encodeIdCtrl({
+    vid: VID,
+    ssvid: VID,
+    sn: f.serial,
+    mn: f.model,
+    fr: f.firmware,
+    rab: 0,
+    // CMIC bit 1: the subsystem may have several controllers; with ANA also bit 0 (several ports)
+    // and bit 3 (ANA reporting), which is what turns on the Linux host's native multipath ANA code.
+    cmic: io ? (ana !== undefined ? Cmic.MULTI_PORT | Cmic.MULTI_CTRL | Cmic.ANA : Cmic.MULTI_CTRL) : 0,
+    mdts: f.mdts,
+    cntlid: f.cntlid,
+    ver: NVME_VERSION,
+    oaes: io ? OAES_NS_ATTR | (ana !== undefined ? AEN_CFG_ANA_CHANGE : 0) : OAES_DISCOVERY_LOG,
+    ctratt: 0,
+    cntrltype: f.type,
+    oacs: 0, // no optional admin commands
+    acl: 3, // 0-based abort limit (Abort is accepted, never aborts)
+    aerl: f.aerl,
+    frmw: 0x03, // slot 1 read-only, one slot
+    lpa: 0x04, // bit 2: extended data / offset for Get Log Page
+    elpe: 0, // one error log entry
+    wctemp: 0x0157, // 343 K
+    cctemp: 0x0173, // 371 K
+    kas: f.kas,
+    ...(ana !== undefined ? { anatt: ana.anatt, anacap: ana.anacap, anagrpmax: ana.maxGroups, nanagrpid: ana.maxGroups } : {}),
+    cqt: f.cqt ?? 0, // ms
+    sqes: 0x66, // 64 bytes required and max
+    cqes: 0x44, // 16 bytes
+    maxcmd: f.maxcmd,
+    nn: f.nn,
+    oncs: io ? (1 << 2) | (1 << 3) : 0, // DSM, Write Zeroes
+    vwc: io ? 0x07 : 0, // present; bits 2:1 = 11b flush with NSID FFFFFFFFh supported
+    sgls: (1 << 0) | (1 << 20), // SGLs supported, offset addressing in-capsule
+    mnan: io ? f.nn : 0,
+    subnqn: f.subnqn,
+    ioccsz: f.ioccsz,
+    iorcsz: 1, // 16-byte response capsules
+    icdoff: 0,
+    fcatt: 0, // dynamic controller model
+    msdbd: 1, // one SGL descriptor
+    psd0mp: 25, // 0.25 W (in 0.01 W units), any non-zero value
+  });
 }
 
 /** Per-namespace identity derived from the subsystem NQN and NSID (stable across restarts). */
@@ -141,55 +139,32 @@ export interface IdentifyNamespaceFields {
   anagrpid?: number;
 }
 
-/**
- * Identify Namespace (CNS 00h), NVM Command Set Figure 97: NSZE/NCAP/NUSE @0/8/16, NSFEAT @24,
- * NLBAF @25 (0-based), FLBAS @26, NMIC @30, DLFEAT @33, NGUID @104, EUI64 @120, LBAF0 @128.
- */
+/** Identify Namespace (CNS 00h): one LBA format, identifiers never reused, shareable, zeroes on deallocate. */
 export function encodeIdentifyNamespace(f: IdentifyNamespaceFields): Buffer {
-  const b = Buffer.alloc(IDENTIFY_SIZE);
-  b.writeBigUInt64LE(f.nsze, 0);
-  b.writeBigUInt64LE(f.nsze, 8);
-  b.writeBigUInt64LE(f.nsze, 16);
-  b[24] = 0x08; // NSFEAT bit 3: NGUID/EUI64 never reused
-  b[25] = 0; // NLBAF: one format
-  b[26] = 0; // FLBAS: format 0, no metadata
-  b[30] = 0x01; // NMIC: may be attached to several controllers
-  b[33] = 0x09; // DLFEAT: deallocated blocks read as zeroes (001b), Write Zeroes may deallocate (bit 3)
-  b.writeUInt32LE(f.anagrpid ?? 0, 92); // ANAGRPID
-  f.ids.nguid.copy(b, 104);
-  f.ids.eui64.copy(b, 120);
-  b.writeUInt32LE((f.lbads & 0xff) << 16, 128); // LBAF0: MS 0, LBADS, RP 0
-  return b;
+  return encodeIdNs({
+    nsze: f.nsze,
+    ncap: f.nsze,
+    nuse: f.nsze,
+    nsfeat: 0x08, // bit 3: NGUID/EUI64 never reused
+    nlbaf: 0, // one format
+    flbas: 0, // format 0, no metadata
+    nmic: 0x01, // may be attached to several controllers
+    dlfeat: 0x09, // deallocated blocks read as zeroes (001b), Write Zeroes may deallocate (bit 3)
+    anagrpid: f.anagrpid ?? 0,
+    nguid: f.ids.nguid,
+    eui64: f.ids.eui64,
+    lbaf: [{ ms: 0, lbads: f.lbads & 0xff, rp: 0 }],
+  });
 }
 
 /** Active Namespace ID list (CNS 02h): up to 1024 NSIDs greater than `after`, ascending. */
 export function encodeActiveNamespaceList(nsids: readonly number[], after: number): Buffer {
-  const b = Buffer.alloc(IDENTIFY_SIZE);
-  let i = 0;
-  for (const id of [...nsids].sort((x, y) => x - y)) {
-    if (id <= after) continue;
-    if (i === 1024) break;
-    b.writeUInt32LE(id, i * 4);
-    i++;
-  }
-  return b;
+  return encodeNamespaceList([...nsids].sort((x, y) => x - y).filter((id) => id > after).slice(0, 1024));
 }
 
-/** Namespace Identification Descriptor list (CNS 03h): EUI64 (1), NGUID (2), UUID (3), CSI (4). */
+/** Namespace Identification Descriptor list (CNS 03h): EUI64, NGUID, UUID, CSI 0 (NVM). */
 export function encodeNsDescriptors(ids: NamespaceIds): Buffer {
-  const b = Buffer.alloc(IDENTIFY_SIZE);
-  let o = 0;
-  const put = (nidt: number, v: Buffer): void => {
-    b[o] = nidt;
-    b[o + 1] = v.length;
-    v.copy(b, o + 4);
-    o += 4 + v.length;
-  };
-  put(1, ids.eui64);
-  put(2, ids.nguid);
-  put(3, ids.uuid);
-  put(4, Buffer.from([0])); // CSI 0: NVM command set
-  return b;
+  return encodeNsIdDescriptors({ eui64: ids.eui64, nguid: ids.nguid, uuid: ids.uuid, csi: 0 });
 }
 
 /** One discovery log entry (NVMe-oF 1.1 Figure 38). */
@@ -209,70 +184,54 @@ export interface DiscoveryEntry {
 }
 
 /**
- * Discovery log page (LID 70h): 1024-byte header (genctr u64 @0, numrec u64 @8, recfmt u16 @16),
- * then 1024-byte entries: trtype @0 (3 TCP), adrfam @1, subtype @2 (2 NVM subsystem), treq @3,
- * portid u16 @4, cntlid u16 @6 (FFFFh dynamic), asqsz u16 @8, trsvcid[32] @32, subnqn[256] @256,
- * traddr[256] @512, tsas @768 (TCP: sectype 0 = none).
+ * Discovery log page (LID 70h): TCP entries with dynamic controllers; TREQ says SQ flow control
+ * disable is supported, plus the secure channel requirement (TSAS sectype TLS 1.3) when TLS is on.
  */
 export function encodeDiscoveryLog(genctr: bigint, entries: readonly DiscoveryEntry[]): Buffer {
-  const b = Buffer.alloc(1024 * (1 + entries.length));
-  b.writeBigUInt64LE(genctr, 0);
-  b.writeBigUInt64LE(BigInt(entries.length), 8);
-  b.writeUInt16LE(0, 16);
-  entries.forEach((e, i) => {
-    const o = 1024 * (i + 1);
-    b[o] = 3; // TRTYPE TCP
-    b[o + 1] = e.adrfam;
-    b[o + 2] = e.subtype ?? 2; // SUBTYPE: 2 NVMe subsystem, 1 discovery referral
-    // TREQ bits 1:0 secure channel (0 not specified, 1 required, 2 not required); bit 2: SQ flow
-    // control disable supported. TSAS byte 0 for TCP: sectype (2 = TLS 1.3).
-    b[o + 3] = 0x04 | (e.tls === 'required' ? 0x01 : e.tls === 'optional' ? 0x02 : 0);
-    if (e.tls !== undefined) b[o + 768] = 2;
-    b.writeUInt16LE(e.portid, o + 4);
-    b.writeUInt16LE(0xffff, o + 6);
-    b.writeUInt16LE(e.asqsz, o + 8);
-    b.write(e.trsvcid.slice(0, 32), o + 32, 32, 'latin1');
-    b.write(e.subnqn.slice(0, 255), o + 256, 255, 'utf8');
-    b.write(e.traddr.slice(0, 255), o + 512, 255, 'latin1');
-  });
-  return b;
+  return encodeDiscoveryLogPage(genctr, entries.map((e) => {
+    const tsas = Buffer.alloc(256);
+    if (e.tls !== undefined) tsas[0] = TcpSecType.TLS13;
+    return {
+      adrfam: e.adrfam === 2 ? AdrFam.IPV6 : AdrFam.IPV4,
+      subtype: e.subtype ?? SubType.NVM,
+      treq: Treq.DISABLE_SQ_FC | (e.tls === 'required' ? Treq.REQUIRED : e.tls === 'optional' ? Treq.NOT_REQUIRED : Treq.NOT_SPECIFIED),
+      portid: e.portid,
+      cntlid: 0xffff,
+      asqsz: e.asqsz,
+      trsvcid: e.trsvcid,
+      subnqn: e.subnqn,
+      traddr: e.traddr,
+      tsas,
+    };
+  }));
 }
 
-/** Error Information log (LID 01h): one 64-byte entry, error count 0 (nothing recorded). */
+/** Error Information log (LID 01h): one entry, error count 0 (nothing recorded). */
 export function encodeErrorLog(): Buffer {
-  return Buffer.alloc(64);
+  return encodeErrorEntries([{}]);
 }
 
-/** SMART / Health log (LID 02h), 512 bytes: temperature, spare, data units and command counts. */
+/** SMART / Health log (LID 02h): a healthy device at 300 K, with the target's data and command counts. */
 export function encodeSmartLog(s: { unitsRead: bigint; unitsWritten: bigint; readCmds: bigint; writeCmds: bigint }): Buffer {
-  const b = Buffer.alloc(512);
-  b[0] = 0; // critical warning
-  b.writeUInt16LE(300, 1); // composite temperature, kelvin
-  b[3] = 100; // available spare %
-  b[4] = 10; // available spare threshold %
-  b[5] = 0; // percentage used
-  b.writeBigUInt64LE(s.unitsRead, 32); // data units read (1000 × 512 bytes), low 64 of 128 bits
-  b.writeBigUInt64LE(s.unitsWritten, 48);
-  b.writeBigUInt64LE(s.readCmds, 64); // host read commands
-  b.writeBigUInt64LE(s.writeCmds, 80);
-  return b;
+  return encodeSmart({
+    criticalWarning: 0,
+    temperature: 300,
+    availableSpare: 100,
+    spareThreshold: 10,
+    percentageUsed: 0,
+    dataUnitsRead: s.unitsRead,
+    dataUnitsWritten: s.unitsWritten,
+    hostReadCommands: s.readCmds,
+    hostWriteCommands: s.writeCmds,
+  });
 }
 
-/** Firmware Slot Information log (LID 03h), 512 bytes: slot 1 active with revision `fr`. */
+/** Firmware Slot Information log (LID 03h): slot 1 active with revision `fr`. */
 export function encodeFirmwareLog(fr: string): Buffer {
-  const b = Buffer.alloc(512);
-  b[0] = 0x01; // AFI: slot 1 active
-  putString(b, 8, 8, fr);
-  return b;
+  return encodeFirmwareSlots({ afi: 0x01, slots: [fr] });
 }
 
 /** Changed Namespace List log (LID 04h): up to 1024 NSIDs; more than that → FFFFFFFFh alone. */
 export function encodeChangedNsLog(nsids: readonly number[]): Buffer {
-  const b = Buffer.alloc(4096);
-  if (nsids.length > 1024) {
-    b.writeUInt32LE(0xffffffff, 0);
-    return b;
-  }
-  nsids.forEach((id, i) => b.writeUInt32LE(id, i * 4));
-  return b;
+  return encodeChangedNsList(nsids);
 }

@@ -4,7 +4,7 @@
  * Created by an admin-queue Connect; I/O queues join it by cntlid. Destroyed when its admin
  * queue closes, its keep-alive timer expires, or the target closes — one teardown path.
  */
-import { CommandSpecificStatus, Sct } from '../wire';
+import { CommandSpecificStatus, Property, Sct, Shn, Shst, decodeCc, decodeCsts, encodeCap, encodeCsts } from '../wire';
 import { fail, ok, type Completion, type TargetContext, type TargetSubsystem } from './context';
 import { NVME_VERSION } from './pages';
 import { AEN_ANA_CHANGE_DW0, AEN_CFG_ANA_CHANGE } from '../wire/ana';
@@ -17,17 +17,10 @@ export interface ControllerQueue {
   destroy(reason: string): void;
 }
 
-/** Property offsets (NVMe-oF 1.1 §3.5). */
-export const Property = { CAP: 0x00, VS: 0x08, CC: 0x14, CSTS: 0x1c } as const;
-
-/** CC fields. */
-const CC_EN = 0x1;
-const CC_SHN_SHIFT = 14;
-/** CSTS fields. */
-const CSTS_RDY = 0x1;
-const CSTS_CFS = 0x2;
-const CSTS_SHST_OCCURRING = 0x1 << 2;
-const CSTS_SHST_COMPLETE = 0x2 << 2;
+/** CSTS with its shutdown status replaced. */
+function withShst(csts: number, shst: number): number {
+  return encodeCsts({ ...decodeCsts(csts), shst });
+}
 
 /** AEN: type 2 (notice), info 0 (namespace attribute changed), log page 04h. */
 export const AEN_NS_ATTR_CHANGED = 0x02 | (0x00 << 8) | (0x04 << 16);
@@ -104,7 +97,7 @@ export class TargetController {
 
   /** CSTS.RDY: the host enabled the controller. */
   get ready(): boolean {
-    return (this.csts & CSTS_RDY) !== 0;
+    return decodeCsts(this.csts).rdy;
   }
 
   get isDestroyed(): boolean {
@@ -139,8 +132,7 @@ export class TargetController {
 
   /** CAP: MQES, CQR, TO (500 ms units), CSS NVM, MPSMIN = MPSMAX = 0 (4 KiB). */
   cap(): bigint {
-    const mqes = BigInt(this.ctx.cfg.queueSize - 1);
-    return mqes | (1n << 16n) | (10n << 24n) | (1n << 37n);
+    return encodeCap({ mqes: this.ctx.cfg.queueSize - 1, cqr: true, to: 10, css: 1 });
   }
 
   /** Property Get: the value, or undefined for an invalid offset/size. */
@@ -166,35 +158,30 @@ export class TargetController {
   propertySet(offset: number, size8: boolean, value: bigint): boolean {
     if (size8 || offset !== Property.CC) return false;
     const next = Number(value & 0xffffffffn);
-    const prev = this.cc;
+    const cc = decodeCc(next);
+    const was = decodeCc(this.cc);
     this.cc = next;
-    if ((next & CC_EN) !== 0 && (prev & CC_EN) === 0) {
-      const mps = (next >>> 7) & 0xf;
-      const iosqes = (next >>> 16) & 0xf;
-      const iocqes = (next >>> 20) & 0xf;
-      const css = (next >>> 4) & 0x7;
-      const badQes = !this.subsys.discovery && (iosqes !== 6 || iocqes !== 4);
-      if (mps !== 0 || badQes || (css !== 0 && css !== 7)) {
+    if (cc.en && !was.en) {
+      const badQes = !this.subsys.discovery && (cc.iosqes !== 6 || cc.iocqes !== 4);
+      if (cc.mps !== 0 || badQes || (cc.css !== 0 && cc.css !== 7)) {
         // Linux's nvme_wait_ready fails on CFS: a clear error instead of a hang.
-        this.csts |= CSTS_CFS;
-        this.ctx.log('warn', `controller ${this.cntlid}: bad CC 0x${next.toString(16)} (mps ${mps}, iosqes ${iosqes}, iocqes ${iocqes}, css ${css})`);
+        this.csts |= encodeCsts({ cfs: true });
+        this.ctx.log('warn', `controller ${this.cntlid}: bad CC 0x${next.toString(16)} (mps ${cc.mps}, iosqes ${cc.iosqes}, iocqes ${cc.iocqes}, css ${cc.css})`);
       } else {
-        this.csts = CSTS_RDY;
+        this.csts = encodeCsts({ rdy: true });
       }
-    } else if ((next & CC_EN) === 0 && (prev & CC_EN) !== 0) {
+    } else if (!cc.en && was.en) {
       this.csts = 0;
     }
-    const shn = (next >>> CC_SHN_SHIFT) & 3;
-    const prevShn = (prev >>> CC_SHN_SHIFT) & 3;
-    if (shn !== 0 && prevShn === 0) {
-      this.csts = (this.csts & ~(3 << 2)) | CSTS_SHST_OCCURRING;
+    if (cc.shn !== Shn.NONE && was.shn === Shn.NONE) {
+      this.csts = withShst(this.csts, Shst.OCCURRING);
       // Shutdown makes written data durable before reporting completion.
       const flushes = [...this.subsys.namespaces.values()].map((ns) => ns.backend.flush().catch(() => undefined));
       void Promise.all(flushes).then(() => {
-        this.csts = (this.csts & ~(3 << 2)) | CSTS_SHST_COMPLETE;
+        this.csts = withShst(this.csts, Shst.COMPLETE);
       });
-    } else if (shn === 0 && prevShn !== 0) {
-      this.csts &= ~(3 << 2);
+    } else if (cc.shn === Shn.NONE && was.shn !== Shn.NONE) {
+      this.csts = withShst(this.csts, Shst.NORMAL);
     }
     return true;
   }

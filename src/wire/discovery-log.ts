@@ -3,8 +3,8 @@
  *
  * Header, 1024 bytes: genctr u64 @0, numrec u64 @8, recfmt u16 @16, reserved.
  * Entry i, 1024 bytes at 1024 + 1024*i: trtype u8 @0, adrfam u8 @1, subtype u8 @2, treq u8 @3,
- * portid u16 @4, cntlid u16 @6, asqsz u16 @8, eflags u16 @10, trsvcid[32] @32 (space padded),
- * subnqn[256] @256 (NUL padded), traddr[256] @512 (space padded), tsas[256] @768.
+ * portid u16 @4, cntlid u16 @6, asqsz u16 @8, eflags u16 @10, trsvcid[32] @32, subnqn[256] @256,
+ * traddr[256] @512 (all three NUL padded; the parser also trims spaces), tsas[256] @768.
  */
 import { ErrorCode, NvmfNbdError } from '../errors';
 
@@ -114,7 +114,8 @@ function writeField(b: Buffer, at: number, len: number, s: string, pad: number):
 /**
  * Build a whole discovery log page (header + entries) for the target. Defaults: trtype TCP,
  * adrfam IPv4, subtype NVM, treq NOT_SPECIFIED, cntlid 0xFFFF (dynamic), asqsz 32, no tsas.
- * trsvcid and traddr are space padded, subnqn NUL padded, as Linux nvmet does.
+ * Strings are NUL padded, as Linux nvmet fills them (configfs strings in zeroed fields); subnqn
+ * keeps its terminating NUL.
  */
 export function encodeDiscoveryLog(genctr: bigint, entries: ReadonlyArray<DiscoveryLogEntryInput>): Buffer {
   const b = Buffer.alloc(DISCOVERY_LOG_HEADER_SIZE + entries.length * DISCOVERY_LOG_ENTRY_SIZE);
@@ -131,9 +132,9 @@ export function encodeDiscoveryLog(genctr: bigint, entries: ReadonlyArray<Discov
     b.writeUInt16LE(e.cntlid ?? 0xffff, at + 6);
     b.writeUInt16LE(e.asqsz ?? 32, at + 8);
     b.writeUInt16LE(e.eflags ?? 0, at + 10);
-    writeField(b, at + 32, 32, e.trsvcid, 0x20);
+    writeField(b, at + 32, 32, e.trsvcid, 0);
     writeField(b, at + 256, 255, e.subnqn, 0);
-    writeField(b, at + 512, 256, e.traddr, 0x20);
+    writeField(b, at + 512, 256, e.traddr, 0);
     if (e.tsas) e.tsas.copy(b, at + 768, 0, 256);
   });
   return b;

@@ -34,6 +34,7 @@ export interface IdentifyController {
   /** Log page attributes, u8 @261. */ lpa: number;
   /** Error log page entries (0-based), u8 @262. */ elpe: number;
   /** Number of power states supported (0-based), u8 @263. */ npss: number;
+  /** Warning / critical composite temperature thresholds (kelvin), u16 @266, @268. */ wctemp: number; cctemp: number;
   /** Keep alive support granularity (100 ms units; 0 = not supported), u16 @320. */ kas: number;
   /** ANA transition time (seconds; CMIC bit 3), u8 @342. */ anatt: number;
   /** ANA capabilities (see wire/ana.ts `Anacap`), u8 @343. */ anacap: number;
@@ -60,6 +61,7 @@ export interface IdentifyController {
   /** Fabrics controller attributes, u8 @1802. */ fcatt: number;
   /** Max SGL data block descriptors, u8 @1803. */ msdbd: number;
   /** Optional fabric commands supported, u16 @1804. */ ofcs: number;
+  /** Power state 0 maximum power (0.01 W units; PSD0 MP), u16 @2048. */ psd0mp: number;
 }
 
 /** One LBA format descriptor (4 bytes @128 + 4*i): ms u16 @0, lbads u8 @2, rp bits 1:0 @3. */
@@ -82,6 +84,7 @@ export interface IdentifyNamespace {
   /** End-to-end protection settings (bits 2:0 type), u8 @29. */ dps: number;
   /** Multi-path I/O and sharing (bit 0: may be attached to two or more controllers at once), u8 @30. */ nmic: number;
   /** Reservation capabilities, u8 @31. */ rescap: number;
+  /** Deallocate logical block features (bits 2:0 what deallocated blocks read as), u8 @33. */ dlfeat: number;
   /** u16 @34, @36, @38, @40, @42, @44, @46. */
   nawun: number; nawupf: number; nacwu: number; nabsn: number; nabo: number; nabspf: number; noiob: number;
   /** NVM capacity in bytes, u128 @48. */ nvmcap: bigint;
@@ -163,6 +166,8 @@ export function parseIdentifyController(b: Buffer): IdentifyController {
     lpa: b[261]!,
     elpe: b[262]!,
     npss: b[263]!,
+    wctemp: b.readUInt16LE(266),
+    cctemp: b.readUInt16LE(268),
     kas: b.readUInt16LE(320),
     anatt: b[342]!,
     anacap: b[343]!,
@@ -189,6 +194,7 @@ export function parseIdentifyController(b: Buffer): IdentifyController {
     fcatt: b[1802]!,
     msdbd: b[1803]!,
     ofcs: b.readUInt16LE(1804),
+    psd0mp: b.readUInt16LE(2048),
   };
 }
 
@@ -225,6 +231,8 @@ export function encodeIdentifyController(o: Partial<IdentifyController>): Buffer
   u8(261, o.lpa);
   u8(262, o.elpe);
   u8(263, o.npss);
+  u16(266, o.wctemp);
+  u16(268, o.cctemp);
   u16(320, o.kas);
   u8(342, o.anatt);
   u8(343, o.anacap);
@@ -251,6 +259,7 @@ export function encodeIdentifyController(o: Partial<IdentifyController>): Buffer
   u8(1802, o.fcatt);
   u8(1803, o.msdbd);
   u16(1804, o.ofcs);
+  u16(2048, o.psd0mp);
   return b;
 }
 
@@ -288,6 +297,7 @@ export function parseIdentifyNamespace(b: Buffer): IdentifyNamespace {
     dps,
     nmic: b[30]!,
     rescap: b[31]!,
+    dlfeat: b[33]!,
     nawun: b.readUInt16LE(34),
     nawupf: b.readUInt16LE(36),
     nacwu: b.readUInt16LE(38),
@@ -333,6 +343,7 @@ export function encodeIdentifyNamespace(o: IdentifyNamespaceInput): Buffer {
   b[29] = o.dps ?? 0;
   b[30] = o.nmic ?? 0;
   b[31] = o.rescap ?? 0;
+  b[33] = o.dlfeat ?? 0;
   b.writeUInt16LE(o.nawun ?? 0, 34);
   b.writeUInt16LE(o.nawupf ?? 0, 36);
   b.writeUInt16LE(o.nacwu ?? 0, 38);

@@ -5,8 +5,11 @@ import {
 } from '../../src/wire/discovery-log';
 import { ErrorCode, NvmfNbdError } from '../../src/errors';
 
-/** A two-entry log page as Linux nvmet lays it out (NVMe-oF 1.1 Figures 30-31). */
-function fixture(): Buffer {
+/**
+ * A two-entry log page (NVMe-oF 1.1 Figures 30-31). trsvcid and traddr are padded with `pad`:
+ * spaces as some targets send them (the parser trims them), NUL as Linux nvmet and our encoder do.
+ */
+function fixture(pad = 0x20): Buffer {
   const b = Buffer.alloc(1024 * 3);
   b.writeBigUInt64LE(42n, 0);
   b.writeBigUInt64LE(2n, 8);
@@ -20,10 +23,10 @@ function fixture(): Buffer {
     b.writeUInt16LE(0xffff, at + 6);
     b.writeUInt16LE(32, at + 8);
     b.writeUInt16LE(0x0002, at + 10);
-    b.fill(0x20, at + 32, at + 64);
+    b.fill(pad, at + 32, at + 64);
     b.write(port, at + 32, 'ascii');
     b.write(nqn, at + 256, 'ascii');
-    b.fill(0x20, at + 512, at + 768);
+    b.fill(pad, at + 512, at + 768);
     b.write(addr, at + 512, 'ascii');
     b[at + 768] = 0; // tsas sectype none
   };
@@ -67,13 +70,15 @@ test('short header is an INVALID_ARGUMENT error', () => {
   }
 });
 
-test('encoder reproduces the fixture byte for byte', () => {
+test('encoder reproduces the fixture byte for byte (NUL padded)', () => {
   const common = { trtype: TrType.TCP, adrfam: AdrFam.IPV4, treq: 6, portid: 1, cntlid: 0xffff, asqsz: 32, eflags: 2 };
   const b = encodeDiscoveryLog(42n, [
     { ...common, subtype: SubType.CURRENT_DISCOVERY, trsvcid: '8009', subnqn: 'nqn.2014-08.org.nvmexpress.discovery', traddr: '127.0.0.1' },
     { ...common, subtype: SubType.NVM, trsvcid: '4420', subnqn: 'nqn.2024-01.io.example:disk1', traddr: '10.0.2.15' },
   ]);
-  assert.deepEqual(b, fixture());
+  assert.deepEqual(b, fixture(0));
+  // Space or NUL padding parse the same.
+  assert.deepEqual(parseDiscoveryLogEntries(fixture(0), 2), parseDiscoveryLogEntries(fixture(), 2));
 });
 
 test('encoder defaults: TCP, IPv4, NVM subsystem, dynamic cntlid', () => {

@@ -46,6 +46,8 @@ function ctrlFixture(): Buffer {
   b[261] = 0x25;
   b[262] = 127;
   b[263] = 0;
+  b.writeUInt16LE(343, 266);
+  b.writeUInt16LE(371, 268);
   b.writeUInt16LE(1, 320);
   b[342] = 10; // ANATT
   b[343] = 0x5f; // ANACAP
@@ -72,6 +74,7 @@ function ctrlFixture(): Buffer {
   b[1802] = 0;
   b[1803] = 1;
   b.writeUInt16LE(1, 1804);
+  b.writeUInt16LE(25, 2048);
   return b;
 }
 
@@ -79,10 +82,10 @@ const CTRL = {
   vid: 0x1b36, ssvid: 0x1af4, sn: 'SN123', mn: 'Linux', fr: '6.1.0', rab: 6, ieee: 0x123456, cmic: 0x0b, mdts: 5,
   cntlid: 0x21, ver: 0x00020000, rtd3r: 1000, rtd3e: 2000, oaes: 0x900, ctratt: 0x8000, cntrltype: 1,
   fguid: Buffer.from([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]), crdt1: 10, crdt2: 20, crdt3: 30,
-  oacs: 4, acl: 3, aerl: 3, frmw: 3, lpa: 0x25, elpe: 127, npss: 0, kas: 1,
+  oacs: 4, acl: 3, aerl: 3, frmw: 3, lpa: 0x25, elpe: 127, npss: 0, wctemp: 343, cctemp: 371, kas: 1,
   anatt: 10, anacap: 0x5f, anagrpmax: 128, nanagrpid: 64, pels: 3, cqt: 4500, sqes: 0x66, cqes: 0x44, maxcmd: 128,
   nn: 1024, oncs: 0x0c, fuses: 1, fna: 4, vwc: 1, awun: 7, awupf: 0, sgls: 0x100005, mnan: 1024,
-  subnqn: 'nqn.2014-08.org.example:sub1', ioccsz: 260, iorcsz: 1, icdoff: 0, fcatt: 0, msdbd: 1, ofcs: 1,
+  subnqn: 'nqn.2014-08.org.example:sub1', ioccsz: 260, iorcsz: 1, icdoff: 0, fcatt: 0, msdbd: 1, ofcs: 1, psd0mp: 25,
 };
 
 test('Identify Controller: every field at its offset, strings trimmed', () => {
@@ -115,6 +118,7 @@ function nsFixture(): Buffer {
   b[29] = 0;
   b[30] = 1;
   b[31] = 0;
+  b[33] = 0x09;
   for (let i = 0; i < 7; i++) b.writeUInt16LE(i + 1, 34 + 2 * i);
   b.writeBigUInt64LE(0x1234n, 48);
   b.writeBigUInt64LE(1n, 56); // nvmcap high half
@@ -133,7 +137,7 @@ function nsFixture(): Buffer {
 }
 
 const NS = {
-  nsze: 2097152n, ncap: 2097152n, nuse: 1000n, nsfeat: 0x11, nlbaf: 1, flbas: 1, mc: 0, dpc: 0, dps: 0, nmic: 1, rescap: 0,
+  nsze: 2097152n, ncap: 2097152n, nuse: 1000n, nsfeat: 0x11, nlbaf: 1, flbas: 1, mc: 0, dpc: 0, dps: 0, nmic: 1, rescap: 0, dlfeat: 0x09,
   nawun: 1, nawupf: 2, nacwu: 3, nabsn: 4, nabo: 5, nabspf: 6, noiob: 7, nvmcap: (1n << 64n) | 0x1234n,
   npwg: 10, npwa: 11, npdg: 12, npda: 13, nows: 14, anagrpid: 0x2a,
   nguid: Buffer.from(Array.from({ length: 16 }, (_, i) => 0xa0 + i)),
