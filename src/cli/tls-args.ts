@@ -17,7 +17,7 @@
 import * as path from 'node:path';
 import type { OptionSpec } from './args';
 import { usageError } from './args';
-import { stateDir } from '../controller/host-identity';
+import { stateDir } from '../config/state-dir';
 import { ErrorCode, NvmfNbdError } from '../errors';
 import { KeyStore, readSecretFile } from '../tls/keystore';
 import { assertSupportedCipher, defaultIdentities, deriveTlsPsk, looksLikeInterchangeKey, parseInterchangeKey } from '../tls/psk';

@@ -20,7 +20,6 @@
  * `NVMF_NBD_MACHINE_ID` for the CLI) so the rules are testable with fake files.
  */
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { createHmac, randomUUID } from 'node:crypto';
 import { ErrorCode, NvmfNbdError } from '../errors';
@@ -38,7 +37,10 @@ export interface HostIdentity {
 export interface IdentityPaths {
   /** nvme-cli's directory (default `$NVMF_NBD_NVME_DIR` or /etc/nvme). */
   etcDir?: string;
-  /** Where earlier generated values are kept (default {@link stateDir}). */
+  /**
+   * Where earlier generated values are kept: the engine's state directory (`config/state-dir.ts`
+   * `stateDir()` for the CLI). Needed to load an identity, not to derive one.
+   */
   stateDir?: string;
   /** DMI product UUID file (default `$NVMF_NBD_DMI_UUID` or /sys/class/dmi/id/product_uuid). */
   dmiUuidFile?: string;
@@ -75,17 +77,6 @@ export function nvmeEtcDir(env: NodeJS.ProcessEnv = process.env): string {
   return v !== undefined && v !== '' ? v : '/etc/nvme';
 }
 
-/**
- * The engine's state directory: `$NVMF_NBD_STATE_DIR`, else /var/lib/nvmf-nbd for root, else
- * ~/.local/state/nvmf-nbd.
- */
-export function stateDir(env: NodeJS.ProcessEnv = process.env): string {
-  const fromEnv = env.NVMF_NBD_STATE_DIR;
-  if (fromEnv !== undefined && fromEnv !== '') return fromEnv;
-  if (typeof process.getuid === 'function' && process.getuid() === 0) return '/var/lib/nvmf-nbd';
-  return path.join(os.homedir(), '.local', 'state', 'nvmf-nbd');
-}
-
 function readTrimmed(file: string): string | undefined {
   try {
     const s = fs.readFileSync(file, 'utf8').trim();
@@ -103,11 +94,10 @@ function persist(file: string, value: string): void {
   fs.renameSync(tmp, file);
 }
 
-function resolvePaths(o: IdentityPaths): Required<IdentityPaths> {
+function resolvePaths(o: IdentityPaths): Required<Omit<IdentityPaths, 'stateDir'>> {
   const env = process.env;
   return {
     etcDir: o.etcDir ?? nvmeEtcDir(env),
-    stateDir: o.stateDir ?? stateDir(env),
     dmiUuidFile: o.dmiUuidFile ?? (env.NVMF_NBD_DMI_UUID !== undefined && env.NVMF_NBD_DMI_UUID !== '' ? env.NVMF_NBD_DMI_UUID : '/sys/class/dmi/id/product_uuid'),
     machineIdFile: o.machineIdFile ?? (env.NVMF_NBD_MACHINE_ID !== undefined && env.NVMF_NBD_MACHINE_ID !== '' ? env.NVMF_NBD_MACHINE_ID : '/etc/machine-id'),
   };
@@ -158,8 +148,8 @@ export function deriveHostNqn(o: IdentityPaths = {}): { hostnqn: string; uuid: s
  * are recomputed identically); only the random last resort is persisted.
  * @throws CFG_ERR_INVALID for a host ID that is not a UUID, or when a random identity cannot be kept
  */
-export function loadHostIdentity(o: IdentityPaths = {}): HostIdentity {
-  const p = resolvePaths(o);
+export function loadHostIdentity(o: IdentityPaths & { stateDir: string }): HostIdentity {
+  const p = { ...resolvePaths(o), stateDir: o.stateDir };
   const etcNqn = path.join(p.etcDir, 'hostnqn');
   const etcId = path.join(p.etcDir, 'hostid');
   const keptNqn = path.join(p.stateDir, 'hostnqn');
@@ -228,6 +218,6 @@ export function isUuid(s: string): boolean {
 }
 
 /** Async form of {@link loadHostIdentity} with the default locations (used by the engine). */
-export async function resolveHostIdentity(o: IdentityPaths = {}): Promise<HostIdentity> {
+export async function resolveHostIdentity(o: IdentityPaths & { stateDir: string }): Promise<HostIdentity> {
   return loadHostIdentity(o);
 }

@@ -4,7 +4,7 @@
  * option specs). Pure: no sockets, no files.
  */
 import { ErrorCode, NvmfNbdError } from '../errors';
-import type { OptionSpec } from '../cli/args';
+import type { OptionSpec } from '../config/option-spec';
 import { parseNbdSpec } from './session';
 import type { NbdSpec } from './session';
 

@@ -18,7 +18,7 @@ import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import { ErrorCode, NvmfNbdError } from '../errors';
 import { ensurePrivateDir } from '../net/private-dir';
-import type { OptionSpec } from '../cli/args';
+import type { OptionSpec } from '../config/option-spec';
 import { ControllerSession, parseNbdSpec } from './session';
 import type { NbdSpec, SessionOptions } from './session';
 import { ControlVerb, LineDecoder, encodeResponse, errorResponse, parseRequest, requestIdOf } from '../wire/control';

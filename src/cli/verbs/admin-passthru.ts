@@ -7,7 +7,7 @@ import { promises as fsp } from 'node:fs';
 import type { OptionSpec } from '../args';
 import type { Verb } from '../verb';
 import { usageError } from '../args';
-import { stateDir } from '../../controller/host-identity';
+import { stateDir } from '../../config/state-dir';
 import { ControlVerb } from '../../wire/control';
 import { CONTROL_OPTION, requestDaemon } from '../daemon-client';
 import { MAX_PASSTHRU_DATA } from '../../engine/daemon';

@@ -17,7 +17,7 @@ import type { OptionSpec } from '../args';
 import { usageError } from '../args';
 import type { Verb } from '../verb';
 import { discover } from '../../controller/discovery';
-import { stateDir } from '../../controller/host-identity';
+import { stateDir } from '../../config/state-dir';
 import { ControlVerb } from '../../wire/control';
 import { HANDOFF_OPTIONS, connectArgsForDaemon, daemonOrForeground } from '../daemon-client';
 import type { ConnectResult } from '../daemon-client';

@@ -14,7 +14,8 @@ import type { Verb } from '../verb';
 import { Controller } from '../../controller/controller';
 import type { ControllerOptions, NamespaceInfo } from '../../controller/controller';
 import type { ResilienceOptions } from '../../controller/resilient';
-import { isUuid, loadHostIdentity, stateDir } from '../../controller/host-identity';
+import { isUuid, loadHostIdentity } from '../../controller/host-identity';
+import { stateDir } from '../../config/state-dir';
 import { ControllerSession, parseNbdSpec, socketActivationFd } from '../../engine/session';
 import { protectFromOomKiller } from '../../engine/oom';
 import { formatEndpoint } from '../../nbd/server';
@@ -159,7 +160,7 @@ export function addressFromArgs(opts: Record<string, unknown>): { traddr: string
   if (hostid !== undefined && !isUuid(hostid)) usageError(`-I/--hostid: '${hostid}' is not a UUID`);
   if (hostnqn !== undefined && (!hostnqn.startsWith('nqn.') || Buffer.byteLength(hostnqn) > 223)) usageError(`-q/--hostnqn: '${hostnqn}' is not an NQN`);
   if (hostnqn === undefined || hostid === undefined) {
-    const id = loadHostIdentity();
+    const id = loadHostIdentity({ stateDir: stateDir() });
     hostnqn ??= id.hostnqn;
     hostid ??= id.hostid;
   }

@@ -12,7 +12,7 @@ import { DEFAULT_IO_PORT, addressFromArgs } from './connect';
 import { DEFAULT_DISCOVERY_PORT } from './discover';
 import type { OptionSpec } from '../args';
 import type { Verb } from '../verb';
-import { stateDir } from '../../controller/host-identity';
+import { stateDir } from '../../config/state-dir';
 import { controlSocketPath } from '../../engine/control-client';
 import { CONTROL_OPTION } from '../daemon-client';
 import { Daemon, parseDaemonNbdSpec } from '../../engine/daemon';

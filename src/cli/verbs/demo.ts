@@ -13,8 +13,8 @@ import { NvmeTarget } from '../../embedded-target/target';
 import { ControllerSession, parseNbdSpec } from '../../engine/session';
 import { protectFromOomKiller } from '../../engine/oom';
 import { resolveHostIdentity } from '../../controller/host-identity';
+import { stateDir } from '../../config/state-dir';
 import { parseHostPort, parseSizeArg } from '../values';
-import { stateDir } from '../../controller/host-identity';
 import { NBD_SECURITY_OPTIONS, absoluteNbdTlsPaths, checkNbdEndpointArg, nbdAccessFromArgs } from '../nbd-tls-args';
 import type { NbdTlsFiles } from '../../tls/nbd-tls';
 import { waitForShutdownSignal } from '../signals';
@@ -87,7 +87,7 @@ export const verb: Verb = {
     const addr = await target.listen();
     let session: ControllerSession | undefined;
     try {
-      const id = await resolveHostIdentity();
+      const id = await resolveHostIdentity({ stateDir: stateDir() });
       session = await ControllerSession.open({
         name: 'nvme0',
         controller: { traddr: addr.host, trsvcid: addr.port, subnqn: SUBNQN, hostnqn: id.hostnqn, hostid: id.hostid, nrIoQueues: opts['nr-io-queues'] as number | undefined },

@@ -1,6 +1,6 @@
 /** `nvmf-nbd disconnect-all`: the daemon detaches and closes every controller. */
 import type { Verb } from '../verb';
-import { stateDir } from '../../controller/host-identity';
+import { stateDir } from '../../config/state-dir';
 import { ControlVerb } from '../../wire/control';
 import { CONTROL_OPTION, requestDaemon } from '../daemon-client';
 

@@ -5,7 +5,7 @@
  */
 import type { Verb } from '../verb';
 import { usageError } from '../args';
-import { stateDir } from '../../controller/host-identity';
+import { stateDir } from '../../config/state-dir';
 import { ControlVerb } from '../../wire/control';
 import { CONTROL_OPTION, requestDaemon } from '../daemon-client';
 

@@ -10,7 +10,7 @@ import type { DiscoveryLog } from '../../controller/discovery';
 import { ADDRESS_OPTIONS, addressFromArgs } from './connect';
 import { ControlVerb } from '../../wire/control';
 import { CONTROL_OPTION, connectArgsForDaemon, requestDaemon } from '../daemon-client';
-import { stateDir } from '../../controller/host-identity';
+import { stateDir } from '../../config/state-dir';
 import { formatJson, formatTable } from '../output';
 import { TLS_OPTIONS, tlsFromArgs } from '../tls-args';
 import { DISCOVERY_NQN } from '../../embedded-target/target';

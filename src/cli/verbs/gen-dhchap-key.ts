@@ -7,6 +7,7 @@ import { usageError } from '../args';
 import type { Verb } from '../verb';
 import { formatDhchapKey, generateDhchapKey } from '../../wire/dhchap';
 import { loadHostIdentity } from '../../controller/host-identity';
+import { stateDir } from '../../config/state-dir';
 
 export const verb: Verb = {
   name: 'gen-dhchap-key',
@@ -26,7 +27,7 @@ export const verb: Verb = {
       secret = Buffer.from(opts.secret, 'hex');
     }
     const hmac = opts.hmac as number;
-    const nqn = typeof opts.nqn === 'string' ? opts.nqn : hmac > 0 ? loadHostIdentity().hostnqn : undefined;
+    const nqn = typeof opts.nqn === 'string' ? opts.nqn : hmac > 0 ? loadHostIdentity({ stateDir: stateDir() }).hostnqn : undefined;
     const key = generateDhchapKey({
       ...(secret !== undefined ? { secret } : {}),
       ...(typeof opts['key-length'] === 'number' ? { keyLength: opts['key-length'] } : {}),

@@ -10,7 +10,7 @@ import { formatFields, formatJson, outputFormat } from '../output';
 import { usageError } from '../args';
 import { parseIdentifyController } from '../../wire';
 import type { IdentifyController } from '../../wire';
-import { stateDir } from '../../controller/host-identity';
+import { stateDir } from '../../config/state-dir';
 import { ControlVerb } from '../../wire/control';
 import { CONTROL_OPTION, requestDaemon } from '../daemon-client';
 

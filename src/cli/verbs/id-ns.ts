@@ -10,7 +10,7 @@ import { formatFields, formatJson, outputFormat } from '../output';
 import { ErrorCode, NvmfNbdError } from '../../errors';
 import { classifyNamespace } from '../../controller/controller';
 import type { NamespaceInfo } from '../../controller/controller';
-import { stateDir } from '../../controller/host-identity';
+import { stateDir } from '../../config/state-dir';
 import { ControlVerb } from '../../wire/control';
 import { CONTROL_OPTION, requestDaemon } from '../daemon-client';
 

@@ -6,6 +6,7 @@
 import type { Verb } from '../verb';
 import { usageError } from '../args';
 import { loadHostIdentity } from '../../controller/host-identity';
+import { stateDir } from '../../config/state-dir';
 import { formatJson, outputFormat } from '../output';
 
 export const verb: Verb = {
@@ -15,7 +16,7 @@ export const verb: Verb = {
   options: [{ long: 'output-format', short: 'o', type: 'string', metavar: 'normal|json', help: 'output format', default: 'normal' }],
   async run(opts) {
     const format = outputFormat(opts['output-format'], usageError);
-    const id = loadHostIdentity();
+    const id = loadHostIdentity({ stateDir: stateDir() });
     process.stdout.write(format === 'json' ? formatJson({ hostnqn: id.hostnqn, hostid: id.hostid, source: id.source }) : `${id.hostnqn}\n`);
     return 0;
   },

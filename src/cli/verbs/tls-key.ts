@@ -15,6 +15,7 @@ import type { OptionSpec } from '../args';
 import { usageError } from '../args';
 import type { Verb } from '../verb';
 import { loadHostIdentity } from '../../controller/host-identity';
+import { stateDir } from '../../config/state-dir';
 import { deriveTlsPsk, formatInterchangeKey, parseInterchangeKey } from '../../tls/psk';
 import type { IdentityVersion, InterchangeKey, PskHmac } from '../../tls/psk';
 import { readSecretFile } from '../../tls/keystore';
@@ -38,7 +39,7 @@ function identityVersion(opts: Record<string, unknown>): IdentityVersion {
 }
 
 function hostnqnOf(opts: Record<string, unknown>): string {
-  return typeof opts.hostnqn === 'string' ? opts.hostnqn : loadHostIdentity().hostnqn;
+  return typeof opts.hostnqn === 'string' ? opts.hostnqn : loadHostIdentity({ stateDir: stateDir() }).hostnqn;
 }
 
 /** Derive and store; prints the identity it was stored under (never the key). */
