@@ -212,6 +212,23 @@ describe('ANA: Linux native multipath host (6.12 guest) over two ports of the em
     assert.equal(written.size, 3);
     const d = await g.exec(`nvme disconnect -n ${NQN}`, { timeoutMs: 60_000 });
     assert.match(d.out, /disconnected 2 controller/);
+  });
+
+  it('nvme connect-all through the discovery log finds both ports (one entry per port) and connects both paths', async (t) => {
+    if (!need(t, avail.ok, avail.reason)) return;
+    const g = guest!;
+    const disc = (await g.exec(`nvme discover -t tcp -a ${GUEST_HOST_ALIAS} -s ${GP1} -q ${HOSTNQN}`, { timeoutMs: 60_000 })).out;
+    assert.equal((disc.match(new RegExp(`subnqn:\\s+${NQN.replace(/\./g, '\\.')}`, 'g')) ?? []).length, 2, disc);
+    t.diagnostic(`nvme discover: ${disc.replace(/\s+/g, ' ')}`);
+    // Each entry: its port id, then that port's advertised service id.
+    assert.match(disc, new RegExp(`portid:\\s+1\\s+trsvcid:\\s+${GP1}\\s`));
+    assert.match(disc, new RegExp(`portid:\\s+2\\s+trsvcid:\\s+${GP2}\\s`));
+    await g.exec(`nvme connect-all -t tcp -a ${GUEST_HOST_ALIAS} -s ${GP1} -q ${HOSTNQN} -I ${HOSTID}`, { timeoutMs: 120_000 });
+    await waitStates(g, { [GP1]: 'optimized', [GP2]: 'optimized' });
+    heads = await findHeads(g);
+    for (const [seek, w] of written) assert.equal(await readSha(g, seek, w.mib), w.sha, `data at ${seek} MiB intact after reconnecting`);
+    const d = await g.exec(`nvme disconnect -n ${NQN}`, { timeoutMs: 60_000 });
+    assert.match(d.out, /disconnected 2 controller/);
     assert.ok(!logs.some((l) => l.startsWith('error:')), `no protocol errors on the target:\n${logs.filter((l) => l.startsWith('error:')).join('\n')}`);
   });
 });
