@@ -3,6 +3,7 @@
  * cipher suite TLS_AES_128_GCM_SHA256 (TP 8011's mandatory suite; node:tls cannot do a SHA-384 PSK).
  * Used by the host's queue pairs and by the embedded target's listener.
  */
+import type * as net from 'node:net';
 import * as tls from 'node:tls';
 import type { TlsPsk } from './psk';
 import { assertSupportedCipher } from './psk';
@@ -13,9 +14,10 @@ export const NVME_TLS_CIPHER = 'TLS_AES_128_GCM_SHA256';
 /**
  * Start a TLS client connection offering `p.identity` with `p.psk`. The returned socket emits
  * `secureConnect` when the secure channel is up; a wrong key or a target without TLS ends in
- * `error` (or `close`) before that.
+ * `error` (or `close`) before that. `extra.onread` (net.Socket's static-buffer reads) works on
+ * TLS too: node:tls copies decrypted records into the buffers it returns.
  */
-export function tlsConnect(host: string, port: number, p: TlsPsk, extra: { localAddress?: string } = {}): tls.TLSSocket {
+export function tlsConnect(host: string, port: number, p: TlsPsk, extra: { localAddress?: string; onread?: net.OnReadOpts } = {}): tls.TLSSocket {
   assertSupportedCipher(p, `PSK identity '${p.identity}'`);
   return tls.connect({
     host,

@@ -229,7 +229,11 @@ export class QueuePair extends EventEmitter {
   sqFlowControl = true;
 
   private readonly socket: net.Socket;
-  /** Receive scratch (plain TCP, onread); undefined on TLS, which delivers 'data' chunks. */
+  /**
+   * Receive scratch (onread). TLS queues read through onread too: node:tls copies each record's
+   * plaintext into the buffer we hand it, so a large payload is decrypted straight into its
+   * destination instead of into a fresh Buffer per 16 KiB record that the parser copies again.
+   */
   private readonly rxScratch: Buffer | undefined;
   private readonly rxSmall: Buffer | undefined;
   /** The payload view last handed to the socket as its read buffer, if any. */
@@ -291,7 +295,9 @@ export class QueuePair extends EventEmitter {
     super();
     this.socket = socket;
     this.rxScratch = rxScratch;
-    this.rxSmall = rxScratch?.subarray(0, RX_SMALL);
+    // TLS: no small scratch. node:tls fills whatever we hand it from a whole decrypted record
+    // (up to 16 KiB), so 1 KiB buffers would only mean 16 callbacks per record.
+    this.rxSmall = opts.tls !== undefined ? rxScratch : rxScratch?.subarray(0, RX_SMALL);
     this.out = new WriteBatcher(socket);
     this.qid = opts.qid;
     this.queueSize = opts.queueSize;
@@ -340,16 +346,16 @@ export class QueuePair extends EventEmitter {
     const local = opts.localAddress !== undefined ? { localAddress: opts.localAddress } : {};
     // Plain TCP reads into the queue's own buffers (onread); the socket asks for the first one
     // while connecting, before the queue pair exists.
-    const rxScratch = opts.tls !== undefined ? undefined : Buffer.allocUnsafeSlow(RX_SCRATCH);
+    const rxScratch = Buffer.allocUnsafeSlow(RX_SCRATCH);
     let qpRef: QueuePair | undefined;
-    const socket = rxScratch === undefined ? tlsConnect(opts.host, opts.port, opts.tls as TlsPsk, local) : net.connect({
-      host: opts.host, port: opts.port, ...local,
-      onread: {
-        buffer: () => (qpRef === undefined ? rxScratch : qpRef.rxBuffer()),
-        // true: keep reading (false would pause the socket).
-        callback: (n: number, buf: Uint8Array): boolean => { qpRef?.onRead(n, buf as Buffer); return true; },
-      },
-    });
+    const onread = {
+      buffer: () => (qpRef === undefined ? rxScratch : qpRef.rxBuffer()),
+      // true: keep reading (false would pause the socket).
+      callback: (n: number, buf: Uint8Array): boolean => { qpRef?.onRead(n, buf as Buffer); return true; },
+    };
+    const socket = opts.tls !== undefined
+      ? tlsConnect(opts.host, opts.port, opts.tls, { ...local, onread })
+      : net.connect({ host: opts.host, port: opts.port, ...local, onread });
     const qp = new QueuePair(socket, opts, rxScratch);
     qpRef = qp;
     const timer = setTimeout(() => {
