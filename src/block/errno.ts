@@ -15,12 +15,12 @@
  * | NVMF_ERR_UNSUPPORTED / NAMESPACE_UNSUPPORTED          | ENOTSUP                         |
  * | NVMF_ERR_INVALID_ARGUMENT                             | EINVAL                          |
  *
- * The errno is decided once, by the first layer that knows why a request failed, and never
- * overwritten: the resilience layer knows the controller state (ESHUTDOWN while deleting, EIO
- * after ctrl_loss_tmo or for a namespace fenced after a format change), the session knows a
- * namespace was removed (EIO), the device knows the request's bounds and mode (EINVAL, ENOSPC,
- * EPERM, ENOTSUP); an error that arrives without one (an NVMe status, a transport error) gets it
- * here, from the table above and the operation.
+ * The errno is decided once and never overwritten: the resilience layer marks the errors of its
+ * controller state (ESHUTDOWN while deleting, EIO after ctrl_loss_tmo); everything else is decided
+ * at the edge of the namespace object (`controller/namespace.ts`, the one caller of
+ * {@link withErrno}): a retired namespace (removed or reformatted: EIO), the request's bounds and
+ * mode (EINVAL, ENOSPC, EPERM, ENOTSUP), and an error that arrives without one (an NVMe status,
+ * a transport error) from the table above and the operation.
  */
 import type { NvmeStatus } from '../errors';
 import { ErrorCode, NvmfNbdError } from '../errors';

@@ -34,12 +34,12 @@ import { EventEmitter } from 'node:events';
 import type { AuthOutcome } from './auth';
 import { ErrorCode, NvmfNbdError } from '../errors';
 import { NbdErrno } from '../block/errno';
-import type { NamespaceBackend } from '../block/nvme-device';
 import type { Completion } from '../transport/queue-pair';
 import { AdminOpcode } from '../wire';
 import type { IdentifyController } from '../wire';
 import { Controller } from './controller';
 import type { ControllerOptions, ControllerStats, NamespaceChanges, NamespaceInfo } from './controller';
+import { Namespace, type NamespacePath } from './namespace';
 
 /** States of a {@link ResilientController} (`list` shows them). */
 export const CtrlState = { LIVE: 'live', CONNECTING: 'connecting', DELETING: 'deleting', DEAD: 'dead' } as const;
@@ -62,6 +62,8 @@ export interface ResilienceOptions {
   readonly targetKeepAliveGraceMs?: number;
   /** Override the whole quiesce time before re-driving (tests; default {@link quiesceTimeMs}). */
   readonly quiesceMs?: number;
+  /** Serve every namespace read-only (the {@link Namespace} objects refuse writes with EPERM). */
+  readonly readOnlyNamespaces?: boolean;
 }
 
 /**
@@ -98,6 +100,8 @@ interface Op {
   readonly seq: number;
   /** The namespace of an I/O operation (undefined for admin commands). */
   readonly nsid: number | undefined;
+  /** The namespace object that issued it: once retired, the held operation fails with its error. */
+  readonly ns: Namespace | undefined;
   readonly bytes: number;
   /** Safe to run again after its association died (block I/O, idempotent admin reads). */
   readonly redrive: boolean;
@@ -122,12 +126,15 @@ function asError(err: unknown, fallback: string): NvmfNbdError {
 }
 
 /**
- * A controller that reconnects. Implements {@link NamespaceBackend}, so NBD exports keep
- * working across reconnects. Events: `state` (CtrlStateValue), `namespaces`
+ * A controller that reconnects, and the owner of one {@link Namespace} object per usable
+ * namespace ({@link namespace}): the block devices the NBD exports serve, which keep working
+ * across reconnects. A namespace removed or reformatted to another block size has its object
+ * retired (its I/O fails with EIO, held I/O included) before `namespaces` is emitted; a
+ * reformatted or new one gets a new object. Events: `state` (CtrlStateValue), `namespaces`
  * ({@link NamespaceChanges}, from an AEN or found after a reconnect), `dead` (NvmfNbdError:
  * ctrl_loss_tmo expired or the subsystem changed), `close` (err?) once at the end (DEAD).
  */
-export class ResilientController extends EventEmitter implements NamespaceBackend {
+export class ResilientController extends EventEmitter implements NamespacePath {
   readonly options: ControllerOptions & ResilienceOptions;
   private ctrl: Controller;
   private readonly subsystemNqn: string;
@@ -146,17 +153,15 @@ export class ResilientController extends EventEmitter implements NamespaceBacken
   private wake: (() => void) | undefined;
   private recovering: Promise<void> | undefined;
   private closing: Promise<void> | undefined;
-  /** Block size each namespace's exports were built for (NvmeNamespaceDevice pins it). */
-  private readonly formats = new Map<number, number>();
-  /** Namespaces whose block size changed: their I/O fails until {@link acceptFormat}. */
-  private readonly fenced = new Set<number>();
+  /** The block device of each usable namespace (see {@link namespace}). */
+  private readonly nsObjects = new Map<number, Namespace>();
 
   private constructor(ctrl: Controller, o: ControllerOptions & ResilienceOptions) {
     super();
     this.options = o;
     this.ctrl = ctrl;
     this.subsystemNqn = ctrl.identify.subnqn;
-    for (const [nsid, ns] of ctrl.namespaces) this.formats.set(nsid, ns.lbaSize);
+    for (const info of ctrl.namespaces.values()) this.makeNamespace(info);
     this.adopt(ctrl);
   }
 
@@ -233,24 +238,66 @@ export class ResilientController extends EventEmitter implements NamespaceBacken
   /** Queue counters of the current (or last) association. */
   stats(): ControllerStats { return this.ctrl.stats(); }
 
+  // ---- namespaces -----------------------------------------------------------------------------
+
+  /**
+   * The block device of namespace `nsid` (what an NBD export serves), or undefined when the
+   * namespace is not active or not usable. The same object until the namespace is removed or
+   * reformatted; then it is retired and (reformatted) replaced by a new one.
+   */
+  namespace(nsid: number): Namespace | undefined {
+    return this.nsObjects.get(nsid);
+  }
+
+  private makeNamespace(info: NamespaceInfo): void {
+    if (!info.usable) return;
+    try {
+      this.nsObjects.set(info.nsid, new Namespace(this, info, { readOnly: this.options.readOnlyNamespaces === true }));
+    } catch {
+      // Not servable (e.g. beyond 2^53 bytes): no object; the session reports the reason.
+    }
+  }
+
+  /**
+   * Keep the namespace objects in step with the controller's namespace map: retire removed and
+   * reformatted ones (before anything is re-driven), make objects for new and reformatted ones.
+   * A capacity change keeps the object (an NBD export cannot change size under its clients).
+   */
+  private syncNamespaces(ch: NamespaceChanges): void {
+    for (const nsid of ch.removed) {
+      this.nsObjects.get(nsid)?.retire('removed');
+      this.nsObjects.delete(nsid);
+    }
+    for (const nsid of [...ch.added, ...ch.resized]) {
+      const info = this.ctrl.namespaces.get(nsid);
+      const old = this.nsObjects.get(nsid);
+      if (old !== undefined && info !== undefined && info.usable && info.lbaSize === old.blockSize) continue;
+      if (old !== undefined) {
+        old.retire(info === undefined ? 'removed' : 'reformatted');
+        this.nsObjects.delete(nsid);
+      }
+      if (info !== undefined) this.makeNamespace(info);
+    }
+  }
+
   // ---- operations -----------------------------------------------------------------------------
 
   /** `into`: the destination (see Controller.read); a re-driven read rewrites it whole. */
-  read(nsid: number, slba: bigint, nlb: number, into?: Buffer): Promise<Buffer> {
+  read(nsid: number, slba: bigint, nlb: number, into?: Buffer, ns?: Namespace): Promise<Buffer> {
     const lba = this.ctrl.namespaces.get(nsid)?.lbaSize ?? 512;
-    return this.submit(nsid, nlb * lba, (c) => c.read(nsid, slba, nlb, into));
+    return this.submit(nsid, ns, nlb * lba, (c) => c.read(nsid, slba, nlb, into));
   }
-  write(nsid: number, slba: bigint, data: Buffer, o: { fua?: boolean } = {}): Promise<void> {
-    return this.submit(nsid, data.length, (c) => c.write(nsid, slba, data, o));
+  write(nsid: number, slba: bigint, data: Buffer, o: { fua?: boolean } = {}, ns?: Namespace): Promise<void> {
+    return this.submit(nsid, ns, data.length, (c) => c.write(nsid, slba, data, o));
   }
-  flush(nsid: number): Promise<void> {
-    return this.submit(nsid, 0, (c) => c.flush(nsid));
+  flush(nsid: number, ns?: Namespace): Promise<void> {
+    return this.submit(nsid, ns, 0, (c) => c.flush(nsid));
   }
-  deallocate(nsid: number, ranges: ReadonlyArray<{ slba: bigint; nlb: number }>): Promise<void> {
-    return this.submit(nsid, 0, (c) => c.deallocate(nsid, ranges));
+  deallocate(nsid: number, ranges: ReadonlyArray<{ slba: bigint; nlb: number }>, ns?: Namespace): Promise<void> {
+    return this.submit(nsid, ns, 0, (c) => c.deallocate(nsid, ranges));
   }
-  writeZeroes(nsid: number, slba: bigint, nlb: number, o: { deallocate?: boolean; fua?: boolean } = {}): Promise<void> {
-    return this.submit(nsid, 0, (c) => c.writeZeroes(nsid, slba, nlb, o));
+  writeZeroes(nsid: number, slba: bigint, nlb: number, o: { deallocate?: boolean; fua?: boolean } = {}, ns?: Namespace): Promise<void> {
+    return this.submit(nsid, ns, 0, (c) => c.writeZeroes(nsid, slba, nlb, o));
   }
   /**
    * An admin command. Held while reconnecting like I/O; but once sent, it is re-driven after a
@@ -263,35 +310,33 @@ export class ResilientController extends EventEmitter implements NamespaceBacken
   adminCommand(sqe: Buffer, o: { dataOut?: Buffer; dataInLength?: number; timeoutMs?: number; passthru?: boolean } = {}): Promise<Completion> {
     const { passthru, ...qo } = o;
     const redrive = passthru !== true && IDEMPOTENT_ADMIN.has(sqe[0] as number);
-    return this.submit(undefined, (o.dataOut?.length ?? 0) + (o.dataInLength ?? 0), (c) => c.adminCommand(sqe, qo), redrive);
+    return this.submit(undefined, undefined, (o.dataOut?.length ?? 0) + (o.dataInLength ?? 0), (c) => c.adminCommand(sqe, qo), redrive);
   }
 
   /**
-   * The owner rebuilt its exports of `nsid` for the current block size: lift the fence that
-   * failed its I/O since the block size changed.
+   * `ns`: the namespace object issuing the operation (default: the current one of `nsid`), so
+   * an operation held across a removal or reformat fails with that object's EIO.
    */
-  acceptFormat(nsid: number): void {
-    const ns = this.ctrl.namespaces.get(nsid);
-    if (ns !== undefined) this.formats.set(nsid, ns.lbaSize);
-    this.fenced.delete(nsid);
-  }
-
-  private submit<T>(nsid: number | undefined, bytes: number, run: (c: Controller) => Promise<T>, redrive = true): Promise<T> {
+  private submit<T>(nsid: number | undefined, ns: Namespace | undefined, bytes: number, run: (c: Controller) => Promise<T>, redrive = true): Promise<T> {
+    const owner = ns ?? (nsid !== undefined ? this.nsObjects.get(nsid) : undefined);
     return new Promise<T>((resolve, reject) => {
-      this.dispatch({ seq: this.seq++, nsid, bytes, redrive, run, resolve: resolve as (v: unknown) => void, reject });
+      this.dispatch({ seq: this.seq++, nsid, ns: owner, bytes, redrive, run, resolve: resolve as (v: unknown) => void, reject });
     });
   }
 
   private dispatch(op: Op): void {
     switch (this.stateValue) {
-      case CtrlState.LIVE:
-        if (op.nsid !== undefined && this.fenced.has(op.nsid)) {
-          // Its LBA math was done for the old block size: running it would hit the wrong blocks.
-          op.reject(this.eio(ErrorCode.NAMESPACE_UNSUPPORTED, `namespace ${op.nsid} changed its block size; its export must be rebuilt`));
+      case CtrlState.LIVE: {
+        const retired = op.ns?.retiredReason;
+        if (retired !== undefined) {
+          // Removed, or its LBA math was done for the old block size: running it would hit the
+          // wrong blocks (or another namespace that took the NSID).
+          op.reject(retired);
           return;
         }
         this.execute(op, this.ctrl);
         return;
+      }
       case CtrlState.CONNECTING:
         if (this.failFast) op.reject(this.eio(ErrorCode.CONTROLLER_LOST, 'fast_io_fail_tmo expired while reconnecting'));
         else this.hold(op);
@@ -356,16 +401,9 @@ export class ResilientController extends EventEmitter implements NamespaceBacken
     ctrl.on('warning', (err: unknown) => this.emit('warning', err));
   }
 
-  /** Fence namespaces whose block size changed, remember new ones, then tell listeners. */
+  /** Retire / make namespace objects, then tell listeners. */
   private noteNamespaceChanges(ch: NamespaceChanges): void {
-    for (const nsid of ch.removed) this.formats.delete(nsid);
-    for (const nsid of [...ch.added, ...ch.resized]) {
-      const lba = this.ctrl.namespaces.get(nsid)?.lbaSize;
-      if (lba === undefined) continue;
-      const pinned = this.formats.get(nsid);
-      if (pinned === undefined) this.formats.set(nsid, lba);
-      else if (pinned !== lba) this.fenced.add(nsid);
-    }
+    this.syncNamespaces(ch);
     this.emit('namespaces', ch);
   }
 
@@ -474,7 +512,7 @@ export class ResilientController extends EventEmitter implements NamespaceBacken
     this.failFast = false;
     this.setState(CtrlState.LIVE);
     const changes = diffNamespaces(old.namespaces, next.namespaces);
-    // Before the re-drive below, so held I/O of a reformatted namespace is fenced.
+    // Before the re-drive below, so held I/O of a removed or reformatted namespace fails (EIO).
     if (changes.added.length + changes.removed.length + changes.resized.length > 0) this.noteNamespaceChanges(changes);
     // FIFO re-drive: dispatch issues synchronously, so submission order is kept.
     const ops = this.held.splice(0);

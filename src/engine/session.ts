@@ -8,9 +8,12 @@
  *
  * The controller is a {@link ResilientController}: a lost association is repaired while the NBD
  * connections stay open and their requests wait. Namespace changes reported by the controller
- * (AEN or found after a reconnect) change the exports: a new namespace gets an export (and a
- * /dev/nbdX when the session attaches), a removed one fails its I/O with EIO, is detached and its
- * export withdrawn; a capacity change is logged and recorded (`capacityChanged`), because the
+ * (AEN or found after a reconnect) change the exports. Each export serves the controller's
+ * {@link Namespace} object of its namespace: a new namespace gets an export (and a /dev/nbdX when
+ * the session attaches); a removed one (its object already retired by the controller: I/O fails
+ * with EIO) is drained, detached and its export withdrawn; a reformatted one (another block size)
+ * is withdrawn the same way and its NEW object exported under the same name; a capacity change
+ * is logged and recorded (`capacityChanged`), because the
  * size of an NBD export cannot change under a connected client (NBD has no resize notice): the
  * client sees the new size after it reconnects.
  *
@@ -24,9 +27,7 @@ import type { ControllerOptions, NamespaceChanges, NamespaceInfo } from '../cont
 import { DEFAULT_MAX_NAMESPACES } from '../controller/controller';
 import { ResilientController } from '../controller/resilient';
 import type { CtrlStateValue, ResilienceOptions } from '../controller/resilient';
-import { NvmeNamespaceDevice } from '../block/nvme-device';
-import type { BlockDevice } from '../block/types';
-import { NbdErrno } from '../block/errno';
+import type { Namespace } from '../controller/namespace';
 import { Duplex } from 'node:stream';
 import { NbdServer, formatEndpoint } from '../nbd/server';
 import type { NbdEndpoint, NbdExportStats, NbdServerOptions } from '../nbd/server';
@@ -110,91 +111,6 @@ export interface SessionExport {
   stableId?: string;
 }
 
-/**
- * The export's device: the namespace device, until the namespace is removed; from then on every
- * request fails with EIO (the NBD server's own removal answers ESHUTDOWN, which a kernel client
- * may retry; EIO is what Linux reports for I/O to a removed namespace).
- */
-class ExportDevice implements BlockDevice {
-  removed = false;
-  readonly size: number;
-  readonly blockSize: number;
-  readonly maxRequest: number;
-  readonly readOnly: boolean;
-  readonly canFlush: boolean;
-  readonly canFua: boolean;
-  readonly canTrim: boolean;
-  readonly canWriteZeroes: boolean;
-  readonly canFastZero: boolean;
-
-  constructor(private readonly inner: NvmeNamespaceDevice) {
-    this.size = inner.size;
-    this.blockSize = inner.blockSize;
-    this.maxRequest = inner.maxRequest;
-    this.readOnly = inner.readOnly;
-    this.canFlush = inner.canFlush;
-    this.canFua = inner.canFua;
-    this.canTrim = inner.canTrim;
-    this.canWriteZeroes = inner.canWriteZeroes;
-    this.canFastZero = inner.canFastZero;
-  }
-
-  private gone(): Promise<never> {
-    return Promise.reject(new NvmfNbdError(ErrorCode.NAMESPACE_NOT_FOUND, `namespace ${this.inner.nsid} was removed`, { errno: NbdErrno.EIO }));
-  }
-
-  private inflight = 0;
-  private onIdle: (() => void) | undefined;
-
-  /** Every request passes here: one `then` (not catch + finally) keeps the hot path to one promise. */
-  private guard<T>(p: () => Promise<T>): Promise<T> {
-    if (this.removed) return this.gone();
-    this.inflight++;
-    return p().then(
-      (v) => {
-        this.settled();
-        return v;
-      },
-      (err: unknown) => {
-        this.settled();
-        // A request already running when the namespace went away fails with EIO too.
-        return this.removed ? this.gone() : Promise.reject(err);
-      },
-    );
-  }
-
-  private settled(): void {
-    if (--this.inflight === 0) this.onIdle?.();
-  }
-
-  /**
-   * Resolves when no request is running (bounded by `ms`): the export is withdrawn only then,
-   * so requests running at removal are answered EIO by us, not ESHUTDOWN by the NBD server.
-   */
-  drained(ms: number): Promise<void> {
-    if (this.inflight === 0) return Promise.resolve();
-    return new Promise((resolve) => {
-      const t = setTimeout(done, ms);
-      const self = this;
-      function done(): void {
-        clearTimeout(t);
-        self.onIdle = undefined;
-        // The NBD connection answers in a promise callback queued after ours: let it run first.
-        setImmediate(resolve);
-      }
-      this.onIdle = done;
-    });
-  }
-
-  read(offset: number, length: number): Promise<Buffer> { return this.guard(() => this.inner.read(offset, length)); }
-  write(offset: number, data: Buffer, fua: boolean): Promise<void> { return this.guard(() => this.inner.write(offset, data, fua)); }
-  flush(): Promise<void> { return this.guard(() => this.inner.flush()); }
-  trim(offset: number, length: number): Promise<void> { return this.guard(() => this.inner.trim(offset, length)); }
-  writeZeroes(offset: number, length: number, opts: { mayDeallocate: boolean; fua: boolean; fastOnly: boolean }): Promise<void> {
-    return this.guard(() => this.inner.writeZeroes(offset, length, opts));
-  }
-}
-
 /** A namespace that is not served, and why. */
 export interface SkippedNamespace {
   readonly nsid: number;
@@ -209,7 +125,8 @@ export class ControllerSession extends EventEmitter {
   readonly exports: SessionExport[] = [];
   readonly skipped: SkippedNamespace[] = [];
   private closed: Promise<void> | undefined;
-  private readonly devices = new Map<number, ExportDevice>();
+  /** The namespace object each export serves (the controller owns them). */
+  private readonly devices = new Map<number, Namespace>();
   /** Endpoints already listened on (TCP: one for all; Unix: one per export path). */
   private tcpEndpoint: NbdEndpoint | undefined;
   private sharedEndpoint: NbdEndpoint | undefined;
@@ -231,7 +148,7 @@ export class ControllerSession extends EventEmitter {
   /** Connect the controller, export its usable namespaces, and attach them when asked. */
   static async open(o: SessionOptions): Promise<ControllerSession> {
     const log = o.log ?? (() => undefined);
-    const controller = await ResilientController.connect(o.controller);
+    const controller = await ResilientController.connect(o.readOnly === true ? { ...o.controller, readOnlyNamespaces: true } : o.controller);
     const server = new NbdServer(o.nbdServer);
     const s = new ControllerSession(o.name, controller, server, o);
     try {
@@ -280,18 +197,13 @@ export class ControllerSession extends EventEmitter {
       this.emit('dead', err);
     });
     c.on('namespaces', (ch: NamespaceChanges) => {
-      // A namespace whose block size changed (reformatted) cannot be served by its old export:
-      // the LBA math would be wrong. It is withdrawn and exported again, like remove + add.
+      // The controller retired the objects of removed and reformatted namespaces (their I/O
+      // fails with EIO from this moment on). A reformatted one (another block size: its old
+      // object was replaced) is withdrawn and exported again, like remove + add.
       const reformatted = ch.resized.filter((nsid) => {
-        const e = this.exports.find((x) => x.nsid === nsid);
-        const ns = c.namespaces.get(nsid);
-        return e !== undefined && ns !== undefined && ns.lbaSize !== e.blockSize;
-      });
-      // Mark gone namespaces at once, so their I/O fails with EIO from this moment on.
-      for (const nsid of [...ch.removed, ...reformatted]) {
         const d = this.devices.get(nsid);
-        if (d !== undefined) d.removed = true;
-      }
+        return d !== undefined && d.retired;
+      });
       this.nsWork = this.nsWork.then(() => this.applyNamespaceChanges(ch, reformatted)).catch((err: unknown) => {
         log(`${this.name}: namespace change not fully applied: ${(err as Error).message}`);
       });
@@ -316,8 +228,6 @@ export class ControllerSession extends EventEmitter {
       if (ns === undefined || this.exports.some((x) => x.nsid === nsid)) continue;
       const sk = this.skipped.findIndex((x) => x.nsid === nsid);
       if (sk >= 0) this.skipped.splice(sk, 1);
-      // The old export is gone: I/O of the new one uses the new block size.
-      if (reformatted.includes(nsid)) this.controller.acceptFormat(nsid);
       const before = this.exports.length;
       this.addNamespace(ns);
       if (this.exports.length === before) {
@@ -333,7 +243,7 @@ export class ControllerSession extends EventEmitter {
     this.emit('namespaces', ch);
   }
 
-  /** Detach and withdraw the export of `nsid` (its device already fails I/O with EIO). */
+  /** Drain, detach and withdraw the export of `nsid` (its retired namespace object fails I/O with EIO). */
   private async withdraw(nsid: number, why: string): Promise<void> {
     const log = this.o.log ?? (() => undefined);
     const sk = this.skipped.findIndex((x) => x.nsid === nsid);
@@ -357,15 +267,12 @@ export class ControllerSession extends EventEmitter {
       this.skipped.push({ nsid: ns.nsid, reason: ns.reasonIfNot ?? 'unsupported format' });
       return;
     }
-    let inner: NvmeNamespaceDevice;
-    try {
-      inner = new NvmeNamespaceDevice(this.controller, ns.nsid, { readOnly: this.o.readOnly });
-    } catch (err) {
+    const device = this.controller.namespace(ns.nsid);
+    if (device === undefined || device.retired) {
       // A namespace the bridge cannot serve is skipped with its reason; it never fails the others.
-      this.skipped.push({ nsid: ns.nsid, reason: (err as Error).message });
+      this.skipped.push({ nsid: ns.nsid, reason: `namespace ${ns.nsid} cannot be served (larger than 2^53 bytes)` });
       return;
     }
-    const device = new ExportDevice(inner);
     const name = `${this.name}n${ns.nsid}`;
     const ctrl = this.controller.identify;
     this.server.addExport(name, device, { description: `${ctrl.mn} ${ctrl.sn} nsid ${ns.nsid}` });

@@ -17,7 +17,7 @@ import * as path from 'node:path';
 import { Controller } from '../../src/controller/controller';
 import type { ControllerOptions } from '../../src/controller/controller';
 import { discover } from '../../src/controller/discovery';
-import { NvmeNamespaceDevice } from '../../src/block/nvme-device';
+import { namespaceOf } from '../helpers/namespace-of';
 import { ErrorCode, NvmfNbdError } from '../../src/errors';
 import { need } from '../helpers/prereq';
 import { Guest, guestAvailable, setupNvmet } from '../helpers/guest';
@@ -55,7 +55,7 @@ function opts(o: Partial<ControllerOptions> = {}): ControllerOptions {
 
 /** Write then read back each size at a distinct offset, on both namespaces. */
 async function roundTrips(ctrl: Controller, label: string, t: { diagnostic(s: string): void }): Promise<void> {
-  const dev1 = new NvmeNamespaceDevice(ctrl, 1);
+  const dev1 = namespaceOf(ctrl, 1);
   let offset = 0;
   for (const size of SIZES) {
     const data = randomBytes(size);
@@ -133,7 +133,7 @@ test('flush, deallocate and write zeroes; the ranges read back as zeroes', { tim
   if (!prereq(t)) return;
   const ctrl = await Controller.connect(opts());
   try {
-    const dev = new NvmeNamespaceDevice(ctrl, 1);
+    const dev = namespaceOf(ctrl, 1);
     assert.equal(dev.canTrim, true);
     assert.equal(dev.canFastZero, true);
     const base = 32 << 20;

@@ -19,7 +19,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Controller } from '../../src/controller/controller';
 import type { ControllerOptions } from '../../src/controller/controller';
-import { NvmeNamespaceDevice } from '../../src/block/nvme-device';
+import { namespaceOf } from '../helpers/namespace-of';
 import { ErrorCode, NvmfNbdError } from '../../src/errors';
 import { deriveTlsPsk, parseInterchangeKey } from '../../src/tls/psk';
 import { need } from '../helpers/prereq';
@@ -121,7 +121,7 @@ test('TLS-required nvmet: connect, write/read patterns with and without digests'
     const ctrl = await Controller.connect(opts({ hdgst: dg, ddgst: dg }));
     try {
       assert.equal(ctrl.identify.subnqn, NQN);
-      const dev = new NvmeNamespaceDevice(ctrl, 1);
+      const dev = namespaceOf(ctrl, 1);
       let off = dg ? 8 << 20 : 0;
       for (const size of [512, 4096, 128 << 10, 1 << 20]) {
         const data = randomBytes(size);

@@ -2,7 +2,7 @@
  * One errno mapping (src/block/errno.ts): the errno an NBD client gets is decided once, where
  * the NVMe status or the controller state is known, and never overwritten on the way up.
  * One test per case, through the real layers (embedded target → ResilientController →
- * NvmeNamespaceDevice → NBD server → an NBD client) where the case can be produced for real.
+ * Namespace → NBD server → an NBD client) where the case can be produced for real.
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -10,8 +10,9 @@ import { NvmeTarget } from '../../src/embedded-target/target';
 import { CtrlState, ResilientController } from '../../src/controller/resilient';
 import type { ResilienceOptions } from '../../src/controller/resilient';
 import type { ControllerOptions, NamespaceChanges } from '../../src/controller/controller';
-import { NvmeNamespaceDevice } from '../../src/block/nvme-device';
-import type { NamespaceBackend } from '../../src/block/nvme-device';
+import { namespaceOf } from '../helpers/namespace-of';
+import type { Namespace } from '../../src/controller/namespace';
+import type { ListingPath as NamespaceBackend } from '../helpers/namespace-of';
 import { NbdErrno, withErrno } from '../../src/block/errno';
 import { NbdServer } from '../../src/nbd/server';
 import { ErrorCode, NvmfNbdError } from '../../src/errors';
@@ -69,7 +70,7 @@ async function errnoOf(p: Promise<unknown>): Promise<{ errno: number | undefined
 }
 
 /** An NBD server on loopback serving `dev` as export `e`. */
-async function serve(dev: NvmeNamespaceDevice): Promise<{ server: NbdServer; port: number }> {
+async function serve(dev: Namespace): Promise<{ server: NbdServer; port: number }> {
   const server = new NbdServer({ log: () => undefined });
   server.addExport('e', dev);
   const ep = await server.listen({ tcp: { host: '127.0.0.1', port: 0 } });
@@ -78,7 +79,7 @@ async function serve(dev: NvmeNamespaceDevice): Promise<{ server: NbdServer; por
 
 test('ESHUTDOWN while the controller is being deleted (not EIO)', T, async () => {
   const c = await ResilientController.connect(opts(port));
-  const dev = new NvmeNamespaceDevice(c, 1);
+  const dev = c.namespace(1) as Namespace;
   const closing = c.close();
   assert.equal(c.state, CtrlState.DELETING);
   assert.deepEqual(await errnoOf(dev.read(0, 4096)), { errno: NbdErrno.ESHUTDOWN, code: ErrorCode.CONTROLLER_DELETED });
@@ -89,7 +90,7 @@ test('ESHUTDOWN while the controller is being deleted (not EIO)', T, async () =>
 test('EIO after ctrl_loss_tmo, for held and for new requests, through NBD', T, async () => {
   const proxy = await FaultProxy.start({ port });
   const c = await ResilientController.connect(opts(proxy.port, { ctrlLossTmoMs: 300 }));
-  const { server, port: nbdPort } = await serve(new NvmeNamespaceDevice(c, 1));
+  const { server, port: nbdPort } = await serve(c.namespace(1) as Namespace);
   const client = await NbdTestClient.connect({ port: nbdPort }, 'e');
   try {
     proxy.setMode(ProxyMode.REFUSE);
@@ -107,12 +108,12 @@ test('EIO after ctrl_loss_tmo, for held and for new requests, through NBD', T, a
   }
 });
 
-test('EIO for a namespace reformatted to another block size (fenced), not ENOTSUP', T, async () => {
+test('EIO for a namespace reformatted to another block size (its object retired), not ENOTSUP', T, async () => {
   await target.addNamespace(NQN, { nsid: 6, sizeBytes: 1 << 20, backing: { memory: true } });
   const proxy = await FaultProxy.start({ port });
   const c = await ResilientController.connect(opts(proxy.port));
   try {
-    const dev = new NvmeNamespaceDevice(c, 6);
+    const dev = c.namespace(6) as Namespace;
     const changes = new Promise<NamespaceChanges>((resolve) => c.once('namespaces', resolve));
     proxy.setMode(ProxyMode.REFUSE);
     proxy.cutAll();
@@ -140,8 +141,8 @@ test('EIO for a removed namespace: an error already carrying its errno passes un
 
 test('ENOSPC past the end, EINVAL for a misaligned request from a negotiating client, EPERM read-only', T, async () => {
   const c = await ResilientController.connect(opts(port));
-  const rw = await serve(new NvmeNamespaceDevice(c, 1));
-  const ro = await serve(new NvmeNamespaceDevice(c, 1, { readOnly: true }));
+  const rw = await serve(c.namespace(1) as Namespace);
+  const ro = await serve(namespaceOf(c, 1, { readOnly: true }));
   const a = await NbdTestClient.connect({ port: rw.port }, 'e', 10_000, { requestBlockSize: true });
   const b = await NbdTestClient.connect({ port: ro.port }, 'e');
   try {
@@ -154,8 +155,8 @@ test('ENOSPC past the end, EINVAL for a misaligned request from a negotiating cl
     assert.equal((await b.request(Cmd.WRITE, 0, 512, { data: Buffer.alloc(512) })).error, NbdErrno.EPERM);
     assert.equal((await b.request(Cmd.TRIM, 0, 512)).error, NbdErrno.EPERM);
     // The device layer decides the same where the NBD layer would not have checked.
-    assert.equal((await errnoOf(new NvmeNamespaceDevice(c, 1, { readOnly: true }).write(0, Buffer.alloc(512), false))).errno, NbdErrno.EPERM);
-    assert.equal((await errnoOf(new NvmeNamespaceDevice(c, 1).write(NS_SIZE, Buffer.alloc(512), false))).errno, NbdErrno.ENOSPC);
+    assert.equal((await errnoOf(namespaceOf(c, 1, { readOnly: true }).write(0, Buffer.alloc(512), false))).errno, NbdErrno.EPERM);
+    assert.equal((await errnoOf((c.namespace(1) as Namespace).write(NS_SIZE, Buffer.alloc(512), false))).errno, NbdErrno.ENOSPC);
   } finally {
     a.destroy();
     b.destroy();
@@ -173,9 +174,9 @@ test('ENOTSUP for a command the controller does not support (Invalid Opcode), an
     read: () => Promise.reject(invalidOpcode), write: () => Promise.reject(invalidOpcode), flush: () => Promise.reject(invalidOpcode),
     deallocate: () => Promise.reject(invalidOpcode), writeZeroes: () => Promise.reject(invalidOpcode),
   });
-  const withWz = new NvmeNamespaceDevice(be(0x0c), 1);
+  const withWz = namespaceOf(be(0x0c), 1);
   assert.deepEqual(await errnoOf(withWz.writeZeroes(0, 512, { mayDeallocate: false, fua: false, fastOnly: false })), { errno: NbdErrno.ENOTSUP, code: ErrorCode.NVME_STATUS });
-  const without = new NvmeNamespaceDevice(be(0), 1);
+  const without = namespaceOf(be(0), 1);
   assert.equal((await errnoOf(without.writeZeroes(0, 512, { mayDeallocate: false, fua: false, fastOnly: true }))).errno, NbdErrno.ENOTSUP);
   assert.equal((await errnoOf(without.trim(0, 512))).errno, NbdErrno.ENOTSUP);
 });

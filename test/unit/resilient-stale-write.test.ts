@@ -12,7 +12,7 @@ import assert from 'node:assert/strict';
 import * as net from 'node:net';
 import { NvmeTarget } from '../../src/embedded-target/target';
 import { ResilientController, quiesceTimeMs } from '../../src/controller/resilient';
-import { NvmeNamespaceDevice } from '../../src/block/nvme-device';
+import type { Namespace } from '../../src/controller/namespace';
 import { ErrorCode, NvmfNbdError } from '../../src/errors';
 
 const NQN = 'nqn.2014-08.org.nvmf-nbd:stale-write';
@@ -101,7 +101,7 @@ test('a write black-holed on the lost association never lands after a re-driven 
     kato: 1000, targetKeepAliveGraceMs: 3000, connectTimeoutMs: 2000, ioTimeoutMs: 5000, reconnectDelayMs: 100, ctrlLossTmoMs: 30_000,
   });
   try {
-    const dev = new NvmeNamespaceDevice(rc, 1);
+    const dev = rc.namespace(1) as Namespace;
     proxy.stall();
     const t0 = Date.now();
     await dev.write(0, Buffer.alloc(4096, 0xaa), false); // W1: lost with the link, re-driven after the reconnect

@@ -1,11 +1,11 @@
 /**
- * NvmeNamespaceDevice: byte ↔ LBA math, capability flags from ONCS/VWC, Write Zeroes fallback,
+ * Namespace (src/controller/namespace.ts): byte ↔ LBA math, capability flags from ONCS/VWC, Write Zeroes fallback,
  * and NVMe status → NBD errno mapping (src/block/errno.ts).
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { NvmeNamespaceDevice } from '../../src/block/nvme-device';
-import type { NamespaceBackend } from '../../src/block/nvme-device';
+import { namespaceOf } from '../helpers/namespace-of';
+import type { ListingPath as NamespaceBackend } from '../helpers/namespace-of';
 import { NbdErrno, errorToErrno, nvmeStatusToErrno } from '../../src/block/errno';
 import { ErrorCode, NvmfNbdError } from '../../src/errors';
 import type { NvmeStatus } from '../../src/errors';
@@ -34,7 +34,7 @@ const status = (sct: number, sc: number): NvmeStatus => ({ sct, sc, dnr: true, m
 
 test('size, block size and LBA math', () => {
   const b = backend();
-  const d = new NvmeNamespaceDevice(b, 1);
+  const d = namespaceOf(b, 1);
   assert.equal(d.size, 1024 * 4096);
   assert.equal(d.blockSize, 4096);
   assert.ok(d.maxRequest >= 32 << 20);
@@ -50,15 +50,15 @@ test('size, block size and LBA math', () => {
 });
 
 test('capabilities follow ONCS (DSM bit 2, Write Zeroes bit 3) and VWC', () => {
-  const full = new NvmeNamespaceDevice(backend({ oncs: 0x0c, vwc: true }), 1);
+  const full = namespaceOf(backend({ oncs: 0x0c, vwc: true }), 1);
   assert.deepEqual([full.canTrim, full.canFastZero, full.canFlush, full.canFua], [true, true, true, true]);
-  const bare = new NvmeNamespaceDevice(backend({ oncs: 0, vwc: false }), 1);
+  const bare = namespaceOf(backend({ oncs: 0, vwc: false }), 1);
   assert.deepEqual([bare.canTrim, bare.canFastZero, bare.canFlush, bare.canFua], [false, false, false, false]);
 });
 
 test('without a volatile write cache flush is a no-op and FUA is not sent', async () => {
   const b = backend({ vwc: false });
-  const d = new NvmeNamespaceDevice(b, 1);
+  const d = namespaceOf(b, 1);
   await d.flush();
   await d.write(0, Buffer.alloc(4096), true);
   assert.deepEqual(b.calls.map((c) => [c.op, c.fua]), [['write', false]]);
@@ -66,7 +66,7 @@ test('without a volatile write cache flush is a no-op and FUA is not sent', asyn
 
 test('trim maps to deallocate ranges; write zeroes passes deallocate and FUA', async () => {
   const b = backend();
-  const d = new NvmeNamespaceDevice(b, 1);
+  const d = namespaceOf(b, 1);
   await d.trim(4096 * 10, 4096 * 5);
   await d.writeZeroes(0, 4096 * 3, { mayDeallocate: true, fua: true, fastOnly: false });
   assert.deepEqual(b.calls, [
@@ -77,7 +77,7 @@ test('trim maps to deallocate ranges; write zeroes passes deallocate and FUA', a
 
 test('without Write Zeroes: fastOnly → ENOTSUP, otherwise zero-filled writes', async () => {
   const b = backend({ oncs: 0 });
-  const d = new NvmeNamespaceDevice(b, 1);
+  const d = namespaceOf(b, 1);
   await assert.rejects(d.writeZeroes(0, 4096, { mayDeallocate: true, fua: false, fastOnly: true }),
     (e: NvmfNbdError) => e.errno === NbdErrno.ENOTSUP);
   await d.writeZeroes(0, 3 << 20, { mayDeallocate: true, fua: false, fastOnly: false });
@@ -86,20 +86,20 @@ test('without Write Zeroes: fastOnly → ENOTSUP, otherwise zero-filled writes',
 });
 
 test('misaligned or out-of-range requests: EINVAL, and ENOSPC for writes past the end', async () => {
-  const d = new NvmeNamespaceDevice(backend(), 1);
+  const d = namespaceOf(backend(), 1);
   await assert.rejects(d.read(100, 4096), (e: NvmfNbdError) => e.errno === NbdErrno.EINVAL);
   await assert.rejects(d.read(d.size, 4096), (e: NvmfNbdError) => e.errno === NbdErrno.EINVAL);
   await assert.rejects(d.write(d.size - 4096, Buffer.alloc(8192), false), (e: NvmfNbdError) => e.errno === NbdErrno.ENOSPC);
 });
 
 test('read-only device refuses writes with EPERM', async () => {
-  const d = new NvmeNamespaceDevice(backend(), 1, { readOnly: true });
+  const d = namespaceOf(backend(), 1, { readOnly: true });
   await assert.rejects(d.write(0, Buffer.alloc(4096), false), (e: NvmfNbdError) => e.errno === NbdErrno.EPERM);
 });
 
 test('a namespace with metadata cannot be opened (NAMESPACE_UNSUPPORTED)', () => {
-  throwsCode(() => new NvmeNamespaceDevice(backend({ ms: true }), 1), ErrorCode.NAMESPACE_UNSUPPORTED);
-  throwsCode(() => new NvmeNamespaceDevice(backend(), 2), ErrorCode.NAMESPACE_NOT_FOUND);
+  throwsCode(() => namespaceOf(backend({ ms: true }), 1), ErrorCode.NAMESPACE_UNSUPPORTED);
+  throwsCode(() => namespaceOf(backend(), 2), ErrorCode.NAMESPACE_NOT_FOUND);
 });
 
 test('NVMe status → errno table', () => {
@@ -121,11 +121,11 @@ test('NVMe status → errno table', () => {
 
 test('backend failures reach the caller with errno set and the code and status kept', async () => {
   const fail = new NvmfNbdError(ErrorCode.NVME_STATUS, 'LBA Out of Range', { status: status(0, 0x80) });
-  const d = new NvmeNamespaceDevice(backend({ fail }), 1);
+  const d = namespaceOf(backend({ fail }), 1);
   const err = await d.write(0, Buffer.alloc(4096), false).then(() => undefined, (e: NvmfNbdError) => e);
   assert.equal(err?.code, ErrorCode.NVME_STATUS);
   assert.equal(err?.status?.sc, 0x80);
   assert.equal(err?.errno, NbdErrno.ENOSPC);
-  const lost = new NvmeNamespaceDevice(backend({ fail: new NvmfNbdError(ErrorCode.CONTROLLER_LOST, 'gone') }), 1);
+  const lost = namespaceOf(backend({ fail: new NvmfNbdError(ErrorCode.CONTROLLER_LOST, 'gone') }), 1);
   await assert.rejects(lost.read(0, 4096), (e: NvmfNbdError) => e.code === ErrorCode.CONTROLLER_LOST && e.errno === NbdErrno.EIO);
 });
