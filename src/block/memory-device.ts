@@ -6,7 +6,7 @@
  * what was written.
  */
 import { ErrorCode, NvmfNbdError } from '../errors';
-import type { BlockDevice } from './types';
+import { SimpleBlockRequest, submitViaPromises, type BlockDevice, type BlockRequest } from './types';
 
 /** Options of {@link MemoryBlockDevice}. Capabilities default to "everything supported". */
 export interface MemoryBlockDeviceOptions {
@@ -61,6 +61,14 @@ export class MemoryBlockDevice implements BlockDevice {
     if (this.chunkSize < this.blockSize || (this.chunkSize & (this.chunkSize - 1)) !== 0) {
       throw new NvmfNbdError(ErrorCode.INVALID_ARGUMENT, `chunk size ${this.chunkSize} must be a power of two ≥ the block size`);
     }
+  }
+
+  createRequest(): BlockRequest {
+    return new SimpleBlockRequest();
+  }
+
+  submit(req: BlockRequest): void {
+    submitViaPromises(this, req);
   }
 
   /** Bytes of RAM held by written chunks. */

@@ -16,11 +16,19 @@
  * anything); WRITE_ZEROES writes zeroes into the partial blocks by RMW.
  *
  * Requests above the inner device's maxRequest (up to {@link SUB_BLOCK_MAX_REQUEST}) are split.
+ *
+ * The record path ({@link SubBlockDevice.submit}): FLUSH, and an aligned READ / WRITE within the
+ * device's maxRequest while no RMW holds or waits for a range — every request of a client that
+ * negotiated block sizes, nearly every one of the others — goes straight to the device's
+ * `submit` with the lock counted ({@link RangeLock.tryShared}); this object is the record's
+ * handler until it completes (lock released, then the caller's handler). Everything else takes
+ * the promise paths below.
  */
 import { ErrorCode, NvmfNbdError } from '../errors';
 import { NbdErrno } from './errno';
 import { RangeLock, type Release } from './range-lock';
-import type { BlockDevice } from './types';
+import { BlockOpCode, type BlockDevice, type BlockHandler, type BlockRequest } from './types';
+import type { NvmfNbdError as NvmfNbdErrorType } from '../errors';
 
 /** Largest request taken from a client that did not negotiate block sizes (nbdkit serves ~48 MiB ones). */
 export const SUB_BLOCK_MAX_REQUEST = 64 << 20;
@@ -53,13 +61,83 @@ function locked<T>(l: Release | Promise<Release>, f: () => Promise<T>): Promise<
 }
 
 /** See the module comment. */
-export class SubBlockDevice {
+export class SubBlockDevice implements BlockHandler {
   readonly counters: SubBlockCounters = { rmw: 0, rmwBlocksRead: 0, unaligned: 0 };
   private readonly lock = new RangeLock();
   private readonly bs: number;
 
   constructor(readonly device: BlockDevice) {
     this.bs = device.blockSize;
+  }
+
+  /** A request record of the device (callers pool them). */
+  createRequest(): BlockRequest {
+    return this.device.createRequest();
+  }
+
+  /**
+   * Run `req` (from {@link createRequest}); completes once through `req.handler`, never
+   * synchronously. See the module comment.
+   */
+  submit(req: BlockRequest): void {
+    const op = req.op;
+    if (op === BlockOpCode.FLUSH) {
+      // A flush covers completed writes only and touches no range: no lock (as flush()).
+      this.device.submit(req);
+      return;
+    }
+    const length = op === BlockOpCode.WRITE ? (req.data as Buffer).length : req.length;
+    const fast = (op === BlockOpCode.READ || op === BlockOpCode.WRITE) && req.offset % this.bs === 0 && length % this.bs === 0 && length <= this.device.maxRequest;
+    if (fast && this.lock.tryShared()) {
+      req.upstream = req.handler;
+      req.handler = this;
+      this.device.submit(req);
+      return;
+    }
+    this.submitSlow(req);
+  }
+
+  /** The record's completion on the fast path: release the lock, then tell the caller. */
+  onBlockComplete(req: BlockRequest): void {
+    const h = req.upstream as BlockHandler;
+    req.handler = h;
+    req.upstream = undefined;
+    this.lock.releaseShared();
+    h.onBlockComplete(req);
+  }
+
+  onBlockError(req: BlockRequest, err: NvmfNbdErrorType): void {
+    const h = req.upstream as BlockHandler;
+    req.handler = h;
+    req.upstream = undefined;
+    this.lock.releaseShared();
+    h.onBlockError(req, err);
+  }
+
+  /** Unaligned, oversized, TRIM / ZEROES, or an RMW in the way: the promise paths. */
+  private submitSlow(req: BlockRequest): void {
+    let p: Promise<unknown>;
+    switch (req.op) {
+      case BlockOpCode.READ:
+        p = this.read(req.offset, req.length).then((d) => { req.data = d; });
+        break;
+      case BlockOpCode.WRITE:
+        p = this.write(req.offset, req.data as Buffer, req.fua);
+        break;
+      case BlockOpCode.FLUSH:
+        p = this.flush();
+        break;
+      case BlockOpCode.TRIM:
+        p = this.trim(req.offset, req.length);
+        break;
+      default:
+        p = this.writeZeroes(req.offset, req.length, { mayDeallocate: req.mayDeallocate, fua: req.fua, fastOnly: req.fastOnly });
+        break;
+    }
+    p.then(
+      () => (req.handler as BlockHandler).onBlockComplete(req),
+      (err: unknown) => (req.handler as BlockHandler).onBlockError(req, err as NvmfNbdErrorType),
+    );
   }
 
   /** Requests holding or waiting for a range (0 when idle). */

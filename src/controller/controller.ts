@@ -25,21 +25,22 @@ import {
   parseNamespaceList,
   sqeAsyncEventRequest,
   sqeDatasetManagement,
-  sqeFlush,
+  fillSqeIo,
+  IoOpcode,
   sqeGetLogPage,
   sqeIdentify,
   sqeKeepAlive,
   sqePropertyGet,
   sqePropertySet,
-  sqeRead,
   sqeSetFeatures,
-  sqeWrite,
   sqeWriteZeroes,
 } from '../wire';
 import type { Cqe, IdentifyController, IdentifyNamespace } from '../wire';
 import { ADMIN_QUEUE_SIZE, QueuePair } from '../transport/queue-pair';
 import type { Completion, QueueStats } from '../transport/queue-pair';
 import { authenticateQueue, type AuthOutcome, type DhchapHostOptions } from './auth';
+import { BlockOpCode } from '../block/types';
+import { IoRequest, PromiseIoOwner, ioDoneLater, type IoOwner } from './io-request';
 
 export { DISCOVERY_NQN } from '../wire';
 
@@ -186,7 +187,7 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 /**
  * A connected NVMe-oF controller. Events: `error(err)` when a queue fails, `close(err?)` once.
  */
-export class Controller extends EventEmitter {
+export class Controller extends EventEmitter implements IoOwner {
   readonly options: ControllerOptions;
   /** Controller ID from the admin Connect. */
   cntlid = 0xffff;
@@ -228,6 +229,8 @@ export class Controller extends EventEmitter {
   private closing = false;
   /** DH-HMAC-CHAP transaction identifiers: one per authentication of a queue of this association. */
   private nextTid = 0;
+  /** Part records of MDTS splits, reused. */
+  private readonly parts: IoRequest[] = [];
 
   private constructor(opts: ControllerOptions) {
     super();
@@ -602,13 +605,103 @@ export class Controller extends EventEmitter {
     if (this.closed || n === 0) {
       return Promise.reject(new NvmfNbdError(this.closed ? ErrorCode.CONNECTION_CLOSED : ErrorCode.UNSUPPORTED, this.closed ? 'controller closed' : 'controller has no I/O queues'));
     }
+    return this.pickQueue(n).submit(sqe, o);
+  }
+
+  /** The least-loaded I/O queue (round-robin among equals); `n` > 0 queues. */
+  private pickQueue(n: number): QueuePair {
     let best = this.ioQueues[this.rr % n] as QueuePair;
     for (let i = 1; i < n; i++) {
       const q = this.ioQueues[(this.rr + i) % n] as QueuePair;
       if (q.load < best.load) best = q;
     }
     this.rr = (this.rr + 1) % n;
-    return best.submit(sqe, o);
+    return best;
+  }
+
+  /**
+   * The record path of Read, Write and Flush (issue 9 item 2): `req.op`, `nsid`, `slba`, `nlb`,
+   * `data` (READ: the destination, exactly nlb · block size bytes; WRITE: the payload) and
+   * `fua` are set by the caller; completes once through `req.owner.onIoDone`, never
+   * synchronously. A transfer above MDTS is split into part records of this controller (one
+   * counter on the request, no promise); the parts spread over the I/O queues, and their C2HData
+   * land straight in views of `data`.
+   */
+  submitIo(req: IoRequest): void {
+    const n = this.ioQueues.length;
+    if (this.closed || n === 0) {
+      ioDoneLater(req, new NvmfNbdError(this.closed ? ErrorCode.CONNECTION_CLOSED : ErrorCode.UNSUPPORTED, this.closed ? 'controller closed' : 'controller has no I/O queues'));
+      return;
+    }
+    let ns: NamespaceInfo;
+    try {
+      ns = this.ns(req.nsid);
+    } catch (err) {
+      ioDoneLater(req, err as NvmfNbdError);
+      return;
+    }
+    const op = req.op;
+    if (op === BlockOpCode.FLUSH) {
+      fillSqeIo(req.sqe, IoOpcode.FLUSH, req.nsid, 0n, 0, false);
+      req.dataIn = undefined;
+      req.dataOut = undefined;
+      req.dataInLength = 0;
+      this.pickQueue(n).submitCommand(req);
+      return;
+    }
+    const data = req.data;
+    const bytes = req.nlb * ns.lbaSize;
+    if ((op !== BlockOpCode.READ && op !== BlockOpCode.WRITE) || data === undefined || data.length !== bytes || req.nlb < 1 || !Number.isInteger(req.nlb)) {
+      ioDoneLater(req, new NvmfNbdError(ErrorCode.INVALID_ARGUMENT,
+        `${op === BlockOpCode.READ ? 'read destination' : 'write'} of ${data?.length ?? 0} bytes for ${req.nlb} blocks of ${ns.lbaSize}`));
+      return;
+    }
+    const read = op === BlockOpCode.READ;
+    const opcode = read ? IoOpcode.READ : IoOpcode.WRITE;
+    const fua = !read && req.fua;
+    const per = this.maxBlocks(ns);
+    if (req.nlb <= per) {
+      fillSqeIo(req.sqe, opcode, req.nsid, req.slba, req.nlb, fua);
+      req.dataIn = read ? data : undefined;
+      req.dataOut = read ? undefined : data;
+      req.dataInLength = 0;
+      this.pickQueue(n).submitCommand(req);
+      return;
+    }
+    req.partsPending = Math.ceil(req.nlb / per);
+    req.partError = undefined;
+    for (let done = 0; done < req.nlb; done += per) {
+      const k = Math.min(per, req.nlb - done);
+      const part = this.parts.pop() ?? new IoRequest();
+      part.parent = req;
+      part.owner = this;
+      fillSqeIo(part.sqe, opcode, req.nsid, req.slba + BigInt(done), k, fua);
+      const view = data.subarray(done * ns.lbaSize, (done + k) * ns.lbaSize);
+      part.dataIn = read ? view : undefined;
+      part.dataOut = read ? undefined : view;
+      part.dataInLength = 0;
+      this.pickQueue(n).submitCommand(part);
+    }
+  }
+
+  /** A part of a split request completed (IoOwner of part records). */
+  onIoDone(part: IoRequest, err: NvmfNbdError | undefined): void {
+    const req = part.parent as IoRequest;
+    part.parent = undefined;
+    part.owner = undefined;
+    part.dataIn = undefined;
+    part.dataOut = undefined;
+    this.parts.push(part);
+    if (err !== undefined && req.partError === undefined) req.partError = err;
+    if (--req.partsPending === 0) (req.owner as IoOwner).onIoDone(req, req.partError);
+  }
+
+  /** Run `req` through {@link submitIo} as a promise (the public API). */
+  private runIo(req: IoRequest): Promise<Buffer | undefined> {
+    return new Promise((resolve, reject) => {
+      req.owner = new PromiseIoOwner(resolve, reject);
+      this.submitIo(req);
+    });
   }
 
   /** Identify Namespace (CNS 0) for `nsid`, classified as usable or not. */
@@ -689,47 +782,38 @@ export class Controller extends EventEmitter {
    * its C2HData payloads are copied straight from the socket into it (no reassembly copy).
    */
   read(nsid: number, slba: bigint, nlb: number, into?: Buffer): Promise<Buffer> {
-    // Not async: one promise hop less per 4 KiB read (sync errors still become rejections).
-    try {
-      const ns = this.ns(nsid);
-      const bytes = nlb * ns.lbaSize;
-      if (into !== undefined && into.length !== bytes) {
-        throw new NvmfNbdError(ErrorCode.INVALID_ARGUMENT, `read destination of ${into.length} bytes for ${nlb} blocks of ${ns.lbaSize}`);
-      }
-      const per = this.maxBlocks(ns);
-      if (nlb <= per) return this.ioCommand(sqeRead(nsid, slba, nlb), into !== undefined ? { dataIn: into } : { dataInLength: bytes }).then(completionData);
-      const out = into ?? Buffer.allocUnsafe(bytes);
-      const parts: Promise<unknown>[] = [];
-      for (let done = 0; done < nlb; done += per) {
-        const n = Math.min(per, nlb - done);
-        const at = done * ns.lbaSize;
-        parts.push(this.ioCommand(sqeRead(nsid, slba + BigInt(done), n), { dataIn: out.subarray(at, at + n * ns.lbaSize) }));
-      }
-      return settleAll(parts).then(() => out);
-    } catch (err) {
-      return Promise.reject(err);
-    }
+    const lba = this.namespaces.get(nsid)?.lbaSize;
+    const req = new IoRequest();
+    req.op = BlockOpCode.READ;
+    req.nsid = nsid;
+    req.slba = slba;
+    req.nlb = nlb;
+    // An unknown namespace fails in submitIo (the destination is not needed then).
+    req.data = into ?? Buffer.allocUnsafe(lba === undefined ? 0 : nlb * lba);
+    return this.runIo(req) as Promise<Buffer>;
   }
 
   /** Write `data` (a multiple of the block size) at `slba`; FUA per command. */
   async write(nsid: number, slba: bigint, data: Buffer, o: { fua?: boolean } = {}): Promise<void> {
     const ns = this.ns(nsid);
     if (data.length % ns.lbaSize !== 0) throw new NvmfNbdError(ErrorCode.INVALID_ARGUMENT, `write of ${data.length} bytes is not a multiple of ${ns.lbaSize}`);
-    const nlb = data.length / ns.lbaSize;
-    const per = this.maxBlocks(ns);
-    const parts: Promise<unknown>[] = [];
-    for (let done = 0; done < nlb; done += per) {
-      const n = Math.min(per, nlb - done);
-      parts.push(this.ioCommand(sqeWrite(nsid, slba + BigInt(done), n, o.fua === true),
-        { dataOut: data.subarray(done * ns.lbaSize, (done + n) * ns.lbaSize) }));
-    }
-    await settleAll(parts);
+    if (data.length === 0) return;
+    const req = new IoRequest();
+    req.op = BlockOpCode.WRITE;
+    req.nsid = nsid;
+    req.slba = slba;
+    req.nlb = data.length / ns.lbaSize;
+    req.data = data;
+    req.fua = o.fua === true;
+    await this.runIo(req);
   }
 
   /** NVMe Flush of the namespace (the volatile write cache, when there is one). */
   async flush(nsid: number): Promise<void> {
-    this.ns(nsid);
-    await this.ioCommand(sqeFlush(nsid));
+    const req = new IoRequest();
+    req.op = BlockOpCode.FLUSH;
+    req.nsid = nsid;
+    await this.runIo(req);
   }
 
   /** Dataset Management / deallocate; ranges are split to ≤ 65536 blocks and ≤ 256 per command. */
@@ -818,11 +902,6 @@ export class Controller extends EventEmitter {
 }
 
 /** Wait for every part; reject with the first error only after all settled (no stray rejections). */
-/** The read data of a completion (module-level: no closure per command). */
-function completionData(c: Completion): Buffer {
-  return c.data as Buffer;
-}
-
 async function settleAll(parts: ReadonlyArray<Promise<unknown>>): Promise<void> {
   const res = await Promise.allSettled(parts);
   for (const r of res) if (r.status === 'rejected') throw r.reason;

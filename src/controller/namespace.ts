@@ -13,6 +13,13 @@
  * It talks to "a path" through the narrow {@link NamespacePath} interface: today the one
  * resilient controller (or a plain `Controller`); multipath will hang several paths under it.
  *
+ * The record path ({@link Namespace.submit}, issue 9 item 2): the NBD connection's request
+ * record IS an {@link IoRequest} (made by {@link Namespace.createRequest}); the namespace fills
+ * its NVMe part (nsid, slba, nlb, the read destination), makes itself the record's owner and
+ * hands it to the path; the path's completion (`onIoDone`) decrements the in-flight count, maps
+ * the errno and calls the record's handler. No promise or closure per request. The promise
+ * methods (`read`, `write`, …) are the public API over the same path.
+ *
  * Retirement: when the namespace is removed, or reformatted to another block size (its LBA math
  * would hit the wrong blocks), the owner calls {@link Namespace.retire}: from then on new
  * requests, requests held by the path during an outage, and requests in flight that fail are
@@ -21,9 +28,10 @@
  * object never serves again.
  */
 import { ErrorCode, NvmfNbdError, type ErrorCodeValue } from '../errors';
-import type { BlockDevice } from '../block/types';
+import { BlockOpCode, submitViaPromises, type BlockDevice, type BlockHandler, type BlockRequest } from '../block/types';
 import { NbdErrno, withErrno, type BlockOp } from '../block/errno';
 import type { NamespaceInfo } from './controller';
+import { IoRequest, PromiseIoOwner, type IoOwner } from './io-request';
 
 /** Largest request the NBD layer may hand us (the kernel sends up to 32 MiB). */
 export const NAMESPACE_MAX_REQUEST = 32 << 20;
@@ -35,18 +43,20 @@ const TRIM_CHUNK_BLOCKS = 1 << 24;
 const Oncs = { DSM: 1 << 2, WRITE_ZEROES: 1 << 3 } as const;
 
 /**
- * What a {@link Namespace} needs from the path it runs on: the controller's capabilities and the
- * NVM commands, addressed by NSID and LBA. The `ns` argument names the issuing object, so a path
+ * What a {@link Namespace} needs from the path it runs on: the controller's capabilities, the
+ * record path for Read / Write / Flush, and Deallocate / Write Zeroes (rare, promise-based),
+ * addressed by NSID and LBA. `req.ns` / the `ns` argument name the issuing object, so a path
  * that holds requests (during an outage) can fail them once that object is retired.
  */
 export interface NamespacePath {
   /** Optional NVM Command Support (Identify Controller ONCS). */
   readonly oncs: number;
   readonly volatileWriteCache: boolean;
-  /** `into` (exactly nlb·lbaSize bytes): where the data lands; resolves with it. */
-  read(nsid: number, slba: bigint, nlb: number, into?: Buffer, ns?: Namespace): Promise<Buffer>;
-  write(nsid: number, slba: bigint, data: Buffer, o: { fua?: boolean }, ns?: Namespace): Promise<void>;
-  flush(nsid: number, ns?: Namespace): Promise<void>;
+  /**
+   * Run a READ / WRITE / FLUSH record (`nsid`, `slba`, `nlb`, `data`: the destination or the
+   * payload, `fua`); completes once through `req.owner.onIoDone`, never synchronously.
+   */
+  submitIo(req: IoRequest): void;
   deallocate(nsid: number, ranges: ReadonlyArray<{ slba: bigint; nlb: number }>, ns?: Namespace): Promise<void>;
   writeZeroes(nsid: number, slba: bigint, nlb: number, o: { deallocate?: boolean; fua?: boolean }, ns?: Namespace): Promise<void>;
 }
@@ -81,8 +91,41 @@ export function readBuffer(n: number): Buffer {
   return b;
 }
 
+const EMPTY = Buffer.alloc(0);
+const OP_NAMES: readonly BlockOp[] = ['read', 'write', 'flush', 'trim', 'zeroes'];
+
+/** Complete / fail a block request outside the submitter's call (never synchronously). */
+function completeLater(req: BlockRequest): void {
+  process.nextTick(completeNow, req);
+}
+function completeNow(req: BlockRequest): void {
+  (req.handler as BlockHandler).onBlockComplete(req);
+}
+function failLater(req: BlockRequest, err: NvmfNbdError): void {
+  process.nextTick(failNow, req, err);
+}
+function failNow(req: BlockRequest, err: NvmfNbdError): void {
+  (req.handler as BlockHandler).onBlockError(req, err);
+}
+
+/** A {@link BlockHandler} settling a promise (the promise API over the record path). */
+class PromiseBlockHandler implements BlockHandler {
+  constructor(
+    private readonly resolve: (data: Buffer | undefined) => void,
+    private readonly reject: (e: Error) => void,
+  ) {}
+
+  onBlockComplete(req: BlockRequest): void {
+    this.resolve(req.op === BlockOpCode.READ ? req.data : undefined);
+  }
+
+  onBlockError(_req: BlockRequest, err: NvmfNbdError): void {
+    this.reject(err);
+  }
+}
+
 /** One namespace of a controller, served as a block device. See the module comment. */
-export class Namespace implements BlockDevice {
+export class Namespace implements BlockDevice, IoOwner {
   readonly nsid: number;
   readonly size: number;
   readonly blockSize: number;
@@ -228,36 +271,132 @@ export class Namespace implements BlockDevice {
 
   // ---- BlockDevice ----------------------------------------------------------------------------
 
-  read(offset: number, length: number): Promise<Buffer> {
-    if (this.retiredError !== undefined) return Promise.reject(this.retiredError);
-    if (length === 0) return Promise.resolve(Buffer.alloc(0));
-    let slba: bigint;
-    try {
-      slba = this.lba(offset, length, 'read');
-    } catch (err) {
-      return Promise.reject(err);
+  // ---- the record path ----------------------------------------------------------------------
+
+  /** A request record for {@link submit}: an {@link IoRequest} (the NBD connection pools them). */
+  createRequest(): IoRequest {
+    return new IoRequest();
+  }
+
+  /**
+   * Run one request record (see the module comment). READ / WRITE / FLUSH go down the path as
+   * the record itself; TRIM / ZEROES (rare) run the promise methods. Never completes
+   * synchronously. A record not made by {@link createRequest} takes the promise methods.
+   */
+  submit(req: BlockRequest): void {
+    if (!(req instanceof IoRequest)) {
+      submitViaPromises(this, req);
+      return;
     }
-    const nlb = length / this.blockSize;
-    return this.run('read', () => this.path.read(this.nsid, slba, nlb, readBuffer(length), this));
+    if (this.retiredError !== undefined) {
+      failLater(req, this.retiredError);
+      return;
+    }
+    const op = req.op;
+    switch (op) {
+      case BlockOpCode.READ: {
+        const length = req.length;
+        if (length === 0) {
+          req.data = EMPTY;
+          completeLater(req);
+          return;
+        }
+        try {
+          req.slba = this.lba(req.offset, length, 'read');
+        } catch (err) {
+          failLater(req, err as NvmfNbdError);
+          return;
+        }
+        req.nlb = length / this.blockSize;
+        req.data = readBuffer(length);
+        break;
+      }
+      case BlockOpCode.WRITE: {
+        const data = req.data as Buffer;
+        try {
+          this.checkWritable();
+          if (data.length === 0) {
+            completeLater(req);
+            return;
+          }
+          req.slba = this.lba(req.offset, data.length, 'write');
+        } catch (err) {
+          failLater(req, err as NvmfNbdError);
+          return;
+        }
+        req.nlb = data.length / this.blockSize;
+        req.fua = req.fua && this.canFua;
+        break;
+      }
+      case BlockOpCode.FLUSH:
+        if (!this.canFlush) {
+          completeLater(req);
+          return;
+        }
+        break;
+      default:
+        submitViaPromises(this, req);
+        return;
+    }
+    req.nsid = this.nsid;
+    req.ns = this;
+    req.owner = this;
+    this.inflight++;
+    this.path.submitIo(req);
+  }
+
+  /** The path's completion of a record (IoOwner): in-flight count, the errno, the handler. */
+  onIoDone(req: IoRequest, err: NvmfNbdError | undefined): void {
+    req.owner = undefined;
+    req.ns = undefined;
+    this.settled();
+    const h = req.handler as BlockHandler;
+    if (err === undefined) h.onBlockComplete(req);
+    else h.onBlockError(req, this.failure(err, OP_NAMES[req.op] as BlockOp));
+  }
+
+  /** The promise API over {@link submit}: one record per call. */
+  private viaRecord(op: typeof BlockOpCode.READ | typeof BlockOpCode.WRITE | typeof BlockOpCode.FLUSH, offset: number, length: number, data: Buffer | undefined, fua: boolean): Promise<Buffer | undefined> {
+    return new Promise((resolve, reject) => {
+      const req = new IoRequest();
+      req.op = op;
+      req.offset = offset;
+      req.length = length;
+      req.data = data;
+      req.fua = fua;
+      req.handler = new PromiseBlockHandler(resolve, reject);
+      this.submit(req);
+    });
+  }
+
+  /** One WRITE record at an LBA, inside an operation already counted in flight (zero fill). */
+  private writeBlocks(slba: bigint, data: Buffer, fua: boolean): Promise<void> {
+    return new Promise<Buffer | undefined>((resolve, reject) => {
+      const req = new IoRequest();
+      req.op = BlockOpCode.WRITE;
+      req.nsid = this.nsid;
+      req.ns = this;
+      req.slba = slba;
+      req.nlb = data.length / this.blockSize;
+      req.data = data;
+      req.fua = fua;
+      req.owner = new PromiseIoOwner(resolve, reject);
+      this.path.submitIo(req);
+    }).then(noValue);
+  }
+
+  // ---- BlockDevice promise API -----------------------------------------------------------------
+
+  read(offset: number, length: number): Promise<Buffer> {
+    return this.viaRecord(BlockOpCode.READ, offset, length, undefined, false) as Promise<Buffer>;
   }
 
   write(offset: number, data: Buffer, fua: boolean): Promise<void> {
-    if (this.retiredError !== undefined) return Promise.reject(this.retiredError);
-    let slba: bigint;
-    try {
-      this.checkWritable();
-      if (data.length === 0) return Promise.resolve();
-      slba = this.lba(offset, data.length, 'write');
-    } catch (err) {
-      return Promise.reject(err);
-    }
-    return this.run('write', () => this.path.write(this.nsid, slba, data, { fua: fua && this.canFua }, this));
+    return this.viaRecord(BlockOpCode.WRITE, offset, data.length, data, fua).then(noValue);
   }
 
   flush(): Promise<void> {
-    if (this.retiredError !== undefined) return Promise.reject(this.retiredError);
-    if (!this.canFlush) return Promise.resolve();
-    return this.run('flush', () => this.path.flush(this.nsid, this));
+    return this.viaRecord(BlockOpCode.FLUSH, 0, 0, undefined, false).then(noValue);
   }
 
   trim(offset: number, length: number): Promise<void> {
@@ -297,8 +436,12 @@ export class Namespace implements BlockDevice {
       const zeroes = Buffer.alloc(Math.min(ZERO_CHUNK, length));
       for (let done = 0; done < length; done += zeroes.length) {
         const n = Math.min(zeroes.length, length - done);
-        await this.path.write(this.nsid, slba + BigInt(done / this.blockSize), zeroes.subarray(0, n), { fua }, this);
+        await this.writeBlocks(slba + BigInt(done / this.blockSize), zeroes.subarray(0, n), fua);
       }
     });
   }
+}
+
+function noValue(): void {
+  // A promise of void from one of Buffer | undefined.
 }

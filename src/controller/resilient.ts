@@ -13,8 +13,10 @@
  *                                  ctrl_loss_tmo expired / subsystem changed / DNR ──▶ DELETING ──▶ DEAD
  * ```
  *
- * Hold and re-drive happen at the block level: each {@link NamespaceBackend} call (one NBD
- * request, which the controller may split into several NVMe commands) is one operation. While
+ * Hold and re-drive happen at the block level: each request (one NBD request — its
+ * {@link IoRequest} record itself is what is held and re-driven — or one deallocate / write
+ * zeroes / admin call, which the controller may split into several NVMe commands) is one
+ * operation. While
  * CONNECTING new operations wait in a FIFO bounded in bytes; operations that were in flight on
  * the lost association join that FIFO in their original submission order. Reads and writes
  * are idempotent at the block level, so running an operation again is safe — but only once the
@@ -40,6 +42,8 @@ import type { IdentifyController } from '../wire';
 import { Controller } from './controller';
 import type { ControllerOptions, ControllerStats, NamespaceChanges, NamespaceInfo } from './controller';
 import { Namespace, type NamespacePath } from './namespace';
+import { BlockOpCode } from '../block/types';
+import { IoRequest, PromiseIoOwner, ioDoneLater, type IoOwner } from './io-request';
 
 /** States of a {@link ResilientController} (`list` shows them). */
 export const CtrlState = { LIVE: 'live', CONNECTING: 'connecting', DELETING: 'deleting', DEAD: 'dead' } as const;
@@ -134,7 +138,7 @@ function asError(err: unknown, fallback: string): NvmfNbdError {
  * ({@link NamespaceChanges}, from an AEN or found after a reconnect), `dead` (NvmfNbdError:
  * ctrl_loss_tmo expired or the subsystem changed), `close` (err?) once at the end (DEAD).
  */
-export class ResilientController extends EventEmitter implements NamespacePath {
+export class ResilientController extends EventEmitter implements NamespacePath, IoOwner {
   readonly options: ControllerOptions & ResilienceOptions;
   private ctrl: Controller;
   private readonly subsystemNqn: string;
@@ -144,7 +148,8 @@ export class ResilientController extends EventEmitter implements NamespacePath {
   private attemptCount = 0;
   private lastErr: NvmfNbdError | undefined;
   private deadErr: NvmfNbdError | undefined;
-  private readonly held: Op[] = [];
+  /** Operations waiting for a new association, in submission order (records and closures). */
+  private readonly held: Array<Op | IoRequest> = [];
   private heldBytes = 0;
   private seq = 0;
   private failFast = false;
@@ -282,16 +287,120 @@ export class ResilientController extends EventEmitter implements NamespacePath {
 
   // ---- operations -----------------------------------------------------------------------------
 
+  /**
+   * The record path (NamespacePath): `req` (READ / WRITE / FLUSH, set up as for
+   * Controller.submitIo) runs on the current association; while reconnecting the record itself
+   * is held and re-driven. Completes once through the owner it had when submitted, never
+   * synchronously. `req.ns` (default: the current object of `req.nsid`) retired → its error.
+   */
+  submitIo(req: IoRequest): void {
+    req.upper = req.owner;
+    req.owner = this;
+    req.seq = this.seq++;
+    req.bytes = req.op === BlockOpCode.FLUSH ? 0 : req.data?.length ?? 0;
+    req.ns ??= this.nsObjects.get(req.nsid);
+    this.dispatchIo(req);
+  }
+
+  private dispatchIo(req: IoRequest): void {
+    switch (this.stateValue) {
+      case CtrlState.LIVE: {
+        const retired = req.ns?.retiredReason;
+        if (retired !== undefined) {
+          this.finishIoLater(req, retired);
+          return;
+        }
+        req.ctrl = this.ctrl;
+        this.ctrl.submitIo(req);
+        return;
+      }
+      case CtrlState.CONNECTING:
+        if (this.failFast) this.finishIoLater(req, this.eio(ErrorCode.CONTROLLER_LOST, 'fast_io_fail_tmo expired while reconnecting'));
+        else this.hold(req);
+        return;
+      case CtrlState.DELETING:
+        this.finishIoLater(req, new NvmfNbdError(ErrorCode.CONTROLLER_DELETED, 'controller is being deleted', { errno: NbdErrno.ESHUTDOWN }));
+        return;
+      case CtrlState.DEAD:
+        this.finishIoLater(req, this.eio(this.deadErr?.code ?? ErrorCode.CONTROLLER_DELETED, this.deadErr?.message ?? 'controller deleted'));
+        return;
+      default: {
+        const never: never = this.stateValue;
+        throw new Error(`unknown state ${String(never)}`);
+      }
+    }
+  }
+
+  /**
+   * A record came back from the association (IoOwner). The association is gone: the error says
+   * nothing about the request itself (the queue teardown failed it), so it is held and
+   * re-driven. Otherwise (NVMe status, digest, short read on a live association) it is the answer.
+   */
+  onIoDone(req: IoRequest, err: NvmfNbdError | undefined): void {
+    if (err === undefined) {
+      this.finishIo(req, undefined);
+      return;
+    }
+    // A queue fails its commands before its 'close' reaches the controller: decide once that
+    // synchronous teardown has run (errors only; a tick, as the promise path had).
+    process.nextTick(ioFailed, this, req, err);
+  }
+
+  /** @internal See {@link onIoDone}. */
+  ioFailedAfterTeardown(req: IoRequest, err: NvmfNbdError): void {
+    if (req.ctrl !== undefined && !req.ctrl.alive) {
+      req.ctrl = undefined;
+      this.dispatchIo(req);
+      return;
+    }
+    this.finishIo(req, err);
+  }
+
+  /** Hand the record back to the owner it was submitted by. */
+  private finishIo(req: IoRequest, err: NvmfNbdError | undefined): void {
+    req.owner = req.upper;
+    req.upper = undefined;
+    req.ctrl = undefined;
+    (req.owner as IoOwner).onIoDone(req, err);
+  }
+
+  private finishIoLater(req: IoRequest, err: NvmfNbdError): void {
+    req.owner = req.upper;
+    req.upper = undefined;
+    req.ctrl = undefined;
+    ioDoneLater(req, err);
+  }
+
+  /** A record for the promise API by NSID; `ns` as in {@link submitIo}. */
+  private promiseIo(op: (typeof BlockOpCode)['READ' | 'WRITE' | 'FLUSH'], nsid: number, slba: bigint, nlb: number, data: Buffer | undefined, fua: boolean, ns: Namespace | undefined): Promise<Buffer | undefined> {
+    return new Promise((resolve, reject) => {
+      const req = new IoRequest();
+      req.op = op;
+      req.nsid = nsid;
+      req.slba = slba;
+      req.nlb = nlb;
+      req.data = data;
+      req.fua = fua;
+      req.ns = ns;
+      req.owner = new PromiseIoOwner(resolve, reject);
+      this.submitIo(req);
+    });
+  }
+
   /** `into`: the destination (see Controller.read); a re-driven read rewrites it whole. */
   read(nsid: number, slba: bigint, nlb: number, into?: Buffer, ns?: Namespace): Promise<Buffer> {
-    const lba = this.ctrl.namespaces.get(nsid)?.lbaSize ?? 512;
-    return this.submit(nsid, ns, nlb * lba, (c) => c.read(nsid, slba, nlb, into));
+    const lba = this.ctrl.namespaces.get(nsid)?.lbaSize;
+    const dest = into ?? Buffer.allocUnsafe(lba === undefined ? 0 : nlb * lba);
+    return this.promiseIo(BlockOpCode.READ, nsid, slba, nlb, dest, false, ns) as Promise<Buffer>;
   }
-  write(nsid: number, slba: bigint, data: Buffer, o: { fua?: boolean } = {}, ns?: Namespace): Promise<void> {
-    return this.submit(nsid, ns, data.length, (c) => c.write(nsid, slba, data, o));
+  async write(nsid: number, slba: bigint, data: Buffer, o: { fua?: boolean } = {}, ns?: Namespace): Promise<void> {
+    const lba = this.ctrl.namespaces.get(nsid)?.lbaSize;
+    if (data.length === 0) return;
+    // A length that is not a whole number of blocks fails in the controller (INVALID_ARGUMENT).
+    await this.promiseIo(BlockOpCode.WRITE, nsid, slba, lba === undefined ? 0 : data.length / lba, data, o.fua === true, ns);
   }
-  flush(nsid: number, ns?: Namespace): Promise<void> {
-    return this.submit(nsid, ns, 0, (c) => c.flush(nsid));
+  async flush(nsid: number, ns?: Namespace): Promise<void> {
+    await this.promiseIo(BlockOpCode.FLUSH, nsid, 0n, 0, undefined, false, ns);
   }
   deallocate(nsid: number, ranges: ReadonlyArray<{ slba: bigint; nlb: number }>, ns?: Namespace): Promise<void> {
     return this.submit(nsid, ns, 0, (c) => c.deallocate(nsid, ranges));
@@ -370,22 +479,29 @@ export class ResilientController extends EventEmitter implements NamespacePath {
   }
 
   /** Insert in submission order (ops bounced from the lost association arrive late). */
-  private hold(op: Op): void {
+  private hold(op: Op | IoRequest): void {
     const limit = this.options.holdLimitBytes ?? RESILIENCE_DEFAULTS.holdLimitBytes;
     if (this.heldBytes + op.bytes > limit) {
-      op.reject(this.eio(ErrorCode.HOLD_QUEUE_FULL, `reconnecting: ${this.heldBytes} bytes of I/O already held (limit ${limit})`));
+      this.fail(op, this.eio(ErrorCode.HOLD_QUEUE_FULL, `reconnecting: ${this.heldBytes} bytes of I/O already held (limit ${limit})`), true);
       return;
     }
     let i = this.held.length;
-    while (i > 0 && (this.held[i - 1] as Op).seq > op.seq) i--;
+    while (i > 0 && (this.held[i - 1] as Op | IoRequest).seq > op.seq) i--;
     this.held.splice(i, 0, op);
     this.heldBytes += op.bytes;
+  }
+
+  /** Fail a held or holding operation (`later`: we may be inside its submitter's call). */
+  private fail(op: Op | IoRequest, err: NvmfNbdError, later: boolean): void {
+    if (!(op instanceof IoRequest)) op.reject(err);
+    else if (later) this.finishIoLater(op, err);
+    else this.finishIo(op, err);
   }
 
   private failHeld(err: NvmfNbdError): void {
     const ops = this.held.splice(0);
     this.heldBytes = 0;
-    for (const op of ops) op.reject(err);
+    for (const op of ops) this.fail(op, err, false);
   }
 
   private eio(code: NvmfNbdError['code'], message: string): NvmfNbdError {
@@ -517,7 +633,10 @@ export class ResilientController extends EventEmitter implements NamespacePath {
     // FIFO re-drive: dispatch issues synchronously, so submission order is kept.
     const ops = this.held.splice(0);
     this.heldBytes = 0;
-    for (const op of ops) this.dispatch(op);
+    for (const op of ops) {
+      if (op instanceof IoRequest) this.dispatchIo(op);
+      else this.dispatch(op);
+    }
   }
 
   private clearTimers(): void {
@@ -562,6 +681,10 @@ export class ResilientController extends EventEmitter implements NamespacePath {
     })();
     return this.closing;
   }
+}
+
+function ioFailed(rc: ResilientController, req: IoRequest, err: NvmfNbdError): void {
+  rc.ioFailedAfterTeardown(req, err);
 }
 
 /** Namespaces added, removed or resized between two associations. */

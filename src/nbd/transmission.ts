@@ -6,10 +6,16 @@
  * `maxInFlightBytes` bytes are in flight and the reply queue is below `maxInFlightBytes`;
  * otherwise the socket is paused and parsing resumes as replies complete. Unparsed bytes stay
  * in the parser's queue (nothing is parsed twice).
+ *
+ * The record path (issue 9 item 2): READ, WRITE and FLUSH become one request record each, taken
+ * from this connection's pool (made by the export's device: for an NVMe namespace the record is
+ * the whole NVMe I/O), submitted to the export's sub-block front, and completed by a method call
+ * on this object ({@link BlockHandler}); no promise or closure per request. TRIM and
+ * WRITE_ZEROES (rare, and possibly split or emulated below) keep the promise API.
  */
 import type { Duplex } from 'node:stream';
 import { ErrorCode, NvmfNbdError, type ErrorCodeValue } from '../errors';
-import type { BlockDevice } from '../block/types';
+import { BlockOpCode, type BlockDevice, type BlockHandler, type BlockRequest } from '../block/types';
 import { SUB_BLOCK_MAX_REQUEST } from '../block/sub-block';
 import {
   Cmd,
@@ -47,8 +53,11 @@ export function maxRequestFor(dev: BlockDevice, strictSizes: boolean): number {
   return strictSizes ? dev.maxRequest : Math.max(dev.maxRequest, SUB_BLOCK_MAX_REQUEST);
 }
 
+/** Records kept for reuse per connection at most (more are dropped to the GC). */
+const POOL_MAX = 256;
+
 /** Server side of the transmission phase of one connection bound to export `exp`. */
-export class NbdTransmission {
+export class NbdTransmission implements BlockHandler {
   private readonly rq: NbdRequestParser;
   private readonly structured: boolean;
   private readonly strictSizes: boolean;
@@ -68,6 +77,8 @@ export class NbdTransmission {
   private paused = false;
   /** Waiting for the server-wide budget (registered with host.waitBudget). */
   private budgetWait = false;
+  /** Request records not in use (see the module comment). */
+  private readonly pool: BlockRequest[] = [];
 
   constructor(
     private readonly owner: TransmissionOwner,
@@ -249,30 +260,32 @@ export class NbdTransmission {
     try {
       switch (req.type) {
         case Cmd.READ: {
-          bytes = req.length;
           c.reads++;
           c.bytesRead += req.length;
-          this.begin(bytes);
-          sub.read(req.offset, req.length).then(
-            (data) => this.finishRead(req, bytes, data),
-            (err: unknown) => this.finish(req, bytes, err),
-          );
+          this.begin(req.length);
+          const r = this.record(req, BlockOpCode.READ);
+          r.length = req.length;
+          sub.submit(r);
           return;
         }
         case Cmd.WRITE: {
           const data = req.data as Buffer;
-          bytes = data.length;
           c.writes++;
-          c.bytesWritten += bytes;
-          this.begin(bytes);
-          p = sub.write(req.offset, data, (req.flags & CmdFlag.FUA) !== 0);
-          break;
+          c.bytesWritten += data.length;
+          this.begin(data.length);
+          const r = this.record(req, BlockOpCode.WRITE);
+          r.length = data.length;
+          r.data = data;
+          r.fua = (req.flags & CmdFlag.FUA) !== 0;
+          sub.submit(r);
+          return;
         }
-        case Cmd.FLUSH:
+        case Cmd.FLUSH: {
           c.flushes++;
           this.begin(0);
-          p = sub.flush();
-          break;
+          sub.submit(this.record(req, BlockOpCode.FLUSH));
+          return;
+        }
         case Cmd.TRIM:
           c.trims++;
           this.begin(0);
@@ -317,6 +330,73 @@ export class NbdTransmission {
     );
   }
 
+  /** A record from the pool (or a new one from the device), filled with what every op needs. */
+  private record(req: NbdRequest, op: BlockRequest['op']): BlockRequest {
+    const r = this.pool.pop() ?? this.exp.sub.createRequest();
+    r.op = op;
+    r.offset = req.offset;
+    r.length = 0;
+    r.data = undefined;
+    r.fua = false;
+    r.handler = this;
+    r.cookieHi = req.cookieHi;
+    r.cookieLo = req.cookieLo;
+    r.kind = req.type;
+    return r;
+  }
+
+  /** Back to the pool: drop the buffers (a READ's data stays with the reply being written). */
+  private recycle(r: BlockRequest): void {
+    r.data = undefined;
+    r.handler = undefined;
+    if (this.pool.length < POOL_MAX) this.pool.push(r);
+  }
+
+  /** A record completed (BlockHandler). */
+  onBlockComplete(r: BlockRequest): void {
+    const bytes = r.op === BlockOpCode.FLUSH ? 0 : r.length;
+    if (!this.done(bytes)) {
+      this.recycle(r);
+      return;
+    }
+    if (this.failInFlight) {
+      this.replyErrorTo(r.cookieHi, r.cookieLo, NbdErrno.ESHUTDOWN);
+    } else if (r.op === BlockOpCode.READ) {
+      const data = r.data as Buffer;
+      if (data.length !== r.length) {
+        this.owner.log('error', `device returned ${data.length} bytes for a ${r.length}-byte read`, ErrorCode.SHORT_READ);
+        this.replyErrorTo(r.cookieHi, r.cookieLo, NbdErrno.EIO);
+      } else {
+        const o = this.owner.out;
+        if (this.structured) o.write(encodeOffsetDataHeader(ReplyFlag.DONE, r.cookieHi, r.cookieLo, r.offset, data.length));
+        else o.write(encodeSimpleReply(0, r.cookieHi, r.cookieLo));
+        o.write(data);
+      }
+    } else {
+      this.owner.out.write(encodeSimpleReply(0, r.cookieHi, r.cookieLo));
+    }
+    this.recycle(r);
+    this.after();
+  }
+
+  /** A record failed (BlockHandler); `err.errno` is the NBD error. */
+  onBlockError(r: BlockRequest, err: NvmfNbdError): void {
+    const bytes = r.op === BlockOpCode.FLUSH ? 0 : r.length;
+    if (!this.done(bytes)) {
+      this.recycle(r);
+      return;
+    }
+    if (this.failInFlight) {
+      this.replyErrorTo(r.cookieHi, r.cookieLo, NbdErrno.ESHUTDOWN);
+    } else {
+      const errno = nbdErrno(err instanceof NvmfNbdError ? err.errno : undefined);
+      this.owner.log('debug', `request type ${r.kind} failed: ${(err as Error)?.message ?? String(err)} (errno ${errno})`);
+      this.replyErrorTo(r.cookieHi, r.cookieLo, errno);
+    }
+    this.recycle(r);
+    this.after();
+  }
+
   private begin(bytes: number): void {
     this.inFlight++;
     this.inFlightBytes += bytes;
@@ -332,22 +412,6 @@ export class NbdTransmission {
     this.pump();
     this.maybeFinish();
     this.owner.host.budgetReleased();
-  }
-
-  private finishRead(req: NbdRequest, bytes: number, data: Buffer): void {
-    if (!this.done(bytes)) return;
-    if (this.failInFlight) {
-      this.replyError(req, NbdErrno.ESHUTDOWN);
-    } else if (data.length !== req.length) {
-      this.owner.log('error', `device returned ${data.length} bytes for a ${req.length}-byte read`, ErrorCode.SHORT_READ);
-      this.replyError(req, NbdErrno.EIO);
-    } else {
-      const o = this.owner.out;
-      if (this.structured) o.write(encodeOffsetDataHeader(ReplyFlag.DONE, req.cookieHi, req.cookieLo, req.offset, data.length));
-      else o.write(encodeSimpleReply(0, req.cookieHi, req.cookieLo));
-      o.write(data);
-    }
-    this.after();
   }
 
   private finish(req: NbdRequest, bytes: number, err: unknown): void {
@@ -367,9 +431,13 @@ export class NbdTransmission {
   }
 
   private replyError(req: NbdRequest, errno: number): void {
+    this.replyErrorTo(req.cookieHi, req.cookieLo, errno);
+  }
+
+  private replyErrorTo(cookieHi: number, cookieLo: number, errno: number): void {
     this.exp.counters.errors++;
     // With structured replies a READ must not get a simple reply; errors go in an error chunk.
-    if (this.structured) this.owner.out.write(encodeChunkError(ReplyFlag.DONE, req.cookieHi, req.cookieLo, errno));
-    else this.owner.out.write(encodeSimpleReply(errno, req.cookieHi, req.cookieLo));
+    if (this.structured) this.owner.out.write(encodeChunkError(ReplyFlag.DONE, cookieHi, cookieLo, errno));
+    else this.owner.out.write(encodeSimpleReply(errno, cookieHi, cookieLo));
   }
 }

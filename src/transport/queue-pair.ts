@@ -139,43 +139,86 @@ export interface QueueStats {
   c2hSuccessWithSqFlow: number;
 }
 
-/** State of one in-flight command. */
-interface Pending {
-  readonly cid: number;
-  readonly opcode: number;
-  resolve(c: Completion): void;
-  reject(e: Error): void;
-  /** Data still to be sent on R2T (undefined when none or in-capsule). */
-  readonly dataOut: Buffer | undefined;
-  /** Next offset the controller may ask for in an R2T. */
-  h2cNext: number;
-  readonly dataIn: Buffer | undefined;
-  /** Bytes of C2HData received so far (= next expected datao). */
-  received: number;
-  /** LAST_PDU seen: no more C2HData may arrive for this command. */
-  c2hDone: boolean;
-  digestError: boolean;
-  readonly deadline: number;
-  readonly acceptErrorStatus: boolean;
-  /** The submission, kept so a command refused with Authentication Required can be retried once. */
-  readonly w: Waiter;
-  /** Submission sequence number (see QueuePair.sqIssued): the SQ entry this command took. */
-  readonly sqSeq: number;
+/**
+ * One command as the queue pair runs it: what the submitter fills in (SQE, data, options) and
+ * the queue's own per-command state, in one object the submitter owns and may reuse once
+ * completed (a pooled request record, issue 9 item 2). Completion is a method call on the
+ * command itself — no promise and no closure per command. {@link QueuePair.submit} wraps one in
+ * a promise for the admin path, the CLI and tests.
+ */
+export abstract class QueueCommand {
+  /** The 64-byte SQE; the queue sets its cid and SGL at issue. */
+  sqe: Buffer = EMPTY;
+  /** Host-to-controller data (writes), sent as views, never copied. */
+  dataOut: Buffer | undefined = undefined;
+  /**
+   * Controller-to-host destination (reads): C2HData payloads are copied straight from the socket
+   * chunks into it. When undefined and {@link dataInLength} > 0, the queue allocates it at issue.
+   */
+  dataIn: Buffer | undefined = undefined;
+  dataInLength = 0;
+  /** Per-command timeout in ms; negative: the queue's default; `Infinity`: none (AER). */
+  timeoutMs = -1;
+  /** Force in-capsule data whatever its size (Fabrics Connect). */
+  inCapsule = false;
+  /** Complete with the CQE even when its status is an error (the caller decodes DW0). */
+  acceptErrorStatus = false;
+
+  // ---- the queue's state of the command (set at submit / issue) ----
+  /** @internal */ cid = 0;
+  /** @internal */ opcode = 0;
+  /** @internal Data still to be sent on R2T (undefined when none or in-capsule). */
+  r2tData: Buffer | undefined = undefined;
+  /** @internal Next offset the controller may ask for in an R2T. */
+  h2cNext = 0;
+  /** @internal Bytes of C2HData received so far (= next expected datao). */
+  received = 0;
+  /** @internal LAST_PDU seen: no more C2HData may arrive for this command. */
+  c2hDone = false;
+  /** @internal */ digestError = false;
+  /**
+   * @internal Absolute deadline (ms), fixed at submit: time spent waiting for a slot counts, so a
+   * queue whose SQ looks full (a slow or lying target) cannot hold a command past its timeout.
+   */
+  deadline = 0;
+  /** @internal Already retried after a re-authentication. */
+  authRetried = false;
+  /** @internal Submission sequence number (see QueuePair.sqIssued): the SQ entry this command took. */
+  sqSeq = 0;
+
+  /** The controller completed the command successfully (or with an accepted error status). */
+  abstract onQpComplete(cqe: Cqe): void;
+  /** The command failed: an NVMe status, a digest / short read, or the queue's end. */
+  abstract onQpError(err: NvmfNbdError): void;
 }
 
-/** A command waiting for a free command identifier / SQ slot. */
-interface Waiter {
-  readonly sqe: Buffer;
-  readonly opts: SubmitOptions;
-  /**
-   * Absolute deadline (ms), fixed at submit(): time spent waiting for a slot counts, so a queue
-   * whose SQ looks full (a slow or lying target) cannot hold a command past its timeout.
-   */
-  readonly deadline: number;
-  resolve(c: Completion): void;
-  reject(e: Error): void;
-  /** Already retried after a re-authentication. */
-  readonly authRetried?: boolean;
+const EMPTY = Buffer.alloc(0);
+
+/** A {@link QueueCommand} settling a promise ({@link QueuePair.submit}). */
+class PromiseCommand extends QueueCommand {
+  constructor(
+    private readonly resolve: (c: Completion) => void,
+    private readonly reject: (e: Error) => void,
+  ) {
+    super();
+  }
+
+  onQpComplete(cqe: Cqe): void {
+    this.resolve(this.dataIn === undefined ? { cqe } : { cqe, data: this.dataIn });
+  }
+
+  onQpError(err: NvmfNbdError): void {
+    this.reject(err);
+  }
+}
+
+/** Fail `cmd` outside the submitter's call (completion is never synchronous). */
+function failLater(cmd: QueueCommand, err: NvmfNbdError): void {
+  process.nextTick(failNow, cmd, err);
+}
+
+function failNow(cmd: QueueCommand, err: NvmfNbdError): void {
+  cmd.onQpError(err);
 }
 
 const QpState = { CONNECTING: 'connecting', READY: 'ready', CLOSED: 'closed' } as const;
@@ -250,13 +293,13 @@ export class QueuePair extends EventEmitter {
   private inCapsuleMax: number;
   private readonly maxTransfer: number;
   private readonly timeoutMs: number;
-  private readonly inflight = new Map<number, Pending>();
+  private readonly inflight = new Map<number, QueueCommand>();
   /** Free command identifiers, FIFO so a cid is not reused right away (stale replies stand out). */
   private readonly freeCids: Uint16Array;
   /** Ring over freeCids (Array.shift is a C++ builtin call per command): oldest free cid, count. */
   private cidHead = 0;
   private cidCount = 0;
-  private readonly waiters: Waiter[] = [];
+  private readonly waiters: QueueCommand[] = [];
   /**
    * SQ flow control as sequence numbers, not ring indices: commands issued so far, and how many of
    * them the controller is known to have fetched. A CQE's SQHD (a ring index) is converted to the
@@ -460,7 +503,7 @@ export class QueuePair extends EventEmitter {
    * The controller answered Authentication Required: authenticate again (once for every command
    * refused meanwhile), then retry `w` once. A failed re-authentication ends the queue.
    */
-  private reauthenticateAndRetry(w: Waiter): void {
+  private reauthenticateAndRetry(w: QueueCommand): void {
     const run = this.authenticate;
     if (run === undefined) return;
     this.reauth ??= run(this).then(() => {
@@ -474,14 +517,15 @@ export class QueuePair extends EventEmitter {
     });
     this.reauth.then(() => {
       // The retry gets a fresh deadline: the re-authentication took part of the old one.
-      const again: Waiter = { sqe: w.sqe, opts: w.opts, deadline: Date.now() + (w.opts.timeoutMs ?? this.timeoutMs), resolve: w.resolve, reject: w.reject, authRetried: true };
-      if (this.state === QpState.CLOSED) w.reject(this.closeError ?? new NvmfNbdError(ErrorCode.CONNECTION_CLOSED, `queue ${this.qid} closed`));
-      else if (this.waiters.length === 0 && this.canIssue()) this.issue(again);
+      w.deadline = Date.now() + (w.timeoutMs >= 0 ? w.timeoutMs : this.timeoutMs);
+      w.authRetried = true;
+      if (this.state === QpState.CLOSED) w.onQpError(this.closeError ?? new NvmfNbdError(ErrorCode.CONNECTION_CLOSED, `queue ${this.qid} closed`));
+      else if (this.waiters.length === 0 && this.canIssue()) this.issue(w);
       else {
-        this.waiters.push(again);
-        if (Number.isFinite(again.deadline)) this.armTimer();
+        this.waiters.push(w);
+        if (Number.isFinite(w.deadline)) this.armTimer();
       }
-    }, (err: unknown) => w.reject(err as Error));
+    }, (err: unknown) => w.onQpError(err instanceof NvmfNbdError ? err : new NvmfNbdError(ErrorCode.AUTH_FAILED, String(err), { cause: err })));
   }
 
   /** Update the in-capsule limit once Identify Controller is known (IOCCSZ*16 − 64). */
@@ -515,24 +559,49 @@ export class QueuePair extends EventEmitter {
    * controller failed it, or the transport error that ended the queue.
    */
   submit(sqe: Buffer, opts: SubmitOptions = {}): Promise<Completion> {
-    if (this.state === QpState.CLOSED) {
-      return Promise.reject(this.closeError ?? new NvmfNbdError(ErrorCode.CONNECTION_CLOSED, `queue ${this.qid} is closed`));
-    }
-    const inLen = opts.dataIn?.length ?? opts.dataInLength ?? 0;
-    const outLen = opts.dataOut?.length ?? 0;
-    if (inLen > 0 && outLen > 0) return Promise.reject(new NvmfNbdError(ErrorCode.INVALID_ARGUMENT, 'bidirectional commands are not supported'));
-    if (inLen > this.maxTransfer || (outLen > this.maxTransfer && opts.inCapsule !== true)) {
-      return Promise.reject(new NvmfNbdError(ErrorCode.INVALID_ARGUMENT, `transfer of ${Math.max(inLen, outLen)} bytes exceeds the queue limit ${this.maxTransfer}`));
-    }
     return new Promise<Completion>((resolve, reject) => {
-      const w: Waiter = { sqe, opts, deadline: Date.now() + (opts.timeoutMs ?? this.timeoutMs), resolve, reject };
-      if (this.waiters.length === 0 && this.canIssue()) {
-        this.issue(w);
-      } else {
-        this.waiters.push(w);
-        if (Number.isFinite(w.deadline)) this.armTimer();
-      }
+      const cmd = new PromiseCommand(resolve, reject);
+      cmd.sqe = sqe;
+      cmd.dataOut = opts.dataOut;
+      cmd.dataIn = opts.dataIn;
+      cmd.dataInLength = opts.dataInLength ?? 0;
+      cmd.timeoutMs = opts.timeoutMs ?? -1;
+      cmd.inCapsule = opts.inCapsule === true;
+      cmd.acceptErrorStatus = opts.acceptErrorStatus === true;
+      this.submitCommand(cmd);
     });
+  }
+
+  /**
+   * Submit one command record (the record path: no promise, no closure). Its `sqe` is modified
+   * (cid and SGL are set here). Completes exactly once through `cmd.onQpComplete` /
+   * `cmd.onQpError` (`NVMF_ERR_NVME_STATUS` with the status attached when the controller failed
+   * it, or the transport error that ended the queue), never synchronously inside this call.
+   * The record must not be submitted again before it completed.
+   */
+  submitCommand(cmd: QueueCommand): void {
+    if (this.state === QpState.CLOSED) {
+      failLater(cmd, this.closeError ?? new NvmfNbdError(ErrorCode.CONNECTION_CLOSED, `queue ${this.qid} is closed`));
+      return;
+    }
+    const inLen = cmd.dataIn?.length ?? cmd.dataInLength;
+    const outLen = cmd.dataOut?.length ?? 0;
+    if (inLen > 0 && outLen > 0) {
+      failLater(cmd, new NvmfNbdError(ErrorCode.INVALID_ARGUMENT, 'bidirectional commands are not supported'));
+      return;
+    }
+    if (inLen > this.maxTransfer || (outLen > this.maxTransfer && !cmd.inCapsule)) {
+      failLater(cmd, new NvmfNbdError(ErrorCode.INVALID_ARGUMENT, `transfer of ${Math.max(inLen, outLen)} bytes exceeds the queue limit ${this.maxTransfer}`));
+      return;
+    }
+    cmd.deadline = Date.now() + (cmd.timeoutMs >= 0 ? cmd.timeoutMs : this.timeoutMs);
+    cmd.authRetried = false;
+    if (this.waiters.length === 0 && this.canIssue()) {
+      this.issue(cmd);
+    } else {
+      this.waiters.push(cmd);
+      if (Number.isFinite(cmd.deadline)) this.armTimer();
+    }
   }
 
   private canIssue(): boolean {
@@ -547,17 +616,17 @@ export class QueuePair extends EventEmitter {
     if (seq > this.sqFetched) this.sqFetched = seq;
   }
 
-  private issue(w: Waiter): void {
+  private issue(p: QueueCommand): void {
     const cid = this.freeCids[this.cidHead] as number;
     this.cidHead = this.cidHead + 1 === this.freeCids.length ? 0 : this.cidHead + 1;
     this.cidCount--;
-    const { sqe, opts } = w;
+    const sqe = p.sqe;
     setCid(sqe, cid);
-    const dataOut = opts.dataOut;
+    const dataOut = p.dataOut;
     let inCapsule: Buffer | undefined;
     let deferred: Buffer | undefined;
     if (dataOut !== undefined && dataOut.length > 0) {
-      if (opts.inCapsule === true || dataOut.length <= this.inCapsuleMax) {
+      if (p.inCapsule || dataOut.length <= this.inCapsuleMax) {
         setSgl(sqe, SglType.DATA_BLOCK_OFFSET, dataOut.length);
         inCapsule = dataOut;
       } else {
@@ -565,25 +634,17 @@ export class QueuePair extends EventEmitter {
         deferred = dataOut;
       }
     } else {
-      setSgl(sqe, SglType.TRANSPORT_DATA_BLOCK, opts.dataIn?.length ?? opts.dataInLength ?? 0);
+      setSgl(sqe, SglType.TRANSPORT_DATA_BLOCK, p.dataIn?.length ?? p.dataInLength);
     }
-    const inLen = opts.dataIn?.length ?? opts.dataInLength ?? 0;
-    const p: Pending = {
-      cid,
-      opcode: sqe[0] as number,
-      resolve: w.resolve,
-      reject: w.reject,
-      dataOut: deferred,
-      h2cNext: 0,
-      dataIn: inLen === 0 ? undefined : opts.dataIn ?? Buffer.allocUnsafe(inLen),
-      received: 0,
-      c2hDone: false,
-      digestError: false,
-      deadline: w.deadline,
-      acceptErrorStatus: opts.acceptErrorStatus === true,
-      w,
-      sqSeq: this.sqIssued,
-    };
+    if (p.dataIn === undefined && p.dataInLength > 0) p.dataIn = Buffer.allocUnsafe(p.dataInLength);
+    p.cid = cid;
+    p.opcode = sqe[0] as number;
+    p.r2tData = deferred;
+    p.h2cNext = 0;
+    p.received = 0;
+    p.c2hDone = false;
+    p.digestError = false;
+    p.sqSeq = this.sqIssued;
     this.inflight.set(cid, p);
     if (!Number.isFinite(p.deadline)) this.untimed++;
     this.counters.commands++;
@@ -599,7 +660,7 @@ export class QueuePair extends EventEmitter {
   }
 
   private drainWaiters(): void {
-    while (this.waiters.length > 0 && this.canIssue()) this.issue(this.waiters.shift() as Waiter);
+    while (this.waiters.length > 0 && this.canIssue()) this.issue(this.waiters.shift() as QueueCommand);
   }
 
   /**
@@ -719,7 +780,7 @@ export class QueuePair extends EventEmitter {
     }
   }
 
-  private lookup(cid: number, what: string): Pending {
+  private lookup(cid: number, what: string): QueueCommand {
     const p = this.inflight.get(cid);
     if (p === undefined) {
       throw fatal(ErrorCode.UNKNOWN_CCCID, `queue ${this.qid}: ${what} for command id ${cid}, which is not in flight`, Fes.INVALID_HEADER_FIELD, 8);
@@ -750,10 +811,10 @@ export class QueuePair extends EventEmitter {
     }
     let err: NvmfNbdError | undefined;
     if (!cqe.ok && cqe.status.sct === Sct.COMMAND_SPECIFIC && cqe.status.sc === FabricsStatus.AUTH_REQUIRED
-      && this.authenticate !== undefined && p.w.authRetried !== true && p.opcode !== 0x7f) {
+      && this.authenticate !== undefined && !p.authRetried && p.opcode !== 0x7f) {
       // Re-authentication asked by the controller; Fabrics commands (auth itself) never retry.
       this.release(p);
-      this.reauthenticateAndRetry(p.w);
+      this.reauthenticateAndRetry(p);
       this.drainWaiters();
       return;
     }
@@ -770,7 +831,7 @@ export class QueuePair extends EventEmitter {
   }
 
   /** Forget an in-flight command and free its cid. */
-  private release(p: Pending): void {
+  private release(p: QueueCommand): void {
     this.inflight.delete(p.cid);
     if (!Number.isFinite(p.deadline)) this.untimed--;
     const tail = this.cidHead + this.cidCount;
@@ -778,14 +839,15 @@ export class QueuePair extends EventEmitter {
     this.cidCount++;
   }
 
-  private complete(p: Pending, err: NvmfNbdError | undefined, cqe: Cqe): void {
+  private complete(p: QueueCommand, err: NvmfNbdError | undefined, cqe: Cqe): void {
     this.release(p);
+    // The record may be reused from inside its completion: nothing below reads it.
     if (err !== undefined) {
       this.counters.errors++;
-      p.reject(err);
+      p.onQpError(err);
     } else {
       if (p.dataIn !== undefined) this.counters.bytesIn += p.dataIn.length;
-      p.resolve(p.dataIn === undefined ? { cqe } : { cqe, data: p.dataIn });
+      p.onQpComplete(cqe);
     }
     this.drainWaiters();
   }
@@ -853,7 +915,7 @@ export class QueuePair extends EventEmitter {
 
   private onR2T(pdu: Extract<Pdu, { type: 0x09 }>): void {
     const p = this.lookup(pdu.cccid, 'R2T');
-    const out = p.dataOut;
+    const out = p.r2tData;
     if (out === undefined) {
       throw fatal(ErrorCode.PDU_SEQUENCE, `queue ${this.qid}: R2T for command id ${p.cid}, which has no data to send`, Fes.PDU_SEQUENCE_ERROR);
     }
@@ -903,8 +965,8 @@ export class QueuePair extends EventEmitter {
     const waiting = this.waiters.splice(0);
     this.inflight.clear();
     this.untimed = 0;
-    for (const p of pend) p.reject(failWith);
-    for (const w of waiting) w.reject(failWith);
+    for (const p of pend) p.onQpError(failWith);
+    for (const w of waiting) w.onQpError(failWith);
     this.counters.errors += pend.length + waiting.length;
     if (this.rxDirect !== undefined) {
       // The socket's read buffer is a command's destination, which now belongs to its caller

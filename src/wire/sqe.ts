@@ -147,6 +147,21 @@ export function sqeWrite(nsid: number, slba: bigint, nlb: number, fua: boolean):
   return b;
 }
 
+/**
+ * Rewrite `b` (64 bytes, reused per request record) as a Read, Write (optionally FUA) or Flush
+ * of the NVM command set: the same encoding as {@link sqeRead} / {@link sqeWrite} /
+ * {@link sqeFlush}, without allocating. `nlb` is 1-based and ignored for Flush.
+ */
+export function fillSqeIo(b: Buffer, opcode: number, nsid: number, slba: bigint, nlb: number, fua: boolean): void {
+  b.fill(0);
+  b[0] = opcode;
+  b.writeUInt32LE(nsid >>> 0, 4);
+  if (opcode === IoOpcode.FLUSH) return;
+  checkNlb(nlb);
+  writeSlba(b, slba);
+  b.writeUInt32LE(((nlb - 1) | (fua ? 1 << 30 : 0)) >>> 0, 48);
+}
+
 /** Flush (I/O 0x00), no data. */
 export function sqeFlush(nsid: number): Buffer {
   return newSqe(IoOpcode.FLUSH, nsid);

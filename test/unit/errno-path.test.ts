@@ -12,7 +12,7 @@ import type { ResilienceOptions } from '../../src/controller/resilient';
 import type { ControllerOptions, NamespaceChanges } from '../../src/controller/controller';
 import { namespaceOf } from '../helpers/namespace-of';
 import type { Namespace } from '../../src/controller/namespace';
-import type { ListingPath as NamespaceBackend } from '../helpers/namespace-of';
+import type { FakeBackend as NamespaceBackend } from '../helpers/namespace-of';
 import { NbdErrno, withErrno } from '../../src/block/errno';
 import { NbdServer } from '../../src/nbd/server';
 import { ErrorCode, NvmfNbdError } from '../../src/errors';

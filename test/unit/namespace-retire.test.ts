@@ -11,7 +11,8 @@ import { NvmeTarget } from '../../src/embedded-target/target';
 import { CtrlState, ResilientController } from '../../src/controller/resilient';
 import type { ResilienceOptions } from '../../src/controller/resilient';
 import type { ControllerOptions, NamespaceChanges } from '../../src/controller/controller';
-import { Namespace, type NamespacePath } from '../../src/controller/namespace';
+import { Namespace } from '../../src/controller/namespace';
+import { promisePath } from '../helpers/namespace-of';
 import { NbdErrno } from '../../src/block/errno';
 import { NbdServer } from '../../src/nbd/server';
 import type { BlockDevice } from '../../src/block/types';
@@ -123,11 +124,11 @@ test('removed with I/O in flight: a request that fails after retirement gets EIO
   // that is gone (Invalid Namespace or Format: EINVAL by the table).
   const waiting: Array<(err?: Error) => void> = [];
   const hold = <T>(v: T): Promise<T> => new Promise<T>((resolve, reject) => waiting.push((err) => (err === undefined ? resolve(v) : reject(err))));
-  const path: NamespacePath = {
+  const path = promisePath({
     oncs: 0x0c, volatileWriteCache: true,
     read: (_n, _s, nlb, into) => hold(into ?? Buffer.alloc(nlb * 512)),
     write: () => hold(undefined), flush: () => hold(undefined), deallocate: () => hold(undefined), writeZeroes: () => hold(undefined),
-  };
+  });
   const ns = new Namespace(path, { nsid: 1, lbaSize: 512, nsze: 2048n, usable: true });
   const { server, client } = await serve(ns);
   try {

@@ -5,7 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { namespaceOf } from '../helpers/namespace-of';
-import type { ListingPath as NamespaceBackend } from '../helpers/namespace-of';
+import type { FakeBackend as NamespaceBackend } from '../helpers/namespace-of';
 import { NbdErrno, errorToErrno, nvmeStatusToErrno } from '../../src/block/errno';
 import { ErrorCode, NvmfNbdError } from '../../src/errors';
 import type { NvmeStatus } from '../../src/errors';

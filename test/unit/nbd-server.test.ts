@@ -13,7 +13,7 @@ import * as path from 'node:path';
 import { promises as fsp } from 'node:fs';
 import { ErrorCode, NvmfNbdError } from '../../src/errors';
 import { MemoryBlockDevice } from '../../src/block/memory-device';
-import type { BlockDevice } from '../../src/block/types';
+import { SimpleBlockRequest, submitViaPromises, type BlockDevice, type BlockRequest } from '../../src/block/types';
 import { NbdServer, type NbdLogEntry } from '../../src/nbd/server';
 import {
   Cmd,
@@ -250,6 +250,8 @@ class Wrapped implements BlockDevice {
   writeZeroes(o: number, l: number, x: { mayDeallocate: boolean; fua: boolean; fastOnly: boolean }): Promise<void> {
     return this.run('zero', o, () => this.inner.writeZeroes(o, l, x));
   }
+  createRequest(): BlockRequest { return new SimpleBlockRequest(); }
+  submit(r: BlockRequest): void { submitViaPromises(this, r); }
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));

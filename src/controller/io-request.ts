@@ -1,0 +1,114 @@
+/**
+ * The request record (issue 9 item 2): ONE object per NBD request that travels down —
+ * namespace → resilient controller → controller → queue pair — and back up by method calls, no
+ * per-request promise or closure. It is at once
+ * - the {@link BlockRequest} the NBD connection filled (offset, length, data, its cookie),
+ * - the NVMe I/O (nsid, slba, nlb, its own 64-byte SQE, reused),
+ * - the resilient controller's held / re-driven operation (seq, bytes),
+ * - the queue pair's {@link QueueCommand} (cid, R2T / C2HData progress, deadline).
+ * The caller (the NBD connection) pools records per connection; a record is reused only after
+ * its handler was called.
+ *
+ * Completion climbs one owner at a time: the queue pair calls `onQpComplete/onQpError`, which
+ * call `owner.onIoDone(req, err)`. Whoever submits a record to the next layer down and wants its
+ * completion first sets itself as `owner` (the {@link Namespace} before the path; the resilient
+ * controller interposes, keeping the previous owner in `upper`); the controller's MDTS split uses
+ * part records of its own (a counter on the parent, no promises).
+ */
+import { QueueCommand } from '../transport/queue-pair';
+import type { Cqe } from '../wire/cqe';
+import type { NvmfNbdError } from '../errors';
+import { BlockOpCode, type BlockHandler, type BlockOpCodeValue, type BlockRequest } from '../block/types';
+
+/** Receives an {@link IoRequest}'s completion from the layer below. */
+export interface IoOwner {
+  onIoDone(req: IoRequest, err: NvmfNbdError | undefined): void;
+}
+
+/** The namespace object that issued a request, as the path sees it (retired → fail held I/O). */
+export interface IssuingNamespace {
+  readonly retiredReason: NvmfNbdError | undefined;
+}
+
+/** See the module comment. */
+export class IoRequest extends QueueCommand implements BlockRequest {
+  // ---- BlockRequest (filled by the caller) ----
+  op: BlockOpCodeValue = BlockOpCode.READ;
+  offset = 0;
+  length = 0;
+  data: Buffer | undefined = undefined;
+  fua = false;
+  mayDeallocate = false;
+  fastOnly = false;
+  handler: BlockHandler | undefined = undefined;
+  upstream: BlockHandler | undefined = undefined;
+  cookieHi = 0;
+  cookieLo = 0;
+  kind = 0;
+
+  // ---- NVMe I/O (filled by the namespace) ----
+  nsid = 0;
+  slba = 0n;
+  /** Blocks (1-based); for READ / WRITE `data` holds exactly nlb · block size bytes. */
+  nlb = 0;
+  /** The namespace object that issued it. */
+  ns: IssuingNamespace | undefined = undefined;
+
+  // ---- routing ----
+  /** Gets the completion from the layer below. */
+  owner: IoOwner | undefined = undefined;
+  /** The owner an interposing layer (the resilient controller) hands the completion on to. */
+  upper: IoOwner | undefined = undefined;
+
+  // ---- resilient controller ----
+  /** Submission order (held requests are re-driven in it). */
+  seq = 0;
+  /** Bytes counted against the hold limit. */
+  bytes = 0;
+  /** The association it was last sent on (its `alive` tells a teardown from an answer). */
+  ctrl: { readonly alive: boolean } | undefined = undefined;
+
+  // ---- controller: MDTS split ----
+  /** For a part: the request it is part of. */
+  parent: IoRequest | undefined = undefined;
+  /** For a split request: parts not completed yet. */
+  partsPending = 0;
+  /** For a split request: the first part's error. */
+  partError: NvmfNbdError | undefined = undefined;
+
+  constructor() {
+    super();
+    // Every use rewrites it whole (fillSqeIo zero-fills): a slice of the shared pool is enough.
+    this.sqe = Buffer.allocUnsafe(64);
+  }
+
+  onQpComplete(_cqe: Cqe): void {
+    (this.owner as IoOwner).onIoDone(this, undefined);
+  }
+
+  onQpError(err: NvmfNbdError): void {
+    (this.owner as IoOwner).onIoDone(this, err);
+  }
+}
+
+/** Hand `err` (or success) to `req.owner` outside the caller's stack (completion is never synchronous). */
+export function ioDoneLater(req: IoRequest, err: NvmfNbdError | undefined): void {
+  process.nextTick(ioDoneNow, req, err);
+}
+
+function ioDoneNow(req: IoRequest, err: NvmfNbdError | undefined): void {
+  (req.owner as IoOwner).onIoDone(req, err);
+}
+
+/** An {@link IoOwner} settling a promise: the public promise API over the record path. */
+export class PromiseIoOwner implements IoOwner {
+  constructor(
+    private readonly resolve: (data: Buffer | undefined) => void,
+    private readonly reject: (e: Error) => void,
+  ) {}
+
+  onIoDone(req: IoRequest, err: NvmfNbdError | undefined): void {
+    if (err !== undefined) this.reject(err);
+    else this.resolve(req.op === BlockOpCode.READ ? req.data : undefined);
+  }
+}
