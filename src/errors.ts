@@ -122,6 +122,8 @@ export const ErrorCode = {
   // Embedded target storage (issue 15, appended)
   /** A storage backend was asked for a range outside its namespace, or not a non-negative integer one. */
   STORAGE_RANGE: 'NVMF_ERR_STORAGE_RANGE',
+  /** --sticky-nbd with NBD TLS: the holder cannot hold what it cannot read. */
+  NBD_STICKY_TLS_UNSUPPORTED: 'NBD_ERR_STICKY_TLS_UNSUPPORTED',
 } as const;
 
 export type ErrorCodeValue = (typeof ErrorCode)[keyof typeof ErrorCode];

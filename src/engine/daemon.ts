@@ -37,7 +37,17 @@ import {
   withoutUndefined,
 } from './daemon-args';
 import { readDiscoveryFile, writeDiscoveryFile } from './discovery-file';
-import { processAlive, processStartTime, readHolderFile, verifyHolder } from './holder-file';
+import { holderEndpoint, processAlive, processStartTime, readHolderFile, verifyHolder } from './holder-file';
+import type { NbdAccessPolicy } from '../nbd/access';
+
+/**
+ * NBD TLS with sticky endpoints: the holder must read the NBD stream (to hold and replay
+ * requests across a daemon restart), which TLS hides from it, and a TLS session cannot survive
+ * the daemon that holds its keys. Refused, never silently served in the clear.
+ */
+function stickyTlsError(): NvmfNbdError {
+  return new NvmfNbdError(ErrorCode.NBD_STICKY_TLS_UNSUPPORTED, '--sticky-nbd cannot serve NBD over TLS (the holder relays plain NBD to hold requests across restarts): use --nbd-tls without --sticky-nbd, or a Unix socket');
+}
 
 /** Where the daemon serves NBD by default: a directory of Unix sockets, or TCP from a base port. */
 export type DaemonNbdSpec = { unixDir: string } | { tcp: { host: string; basePort: number } };
@@ -65,6 +75,12 @@ export interface ConnectBinding {
   controllerOptions(args: Record<string, unknown>): SessionOptions['controller'];
   /** Human and JSON renderings of a new session, as the foreground connect prints them. */
   render(s: ControllerSession): { text: string; json: unknown };
+  /**
+   * NBD server options of a connect (`--nbd-idle-timeout`, and its own `--nbd-tls*` /
+   * `--nbd-allow-any-local-user` / `--nbd-insecure` when it has any: `access` is then set and
+   * wins over the daemon's). Loads the TLS key files. Absent: idle timeout only.
+   */
+  nbdServerOptions?(args: Record<string, unknown>): { idleTimeoutMs?: number; access?: NbdAccessPolicy };
 }
 
 /** Options of {@link Daemon.start}. */
@@ -88,6 +104,8 @@ export interface DaemonOptions {
    * connection without a daemon.
    */
   readonly sticky?: { readonly command: readonly string[]; readonly holdMs: number };
+  /** Access policy of the daemon's NBD endpoints (its own `--nbd-tls*`, `--nbd-allow-any-local-user`, `--nbd-insecure`). */
+  readonly nbdAccess?: NbdAccessPolicy;
   /** sysfs root for partition lookups of the by-id links (tests). Default /sys. */
   readonly sysfsRoot?: string;
   /** Is this kernel device still held (by a persist-mode nbd-client)? Default: sysfs + /proc. */
@@ -120,7 +138,7 @@ interface Entry {
   timer: NodeJS.Timeout | undefined;
   closing: boolean;
   /** Sticky mode: the holder's public endpoint and pid. */
-  holder: { host: string; port: number; pid: number; backend: string; startTime?: string } | undefined;
+  holder: { host?: string; port?: number; unix?: string; pid: number; backend: string; startTime?: string } | undefined;
 }
 
 /** Default reconnect delay (Linux `reconnect_delay`), seconds. */
@@ -188,9 +206,10 @@ export class Daemon {
    */
   static async start(o: DaemonOptions): Promise<Daemon> {
     const d = new Daemon(o);
-    if (o.sticky !== undefined && !('tcp' in d.nbd && d.nbd.tcp.basePort !== 0)) {
-      throw new NvmfNbdError(ErrorCode.CFG_INVALID, 'sticky NBD endpoints need --nbd tcp:HOST:BASEPORT with a fixed base port');
+    if (o.sticky !== undefined && 'tcp' in d.nbd && d.nbd.tcp.basePort === 0) {
+      throw new NvmfNbdError(ErrorCode.CFG_INVALID, 'sticky NBD endpoints over TCP need --nbd tcp:HOST:BASEPORT with a fixed base port (or a Unix socket directory, the default)');
     }
+    if (o.sticky !== undefined && o.nbdAccess?.tls !== undefined) throw stickyTlsError();
     await ensurePrivateDir(o.stateDir);
     await d.prepareControlPath();
     const state = await readState(d.stateFile);
@@ -411,6 +430,9 @@ export class Daemon {
     e.attempts++;
     const args = e.args;
     const sticky = this.o.sticky !== undefined && typeof args.nbd !== 'string';
+    const own = this.o.connect.nbdServerOptions?.(args) ?? (typeof args['nbd-idle-timeout'] === 'number' ? { idleTimeoutMs: args['nbd-idle-timeout'] * 1000 } : {});
+    const access = own.access ?? this.o.nbdAccess;
+    if (sticky && access?.tls !== undefined) throw stickyTlsError();
     const session = await this.openSession({
       name: e.name,
       controller: this.o.connect.controllerOptions(args),
@@ -419,7 +441,7 @@ export class Daemon {
       attach: false,
       connections: typeof args.connections === 'number' ? args.connections : 1,
       readOnly: args['read-only'] === true,
-      ...(typeof args['nbd-idle-timeout'] === 'number' ? { nbdServer: { idleTimeoutMs: args['nbd-idle-timeout'] * 1000 } } : {}),
+      nbdServer: { ...(own.idleTimeoutMs !== undefined ? { idleTimeoutMs: own.idleTimeoutMs } : {}), ...(access !== undefined ? { access } : {}) },
       log: (m) => this.log(m),
     });
     if (e.closing || !this.running) {
@@ -436,7 +458,10 @@ export class Daemon {
       }
       e.adopt = [];
       if (sticky) await this.ensureHolder(e, session);
-      if (args.attach === true) await session.attachAll();
+      // Sticky: the kernel dials the holder's public endpoint (nbd-client -unix for a socket), so
+      // its device survives a daemon restart; otherwise the session's own endpoints.
+      const h = e.holder;
+      if (args.attach === true) await session.attachAll(h === undefined ? undefined : h.unix !== undefined ? { unix: h.unix } : { tcp: { host: h.host ?? '', port: h.port ?? 0 } });
     } catch (err) {
       await session.close().catch(() => undefined);
       throw err;
@@ -546,26 +571,31 @@ export class Daemon {
   private async ensureHolder(e: Entry, session: ControllerSession): Promise<void> {
     const sticky = this.o.sticky;
     const first = session.exports[0];
-    if (sticky === undefined || first === undefined || !('unix' in first.endpoint) || !('tcp' in this.nbd)) return;
-    const pub = endpointFor(e.name, this.nbd) as { tcp: { host: string; port: number } };
-    const want = { host: pub.tcp.host, port: pub.tcp.port, backend: first.endpoint.unix };
+    if (sticky === undefined || first === undefined || !('unix' in first.endpoint)) return;
+    // The public endpoint: one per controller, a Unix socket in the default directory (0600 in a
+    // 0700 directory; `nbd-client -unix`) or BASEPORT+N on TCP. The export name picks the namespace.
+    const pub = endpointFor(e.name, this.nbd);
+    const where: { unix: string } | { host: string; port: number } = 'tcp' in pub ? { host: pub.tcp.host, port: pub.tcp.port } : { unix: path.join((pub as { unixDir: string }).unixDir, `${e.name}.sock`) };
+    const want = { ...where, backend: first.endpoint.unix };
+    const ep = holderEndpoint(want);
     const pidFile = path.join(this.holdDir(), `${e.name}.holder.json`);
     const old = await readHolderFile(pidFile);
     // A pid alone proves nothing after a crash or reboot: adopt or signal only a process that
     // is the holder this file describes (start time, command line, its endpoint answers).
     const verified = old !== undefined && (await verifyHolder(old, pidFile));
     if (old !== undefined && !verified && processAlive(old.pid)) this.log(`${e.name}: pid ${old.pid} from ${pidFile} is not our holder: leaving it alone`);
-    if (old !== undefined && verified && old.host === want.host && old.port === want.port && old.backend === want.backend) {
+    if (old !== undefined && verified && holderEndpoint(old) === ep && old.backend === want.backend) {
       e.holder = { ...want, pid: old.pid, ...(old.startTime !== undefined ? { startTime: old.startTime } : {}) };
-      this.log(`${e.name}: holder ${old.pid} still holds tcp:${want.host}:${want.port}; its connections resume`);
+      this.log(`${e.name}: holder ${old.pid} still holds ${ep}; its connections resume`);
       return;
     }
     if (old !== undefined && verified) process.kill(old.pid, 'SIGTERM');
     const log = await fsp.open(path.join(this.holdDir(), `${e.name}.holder.log`), 'a', 0o600);
     const [cmd, ...pre] = sticky.command;
     const child = spawn(cmd as string, [
-      ...pre, 'daemon', '--holder', `tcp:${want.host}:${want.port}`, '--holder-backend', want.backend,
+      ...pre, 'daemon', '--holder', ep, '--holder-backend', want.backend,
       '--holder-pid-file', pidFile, '--hold-time', String(Math.ceil(sticky.holdMs / 1000)),
+      ...(this.o.nbdAccess?.allowAnyLocalUser === true ? ['--nbd-allow-any-local-user'] : []),
     ], { detached: true, stdio: ['ignore', log.fd, log.fd] });
     child.unref();
     await log.close();
@@ -575,7 +605,7 @@ export class Daemon {
       const f = await readHolderFile(pidFile);
       if (f?.pid === pid) {
         e.holder = { ...want, pid, ...(f.startTime !== undefined ? { startTime: f.startTime } : {}) };
-        this.log(`${e.name}: holder ${pid} listens on tcp:${want.host}:${want.port}`);
+        this.log(`${e.name}: holder ${pid} listens on ${ep}`);
         return;
       }
       if (child.exitCode !== null) break;
@@ -843,7 +873,7 @@ export class Daemon {
     }
     const h = e.holder;
     if (h !== undefined && Array.isArray(d.exports)) {
-      d.exports = (d.exports as Array<Record<string, unknown>>).map((x) => ({ ...x, endpoint: `tcp:${h.host}:${h.port}`, backend: x.endpoint, holderPid: h.pid }));
+      d.exports = (d.exports as Array<Record<string, unknown>>).map((x) => ({ ...x, endpoint: holderEndpoint(h), backend: x.endpoint, holderPid: h.pid }));
     }
     return { ...base, ...d, ...(e.closing ? { state: EntryState.CLOSING } : {}) };
   }

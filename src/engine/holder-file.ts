@@ -6,16 +6,26 @@
 import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
-import { tcpAlive } from '../net/probe';
+import { socketAlive, tcpAlive } from '../net/probe';
 
-/** The holder's pid file: who holds which endpoint. */
-export interface HolderFile { pid: number; host: string; port: number; backend: string; startTime?: string }
+/**
+ * The holder's pid file: who holds which endpoint — a Unix socket (`unix`, the default) or TCP
+ * (`host`, `port`).
+ */
+export interface HolderFile { pid: number; host?: string; port?: number; unix?: string; backend: string; startTime?: string }
+
+/** The public endpoint a holder file names, as `unix:PATH` / `tcp:HOST:PORT`. */
+export function holderEndpoint(f: { host?: string; port?: number; unix?: string }): string {
+  return f.unix !== undefined ? `unix:${f.unix}` : `tcp:${f.host ?? ''}:${f.port ?? 0}`;
+}
 
 /** The pid file, or undefined when it is missing or torn. */
 export async function readHolderFile(file: string): Promise<HolderFile | undefined> {
   try {
     const v = JSON.parse(await fsp.readFile(file, 'utf8')) as Partial<HolderFile>;
-    if (typeof v.pid === 'number' && typeof v.host === 'string' && typeof v.port === 'number' && typeof v.backend === 'string') return v as HolderFile;
+    const tcp = typeof v.host === 'string' && typeof v.port === 'number' && v.unix === undefined;
+    const unix = typeof v.unix === 'string' && v.host === undefined && v.port === undefined;
+    if (typeof v.pid === 'number' && (tcp || unix) && typeof v.backend === 'string') return v as HolderFile;
   } catch {
     // missing or torn: no holder
   }
@@ -63,7 +73,7 @@ export async function verifyHolder(f: HolderFile, pidFile: string, procRoot = '/
   }
   const at = argv.indexOf('--holder-pid-file');
   if (!argv.includes('--holder') || at < 0 || argv[at + 1] !== pidFile) return false;
-  return tcpAlive(f.host, f.port);
+  return f.unix !== undefined ? socketAlive(f.unix) : tcpAlive(f.host ?? '', f.port ?? 0);
 }
 
 /** True when a process `pid` exists (signal 0). */

@@ -16,13 +16,15 @@
  */
 import { promises as fsp } from 'node:fs';
 import * as net from 'node:net';
+import { checkLocalPeer, isLoopbackHost } from '../net/loopback-guard';
 import { ErrorCode, NvmfNbdError } from '../errors';
 import { Cmd as NbdCmd, REQUEST_HEADER_SIZE, encodeRequest } from '../wire/nbd';
 import { NbdClientStream, NbdServerStream } from '../wire/nbd-relay';
 import type { HeldRequest } from '../wire/nbd-relay';
 import { socketAlive } from '../net/probe';
 import { waitListening } from '../net/listen';
-import { readHolderFile, startTimeField, writeHolderFile } from './holder-file';
+import { listenPrivate, preparePrivateSocket } from '../net/private-socket';
+import { holderEndpoint, readHolderFile, startTimeField, writeHolderFile } from './holder-file';
 
 /** Bytes of held requests (READ data counted) per connection before the holder stops reading the client. */
 export const MAX_HELD_BYTES = 256 * 1024 * 1024;
@@ -33,7 +35,14 @@ export const MAX_HOLDER_CONNECTIONS = 64;
 
 /** Where a holder listens and whom it relays to. */
 export interface HolderOptions {
-  readonly listen: { host: string; port: number };
+  /**
+   * The public endpoint: a Unix socket (0600 in a 0700 directory: the default, issue 14
+   * finding 1) or TCP. A loopback TCP holder serves only peers of our uid or root unless
+   * `allowAnyLocalUser`.
+   */
+  readonly listen: { host: string; port: number } | { unix: string };
+  /** Loopback TCP: serve every local user (--nbd-allow-any-local-user). */
+  readonly allowAnyLocalUser?: boolean;
   /** The daemon's private Unix socket for this controller. */
   readonly backend: string;
   /** Give a held connection up (close it: the kernel fails its I/O) after this long. */
@@ -294,7 +303,9 @@ export class NbdHolder {
   /** Listen on `o.listen` and relay each connection to `o.backend`, holding it across restarts. */
   static async start(o: HolderOptions): Promise<NbdHolder> {
     let h: NbdHolder | undefined;
-    const server = net.createServer((sock) => {
+    const l = o.listen;
+    const peerCheck = 'host' in l && o.allowAnyLocalUser !== true && isLoopbackHost(l.host);
+    const take = (sock: net.Socket): void => {
       if (h !== undefined && h.conns.size >= (o.maxConnections ?? MAX_HOLDER_CONNECTIONS)) {
         o.log?.(`holder: refusing a connection: ${h.conns.size} already (the limit)`);
         sock.destroy();
@@ -302,12 +313,41 @@ export class NbdHolder {
       }
       const c = new HeldConnection(sock, o, () => h?.conns.delete(c));
       h?.conns.add(c);
+    };
+    const server = net.createServer((sock) => {
+      if (!peerCheck) {
+        take(sock);
+        return;
+      }
+      // Loopback TCP is every local user's: only our uid and root (as the NBD server does).
+      sock.pause();
+      void checkLocalPeer(sock).then((v) => {
+        if (sock.destroyed) return;
+        if (!v.allowed) {
+          o.log?.(`holder: connection refused: its socket belongs to ${v.uid === undefined ? 'an unknown user' : `uid ${v.uid}`} (${ErrorCode.NBD_PEER_REFUSED})`);
+          sock.destroy();
+          return;
+        }
+        sock.resume();
+        take(sock);
+      });
     });
-    server.listen({ host: o.listen.host, port: o.listen.port });
-    await waitListening(server).catch((err: Error) => {
-      throw new NvmfNbdError(ErrorCode.NBD_LISTEN_FAILED, `holder cannot listen on ${o.listen.host}:${o.listen.port}: ${err.message}`, { cause: err });
-    });
-    h = new NbdHolder(server, (server.address() as net.AddressInfo).port);
+    const where = 'unix' in l ? l.unix : `${l.host}:${l.port}`;
+    try {
+      if ('unix' in l) {
+        // A stale socket of an earlier holder is replaced; a live one is an error.
+        await preparePrivateSocket(l.unix, { notSocket: ErrorCode.NBD_LISTEN_FAILED, inUse: ErrorCode.NBD_LISTEN_FAILED });
+        await listenPrivate(server, l.unix);
+      } else {
+        server.listen({ host: l.host, port: l.port });
+        await waitListening(server);
+      }
+    } catch (err) {
+      if (err instanceof NvmfNbdError) throw err;
+      throw new NvmfNbdError(ErrorCode.NBD_LISTEN_FAILED, `holder cannot listen on ${where}: ${(err as Error).message}`, { cause: err });
+    }
+    const a = server.address();
+    h = new NbdHolder(server, a !== null && typeof a === 'object' ? a.port : 0);
     return h;
   }
 
@@ -330,8 +370,9 @@ export class NbdHolder {
  */
 export async function runHolder(o: HolderOptions & { pidFile: string; signalled: Promise<unknown> }): Promise<void> {
   const h = await NbdHolder.start(o);
-  await writeHolderFile(o.pidFile, { pid: process.pid, host: o.listen.host, port: h.port, backend: o.backend, ...startTimeField(process.pid) });
-  o.log?.(`holder ${process.pid}: tcp:${o.listen.host}:${h.port} → ${o.backend}`);
+  const ep = 'unix' in o.listen ? { unix: o.listen.unix } : { host: o.listen.host, port: h.port };
+  await writeHolderFile(o.pidFile, { pid: process.pid, ...ep, backend: o.backend, ...startTimeField(process.pid) });
+  o.log?.(`holder ${process.pid}: ${holderEndpoint(ep)} → ${o.backend}`);
   let idleSince = Date.now();
   const idle = new Promise<void>((resolve) => {
     const t = setInterval(() => {

@@ -355,11 +355,14 @@ export class ControllerSession extends EventEmitter {
     }
   }
 
-  /** Attach every export that is not attached yet. */
-  async attachAll(): Promise<void> {
+  /**
+   * Attach every export that is not attached yet, through `via` when given (the sticky holder's
+   * public endpoint, which outlives this process) instead of the export's own endpoint.
+   */
+  async attachAll(via?: NbdEndpoint): Promise<void> {
     for (const e of this.exports) {
       if (e.device !== undefined) continue;
-      const ep = e.endpoint;
+      const ep = via ?? e.endpoint;
       if (!('unix' in ep) && !('tcp' in ep)) {
         throw new NvmfNbdError(ErrorCode.CLI_USAGE, `cannot attach ${e.name}: it is served on ${formatEndpoint(ep)}, not on a socket nbd-client can dial`);
       }

@@ -18,6 +18,8 @@ export interface DaemonProcOptions {
   holdTimeS: number;
   /** How long the daemon may take to print "daemon ready". */
   readyTimeoutMs: number;
+  /** Sticky endpoints on the default Unix socket directory (STATE_DIR/nbd/nvmeN.sock) instead of tcp:127.0.0.1:nbdPort. */
+  unix?: boolean;
   /** Default timeout of {@link DaemonProc.cli}. */
   cliTimeoutMs: number;
 }
@@ -53,7 +55,8 @@ export class DaemonProc {
     const o = this.o;
     const { stateDir, control, nbdPort } = this;
     return new Promise((resolve, reject) => {
-      const child = spawn(process.execPath, [MAIN, 'daemon', '--control', control, '--nbd', `tcp:127.0.0.1:${nbdPort}`, '--sticky-nbd', '--hold-time', String(o.holdTimeS)], {
+      const nbd = o.unix === true ? [] : ['--nbd', `tcp:127.0.0.1:${nbdPort}`];
+      const child = spawn(process.execPath, [MAIN, 'daemon', '--control', control, ...nbd, '--sticky-nbd', '--hold-time', String(o.holdTimeS)], {
         env: { ...process.env, NVMF_NBD_STATE_DIR: stateDir }, stdio: ['ignore', 'pipe', 'pipe'],
       });
       let out = '';
@@ -65,6 +68,15 @@ export class DaemonProc {
       });
       child.on('exit', (code) => { clearTimeout(timer); reject(new Error(`daemon exited ${String(code)}: ${this.err}`)); });
     });
+  }
+
+  /** nvme0's public sticky endpoint, as `list` shows it and as a client dials it. */
+  get endpoint(): { text: string; dial: { path: string } | { host: string; port: number } } {
+    if (this.o.unix === true) {
+      const p = path.join(this.stateDir, 'nbd', 'nvme0.sock');
+      return { text: `unix:${p}`, dial: { path: p } };
+    }
+    return { text: `tcp:127.0.0.1:${this.nbdPort}`, dial: { host: '127.0.0.1', port: this.nbdPort } };
   }
 
   /** Use `dir` for the state directory (dir/state) and control socket, and pick a free NBD port. */

@@ -23,21 +23,23 @@ import type { ConnectBinding } from '../../engine/daemon';
 import type { ControllerSession } from '../../engine/session';
 import { protectFromOomKiller } from '../../engine/oom';
 import { waitForShutdownSignal } from '../signals';
-import { controllerOptionsFromArgs, describeController, formatController, formatExports, verb as connectVerb, withLinuxDefaults } from './connect';
+import { controllerOptionsFromArgs, describeController, formatController, formatExports, nbdServerFromArgs, verb as connectVerb, withLinuxDefaults } from './connect';
+import { NBD_SECURITY_KEYS, NBD_SECURITY_OPTIONS, absoluteNbdTlsPaths, checkNbdEndpointArg, nbdAccessFromArgs } from '../nbd-tls-args';
 
 const OPTIONS: readonly OptionSpec[] = [
   CONTROL_OPTION,
   { long: 'nbd', type: 'string', metavar: 'unix:DIR|tcp:HOST:BASEPORT', help: 'default NBD endpoints: a 0700 directory of 0600 sockets, or loopback TCP where nvmeN listens on BASEPORT+N (default unix:STATE_DIR/nbd)' },
   { long: 'keep-attached', type: 'boolean', help: 'on shutdown leave /dev/nbdX attached (a restarted daemon adopts them)' },
-  { long: 'sticky-nbd', type: 'boolean', help: 'NBD client connections survive a daemon restart or crash: a holder process per controller owns its TCP endpoint (needs --nbd tcp:HOST:BASEPORT)' },
+  { long: 'sticky-nbd', type: 'boolean', help: 'NBD client connections survive a daemon restart or crash: a holder process per controller owns its endpoint (unix:DIR/nvmeN.sock, or tcp:HOST:BASEPORT+N); not with --nbd-tls' },
   { long: 'hold-time', type: 'int', metavar: 'SEC', min: 1, max: 31536000, help: 'with --sticky-nbd: how long a held connection waits for a daemon', default: 600 },
   // Internal: the holder process that --sticky-nbd starts.
-  { long: 'holder', type: 'string', metavar: 'tcp:HOST:PORT', help: '(internal) run as the NBD holder listening here' },
+  { long: 'holder', type: 'string', metavar: 'unix:PATH|tcp:HOST:PORT', help: '(internal) run as the NBD holder listening here' },
   { long: 'holder-backend', type: 'string', metavar: 'PATH', help: '(internal) the daemon socket a holder relays to' },
   { long: 'holder-pid-file', type: 'string', metavar: 'PATH', help: '(internal) where a holder records itself' },
   { long: 'config', type: 'string', metavar: 'FILE', help: 'connect the entries of FILE at start (config.json layout or discovery.conf lines) instead of /etc/nvme/discovery.conf and config.json' },
   { long: 'no-config', type: 'boolean', help: 'do not read any config file at start' },
   { long: 'attach', type: 'boolean', help: 'attach the namespaces of config-file entries as /dev/nbdX (containers, DaemonSets: no autoconnect unit there)' },
+  ...NBD_SECURITY_OPTIONS,
 ];
 
 /**
@@ -61,6 +63,11 @@ export function connectBinding(): ConnectBinding {
       for (const s of specs) if (s.default !== undefined) withDefaults[s.long] = s.default;
       const { format: _format, ...c } = controllerOptionsFromArgs({ ...withDefaults, ...args });
       return withLinuxDefaults(c);
+    },
+    nbdServerOptions(args) {
+      const own = NBD_SECURITY_KEYS.some((k) => args[k] !== undefined && args[k] !== false);
+      const { access, ...rest } = nbdServerFromArgs(args);
+      return own ? { ...rest, access } : rest;
     },
     render(s: ControllerSession) {
       return {
@@ -91,12 +98,15 @@ export const verb: Verb = {
   async run(opts) {
     const holdMs = (opts['hold-time'] as number) * 1000;
     if (typeof opts.holder === 'string') {
-      const spec = parseNbdSpec(opts.holder);
-      if (!('tcp' in spec) || typeof opts['holder-backend'] !== 'string' || typeof opts['holder-pid-file'] !== 'string') {
-        usageError('--holder tcp:HOST:PORT needs --holder-backend and --holder-pid-file');
+      const h = opts.holder;
+      const spec = h.startsWith('unix:') && h.length > 5 ? undefined : parseNbdSpec(h);
+      if ((spec !== undefined && !('tcp' in spec)) || typeof opts['holder-backend'] !== 'string' || typeof opts['holder-pid-file'] !== 'string') {
+        usageError('--holder unix:PATH|tcp:HOST:PORT needs --holder-backend and --holder-pid-file');
       }
+      const listen = spec !== undefined && 'tcp' in spec ? spec.tcp : { unix: path.resolve(h.slice(5)) };
       await runHolder({
-        listen: spec.tcp, backend: opts['holder-backend'], pidFile: opts['holder-pid-file'], holdMs,
+        listen, backend: opts['holder-backend'], pidFile: opts['holder-pid-file'], holdMs,
+        ...(opts['nbd-allow-any-local-user'] === true ? { allowAnyLocalUser: true } : {}),
         signalled: waitForShutdownSignal(), log: (m) => process.stderr.write(`${new Date().toISOString()} ${m}\n`),
       });
       return 0;
@@ -105,7 +115,12 @@ export const verb: Verb = {
     // The config is read and checked before anything starts: a bad file is a clear error and
     // nothing of it is applied.
     const plan = opts['no-config'] === true ? [] : daemonConfigPlan(opts);
-    const nbd = parseDaemonNbdSpec(typeof opts.nbd === 'string' ? opts.nbd : `unix:${path.join(dir, 'nbd')}`);
+    const nbdArg = typeof opts.nbd === 'string' ? opts.nbd : `unix:${path.join(dir, 'nbd')}`;
+    absoluteNbdTlsPaths(opts);
+    checkNbdEndpointArg(nbdArg, opts);
+    const nbd = parseDaemonNbdSpec(nbdArg);
+    // Loaded before anything starts: a loose key file is a clear error, not a half-started daemon.
+    const nbdAccess = nbdAccessFromArgs(opts);
     protectFromOomKiller();
     // Listen for signals before anything can print "ready" (scripts signal right after).
     const signalled = waitForShutdownSignal();
@@ -114,6 +129,7 @@ export const verb: Verb = {
       controlPath: controlSocketPath(opts.control, dir),
       nbd,
       keepAttached: opts['keep-attached'] === true,
+      nbdAccess,
       ...(opts['sticky-nbd'] === true ? { sticky: { command: [process.execPath, process.argv[1] as string], holdMs } } : {}),
       connect: connectBinding(),
       log: (m) => process.stderr.write(`${m}\n`),
