@@ -50,6 +50,8 @@ describe('ANA: Linux native multipath host (6.12 guest) over two ports of the em
   let target: NvmeTarget | undefined;
   let guest: Guest | undefined;
   const logs: string[] = [];
+  /** Case 1 connected both paths: later cases build on it and fail at once without it. */
+  let connected = false;
 
   before(async () => {
     if (!avail.ok) return;
@@ -178,11 +180,13 @@ describe('ANA: Linux native multipath host (6.12 guest) over two ports of the em
     const before = portIo(1);
     await writeVerify(g, 0, 8);
     assert.ok(portIo(1).writeCommands > before.writeCommands, 'iopolicy numa: I/O on the optimized path (port 1)');
+    connected = true;
   });
 
   it('setAnaState(port 1, inaccessible) + port 2 optimized: the kernel follows through the ANA AEN; I/O moves to port 2', async (t) => {
     if (!need(t, avail.ok, avail.reason)) return;
     const g = guest!;
+    assert.ok(connected, 'the first case did not connect both paths');
     target!.setAnaState(1, 1, 'inaccessible');
     target!.setAnaState(2, 1, 'optimized');
     await waitStates(g, { [GP1]: 'inaccessible', [GP2]: 'optimized' });
@@ -199,6 +203,7 @@ describe('ANA: Linux native multipath host (6.12 guest) over two ports of the em
   it('persistent loss on port 2 and port 1 back: the kernel follows again and the data written before is intact', async (t) => {
     if (!need(t, avail.ok, avail.reason)) return;
     const g = guest!;
+    assert.ok(connected, 'the first case did not connect both paths');
     target!.setAnaState(1, 1, 'optimized');
     target!.setAnaState(2, 1, 'persistent-loss');
     await waitStates(g, { [GP1]: 'optimized', [GP2]: 'persistent-loss' });
@@ -217,6 +222,7 @@ describe('ANA: Linux native multipath host (6.12 guest) over two ports of the em
   it('nvme connect-all through the discovery log finds both ports (one entry per port) and connects both paths', async (t) => {
     if (!need(t, avail.ok, avail.reason)) return;
     const g = guest!;
+    assert.ok(connected, 'the first case did not connect both paths');
     const disc = (await g.exec(`nvme discover -t tcp -a ${GUEST_HOST_ALIAS} -s ${GP1} -q ${HOSTNQN}`, { timeoutMs: 60_000 })).out;
     assert.equal((disc.match(new RegExp(`subnqn:\\s+${NQN.replace(/\./g, '\\.')}`, 'g')) ?? []).length, 2, disc);
     t.diagnostic(`nvme discover: ${disc.replace(/\s+/g, ' ')}`);
