@@ -48,7 +48,8 @@ ENV NODE_ENV=production \
 USER nvmf
 # Real liveness check (docker/healthcheck.js): with $NVMF_NBD_HEALTH unset, asks the daemon's
 # control socket for `list` when `nvmf-nbd daemon` runs, else expects the NBD greeting on
-# 127.0.0.1:10809; set NVMF_NBD_HEALTH (e.g. nvme-tcp:127.0.0.1:4420 for `target`) to choose.
+# connect's default Unix socket ($NVMF_NBD_STATE_DIR/nbd/nvme0/nvme0n1.sock); set NVMF_NBD_HEALTH
+# (e.g. nvme-tcp:127.0.0.1:4420 for `target`, nbd:HOST:PORT for a TCP endpoint) to choose.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
   CMD ["node", "/app/docker/healthcheck.js"]
 ENTRYPOINT ["/usr/local/bin/docker-entrypoint.sh"]

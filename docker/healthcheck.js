@@ -12,8 +12,9 @@
  *   unix:PATH           plain Unix-socket connect
  *
  * Unset: `control:<socket>` when the daemon's control socket exists ($NVMF_NBD_CONTROL, else
- * $NVMF_NBD_STATE_DIR/control.sock, as `nvmf-nbd daemon` places it), else nbd:127.0.0.1:10809
- * (the NBD endpoint `demo` and the compose example use).
+ * $NVMF_NBD_STATE_DIR/control.sock, as `nvmf-nbd daemon` places it), else
+ * nbd-unix:$NVMF_NBD_STATE_DIR/nbd/nvme0/nvme0n1.sock (where `connect` serves its first export by
+ * default; NBD is not on loopback TCP by default, issue 14 finding 1).
  *
  * Plain JavaScript on Node built-ins so the check needs nothing but the image's node; it only
  * reads a few bytes and closes, which servers treat as a client that went away.
@@ -31,7 +32,7 @@ function defaultSpec(env) {
   } catch {
     // no daemon socket: fall through
   }
-  return 'nbd:127.0.0.1:10809';
+  return `nbd-unix:${path.join(env.NVMF_NBD_STATE_DIR || '/var/lib/nvmf-nbd', 'nbd', 'nvme0', 'nvme0n1.sock')}`;
 }
 
 const spec = process.env.NVMF_NBD_HEALTH || defaultSpec(process.env);

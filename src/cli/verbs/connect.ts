@@ -20,7 +20,7 @@ import { ControllerSession, parseNbdSpec, socketActivationFd } from '../../engin
 import { protectFromOomKiller } from '../../engine/oom';
 import { formatEndpoint } from '../../nbd/server';
 import type { NbdAccessPolicy } from '../../nbd/access';
-import { NBD_SECURITY_OPTIONS, absoluteNbdTlsPaths, checkNbdEndpointArg, nbdAccessFromArgs } from '../nbd-tls-args';
+import { NBD_SECURITY_OPTIONS, absoluteNbdTlsPaths, checkNbdEndpointArg, nbdAccessFromArgs, nbdTlsFilesFromArgs } from '../nbd-tls-args';
 import { escapeControl, formatBytes, formatJson, formatTable, outputFormat } from '../output';
 import type { OutputFormat } from '../output';
 import { waitForShutdownSignal } from '../signals';
@@ -323,6 +323,9 @@ export const verb: Verb = {
     const activated = socketActivationFd();
     const nbdArg = opts.stdio === true ? 'stdio' : typeof opts.nbd === 'string' ? opts.nbd : activated !== undefined ? `fd:${activated}` : undefined;
     checkNbdEndpointArg(nbdArg, opts);
+    if (opts.attach === true && nbdTlsFilesFromArgs(opts) !== undefined) {
+      usageError('--attach with --nbd-tls: nbd-client would dial the TLS endpoint in the clear; attach from the default Unix socket (no --nbd) and give remote clients TLS');
+    }
     // Loads (and checks: 0600, format) the NBD TLS files before anything connects.
     const nbdServer = nbdServerFromArgs(opts);
     // stdio and an inherited socket belong to this process: never hand those off to a daemon.
