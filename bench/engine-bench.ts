@@ -126,6 +126,18 @@ async function prefill(ctrl: Controller, nsid: number, lbaSize: number, regionBl
   await Promise.all(Array.from({ length: 8 }, worker));
 }
 
+/** Issue 9's goal for a job's host CPU per I/O, printed beside it (never asserted). */
+function goalOf(job: Job): string {
+  if (job.bytes === 4096 && job.qd === 32) return 'host CPU ≤ 3 µs/IO';
+  if (job.bytes === 128 * 1024 && job.op === 'read') return 'host CPU ≤ 30 µs/IO';
+  return '';
+}
+
+/** This process's resident set now (VmRSS), MiB. */
+function rssMiB(): string {
+  return fmt(process.memoryUsage.rss() / MiB);
+}
+
 /** This process's CPU affinity (Cpus_allowed_list), to show whether it was pinned. */
 function cpusAllowed(): string {
   try {
@@ -180,7 +192,7 @@ async function main(): Promise<void> {
     for (const job of jobs) {
       if (job.bytes > ctrl.maxTransfer) process.stderr.write(`engine-bench: ${job.name}: ${job.bytes} B > MDTS, split into several commands\n`);
       const r = await runJob(ctrl, nsid, ns.lbaSize, regionBlocks, job, ramp, runtime, target?.child.pid);
-      rows.push([job.name, fmt(r.iops, 0), fmt(r.mibps), fmt(r.p50, 0), fmt(r.p99, 0), fmt(r.cpuUsPerIo), fmt(r.sysUsPerIo), fmt(r.targetCpuUsPerIo)]);
+      rows.push([job.name, fmt(r.iops, 0), fmt(r.mibps), fmt(r.p50, 0), fmt(r.p99, 0), fmt(r.cpuUsPerIo), fmt(r.sysUsPerIo), fmt(r.targetCpuUsPerIo), rssMiB(), goalOf(job)]);
       process.stderr.write(`engine-bench: ${job.name} done\n`);
     }
     // TLS rows (embedded target only: it serves TLS as optional): the same jobs over NVMe/TCP TLS
@@ -196,12 +208,12 @@ async function main(): Promise<void> {
       });
       for (const job of tlsJobs) {
         const r = await runJob(ctrl, nsid, ns.lbaSize, regionBlocks, job, ramp, runtime, target.child.pid);
-        rows.push([`tls ${job.name}`, fmt(r.iops, 0), fmt(r.mibps), fmt(r.p50, 0), fmt(r.p99, 0), fmt(r.cpuUsPerIo), fmt(r.sysUsPerIo), fmt(r.targetCpuUsPerIo)]);
+        rows.push([`tls ${job.name}`, fmt(r.iops, 0), fmt(r.mibps), fmt(r.p50, 0), fmt(r.p99, 0), fmt(r.cpuUsPerIo), fmt(r.sysUsPerIo), fmt(r.targetCpuUsPerIo), rssMiB(), '']);
         process.stderr.write(`engine-bench: tls ${job.name} done\n`);
       }
     }
-    process.stdout.write(`${table(['job', 'IOPS', 'MiB/s', 'p50 µs', 'p99 µs', 'host CPU µs/IO', 'of it sys', 'target CPU µs/IO'], rows)}\n`);
-    process.stdout.write(`engine peak RSS: ${fmt(process.resourceUsage().maxRSS / 1024)} MiB\n`);
+    process.stdout.write(`${table(['job', 'IOPS', 'MiB/s', 'p50 µs', 'p99 µs', 'host CPU µs/IO', 'of it sys', 'target CPU µs/IO', 'RSS MiB', 'goal (issue 9)'], rows)}\n`);
+    process.stdout.write(`engine peak RSS (VmHWM, this process): ${fmt(process.resourceUsage().maxRSS / 1024)} MiB; RSS MiB = VmRSS after each job\n`);
   } finally {
     await ctrl?.close().catch(() => undefined);
     await target?.stop();

@@ -1,17 +1,24 @@
 /**
- * NBD-path benchmark: fio's nbd engine against (a) `nbdkit memory` — the NBD-only baseline — and
- * (b) the bridge (ControllerSession in its own process) over the embedded NVMe/TCP target, side
- * by side in one run, job by job (a then b), so drift on a shared machine hits both alike.
+ * NBD-path benchmark: fio's nbd engine, job by job, against three paths side by side in one run
+ * (each job runs on all three before the next job, so drift on a shared machine hits all alike):
+ *   (a) nbdkit   — fio → `nbdkit memory`, both on `--cpu`: the NBD-only baseline;
+ *   (b) relay    — fio → bench/relay-proc.ts (a Node byte relay, on `--cpu`) → `nbdkit memory`
+ *                  on `--target-cpu`: the cheapest possible Node process in the middle, the
+ *                  ceiling for any Node bridge in this topology;
+ *   (c) bridge   — fio → the bridge (ControllerSession in its own process, on `--cpu`) → the
+ *                  embedded NVMe/TCP target on `--target-cpu`.
+ * Then the bridge's peak RSS, and a separate bridge over a 4-namespace target with 4 fio jobs
+ * (one per export) at QD128 (`4ns-128k-randread-qd128`), for its peak RSS under load.
  *
  *   node dist/bench/nbd-bench.js [--runtime S] [--ramp S] [--size MiB] [--cpu N] [--target-cpu N]
- *        [--queues N] [--jobs name,name] [--profile] [--profile-job NAME] [--no-pin]
+ *        [--queues N] [--jobs name,name] [--poll-us N] [--profile] [--profile-job NAME] [--no-pin]
  *
- * CPU budget: fio, nbdkit and the bridge all run on `--cpu` (default 1) via `taskset -c`, so the
- * baseline's client+server and the bridge's client+server have the same single core; the embedded
- * target runs on `--target-cpu` (default 0) so its cost is not charged to the bridge.
+ * CPU µs/IO is the CPU time of the middle process (relay, bridge; nbdkit for (a)) per I/O, from
+ * /proc/PID/stat. `--poll-us N` adds "relay+poll" and "bridge+poll" rows: the same processes
+ * started with adaptive polling (src/net/adaptive-poll.ts, issue 9 item 5).
  * `--profile` CPU-profiles the bridge (V8 profiler via node:inspector) during one job only
  * (default 4K QD32 random read; not the connect or prefill) and prints the functions with the
- * most self time.
+ * most self time. Goals (issue 9) are printed beside the values; nothing is asserted.
  *
  * Exit status: 0 done, 1 a failure, 2 a prerequisite (fio with the nbd engine, nbdkit) missing.
  */
@@ -45,6 +52,19 @@ const JOBS: readonly Job[] = [
   { name: '1m-seqread-qd8', rw: 'read', bs: '1m', iodepth: 8, numjobs: 1 },
   { name: '4k-randread-4conn-qd8', rw: 'randread', bs: '4k', iodepth: 8, numjobs: 4 },
 ];
+/** The multi-namespace job: one fio job per export of a 4-namespace target, bridge only. */
+const NS4_JOB: Job = { name: '4ns-128k-randread-qd128', rw: 'randread', bs: '128k', iodepth: 128, numjobs: 1 };
+const NS4 = 4;
+/** Region per namespace of the 4-namespace job (MiB; each prefilled). */
+const NS4_SIZE_MIB = 64;
+
+/** Issue 9's goals, printed beside the measured values (never asserted). */
+const GOAL = {
+  qd32: 'bridge CPU ≤ 1.5× relay, IOPS ≥ 0.8× relay',
+  seq: 'bridge MiB/s ≥ 0.8× nbdkit',
+  rss: 'bridge VmHWM ≤ 120 MiB',
+  rss4: 'bridge VmHWM ≤ 150 MiB',
+} as const;
 
 /** What fio reports for one job (summed over its `numjobs` with group_reporting). */
 interface FioResult {
@@ -71,15 +91,18 @@ interface Opts {
   jobs: readonly Job[];
   profile: boolean;
   profileJob: string;
+  /** Extra relay+poll / bridge+poll rows with this window (µs); 0 = none. */
+  pollUs: number;
+  ns4: boolean;
 }
 
 function options(): Opts {
-  const a = parseArgs(process.argv.slice(2), ['runtime', 'ramp', 'size', 'cpu', 'target-cpu', 'queues', 'jobs', 'profile-job'], ['profile', 'no-pin']);
+  const a = parseArgs(process.argv.slice(2), ['runtime', 'ramp', 'size', 'cpu', 'target-cpu', 'queues', 'jobs', 'profile-job', 'poll-us'], ['profile', 'no-pin']);
   const noPin = a.has('no-pin');
   const names = a.get('jobs')?.split(',');
-  const jobs = names === undefined ? JOBS : names.map((n) => {
+  const jobs = names === undefined ? JOBS : names.filter((n) => n !== NS4_JOB.name).map((n) => {
     const j = JOBS.find((x) => x.name === n);
-    if (j === undefined) throw new Error(`unknown job '${n}' (jobs: ${JOBS.map((x) => x.name).join(', ')})`);
+    if (j === undefined) throw new Error(`unknown job '${n}' (jobs: ${[...JOBS, NS4_JOB].map((x) => x.name).join(', ')})`);
     return j;
   });
   const queues = a.get('queues');
@@ -93,6 +116,8 @@ function options(): Opts {
     jobs,
     profile: a.has('profile'),
     profileJob: a.get('profile-job') ?? '4k-randread-qd32',
+    pollUs: numArg(a, 'poll-us', 0),
+    ns4: names === undefined || names.includes(NS4_JOB.name),
   };
 }
 
@@ -135,25 +160,30 @@ function run(argv: readonly string[]): Promise<{ code: number | null; stdout: st
   });
 }
 
-/** fio's command line for a job (or the prefill) against an NBD URI. */
-function fioArgv(o: Opts, uri: string, job: Job | 'prefill'): string[] {
-  const common = ['fio', '--ioengine=nbd', `--uri=${uri}`, `--size=${o.sizeMiB}M`, '--output-format=json', '--group_reporting'];
-  if (job === 'prefill') return [...common, '--name=prefill', '--rw=write', '--bs=1m', '--iodepth=8'];
+/**
+ * fio's command line for a job (or the prefill) against one NBD URI, or several: then one fio job
+ * per URI (global options first, then `--name/--uri` per job; reported as one group).
+ */
+function fioArgv(o: Opts, uri: string | readonly string[], job: Job | 'prefill', sizeMiB = o.sizeMiB): string[] {
+  const uris = typeof uri === 'string' ? [uri] : uri;
+  const common = ['fio', '--ioengine=nbd', `--size=${sizeMiB}M`, '--output-format=json', '--group_reporting'];
+  const perJob = (name: string): string[] => uris.flatMap((u, i) => [`--name=${uris.length > 1 ? `${name}-${i}` : name}`, `--uri=${u}`]);
+  if (job === 'prefill') return [...common, '--rw=write', '--bs=1m', '--iodepth=8', ...perJob('prefill')];
   return [
-    ...common, `--name=${job.name}`, `--rw=${job.rw}`, `--bs=${job.bs}`, `--iodepth=${job.iodepth}`, `--numjobs=${job.numjobs}`,
-    '--time_based', `--runtime=${o.runtime}`, `--ramp_time=${o.ramp}`, '--norandommap', '--randrepeat=0',
+    ...common, `--rw=${job.rw}`, `--bs=${job.bs}`, `--iodepth=${job.iodepth}`, `--numjobs=${job.numjobs}`,
+    '--time_based', `--runtime=${o.runtime}`, `--ramp_time=${o.ramp}`, '--norandommap', '--randrepeat=0', ...perJob(job.name),
   ];
 }
 
 /** Run one fio job pinned to `o.cpu`; `serverPid` is charged CPU time per I/O. */
-async function fio(o: Opts, uri: string, job: Job | 'prefill', serverPid?: number): Promise<FioResult> {
+async function fio(o: Opts, uri: string | readonly string[], job: Job | 'prefill', serverPid?: number, sizeMiB?: number): Promise<FioResult> {
   const cpu0 = serverPid === undefined ? undefined : procCpuMicros(serverPid);
   const t0 = process.hrtime.bigint();
-  const r = await run(pinned(o.cpu, fioArgv(o, uri, job)).argv);
+  const r = await run(pinned(o.cpu, fioArgv(o, uri, job, sizeMiB)).argv);
   const cpu1 = serverPid === undefined ? undefined : procCpuMicros(serverPid);
   const wallUs = Number(process.hrtime.bigint() - t0) / 1000;
   const brace = r.stdout.indexOf('{');
-  if (r.code !== 0 || brace < 0) throw new Error(`fio ${job === 'prefill' ? job : job.name} on ${uri} failed (${r.code}): ${r.stderr.trim() || r.stdout.slice(0, 2000)}`);
+  if (r.code !== 0 || brace < 0) throw new Error(`fio ${job === 'prefill' ? job : job.name} on ${String(uri)} failed (${r.code}): ${r.stderr.trim() || r.stdout.slice(0, 2000)}`);
   const out = JSON.parse(r.stdout.slice(brace)) as FioJson;
   const j = out.jobs[0];
   if (j === undefined || j.error !== 0) throw new Error(`fio ${job === 'prefill' ? job : job.name}: job error ${j?.error}`);
@@ -182,44 +212,78 @@ function checkPrereqs(): void {
   }
 }
 
+/** Start `nbdkit memory 1G` on 127.0.0.1 pinned to `cpu`; resolves when it is ready. */
+async function startNbdkit(cpu: number | undefined, workDir: string, tag: string): Promise<{ uri: string; port: number; pid: number; kill(): void }> {
+  const port = await freePort();
+  const pidfile = path.join(workDir, `nbdkit-${tag}.pid`);
+  const argv = pinned(cpu, ['nbdkit', '-f', '--exit-with-parent', '-P', pidfile, '-i', '127.0.0.1', '-p', String(port), 'memory', '1G']).argv;
+  const kit = spawn(argv[0] as string, argv.slice(1), { stdio: ['ignore', 'ignore', 'inherit'] });
+  const kill = (): void => { if (kit.exitCode === null && kit.signalCode === null) kit.kill('SIGKILL'); };
+  process.on('exit', kill);
+  await waitPidfile(pidfile, kit, 10_000);
+  return { uri: `nbd://127.0.0.1:${port}/`, port, pid: kit.pid as number, kill };
+}
+
+/** One path under test: its NBD URI(s) and the process whose CPU is charged. */
+interface Path { readonly name: string; readonly uri: string; readonly pid: number }
+
+/** A result cell: a measured value and, where the issue sets one, its goal. */
+function ratio(a: number | undefined, b: number | undefined, digits = 2): string {
+  return a === undefined || b === undefined || !(b > 0) ? '-' : fmt(a / b, digits);
+}
+
 async function main(): Promise<void> {
   const o = options();
   checkPrereqs();
   const pin = pinned(o.cpu, ['true']).pinned;
   process.stdout.write(`${machineLine()}\n`);
   process.stdout.write(`versions: ${versionOf('nbdkit') ?? 'nbdkit ?'}, ${versionOf('fio') ?? 'fio ?'}, node ${process.version}\n`);
-  process.stdout.write(`setup: fio + server on CPU ${pin ? o.cpu : '(unpinned)'}, embedded target on CPU ${pin ? o.targetCpu : '(unpinned)'}; ` +
+  process.stdout.write(`setup: fio + middle process (relay, bridge) and the direct nbdkit on CPU ${pin ? o.cpu : '(unpinned)'}; ` +
+    `embedded target and the relay's nbdkit on CPU ${pin ? o.targetCpu : '(unpinned)'}; ` +
     `${o.runtime} s per job after ${o.ramp} s ramp, ${o.sizeMiB} MiB region, prefilled by sequential 1 MiB writes\n`);
 
   const helpers: Array<Helper<unknown>> = [];
-  let killKit = (): void => undefined;
+  const kills: Array<() => void> = [];
   const workDir = fs.mkdtempSync(path.join(os.tmpdir(), 'nvmf-nbd-bench-'));
   const profDir = o.profile ? fs.mkdtempSync(path.join(os.tmpdir(), 'nvmf-nbd-prof-')) : undefined;
+  const startBridge = async (port: number, extra: readonly string[] = []): Promise<Helper<{ port: number; exports: string[]; ioQueues: number }>> => {
+    const h = await spawnHelper<{ port: number; exports: string[]; ioQueues: number }>(pinned(o.cpu, [process.execPath, path.join(BENCH_DIST_DIR, 'bridge-proc.js'),
+      '--trsvcid', String(port), '--subnqn', BENCH_SUBNQN, ...(o.queues !== undefined ? ['--queues', String(o.queues)] : []), ...extra]).argv);
+    helpers.push(h as Helper<unknown>);
+    return h;
+  };
+  const startRelay = async (toPort: number, pollUs: number): Promise<Path & { name: string }> => {
+    const h = await spawnHelper<{ port: number }>(pinned(o.cpu, [process.execPath, path.join(BENCH_DIST_DIR, 'relay-proc.js'),
+      '--to-port', String(toPort), ...(pollUs > 0 ? ['--poll-us', String(pollUs)] : [])]).argv);
+    helpers.push(h as Helper<unknown>);
+    return { name: pollUs > 0 ? `relay+poll ${pollUs}` : 'relay', uri: `nbd://127.0.0.1:${h.ready.port}/`, pid: h.child.pid as number };
+  };
   try {
-    // (a) the NBD-only baseline
-    const kitPort = await freePort();
-    const pidfile = path.join(workDir, 'nbdkit.pid');
-    const kitArgv = pinned(o.cpu, ['nbdkit', '-f', '--exit-with-parent', '-P', pidfile, '-i', '127.0.0.1', '-p', String(kitPort), 'memory', '1G']).argv;
-    const kit = spawn(kitArgv[0] as string, kitArgv.slice(1), { stdio: ['ignore', 'ignore', 'inherit'] });
-    killKit = (): void => { if (kit.exitCode === null && kit.signalCode === null) kit.kill('SIGKILL'); };
-    process.on('exit', killKit);
-    await waitPidfile(pidfile, kit, 10_000);
-    const kitUri = `nbd://127.0.0.1:${kitPort}/`;
+    // (a) nbdkit direct, on fio's CPU
+    const kit = await startNbdkit(o.cpu, workDir, 'direct');
+    kills.push(kit.kill);
+    // (b) the relay (fio's CPU) in front of an nbdkit on the target's CPU
+    const kitT = await startNbdkit(o.targetCpu, workDir, 'relayed');
+    kills.push(kitT.kill);
+    const relays = [await startRelay(kitT.port, 0)];
+    if (o.pollUs > 0) relays.push(await startRelay(kitT.port, o.pollUs));
 
-    // (b) the bridge over the embedded target
+    // (c) the bridge over the embedded target
     const target = await startTargetProc({ cpu: o.targetCpu, sizeBytes: 1024 * MiB });
     helpers.push(target as Helper<unknown>);
     const profFile = profDir === undefined ? undefined : path.join(profDir, `bridge-${o.profileJob}.cpuprofile`);
-    const bridgeArgv = pinned(o.cpu, [process.execPath, path.join(BENCH_DIST_DIR, 'bridge-proc.js'),
-      ...(profFile !== undefined ? ['--cpu-profile', profFile] : []),
-      '--trsvcid', String(target.ready.port), '--subnqn', BENCH_SUBNQN, ...(o.queues !== undefined ? ['--queues', String(o.queues)] : [])]).argv;
-    const bridge = await spawnHelper<{ port: number; exports: string[]; ioQueues: number }>(bridgeArgv);
-    helpers.push(bridge as Helper<unknown>);
+    const bridge = await startBridge(target.ready.port, profFile !== undefined ? ['--cpu-profile', profFile] : []);
     const bridgeUri = `nbd://127.0.0.1:${bridge.ready.port}/${bridge.ready.exports[0] ?? 'nvme0n1'}`;
     const bridgePid = bridge.child.pid as number;
+    const bridges: Path[] = [{ name: 'bridge', uri: bridgeUri, pid: bridgePid }];
+    if (o.pollUs > 0 && profFile === undefined) {
+      const b = await startBridge(target.ready.port, ['--poll-us', String(o.pollUs)]);
+      bridges.push({ name: `bridge+poll ${o.pollUs}`, uri: `nbd://127.0.0.1:${b.ready.port}/${b.ready.exports[0] ?? 'nvme0n1'}`, pid: b.child.pid as number });
+    }
     process.stdout.write(`bridge: ${bridge.ready.ioQueues} I/O queue(s) to the target, export ${bridge.ready.exports[0]}\n\n`);
 
-    await fio(o, kitUri, 'prefill');
+    await fio(o, kit.uri, 'prefill');
+    await fio(o, relays[0]!.uri, 'prefill');
     await fio(o, bridgeUri, 'prefill');
 
     if (profFile !== undefined) {
@@ -236,25 +300,54 @@ async function main(): Promise<void> {
       return;
     }
 
+    const paths: Path[] = [{ name: 'nbdkit', uri: kit.uri, pid: kit.pid }, ...relays, ...bridges];
     const rows: string[][] = [];
     for (const job of o.jobs) {
-      const a = await fio(o, kitUri, job, kit.pid);
-      const b = await fio(o, bridgeUri, job, bridgePid);
-      rows.push([
-        job.name,
-        fmt(a.iops, 0), fmt(b.iops, 0), `${fmt(b.iops / a.iops, 2)}`,
-        fmt(a.mibps), fmt(b.mibps),
-        fmt(a.p99us, 0), fmt(b.p99us, 0),
-        fmt(a.serverCpuUsPerIo), fmt(b.serverCpuUsPerIo), fmt(b.serverBusyPct, 0),
-      ]);
+      const res = new Map<string, FioResult>();
+      for (const p of paths) res.set(p.name, await fio(o, p.uri, job, p.pid));
+      const direct = res.get('nbdkit');
+      const relay = res.get('relay');
+      for (const p of paths) {
+        const r = res.get(p.name) as FioResult;
+        const isBridge = p.name.startsWith('bridge');
+        // Bridge rows compare with the plain relay; poll rows with their plain counterpart too.
+        const vsRelay = p.name === 'nbdkit' || p.name === 'relay' ? undefined : relay;
+        const goal = !isBridge || p.name !== 'bridge' ? ''
+          : job.iodepth === 32 && job.bs === '4k' ? GOAL.qd32 : job.rw === 'read' && job.bs === '1m' ? GOAL.seq : '';
+        rows.push([
+          p === paths[0] ? job.name : '', p.name,
+          fmt(r.iops, 0), fmt(r.mibps), fmt(r.p99us, 0), fmt(r.serverCpuUsPerIo), fmt(r.serverBusyPct, 0),
+          ratio(r.iops, vsRelay?.iops), ratio(r.serverCpuUsPerIo, vsRelay?.serverCpuUsPerIo),
+          p.name === 'nbdkit' ? '' : ratio(r.mibps, direct?.mibps),
+          goal,
+        ]);
+      }
       process.stderr.write(`nbd-bench: ${job.name} done\n`);
     }
     const mem = procMemory(bridgePid);
-    process.stdout.write(`${table(['job', 'base IOPS', 'bridge IOPS', 'b/a', 'base MiB/s', 'bridge MiB/s', 'base p99 µs', 'bridge p99 µs', 'base CPU µs/IO', 'bridge CPU µs/IO', 'bridge busy %'], rows)}\n`);
-    process.stdout.write(`bridge peak RSS (VmHWM): ${mem === undefined ? '?' : `${fmt(mem.hwmKiB / 1024)} MiB`}, RSS now ${mem === undefined ? '?' : `${fmt(mem.rssKiB / 1024)} MiB`}\n`);
-    process.stdout.write('base = nbdkit memory; bridge = nvmf-nbd NBD server + NVMe/TCP host → embedded target; CPU µs/IO = server process CPU time per I/O (nbdkit vs bridge; target not included); busy % = bridge CPU time / job wall time\n');
+    let ns4Line = '';
+    if (o.ns4) {
+      // A fresh bridge over a 4-namespace target: its VmHWM is this workload's alone.
+      const t4 = await startTargetProc({ cpu: o.targetCpu, sizeBytes: 1024 * MiB, namespaces: NS4 });
+      helpers.push(t4 as Helper<unknown>);
+      const b4 = await startBridge(t4.ready.port);
+      const uris = b4.ready.exports.map((e) => `nbd://127.0.0.1:${b4.ready.port}/${e}`);
+      if (uris.length !== NS4) throw new Error(`4-namespace bridge exports ${uris.length} namespaces`);
+      await fio(o, uris, 'prefill', undefined, NS4_SIZE_MIB);
+      const r = await fio(o, uris, NS4_JOB, b4.child.pid as number, NS4_SIZE_MIB);
+      const m4 = procMemory(b4.child.pid as number);
+      rows.push([NS4_JOB.name, 'bridge', fmt(r.iops, 0), fmt(r.mibps), fmt(r.p99us, 0), fmt(r.serverCpuUsPerIo), fmt(r.serverBusyPct, 0), '-', '-', '-',
+        `VmHWM ${m4 === undefined ? '?' : fmt(m4.hwmKiB / 1024)} MiB (goal ≤ 150)`]);
+      ns4Line = `4-namespace bridge (${NS4} exports × QD${NS4_JOB.iodepth}, ${NS4_JOB.bs} random reads, ${NS4_SIZE_MIB} MiB each) peak RSS (VmHWM): ${m4 === undefined ? '?' : `${fmt(m4.hwmKiB / 1024)} MiB`} — goal: ${GOAL.rss4}\n`;
+      process.stderr.write(`nbd-bench: ${NS4_JOB.name} done\n`);
+    }
+    process.stdout.write(`${table(['job', 'path', 'IOPS', 'MiB/s', 'p99 µs', 'CPU µs/IO', 'busy %', 'IOPS /relay', 'CPU /relay', 'MiB/s /nbdkit', 'goal (issue 9)'], rows)}\n`);
+    process.stdout.write(`bridge peak RSS (VmHWM): ${mem === undefined ? '?' : `${fmt(mem.hwmKiB / 1024)} MiB`}, RSS now ${mem === undefined ? '?' : `${fmt(mem.rssKiB / 1024)} MiB`} — goal: ${GOAL.rss}\n`);
+    process.stdout.write(ns4Line);
+    process.stdout.write('nbdkit = fio → nbdkit memory (same CPU); relay = fio → Node byte relay → nbdkit on the target CPU; bridge = fio → nvmf-nbd → embedded NVMe/TCP target on the target CPU.\n' +
+      'CPU µs/IO = CPU time of the middle process per I/O (nbdkit for the direct path; targets not included); busy % = that CPU time / job wall time; /relay and /nbdkit = ratios to those rows of the same job.\n');
   } finally {
-    killKit();
+    for (const k of kills) k();
     for (const h of helpers.reverse()) await h.stop();
     fs.rmSync(workDir, { recursive: true, force: true });
   }

@@ -3,7 +3,9 @@
  * 127.0.0.1 and a free port. It runs in its own process (pinned by the parent with taskset) so
  * its CPU time is not charged to the bridge or the engine being measured.
  *
- *   node dist/bench/target-proc.js [--size BYTES] [--nqn NQN] [--port N] [--max-io-queues N]
+ *   node dist/bench/target-proc.js [--size BYTES] [--nqn NQN] [--port N] [--max-io-queues N] [--namespaces N]
+ *
+ * --namespaces N: N memory namespaces of --size bytes each (sparse: memory is taken on write).
  *
  * Prints `READY {"port":N,"nqn":"..."}` once listening; SIGTERM/SIGINT close it and exit 0.
  */
@@ -12,12 +14,12 @@ import { BENCH_HOSTNQN, BENCH_SUBNQN, BENCH_TLS_KEY, numArg, parseArgs } from '.
 import { targetPskTable } from '../src/tls/target-keys';
 
 async function main(): Promise<void> {
-  const args = parseArgs(process.argv.slice(2), ['size', 'nqn', 'port', 'max-io-queues'], ['tls-optional']);
+  const args = parseArgs(process.argv.slice(2), ['size', 'nqn', 'port', 'max-io-queues', 'namespaces'], ['tls-optional']);
   const sizeBytes = numArg(args, 'size', 1024 * 1024 * 1024);
   const nqn = args.get('nqn') ?? BENCH_SUBNQN;
   const target = new NvmeTarget({
     listen: { host: '127.0.0.1', port: numArg(args, 'port', 0) },
-    subsystems: [{ nqn, namespaces: [{ sizeBytes, backing: { memory: true } }] }],
+    subsystems: [{ nqn, namespaces: Array.from({ length: Math.max(1, numArg(args, 'namespaces', 1)) }, () => ({ sizeBytes, backing: { memory: true as const } })) }],
     maxIoQueues: numArg(args, 'max-io-queues', 8),
     ...(args.has('tls-optional') ? { tls: { mode: 'optional' as const, lookup: ((t) => (id: string) => t.get(id))(targetPskTable(`${BENCH_HOSTNQN} ${BENCH_TLS_KEY}\n`, [nqn])) } } : {}),
   });

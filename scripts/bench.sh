@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # The benchmarks (`npm run bench`): setup (quiet), then
-#   1. the NBD-path benchmark: fio --ioengine=nbd against `nbdkit memory` (baseline) and against the
-#      bridge over the embedded NVMe/TCP target, side by side, ratio bridge/baseline;
+#   1. the NBD-path benchmark: fio --ioengine=nbd, job by job, against `nbdkit memory` (direct),
+#      a Node byte relay in front of nbdkit (the ceiling of any Node bridge) and the bridge over
+#      the embedded NVMe/TCP target, side by side with ratios, CPU µs/IO of the middle process,
+#      the bridge's peak RSS, and a 4-namespace × QD128 job for the bridge's peak RSS under load;
 #   2. the engine-only benchmark: NVMe Reads/Writes straight from the host engine (no NBD).
-# They print tables; nothing is asserted. About 3 minutes with the defaults.
+# They print tables with issue 9's goals beside the values; nothing is asserted. About 5 minutes
+# with the defaults.
 #
 # Usage: npm run bench -- [--only nbd|engine|profile] [ARGS...]
 #   (no --only)        both benchmarks with their defaults; ARGS are not allowed
 #   --only nbd         only the NBD-path benchmark; ARGS go to dist/bench/nbd-bench.js:
 #                      --runtime S --ramp S --size MiB --cpu N --target-cpu N --queues N
-#                      --jobs 4k-randread-qd1,... --no-pin
+#                      --jobs 4k-randread-qd1,...,4ns-128k-randread-qd128 --no-pin
+#                      --poll-us N (extra relay+poll / bridge+poll rows: adaptive polling, N µs)
 #   --only engine      only the engine benchmark; ARGS go to dist/bench/engine-bench.js:
 #                      --traddr A --trsvcid P --subnqn NQN (any NVMe/TCP target; default: start
 #                      the embedded one) --nsid N --runtime S --ramp S --queues N --queue-size N
@@ -34,7 +38,7 @@ if [ "${1:-}" = "--only" ]; then
   case "$only" in nbd|engine|profile|auth) ;; *) die "--only '$only': use nbd, engine, auth or profile" ;; esac
 elif [ "$#" -gt 0 ]; then
   case "$1" in
-    -h|--help) sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,30p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "arguments need --only nbd|engine|auth|profile first (see --help)" ;;
   esac
 fi

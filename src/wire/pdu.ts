@@ -193,7 +193,9 @@ export class PduParser {
   private failed: unknown = undefined;
 
   private state: StateValue = State.HEADER;
+  /** The PDU being parsed (= curObj once its common header is checked), else undefined. */
   private cur: Current | undefined = undefined;
+  private readonly curObj: Current = { type: PduType.IC_REQ, flags: 0, hlen: 0, headerLen: 0, dataStart: 0, dataLen: 0, dd: false };
   /** Header bytes gathered across chunks (fresh per PDU, since the delivered sqe/cqe may view it). */
   private hdrBuf: Buffer | undefined = undefined;
   private hdrHave = 0;
@@ -461,7 +463,16 @@ export class PduParser {
     if (type === PduType.C2H_DATA && (flags & PduFlag.SUCCESS) !== 0 && (flags & PduFlag.LAST_PDU) === 0) {
       throw badHeader(type, 1, 'SUCCESS without LAST_PDU');
     }
-    return { type, flags, hlen, headerLen, dataStart, dataLen, dd: ddExpected };
+    // One Current per parser, refilled per PDU (only one PDU is ever being parsed).
+    const c = this.curObj;
+    c.type = type;
+    c.flags = flags;
+    c.hlen = hlen;
+    c.headerLen = headerLen;
+    c.dataStart = dataStart;
+    c.dataLen = dataLen;
+    c.dd = ddExpected;
+    return c;
   }
 
   /** The full header (and HDGST) is in: verify the digest, check datal, go to pad/data or emit. */
