@@ -4,27 +4,21 @@
  * taskset and reads its peak RSS from /proc; --cpu-profile profiles the hot path on demand.
  *
  *   node dist/bench/bridge-proc.js --trsvcid PORT --subnqn NQN [--traddr 127.0.0.1]
- *        [--nbd-port 0] [--queues N] [--queue-size N] [--poll-us N]
+ *        [--nbd-port 0] [--queues N] [--queue-size N]
  *
  * --cpu-profile FILE: SIGUSR2 starts the V8 CPU profiler (node:inspector, 250 µs sampling) and a
  * second SIGUSR2 or the shutdown stops it and writes FILE (.cpuprofile JSON), so only the
  * workload of interest is profiled (not the connect or the prefill).
- * --poll-us N (prototype of issue 9 item 5): adaptive polling (src/net/adaptive-poll.ts) — every
- * submission opens a spin window of N µs, reopened by each socket read of the NVMe/TCP queues,
- * kept only while commands are in flight. Hooked in from here (QueuePair.prototype.submit and the
- * queues' rxEvents), so the library itself is unchanged.
  * Prints `READY {"port":N,"exports":["nvme0n1",...],"ioQueues":N}`; SIGTERM/SIGINT close the
  * session (writing the profile first, if one is running) and exit 0.
  */
 import * as fs from 'node:fs';
 import * as inspector from 'node:inspector';
 import { ControllerSession } from '../src/engine/session';
-import { AdaptivePoller } from '../src/net/adaptive-poll';
-import { QueuePair } from '../src/transport/queue-pair';
 import { BENCH_HOSTID, BENCH_HOSTNQN, BENCH_SUBNQN, numArg, parseArgs } from './common';
 
 async function main(): Promise<void> {
-  const args = parseArgs(process.argv.slice(2), ['traddr', 'trsvcid', 'subnqn', 'nbd-port', 'queues', 'queue-size', 'cpu-profile', 'poll-us']);
+  const args = parseArgs(process.argv.slice(2), ['traddr', 'trsvcid', 'subnqn', 'nbd-port', 'queues', 'queue-size', 'cpu-profile']);
   const trsvcid = args.get('trsvcid');
   if (trsvcid === undefined) throw new Error('--trsvcid is required');
   const queues = args.get('queues');
@@ -43,8 +37,6 @@ async function main(): Promise<void> {
     nbd: { tcp: { host: '127.0.0.1', port: numArg(args, 'nbd-port', 0) } },
     log: (m) => process.stderr.write(`bridge-proc: ${m}\n`),
   });
-  const pollUs = numArg(args, 'poll-us', 0);
-  if (pollUs > 0) hookPoller(session, pollUs);
   const ep = session.exports[0]?.endpoint;
   if (ep === undefined || !('tcp' in ep)) throw new Error('the target exported no usable namespace');
   const profiler = cpuProfiler(args.get('cpu-profile'));
@@ -62,33 +54,6 @@ async function main(): Promise<void> {
   process.on('SIGTERM', shutdown);
   process.on('SIGINT', shutdown);
   process.stdout.write(`READY ${JSON.stringify({ port: ep.tcp.port, exports: session.exports.map((e) => e.name), ioQueues: session.controller.ioQueueCount })}\n`);
-}
-
-/** The --poll-us prototype: kick on every submission, watch the I/O queues' reads and in-flight counts. */
-function hookPoller(session: ControllerSession, windowUs: number): void {
-  // Private fields, read on each turn (a reconnect replaces the association): prototype only.
-  const resilient = session.controller as unknown as { ctrl?: { ioQueues?: QueuePair[] } };
-  if (!Array.isArray(resilient.ctrl?.ioQueues)) throw new Error('--poll-us: cannot see the controller\'s I/O queues');
-  const none: QueuePair[] = [];
-  const queues = (): QueuePair[] => resilient.ctrl?.ioQueues ?? none;
-  const poller = new AdaptivePoller({
-    windowUs,
-    busy: () => {
-      for (const q of queues()) if (q.awaitingReply > 0) return true;
-      return false;
-    },
-    progress: () => {
-      let n = 0;
-      for (const q of queues()) n += q.rxEvents;
-      return n;
-    },
-  });
-  const submit = QueuePair.prototype.submit;
-  QueuePair.prototype.submit = function (this: QueuePair, ...a: Parameters<typeof submit>) {
-    poller.kick();
-    return submit.apply(this, a);
-  };
-  process.on('exit', () => process.stderr.write(`bridge-proc: poller ${poller.episodes} episodes, ${poller.spins} spin turns\n`));
 }
 
 /** SIGUSR2-controlled CPU profiler writing `file` (no-op without a file). */

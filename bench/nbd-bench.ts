@@ -11,11 +11,10 @@
  * (one per export) at QD128 (`4ns-128k-randread-qd128`), for its peak RSS under load.
  *
  *   node dist/bench/nbd-bench.js [--runtime S] [--ramp S] [--size MiB] [--cpu N] [--target-cpu N]
- *        [--queues N] [--jobs name,name] [--poll-us N] [--profile] [--profile-job NAME] [--no-pin]
+ *        [--queues N] [--jobs name,name] [--profile] [--profile-job NAME] [--no-pin]
  *
  * CPU µs/IO is the CPU time of the middle process (relay, bridge; nbdkit for (a)) per I/O, from
- * /proc/PID/stat. `--poll-us N` adds "relay+poll" and "bridge+poll" rows: the same processes
- * started with adaptive polling (src/net/adaptive-poll.ts, issue 9 item 5).
+ * /proc/PID/stat.
  * `--profile` CPU-profiles the bridge (V8 profiler via node:inspector) during one job only
  * (default 4K QD32 random read; not the connect or prefill) and prints the functions with the
  * most self time. Goals (issue 9) are printed beside the values; nothing is asserted.
@@ -91,13 +90,11 @@ interface Opts {
   jobs: readonly Job[];
   profile: boolean;
   profileJob: string;
-  /** Extra relay+poll / bridge+poll rows with this window (µs); 0 = none. */
-  pollUs: number;
   ns4: boolean;
 }
 
 function options(): Opts {
-  const a = parseArgs(process.argv.slice(2), ['runtime', 'ramp', 'size', 'cpu', 'target-cpu', 'queues', 'jobs', 'profile-job', 'poll-us'], ['profile', 'no-pin']);
+  const a = parseArgs(process.argv.slice(2), ['runtime', 'ramp', 'size', 'cpu', 'target-cpu', 'queues', 'jobs', 'profile-job'], ['profile', 'no-pin']);
   const noPin = a.has('no-pin');
   const names = a.get('jobs')?.split(',');
   const jobs = names === undefined ? JOBS : names.filter((n) => n !== NS4_JOB.name).map((n) => {
@@ -116,7 +113,6 @@ function options(): Opts {
     jobs,
     profile: a.has('profile'),
     profileJob: a.get('profile-job') ?? '4k-randread-qd32',
-    pollUs: numArg(a, 'poll-us', 0),
     ns4: names === undefined || names.includes(NS4_JOB.name),
   };
 }
@@ -252,11 +248,11 @@ async function main(): Promise<void> {
     helpers.push(h as Helper<unknown>);
     return h;
   };
-  const startRelay = async (toPort: number, pollUs: number): Promise<Path & { name: string }> => {
+  const startRelay = async (toPort: number): Promise<Path> => {
     const h = await spawnHelper<{ port: number }>(pinned(o.cpu, [process.execPath, path.join(BENCH_DIST_DIR, 'relay-proc.js'),
-      '--to-port', String(toPort), ...(pollUs > 0 ? ['--poll-us', String(pollUs)] : [])]).argv);
+      '--to-port', String(toPort)]).argv);
     helpers.push(h as Helper<unknown>);
-    return { name: pollUs > 0 ? `relay+poll ${pollUs}` : 'relay', uri: `nbd://127.0.0.1:${h.ready.port}/`, pid: h.child.pid as number };
+    return { name: 'relay', uri: `nbd://127.0.0.1:${h.ready.port}/`, pid: h.child.pid as number };
   };
   try {
     // (a) nbdkit direct, on fio's CPU
@@ -265,8 +261,7 @@ async function main(): Promise<void> {
     // (b) the relay (fio's CPU) in front of an nbdkit on the target's CPU
     const kitT = await startNbdkit(o.targetCpu, workDir, 'relayed');
     kills.push(kitT.kill);
-    const relays = [await startRelay(kitT.port, 0)];
-    if (o.pollUs > 0) relays.push(await startRelay(kitT.port, o.pollUs));
+    const relay = await startRelay(kitT.port);
 
     // (c) the bridge over the embedded target
     const target = await startTargetProc({ cpu: o.targetCpu, sizeBytes: 1024 * MiB });
@@ -275,15 +270,10 @@ async function main(): Promise<void> {
     const bridge = await startBridge(target.ready.port, profFile !== undefined ? ['--cpu-profile', profFile] : []);
     const bridgeUri = `nbd://127.0.0.1:${bridge.ready.port}/${bridge.ready.exports[0] ?? 'nvme0n1'}`;
     const bridgePid = bridge.child.pid as number;
-    const bridges: Path[] = [{ name: 'bridge', uri: bridgeUri, pid: bridgePid }];
-    if (o.pollUs > 0 && profFile === undefined) {
-      const b = await startBridge(target.ready.port, ['--poll-us', String(o.pollUs)]);
-      bridges.push({ name: `bridge+poll ${o.pollUs}`, uri: `nbd://127.0.0.1:${b.ready.port}/${b.ready.exports[0] ?? 'nvme0n1'}`, pid: b.child.pid as number });
-    }
     process.stdout.write(`bridge: ${bridge.ready.ioQueues} I/O queue(s) to the target, export ${bridge.ready.exports[0]}\n\n`);
 
     await fio(o, kit.uri, 'prefill');
-    await fio(o, relays[0]!.uri, 'prefill');
+    await fio(o, relay.uri, 'prefill');
     await fio(o, bridgeUri, 'prefill');
 
     if (profFile !== undefined) {
@@ -300,19 +290,17 @@ async function main(): Promise<void> {
       return;
     }
 
-    const paths: Path[] = [{ name: 'nbdkit', uri: kit.uri, pid: kit.pid }, ...relays, ...bridges];
+    const paths: Path[] = [{ name: 'nbdkit', uri: kit.uri, pid: kit.pid }, relay, { name: 'bridge', uri: bridgeUri, pid: bridgePid }];
     const rows: string[][] = [];
     for (const job of o.jobs) {
       const res = new Map<string, FioResult>();
       for (const p of paths) res.set(p.name, await fio(o, p.uri, job, p.pid));
       const direct = res.get('nbdkit');
-      const relay = res.get('relay');
+      const viaRelay = res.get('relay');
       for (const p of paths) {
         const r = res.get(p.name) as FioResult;
-        const isBridge = p.name.startsWith('bridge');
-        // Bridge rows compare with the plain relay; poll rows with their plain counterpart too.
-        const vsRelay = p.name === 'nbdkit' || p.name === 'relay' ? undefined : relay;
-        const goal = !isBridge || p.name !== 'bridge' ? ''
+        const vsRelay = p.name === 'bridge' ? viaRelay : undefined;
+        const goal = p.name !== 'bridge' ? ''
           : job.iodepth === 32 && job.bs === '4k' ? GOAL.qd32 : job.rw === 'read' && job.bs === '1m' ? GOAL.seq : '';
         rows.push([
           p === paths[0] ? job.name : '', p.name,

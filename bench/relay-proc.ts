@@ -4,17 +4,15 @@
  * Its CPU per I/O is the floor for any Node bridge on the same path (fio → Node → server on the
  * other core), so nbd-bench prints it beside the bridge.
  *
- *   node dist/bench/relay-proc.js --to-port P [--to-host 127.0.0.1] [--port 0] [--poll-us N]
+ *   node dist/bench/relay-proc.js --to-port P [--to-host 127.0.0.1] [--port 0]
  *
  * Cheap on purpose: each direction reads (net.Socket `onread`) into one reused 64 KiB buffer and
  * writes it out at once; a loopback write nearly always completes synchronously, and when one
  * does not the next read gets a fresh buffer (the pending write still owns the old one). No
- * Buffer per read, no 'data' events, no pipe() machinery. `--poll-us N`: keep the event loop
- * spinning for up to N µs after each event while a request is unanswered (src/net/adaptive-poll.ts).
+ * Buffer per read, no 'data' events, no pipe() machinery.
  * Prints `READY {"port":N}`; SIGTERM/SIGINT exit 0.
  */
 import * as net from 'node:net';
-import { AdaptivePoller } from '../src/net/adaptive-poll';
 import { numArg, parseArgs } from './common';
 
 const BUF = 64 * 1024;
@@ -28,7 +26,6 @@ class Pump {
   private held = false;
   dst: net.Socket | undefined;
   src: net.Socket | undefined;
-  constructor(private readonly onBytes: () => void) {}
   readonly onread = {
     buffer: (): Buffer => {
       if (this.held) {
@@ -43,7 +40,6 @@ class Pump {
       dst.write(b.subarray(0, n));
       // Still queued: libuv writes from this memory later, so it is not ours to read into.
       if (dst.writableLength > 0) this.held = true;
-      this.onBytes();
       if (dst.writableLength < HIGH_WATER) return true;
       dst.once('drain', () => this.src?.resume());
       return false;
@@ -52,18 +48,14 @@ class Pump {
 }
 
 function main(): void {
-  const a = parseArgs(process.argv.slice(2), ['to-port', 'to-host', 'port', 'poll-us']);
+  const a = parseArgs(process.argv.slice(2), ['to-port', 'to-host', 'port']);
   const toPort = numArg(a, 'to-port', 0);
   if (toPort === 0) throw new Error('--to-port is required');
   const toHost = a.get('to-host') ?? '127.0.0.1';
-  const pollUs = numArg(a, 'poll-us', 0);
-  // Unanswered requests, approximately: bytes went client → server more recently than back.
-  let awaiting = 0;
-  const poller = pollUs > 0 ? new AdaptivePoller({ windowUs: pollUs, busy: () => awaiting > 0 }) : undefined;
 
   const server = net.createServer({ noDelay: true, pauseOnConnect: true }, (accepted) => {
-    const up = new Pump(() => { awaiting = 1; poller?.kick(); });
-    const down = new Pump(() => { awaiting = 0; poller?.kick(); });
+    const up = new Pump();
+    const down = new Pump();
     // An accepted socket takes no `onread` option: wrap its (not yet reading) handle in a
     // socket that has one. Bench-only use of the private `_handle`.
     const handle = (accepted as unknown as { _handle: unknown })._handle;

@@ -13,7 +13,6 @@
 #   --only nbd         only the NBD-path benchmark; ARGS go to dist/bench/nbd-bench.js:
 #                      --runtime S --ramp S --size MiB --cpu N --target-cpu N --queues N
 #                      --jobs 4k-randread-qd1,...,4ns-128k-randread-qd128 --no-pin
-#                      --poll-us N (extra relay+poll / bridge+poll rows: adaptive polling, N µs)
 #   --only engine      only the engine benchmark; ARGS go to dist/bench/engine-bench.js:
 #                      --traddr A --trsvcid P --subnqn NQN (any NVMe/TCP target; default: start
 #                      the embedded one) --nsid N --runtime S --ramp S --queues N --queue-size N
