@@ -1,7 +1,8 @@
 /**
- * The `nvmf-nbd` CLI and a `daemon --sticky-nbd` child process, for tests that kill and restart
- * the daemon: one-shot CLI commands, daemon start (resolves on "daemon ready"), and the pid of the
- * NBD holder process from the state directory.
+ * The `nvmf-nbd` CLI and the daemon as child processes, for the integration tests that drive
+ * them as users do: {@link runCli} (one command to completion), {@link startDaemonProcess}
+ * (resolves on "daemon ready"), and {@link DaemonProc} for `daemon --sticky-nbd` tests that kill
+ * and restart the daemon (plus the pid of the NBD holder process from the state directory).
  */
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
@@ -12,6 +13,52 @@ import { freePort } from './guest';
 
 /** The compiled CLI entry point (same depth from test/helpers as from test/integration). */
 export const MAIN = path.resolve(__dirname, '../../src/cli/main.js');
+
+/** What one CLI command did. */
+export interface CliResult { code: number | null; out: string; err: string }
+
+/**
+ * Run `nvmf-nbd ARGS` to completion with `env` added to this process's environment; after
+ * `timeoutMs` the child is killed and the promise rejects with its output so far.
+ */
+export function runCli(args: readonly string[], env: NodeJS.ProcessEnv, timeoutMs: number): Promise<CliResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [MAIN, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error(`nvmf-nbd ${args.join(' ')} timed out\n${out}\n${err}`)); }, timeoutMs);
+    child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+    child.stderr.on('data', (d: Buffer) => { err += d.toString(); });
+    child.on('exit', (code) => { clearTimeout(timer); resolve({ code, out, err }); });
+  });
+}
+
+/** Options of {@link startDaemonProcess}. */
+export interface DaemonStart {
+  /** Added to this process's environment (NVMF_NBD_STATE_DIR at least). */
+  readonly env: NodeJS.ProcessEnv;
+  /** How long the daemon may take to print "daemon ready" (then it is killed). */
+  readonly readyTimeoutMs: number;
+  /** Every chunk the daemon writes to stderr (the caller keeps it for failure messages). */
+  readonly onStderr: (chunk: string) => void;
+  /** The stderr collected so far, for the error of a daemon that never became ready. */
+  readonly stderr: () => string;
+}
+
+/** Start `nvmf-nbd daemon ARGS`; resolves once it printed "daemon ready", rejects if it exits first. */
+export function startDaemonProcess(args: readonly string[], o: DaemonStart): Promise<ChildProcess> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [MAIN, 'daemon', ...args], { env: { ...process.env, ...o.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error(`daemon not ready: ${out}\n${o.stderr()}`)); }, o.readyTimeoutMs);
+    child.stderr.on('data', (d: Buffer) => o.onStderr(d.toString()));
+    child.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (out.includes('daemon ready')) { clearTimeout(timer); resolve(child); }
+    });
+    child.on('exit', (code) => { clearTimeout(timer); reject(new Error(`daemon exited ${String(code)}: ${o.stderr()}`)); });
+  });
+}
 
 export interface DaemonProcOptions {
   /** --hold-time in seconds. */
@@ -38,35 +85,15 @@ export class DaemonProc {
   constructor(readonly o: DaemonProcOptions) {}
 
   /** Run one CLI command to completion. */
-  cli(args: string[], timeoutMs = this.o.cliTimeoutMs): Promise<{ code: number | null; out: string; err: string }> {
-    return new Promise((resolve, reject) => {
-      const child = spawn(process.execPath, [MAIN, ...args], { env: { ...process.env, NVMF_NBD_STATE_DIR: this.stateDir }, stdio: ['ignore', 'pipe', 'pipe'] });
-      let out = '';
-      let err = '';
-      const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error(`timed out: ${args.join(' ')}`)); }, timeoutMs);
-      child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
-      child.stderr.on('data', (d: Buffer) => { err += d.toString(); });
-      child.on('exit', (code) => { clearTimeout(timer); resolve({ code, out, err }); });
-    });
+  cli(args: string[], timeoutMs = this.o.cliTimeoutMs): Promise<CliResult> {
+    return runCli(args, { NVMF_NBD_STATE_DIR: this.stateDir }, timeoutMs);
   }
 
   /** Start `daemon --sticky-nbd`; resolves once it printed "daemon ready". */
   start(): Promise<ChildProcess> {
-    const o = this.o;
-    const { stateDir, control, nbdPort } = this;
-    return new Promise((resolve, reject) => {
-      const nbd = o.unix === true ? [] : ['--nbd', `tcp:127.0.0.1:${nbdPort}`];
-      const child = spawn(process.execPath, [MAIN, 'daemon', '--control', control, ...nbd, '--sticky-nbd', '--hold-time', String(o.holdTimeS)], {
-        env: { ...process.env, NVMF_NBD_STATE_DIR: stateDir }, stdio: ['ignore', 'pipe', 'pipe'],
-      });
-      let out = '';
-      const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error(`daemon not ready: ${this.err}`)); }, o.readyTimeoutMs);
-      child.stderr.on('data', (d: Buffer) => { this.err += d.toString(); });
-      child.stdout.on('data', (d: Buffer) => {
-        out += d.toString();
-        if (out.includes('daemon ready')) { clearTimeout(timer); resolve(child); }
-      });
-      child.on('exit', (code) => { clearTimeout(timer); reject(new Error(`daemon exited ${String(code)}: ${this.err}`)); });
+    const nbd = this.o.unix === true ? [] : ['--nbd', `tcp:127.0.0.1:${this.nbdPort}`];
+    return startDaemonProcess(['--control', this.control, ...nbd, '--sticky-nbd', '--hold-time', String(this.o.holdTimeS)], {
+      env: { NVMF_NBD_STATE_DIR: this.stateDir }, readyTimeoutMs: this.o.readyTimeoutMs, onStderr: (c) => { this.err += c; }, stderr: () => this.err,
     });
   }
 

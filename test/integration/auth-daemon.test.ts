@@ -15,6 +15,8 @@ import { randomBytes } from 'node:crypto';
 import { NvmeTarget } from '../../src/embedded-target/target';
 import { formatDhchapKey, generateDhchapKey } from '../../src/wire/dhchap';
 import { NbdTestClient } from '../helpers/nbd-test-client';
+import { runCli, startDaemonProcess } from '../helpers/daemon-proc';
+import type { CliResult } from '../helpers/daemon-proc';
 
 const MAIN = path.resolve(__dirname, '../../src/cli/main.js');
 const NQN = 'nqn.2014-08.org.nvmf-nbd:auth-daemon';
@@ -33,29 +35,15 @@ const hostKey = formatDhchapKey(generateDhchapKey({ hmac: 1, nqn: HOST_FILE }));
 const ctrlKey = formatDhchapKey(generateDhchapKey({ keyLength: 48 }));
 const inlineKey = formatDhchapKey(generateDhchapKey({ hmac: 3, nqn: HOST_INLINE }));
 
-function cli(args: string[], timeoutMs = 30_000): Promise<{ code: number | null; out: string; err: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [MAIN, ...args], { env: { ...process.env, NVMF_NBD_STATE_DIR: stateDir }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error(`nvmf-nbd ${args[0] ?? ''} timed out\n${out}\n${err}`)); }, timeoutMs);
-    child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
-    child.stderr.on('data', (d: Buffer) => { err += d.toString(); });
-    child.on('exit', (code) => { clearTimeout(timer); resolve({ code, out, err }); });
-  });
+/** Run one CLI verb to completion. */
+function cli(args: string[], timeoutMs = 30_000): Promise<CliResult> {
+  return runCli(args, { NVMF_NBD_STATE_DIR: stateDir }, timeoutMs);
 }
 
+/** Start the daemon; resolve once it printed its ready line. */
 function startDaemon(): Promise<ChildProcess> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [MAIN, 'daemon', '--control', control], { env: { ...process.env, NVMF_NBD_STATE_DIR: stateDir }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error(`daemon not ready: ${out}\n${daemonErr}`)); }, 15_000);
-    child.stderr.on('data', (d: Buffer) => { daemonErr += d.toString(); });
-    child.stdout.on('data', (d: Buffer) => {
-      out += d.toString();
-      if (out.includes('daemon ready')) { clearTimeout(timer); resolve(child); }
-    });
-    child.on('exit', (code) => { clearTimeout(timer); reject(new Error(`daemon exited ${String(code)}: ${daemonErr}`)); });
+  return startDaemonProcess(['--control', control], {
+    env: { NVMF_NBD_STATE_DIR: stateDir }, readyTimeoutMs: 15_000, onStderr: (c) => { daemonErr += c; }, stderr: () => daemonErr,
   });
 }
 

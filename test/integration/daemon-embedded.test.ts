@@ -20,6 +20,8 @@ import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { NvmeTarget } from '../../src/embedded-target/target';
 import { NbdTestClient } from '../helpers/nbd-test-client';
+import { runCli, startDaemonProcess } from '../helpers/daemon-proc';
+import type { CliResult } from '../helpers/daemon-proc';
 
 const MAIN = path.resolve(__dirname, '../../src/cli/main.js');
 const NQN1 = 'nqn.2014-08.org.nvmf-nbd:daemon-a';
@@ -34,33 +36,15 @@ let target: NvmeTarget | undefined;
 let daemon: ChildProcess | undefined;
 let daemonErr = '';
 
-interface RunResult { code: number | null; out: string; err: string }
-
 /** Run one CLI verb to completion. */
-function cli(args: string[], timeoutMs = 20_000): Promise<RunResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [MAIN, ...args], { env: { ...process.env, NVMF_NBD_STATE_DIR: stateDir }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error(`nvmf-nbd ${args.join(' ')} timed out\n${out}\n${err}`)); }, timeoutMs);
-    child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
-    child.stderr.on('data', (d: Buffer) => { err += d.toString(); });
-    child.on('exit', (code) => { clearTimeout(timer); resolve({ code, out, err }); });
-  });
+function cli(args: string[], timeoutMs = 20_000): Promise<CliResult> {
+  return runCli(args, { NVMF_NBD_STATE_DIR: stateDir }, timeoutMs);
 }
 
 /** Start the daemon; resolve once it printed its ready line. */
 function startDaemon(): Promise<ChildProcess> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [MAIN, 'daemon', '--control', control], { env: { ...process.env, NVMF_NBD_STATE_DIR: stateDir }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error(`daemon not ready: ${out}\n${daemonErr}`)); }, 15_000);
-    child.stderr.on('data', (d: Buffer) => { daemonErr += d.toString(); });
-    child.stdout.on('data', (d: Buffer) => {
-      out += d.toString();
-      if (out.includes('daemon ready')) { clearTimeout(timer); resolve(child); }
-    });
-    child.on('exit', (code) => { clearTimeout(timer); reject(new Error(`daemon exited ${String(code)}: ${daemonErr}`)); });
+  return startDaemonProcess(['--control', control], {
+    env: { NVMF_NBD_STATE_DIR: stateDir }, readyTimeoutMs: 15_000, onStderr: (c) => { daemonErr += c; }, stderr: () => daemonErr,
   });
 }
 

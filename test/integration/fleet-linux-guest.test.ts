@@ -14,7 +14,6 @@
  */
 import { before, after, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
@@ -22,6 +21,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { need } from '../helpers/prereq';
 import { Guest, addNvmetNamespace, freePort, guestAvailable, setupNvmet, shq } from '../helpers/guest';
+import { runCli, startDaemonProcess } from '../helpers/daemon-proc';
+import type { CliResult } from '../helpers/daemon-proc';
 
 const REPO = path.resolve(__dirname, '..', '..', '..');
 const MAIN = path.join(REPO, 'dist', 'src', 'cli', 'main.js');
@@ -40,29 +41,15 @@ let control = '';
 let daemon: ChildProcess | undefined;
 let daemonErr = '';
 
-function cli(args: string[], env: Record<string, string> = {}, timeoutMs = 120_000): Promise<{ code: number | null; out: string; err: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [MAIN, ...args], { env: { ...process.env, NVMF_NBD_STATE_DIR: stateDir, NVMF_NBD_NVME_DIR: path.join(dir, 'etc'), ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error(`nvmf-nbd ${args.join(' ')} timed out\n${out}\n${err}`)); }, timeoutMs);
-    child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
-    child.stderr.on('data', (d: Buffer) => { err += d.toString(); });
-    child.on('exit', (code) => { clearTimeout(timer); resolve({ code, out, err }); });
-  });
+/** Run one CLI verb to completion. */
+function cli(args: string[], env: Record<string, string> = {}, timeoutMs = 120_000): Promise<CliResult> {
+  return runCli(args, { NVMF_NBD_STATE_DIR: stateDir, NVMF_NBD_NVME_DIR: path.join(dir, 'etc'), ...env }, timeoutMs);
 }
 
+/** Start the daemon; resolve once it printed its ready line. */
 function startDaemon(): Promise<ChildProcess> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [MAIN, 'daemon', '--control', control, '--no-config'], { env: { ...process.env, NVMF_NBD_STATE_DIR: stateDir }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error(`daemon not ready: ${daemonErr}`)); }, 30_000);
-    child.stderr.on('data', (d: Buffer) => { daemonErr += d.toString(); });
-    child.stdout.on('data', (d: Buffer) => {
-      out += d.toString();
-      if (out.includes('daemon ready')) { clearTimeout(timer); resolve(child); }
-    });
-    child.on('exit', (code) => { clearTimeout(timer); reject(new Error(`daemon exited ${String(code)}: ${daemonErr}`)); });
+  return startDaemonProcess(['--control', control, '--no-config'], {
+    env: { NVMF_NBD_STATE_DIR: stateDir }, readyTimeoutMs: 30_000, onStderr: (c) => { daemonErr += c; }, stderr: () => daemonErr,
   });
 }
 

@@ -17,6 +17,8 @@ import * as path from 'node:path';
 import { NvmeTarget } from '../../src/embedded-target/target';
 import type { SubsystemConfig } from '../../src/embedded-target/target';
 import { freePort } from '../helpers/guest';
+import { runCli, startDaemonProcess } from '../helpers/daemon-proc';
+import type { CliResult } from '../helpers/daemon-proc';
 
 const MAIN = path.resolve(__dirname, '../../src/cli/main.js');
 const P = 'nqn.2014-08.org.nvmf-nbd:pd-';
@@ -34,29 +36,15 @@ let daemonErr = '';
 
 const sub = (name: string): SubsystemConfig => ({ nqn: `${P}${name}`, namespaces: [{ sizeBytes: 1 << 20, backing: { memory: true } }] });
 
-function cli(args: string[], timeoutMs = 30_000): Promise<{ code: number | null; out: string; err: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [MAIN, ...args], { env: { ...process.env, NVMF_NBD_STATE_DIR: stateDir, NVMF_NBD_NVME_DIR: path.join(dir, 'etc') }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error(`nvmf-nbd ${args.join(' ')} timed out\n${out}\n${err}`)); }, timeoutMs);
-    child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
-    child.stderr.on('data', (d: Buffer) => { err += d.toString(); });
-    child.on('exit', (code) => { clearTimeout(timer); resolve({ code, out, err }); });
-  });
+/** Run one CLI verb to completion. */
+function cli(args: string[], timeoutMs = 30_000): Promise<CliResult> {
+  return runCli(args, { NVMF_NBD_STATE_DIR: stateDir, NVMF_NBD_NVME_DIR: path.join(dir, 'etc') }, timeoutMs);
 }
 
+/** Start the daemon; resolve once it printed its ready line. */
 function startDaemon(): Promise<ChildProcess> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [MAIN, 'daemon', '--control', control, '--no-config'], { env: { ...process.env, NVMF_NBD_STATE_DIR: stateDir }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error(`daemon not ready: ${out}\n${daemonErr}`)); }, 15_000);
-    child.stderr.on('data', (d: Buffer) => { daemonErr += d.toString(); });
-    child.stdout.on('data', (d: Buffer) => {
-      out += d.toString();
-      if (out.includes('daemon ready')) { clearTimeout(timer); resolve(child); }
-    });
-    child.on('exit', (code) => { clearTimeout(timer); reject(new Error(`daemon exited ${String(code)}: ${daemonErr}`)); });
+  return startDaemonProcess(['--control', control, '--no-config'], {
+    env: { NVMF_NBD_STATE_DIR: stateDir }, readyTimeoutMs: 15_000, onStderr: (c) => { daemonErr += c; }, stderr: () => daemonErr,
   });
 }
 
