@@ -2,6 +2,7 @@
  * Printers shared by the verbs: aligned human tables, `key : value` listings (as nvme-cli prints
  * Identify data) and JSON that survives bigints and Buffers.
  */
+import type { OptionSpec } from './args';
 
 /** One row of cells; every cell is already text. */
 export type Row = readonly string[];
@@ -72,4 +73,15 @@ export function outputFormat(v: unknown, usageError: (m: string) => never): Outp
   if (v === undefined || v === 'normal') return 'normal';
   if (v === 'json') return 'json';
   return usageError(`-o/--output-format: '${String(v)}' is not one of normal, json`);
+}
+
+/** `-o normal|json` as verbs declare it. */
+export const OUTPUT_FORMAT_OPTION: OptionSpec = { long: 'output-format', short: 'o', type: 'string', metavar: 'normal|json', help: 'output format', default: 'normal' };
+
+/**
+ * Print a host identity as gen-hostnqn and show-hostnqn do (nvme-cli's shape): the NQN alone,
+ * or with `-o json` `{ hostnqn, hostid, source }`.
+ */
+export function printHostIdentity(format: OutputFormat, id: { hostnqn: string; hostid: string; source: unknown }): void {
+  process.stdout.write(format === 'json' ? formatJson({ hostnqn: id.hostnqn, hostid: id.hostid, source: id.source }) : `${id.hostnqn}\n`);
 }

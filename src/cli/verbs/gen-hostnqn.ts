@@ -8,13 +8,13 @@ import { randomUUID } from 'node:crypto';
 import type { Verb } from '../verb';
 import { usageError } from '../args';
 import { NQN_UUID_PREFIX, deriveHostNqn } from '../../controller/host-identity';
-import { formatJson, outputFormat } from '../output';
+import { OUTPUT_FORMAT_OPTION, outputFormat, printHostIdentity } from '../output';
 
 export const verb: Verb = {
   name: 'gen-hostnqn',
   summary: 'print a host NQN derived from this machine (DMI product UUID, else machine-id)',
   usage: 'nvmf-nbd gen-hostnqn [-o normal|json]',
-  options: [{ long: 'output-format', short: 'o', type: 'string', metavar: 'normal|json', help: 'output format', default: 'normal' }],
+  options: [OUTPUT_FORMAT_OPTION],
   async run(opts) {
     const format = outputFormat(opts['output-format'], usageError);
     const d = deriveHostNqn();
@@ -23,7 +23,7 @@ export const verb: Verb = {
       return { hostnqn: `${NQN_UUID_PREFIX}${uuid}`, uuid, source: 'random' };
     })();
     if (d === undefined && format !== 'json') process.stderr.write('no DMI product UUID or machine-id: the NQN is random\n');
-    process.stdout.write(format === 'json' ? formatJson({ hostnqn: out.hostnqn, hostid: out.uuid, source: out.source }) : `${out.hostnqn}\n`);
+    printHostIdentity(format, { hostnqn: out.hostnqn, hostid: out.uuid, source: out.source });
     return 0;
   },
 };

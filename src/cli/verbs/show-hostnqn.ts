@@ -7,17 +7,17 @@ import type { Verb } from '../verb';
 import { usageError } from '../args';
 import { loadHostIdentity } from '../../controller/host-identity';
 import { stateDir } from '../../config/state-dir';
-import { formatJson, outputFormat } from '../output';
+import { OUTPUT_FORMAT_OPTION, outputFormat, printHostIdentity } from '../output';
 
 export const verb: Verb = {
   name: 'show-hostnqn',
   summary: 'print the host NQN (and with -o json the host ID and their sources) connects use',
   usage: 'nvmf-nbd show-hostnqn [-o normal|json]',
-  options: [{ long: 'output-format', short: 'o', type: 'string', metavar: 'normal|json', help: 'output format', default: 'normal' }],
+  options: [OUTPUT_FORMAT_OPTION],
   async run(opts) {
     const format = outputFormat(opts['output-format'], usageError);
     const id = loadHostIdentity({ stateDir: stateDir() });
-    process.stdout.write(format === 'json' ? formatJson({ hostnqn: id.hostnqn, hostid: id.hostid, source: id.source }) : `${id.hostnqn}\n`);
+    printHostIdentity(format, id);
     return 0;
   },
 };
