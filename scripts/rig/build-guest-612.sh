@@ -21,6 +21,7 @@ export PATH="$PATH:/usr/sbin:/sbin"
 CACHE="${NVMF_NBD_CACHE:-$HOME/.cache/nvmf-nbd}/rig/trixie"
 mkdir -p "$CACHE"
 log() { echo "build-guest-612: $*" >&2; }
+. "$HERE/build-lib.sh"
 
 exec 9>"$CACHE/.lock"
 flock 9
@@ -60,22 +61,8 @@ if [[ ! -f "$kroot/.done" ]]; then
   find "$CACHE/kernel" -mindepth 1 -maxdepth 1 -type d ! -name "$kpkg" -mmin +120 -exec rm -rf {} + || true
 fi
 kernel="$kroot/boot/vmlinuz-$kver"
-# Uncompressed ELF vmlinux for QEMU's PVH entry: no decompression under TCG at every boot.
-# trixie's bzImage carries a zstd payload (CONFIG_KERNEL_ZSTD); the ELF check judges the result.
-if grep -q '^CONFIG_PVH=y' "$kroot/boot/config-$kver" 2>/dev/null && [[ ! -s "$kroot/vmlinux" ]]; then
-  for magic in $'\x28\xb5\x2f\xfd' $'\xfd7zXZ\x00'; do
-    off="$(LC_ALL=C grep -abo "$magic" "$kernel" | head -n1 | cut -d: -f1 || true)"
-    [[ -n "$off" ]] || continue
-    case "$magic" in $'\xfd'*) dec=(xz -dc) ;; *) dec=(zstd -dcq) ;; esac
-    command -v "${dec[0]}" >/dev/null || continue
-    tail -c +"$((off + 1))" "$kernel" | "${dec[@]}" 2>/dev/null >"$kroot/vmlinux.tmp" || true
-    if [[ "$(head -c 4 "$kroot/vmlinux.tmp" | od -An -c | tr -d ' ')" == '177ELF' ]]; then
-      mv "$kroot/vmlinux.tmp" "$kroot/vmlinux"; break
-    fi
-    rm -f "$kroot/vmlinux.tmp"
-  done
-fi
-[[ -s "$kroot/vmlinux" ]] && kernel="$kroot/vmlinux"
+# Uncompressed ELF vmlinux for QEMU's PVH entry (trixie's bzImage carries a zstd payload).
+kernel="$(pvh_vmlinux "$kroot" "$kernel" "$kver")"
 kmods="$kroot/usr/lib/modules/$kver"
 
 # --- trixie user space (debootstrap) ---------------------------------------------------------------
@@ -101,7 +88,7 @@ fi
 STAGE1_MODULES=(virtio_blk crc32c_generic ext4)
 hash="$( {
   echo "v1 $kpkg $rhash"
-  sha256sum "$HERE/build-guest-612.sh" "$HERE/init-trixie.sh"
+  sha256sum "$HERE/build-guest-612.sh" "$HERE/build-lib.sh" "$HERE/init-trixie.sh" "$HERE/guest-lib.sh"
   stat -L -c '%s' "$(command -v busybox)"
 } | sha256sum | cut -c1-16)"
 rootfs="$CACHE/rootfs-$hash.ext4"
@@ -118,6 +105,7 @@ if [[ ! -f "$rootfs" || ! -f "$initrd" ]]; then
   cp -a "$kmods" "$stage/root/usr/lib/modules/"
   chroot "$stage/root" /sbin/depmod -a "$kver"
   install -m 0755 "$HERE/init-trixie.sh" "$stage/root/sbin/rig-init"
+  install -m 0644 "$HERE/guest-lib.sh" "$stage/root/rig-lib.sh"
   # tlshd finds the NVMe PSKs in the kernel's .nvme keyring only when told to link it.
   sed -i 's/^\[authenticate\]$/[authenticate]\nkeyrings=.nvme/' "$stage/root/etc/tlshd.conf"
   grep -q '^keyrings=.nvme' "$stage/root/etc/tlshd.conf" || printf '[authenticate]\nkeyrings=.nvme\n' >>"$stage/root/etc/tlshd.conf"

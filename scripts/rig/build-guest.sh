@@ -14,6 +14,7 @@ export PATH="$PATH:/usr/sbin:/sbin"   # nbd-client, mke2fs, e2fsck, nvme live th
 CACHE="${NVMF_NBD_CACHE:-$HOME/.cache/nvmf-nbd}/rig"
 mkdir -p "$CACHE"
 log() { echo "build-guest: $*" >&2; }
+. "$HERE/build-lib.sh"
 
 # Several test files may boot guests at once: one builder at a time.
 exec 9>"$CACHE/.lock"
@@ -49,23 +50,8 @@ if [[ ! -f "$kroot/.done" ]]; then
   find "$CACHE/kernel" -mindepth 1 -maxdepth 1 -type d ! -name "$kpkg" -mmin +120 -exec rm -rf {} + || true
 fi
 kernel="$kroot/boot/vmlinuz-$kver"
-# Under TCG the bzImage's own xz decompression costs 2-10 s of every boot. With CONFIG_PVH the
-# uncompressed ELF vmlinux boots directly (QEMU's PVH entry): unpack it once into the cache.
-if grep -q '^CONFIG_PVH=y' "$kroot/boot/config-$kver" 2>/dev/null && command -v xz >/dev/null; then
-  if [[ ! -s "$kroot/vmlinux" ]]; then
-    # The payload is the xz stream after its magic; xz complains about the trailing bytes
-    # of the bzImage, so judge by the result (an ELF file), not by xz's status.
-    off="$(grep -abo $'\xfd7zXZ\x00' "$kernel" | head -n1 | cut -d: -f1 || true)"
-    if [[ -n "$off" ]]; then
-      tail -c +"$((off + 1))" "$kernel" | xz -dc 2>/dev/null >"$kroot/vmlinux.tmp" || true
-      if [[ "$(head -c 4 "$kroot/vmlinux.tmp" | od -An -c | tr -d ' ')" == '177ELF' ]]; then
-        mv "$kroot/vmlinux.tmp" "$kroot/vmlinux"
-      fi
-      rm -f "$kroot/vmlinux.tmp"
-    fi
-  fi
-  [[ -s "$kroot/vmlinux" ]] && kernel="$kroot/vmlinux"
-fi
+# Under TCG the bzImage's own decompression costs 2-10 s of every boot: boot the PVH vmlinux.
+kernel="$(pvh_vmlinux "$kroot" "$kernel" "$kver")"
 moddir="$kroot/lib/modules/$kver"
 
 # --- what goes into the initramfs ---------------------------------------------------------
@@ -85,7 +71,7 @@ inputs_hash() {
   {
     echo "v3 $kpkg"
     printf '%s\n' "${MODULES[@]}"
-    sha256sum "$HERE/build-guest.sh" "$HERE/init.sh"
+    sha256sum "$HERE/build-guest.sh" "$HERE/build-lib.sh" "$HERE/init.sh" "$HERE/guest-lib.sh"
     for b in "$busybox_bin" "${BINARIES[@]}" "${LIBS_ONLY[@]}"; do
       local p="${b#*=}"; stat -L -c '%n %s %Y' "$p"; ldd "$p" 2>/dev/null | awk '{print $1, $3}' || true
     done
@@ -104,6 +90,7 @@ if [[ ! -f "$initrd" ]]; then
   cp "$busybox_bin" "$stage/bin/busybox"
   ln -s busybox "$stage/bin/sh"
   install -m 0755 "$HERE/init.sh" "$stage/init"
+  install -m 0644 "$HERE/guest-lib.sh" "$stage/rig-lib.sh"
 
   # Modules with their dependencies (modules.dep lists them relative to the module dir).
   declare -A want=()

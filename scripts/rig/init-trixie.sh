@@ -2,14 +2,14 @@
 # /sbin/rig-init of the 6.12 rig guest (a Debian 13 root, see build-guest-612.sh): loads the
 # modules, brings up slirp networking, starts tlshd (the kernel's TLS handshake agent for
 # nvme-tcp and nvmet-tcp) and serves shell commands on the virtio-serial port "nvmf.cmd" with the
-# same framing as the 6.1 guest's init.sh (test/helpers/guest.ts). PID 1 never exits.
+# same framing as the 6.1 guest (scripts/rig/guest-lib.sh, test/helpers/guest.ts). PID 1 never exits.
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
 mount -t proc proc /proc 2>/dev/null
 mount -t sysfs sysfs /sys 2>/dev/null
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
-say() { echo "rig: $*" >/dev/console; }
+. /rig-lib.sh
 say "init start $(cut -d' ' -f1 /proc/uptime)"
 
 for m in virtio_net virtio_console qemu_fw_cfg configfs crc32c_generic tls \
@@ -23,8 +23,7 @@ done
 modprobe null_blk nr_devices=0 2>/dev/null || say "modprobe null_blk failed"
 mount -t configfs none /sys/kernel/config 2>/dev/null
 
-ip link set lo up
-ip link set eth0 up 2>/dev/null && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2
+rig_net_up
 
 # A 9p share offered by QEMU (-virtfs ... mount_tag=host), read-only at /host.
 if grep -qs 0x0009 /sys/bus/virtio/devices/*/device; then
@@ -36,32 +35,5 @@ fi
 # tlshd answers the kernel's handshake upcalls (netlink) for both the NVMe host and nvmet.
 tlshd -s >/tmp/tlshd.log 2>&1 &
 
-port=""
-for p in /sys/class/virtio-ports/*; do
-  [ "$(cat "$p/name" 2>/dev/null)" = nvmf.cmd ] && port="/dev/$(basename "$p")"
-done
-say "ready port=$port uptime $(cut -d' ' -f1 /proc/uptime)"
-echo "RIG-READY" >/dev/console
-
-if grep -qw rig.shell /proc/cmdline; then
-  (while :; do setsid -c sh -l </dev/console >/dev/console 2>&1; done) &
-fi
-
-# Command service: see init.sh.
-serve() {
-  exec 3<>"$port" || return 1
-  echo "@@READY" >&3
-  while read -r kw id tmo b64 <&3; do
-    [ "$kw" = CMD ] || continue
-    echo "$b64" | base64 -d >/tmp/.rig-cmd.$id
-    timeout -s KILL "$tmo" sh /tmp/.rig-cmd.$id </dev/null >/tmp/.rig-out.$id 2>&1 3>&-
-    rc=$?
-    { echo "@@BEGIN $id"; cat /tmp/.rig-out.$id; echo; echo "@@END $id $rc"; } >&3
-    rm -f /tmp/.rig-cmd.$id /tmp/.rig-out.$id
-  done
-  exec 3>&-
-}
-while :; do
-  if [ -n "$port" ]; then serve; else say "no nvmf.cmd port"; fi
-  sleep 1
-done
+rig_console_shell() { setsid -c sh -l </dev/console >/dev/console 2>&1; }
+rig_ready_and_serve

@@ -11,7 +11,7 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
-say() { echo "rig: $*" >/dev/console; }
+. /rig-lib.sh
 say "init start $(cut -d' ' -f1 /proc/uptime)"
 
 # crc32c first: nvmet-tcp digests and ext4 ask the crypto API for it by name.
@@ -23,8 +23,7 @@ done
 modprobe null_blk nr_devices=0 2>/dev/null || say "modprobe null_blk failed"
 mount -t configfs none /sys/kernel/config 2>/dev/null
 
-ip link set lo up
-ip link set eth0 up 2>/dev/null && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2
+rig_net_up
 
 # 9p shares offered by QEMU (-virtfs ... mount_tag=host|hostnode), read-only.
 if grep -qs 0x0009 /sys/bus/virtio/devices/*/device; then
@@ -41,35 +40,6 @@ if grep -qs 0x0009 /sys/bus/virtio/devices/*/device; then
   done
 fi
 
-port=""
-for p in /sys/class/virtio-ports/*; do
-  [ "$(cat "$p/name" 2>/dev/null)" = nvmf.cmd ] && port="/dev/$(basename "$p")"
-done
-say "ready port=$port uptime $(cut -d' ' -f1 /proc/uptime)"
-echo "RIG-READY" >/dev/console
-
-# scripts/rig/run-guest.sh asks for a shell on the console (rig.shell on the kernel command line).
-if grep -qw rig.shell /proc/cmdline; then
-  (while :; do setsid cttyhack sh -l; done) &
-fi
-
-# Command service. Host → guest, one line: "CMD <id> <timeout-seconds> <base64 script>".
-# Guest → host: "@@BEGIN <id>", the output (stdout+stderr), a newline, "@@END <id> <status>".
-# Output goes to a per-command file so background children can't block or corrupt the reply.
-serve() {
-  exec 3<>"$port" || return 1
-  echo "@@READY" >&3
-  while read -r kw id tmo b64 <&3; do
-    [ "$kw" = CMD ] || continue
-    echo "$b64" | base64 -d >/tmp/.rig-cmd.$id
-    timeout -s KILL "$tmo" sh /tmp/.rig-cmd.$id </dev/null >/tmp/.rig-out.$id 2>&1 3>&-
-    rc=$?
-    { echo "@@BEGIN $id"; cat /tmp/.rig-out.$id; echo; echo "@@END $id $rc"; } >&3
-    rm -f /tmp/.rig-cmd.$id /tmp/.rig-out.$id
-  done
-  exec 3>&-
-}
-while :; do
-  if [ -n "$port" ]; then serve; else say "no nvmf.cmd port"; fi
-  sleep 1
-done
+# busybox: cttyhack gives the shell the console as its controlling tty.
+rig_console_shell() { setsid cttyhack sh -l; }
+rig_ready_and_serve
