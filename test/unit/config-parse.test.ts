@@ -11,6 +11,7 @@ import { connectArgsParams, entryConnectArgs } from '../../src/config/connect-ar
 import { ConfigError, MAX_CONFIG_BYTES } from '../../src/config/params';
 import { ErrorCode } from '../../src/errors';
 import { verb as connectVerb } from '../../src/cli/verbs/connect';
+import { throwsCode } from '../helpers/assert-code';
 
 const KNOWN = new Set(connectVerb.options.map((o) => o.long));
 
@@ -166,6 +167,9 @@ test('config.json syntax errors point at the line and column', () => {
     ['[\n\n  "unterminated', 3, 0],
     ['[] x', 1, 4],
   ] as const) {
-    assert.throws(() => parseConfigJson(text), (e: ConfigError) => e.code === ErrorCode.CFG_SYNTAX && e.message.includes(col === 0 ? `line ${line} column` : `line ${line} column ${col}`), `${JSON.stringify(text)}`);
+    {
+      const e = throwsCode(() => parseConfigJson(text), ErrorCode.CFG_SYNTAX, `${JSON.stringify(text)}`);
+      assert.ok(e.message.includes(col === 0 ? `line ${line} column` : `line ${line} column ${col}`));
+    }
   }
 });

@@ -270,8 +270,7 @@ test('discovery re-reads when the generation counter moved, and gives up with DI
   const churning = model({ discovery: [], discoveryGenctr: () => ++m });
   target = await FakeTarget.start((c) => serveController(c, churning));
   try {
-    await assert.rejects(discover({ traddr: '127.0.0.1', trsvcid: target.port, hostnqn: 'nqn.test:h', hostid: Buffer.alloc(16, 1) }),
-      (e: NvmfNbdError) => e.code === ErrorCode.DISCOVERY_LOG_CHANGED);
+    await rejectsCode(discover({ traddr: '127.0.0.1', trsvcid: target.port, hostnqn: 'nqn.test:h', hostid: Buffer.alloc(16, 1) }), ErrorCode.DISCOVERY_LOG_CHANGED);
   } finally {
     await target.close();
   }

@@ -4,7 +4,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { ErrorCode, NvmfNbdError } from '../../src/errors';
+import { ErrorCode } from '../../src/errors';
 import {
   ChunkQueue,
   Cmd,
@@ -45,19 +45,10 @@ import {
   type HandshakeEvent,
   type NbdRequest,
 } from '../../src/wire/nbd';
+import { throwsCode } from '../helpers/assert-code';
 
 const hex = (b: Buffer): string => b.toString('hex');
 const REPLY_MAGIC = '0003e889045565a9';
-
-function codeOf(fn: () => unknown): string | undefined {
-  try {
-    fn();
-  } catch (err) {
-    if (err instanceof NvmfNbdError) return err.code;
-    throw err;
-  }
-  return undefined;
-}
 
 test('greeting: NBDMAGIC IHAVEOPT, FIXED_NEWSTYLE|NO_ZEROES', () => {
   assert.equal(hex(encodeGreeting()), '4e42444d41474943' + '49484156454f5054' + '0003');
@@ -142,18 +133,18 @@ test('INFO/GO and META_CONTEXT option data round-trip and reject malformed input
   const info = encodeInfoRequest('disk', [InfoType.NAME, InfoType.BLOCK_SIZE]);
   assert.equal(hex(info), '00000004' + '6469736b' + '0002' + '0001' + '0003');
   assert.deepEqual(parseInfoRequest(info), { name: 'disk', infos: [1, 3] });
-  assert.equal(codeOf(() => parseInfoRequest(info.subarray(0, 9))), ErrorCode.NBD_PROTOCOL);
-  assert.equal(codeOf(() => parseInfoRequest(Buffer.concat([info, Buffer.from([0])]))), ErrorCode.NBD_PROTOCOL);
+  throwsCode(() => parseInfoRequest(info.subarray(0, 9)), ErrorCode.NBD_PROTOCOL);
+  throwsCode(() => parseInfoRequest(Buffer.concat([info, Buffer.from([0])])), ErrorCode.NBD_PROTOCOL);
   const huge = Buffer.alloc(10);
   huge.writeUInt32BE(0xffffffff, 0);
-  assert.equal(codeOf(() => parseInfoRequest(huge)), ErrorCode.NBD_PROTOCOL);
+  throwsCode(() => parseInfoRequest(huge), ErrorCode.NBD_PROTOCOL);
 
   const meta = encodeMetaContextRequest('d', ['base:allocation', 'x-a:b']);
   assert.deepEqual(parseMetaContextRequest(meta), { name: 'd', queries: ['base:allocation', 'x-a:b'] });
-  assert.equal(codeOf(() => parseMetaContextRequest(meta.subarray(0, meta.length - 1))), ErrorCode.NBD_PROTOCOL);
+  throwsCode(() => parseMetaContextRequest(meta.subarray(0, meta.length - 1)), ErrorCode.NBD_PROTOCOL);
   const lying = Buffer.from(meta);
   lying.writeUInt32BE(1000, 5); // query count far beyond the data
-  assert.equal(codeOf(() => parseMetaContextRequest(lying)), ErrorCode.NBD_PROTOCOL);
+  throwsCode(() => parseMetaContextRequest(lying), ErrorCode.NBD_PROTOCOL);
 });
 
 /** Feed `stream` to a parser split into the given pieces and collect everything it yields. */
@@ -206,7 +197,7 @@ test('option parser: bad magic and oversized length are errors before any data i
   const bad = encodeOption(Opt.LIST);
   bad.writeUInt8(bad.readUInt8(0) ^ 0xff, 0);
   p.push(bad);
-  assert.equal(codeOf(() => p.next()), ErrorCode.NBD_BAD_MAGIC);
+  throwsCode(() => p.next(), ErrorCode.NBD_BAD_MAGIC);
 
   const q = new NbdOptionParser();
   q.push(Buffer.from('00000001', 'hex'));
@@ -214,7 +205,7 @@ test('option parser: bad magic and oversized length are errors before any data i
   const hdr = encodeOption(Opt.GO).subarray(0, 16);
   hdr.writeUInt32BE(64 * 1024 + 1, 12);
   q.push(hdr); // header only: the length must be refused before waiting for data
-  assert.equal(codeOf(() => q.next()), ErrorCode.NBD_OPTION_TOO_LARGE);
+  throwsCode(() => q.next(), ErrorCode.NBD_OPTION_TOO_LARGE);
 
   const ok = new NbdOptionParser();
   ok.push(Buffer.from('00000001', 'hex'));
@@ -294,11 +285,11 @@ test('request parser: bad magic, and an oversized WRITE refused on its header', 
   const bad = encodeRequest({ type: Cmd.READ, cookie: 1n, offset: 0, length: 512 });
   bad.writeUInt32BE(0xdeadbeef, 0);
   p.push(bad);
-  assert.equal(codeOf(() => p.next()), ErrorCode.NBD_BAD_MAGIC);
+  throwsCode(() => p.next(), ErrorCode.NBD_BAD_MAGIC);
 
   const q = new NbdRequestParser(4096);
   q.push(encodeRequest({ type: Cmd.WRITE, cookie: 1n, offset: 0, length: 4097 }).subarray(0, 28));
-  assert.equal(codeOf(() => q.next()), ErrorCode.NBD_REQUEST_TOO_LARGE);
+  throwsCode(() => q.next(), ErrorCode.NBD_REQUEST_TOO_LARGE);
 
   // A READ of any length has no payload: the parser passes it on for the server to answer.
   const r = new NbdRequestParser(4096);

@@ -12,8 +12,8 @@ import { NbdServer } from '../../src/nbd/server';
 import { Daemon } from '../../src/engine/daemon';
 import { connectBinding } from '../../src/cli/verbs/daemon';
 import { ErrorCode } from '../../src/errors';
+import { rejectsCode } from '../helpers/assert-code';
 
-const unsafe = (e: unknown): boolean => (e as { code?: string }).code === ErrorCode.UNSAFE_DIR;
 
 test('finding 12: group/other-writable or foreign directories are refused for sockets and state', { timeout: 10_000 }, async () => {
   const root = await fsp.mkdtemp(path.join(os.tmpdir(), 'private-dir-'));
@@ -22,17 +22,17 @@ test('finding 12: group/other-writable or foreign directories are refused for so
     await fsp.mkdir(open);
     await fsp.chmod(open, 0o777);
     const server = new NbdServer({ log: () => undefined });
-    await assert.rejects(server.listen({ unix: path.join(open, 'x.sock') }), unsafe);
-    await assert.rejects(Daemon.start({ stateDir: open, connect: connectBinding() }), unsafe);
+    await rejectsCode(server.listen({ unix: path.join(open, 'x.sock') }), ErrorCode.UNSAFE_DIR);
+    await rejectsCode(Daemon.start({ stateDir: open, connect: connectBinding() }), ErrorCode.UNSAFE_DIR);
     const link = path.join(root, 'link');
     await fsp.symlink(open, link);
-    await assert.rejects(server.listen({ unix: path.join(link, 'x.sock') }), unsafe);
+    await rejectsCode(server.listen({ unix: path.join(link, 'x.sock') }), ErrorCode.UNSAFE_DIR);
     if (process.geteuid?.() === 0) {
       // Root: a directory another user owns (even 0700) is theirs to swap.
       const theirs = path.join(root, 'theirs');
       await fsp.mkdir(theirs, { mode: 0o700 });
       await fsp.chown(theirs, 65534, 65534);
-      await assert.rejects(server.listen({ unix: path.join(theirs, 'x.sock') }), unsafe);
+      await rejectsCode(server.listen({ unix: path.join(theirs, 'x.sock') }), ErrorCode.UNSAFE_DIR);
     }
     // A private directory (created here, 0700) works.
     const ep = await server.listen({ unix: path.join(root, 'mine', 'x.sock') });

@@ -22,7 +22,7 @@ import { TcpSecType, Treq } from '../../src/wire/discovery-log';
 import { deriveTlsPsk, formatInterchangeKey, identityNqns, parseInterchangeKey } from '../../src/tls/psk';
 import { serverTicketsSuppressed, tlsConnect } from '../../src/tls/channel';
 import { encodeIcReq } from '../../src/wire/pdu';
-import { rejectsCode } from '../helpers/assert-code';
+import { rejectsCode, throwsCode } from '../helpers/assert-code';
 import { KeyStore, readSecretFile } from '../../src/tls/keystore';
 import { targetPskTable } from '../../src/tls/target-keys';
 import { tlsFromArgs } from '../../src/cli/tls-args';
@@ -92,9 +92,12 @@ test('interchange format: nvme-cli vectors, CRC-32 and length checks, no key in 
   assert.equal(k.hmac, 1);
   assert.ok(k.key.equals(SECRET));
   const bad = KEY.replace('ABEi', 'ABEj');
-  assert.throws(() => parseInterchangeKey(bad), (e: unknown) => e instanceof NvmfNbdError && e.code === ErrorCode.TLS_KEY_INVALID && /CRC-32/.test(e.message) && !e.message.includes('ABEj'));
-  assert.throws(() => parseInterchangeKey('NVMeTLSkey-2:01:AAAA:'), (e: unknown) => e instanceof NvmfNbdError && e.code === ErrorCode.TLS_KEY_INVALID);
-  assert.throws(() => parseInterchangeKey(formatInterchangeKey(randomBytes(48), 2).replace(':02:', ':01:')), (e: unknown) => e instanceof NvmfNbdError && e.code === ErrorCode.TLS_KEY_INVALID);
+  {
+    const e = throwsCode(() => parseInterchangeKey(bad), ErrorCode.TLS_KEY_INVALID);
+    assert.ok(/CRC-32/.test(e.message) && !e.message.includes('ABEj'));
+  }
+  throwsCode(() => parseInterchangeKey('NVMeTLSkey-2:01:AAAA:'), ErrorCode.TLS_KEY_INVALID);
+  throwsCode(() => parseInterchangeKey(formatInterchangeKey(randomBytes(48), 2).replace(':02:', ':01:')), ErrorCode.TLS_KEY_INVALID);
   const k48 = parseInterchangeKey(formatInterchangeKey(randomBytes(48), 2));
   assert.equal(k48.key.length, 48);
 });
@@ -115,12 +118,15 @@ test('key files: refused unless 0600 and ours; key store insert/lookup/export/im
   const f = path.join(tmp, 'k');
   fs.writeFileSync(f, KEY, { mode: 0o644 });
   fs.chmodSync(f, 0o644);
-  assert.throws(() => readSecretFile(f), (e: unknown) => e instanceof NvmfNbdError && e.code === ErrorCode.KEY_FILE_INSECURE && !e.message.includes(KEY));
+  {
+    const e = throwsCode(() => readSecretFile(f), ErrorCode.KEY_FILE_INSECURE);
+    assert.ok(!e.message.includes(KEY));
+  }
   fs.chmodSync(f, 0o600);
   assert.equal(readSecretFile(f), KEY);
   const link = path.join(tmp, 'link');
   fs.symlinkSync(f, link);
-  assert.throws(() => readSecretFile(link), (e: unknown) => e instanceof NvmfNbdError && e.code === ErrorCode.KEY_FILE_INSECURE);
+  throwsCode(() => readSecretFile(link), ErrorCode.KEY_FILE_INSECURE);
 
   const store = new KeyStore(path.join(tmp, 'store', 'tls-keys'));
   const p = deriveTlsPsk(key, HOSTNQN, NQN, 0);
@@ -138,7 +144,7 @@ test('key files: refused unless 0600 and ours; key store insert/lookup/export/im
   assert.equal(store.revoke(p.identity), false);
   assert.equal(store.lookup(p.identity), undefined);
   fs.chmodSync(store.file, 0o640);
-  assert.throws(() => store.entries(), (e: unknown) => e instanceof NvmfNbdError && e.code === ErrorCode.KEY_FILE_INSECURE);
+  throwsCode(() => store.entries(), ErrorCode.KEY_FILE_INSECURE);
 });
 
 test('CLI flags: --tls-key inline, --tls from the key store, --tls-key-identity, missing key, SHA-384 refused', () => {
@@ -147,12 +153,11 @@ test('CLI flags: --tls-key inline, --tls from the key store, --tls-key-identity,
   assert.ok(inline !== undefined);
   assert.match(inline.identity, /^NVMe1R01 /);
   assert.equal(tlsFromArgs({}, HOSTNQN, NQN), undefined);
-  assert.throws(() => tlsFromArgs({ tls: true, keyring }, HOSTNQN, NQN), (e: unknown) => e instanceof NvmfNbdError && e.code === ErrorCode.TLS_KEY_NOT_FOUND);
+  throwsCode(() => tlsFromArgs({ tls: true, keyring }, HOSTNQN, NQN), ErrorCode.TLS_KEY_NOT_FOUND);
   new KeyStore(keyring).insert(deriveTlsPsk(key, HOSTNQN, NQN, 0));
   assert.equal(tlsFromArgs({ tls: true, keyring }, HOSTNQN, NQN)?.identity, `NVMe0R01 ${HOSTNQN} ${NQN}`);
   assert.equal(tlsFromArgs({ 'tls-key-identity': `NVMe0R01 ${HOSTNQN} ${NQN}`, keyring }, HOSTNQN, NQN)?.identity, `NVMe0R01 ${HOSTNQN} ${NQN}`);
-  assert.throws(() => tlsFromArgs({ 'tls-key': formatInterchangeKey(randomBytes(48), 2) }, HOSTNQN, NQN),
-    (e: unknown) => e instanceof NvmfNbdError && e.code === ErrorCode.TLS_UNSUPPORTED_KEY);
+  throwsCode(() => tlsFromArgs({ 'tls-key': formatInterchangeKey(randomBytes(48), 2) }, HOSTNQN, NQN), ErrorCode.TLS_UNSUPPORTED_KEY);
 });
 
 test('host ↔ embedded target over TLS (required port): I/O with and without digests', async () => {
