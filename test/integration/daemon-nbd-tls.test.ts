@@ -8,12 +8,12 @@
 import { before, after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
-import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { NvmeTarget } from '../../src/embedded-target/target';
-import { MAIN } from '../helpers/daemon-proc';
+import { runCli, startDaemonProcess } from '../helpers/daemon-proc';
+import type { CliResult } from '../helpers/daemon-proc';
 import { freePort } from '../helpers/guest';
 import { run } from '../helpers/bridge';
 import { needCommands } from '../helpers/prereq';
@@ -29,18 +29,11 @@ let daemon: ChildProcess | undefined;
 let tport = 0;
 let base = 0;
 let own = 0;
-const env = (): NodeJS.ProcessEnv => ({ ...process.env, NVMF_NBD_STATE_DIR: path.join(dir, 'state') });
 const control = (): string => path.join(dir, 'control.sock');
 
-function cli(args: string[]): Promise<{ code: number | null; out: string; err: string }> {
-  return new Promise((resolve) => {
-    const c = spawn(process.execPath, [MAIN, ...args], { env: env(), stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    c.stdout.on('data', (d: Buffer) => { out += d.toString(); });
-    c.stderr.on('data', (d: Buffer) => { err += d.toString(); });
-    c.on('exit', (code) => resolve({ code, out, err }));
-  });
+/** Run one CLI verb to completion. */
+function cli(args: string[]): Promise<CliResult> {
+  return runCli(args, { NVMF_NBD_STATE_DIR: path.join(dir, 'state') }, 60_000);
 }
 
 before(async () => {
@@ -52,13 +45,9 @@ before(async () => {
   tport = (await target.listen()).port;
   base = await freePort();
   own = await freePort();
-  daemon = spawn(process.execPath, [MAIN, 'daemon', '--control', control(), '--nbd', `tcp:127.0.0.1:${base}`, '--nbd-tls-psk', path.join(dir, 'daemon.psk')], { env: env(), stdio: ['ignore', 'pipe', 'pipe'] });
   let err = '';
-  daemon.stderr?.on('data', (d: Buffer) => { err += d.toString(); });
-  await new Promise<void>((resolve, reject) => {
-    let out = '';
-    daemon?.stdout?.on('data', (d: Buffer) => { out += d.toString(); if (out.includes('daemon ready')) resolve(); });
-    daemon?.once('exit', (c) => reject(new Error(`daemon exited ${String(c)}: ${err}`)));
+  daemon = await startDaemonProcess(['--control', control(), '--nbd', `tcp:127.0.0.1:${base}`, '--nbd-tls-psk', path.join(dir, 'daemon.psk')], {
+    env: { NVMF_NBD_STATE_DIR: path.join(dir, 'state') }, readyTimeoutMs: 25_000, onStderr: (c) => { err += c; }, stderr: () => err,
   });
 }, { timeout: 30_000 });
 
