@@ -121,3 +121,81 @@ describe('MemoryBackend size checks', () => {
     assert.equal(new MemoryBackend(1, 1).size, 1);
   });
 });
+
+describe('storage backends: messages name the operation, partial chunks, file edge cases', () => {
+  it('a refused call names its operation and the namespace in the message', async () => {
+    const m = new MemoryBackend(SIZE, CHUNK);
+    const f = await FileBackend.open(path.join(dir, `ns${fileNo++}.img`), SIZE);
+    try {
+      for (const b of [m, f]) {
+        assert.match((await rejectsCode(b.read(SIZE, 1), ErrorCode.STORAGE_RANGE)).message, /: read of 1 bytes at \d+ is outside/);
+        assert.match((await rejectsCode(b.write(SIZE, Buffer.alloc(1)), ErrorCode.STORAGE_RANGE)).message, /: write of 1 bytes/);
+        assert.match((await rejectsCode(b.writeZeroes(SIZE, 1), ErrorCode.STORAGE_RANGE)).message, /: (write zeroes|deallocate) of 1 bytes/);
+      }
+      assert.match((await rejectsCode(m.deallocate(SIZE, 1), ErrorCode.STORAGE_RANGE)).message, /^memory: deallocate of 1 bytes/);
+      assert.match((await rejectsCode(f.writeZeroes(SIZE, 1), ErrorCode.STORAGE_RANGE)).message, /^file:.*: write zeroes of 1 bytes/);
+      assert.match(throwsCode(() => new MemoryBackend(0), ErrorCode.STORAGE_RANGE).message, /^memory: size 0 is not a positive integer/);
+      assert.match(throwsCode(() => new MemoryBackend(8, 0), ErrorCode.STORAGE_RANGE).message, /^memory chunk: size 0 is not a positive integer/);
+    } finally {
+      await f.close();
+    }
+  });
+
+  it('MemoryBackend deallocate: a chunk is freed only when wholly covered (also the short last chunk); partial ranges at a chunk start or end keep the rest', async () => {
+    const m = new MemoryBackend(SIZE, CHUNK);
+    await m.deallocate(0, CHUNK); // never written: nothing to free, no error
+    const all = Buffer.alloc(SIZE);
+    for (let i = 0; i < SIZE; i++) all[i] = (i % 251) + 1;
+    await m.write(0, all);
+    assert.equal(m.allocatedBytes, 4 * CHUNK);
+    await m.deallocate(0, 100); // start of chunk 0
+    await m.deallocate(CHUNK - 96, 96); // end of chunk 0
+    await m.deallocate(2 * CHUNK - 50, 200); // end of chunk 1, start of chunk 2
+    assert.equal(m.allocatedBytes, 4 * CHUNK, 'no chunk wholly covered');
+    const want = Buffer.from(all);
+    want.fill(0, 0, 100);
+    want.fill(0, CHUNK - 96, CHUNK);
+    want.fill(0, 2 * CHUNK - 50, 2 * CHUNK + 150);
+    assert.deepEqual(await m.read(0, SIZE), want);
+    await m.deallocate(3 * CHUNK, SIZE - 3 * CHUNK); // the whole short last chunk
+    assert.equal(m.allocatedBytes, 3 * CHUNK, 'the short last chunk is freed');
+    assert.ok((await m.read(3 * CHUNK, SIZE - 3 * CHUNK)).every((b) => b === 0));
+  });
+
+  it('FileBackend: not a regular file / cannot open → CFG_ERR_INVALID with the cause; no size and a missing file creates nothing', async () => {
+    const e1 = await rejectsCode(FileBackend.open(dir, 4096), ErrorCode.CFG_INVALID);
+    assert.match(e1.message, /is not a regular file|cannot open/);
+    const e2 = await rejectsCode(FileBackend.open(path.join(dir, 'no-such-dir', 'ns.img'), 4096), ErrorCode.CFG_INVALID);
+    assert.match(e2.message, /^cannot open namespace file .*no-such-dir/);
+    assert.ok(e2.cause instanceof Error);
+    const missing = path.join(dir, 'missing.img');
+    await rejectsCode(FileBackend.open(missing), ErrorCode.CFG_INVALID);
+    assert.equal(fs.existsSync(missing), false, 'opened without a size: never created');
+    const empty = path.join(dir, 'empty.img');
+    fs.writeFileSync(empty, '');
+    assert.match((await rejectsCode(FileBackend.open(empty), ErrorCode.CFG_INVALID)).message, /is empty: give a size/);
+  });
+
+  it('FileBackend: a larger file is not truncated to a smaller size; a smaller one is extended; reads past a file cut short are zeroes; flush is datasync; closed means closed', async () => {
+    const big = path.join(dir, 'big.img');
+    fs.writeFileSync(big, Buffer.alloc(3 * 4096, 7));
+    const f = await FileBackend.open(big, 4096);
+    assert.equal(f.size, 4096);
+    assert.equal(fs.statSync(big).size, 3 * 4096, 'never truncated');
+    await f.close();
+    const g = await FileBackend.open(big, 4 * 4096);
+    assert.equal(fs.statSync(big).size, 4 * 4096, 'extended');
+    fs.truncateSync(big, 4096 + 100); // shorter than the namespace behind its back
+    const r = await g.read(4096, 4096);
+    assert.ok(r.subarray(0, 100).every((b) => b === 7));
+    assert.ok(r.subarray(100).every((b) => b === 0), 'past EOF: zeroes');
+    const fh = (g as unknown as { fh: { datasync(): Promise<void> } }).fh;
+    let syncs = 0;
+    const datasync = fh.datasync.bind(fh);
+    fh.datasync = () => { syncs++; return datasync(); };
+    await g.flush();
+    assert.equal(syncs, 1);
+    await g.close();
+    await assert.rejects(g.read(0, 1), 'a closed backend does not read');
+  });
+});
