@@ -8,11 +8,10 @@
  * with TLS every connection goes through the STARTTLS gate first.
  */
 import * as net from 'node:net';
-import { promises as fsp } from 'node:fs';
-import * as path from 'node:path';
 import type { Duplex } from 'node:stream';
 import { ErrorCode, NvmfNbdError } from '../errors';
-import { ensurePrivateDir } from '../net/private-dir';
+import { listenPrivate, preparePrivateSocket } from '../net/private-socket';
+import { waitListening } from '../net/listen';
 import type { BlockDevice } from '../block/types';
 import { SubBlockDevice, type SubBlockCounters } from '../block/sub-block';
 import { MAX_STRING_LENGTH } from '../wire/nbd';
@@ -248,17 +247,8 @@ export class NbdServer {
     try {
       let endpoint: NbdEndpoint;
       if ('unix' in spec) {
-        await this.prepareUnixPath(spec.unix);
-        // Bind happens synchronously inside listen(): a restrictive umask around it means the
-        // socket never exists with looser permissions.
-        const old = process.umask(0o177);
-        try {
-          server.listen(spec.unix);
-        } finally {
-          process.umask(old);
-        }
-        await waitListening(server);
-        await fsp.chmod(spec.unix, 0o600);
+        await preparePrivateSocket(spec.unix, { notSocket: ErrorCode.NBD_LISTEN_FAILED, inUse: ErrorCode.NBD_LISTEN_FAILED });
+        await listenPrivate(server, spec.unix);
         endpoint = { unix: spec.unix };
       } else if ('fd' in spec) {
         // An already bound, listening socket handed over by systemd or libnbd (LISTEN_FDS).
@@ -285,20 +275,6 @@ export class NbdServer {
       if (err instanceof NvmfNbdError) throw err;
       throw new NvmfNbdError(ErrorCode.NBD_LISTEN_FAILED, `cannot listen: ${(err as Error).message}`, { cause: err });
     }
-  }
-
-  /** mkdir -m 0700 the parent when missing; remove a stale socket nobody listens on. */
-  private async prepareUnixPath(p: string): Promise<void> {
-    await ensurePrivateDir(path.dirname(p));
-    let st;
-    try {
-      st = await fsp.lstat(p);
-    } catch {
-      return;
-    }
-    if (!st.isSocket()) throw new NvmfNbdError(ErrorCode.NBD_LISTEN_FAILED, `${p} exists and is not a socket`);
-    if (await socketAlive(p)) throw new NvmfNbdError(ErrorCode.NBD_LISTEN_FAILED, `${p} is in use by another server`);
-    await fsp.unlink(p);
   }
 
   /**
@@ -397,34 +373,4 @@ export class NbdServer {
     if (name === '') return this.exportsByName.values().next().value;
     return this.exportsByName.get(name);
   }
-}
-
-function waitListening(server: net.Server): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (server.listening) {
-      resolve();
-      return;
-    }
-    const onErr = (err: Error): void => {
-      server.off('listening', onOk);
-      reject(err);
-    };
-    const onOk = (): void => {
-      server.off('error', onErr);
-      resolve();
-    };
-    server.once('error', onErr);
-    server.once('listening', onOk);
-  });
-}
-
-function socketAlive(p: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = net.connect(p);
-    s.once('connect', () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once('error', () => resolve(false));
-  });
 }
