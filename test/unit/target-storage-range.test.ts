@@ -176,6 +176,28 @@ describe('storage backends: messages name the operation, partial chunks, file ed
     assert.match((await rejectsCode(FileBackend.open(empty), ErrorCode.CFG_INVALID)).message, /is empty: give a size/);
   });
 
+  it('FileBackend: a character device is not a regular file; write zeroes larger than its 1 MiB chunk zeroes exactly the range', async () => {
+    assert.match((await rejectsCode(FileBackend.open('/dev/null', 4096), ErrorCode.CFG_INVALID)).message, /is not a regular file/);
+    const MiB = 1 << 20;
+    const img = path.join(dir, 'zeroes.img');
+    fs.writeFileSync(img, Buffer.alloc(4 * MiB, 0x3c));
+    const f = await FileBackend.open(img);
+    try {
+      await f.writeZeroes(MiB / 2, MiB + MiB / 2 + 512); // 2 MiB + 512 bytes: three zero writes
+      const all = await f.read(0, 4 * MiB);
+      const end = MiB / 2 + MiB + MiB / 2 + 512;
+      assert.ok(all.subarray(0, MiB / 2).every((b) => b === 0x3c), 'before the range kept');
+      assert.ok(all.subarray(MiB / 2, end).every((b) => b === 0), 'the range zeroed');
+      assert.ok(all.subarray(end).every((b) => b === 0x3c), 'after the range kept');
+      await f.write(MiB, Buffer.alloc(MiB + 7, 0x11)); // one write larger than 1 MiB
+      assert.ok((await f.read(MiB, MiB + 7)).every((b) => b === 0x11));
+      assert.deepEqual(await f.read(2 * MiB + 7, 1), Buffer.from([0]), "the write ended where it should");
+      assert.equal((await f.read(end, 1))[0], 0x3c);
+    } finally {
+      await f.close();
+    }
+  });
+
   it('FileBackend: a larger file is not truncated to a smaller size; a smaller one is extended; reads past a file cut short are zeroes; flush is datasync; closed means closed', async () => {
     const big = path.join(dir, 'big.img');
     fs.writeFileSync(big, Buffer.alloc(3 * 4096, 7));
