@@ -44,7 +44,8 @@ test('Get Log Page length: 4 bytes and 2^34 bytes (NUMD 2^32 − 1) are the limi
   const max = parseSqe(sqeGetLogPage(0x02, 4 * 0x100000000));
   assert.equal(max.cdw10 >>> 16, 0xffff);
   assert.equal(max.cdw11 & 0xffff, 0xffff);
-  assert.equal(parseSqe(sqeGetLogPage(0x02, 8, 0xffffffff, 0, 0, false)).cdw10 & 0x8000, 0, 'RAE clear by default');
+  assert.equal(parseSqe(sqeGetLogPage(0x02, 8)).cdw10 & 0x8000, 0, 'RAE clear by default');
+  assert.equal(parseSqe(sqeGetLogPage(0x02, 8, 0xffffffff, 0, 0, true)).cdw10 & 0x8000, 0x8000, 'RAE bit 15');
   for (const n of [0, 2, 6, 4 * 0x100000000 + 4, 4.5, -4]) throwsCode(() => sqeGetLogPage(0x02, n), ErrorCode.INVALID_ARGUMENT, `${n} bytes`);
 });
 
