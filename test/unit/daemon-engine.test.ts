@@ -158,7 +158,8 @@ test('restart: entries reconnect in the background (retrying while the target is
   try {
     const list = async (): Promise<Array<{ name: string; state: string; lastError: { code: string } | null; exports: Array<{ device: string | null }> }>> =>
       ((await d.handle({ id: 1, verb: ControlVerb.LIST, args: {} })) as { controllers: [] }).controllers;
-    await new Promise((r) => setTimeout(r, 100));
+    // Wait for the first (failing) attempt to be recorded, not for a fixed 100 ms.
+    for (let i = 0; i < 200 && (await list())[0]?.lastError == null; i++) await new Promise((r) => setTimeout(r, 10));
     const first = await list();
     assert.equal(first[0]?.state, 'connecting');
     assert.equal(first[0]?.lastError?.code, ErrorCode.CONNECT_FAILED);
