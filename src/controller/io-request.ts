@@ -15,7 +15,7 @@
  * controller interposes, keeping the previous owner in `upper`); the controller's MDTS split uses
  * part records of its own (a counter on the parent, no promises).
  */
-import { QueueCommand } from '../transport/queue-pair';
+import { QueueCommand } from '../transport/queue-command';
 import type { Cqe } from '../wire/cqe';
 import type { NvmfNbdError } from '../errors';
 import { BlockOpCode, type BlockHandler, type BlockOpCodeValue, type BlockRequest } from '../block/types';

@@ -21,6 +21,12 @@ import type { Cqe } from '../wire/cqe';
 import { FabricsStatus, Sct, formatStatus, statusError } from '../wire/status';
 import { sqeAuthReceive, sqeAuthSend } from '../wire/auth';
 import { WriteBatcher } from '../net/write-batcher';
+import { PromiseCommand, QueueCommand, failLater } from './queue-command';
+import type { Completion } from './queue-command';
+import { connectFailureDetail } from './connect-failure';
+
+export { QueueCommand } from './queue-command';
+export type { Completion } from './queue-command';
 
 /** Largest in-capsule write on an admin queue (TP 8000: admin capsules carry up to 8 KiB). */
 export const ADMIN_IN_CAPSULE_MAX = 8192;
@@ -112,13 +118,6 @@ export interface SubmitOptions {
 const AUTHREQ_ATR = 1 << 17;
 const AUTHREQ_ASCR = 1 << 18;
 
-/** What a successful command resolves with. */
-export interface Completion {
-  readonly cqe: Cqe;
-  /** The read data (exactly `dataInLength` bytes) when the command read data. */
-  readonly data?: Buffer;
-}
-
 /** Counters shown by `list` and `stats()`. */
 export interface QueueStats {
   qid: number;
@@ -139,116 +138,8 @@ export interface QueueStats {
   c2hSuccessWithSqFlow: number;
 }
 
-/**
- * One command as the queue pair runs it: what the submitter fills in (SQE, data, options) and
- * the queue's own per-command state, in one object the submitter owns and may reuse once
- * completed (a pooled request record, issue 9 item 2). Completion is a method call on the
- * command itself — no promise and no closure per command. {@link QueuePair.submit} wraps one in
- * a promise for the admin path, the CLI and tests.
- */
-export abstract class QueueCommand {
-  /** The 64-byte SQE; the queue sets its cid and SGL at issue. */
-  sqe: Buffer = EMPTY;
-  /** Host-to-controller data (writes), sent as views, never copied. */
-  dataOut: Buffer | undefined = undefined;
-  /**
-   * Controller-to-host destination (reads): C2HData payloads are copied straight from the socket
-   * chunks into it. When undefined and {@link dataInLength} > 0, the queue allocates it at issue.
-   */
-  dataIn: Buffer | undefined = undefined;
-  dataInLength = 0;
-  /** Per-command timeout in ms; negative: the queue's default; `Infinity`: none (AER). */
-  timeoutMs = -1;
-  /** Force in-capsule data whatever its size (Fabrics Connect). */
-  inCapsule = false;
-  /** Complete with the CQE even when its status is an error (the caller decodes DW0). */
-  acceptErrorStatus = false;
-
-  // ---- the queue's state of the command (set at submit / issue) ----
-  /** @internal */ cid = 0;
-  /** @internal */ opcode = 0;
-  /** @internal Data still to be sent on R2T (undefined when none or in-capsule). */
-  r2tData: Buffer | undefined = undefined;
-  /** @internal Next offset the controller may ask for in an R2T. */
-  h2cNext = 0;
-  /** @internal Bytes of C2HData received so far (= next expected datao). */
-  received = 0;
-  /** @internal LAST_PDU seen: no more C2HData may arrive for this command. */
-  c2hDone = false;
-  /** @internal */ digestError = false;
-  /**
-   * @internal Absolute deadline (ms), fixed at submit: time spent waiting for a slot counts, so a
-   * queue whose SQ looks full (a slow or lying target) cannot hold a command past its timeout.
-   */
-  deadline = 0;
-  /** @internal Already retried after a re-authentication. */
-  authRetried = false;
-  /** @internal Submission sequence number (see QueuePair.sqIssued): the SQ entry this command took. */
-  sqSeq = 0;
-
-  /** The controller completed the command successfully (or with an accepted error status). */
-  abstract onQpComplete(cqe: Cqe): void;
-  /** The command failed: an NVMe status, a digest / short read, or the queue's end. */
-  abstract onQpError(err: NvmfNbdError): void;
-}
-
-const EMPTY = Buffer.alloc(0);
-
-/** A {@link QueueCommand} settling a promise ({@link QueuePair.submit}). */
-class PromiseCommand extends QueueCommand {
-  constructor(
-    private readonly resolve: (c: Completion) => void,
-    private readonly reject: (e: Error) => void,
-  ) {
-    super();
-  }
-
-  onQpComplete(cqe: Cqe): void {
-    this.resolve(this.dataIn === undefined ? { cqe } : { cqe, data: this.dataIn });
-  }
-
-  onQpError(err: NvmfNbdError): void {
-    this.reject(err);
-  }
-}
-
-/** Fail `cmd` outside the submitter's call (completion is never synchronous). */
-function failLater(cmd: QueueCommand, err: NvmfNbdError): void {
-  process.nextTick(failNow, cmd, err);
-}
-
-function failNow(cmd: QueueCommand, err: NvmfNbdError): void {
-  cmd.onQpError(err);
-}
-
 const QpState = { CONNECTING: 'connecting', READY: 'ready', CLOSED: 'closed' } as const;
 type QpState = (typeof QpState)[keyof typeof QpState];
-
-/** Connect data fields by offset (NVMe-oF Figure 20), for Connect Invalid Parameters. */
-const CONNECT_DATA_FIELDS: Readonly<Record<number, string>> = { 0: 'host ID', 16: 'controller ID', 256: 'subsystem NQN', 512: 'host NQN' };
-/** Connect SQE fields by offset. */
-const CONNECT_SQE_FIELDS: Readonly<Record<number, string>> = { 40: 'record format', 42: 'queue ID', 44: 'queue size', 46: 'connect attributes', 48: 'keep alive timeout' };
-
-/**
- * Explain a refused Connect: for Connect Invalid Parameters (SCT 1 SC 0x82) DW0 holds IATTR
- * (bit 16: 1 = in the Connect data) and IPO (bits 15:0, byte offset), as Linux nvmet encodes it.
- */
-function connectFailureDetail(cqe: Cqe, o: QueuePairOptions): string {
-  if (cqe.status.sct !== 1) return '';
-  switch (cqe.status.sc) {
-    case 0x82: {
-      const inData = ((cqe.dw0 >>> 16) & 1) === 1;
-      const ipo = cqe.dw0 & 0xffff;
-      const field = (inData ? CONNECT_DATA_FIELDS : CONNECT_SQE_FIELDS)[ipo];
-      if (field === undefined) return '';
-      const value = field === 'subsystem NQN' ? ` '${o.subnqn}'` : field === 'host NQN' ? ` '${o.hostnqn}'` : '';
-      return `: the target rejected the ${field}${value}`;
-    }
-    case 0x84: return `: host '${o.hostnqn}' is not allowed to connect to this subsystem`;
-    case 0x81: return ': the controller is busy';
-    default: return '';
-  }
-}
 
 function fatal(code: (typeof ErrorCode)[keyof typeof ErrorCode], message: string, fes: number, fei = 0): NvmfNbdError {
   return new NvmfNbdError(code, message, { fes, fei });
