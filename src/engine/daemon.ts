@@ -25,7 +25,8 @@ import { ControlVerb, LineDecoder, encodeResponse, errorResponse, parseRequest, 
 import type { ControlRequest, ControlResponse } from '../wire/control';
 import { allocateName, readState, withoutSecrets, writeState } from './state-file';
 import type { StateController, StateDevice } from './state-file';
-import { AdminOpcode, Cns, DISCOVERY_NQN, sqeGetLogPage, sqeIdentify } from '../wire';
+import { DISCOVERY_NQN } from '../wire';
+import { daemonAdminPassthru, daemonGetLog, daemonIdCtrl, daemonIdNs } from './daemon-admin';
 import { PersistentDiscovery } from './persistent-discovery';
 import { syncByIdLinks } from './by-id';
 import type { ByIdWant } from './by-id';
@@ -33,7 +34,7 @@ import type { DiscoveryEntry } from '../controller/discovery';
 import { listenPrivate, preparePrivateSocket } from '../net/private-socket';
 import { kernelDeviceInUse } from './device-in-use';
 import {
-  allocateDiscoveryName, argInt, argString, checkArgs, isRecordArg, parseConnectNbdSpec, pathKey, splitDiscoveryArgs, withoutOverrides,
+  allocateDiscoveryName, argString, checkArgs, isRecordArg, parseConnectNbdSpec, pathKey, splitDiscoveryArgs, withoutOverrides,
   withoutUndefined,
 } from './daemon-args';
 import { readDiscoveryFile, writeDiscoveryFile } from './discovery-file';
@@ -145,8 +146,6 @@ interface Entry {
 const DEFAULT_RECONNECT_DELAY_S = 10;
 /** Default controller loss timeout (Linux `ctrl_loss_tmo`), seconds. */
 const DEFAULT_CTRL_LOSS_TMO_S = 600;
-/** Largest data transfer of get-log / admin-passthru over the control socket (base64 must fit a line). */
-export const MAX_PASSTHRU_DATA = 512 * 1024;
 /** Requests queued per control connection before the daemon stops reading it. */
 const MAX_QUEUED_REQUESTS = 16;
 /** Reply bytes a control connection may leave unread before the daemon stops answering it. */
@@ -356,13 +355,13 @@ export class Daemon {
           discovery: [...this.discoveries.values()].map((r) => ({ ...r.pd.describe(), persistent: r.persistent, disconnectRemoved: r.disconnectRemoved, watchOnly: r.watchOnly, controllers: [...r.owned].sort() })),
         };
       case ControlVerb.ID_CTRL:
-        return this.idCtrl(a);
+        return daemonIdCtrl(this.live(a));
       case ControlVerb.ID_NS:
-        return this.idNs(a);
+        return daemonIdNs(this.live(a), a);
       case ControlVerb.GET_LOG:
-        return this.getLog(a);
+        return daemonGetLog(this.live(a), a);
       case ControlVerb.ADMIN_PASSTHRU:
-        return this.adminPassthru(a);
+        return daemonAdminPassthru(this.live(a), a);
       case ControlVerb.ADD_DISCOVERY:
         return this.addDiscovery(a);
       default: {
@@ -885,74 +884,6 @@ export class Daemon {
     if (e === undefined) throw new NvmfNbdError(ErrorCode.NO_SUCH_CONTROLLER, `no controller ${name}`);
     if (e.session === undefined) throw new NvmfNbdError(ErrorCode.CONNECTION_CLOSED, `${name} is ${e.state}${e.lastError !== undefined ? `: ${e.lastError.message}` : ''}`);
     return e.session;
-  }
-
-  private async idCtrl(a: Record<string, unknown>): Promise<unknown> {
-    const s = this.live(a);
-    const r = await s.controller.adminCommand(sqeIdentify(Cns.CONTROLLER), { dataInLength: 4096 });
-    return { name: s.name, cntlid: s.controller.cntlid, raw: (r.data as Buffer).toString('base64') };
-  }
-
-  private async idNs(a: Record<string, unknown>): Promise<unknown> {
-    const s = this.live(a);
-    const nsid = argInt(a, 'nsid', 1, 0xfffffffe);
-    // As the direct id-ns: an inactive namespace is an error, not a page of zeroes.
-    if (!s.controller.namespaces.has(nsid)) throw new NvmfNbdError(ErrorCode.NAMESPACE_NOT_FOUND, `namespace ${nsid} is not active on ${s.name}`);
-    const r = await s.controller.adminCommand(sqeIdentify(Cns.NAMESPACE, nsid), { dataInLength: 4096 });
-    return { name: s.name, nsid, raw: (r.data as Buffer).toString('base64') };
-  }
-
-  private async getLog(a: Record<string, unknown>): Promise<unknown> {
-    const s = this.live(a);
-    const lid = argInt(a, 'lid', 0, 255);
-    const len = argInt(a, 'len', 4, MAX_PASSTHRU_DATA);
-    if (len % 4 !== 0) throw new NvmfNbdError(ErrorCode.CLI_USAGE, 'log length must be a multiple of 4');
-    const nsid = argInt(a, 'nsid', 0, 0xffffffff, 0xffffffff);
-    const offset = argInt(a, 'offset', 0, Number.MAX_SAFE_INTEGER, 0);
-    const lsp = argInt(a, 'lsp', 0, 127, 0);
-    const r = await s.controller.adminCommand(sqeGetLogPage(lid, len, nsid, offset, lsp, a.rae === true), { dataInLength: len });
-    return { name: s.name, lid, data: (r.data as Buffer).toString('base64') };
-  }
-
-  private async adminPassthru(a: Record<string, unknown>): Promise<unknown> {
-    const s = this.live(a);
-    const opcode = argInt(a, 'opcode', 0, 255);
-    // These would break the session itself: Fabrics commands change properties/queues, and an
-    // extra Asynchronous Event Request never completes.
-    if (opcode === AdminOpcode.FABRICS || opcode === AdminOpcode.ASYNC_EVENT_REQUEST) {
-      throw new NvmfNbdError(ErrorCode.INVALID_ARGUMENT, `opcode 0x${opcode.toString(16)} is reserved for the daemon's own use`);
-    }
-    const dataLen = argInt(a, 'dataLen', 0, MAX_PASSTHRU_DATA, 0);
-    const sqe = Buffer.alloc(64);
-    sqe[0] = opcode;
-    sqe.writeUInt32LE(argInt(a, 'nsid', 0, 0xffffffff, 0), 4);
-    sqe.writeUInt32LE(argInt(a, 'cdw2', 0, 0xffffffff, 0), 8);
-    sqe.writeUInt32LE(argInt(a, 'cdw3', 0, 0xffffffff, 0), 12);
-    for (let i = 10; i <= 15; i++) sqe.writeUInt32LE(argInt(a, `cdw${i}`, 0, 0xffffffff, 0), 40 + (i - 10) * 4);
-    // Direction: as asked (`direction`: read|write|none), else from opcode bits 1:0.
-    const dir = a.direction === 'write' ? 1 : a.direction === 'read' ? 2 : a.direction === 'none' ? 0 : opcode & 3;
-    const o: { dataOut?: Buffer; dataInLength?: number; timeoutMs?: number } = {};
-    if (typeof a.timeoutMs === 'number' && a.timeoutMs > 0) o.timeoutMs = a.timeoutMs;
-    if (dir === 3) throw new NvmfNbdError(ErrorCode.UNSUPPORTED, 'bidirectional opcodes are not supported');
-    if (dir === 1) {
-      const data = typeof a.data === 'string' ? Buffer.from(a.data, 'base64') : Buffer.alloc(dataLen);
-      if (data.length === 0 || data.length > MAX_PASSTHRU_DATA) throw new NvmfNbdError(ErrorCode.CLI_USAGE, 'a host-to-controller opcode needs 1..512 KiB of data');
-      o.dataOut = data;
-    } else if (dir === 2) {
-      if (dataLen === 0) throw new NvmfNbdError(ErrorCode.CLI_USAGE, 'a controller-to-host opcode needs --data-len');
-      o.dataInLength = dataLen;
-    } else if (dataLen !== 0 || a.data !== undefined) {
-      throw new NvmfNbdError(ErrorCode.CLI_USAGE, `opcode 0x${opcode.toString(16)} transfers no data (bits 1:0 are 00b)`);
-    }
-    // passthru: never re-sent after a lost association (the target may have executed it).
-    const r = await s.controller.adminCommand(sqe, { ...o, passthru: true });
-    return {
-      name: s.name,
-      dw0: r.cqe.dw0,
-      dw1: r.cqe.dw1,
-      status: r.cqe.status,
-      data: r.data !== undefined ? r.data.toString('base64') : null,
-    };
   }
 
   // -------------------------------------------------------------------------------------------

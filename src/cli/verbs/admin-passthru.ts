@@ -10,7 +10,7 @@ import { usageError } from '../args';
 import { stateDir } from '../../config/state-dir';
 import { ControlVerb } from '../../wire/control';
 import { CONTROL_OPTION, requestDaemon } from '../daemon-client';
-import { MAX_PASSTHRU_DATA } from '../../engine/daemon';
+import { MAX_PASSTHRU_DATA } from '../../engine/daemon-admin';
 import { formatJson } from '../output';
 import { controllerName, dataFormat, hexDump } from './get-log';
 

@@ -7,7 +7,7 @@ import { usageError } from '../args';
 import { stateDir } from '../../config/state-dir';
 import { ControlVerb } from '../../wire/control';
 import { CONTROL_OPTION, requestDaemon } from '../daemon-client';
-import { MAX_PASSTHRU_DATA } from '../../engine/daemon';
+import { MAX_PASSTHRU_DATA } from '../../engine/daemon-admin';
 import { formatJson } from '../output';
 
 /** nvme-cli style hex dump: offset, 16 bytes in hex, printable ASCII. */
