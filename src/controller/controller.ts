@@ -16,12 +16,12 @@ import * as os from 'node:os';
 import { ErrorCode, NvmfNbdError } from '../errors';
 import {
   AdminOpcode,
+  Cns,
   FeatureId,
   LogPage,
   encodeDsmRanges,
   parseCap,
   parseIdentifyController,
-  parseIdentifyNamespace,
   parseNamespaceList,
   sqeAsyncEventRequest,
   sqeDatasetManagement,
@@ -35,7 +35,9 @@ import {
   sqeSetFeatures,
   sqeWriteZeroes,
 } from '../wire';
-import type { Cqe, IdentifyController, IdentifyNamespace } from '../wire';
+import type { Cqe, IdentifyController } from '../wire';
+import { classifyNamespace, readActiveNamespaceIds } from './namespace-info';
+import type { NamespaceInfo } from './namespace-info';
 import { ADMIN_QUEUE_SIZE, QueuePair } from '../transport/queue-pair';
 import type { Completion, QueueStats } from '../transport/queue-pair';
 import { authenticateQueue, type AuthOutcome, type DhchapHostOptions } from './auth';
@@ -46,8 +48,6 @@ export { DISCOVERY_NQN } from '../wire';
 
 /** Property offsets (NVMe-oF §3.5 / base spec §3.1.4). */
 const Prop = { CAP: 0x00, VS: 0x08, CC: 0x14, CSTS: 0x1c } as const;
-/** Identify CNS values. */
-const Cns = { NAMESPACE: 0x00, CONTROLLER: 0x01, ACTIVE_NS_LIST: 0x02 } as const;
 
 /** Our own cap on one command's data when MDTS is 0 (unlimited) or larger. */
 export const HOST_MAX_TRANSFER = 1 << 20;
@@ -137,23 +137,6 @@ export interface ControllerOptions {
   readonly discoveryLogEvents?: boolean;
   /** NVMe/TCP secure channel: TLS 1.3 with this PSK on every queue (reconnects too). Never logged. */
   readonly tls?: TlsPsk;
-}
-
-/** What the host knows about one namespace. */
-export interface NamespaceInfo {
-  readonly nsid: number;
-  /** Logical block size in bytes from the current LBA format. */
-  readonly lbaSize: number;
-  /** Namespace size in logical blocks. */
-  readonly nsze: bigint;
-  /** False when the host cannot serve it (metadata, protection information, zero size…). */
-  readonly usable: boolean;
-  readonly reasonIfNot?: string;
-  /**
-   * Parsed Identify Namespace. The raw 4 KiB page is not kept: a target with thousands of
-   * namespaces would cost 4 KiB+ each (issue 14 finding 4); `id-ns` reads it afresh.
-   */
-  readonly identify: IdentifyNamespace;
 }
 
 /** Per-controller counters. */
@@ -731,37 +714,9 @@ export class Controller extends EventEmitter implements IoOwner {
     return over > 0 ? ids.slice(0, max) : ids;
   }
 
-  /**
-   * The active namespace list (Identify CNS 02h), paged. A page lists up to 1024 NSIDs greater
-   * than the one given, in increasing order. A target that breaks that (ignores the starting
-   * NSID, repeats or reorders ids) would have us page forever: every id must be greater than the
-   * previous one and than the starting NSID, and no more than NN (Identify Controller; at most
-   * 2^20) ids are accepted → NAMESPACE_LIST_INVALID.
-   */
-  private async activeNamespaceIds(): Promise<number[]> {
-    const MAX_NAMESPACES = 1 << 20;
-    const ids: number[] = [];
-    const nn = this.identify.nn;
-    const limit = Math.min(nn > 0 ? nn : MAX_NAMESPACES, MAX_NAMESPACES);
-    for (let after = 0; ;) {
-      const { data } = await this.adminCommand(sqeIdentify(Cns.ACTIVE_NS_LIST, after), { dataInLength: 4096 });
-      const page = parseNamespaceList(data as Buffer);
-      let prev = after;
-      for (const nsid of page) {
-        if (nsid <= prev) {
-          throw new NvmfNbdError(ErrorCode.NAMESPACE_LIST_INVALID,
-            `active namespace list from NSID ${after}: NSID ${nsid} after ${prev} (ids must increase and exceed the starting NSID)`);
-        }
-        prev = nsid;
-      }
-      if (ids.length + page.length > limit) {
-        throw new NvmfNbdError(ErrorCode.NAMESPACE_LIST_INVALID, `active namespace list: more than ${limit} namespaces (NN ${nn})`);
-      }
-      ids.push(...page);
-      if (page.length < 1024) break;
-      after = prev;
-    }
-    return ids;
+  /** The active namespace list, paged and checked ({@link readActiveNamespaceIds}). */
+  private activeNamespaceIds(): Promise<number[]> {
+    return readActiveNamespaceIds((sqe) => this.adminCommand(sqe, { dataInLength: 4096 }), this.identify.nn);
   }
 
   private ns(nsid: number): NamespaceInfo {
@@ -907,26 +862,7 @@ async function settleAll(parts: ReadonlyArray<Promise<unknown>>): Promise<void> 
   for (const r of res) if (r.status === 'rejected') throw r.reason;
 }
 
-/**
- * Decide whether the host can serve a namespace: it needs a plain LBA format (no metadata, no
- * protection information) and a non-zero size.
- */
-export function classifyNamespace(nsid: number, raw: Buffer): NamespaceInfo {
-  const identify = parseIdentifyNamespace(raw);
-  const { nsze, formatIndex: fmt, metadataSize: ms, dps } = identify;
-  // Block sizes above 64 KiB are legal NVMe but no NBD client accepts them.
-  const lbaSize = identify.lbaSize <= 65536 ? identify.lbaSize : 0;
-  let reasonIfNot: string | undefined;
-  if (nsze === 0n) reasonIfNot = 'namespace size is 0 (inactive or unallocated)';
-  else if (lbaSize === 0) reasonIfNot = `LBA format ${fmt} has an unsupported block size`;
-  else if (ms !== 0) reasonIfNot = `LBA format ${fmt} has ${ms} bytes of metadata per block (not supported)`;
-  else if (identify.hasProtection) reasonIfNot = `end-to-end protection information type ${dps & 0x7} is enabled (not supported)`;
-  // Byte offsets are JavaScript numbers (and NBD sizes u64): exact only up to 2^53.
-  else if (nsze * BigInt(lbaSize) > BigInt(Number.MAX_SAFE_INTEGER)) reasonIfNot = `size ${nsze} × ${lbaSize} bytes is beyond 2^53 bytes (not supported)`;
-  return reasonIfNot === undefined
-    ? { nsid, lbaSize, nsze, usable: true, identify }
-    : { nsid, lbaSize, nsze, usable: false, reasonIfNot, identify };
-}
-
+export { classifyNamespace } from './namespace-info';
+export type { NamespaceInfo } from './namespace-info';
 export { AdminOpcode };
 export type { Cqe };
