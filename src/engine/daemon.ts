@@ -25,19 +25,13 @@ import { ControlVerb, LineDecoder, encodeResponse, errorResponse, parseRequest, 
 import type { ControlRequest, ControlResponse } from '../wire/control';
 import { allocateName, readState, withoutSecrets, writeState } from './state-file';
 import type { StateController, StateDevice } from './state-file';
-import { DISCOVERY_NQN } from '../wire';
 import { daemonAdminPassthru, daemonGetLog, daemonIdCtrl, daemonIdNs } from './daemon-admin';
-import { PersistentDiscovery } from './persistent-discovery';
+import { DEFAULT_RECONNECT_DELAY_S, DaemonDiscoveries } from './daemon-discovery';
 import { syncByIdLinks } from './by-id';
 import type { ByIdWant } from './by-id';
-import type { DiscoveryEntry } from '../controller/discovery';
 import { listenPrivate, preparePrivateSocket } from '../net/private-socket';
 import { kernelDeviceInUse } from './device-in-use';
-import {
-  allocateDiscoveryName, argString, checkArgs, isRecordArg, parseConnectNbdSpec, pathKey, splitDiscoveryArgs, withoutOverrides,
-  withoutUndefined,
-} from './daemon-args';
-import { readDiscoveryFile, writeDiscoveryFile } from './discovery-file';
+import { argString, checkArgs, parseConnectNbdSpec, withoutUndefined } from './daemon-args';
 import { holderEndpoint, processAlive, processStartTime, readHolderFile, verifyHolder } from './holder-file';
 import type { NbdAccessPolicy } from '../nbd/access';
 
@@ -142,8 +136,6 @@ interface Entry {
   holder: { host?: string; port?: number; unix?: string; pid: number; backend: string; startTime?: string } | undefined;
 }
 
-/** Default reconnect delay (Linux `reconnect_delay`), seconds. */
-const DEFAULT_RECONNECT_DELAY_S = 10;
 /** Default controller loss timeout (Linux `ctrl_loss_tmo`), seconds. */
 const DEFAULT_CTRL_LOSS_TMO_S = 600;
 /** Requests queued per control connection before the daemon stops reading it. */
@@ -151,31 +143,15 @@ const MAX_QUEUED_REQUESTS = 16;
 /** Reply bytes a control connection may leave unread before the daemon stops answering it. */
 export const MAX_UNSENT_REPLY_BYTES = 2 * 1024 * 1024;
 
-interface DiscoveryRecord {
-  readonly name: string;
-  readonly discovery: Record<string, unknown>;
-  readonly connect: Record<string, unknown>;
-  readonly persistent: boolean;
-  readonly disconnectRemoved: boolean;
-  /** Kept in discovery.json (connect-all -p); config-file entries are re-read at each start instead. */
-  readonly saved: boolean;
-  /** `discover -p`: keep the discovery controller and its log current, connect nothing. */
-  readonly watchOnly: boolean;
-  /** Controllers this discovery connected (or found connected) for entries of its log. */
-  readonly owned: Set<string>;
-  pd: PersistentDiscovery;
-}
-
 /** The long-running engine. */
 export class Daemon {
   private readonly entries = new Map<string, Entry>();
   /** Discovery controllers (persistent, or one-shot ones still retrying), by name (disc0, …). */
-  private readonly discoveries = new Map<string, DiscoveryRecord>();
+  private readonly discoveries: DaemonDiscoveries;
   private readonly conns = new Set<net.Socket>();
   private server: net.Server | undefined;
   private running = true;
   private stateWrite: Promise<void> = Promise.resolve();
-  private discoveryWrite: Promise<void> = Promise.resolve();
   private linkWrite: Promise<void> = Promise.resolve();
   private shutdownPromise: Promise<void> | undefined;
   readonly controlPath: string;
@@ -191,6 +167,15 @@ export class Daemon {
     this.controlPath = o.controlPath ?? path.join(o.stateDir, 'control.sock');
     this.stateFile = o.stateFile ?? path.join(o.stateDir, 'state.json');
     this.discoveryFile = path.join(path.dirname(this.stateFile), 'discovery.json');
+    this.discoveries = new DaemonDiscoveries({
+      specs: o.connect.specs,
+      controllerOptions: (a) => o.connect.controllerOptions(a),
+      running: () => this.running,
+      connectFromLog: (a, why) => this.connectFromLog(a, why),
+      pathArgs: (n) => this.entries.get(n)?.args,
+      disconnectPaths: (names) => this.closeEntries([...this.entries.values()].filter((e) => names.includes(e.name))),
+      log: (m) => this.log(m),
+    }, this.discoveryFile);
     this.nbd = o.nbd ?? { unixDir: path.join(o.stateDir, 'nbd') };
     this.log = o.log ?? (() => undefined);
     this.openSession = o.openSession ?? ((so) => ControllerSession.open(so));
@@ -234,15 +219,7 @@ export class Daemon {
         d.log(`${e.name}: reconnecting ${String(e.args.nqn)} at ${String(e.args.traddr)}:${String(e.args.trsvcid)} from the state file`);
         void d.tryOpen(e);
       }
-      for (const r of await readDiscoveryFile(d.discoveryFile)) {
-        d.log(`${r.name}: persistent discovery at ${String(r.discovery.traddr)}:${String(r.discovery.trsvcid)} from ${d.discoveryFile}`);
-        try {
-          d.checkDiscoveryArgs(r.discovery, r.connect);
-          d.startDiscovery(r.name, r.discovery, r.connect, { persistent: true, disconnectRemoved: r.disconnectRemoved, watchOnly: r.watchOnly });
-        } catch (err) {
-          d.log(`${r.name}: not restored: ${(err as Error).message}`);
-        }
-      }
+      await d.discoveries.restore();
     } catch (err) {
       // Never a half-started daemon: no control socket left listening, the caller exits non-zero.
       await d.shutdown().catch(() => undefined);
@@ -344,7 +321,7 @@ export class Daemon {
       case ControlVerb.DISCONNECT:
         return this.disconnect(a);
       case ControlVerb.DISCONNECT_ALL: {
-        const discs = await this.closeDiscoveries([...this.discoveries.values()]);
+        const discs = await this.discoveries.close();
         return { disconnected: [...discs, ...await this.closeEntries([...this.entries.values()])] };
       }
       case ControlVerb.LIST:
@@ -352,7 +329,7 @@ export class Daemon {
         await this.syncLinks();
         return {
           controllers: [...this.entries.values()].sort((x, y) => Number(x.name.slice(4)) - Number(y.name.slice(4))).map((e) => this.describe(e)),
-          discovery: [...this.discoveries.values()].map((r) => ({ ...r.pd.describe(), persistent: r.persistent, disconnectRemoved: r.disconnectRemoved, watchOnly: r.watchOnly, controllers: [...r.owned].sort() })),
+          discovery: this.discoveries.describe(),
         };
       case ControlVerb.ID_CTRL:
         return daemonIdCtrl(this.live(a));
@@ -363,7 +340,8 @@ export class Daemon {
       case ControlVerb.ADMIN_PASSTHRU:
         return daemonAdminPassthru(this.live(a), a);
       case ControlVerb.ADD_DISCOVERY:
-        return this.addDiscovery(a);
+        if (!this.running) throw new NvmfNbdError(ErrorCode.DAEMON_UNAVAILABLE, 'the daemon is shutting down');
+        return this.discoveries.add(a);
       default: {
         const never: never = req.verb;
         throw new NvmfNbdError(ErrorCode.CONTROL_UNKNOWN_VERB, `unknown verb ${String(never)}`);
@@ -519,8 +497,7 @@ export class Daemon {
     const name = argString(a, 'name');
     const nqn = argString(a, 'nqn');
     const device = argString(a, 'device');
-    const disc = name !== undefined ? this.discoveries.get(name) : undefined;
-    if (disc !== undefined) return this.closeDiscoveries([disc]).then((disconnected) => ({ disconnected }));
+    if (name !== undefined && this.discoveries.has(name)) return this.discoveries.close([name]).then((disconnected) => ({ disconnected }));
     let match: Entry[];
     if (name !== undefined) match = [...this.entries.values()].filter((e) => e.name === name);
     else if (nqn !== undefined) match = [...this.entries.values()].filter((e) => e.args.nqn === nqn);
@@ -637,55 +614,8 @@ export class Daemon {
   }
 
   // -------------------------------------------------------------------------------------------
-  // Discovery controllers (discover -p, connect-all -p, config files at start)
+  // Config files and discovery logs
   // -------------------------------------------------------------------------------------------
-
-  /**
-   * `add-discovery`: `{ discovery: <connect options of the discovery controller>, connect:
-   * <connect options for every subsystem found>, persistent, disconnectRemoved }`. Waits for the
-   * first read of the log and the first connect attempt of every subsystem in it, then answers
-   * with the discovery controller and its controllers. A discovery controller already known for
-   * that address answers as it is (idempotent). A first connect that fails is an error and
-   * nothing is kept (the CLI exits non-zero; a boot unit retries).
-   */
-  private async addDiscovery(a: Record<string, unknown>): Promise<unknown> {
-    if (!this.running) throw new NvmfNbdError(ErrorCode.DAEMON_UNAVAILABLE, 'the daemon is shutting down');
-    // Secrets stay in memory (the subsystems found need them); discovery.json gets withoutSecrets().
-    const dargs = isRecordArg(a.discovery) ? withoutUndefined(a.discovery) : undefined;
-    const cargs = isRecordArg(a.connect) ? withoutUndefined(a.connect) : {};
-    if (dargs === undefined) throw new NvmfNbdError(ErrorCode.CLI_USAGE, 'add-discovery needs discovery (the discovery controller\'s options)');
-    this.checkDiscoveryArgs(dargs, cargs);
-    for (const r of this.discoveries.values()) {
-      if (r.discovery.traddr === dargs.traddr && r.discovery.trsvcid === dargs.trsvcid && r.discovery.hostnqn === dargs.hostnqn) {
-        return { name: r.name, existing: true, discovery: r.pd.describe(), controllers: [...r.owned].sort() };
-      }
-    }
-    const name = allocateDiscoveryName(this.discoveries.keys());
-    const persistent = a.persistent === true;
-    const r = this.startDiscovery(name, dargs, cargs, { persistent, disconnectRemoved: a.disconnectRemoved === true, once: !persistent, watchOnly: a.watchOnly === true });
-    await new Promise<void>((resolve, reject) => {
-      const onRefresh = (): void => { r.pd.off('state', onState); resolve(); };
-      const onState = (st: string): void => {
-        if (st !== 'connecting' && st !== 'dead') return;
-        r.pd.off('refresh', onRefresh);
-        r.pd.off('state', onState);
-        reject(new NvmfNbdError((r.pd.lastError?.code ?? ErrorCode.CONNECT_FAILED) as typeof ErrorCode.CONNECT_FAILED, `${name}: ${r.pd.lastError?.message ?? 'discovery failed'}`));
-      };
-      r.pd.once('refresh', onRefresh);
-      r.pd.on('state', onState);
-    }).catch(async (err: unknown) => {
-      await r.pd.close();
-      this.discoveries.delete(name);
-      await this.saveDiscoveries();
-      throw err;
-    });
-    const out = { name, discovery: r.pd.describe(), controllers: [...r.owned].sort() };
-    if (!persistent) {
-      await r.pd.close();
-      this.discoveries.delete(name);
-    }
-    return out;
-  }
 
   /**
    * Apply config-file entries at start (nothing is awaited: each connects and retries in the
@@ -700,20 +630,9 @@ export class Daemon {
           const args = withoutUndefined(p.args);
           checkArgs(args, this.o.connect.specs);
           this.o.connect.controllerOptions(args);
-          if (this.samePath(args) !== undefined) continue;
-          const name = allocateName(this.entries.keys());
-          const e = this.newEntry(name, args);
-          this.entries.set(name, e);
-          this.log(`${name}: ${String(args.nqn)} at ${String(args.traddr)}:${String(args.trsvcid)} from ${p.where}`);
-          void this.tryOpen(e);
+          this.connectFromLog(args, `${String(args.nqn)} at ${String(args.traddr)}:${String(args.trsvcid)} from ${p.where}`);
         } else {
-          const { dargs, cargs } = splitDiscoveryArgs(p.args, this.o.connect.specs);
-          this.checkDiscoveryArgs(dargs, cargs);
-          const known = [...this.discoveries.values()].some((r) => r.discovery.traddr === dargs.traddr && r.discovery.trsvcid === dargs.trsvcid && r.discovery.hostnqn === dargs.hostnqn);
-          if (known) continue;
-          const name = allocateDiscoveryName(this.discoveries.keys());
-          this.log(`${name}: discovery at ${String(dargs.traddr)}:${String(dargs.trsvcid)} from ${p.where}${p.persistent ? ' (persistent)' : ''}`);
-          this.startDiscovery(name, dargs, cargs, { persistent: p.persistent, disconnectRemoved: false, once: !p.persistent, saved: false });
+          this.discoveries.fromConfig(p.args, p.persistent, p.where);
         }
       } catch (err) {
         this.log(`${p.where}: ${(err as Error).message}`);
@@ -721,113 +640,18 @@ export class Daemon {
     }
   }
 
-  /** Validate the discovery controller's options and the template (as connect would). */
-  checkDiscoveryArgs(dargs: Record<string, unknown>, cargs: Record<string, unknown>): void {
-    const specs = [...this.o.connect.specs, { long: 'override-traddr', type: 'string' as const, help: '' }, { long: 'override-trsvcid', type: 'string' as const, help: '' }];
-    checkArgs(dargs, specs);
-    checkArgs(cargs, this.o.connect.specs);
-    this.o.connect.controllerOptions({ ...withoutOverrides(dargs), nqn: typeof dargs.nqn === 'string' ? dargs.nqn : DISCOVERY_NQN });
-    this.o.connect.controllerOptions({ traddr: '127.0.0.1', nqn: 'nqn.2014-08.org.nvmf-nbd:check', ...cargs });
-  }
-
   /**
-   * Start a discovery controller whose log drives the controllers: every NVM entry is connected
-   * (unless one for that subsystem and path exists) and owned; with disconnectRemoved, an owned
-   * controller whose entry left the log is disconnected.
+   * A config-file or discovery-log entry: the controller already connected over that path, or a
+   * new one connecting in the background (its first attempt is `opening`).
    */
-  startDiscovery(name: string, dargs: Record<string, unknown>, cargs: Record<string, unknown>, o: { persistent: boolean; disconnectRemoved: boolean; once?: boolean; saved?: boolean; watchOnly?: boolean }): DiscoveryRecord {
-    const base = this.o.connect.controllerOptions({ ...withoutOverrides(dargs), nqn: typeof dargs.nqn === 'string' ? dargs.nqn : DISCOVERY_NQN });
-    const katoS = typeof dargs['keep-alive-tmo'] === 'number' ? dargs['keep-alive-tmo'] : undefined;
-    const rec: DiscoveryRecord = {
-      name, discovery: dargs, connect: cargs, persistent: o.persistent, disconnectRemoved: o.disconnectRemoved, owned: new Set(),
-      saved: o.saved ?? o.persistent, watchOnly: o.watchOnly === true,
-      pd: undefined as unknown as PersistentDiscovery,
-    };
-    rec.pd = new PersistentDiscovery({
-      name,
-      controller: {
-        traddr: base.traddr, trsvcid: base.trsvcid, subnqn: base.subnqn, hostnqn: base.hostnqn, hostid: base.hostid,
-        hdgst: base.hdgst, ddgst: base.ddgst, ...(base.hostTraddr !== undefined ? { hostTraddr: base.hostTraddr } : {}),
-        ...(base.dhchap !== undefined ? { dhchap: base.dhchap } : {}),
-        ...(katoS !== undefined ? { kato: katoS * 1000 } : {}),
-      },
-      ...(typeof dargs['override-traddr'] === 'string' ? { overrideTraddr: dargs['override-traddr'] } : {}),
-      ...(typeof dargs['override-trsvcid'] === 'string' ? { overrideTrsvcid: dargs['override-trsvcid'] } : {}),
-      reconnectDelayMs: (typeof dargs['reconnect-delay'] === 'number' ? dargs['reconnect-delay'] : DEFAULT_RECONNECT_DELAY_S) * 1000,
-      ctrlLossTmoMs: typeof dargs['ctrl-loss-tmo'] === 'number' ? (dargs['ctrl-loss-tmo'] < 0 ? -1 : dargs['ctrl-loss-tmo'] * 1000) : -1,
-      once: o.once === true,
-      onLog: (entries) => this.applyDiscoveryLog(rec, entries),
-      log: this.log,
-    });
-    this.discoveries.set(name, rec);
-    // A one-shot discovery leaves the list once it has done its read.
-    if (o.once === true) rec.pd.on('state', (st: string) => { if (st === 'closed' && this.discoveries.get(name) === rec) this.discoveries.delete(name); });
-    if (rec.saved) void this.saveDiscoveries();
-    rec.pd.start();
-    return rec;
-  }
-
-  private async applyDiscoveryLog(rec: DiscoveryRecord, entries: readonly DiscoveryEntry[]): Promise<void> {
-    if (!this.running || rec.watchOnly) return;
-    const want = new Set<string>();
-    const opening: Array<Promise<void>> = [];
-    for (const e of entries) {
-      const port = Number(e.trsvcid);
-      if (!Number.isInteger(port) || port < 1 || port > 65535) continue;
-      const args: Record<string, unknown> = { ...rec.connect, transport: 'tcp', traddr: e.traddr, trsvcid: port, nqn: e.subnqn };
-      if (rec.discovery.hostnqn !== undefined && args.hostnqn === undefined) args.hostnqn = rec.discovery.hostnqn;
-      if (rec.discovery.hostid !== undefined && args.hostid === undefined) args.hostid = rec.discovery.hostid;
-      try {
-        checkArgs(args, this.o.connect.specs);
-        this.o.connect.controllerOptions(args);
-      } catch (err) {
-        this.log(`${rec.name}: skipping ${e.subnqn.slice(0, 223)}: ${(err as Error).message}`);
-        continue;
-      }
-      want.add(pathKey(args));
-      const existing = this.samePath(args);
-      if (existing !== undefined) {
-        rec.owned.add(existing.name);
-        continue;
-      }
-      const name = allocateName(this.entries.keys());
-      const ent = this.newEntry(name, args);
-      this.entries.set(name, ent);
-      rec.owned.add(name);
-      this.log(`${rec.name}: new subsystem ${e.subnqn} at ${e.traddr}:${e.trsvcid}: connecting as ${name}`);
-      opening.push(this.tryOpen(ent));
-    }
-    await Promise.all(opening);
-    if (rec.disconnectRemoved) {
-      const gone: Entry[] = [];
-      for (const n of [...rec.owned]) {
-        const ent = this.entries.get(n);
-        if (ent === undefined) rec.owned.delete(n);
-        else if (!want.has(pathKey(ent.args))) {
-          rec.owned.delete(n);
-          gone.push(ent);
-          this.log(`${rec.name}: ${String(ent.args.nqn)} left the discovery log: disconnecting ${n}`);
-        }
-      }
-      if (gone.length > 0) await this.closeEntries(gone).catch((err: unknown) => this.log(`${rec.name}: ${(err as Error).message}`));
-    }
-  }
-
-  private async closeDiscoveries(list: DiscoveryRecord[]): Promise<string[]> {
-    for (const r of list) {
-      await r.pd.close();
-      this.discoveries.delete(r.name);
-    }
-    await this.saveDiscoveries();
-    return list.map((r) => r.name);
-  }
-
-  private saveDiscoveries(): Promise<void> {
-    const list = [...this.discoveries.values()].filter((r) => r.saved).map((r) => ({
-      name: r.name, discovery: withoutSecrets(r.discovery), connect: withoutSecrets(r.connect), disconnectRemoved: r.disconnectRemoved, watchOnly: r.watchOnly,
-    }));
-    this.discoveryWrite = this.discoveryWrite.catch(() => undefined).then(() => writeDiscoveryFile(this.discoveryFile, list));
-    return this.discoveryWrite.catch((err: unknown) => this.log(`cannot write ${this.discoveryFile}: ${(err as Error).message}`));
+  private connectFromLog(args: Record<string, unknown>, why: string): { name: string; opening?: Promise<void> } {
+    const existing = this.samePath(args);
+    if (existing !== undefined) return { name: existing.name };
+    const name = allocateName(this.entries.keys());
+    const e = this.newEntry(name, args);
+    this.entries.set(name, e);
+    this.log(`${why}: connecting as ${name}`);
+    return { name, opening: this.tryOpen(e) };
   }
 
   /** `<stateDir>/by-id`: the udev-less stable names of attached namespaces. */
@@ -907,7 +731,7 @@ export class Daemon {
         else this.server.close(() => resolve());
       });
       for (const c of this.conns) c.destroy();
-      for (const r of this.discoveries.values()) await r.pd.close();
+      await this.discoveries.stop();
       let first: unknown;
       for (const e of this.entries.values()) {
         await this.closeEntry(e, this.o.keepAttached === true).catch((err: unknown) => {
