@@ -605,6 +605,18 @@ export async function removeNvmetPort(g: Guest, port = 4420): Promise<void> {
   await g.exec(`for l in ${portDir(port)}/subsystems/*; do [ -L "$l" ] && rm "$l"; done; true`);
 }
 
+/** nvmet's ANA states (`ports/N/ana_groups/G/ana_state`). */
+export type NvmetAnaState = 'optimized' | 'non-optimized' | 'inaccessible' | 'persistent-loss' | 'change';
+
+/**
+ * Set the ANA state of group `group` (default 1, the group every namespace starts in; others are
+ * created) on the TCP port `port`: nvmet sends the ANA change AEN to that port's controllers.
+ */
+export async function setNvmetAnaState(g: Guest, o: { port: number; group?: number; state: NvmetAnaState }): Promise<void> {
+  const gd = `${portDir(o.port)}/ana_groups/${o.group ?? 1}`;
+  await g.exec(`set -e\n[ -d ${gd} ] || mkdir ${gd}\necho ${o.state} > ${gd}/ana_state`);
+}
+
 /** Add namespace `nsid` (a new memory null_blk of `sizeMiB`) to a subsystem at runtime (AEN to hosts). */
 export async function addNvmetNamespace(
   g: Guest,

@@ -53,6 +53,10 @@ export class VerifyWorkload {
   private running = true;
   private readonly loops: Array<Promise<void>> = [];
   readonly result: WorkloadResult = { acknowledged: 0, failed: 0, lost: 0, firstErrno: undefined };
+  /** Generations of the writes in flight right now (issued, not yet settled). */
+  readonly inFlight = new Set<number>();
+  /** Called when a write settles: acknowledged (`ok`), failed with an NBD error, or its connection lost. */
+  onWriteSettled: ((gen: number, ok: boolean) => void) | undefined;
 
   constructor(private readonly client: NbdTestClient, private readonly o: WorkloadOptions) {
     this.acked = new Array<number>(o.blocks).fill(0);
@@ -75,11 +79,13 @@ export class VerifyWorkload {
       const gen = this.nextGen++;
       this.pending[index]!.add(gen);
       const fua = (this.o.fuaEvery ?? 0) > 0 && gen % (this.o.fuaEvery ?? 1) === 0;
+      this.inFlight.add(gen);
       try {
         const r = await this.client.request(1, index * this.o.blockSize, this.o.blockSize, {
           data: blockContent(index, gen, this.o.blockSize),
           flags: fua ? 1 : 0,
         });
+        this.inFlight.delete(gen);
         if (r.error === 0) {
           this.result.acknowledged++;
           // Only a newer acknowledged write supersedes; an older one finishing late does not.
@@ -90,8 +96,11 @@ export class VerifyWorkload {
           this.result.firstErrno ??= r.error;
           // A failed write may still have reached the media: keep it as "possibly written".
         }
+        this.onWriteSettled?.(gen, r.error === 0);
       } catch {
         // Connection gone: the write's fate is unknown; it stays possibly written.
+        this.inFlight.delete(gen);
+        this.onWriteSettled?.(gen, false);
         return;
       }
       if (pace > 0) await new Promise((r) => setTimeout(r, pace));
@@ -104,17 +113,32 @@ export class VerifyWorkload {
     await Promise.all(this.loops);
   }
 
+  /** The generation of block `index`'s newest acknowledged write (0: none yet). */
+  ackedGen(index: number): number {
+    return this.acked[index] ?? 0;
+  }
+
+  /**
+   * Whether `data`, read from block `index` by a read issued when the block's newest acknowledged
+   * generation was `ackedAtIssue`, is a valid answer: an intact generation no older than that,
+   * which was acknowledged since or may still land (in flight, or failed). Anything else is a
+   * stale or torn read — or, at the end, a lost write.
+   */
+  readAcceptable(index: number, data: Buffer, ackedAtIssue: number): boolean {
+    // Generation 0 is the initial all-zero block.
+    const gen = isZero(data) ? 0 : data.readUInt32LE(4);
+    if (gen === 0) return ackedAtIssue === 0;
+    if (data.readUInt32LE(0) !== index || !data.equals(blockContent(index, gen, this.o.blockSize))) return false;
+    return gen >= ackedAtIssue && (gen <= this.ackedGen(index) || this.pending[index]!.has(gen));
+  }
+
   /** Read every block back through `reader` (default: the same client) and count lost writes. */
   async verify(reader: NbdTestClient = this.client): Promise<WorkloadResult> {
     for (let index = 0; index < this.o.blocks; index++) {
       const data = await reader.read(index * this.o.blockSize, this.o.blockSize);
-      const ackedGen = this.acked[index]!;
       // Acceptable: the last acknowledged generation, or a later one whose write was never
-      // acknowledged (it may or may not have landed). Generation 0 is the initial all-zero block.
-      const gen = isZero(data) ? 0 : data.readUInt32LE(4);
-      const acceptable = gen === ackedGen || (gen > ackedGen && this.pending[index]!.has(gen));
-      const intact = gen === 0 || data.equals(blockContent(index, gen, this.o.blockSize));
-      if (!acceptable || !intact) this.result.lost++;
+      // acknowledged (it may or may not have landed).
+      if (!this.readAcceptable(index, data, this.ackedGen(index))) this.result.lost++;
     }
     return this.result;
   }
