@@ -289,7 +289,7 @@ export async function runMultipathScenario(s: MultipathScenario): Promise<Multip
       readsWhileFaulted, acksWhileFaulted, topology,
     };
     const holdText = holdEnd === undefined
-      ? `no write hold (ANA: refused writes retried at once); while faulted ${f.acksWhileFaulted} writes and ${f.readsWhileFaulted} reads completed in ${tRestore - tFault} ms`
+      ? `no write hold expected; while faulted ${f.acksWhileFaulted} writes and ${f.readsWhileFaulted} reads completed in ${tRestore - tFault} ms`
       : `${f.held} writes held ${f.holdMs ?? 0} ms (all settled after ${holdEnd.last - tFault} ms), ${f.readsDuringHold} reads completed during the hold`;
     console.log(`multipath scenario ${s.label} (${s.target}): acknowledged ${f.acknowledged}, lost ${f.lost}, failed ${f.failed}, reads ${f.reads} (stale ${f.staleReads}, errors ${f.readErrors}), longest I/O pause ${f.longestPauseMs} ms (writes ${f.longestWritePauseMs} ms); ${holdText}; paths: ${topology}`);
     assert.equal(f.lost, 0, 'no acknowledged write lost');
