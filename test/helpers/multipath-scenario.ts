@@ -388,6 +388,10 @@ export class MultipathDaemon {
       }
     }
     assert.match(endpoint, /^unix:/, 'the namespace has an export on a Unix socket');
+    // The CLI contract: two connects of one subsystem are one export with a path per connect.
+    const t = (await this.topologyJson()) as TopologyJson;
+    assert.equal(t.subsystems.length, 1, 'one subsystem');
+    assert.deepEqual(t.subsystems[0]?.namespaces.map((ns) => [ns.export, ns.paths.length]), [[name, o.ports.length]], 'one export with every path');
     const client = await NbdTestClient.connect({ path: endpoint.slice('unix:'.length) }, name);
     return {
       client,
@@ -406,9 +410,26 @@ export class MultipathDaemon {
   }
 }
 
-/** One line from show-topology's JSON: every path's address, ANA state, controller state and I/O count. */
+/** The part of `show-topology -o json` the scenarios read (kept local: the printed shape is the contract). */
+export interface TopologyJson {
+  subsystems: Array<{
+    name: string;
+    state: string;
+    paths: Array<{ name: string; trsvcid: number; state: string; cntlid: number | null; reconnects: number }>;
+    namespaces: Array<{ nsid: number; export: string; paths: Array<{ path: string; anaState: string; current: boolean; reads: number; writes: number; held?: number }> }>;
+  }>;
+}
+
+/** One line from show-topology's JSON: per path its port, state, cntlid, reconnects, ANA state, I/O counts; `*` = current. */
 export function summarizeTopology(j: unknown): string {
-  return JSON.stringify(j).slice(0, 600);
+  const t = j as TopologyJson;
+  return (t.subsystems ?? []).map((s) => {
+    const byName = new Map(s.paths.map((p) => [p.name, p]));
+    return s.namespaces.map((ns) => `${ns.export}: ${ns.paths.map((np) => {
+      const p = byName.get(np.path);
+      return `${np.path}${np.current ? '*' : ''} :${p?.trsvcid ?? '?'} ${p?.state ?? 'gone'} cntlid ${p?.cntlid ?? '-'} reconnects ${p?.reconnects ?? '-'} ${np.anaState} r${np.reads}/w${np.writes}`;
+    }).join(', ')}`).join('; ');
+  }).join(' | ');
 }
 
 /**
