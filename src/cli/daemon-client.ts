@@ -39,6 +39,12 @@ export interface ConnectResult {
   readonly json: unknown;
   /** True when the subsystem was already connected over this path and that controller is the answer. */
   readonly existing?: boolean;
+  /** True when the connect added a path to the subsystem `name` (another address of it). */
+  readonly addedPath?: boolean;
+  /** The new path's controller name, with addedPath. */
+  readonly path?: string;
+  /** Every path of the subsystem, with addedPath. */
+  readonly paths?: string[];
 }
 
 /**

@@ -26,6 +26,7 @@ const VERBS: ReadonlyArray<() => Verb> = [
   () => (require('./verbs/list') as typeof import('./verbs/list')).verb,
   () => (require('./verbs/list-ns') as typeof import('./verbs/list-ns')).verb,
   () => (require('./verbs/show-hostnqn') as typeof import('./verbs/show-hostnqn')).verb,
+  () => (require('./verbs/show-topology') as typeof import('./verbs/show-topology')).verb,
   () => (require('./verbs/target') as typeof import('./verbs/target')).verb,
   () => (require('./verbs/tls-key') as typeof import('./verbs/tls-key')).checkVerb,
   () => (require('./verbs/tls-key') as typeof import('./verbs/tls-key')).genVerb,

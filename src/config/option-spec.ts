@@ -26,3 +26,39 @@ export interface OptionSpec {
   /** Other long spellings accepted (e.g. nvme-cli's `fast_io_fail_tmo`); not shown in help. */
   readonly aliases?: readonly string[];
 }
+
+/**
+ * Path selection policies of a multipath subsystem (Linux `nvme_core` `iopolicy` names):
+ * `numa` = the first usable optimized path (here there is no NUMA distance to weigh), the
+ * Linux default; `round-robin` = optimized paths in turn; `queue-depth` = the optimized path
+ * with the fewest commands in flight.
+ */
+export const IoPolicy = { NUMA: 'numa', ROUND_ROBIN: 'round-robin', QUEUE_DEPTH: 'queue-depth' } as const;
+export type IoPolicyValue = (typeof IoPolicy)[keyof typeof IoPolicy];
+/** Linux's default iopolicy. */
+export const DEFAULT_IOPOLICY: IoPolicyValue = IoPolicy.NUMA;
+const IOPOLICIES: ReadonlySet<string> = new Set(Object.values(IoPolicy));
+
+/**
+ * `--iopolicy` of connect, connect-all and daemon. No declared default: a connect that does not
+ * give one takes the daemon's (`daemon --iopolicy`), else {@link DEFAULT_IOPOLICY}.
+ */
+export const IOPOLICY_OPTION: OptionSpec = {
+  long: 'iopolicy', type: 'string', metavar: 'numa|round-robin|queue-depth',
+  help: 'multipath path selection: numa = first optimized path (Linux default), round-robin, queue-depth = fewest commands in flight',
+};
+
+/** Is `v` an iopolicy name? */
+export function isIoPolicy(v: unknown): v is IoPolicyValue {
+  return typeof v === 'string' && IOPOLICIES.has(v);
+}
+
+/**
+ * `--iopolicy` → its value; absent → `fallback`.
+ * @throws the error `bad(message)` returns (a usage error) for anything else
+ */
+export function ioPolicyFromArg(v: unknown, fallback: IoPolicyValue, bad: (message: string) => never): IoPolicyValue {
+  if (v === undefined) return fallback;
+  if (isIoPolicy(v)) return v;
+  return bad(`--iopolicy '${String(v).slice(0, 32)}': expected numa, round-robin or queue-depth`);
+}

@@ -23,7 +23,7 @@ import { ControllerSession, parseNbdSpec } from './session';
 import type { NbdSpec, SessionOptions } from './session';
 import { ControlVerb, LineDecoder, encodeResponse, errorResponse, parseRequest, requestIdOf } from '../wire/control';
 import type { ControlRequest, ControlResponse } from '../wire/control';
-import { allocateName, readState, withoutSecrets, writeState } from './state-file';
+import { allocateName, readState, statePaths, withoutSecrets, writeState } from './state-file';
 import type { StateController, StateDevice } from './state-file';
 import { daemonAdminPassthru, daemonGetLog, daemonIdCtrl, daemonIdNs } from './daemon-admin';
 import { DEFAULT_RECONNECT_DELAY_S, DaemonDiscoveries } from './daemon-discovery';
@@ -32,6 +32,10 @@ import type { ByIdWant } from './by-id';
 import { listenPrivate, preparePrivateSocket } from '../net/private-socket';
 import { kernelDeviceInUse } from './device-in-use';
 import { argString, checkArgs, parseConnectNbdSpec, withoutUndefined } from './daemon-args';
+import { subsystemKey } from './topology';
+import type { TopologyPath, TopologySubsystem } from './topology';
+import { isIoPolicy } from '../config/option-spec';
+import type { IoPolicyValue } from '../config/option-spec';
 import { holderEndpoint, processAlive, processStartTime, readHolderFile, verifyHolder } from './holder-file';
 import type { NbdAccessPolicy } from '../nbd/access';
 
@@ -99,6 +103,8 @@ export interface DaemonOptions {
    * connection without a daemon.
    */
   readonly sticky?: { readonly command: readonly string[]; readonly holdMs: number };
+  /** `daemon --iopolicy`: the path selection of subsystems whose connect gives none (recorded with them). */
+  readonly iopolicy?: IoPolicyValue;
   /** Access policy of the daemon's NBD endpoints (its own `--nbd-tls*`, `--nbd-allow-any-local-user`, `--nbd-insecure`). */
   readonly nbdAccess?: NbdAccessPolicy;
   /** sysfs root for partition lookups of the by-id links (tests). Default /sys. */
@@ -120,9 +126,30 @@ export const EntryState = {
 } as const;
 export type EntryStateValue = (typeof EntryState)[keyof typeof EntryState];
 
+/** One path (controller) of a subsystem entry. */
+interface PathEntry {
+  /** Its controller name (`nvme1`); the entry's first path has the entry's name. */
+  readonly name: string;
+  /** The connect options of this path. */
+  readonly args: Record<string, unknown>;
+  /** Restored from the state file but not part of the session yet: retried every reconnect delay. */
+  pending: boolean;
+  timer: NodeJS.Timeout | undefined;
+  lastError: { code: string; message: string } | undefined;
+}
+
+/**
+ * One subsystem (one session, its exports `<name>n<nsid>`) with its paths: controllers of the
+ * same subsystem NQN reached by the same host NQN (issue 12). `-D/--duplicate-connect` makes an
+ * entry of its own (a second association, a second disk), which later connects do not join.
+ */
 interface Entry {
   readonly name: string;
+  /** The options of the connect that made the entry: its session-level settings (nbd, attach, read-only, iopolicy…). */
   readonly args: Record<string, unknown>;
+  /** Subsystem NQN + resolved host NQN ({@link subsystemKey}); undefined for a -D entry. */
+  readonly key: string | undefined;
+  readonly paths: PathEntry[];
   state: EntryStateValue;
   session: ControllerSession | undefined;
   /** Devices from the state file (or a lost session) to adopt when the session comes back. */
@@ -172,8 +199,8 @@ export class Daemon {
       controllerOptions: (a) => o.connect.controllerOptions(a),
       running: () => this.running,
       connectFromLog: (a, why) => this.connectFromLog(a, why),
-      pathArgs: (n) => this.entries.get(n)?.args,
-      disconnectPaths: (names) => this.closeEntries([...this.entries.values()].filter((e) => names.includes(e.name))),
+      pathArgs: (n) => this.findPath(n)?.path.args,
+      disconnectPaths: (names) => this.disconnectPaths(names),
       log: (m) => this.log(m),
     }, this.discoveryFile);
     this.nbd = o.nbd ?? { unixDir: path.join(o.stateDir, 'nbd') };
@@ -203,20 +230,22 @@ export class Daemon {
     let dropped = 0;
     for (const c of state.controllers) {
       let args: Record<string, unknown>;
+      const paths: Array<{ name: string; args: Record<string, unknown> }> = [];
       try {
         args = d.validateConnectArgs(c.args);
+        for (const x of statePaths(c)) paths.push({ name: x.name, args: x.name === c.name && x.args === c.args ? args : d.validateConnectArgs(x.args) });
       } catch (err) {
         dropped++;
         d.log(`${d.stateFile}: dropping ${c.name}: ${(err as Error).message} (${(err as { code?: string }).code ?? 'error'})`);
         continue;
       }
-      d.entries.set(c.name, d.newEntry(c.name, args, c.devices));
+      d.entries.set(c.name, d.newEntry(c.name, args, c.devices, paths));
     }
     await d.listen();
     try {
       if (dropped > 0) await d.saveState();
       for (const e of d.entries.values()) {
-        d.log(`${e.name}: reconnecting ${String(e.args.nqn)} at ${String(e.args.traddr)}:${String(e.args.trsvcid)} from the state file`);
+        d.log(`${e.name}: reconnecting ${String(e.args.nqn)} at ${e.paths.map((x) => `${String(x.args.traddr)}:${String(x.args.trsvcid)}`).join(', ')} from the state file`);
         void d.tryOpen(e);
       }
       await d.discoveries.restore();
@@ -228,8 +257,38 @@ export class Daemon {
     return d;
   }
 
-  private newEntry(name: string, args: Record<string, unknown>, adopt: StateDevice[] = []): Entry {
-    return { name, args, state: EntryState.CONNECTING, session: undefined, adopt, lastError: undefined, attempts: 0, since: Date.now(), timer: undefined, closing: false, holder: undefined };
+  private newEntry(name: string, args: Record<string, unknown>, adopt: StateDevice[] = [], paths: ReadonlyArray<{ name: string; args: Record<string, unknown> }> = [{ name, args }]): Entry {
+    return {
+      name, args, key: this.keyOf(args), paths: paths.map((x) => ({ name: x.name, args: x.args, pending: true, timer: undefined, lastError: undefined })),
+      state: EntryState.CONNECTING, session: undefined, adopt, lastError: undefined, attempts: 0, since: Date.now(), timer: undefined, closing: false, holder: undefined,
+    };
+  }
+
+  /** The subsystem key of connect options (NQN + resolved host NQN); undefined with -D. */
+  private keyOf(args: Record<string, unknown>): string | undefined {
+    if (args['duplicate-connect'] === true) return undefined;
+    return subsystemKey(String(args.nqn), this.o.connect.controllerOptions(args).hostnqn);
+  }
+
+  /** Every controller name in use: subsystems and their paths. */
+  private usedNames(): string[] {
+    const out: string[] = [];
+    for (const e of this.entries.values()) out.push(e.name, ...e.paths.map((x) => x.name));
+    return out;
+  }
+
+  /** The path named `name` and its entry. */
+  private findPath(name: string): { entry: Entry; path: PathEntry } | undefined {
+    for (const e of this.entries.values()) {
+      const p = e.paths.find((x) => x.name === name);
+      if (p !== undefined) return { entry: e, path: p };
+    }
+    return undefined;
+  }
+
+  /** A new connect's options with the daemon's iopolicy filled in (so the state file keeps it). */
+  private withIoPolicy(args: Record<string, unknown>): Record<string, unknown> {
+    return args.iopolicy === undefined && this.o.iopolicy !== undefined ? { ...args, iopolicy: this.o.iopolicy } : args;
   }
 
   private async prepareControlPath(): Promise<void> {
@@ -328,7 +387,7 @@ export class Daemon {
         // Partitions made since the last change get their links now.
         await this.syncLinks();
         return {
-          controllers: [...this.entries.values()].sort((x, y) => Number(x.name.slice(4)) - Number(y.name.slice(4))).map((e) => this.describe(e)),
+          controllers: this.sorted().map((e) => this.describe(e)),
           discovery: this.discoveries.describe(),
         };
       case ControlVerb.ID_CTRL:
@@ -339,6 +398,8 @@ export class Daemon {
         return daemonGetLog(this.live(a), a);
       case ControlVerb.ADMIN_PASSTHRU:
         return daemonAdminPassthru(this.live(a), a);
+      case ControlVerb.SHOW_TOPOLOGY:
+        return { subsystems: this.sorted().map((e) => this.topology(e)) };
       case ControlVerb.ADD_DISCOVERY:
         if (!this.running) throw new NvmfNbdError(ErrorCode.DAEMON_UNAVAILABLE, 'the daemon is shutting down');
         return this.discoveries.add(a);
@@ -374,15 +435,23 @@ export class Daemon {
     const args = this.validateConnectArgs(raw);
     // Idempotent (nvme-cli): a subsystem already connected over this path answers with its
     // controller; -D/--duplicate-connect asks for a second association on purpose.
-    const existing = args['duplicate-connect'] === true ? undefined : this.samePath(args);
+    const existing = args['duplicate-connect'] === true ? undefined : this.samePath(args)?.entry;
     if (existing !== undefined) {
       if (existing.session === undefined || existing.closing) {
         throw new NvmfNbdError(ErrorCode.ALREADY_CONNECTED, `${String(args.nqn)} at ${String(args.traddr)}:${String(args.trsvcid)} is already known as ${existing.name} (${existing.state})`);
       }
       return { name: existing.name, existing: true, ...this.o.connect.render(existing.session) };
     }
-    const name = allocateName(this.entries.keys());
-    const e = this.newEntry(name, args);
+    // Another address of a subsystem already connected (same subsystem NQN and host NQN): a
+    // new path of it, as nvme-cli does with native multipath; its namespaces keep their exports.
+    const sub = this.sameSubsystem(args);
+    if (sub !== undefined) {
+      const p = await this.addPath(sub, args);
+      await this.saveState();
+      return { name: sub.name, path: p.name, addedPath: true, paths: sub.paths.map((x) => x.name), ...this.o.connect.render(sub.session as ControllerSession) };
+    }
+    const name = allocateName(this.usedNames());
+    const e = this.newEntry(name, this.withIoPolicy(args));
     this.entries.set(name, e);
     try {
       await this.open(e);
@@ -395,14 +464,51 @@ export class Daemon {
     return { name, ...this.o.connect.render(session) };
   }
 
-  /** The entry connected to the same subsystem over the same path (address, host, source), if any. */
-  private samePath(args: Record<string, unknown>): Entry | undefined {
+  /** The path to the same subsystem over the same path (address, host, source) and its entry, if any. */
+  private samePath(args: Record<string, unknown>): { entry: Entry; path: PathEntry } | undefined {
     const keys = ['nqn', 'traddr', 'trsvcid', 'hostnqn', 'host-traddr', 'host-iface'];
-    for (const e of this.entries.values()) if (keys.every((k) => e.args[k] === args[k])) return e;
+    for (const e of this.entries.values()) {
+      const p = e.paths.find((x) => keys.every((k) => x.args[k] === args[k]));
+      if (p !== undefined) return { entry: e, path: p };
+    }
     return undefined;
   }
 
-  /** Open the session of `e`, adopt still-held devices, attach the rest when asked. */
+  /** The live entry of the same subsystem (NQN and host NQN) that a new path joins, if any (never a -D one). */
+  private sameSubsystem(args: Record<string, unknown>): Entry | undefined {
+    const key = this.keyOf(args);
+    if (key === undefined) return undefined;
+    for (const e of [...this.entries.values()].sort((x, y) => Number(x.name.slice(4)) - Number(y.name.slice(4)))) {
+      if (e.key === key && !e.closing) return e;
+    }
+    return undefined;
+  }
+
+  /**
+   * Add a path to `e` from a control connect: connected now (an error is the answer and nothing
+   * is kept). While the subsystem's session is not up yet (restored, retrying) the path joins
+   * its list and is tried with it.
+   */
+  private async addPath(e: Entry, args: Record<string, unknown>): Promise<PathEntry> {
+    const p: PathEntry = { name: allocateName(this.usedNames()), args, pending: true, timer: undefined, lastError: undefined };
+    e.paths.push(p);
+    const s = e.session;
+    if (s === undefined) {
+      this.log(`${e.name}: path ${p.name} (${String(args.traddr)}:${String(args.trsvcid)}) recorded; the subsystem is ${e.state}`);
+      return p;
+    }
+    try {
+      await s.addPath(p.name, this.o.connect.controllerOptions(args));
+    } catch (err) {
+      e.paths.splice(e.paths.indexOf(p), 1);
+      throw err;
+    }
+    p.pending = false;
+    this.log(`${e.name}: path ${p.name} added (${String(args.traddr)}:${String(args.trsvcid)}; ${e.paths.length} paths)`);
+    return p;
+  }
+
+  /** Open the session of `e` over its first path that connects, adopt still-held devices, attach the rest when asked, add its other paths. */
   private async open(e: Entry): Promise<void> {
     e.attempts++;
     const args = e.args;
@@ -410,21 +516,40 @@ export class Daemon {
     const own = this.o.connect.nbdServerOptions?.(args) ?? (typeof args['nbd-idle-timeout'] === 'number' ? { idleTimeoutMs: args['nbd-idle-timeout'] * 1000 } : {});
     const access = own.access ?? this.o.nbdAccess;
     if (sticky && access?.tls !== undefined) throw stickyTlsError();
-    const session = await this.openSession({
-      name: e.name,
-      controller: this.o.connect.controllerOptions(args),
-      // Sticky: the session serves a private socket; the holder owns the public endpoint.
-      nbd: sticky ? { unixDir: this.holdDir() } : typeof args.nbd === 'string' ? parseConnectNbdSpec(args.nbd) : endpointFor(e.name, this.nbd),
-      attach: false,
-      connections: typeof args.connections === 'number' ? args.connections : 1,
-      readOnly: args['read-only'] === true,
-      nbdServer: { ...(own.idleTimeoutMs !== undefined ? { idleTimeoutMs: own.idleTimeoutMs } : {}), ...(access !== undefined ? { access } : {}) },
-      log: (m) => this.log(m),
-    });
+    let session: ControllerSession | undefined;
+    let first: PathEntry | undefined;
+    let failure: unknown;
+    // A restored subsystem comes back over whichever of its paths answers first.
+    for (const p of e.paths) {
+      try {
+        session = await this.openSession({
+          name: e.name,
+          pathName: p.name,
+          controller: this.o.connect.controllerOptions(p.args),
+          iopolicy: isIoPolicy(args.iopolicy) ? args.iopolicy : this.o.iopolicy ?? 'numa',
+          // Sticky: the session serves a private socket; the holder owns the public endpoint.
+          nbd: sticky ? { unixDir: this.holdDir() } : typeof args.nbd === 'string' ? parseConnectNbdSpec(args.nbd) : endpointFor(e.name, this.nbd),
+          attach: false,
+          connections: typeof args.connections === 'number' ? args.connections : 1,
+          readOnly: args['read-only'] === true,
+          nbdServer: { ...(own.idleTimeoutMs !== undefined ? { idleTimeoutMs: own.idleTimeoutMs } : {}), ...(access !== undefined ? { access } : {}) },
+          log: (m) => this.log(m),
+        });
+        first = p;
+        break;
+      } catch (err) {
+        failure ??= err;
+        p.lastError = { code: (err as { code?: string }).code ?? 'error', message: (err as Error).message };
+        if (e.closing || !this.running) break;
+      }
+    }
+    if (session === undefined || first === undefined) throw failure;
     if (e.closing || !this.running) {
       await session.close().catch(() => undefined);
       throw new NvmfNbdError(ErrorCode.ABORTED, `${e.name}: disconnected while connecting`);
     }
+    first.pending = false;
+    first.lastError = undefined;
     try {
       for (const d of e.adopt) {
         const x = session.exports.find((y) => y.name === d.export);
@@ -447,6 +572,27 @@ export class Daemon {
     e.state = EntryState.LIVE;
     e.lastError = undefined;
     this.watch(e, session);
+    for (const p of e.paths) if (p.pending) void this.tryPath(e, p);
+  }
+
+  /** A restored path that is not part of the session yet: add it, else retry every reconnect delay. */
+  private async tryPath(e: Entry, p: PathEntry): Promise<void> {
+    p.timer = undefined;
+    const s = e.session;
+    if (e.closing || !this.running || s === undefined || !e.paths.includes(p) || !p.pending) return;
+    try {
+      await s.addPath(p.name, this.o.connect.controllerOptions(p.args));
+      p.pending = false;
+      p.lastError = undefined;
+      this.log(`${e.name}: path ${p.name} added (${String(p.args.traddr)}:${String(p.args.trsvcid)})`);
+      await this.saveState();
+    } catch (err) {
+      p.lastError = { code: (err as { code?: string }).code ?? 'error', message: (err as Error).message };
+      if (e.closing || !this.running || !e.paths.includes(p)) return;
+      this.log(`${e.name}: path ${p.name} failed: ${p.lastError.message}`);
+      const delayS = typeof p.args['reconnect-delay'] === 'number' ? p.args['reconnect-delay'] : DEFAULT_RECONNECT_DELAY_S;
+      p.timer = setTimeout(() => void this.tryPath(e, p), Math.max(1, delayS) * 1000);
+    }
   }
 
   /**
@@ -493,18 +639,78 @@ export class Daemon {
     e.timer = setTimeout(() => void this.tryOpen(e), Math.max(1, delayS) * 1000);
   }
 
+  /**
+   * `disconnect`: `{name}` — a discovery controller, or a path (controller) of a subsystem: that
+   * path only while others remain (its exports stay), the subsystem with its last one; a
+   * subsystem name that is no longer a path name removes the subsystem. `{nqn}` — every
+   * subsystem of that NQN with all its paths. `{device}` — the subsystem serving /dev/nbdX.
+   * `{traddr, trsvcid?, nqn?, host-traddr?}` — the paths at that address.
+   */
   private disconnect(a: Record<string, unknown>): Promise<unknown> {
     const name = argString(a, 'name');
     const nqn = argString(a, 'nqn');
     const device = argString(a, 'device');
+    const traddr = argString(a, 'traddr');
     if (name !== undefined && this.discoveries.has(name)) return this.discoveries.close([name]).then((disconnected) => ({ disconnected }));
+    if (traddr !== undefined) {
+      const trsvcid = a.trsvcid;
+      const hostTraddr = argString(a, 'host-traddr');
+      const names: string[] = [];
+      for (const e of this.entries.values()) {
+        for (const p of e.paths) {
+          if (p.args.traddr === traddr && (trsvcid === undefined || p.args.trsvcid === trsvcid) && (nqn === undefined || p.args.nqn === nqn)
+            && (hostTraddr === undefined || p.args['host-traddr'] === hostTraddr)) names.push(p.name);
+        }
+      }
+      if (names.length === 0) throw new NvmfNbdError(ErrorCode.NO_SUCH_CONTROLLER, `no path at ${traddr}${trsvcid !== undefined ? `:${String(trsvcid)}` : ''}${nqn !== undefined ? ` to ${nqn}` : ''}`);
+      return this.disconnectPaths(names).then((disconnected) => ({ disconnected }));
+    }
+    if (name !== undefined && this.findPath(name) !== undefined) return this.disconnectPaths([name]).then((disconnected) => ({ disconnected }));
     let match: Entry[];
     if (name !== undefined) match = [...this.entries.values()].filter((e) => e.name === name);
     else if (nqn !== undefined) match = [...this.entries.values()].filter((e) => e.args.nqn === nqn);
     else if (device !== undefined) match = [...this.entries.values()].filter((e) => e.session?.exports.some((x) => x.device === device) === true || e.adopt.some((d) => d.device === device));
-    else throw new NvmfNbdError(ErrorCode.CLI_USAGE, 'disconnect needs name, nqn or device');
+    else throw new NvmfNbdError(ErrorCode.CLI_USAGE, 'disconnect needs name, nqn, device or traddr');
     if (match.length === 0) throw new NvmfNbdError(ErrorCode.NO_SUCH_CONTROLLER, `no controller matches ${name ?? nqn ?? device ?? ''}`);
     return this.closeEntries(match).then((disconnected) => ({ disconnected }));
+  }
+
+  /**
+   * Remove these paths; a subsystem whose last path goes is closed and forgotten (exports
+   * withdrawn, devices detached), one that keeps a path keeps its exports and devices.
+   * @returns the names disconnected (paths, and subsystems closed with their last path)
+   */
+  private async disconnectPaths(names: readonly string[]): Promise<string[]> {
+    const byEntry = new Map<Entry, PathEntry[]>();
+    for (const n of names) {
+      const f = this.findPath(n);
+      if (f === undefined) continue;
+      byEntry.set(f.entry, [...byEntry.get(f.entry) ?? [], f.path]);
+    }
+    const out: string[] = [];
+    const whole: Entry[] = [];
+    let first: unknown;
+    for (const [e, ps] of byEntry) {
+      if (ps.length >= e.paths.length) {
+        whole.push(e);
+        continue;
+      }
+      for (const p of ps) {
+        if (p.timer !== undefined) clearTimeout(p.timer);
+        e.paths.splice(e.paths.indexOf(p), 1);
+        try {
+          if (!p.pending && e.session !== undefined) await e.session.removePath(p.name);
+        } catch (err) {
+          first ??= err;
+        }
+        this.log(`${e.name}: path ${p.name} (${String(p.args.traddr)}:${String(p.args.trsvcid)}) removed; ${e.paths.length} left`);
+        out.push(p.name);
+      }
+    }
+    if (whole.length > 0) out.push(...await this.closeEntries(whole).catch((err: unknown) => { first ??= err; return whole.map((e) => e.name); }));
+    else await this.saveState();
+    if (first !== undefined) throw first;
+    return out;
   }
 
   /** Detach, drain, shut down and forget `list`; the state file is rewritten once. */
@@ -530,6 +736,10 @@ export class Daemon {
     e.state = EntryState.CLOSING;
     if (e.timer !== undefined) clearTimeout(e.timer);
     e.timer = undefined;
+    for (const p of e.paths) {
+      if (p.timer !== undefined) clearTimeout(p.timer);
+      p.timer = undefined;
+    }
     const s = e.session;
     if (s !== undefined) {
       if (keepAttached) for (const x of s.exports) x.device = undefined;
@@ -599,12 +809,14 @@ export class Daemon {
   }
 
   private saveState(): Promise<void> {
-    const controllers: StateController[] = [...this.entries.values()].filter((e) => !e.closing).sort((x, y) => Number(x.name.slice(4)) - Number(y.name.slice(4))).map((e) => ({
+    const controllers: StateController[] = this.sorted().filter((e) => !e.closing).map((e) => ({
       name: e.name,
       args: e.args,
       devices: e.session !== undefined
         ? e.session.exports.filter((x) => x.device !== undefined).map((x) => ({ export: x.name, device: x.device as string }))
         : e.adopt,
+      // One path named like the entry, with its options: the layout from before multipath.
+      ...(e.paths.length === 1 && e.paths[0]?.name === e.name && e.paths[0].args === e.args ? {} : { paths: e.paths.map((x) => ({ name: x.name, args: x.args })) }),
     }));
     const links = this.syncLinks();
     // Writes are serialised: the last one always reflects the latest state.
@@ -646,9 +858,18 @@ export class Daemon {
    */
   private connectFromLog(args: Record<string, unknown>, why: string): { name: string; opening?: Promise<void> } {
     const existing = this.samePath(args);
-    if (existing !== undefined) return { name: existing.name };
-    const name = allocateName(this.entries.keys());
-    const e = this.newEntry(name, args);
+    if (existing !== undefined) return { name: existing.path.name };
+    // Another address of a subsystem already known: a path of it, tried (and retried every
+    // reconnect delay) in the background like a restored one.
+    const sub = this.sameSubsystem(args);
+    if (sub !== undefined) {
+      const p: PathEntry = { name: allocateName(this.usedNames()), args, pending: true, timer: undefined, lastError: undefined };
+      sub.paths.push(p);
+      this.log(`${why}: a path of ${sub.name} as ${p.name}`);
+      return { name: p.name, opening: sub.session !== undefined ? this.tryPath(sub, p) : Promise.resolve() };
+    }
+    const name = allocateName(this.usedNames());
+    const e = this.newEntry(name, this.withIoPolicy(args));
     this.entries.set(name, e);
     this.log(`${why}: connecting as ${name}`);
     return { name, opening: this.tryOpen(e) };
@@ -673,6 +894,35 @@ export class Daemon {
   // Listing and admin pass-through
   // -------------------------------------------------------------------------------------------
 
+  /** The entries in name order. */
+  private sorted(): Entry[] {
+    return [...this.entries.values()].sort((x, y) => Number(x.name.slice(4)) - Number(y.name.slice(4)));
+  }
+
+  /** The paths of `e` that are not part of its session (all of them while it has none): connecting. */
+  private pendingPaths(e: Entry): TopologyPath[] {
+    return e.paths.filter((p) => p.pending || e.session === undefined).map((p) => ({
+      name: p.name, traddr: String(p.args.traddr), trsvcid: Number(p.args.trsvcid),
+      ...(typeof p.args['host-traddr'] === 'string' ? { hostTraddr: p.args['host-traddr'] } : {}),
+      cntlid: null, state: 'connecting', reconnects: 0, ...(p.lastError !== undefined ? { lastError: p.lastError } : {}),
+    }));
+  }
+
+  /** `show-topology` of one entry: the session's, or its recorded paths while it connects. */
+  private topology(e: Entry): TopologySubsystem {
+    const s = e.session;
+    const pending = this.pendingPaths(e);
+    if (s !== undefined) {
+      const t = s.topology();
+      return { ...t, ...(e.closing ? { state: EntryState.CLOSING } : e.state === EntryState.DEAD ? { state: EntryState.DEAD } : {}), paths: [...t.paths, ...pending] };
+    }
+    return {
+      name: e.name, nqn: String(e.args.nqn), hostnqn: typeof e.args.hostnqn === 'string' ? e.args.hostnqn : this.o.connect.controllerOptions(e.args).hostnqn,
+      iopolicy: isIoPolicy(e.args.iopolicy) ? e.args.iopolicy : this.o.iopolicy ?? 'numa', state: e.state, paths: pending,
+      namespaces: e.adopt.map((d) => ({ nsid: Number(/n(\d+)$/.exec(d.export)?.[1] ?? 0), export: d.export, device: d.device, size: 0, paths: [] })),
+    };
+  }
+
   private describe(e: Entry): Record<string, unknown> {
     const base: Record<string, unknown> = {
       name: e.name,
@@ -686,7 +936,7 @@ export class Daemon {
       args: withoutSecrets(e.args),
     };
     const s = e.session;
-    if (s === undefined) return { ...base, exports: e.adopt.map((d) => ({ name: d.export, device: d.device })) };
+    if (s === undefined) return { ...base, paths: this.pendingPaths(e), exports: e.adopt.map((d) => ({ name: d.export, device: d.device })) };
     // The session's description carries the controller's own state (live, connecting while
     // it reconnects, deleting, dead), reconnects, attempts and last error.
     const d = s.describe();
@@ -698,6 +948,9 @@ export class Daemon {
     if (h !== undefined && Array.isArray(d.exports)) {
       d.exports = (d.exports as Array<Record<string, unknown>>).map((x) => ({ ...x, endpoint: holderEndpoint(h), backend: x.endpoint, holderPid: h.pid }));
     }
+    // Paths not (yet) in the session: restored ones still retrying.
+    const pending = this.pendingPaths(e);
+    if (pending.length > 0 && Array.isArray(d.paths)) d.paths = [...(d.paths as unknown[]), ...pending];
     return { ...base, ...d, ...(e.closing ? { state: EntryState.CLOSING } : {}) };
   }
 

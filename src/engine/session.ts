@@ -36,6 +36,9 @@ import { formatUuid, nbdBackendIdentifier, parseNsIdDescriptors, stableNamespace
 import type { NamespaceIdentifiers } from '../wire/ns-descriptors';
 import { ErrorCode, NvmfNbdError } from '../errors';
 import { Cns, sqeIdentify } from '../wire';
+import { DEFAULT_IOPOLICY } from '../config/option-spec';
+import type { IoPolicyValue } from '../config/option-spec';
+import type { TopologyNamespacePath, TopologyPath, TopologySubsystem } from './topology';
 
 /**
  * Where a session serves NBD: a private directory of Unix sockets, loopback TCP, an inherited
@@ -79,8 +82,12 @@ export const MAX_EXPORT_SOCKETS = 16;
 export interface SessionOptions {
   /** Controller name, e.g. `nvme0`; exports are named `<name>n<nsid>`. */
   readonly name: string;
-  /** Controller options plus the recovery policy (reconnect delay, ctrl_loss_tmo, fast_io_fail_tmo). */
+  /** Controller options of the first path plus the recovery policy (reconnect delay, ctrl_loss_tmo, fast_io_fail_tmo). */
   readonly controller: ControllerOptions & ResilienceOptions;
+  /** Controller name of the first path (default `name`); later paths get theirs in {@link ControllerSession.addPath}. */
+  readonly pathName?: string;
+  /** Path selection among the subsystem's paths (default numa, as Linux). */
+  readonly iopolicy?: IoPolicyValue;
   readonly nbd: NbdSpec;
   /** Attach every export to a /dev/nbdX with nbd-client. */
   readonly attach?: boolean;
@@ -135,6 +142,8 @@ export class ControllerSession extends EventEmitter {
   private readonly unixEndpoints = new Map<string, NbdEndpoint>();
   /** Namespace changes are applied one at a time, in order. */
   private nsWork: Promise<void> = Promise.resolve();
+  /** Path (controller) names, in the order added. */
+  private readonly pathList: string[];
 
   private constructor(
     readonly name: string,
@@ -143,6 +152,7 @@ export class ControllerSession extends EventEmitter {
     private readonly o: SessionOptions,
   ) {
     super();
+    this.pathList = [o.pathName ?? name];
   }
 
   /** Connect the controller, export its usable namespaces, and attach them when asked. */
@@ -391,6 +401,47 @@ export class ControllerSession extends EventEmitter {
     if (errors.length > 0) throw errors[0];
   }
 
+  /** The subsystem's path (controller) names, in the order added. */
+  pathNames(): string[] {
+    return [...this.pathList];
+  }
+
+  /**
+   * Connect one more path to this subsystem under controller name `name` (the same subsystem
+   * NQN over another address): its namespaces keep their exports and devices.
+   * @throws NVMF_ERR_UNSUPPORTED until the multipath subsystem object is in (issue 12)
+   */
+  async addPath(name: string, _o: ControllerOptions & ResilienceOptions): Promise<void> {
+    throw new NvmfNbdError(ErrorCode.UNSUPPORTED, `${this.name}: cannot add path ${name}: multipath is not available in this build`);
+  }
+
+  /** Remove path `name` (not the last one: closing the session does that). @throws CLI_ERR_NO_SUCH_CONTROLLER */
+  async removePath(name: string): Promise<void> {
+    if (!this.pathList.includes(name)) throw new NvmfNbdError(ErrorCode.NO_SUCH_CONTROLLER, `${this.name} has no path ${name}`);
+    throw new NvmfNbdError(ErrorCode.UNSUPPORTED, `${this.name}: the last path goes with the session (disconnect the subsystem)`);
+  }
+
+  /** The subsystem, its paths and each namespace's paths (`show-topology`, `list`). */
+  topology(): TopologySubsystem {
+    const c = this.controller;
+    const d = c.describeState();
+    const o = c.options;
+    const pathName = this.pathList[0] ?? this.name;
+    const paths: TopologyPath[] = [{
+      name: pathName, traddr: o.traddr, trsvcid: o.trsvcid, ...(o.hostTraddr !== undefined ? { hostTraddr: o.hostTraddr } : {}),
+      cntlid: c.cntlid, state: c.state, reconnects: c.reconnects, ...(d.lastError !== undefined ? { lastError: d.lastError } : {}),
+    }];
+    const io = c.stats().io;
+    const inFlight = io.reduce((n, q) => n + (q.inFlight ?? 0), 0);
+    return {
+      name: this.name, nqn: o.subnqn, hostnqn: o.hostnqn, iopolicy: this.o.iopolicy ?? DEFAULT_IOPOLICY, state: c.state, paths,
+      namespaces: this.exports.map((e) => {
+        const np: TopologyNamespacePath = { path: pathName, anaGroup: null, anaState: 'optimized', current: c.state === 'live', inFlight, reads: 0, writes: 0 };
+        return { nsid: e.nsid, export: e.name, device: e.device ?? null, size: e.size, ...(e.stableId !== undefined ? { stableId: e.stableId } : {}), paths: [np] };
+      }),
+    };
+  }
+
   /** NBD counters per export. */
   stats(): NbdExportStats[] {
     return this.server.stats();
@@ -399,6 +450,8 @@ export class ControllerSession extends EventEmitter {
   /** A JSON-friendly description, as `list -o json` prints it. */
   describe(): Record<string, unknown> {
     const c = this.controller;
+    const t = this.topology();
+    const nsPaths = new Map(t.namespaces.map((n) => [n.nsid, n.paths]));
     return {
       name: this.name,
       subnqn: this.o.controller.subnqn,
@@ -420,7 +473,11 @@ export class ControllerSession extends EventEmitter {
         ...(e.ids !== undefined ? { ids: e.ids } : {}),
         ...(e.stableId !== undefined ? { stableId: e.stableId, udevLink: `/dev/disk/by-id/nvmf-nbd-${e.stableId}` } : {}),
         ...(e.capacityChanged !== undefined ? { capacityChanged: e.capacityChanged } : {}),
+        // This namespace on each path: ANA state, in flight, I/O counts, the current choice.
+        paths: nsPaths.get(e.nsid) ?? [],
       })),
+      iopolicy: t.iopolicy,
+      paths: t.paths,
       skipped: this.skipped,
       ...(c.namespacesOverLimit > 0 ? { namespacesOverLimit: c.namespacesOverLimit } : {}),
       nbd: this.stats(),

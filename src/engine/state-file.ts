@@ -24,13 +24,26 @@ export interface StateDevice {
   readonly device: string;
 }
 
-/** One controller of the state file. */
+/** One path (controller) of a multipath subsystem. */
+export interface StatePath {
+  /** `nvme1`, … — the path's controller name, kept across restarts. */
+  readonly name: string;
+  /** The connect options of that path (secrets removed). */
+  readonly args: Record<string, unknown>;
+}
+
+/**
+ * One subsystem of the state file (its exports are `<name>n<nsid>`). Before multipath (issue 12)
+ * this was one controller; it still is when `paths` is absent: one path named `name` with `args`.
+ */
 export interface StateController {
   /** `nvme0`, … — kept across restarts. */
   readonly name: string;
-  /** The connect verb's parsed options (secrets removed). */
+  /** The connect verb's parsed options (secrets removed) of the connect that made it: session-level settings (nbd, attach, iopolicy…). */
   readonly args: Record<string, unknown>;
   readonly devices: StateDevice[];
+  /** Its paths, in the order they were added (absent: the one path `{ name, args }`). */
+  readonly paths?: StatePath[];
 }
 
 /** The whole file. */
@@ -77,6 +90,7 @@ export function validateState(v: unknown, file = 'state.json'): DaemonState {
   if (o.version !== STATE_VERSION) throw invalid(file, `unsupported version ${String(o.version)}`);
   if (!Array.isArray(o.controllers)) throw invalid(file, 'controllers is not a list');
   const names = new Set<string>();
+  const pathNames = new Set<string>();
   const controllers = o.controllers.map((c: unknown, i): StateController => {
     if (typeof c !== 'object' || c === null) throw invalid(file, `controller ${i} is not an object`);
     const e = c as Record<string, unknown>;
@@ -91,8 +105,25 @@ export function validateState(v: unknown, file = 'state.json'): DaemonState {
         throw invalid(file, `controller ${e.name} has a bad device entry`);
       }
     }
-    return { name: e.name, args: e.args as Record<string, unknown>, devices: devices as StateDevice[] };
+    if (e.paths === undefined) return { name: e.name, args: e.args as Record<string, unknown>, devices: devices as StateDevice[] };
+    if (!Array.isArray(e.paths) || e.paths.length === 0) throw invalid(file, `controller ${e.name} has a bad paths list`);
+    const paths = (e.paths as unknown[]).map((x, j): StatePath => {
+      const pp = x as Record<string, unknown> | null;
+      if (pp === null || typeof pp !== 'object' || typeof pp.name !== 'string' || !/^nvme\d+$/.test(pp.name)) throw invalid(file, `controller ${String(e.name)} path ${j} has a bad name`);
+      if (typeof pp.args !== 'object' || pp.args === null || Array.isArray(pp.args)) throw invalid(file, `controller ${String(e.name)} path ${pp.name} has no args`);
+      if (pathNames.has(pp.name)) throw invalid(file, `path name ${pp.name} appears twice`);
+      pathNames.add(pp.name);
+      return { name: pp.name, args: pp.args as Record<string, unknown> };
+    });
+    return { name: e.name, args: e.args as Record<string, unknown>, devices: devices as StateDevice[], paths };
   });
+  // A subsystem's own name is the name of its first path, or of a path since removed: it may not
+  // be another subsystem's path.
+  for (const c of controllers) {
+    for (const other of controllers) {
+      if (other !== c && other.paths?.some((x) => x.name === c.name) === true) throw invalid(file, `${c.name} is both a subsystem and a path of ${other.name}`);
+    }
+  }
   return { version: STATE_VERSION, controllers };
 }
 
@@ -124,7 +155,10 @@ export async function readState(file: string): Promise<DaemonState> {
 export async function writeState(file: string, state: DaemonState): Promise<void> {
   const clean: DaemonState = {
     version: STATE_VERSION,
-    controllers: state.controllers.map((c) => ({ name: c.name, args: withoutSecrets(c.args), devices: c.devices.map((d) => ({ export: d.export, device: d.device })) })),
+    controllers: state.controllers.map((c) => ({
+      name: c.name, args: withoutSecrets(c.args), devices: c.devices.map((d) => ({ export: d.export, device: d.device })),
+      ...(c.paths !== undefined ? { paths: c.paths.map((x) => ({ name: x.name, args: withoutSecrets(x.args) })) } : {}),
+    })),
   };
   const dir = path.dirname(file);
   await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
@@ -153,6 +187,11 @@ export async function writeState(file: string, state: DaemonState): Promise<void
   } catch {
     // ignore
   }
+}
+
+/** The paths of a state entry: its `paths`, or the one path it was before multipath. */
+export function statePaths(c: StateController): StatePath[] {
+  return c.paths ?? [{ name: c.name, args: c.args }];
 }
 
 /** Lowest free controller name `nvmeN` not in `used`. */

@@ -32,6 +32,8 @@ export const ControlVerb = {
   ADMIN_PASSTHRU: 'admin-passthru',
   /** Add a (persistent) discovery controller: `{ discovery, connect, persistent, disconnectRemoved }`. */
   ADD_DISCOVERY: 'add-discovery',
+  /** Every subsystem with its namespaces and their paths (ANA state, I/O counts, current path): `{ subsystems }`. */
+  SHOW_TOPOLOGY: 'show-topology',
 } as const;
 export type ControlVerbValue = (typeof ControlVerb)[keyof typeof ControlVerb];
 

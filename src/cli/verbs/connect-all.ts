@@ -28,7 +28,9 @@ import { ErrorCode, NvmfNbdError } from '../../errors';
 import { SubType, TrType } from '../../wire';
 import { TcpSecType, Treq } from '../../wire/discovery-log';
 import { tlsRequested } from '../tls-args';
-import { ADDRESS_OPTIONS, DEFAULT_IO_PORT, absoluteSecretReferences, addressFromArgs, checkTos, controllerOptionsFromArgs, describeController, formatController, formatExports, nbdServerFromArgs, sourceAddressFromArgs, verb as connectVerb, withLinuxDefaults } from './connect';
+import { ADDRESS_OPTIONS, DEFAULT_IO_PORT, absoluteSecretReferences, addressFromArgs, checkTos, controllerOptionsFromArgs, describeController, formatController, formatExports, ioPolicyFromArgs, nbdServerFromArgs, sourceAddressFromArgs, verb as connectVerb, withLinuxDefaults } from './connect';
+import { groupBySubsystem } from '../../engine/topology';
+import { pathKey } from '../../engine/daemon-args';
 import { loadConfig, planEntries } from '../config-files';
 import type { PlannedEntry } from '../config-files';
 import { nvmeEtcDir } from '../../controller/host-identity';
@@ -197,6 +199,7 @@ export const verb: Verb = {
             const r = (await client.request(ControlVerb.CONNECT, connectArgsForDaemon(o))) as ConnectResult;
             results.push(r.json);
             if (r.existing === true) say(`${String(o.nqn)}: already connected as ${r.name}`);
+            else if (r.addedPath === true) say(`${String(o.nqn)}: path ${r.path ?? ''} (${String(o.traddr)}:${String(o.trsvcid)}) added to ${r.name}`);
             else if (format !== 'json' && !quiet && opts['dump-config'] !== true) process.stdout.write(`${r.name}: ${String(o.nqn)}\n${r.text}\n`);
           } catch (err) {
             failed++;
@@ -233,22 +236,36 @@ export function dumpConfig(list: ReadonlyArray<Record<string, unknown>>): string
   return formatConfigJson(list.map((a) => ({ params: connectArgsParams(a) as ConfigParams })));
 }
 
+/**
+ * The entries grouped by subsystem (NQN + host NQN): one session per subsystem, the other
+ * addresses of it its paths (one export per namespace). `-D` keeps each entry apart.
+ */
+export function subsystemsOf(perEntry: ReadonlyArray<Record<string, unknown>>): Array<{ nqn: string; hostnqn: string; paths: Array<Record<string, unknown>> }> {
+  return groupBySubsystem(perEntry, (o) => controllerOptionsFromArgs(o).hostnqn, (o) => pathKey({ ...o, hostnqn: controllerOptionsFromArgs(o).hostnqn }), (o) => o['duplicate-connect'] === true);
+}
+
 /** No daemon: serve every entry from this process until a signal. */
 async function foreground(opts: Record<string, unknown>, perEntry: Array<Record<string, unknown>>, format: 'normal' | 'json', failedBefore: number): Promise<number> {
   const nbdArg = typeof opts.nbd === 'string' ? opts.nbd : `unix:${path.join(stateDir(), 'nbd')}`;
   checkNbdEndpointArg(nbdArg, opts);
   const nbd = parseNbdSpec(nbdArg);
-  if ('tcp' in nbd && nbd.tcp.port !== 0 && perEntry.length > 1) usageError('--nbd tcp:HOST:PORT with several subsystems in the foreground: use port 0 or a daemon');
+  const groups = subsystemsOf(perEntry);
+  if ('tcp' in nbd && nbd.tcp.port !== 0 && groups.length > 1) usageError('--nbd tcp:HOST:PORT with several subsystems in the foreground: use port 0 or a daemon');
   if (opts.attach === true) protectFromOomKiller();
   const signalled = waitForShutdownSignal();
   const sessions: ControllerSession[] = [];
   const connected: Array<Record<string, unknown>> = [];
   let failed = failedBefore;
-  for (const o of perEntry) {
+  // Controller names: one per path; a subsystem's session takes the name of its first path.
+  let next = 0;
+  for (const g of groups) {
+    const [o, ...more] = g.paths as [Record<string, unknown>, ...Array<Record<string, unknown>>];
     const { format: _f, ...copts } = controllerOptionsFromArgs(o);
+    let s: ControllerSession;
     try {
-      const s = await ControllerSession.open({
-        name: `nvme${sessions.length}`, controller: withLinuxDefaults(copts), nbd, attach: o.attach === true,
+      const name = `nvme${next++}`;
+      s = await ControllerSession.open({
+        name, controller: withLinuxDefaults(copts), iopolicy: ioPolicyFromArgs(o), nbd, attach: o.attach === true,
         connections: typeof o.connections === 'number' ? o.connections : 1, readOnly: o['read-only'] === true,
         nbdServer: nbdServerFromArgs(o),
         log: (m) => process.stderr.write(`${m}\n`),
@@ -258,6 +275,21 @@ async function foreground(opts: Record<string, unknown>, perEntry: Array<Record<
     } catch (err) {
       failed++;
       process.stderr.write(`${String(o.nqn)}: ${(err as Error).message} (${(err as { code?: string }).code ?? 'error'})\n`);
+      // Its other addresses would be paths of a subsystem that is not there: each one a try of its own.
+      if (more.length > 0) groups.splice(groups.indexOf(g) + 1, 0, { ...g, paths: more });
+      continue;
+    }
+    for (const p of more) {
+      const { format: _pf, ...popts } = controllerOptionsFromArgs(p);
+      const name = `nvme${next++}`;
+      try {
+        await s.addPath(name, withLinuxDefaults(popts));
+        connected.push({ ...p, hostnqn: popts.hostnqn, hostid: popts.hostid });
+        if (opts.quiet !== true) process.stderr.write(`${String(p.nqn)}: path ${name} (${String(p.traddr)}:${String(p.trsvcid)}) added to ${s.name}\n`);
+      } catch (err) {
+        failed++;
+        process.stderr.write(`${String(p.nqn)} at ${String(p.traddr)}:${String(p.trsvcid)}: ${(err as Error).message} (${(err as { code?: string }).code ?? 'error'})\n`);
+      }
     }
   }
   if (sessions.length === 0) return 1;

@@ -29,6 +29,8 @@ import { ErrorCode, NvmfNbdError } from '../../errors';
 import { describeOutcome, type AuthOutcome, type DhchapHostOptions } from '../../controller/auth';
 import { loadDhchapSecret } from '../../controller/dhchap-secret';
 import { TLS_OPTIONS, tlsArgsForHandoff, tlsFromArgs } from '../tls-args';
+import { DEFAULT_IOPOLICY, IOPOLICY_OPTION, ioPolicyFromArg } from '../../config/option-spec';
+import type { IoPolicyValue } from '../../config/option-spec';
 
 /** Default NVMe/TCP I/O port (IANA 4420). */
 export const DEFAULT_IO_PORT = 4420;
@@ -88,7 +90,16 @@ export const CONTROLLER_OPTIONS: readonly OptionSpec[] = [
   { long: 'fast-io-fail-tmo', short: 'F', aliases: ['fast_io_fail_tmo'], type: 'int', metavar: 'SEC', min: -1, max: 31536000, help: 'fail held I/O with EIO after SEC while reconnecting goes on; -1 = off (nvme-cli spelling --fast_io_fail_tmo too)', default: -1 },
   { long: 'io-timeout', type: 'int', metavar: 'SEC', min: 1, max: 4294967, help: 'per-command timeout; a timeout reconnects the controller', default: 30 },
   { long: 'disable-sqflow', type: 'boolean', help: 'ask the controller to disable SQ flow control (Connect CATTR bit 2; nvme-cli spelling)' },
+  IOPOLICY_OPTION,
 ];
+
+/**
+ * `--iopolicy` of a connect (checked); absent → `fallback` (the daemon's, else numa).
+ * @throws CLI_ERR_USAGE
+ */
+export function ioPolicyFromArgs(opts: Record<string, unknown>, fallback: IoPolicyValue = DEFAULT_IOPOLICY): IoPolicyValue {
+  return ioPolicyFromArg(opts.iopolicy, fallback, usageError);
+}
 
 /** nvme-cli's path and scripting flags of connect (and connect-all). */
 export const PARITY_OPTIONS: readonly OptionSpec[] = [
@@ -181,6 +192,7 @@ export function controllerOptionsFromArgs(opts: Record<string, unknown>): Contro
   // land after a re-driven or newer one (see "Why the quiesce time" in docs/ARCHITECTURE.md).
   if (kato === 0) usageError('-k/--keep-alive-tmo 0: keep-alive is required for safe reconnects');
   checkTos(opts);
+  ioPolicyFromArgs(opts);
   const hostTraddr = sourceAddressFromArgs(opts, a.traddr);
   const tls = tlsFromArgs(opts, a.hostnqn, subnqn);
   return {
@@ -315,7 +327,7 @@ export function formatExports(s: ControllerSession): string {
 export const verb: Verb = {
   name: 'connect',
   summary: 'connect an NVMe/TCP controller and serve its namespaces over NBD until Ctrl-C',
-  usage: 'nvmf-nbd connect -t tcp -a ADDR [-s PORT] -n SUBNQN [-q HOSTNQN] [-I HOSTID] [-i N] [-Q N] [-k SEC] [-g] [-G] [--tls [--tls-key FILE|KEY] [--tls-key-identity ID] [--keyring FILE]] [--disable-sqflow] [-S SECRET] [-C CTRL_SECRET] [--nbd unix:DIR|tcp:HOST:PORT] [--attach] [--connections N] [-o normal|json] [--foreground] [--control PATH]',
+  usage: 'nvmf-nbd connect -t tcp -a ADDR [-s PORT] -n SUBNQN [-q HOSTNQN] [-I HOSTID] [-i N] [-Q N] [-k SEC] [-g] [-G] [--iopolicy numa|round-robin|queue-depth] [--tls [--tls-key FILE|KEY] [--tls-key-identity ID] [--keyring FILE]] [--disable-sqflow] [-S SECRET] [-C CTRL_SECRET] [--nbd unix:DIR|tcp:HOST:PORT] [--attach] [--connections N] [-o normal|json] [--foreground] [--control PATH]',
   options: [...CONNECT_OPTIONS, ...NBD_OPTIONS, ...HANDOFF_OPTIONS],
   async run(opts) {
     absoluteSecretReferences(opts);
@@ -336,6 +348,8 @@ export const verb: Verb = {
       if (handed !== undefined) {
         // Idempotent: an existing association is the answer (exit 0), said on stderr.
         if (handed.existing === true && opts.quiet !== true) process.stderr.write(`${String(opts.nqn)} is already connected as ${handed.name} (-D/--duplicate-connect for a second association)\n`);
+        // Another address of a connected subsystem: a new path of it (native multipath).
+        if (handed.addedPath === true && opts.quiet !== true) process.stderr.write(`${String(opts.nqn)}: path ${handed.path ?? ''} added to ${handed.name} (${(handed.paths ?? []).length} paths; -D/--duplicate-connect for a separate disk)\n`);
         if (opts.quiet !== true) process.stdout.write(format === 'json' ? formatJson(handed.json) : handed.text);
         return 0;
       }
@@ -349,6 +363,7 @@ export const verb: Verb = {
     const session = await ControllerSession.open({
       name: 'nvme0',
       controller: withLinuxDefaults(copts),
+      iopolicy: ioPolicyFromArgs(opts),
       nbd,
       attach: opts.attach === true,
       connections: opts.connections as number,

@@ -23,7 +23,8 @@ import type { ConnectBinding } from '../../engine/daemon';
 import type { ControllerSession } from '../../engine/session';
 import { protectFromOomKiller } from '../../engine/oom';
 import { waitForShutdownSignal } from '../signals';
-import { controllerOptionsFromArgs, describeController, formatController, formatExports, nbdServerFromArgs, verb as connectVerb, withLinuxDefaults } from './connect';
+import { IOPOLICY_OPTION } from '../../config/option-spec';
+import { controllerOptionsFromArgs, describeController, ioPolicyFromArgs, formatController, formatExports, nbdServerFromArgs, verb as connectVerb, withLinuxDefaults } from './connect';
 import { NBD_SECURITY_KEYS, NBD_SECURITY_OPTIONS, absoluteNbdTlsPaths, checkNbdEndpointArg, nbdAccessFromArgs } from '../nbd-tls-args';
 
 const OPTIONS: readonly OptionSpec[] = [
@@ -39,6 +40,7 @@ const OPTIONS: readonly OptionSpec[] = [
   { long: 'config', type: 'string', metavar: 'FILE', help: 'connect the entries of FILE at start (config.json layout or discovery.conf lines) instead of /etc/nvme/discovery.conf and config.json' },
   { long: 'no-config', type: 'boolean', help: 'do not read any config file at start' },
   { long: 'attach', type: 'boolean', help: 'attach the namespaces of config-file entries as /dev/nbdX (containers, DaemonSets: no autoconnect unit there)' },
+  { ...IOPOLICY_OPTION, help: 'multipath path selection of subsystems whose connect gives no --iopolicy (kept in the state file with them): numa (default), round-robin, queue-depth' },
   ...NBD_SECURITY_OPTIONS,
 ];
 
@@ -93,7 +95,7 @@ export function daemonConfigPlan(opts: Record<string, unknown>): PlannedEntry[] 
 export const verb: Verb = {
   name: 'daemon',
   summary: 'run the engine that owns all controllers, with its control socket (foreground)',
-  usage: 'nvmf-nbd daemon [--control PATH] [--nbd unix:DIR|tcp:HOST:BASEPORT] [--keep-attached] [--sticky-nbd [--hold-time SEC]]',
+  usage: 'nvmf-nbd daemon [--control PATH] [--nbd unix:DIR|tcp:HOST:BASEPORT] [--keep-attached] [--sticky-nbd [--hold-time SEC]] [--iopolicy numa|round-robin|queue-depth]',
   options: OPTIONS,
   async run(opts) {
     const holdMs = (opts['hold-time'] as number) * 1000;
@@ -121,6 +123,7 @@ export const verb: Verb = {
     const nbd = parseDaemonNbdSpec(nbdArg);
     // Loaded before anything starts: a loose key file is a clear error, not a half-started daemon.
     const nbdAccess = nbdAccessFromArgs(opts);
+    const iopolicy = opts.iopolicy !== undefined ? ioPolicyFromArgs(opts) : undefined;
     protectFromOomKiller();
     // Listen for signals before anything can print "ready" (scripts signal right after).
     const signalled = waitForShutdownSignal();
@@ -130,6 +133,7 @@ export const verb: Verb = {
       nbd,
       keepAttached: opts['keep-attached'] === true,
       nbdAccess,
+      ...(iopolicy !== undefined ? { iopolicy } : {}),
       ...(opts['sticky-nbd'] === true ? { sticky: { command: [process.execPath, process.argv[1] as string], holdMs } } : {}),
       connect: connectBinding(),
       log: (m) => process.stderr.write(`${m}\n`),

@@ -9,10 +9,13 @@ import { ControlVerb } from '../../wire/control';
 import { CONTROL_OPTION, requestDaemon } from '../daemon-client';
 import { formatBytes, formatJson, formatTable, outputFormat } from '../output';
 import { dumpConfig } from './connect-all';
+import type { TopologyNamespacePath, TopologyPath } from '../../engine/topology';
 
 interface ListedExport {
   name?: string; nsid?: number; size?: number; blockSize?: number; endpoint?: string; device?: string | null;
   ids?: { nguid?: string; eui64?: string; uuid?: string }; stableId?: string; link?: string;
+  /** This namespace on each path (multipath, issue 12). */
+  paths?: TopologyNamespacePath[];
 }
 interface ListedQueue { qid?: number; commands?: number; bytesIn?: number; bytesOut?: number; errors?: number; inFlight?: number; waiting?: number; sqFlowControl?: boolean; c2hSuccess?: number; c2hSuccessWithSqFlow?: number }
 interface ListedController {
@@ -20,6 +23,8 @@ interface ListedController {
   reconnects?: number; lastError?: { code?: string; message?: string } | null; exports?: ListedExport[];
   queues?: { admin?: ListedQueue; io?: ListedQueue[] };
   args?: Record<string, unknown>; hostnqn?: string;
+  /** The subsystem's paths (controllers), and its path selection policy. */
+  paths?: TopologyPath[]; iopolicy?: string;
 }
 
 interface ListedDiscovery {
@@ -65,6 +70,19 @@ export function formatList(controllers: readonly ListedController[]): string {
         const ids = e.ids ?? {};
         const parts = [ids.uuid !== undefined ? `UUID ${ids.uuid}` : '', ids.nguid !== undefined ? `NGUID ${ids.nguid}` : '', ids.eui64 !== undefined ? `EUI-64 ${ids.eui64}` : ''].filter((x) => x !== '');
         if (parts.length > 0) out += `  ${cell(e.name)}: ${parts.join(', ')}\n`;
+      }
+    }
+    const ps = c.paths ?? [];
+    if (ps.length > 0) {
+      out += `\n${cell(c.name)}: ${ps.length} path${ps.length === 1 ? '' : 's'}${c.iopolicy !== undefined ? `, iopolicy ${c.iopolicy}` : ''}\n`;
+      out += formatTable(['PATH', 'ADDRESS', 'STATE', 'CNTLID', 'RECONNECTS'], ps.map((p) => [
+        cell(p.name), `${cell(p.traddr)}:${cell(p.trsvcid)}${p.hostTraddr !== undefined ? ` from ${p.hostTraddr}` : ''}`, cell(p.state), cell(p.cntlid), cell(p.reconnects),
+      ]));
+      const nps = ex.flatMap((e) => (e.paths ?? []).map((np) => [e, np] as const));
+      if (nps.length > 0) {
+        out += `\n${formatTable(['EXPORT', 'PATH', 'ANA', 'CURRENT', 'IN FLIGHT', 'READS', 'WRITES'], nps.map(([e, np]) => [
+          cell(e.name), cell(np.path), cell(np.anaState), np.current ? 'yes' : '-', cell(np.inFlight), cell(np.reads), cell(np.writes),
+        ]))}`;
       }
     }
     const qs = [...(c.queues?.admin !== undefined ? [c.queues.admin] : []), ...(c.queues?.io ?? [])];
