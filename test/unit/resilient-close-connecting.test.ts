@@ -12,19 +12,18 @@ const NQN = 'nqn.2014-08.org.nvmf-nbd:close-connecting';
 const HOSTNQN = 'nqn.2014-08.org.nvmexpress:uuid:0f6c3d1e-1a2b-4c3d-9e8f-00000000d001';
 const HOSTID = '0f6c3d1e-1a2b-4c3d-9e8f-00000000d001';
 
+// reconnect_delay and ctrl_loss_tmo are far beyond the test's timeout: a close() that sat out
+// either would fail the test by timing out (no elapsed-time assertion needed).
 test('close() right after the association is lost returns at once, not after reconnect_delay', { timeout: 15_000 }, async () => {
   const target = new NvmeTarget({ listen: { host: '127.0.0.1', port: 0 }, subsystems: [{ nqn: NQN, namespaces: [{ nsid: 1, sizeBytes: 1 << 20, backing: { memory: true } }] }] });
   const { port } = await target.listen();
   const rc = await ResilientController.connect({
     traddr: '127.0.0.1', trsvcid: port, subnqn: NQN, hostnqn: HOSTNQN, hostid: HOSTID, nrIoQueues: 1, kato: 1000,
-    reconnectDelayMs: 10_000, ctrlLossTmoMs: 60_000,
+    reconnectDelayMs: 600_000, ctrlLossTmoMs: -1,
   });
   const connecting = new Promise<void>((r) => rc.on('state', (s: string) => { if (s === CtrlState.CONNECTING) r(); }));
   await target.close();
   await connecting;
-  const t0 = Date.now();
   await rc.close();
-  const ms = Date.now() - t0;
   assert.equal(rc.state, CtrlState.DEAD);
-  assert.ok(ms < 2000, `close() took ${ms} ms`);
 });

@@ -2,7 +2,9 @@
  * The reconnect state machine (src/controller/resilient.ts) against the embedded target behind
  * a FaultProxy: hold and FIFO re-drive, the bounded hold queue, fast_io_fail_tmo, ctrl_loss_tmo,
  * close while CONNECTING, a changed subsystem NQN on reconnect, keep-alive failure detection on a
- * stalled link, and namespace-attribute AENs. Short timers keep the file to a few seconds.
+ * stalled link, and namespace-attribute AENs. The recovery timers (fast_io_fail_tmo,
+ * ctrl_loss_tmo, reconnect_delay) run on `mock.timers`: the tests advance them and check what
+ * happened 1 ms before and at the deadline; nothing asserts elapsed wall-clock time.
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -15,6 +17,7 @@ import { ErrorCode, NvmfNbdError } from '../../src/errors';
 import { FaultProxy, ProxyMode } from '../helpers/fault-proxy';
 import { FakeTarget, serveController } from '../helpers/fake-target';
 import { throwsCode } from '../helpers/assert-code';
+import { tickUntil, track, turns, until } from '../helpers/clock';
 
 const NQN = 'nqn.2014-08.org.nvmf-nbd:resilient-unit';
 const HOSTNQN = 'nqn.2014-08.org.nvmexpress:uuid:0f6c3d1e-1a2b-4c3d-9e8f-00000000a001';
@@ -43,20 +46,10 @@ function opts(port: number, o: Partial<ControllerOptions & ResilienceOptions> = 
 }
 
 const block = (byte: number): Buffer => Buffer.alloc(4096, byte);
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-function waitState(c: ResilientController, s: string, ms = 5000): Promise<void> {
-  if (c.state === s) return Promise.resolve();
-  return new Promise((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error(`state ${s} not reached in ${ms} ms (now ${c.state})`)), ms);
-    const on = (v: string): void => {
-      if (v !== s) return;
-      clearTimeout(t);
-      c.off('state', on);
-      resolve();
-    };
-    c.on('state', on);
-  });
+/** Waits for state `s` (an event; the real-time limit only guards against a hang). */
+function waitState(c: ResilientController, s: string, ms = 10_000): Promise<void> {
+  return until(() => c.state === s, `state ${s} (now ${c.state})`, ms);
 }
 
 /** Settle a promise into { ok, err } without an unhandled rejection. */
@@ -81,10 +74,11 @@ test('in-flight and new writes are held while reconnecting and re-driven in subm
     const held = c.heldOps;
     assert.ok(held.count >= 5, `held ${held.count}`);
     assert.equal(c.lastError?.code !== undefined, true);
-    await sleep(300);
+    // Two reconnect attempts refused: nothing is re-driven, it all stays held.
+    await until(() => c.attempts >= 2 && c.lastError !== undefined, 'two refused reconnect attempts');
     assert.equal(c.state, CtrlState.CONNECTING, 'still reconnecting while the proxy refuses');
+    assert.ok(c.heldOps.count >= 5, `still held: ${c.heldOps.count}`);
     proxy.setMode(ProxyMode.FORWARD);
-    const t0 = Date.now();
     await waitState(c, CtrlState.LIVE);
     const results = await Promise.all([first, ...writes]);
     assert.deepEqual(results.map((r) => r.ok), [true, true, true, true, true, true]);
@@ -93,7 +87,6 @@ test('in-flight and new writes are held while reconnecting and re-driven in subm
     assert.equal(c.reconnects, 1);
     assert.ok(c.describeState().attempts === 0);
     assert.deepEqual(states, [CtrlState.CONNECTING, CtrlState.LIVE]);
-    assert.ok(Date.now() - t0 < 5000);
   } finally {
     await c.close();
     await proxy.close();
@@ -122,47 +115,65 @@ test('the hold queue is bounded in bytes: beyond it new I/O fails with EIO (HOLD
   }
 });
 
-test('fast_io_fail_tmo fails held I/O with EIO early while reconnecting continues', { timeout: 15_000 }, async () => {
+test('fast_io_fail_tmo fails held I/O with EIO when it expires (not 1 ms earlier) while reconnecting continues', { timeout: 30_000 }, async (t) => {
   const proxy = await FaultProxy.start({ port: targetPort });
   const c = await ResilientController.connect(opts(proxy.port, { fastIoFailTmoMs: 300 }));
   try {
+    t.mock.timers.enable({ apis: ['setTimeout'] });
     proxy.setMode(ProxyMode.REFUSE);
     proxy.cutAll();
     await waitState(c, CtrlState.CONNECTING);
-    const t0 = Date.now();
-    const held = await settle(c.write(1, 32n, block(3)));
-    const took = Date.now() - t0;
-    assert.equal(held.ok, false);
-    assert.equal(held.err?.errno, 5);
-    assert.ok(took < 2000, `failed after ${took} ms`);
+    const held = track(settle(c.write(1, 32n, block(3))));
+    t.mock.timers.tick(299);
+    await turns(20);
+    assert.equal(held.done, false, 'still held 1 ms before fast_io_fail_tmo');
+    t.mock.timers.tick(1);
+    // (a real-time guard: with mocked timers the test's own timeout cannot fire)
+    await until(() => held.done, 'held write failed at fast_io_fail_tmo');
+    const r = await held.promise;
+    assert.equal(r.ok, false);
+    assert.equal(r.err?.errno, 5);
+    assert.equal(r.err?.code, ErrorCode.CONTROLLER_LOST);
+    assert.match(r.err?.message ?? '', /fast_io_fail_tmo \(300 ms\)/);
     assert.equal(c.state, CtrlState.CONNECTING, 'reconnect goes on');
     const later = await settle(c.write(1, 32n, block(4)));
     assert.equal(later.err?.errno, 5, 'after fast_io_fail new I/O fails at once');
     proxy.setMode(ProxyMode.FORWARD);
-    await waitState(c, CtrlState.LIVE);
+    await tickUntil(t, () => c.state === CtrlState.LIVE, 'reconnected');
     await c.write(1, 32n, block(5));
     assert.equal((await c.read(1, 32n, 8))[0], 5);
   } finally {
+    t.mock.timers.reset(); // closing runs on real timers
     await c.close();
     await proxy.close();
   }
 });
 
-test('ctrl_loss_tmo: held I/O fails with EIO, the controller is dead, nothing hangs', { timeout: 15_000 }, async () => {
+test('ctrl_loss_tmo: at its expiry (not 1 ms earlier) held I/O fails with EIO, the controller is dead, nothing hangs', { timeout: 30_000 }, async (t) => {
   const proxy = await FaultProxy.start({ port: targetPort });
   const c = await ResilientController.connect(opts(proxy.port, { ctrlLossTmoMs: 800 }));
   let dead: NvmfNbdError | undefined;
   c.on('dead', (e: NvmfNbdError) => { dead = e; });
   const closed = new Promise<unknown>((resolve) => c.once('close', resolve));
   try {
+    t.mock.timers.enable({ apis: ['setTimeout'] });
     proxy.setMode(ProxyMode.REFUSE);
     proxy.cutAll();
-    const t0 = Date.now();
-    const held = await settle(c.write(1, 40n, block(1)));
-    const took = Date.now() - t0;
+    await waitState(c, CtrlState.CONNECTING);
+    const pending = track(settle(c.write(1, 40n, block(1))));
+    // Reconnect attempts every 100 ms are refused meanwhile.
+    for (let ms = 0; ms < 799; ms += 50) {
+      t.mock.timers.tick(Math.min(50, 799 - ms));
+      await turns(10);
+    }
+    assert.equal(pending.done, false, 'still held 1 ms before ctrl_loss_tmo');
+    assert.equal(c.state, CtrlState.CONNECTING);
+    t.mock.timers.tick(1);
+    await until(() => pending.done, 'held write failed at ctrl_loss_tmo');
+    const held = await pending.promise;
     assert.equal(held.ok, false);
     assert.equal(held.err?.errno, 5);
-    assert.ok(took >= 600 && took < 3000, `failed after ${took} ms`);
+    assert.match(held.err?.message ?? '', /ctrl_loss_tmo \(800 ms\)/);
     assert.equal(c.state, CtrlState.DEAD);
     assert.equal(dead?.code, ErrorCode.CONTROLLER_LOST);
     assert.equal(((await closed) as NvmfNbdError).code, ErrorCode.CONTROLLER_LOST);
@@ -170,22 +181,22 @@ test('ctrl_loss_tmo: held I/O fails with EIO, the controller is dead, nothing ha
     assert.equal(after.err?.errno, 5);
     assert.equal(c.describeState().lastError?.code, ErrorCode.CONTROLLER_LOST);
   } finally {
+    t.mock.timers.reset(); // closing runs on real timers
     await c.close();
     await proxy.close();
   }
 });
 
-test('close() while CONNECTING fails held I/O and ends in DEAD promptly', { timeout: 15_000 }, async () => {
+test('close() while CONNECTING fails held I/O and ends in DEAD without sitting out reconnect_delay', { timeout: 15_000 }, async () => {
   const proxy = await FaultProxy.start({ port: targetPort });
-  const c = await ResilientController.connect(opts(proxy.port, { ctrlLossTmoMs: -1 }));
+  // reconnect_delay far beyond the test's timeout: a close() that waited for it would hang.
+  const c = await ResilientController.connect(opts(proxy.port, { ctrlLossTmoMs: -1, reconnectDelayMs: 600_000 }));
   try {
     proxy.setMode(ProxyMode.REFUSE);
     proxy.cutAll();
     await waitState(c, CtrlState.CONNECTING);
     const held = settle(c.write(1, 48n, block(1)));
-    const t0 = Date.now();
     await c.close();
-    assert.ok(Date.now() - t0 < 3000);
     const r = await held;
     assert.equal(r.ok, false);
     assert.equal(r.err?.code, ErrorCode.CONTROLLER_DELETED);
@@ -200,11 +211,9 @@ test('a stalled link is detected by keep-alive and repaired once it flows again'
   const c = await ResilientController.connect(opts(proxy.port, { kato: 600 }));
   try {
     proxy.setMode(ProxyMode.STALL);
-    const t0 = Date.now();
     const w = settle(c.write(1, 56n, block(9)));
-    await waitState(c, CtrlState.CONNECTING, 5000);
-    const detect = Date.now() - t0;
-    assert.ok(detect < 2500, `detected after ${detect} ms`);
+    // Detected by keep-alive / the receive watchdog (the I/O timeout is 30 s, beyond the wait).
+    await waitState(c, CtrlState.CONNECTING);
     assert.ok([ErrorCode.KEEPALIVE_TIMEOUT, ErrorCode.TARGET_UNRESPONSIVE].includes(c.lastError?.code as never), String(c.lastError?.code));
     proxy.cutAll();
     proxy.setMode(ProxyMode.FORWARD);

@@ -6,8 +6,12 @@
  * - a Keep Alive not answered within KATO fails the association (KEEPALIVE_TIMEOUT);
  * - the receive watchdog fails a queue whose commands get no reply (TARGET_UNRESPONSIVE) before
  *   the keep-alive would, and ignores the outstanding AER (it has no deadline).
+ * The keep-alive tick (setInterval) and its clock (Date) are `mock.timers`: each test advances
+ * them one tick at a time and lets the real I/O settle in between, so the counts are exact and
+ * nothing depends on how fast the machine is.
  */
 import { test } from 'node:test';
+import type { TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { Controller, CTRATT_TBKAS, AEN_NS_ATTR } from '../../src/controller/controller';
 import type { ControllerOptions } from '../../src/controller/controller';
@@ -15,6 +19,7 @@ import { ErrorCode, NvmfNbdError } from '../../src/errors';
 import { parseSqe, sqeIdentify } from '../../src/wire';
 import { FakeTarget, identifyControllerData } from '../helpers/fake-target';
 import type { FakeConn } from '../helpers/fake-target';
+import { until } from '../helpers/clock';
 
 interface Seen { keepAlives: number[]; aers: number; aec: number | undefined }
 
@@ -90,97 +95,135 @@ function opts(port: number, o: Partial<ControllerOptions> = {}): ControllerOptio
   };
 }
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+/** Mock the keep-alive timer and clock from 0; then connect (the tick starts at bring-up). */
+async function connectMocked(t: TestContext, port: number, o: Partial<ControllerOptions>): Promise<Controller> {
+  t.mock.timers.enable({ apis: ['setInterval', 'Date'], now: 0 });
+  return Controller.connect(opts(port, o));
+}
 
-/** Send Identify commands every 20 ms for `ms`. */
-async function traffic(ctrl: Controller, ms: number): Promise<void> {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    await ctrl.adminCommand(sqeIdentify(1), { dataInLength: 4096 });
-    await sleep(20);
-  }
+/** Admin commands in flight besides the AER (which has no reply): the Keep Alive, if one is out. */
+const outstanding = (ctrl: Controller, seen: Seen): number => ctrl.stats().admin.inFlight - seen.aers;
+
+/**
+ * Advance the mocked clock by `ms` and wait (real time, hang guard only) until no admin command
+ * but the AER is outstanding: a Keep Alive the tick sent has been answered and seen by the host.
+ */
+async function step(t: TestContext, ctrl: Controller, seen: Seen, ms: number): Promise<void> {
+  t.mock.timers.tick(ms);
+  await until(() => outstanding(ctrl, seen) === 0 || !ctrl.alive, 'the keep-alive answered');
+  await new Promise<void>((r) => setImmediate(r)); // its completion handler ran (kaSentAt cleared)
+}
+
+/** One Identify, then `ms` of mocked time: traffic in every keep-alive period. */
+async function busyStep(t: TestContext, ctrl: Controller, seen: Seen, ms: number): Promise<void> {
+  await ctrl.adminCommand(sqeIdentify(1), { dataInLength: 4096 });
+  await step(t, ctrl, seen, ms);
 }
 
 function closeError(ctrl: Controller): Promise<NvmfNbdError | undefined> {
   return new Promise((resolve) => ctrl.once('close', resolve));
 }
 
-test('TBKAS: no Keep Alive while commands complete, Keep Alives again when idle', { timeout: 10_000 }, async () => {
+test('TBKAS: no Keep Alive while commands complete, Keep Alives again when idle (never more than KATO apart)', { timeout: 20_000 }, async (t) => {
   const seen: Seen = { keepAlives: [], aers: 0, aec: undefined };
-  const t = await FakeTarget.start(miniController({ ctratt: CTRATT_TBKAS }, seen));
-  const ctrl = await Controller.connect(opts(t.port, { kato: 400 }));
+  const ft = await FakeTarget.start(miniController({ ctratt: CTRATT_TBKAS }, seen));
+  const ctrl = await connectMocked(t, ft.port, { kato: 400 });
   try {
     assert.equal(ctrl.trafficBasedKeepAlive, true);
-    const t0 = Date.now();
-    await traffic(ctrl, 1200);
-    const busy = seen.keepAlives.filter((x) => x >= t0).length;
-    assert.ok(busy <= 1, `${busy} keep-alives while traffic flowed`);
+    // The tick runs every KATO/4 = 100 ms; a command completes in every one of 12 periods.
+    for (let i = 0; i < 12; i++) await busyStep(t, ctrl, seen, 100);
+    assert.deepEqual(seen.keepAlives, [], 'keep-alives while traffic flowed');
     const t1 = Date.now();
-    await sleep(1000);
-    const idle = seen.keepAlives.filter((x) => x >= t1).length;
-    assert.ok(idle >= 2, `${idle} keep-alives while idle`);
+    for (let i = 0; i < 10; i++) await step(t, ctrl, seen, 100);
+    const idle = seen.keepAlives.filter((x) => x >= t1);
+    assert.ok(idle.length >= 3, `${idle.length} keep-alives in 1 s idle at KATO 400 ms`);
+    // The target's timer restarts on each; no gap may reach KATO.
+    for (const [i, at] of [t1, ...idle].entries()) {
+      const next = idle[i] ?? Date.now();
+      assert.ok(next - at < 400, `${next - at} ms without a keep-alive (from ${at})`);
+    }
     assert.equal(ctrl.alive, true);
   } finally {
+    t.mock.timers.reset();
     await ctrl.close();
-    await t.close();
+    await ft.close();
   }
 });
 
-test('without TBKAS Keep Alives go out every KATO/2 even with traffic', { timeout: 10_000 }, async () => {
+test('without TBKAS Keep Alives go out every KATO/2 even with traffic', { timeout: 20_000 }, async (t) => {
   const seen: Seen = { keepAlives: [], aers: 0, aec: undefined };
-  const t = await FakeTarget.start(miniController({ ctratt: 0 }, seen));
-  const ctrl = await Controller.connect(opts(t.port, { kato: 400 }));
+  const ft = await FakeTarget.start(miniController({ ctratt: 0 }, seen));
+  const ctrl = await connectMocked(t, ft.port, { kato: 400 });
   try {
     assert.equal(ctrl.trafficBasedKeepAlive, false);
-    const t0 = Date.now();
-    await traffic(ctrl, 1200);
-    const n = seen.keepAlives.filter((x) => x >= t0).length;
-    assert.ok(n >= 4, `${n} keep-alives in 1.2 s at KATO 400 ms`);
+    for (let i = 0; i < 12; i++) await busyStep(t, ctrl, seen, 100);
+    // Ticks at 200, 400, … 1200 mocked ms: one Keep Alive each, traffic or not.
+    assert.deepEqual(seen.keepAlives, [200, 400, 600, 800, 1000, 1200]);
   } finally {
+    t.mock.timers.reset();
     await ctrl.close();
-    await t.close();
+    await ft.close();
   }
 });
 
-test('a Keep Alive unanswered for KATO fails the association with KEEPALIVE_TIMEOUT', { timeout: 10_000 }, async () => {
+test('a Keep Alive unanswered for KATO fails the association with KEEPALIVE_TIMEOUT (not before)', { timeout: 20_000 }, async (t) => {
   const seen: Seen = { keepAlives: [], aers: 0, aec: undefined };
   let silent = false;
-  const t = await FakeTarget.start(miniController({ ctratt: 0, silent: () => silent }, seen));
-  const ctrl = await Controller.connect(opts(t.port, { kato: 400, watchdogMs: 0 }));
-  const closed = closeError(ctrl);
+  const ft = await FakeTarget.start(miniController({ ctratt: 0, silent: () => silent }, seen));
+  const ctrl = await connectMocked(t, ft.port, { kato: 400, watchdogMs: 0 });
+  let err: NvmfNbdError | undefined;
+  let closed = false;
+  void closeError(ctrl).then((e) => { err = e; closed = true; });
   try {
-    const t0 = Date.now();
     silent = true;
-    const err = await closed;
-    const took = Date.now() - t0;
+    // Tick (every KATO/2 = 200 ms) at 200: the Keep Alive goes out, unanswered.
+    t.mock.timers.tick(200);
+    await until(() => outstanding(ctrl, seen) === 1, 'the keep-alive sent');
+    // At 600 it has been out exactly KATO: not yet a timeout.
+    t.mock.timers.tick(400);
+    await new Promise<void>((r) => setImmediate(r));
+    assert.equal(ctrl.alive, true, 'out for exactly KATO is not over KATO');
+    // At 800 it is over KATO.
+    t.mock.timers.tick(200);
+    await until(() => closed, 'the association failed');
     assert.equal(err?.code, ErrorCode.KEEPALIVE_TIMEOUT);
-    assert.ok(took >= 400 && took < 1500, `detected after ${took} ms`);
   } finally {
+    t.mock.timers.reset();
     ctrl.destroy();
-    await t.close();
+    await ft.close();
   }
 });
 
-test('the receive watchdog fails a silent queue before the keep-alive timeout; the AER is exempt', { timeout: 10_000 }, async () => {
+test('the receive watchdog fails a silent queue before the keep-alive timeout; the AER is exempt', { timeout: 20_000 }, async (t) => {
   const seen: Seen = { keepAlives: [], aers: 0, aec: undefined };
   let silent = false;
-  const t = await FakeTarget.start(miniController({ ctratt: 0, oaes: AEN_NS_ATTR, silent: () => silent }, seen));
-  const ctrl = await Controller.connect(opts(t.port, { kato: 600, watchdogMs: 150 }));
-  const closed = closeError(ctrl);
+  const ft = await FakeTarget.start(miniController({ ctratt: 0, oaes: AEN_NS_ATTR, silent: () => silent }, seen));
+  const ctrl = await connectMocked(t, ft.port, { kato: 600, watchdogMs: 150 });
+  let err: NvmfNbdError | undefined;
+  let closed = false;
+  void closeError(ctrl).then((e) => { err = e; closed = true; });
   try {
-    // An AER stays outstanding with no reply: the watchdog must not count it.
-    await sleep(1500);
+    await until(() => seen.aers === 1, 'the AER sent');
+    // An AER stays outstanding with no reply through 5 ticks (KATO/2 = 300 ms each, 10× the
+    // watchdog): the watchdog must not count it.
+    for (let i = 0; i < 5; i++) await step(t, ctrl, seen, 300);
     assert.equal(seen.aec, AEN_NS_ATTR, 'namespace attribute notices enabled');
     assert.equal(seen.aers, 1, 'one AER kept outstanding');
     assert.equal(ctrl.alive, true, 'an unanswered AER is not a stall');
-    // Now a command goes unanswered: the watchdog (150 ms, checked every KATO/2) fires first.
+    // Now a command goes unanswered: the watchdog (150 ms, checked every tick) fires at the
+    // second tick, while the keep-alive sent at the first has been out only 300 ms of its 600.
     silent = true;
     const stuck = ctrl.adminCommand(sqeIdentify(1), { dataInLength: 4096 }).catch((e: unknown) => e);
-    const err = await closed;
+    t.mock.timers.tick(300);
+    await new Promise<void>((r) => setImmediate(r));
+    assert.equal(ctrl.alive, true, 'one tick: the silence starts being measured');
+    t.mock.timers.tick(300);
+    await until(() => closed, 'the association failed');
     assert.equal(err?.code, ErrorCode.TARGET_UNRESPONSIVE);
     assert.ok(((await stuck) as NvmfNbdError).code !== undefined);
   } finally {
+    t.mock.timers.reset();
     ctrl.destroy();
-    await t.close();
+    await ft.close();
   }
 });
