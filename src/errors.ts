@@ -124,6 +124,15 @@ export const ErrorCode = {
   STORAGE_RANGE: 'NVMF_ERR_STORAGE_RANGE',
   /** --sticky-nbd with NBD TLS: the holder cannot hold what it cannot read. */
   NBD_STICKY_TLS_UNSUPPORTED: 'NBD_ERR_STICKY_TLS_UNSUPPORTED',
+  // Host multipath (issue 12, appended)
+  /** The same NSID reports other identifiers (NGUID / EUI-64 / UUID) or block size on two paths: never merged. */
+  MULTIPATH_NS_MISMATCH: 'NVMF_ERR_MULTIPATH_NS_MISMATCH',
+  /** A path added to a subsystem reached another subsystem NQN. */
+  MULTIPATH_SUBSYSTEM_MISMATCH: 'NVMF_ERR_MULTIPATH_SUBSYSTEM_MISMATCH',
+  /** A path's association died while an I/O command was outstanding (internal: the multipath layer re-issues it). */
+  PATH_LOST: 'NVMF_ERR_PATH_LOST',
+  /** No path can serve the namespace (every path in persistent loss, or none usable within the wait). */
+  NO_USABLE_PATH: 'NVMF_ERR_MULTIPATH_NO_USABLE_PATH',
 } as const;
 
 export type ErrorCodeValue = (typeof ErrorCode)[keyof typeof ErrorCode];

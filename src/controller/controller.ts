@@ -8,7 +8,8 @@
  * controller has Traffic Based Keep Alive and traffic flowed), a receive watchdog per queue,
  * per-command timeouts (queue pair), socket errors, TermReq and protocol errors.
  * Asynchronous events: one AER kept outstanding; a namespace-attribute notice reads the Changed
- * Namespace List and emits `namespaces` ({ added, removed, resized }).
+ * Namespace List and emits `namespaces` ({ added, removed, resized }); an ANA change notice
+ * re-reads the ANA log page (LID 0Ch, also read at bring-up when CMIC bit 3) and emits `ana`.
  */
 import type { TlsPsk } from '../tls/psk';
 import { EventEmitter } from 'node:events';
@@ -34,7 +35,13 @@ import {
   sqePropertySet,
   sqeSetFeatures,
   sqeWriteZeroes,
+  AEN_CFG_ANA_CHANGE,
+  AER_NOTICE_ANA_CHANGE,
+  Cmic,
+  LID_ANA,
+  parseAnaLog,
 } from '../wire';
+import type { AnaLog } from '../wire';
 import type { Cqe, IdentifyController } from '../wire';
 import { classifyNamespace, readActiveNamespaceIds } from './namespace-info';
 import type { NamespaceInfo } from './namespace-info';
@@ -189,6 +196,12 @@ export class Controller extends EventEmitter implements IoOwner {
   cap!: CapFields;
   /** What the admin queue's (latest) DH-HMAC-CHAP authentication agreed on; undefined without one. */
   authentication: AuthOutcome | undefined;
+  /**
+   * The ANA log page (LID 0Ch) as last read: at bring-up when the controller reports ANA
+   * (CMIC bit 3), again on every ANA change notice and {@link refreshAnaLog}; undefined without
+   * ANA reporting (or when the read failed: a `warning` says why).
+   */
+  anaLog: AnaLog | undefined;
 
   private admin!: QueuePair;
   private readonly ioQueues: QueuePair[] = [];
@@ -324,6 +337,16 @@ export class Controller extends EventEmitter implements IoOwner {
     }
 
     await this.rescanNamespaces();
+    if (this.anaReporting) {
+      try {
+        this.anaLog = await this.readAnaLog();
+      } catch (err) {
+        // A malformed log is the target's fault, not a reason to refuse the association: the
+        // multipath layer then treats every group of this path as optimized until a good read.
+        if (!this.alive) throw err;
+        this.emit('warning', err);
+      }
+    }
 
     const wanted = o.nrIoQueues ?? os.cpus().length;
     if (wanted > 0) {
@@ -344,9 +367,10 @@ export class Controller extends EventEmitter implements IoOwner {
         this.watch(qp);
       }
     }
-    if (o.asyncEvents !== false && (this.identify.oaes & AEN_NS_ATTR) !== 0) {
-      // Async Event Configuration: namespace attribute notices only (the one event we act on).
-      await this.adminCommand(sqeSetFeatures(FeatureId.ASYNC_EVENT_CONFIG, AEN_NS_ATTR));
+    const aec = this.identify.oaes & (AEN_NS_ATTR | (this.anaReporting ? AEN_CFG_ANA_CHANGE : 0));
+    if (o.asyncEvents !== false && aec !== 0) {
+      // Async Event Configuration: namespace attribute and ANA change notices (the events we act on).
+      await this.adminCommand(sqeSetFeatures(FeatureId.ASYNC_EVENT_CONFIG, aec));
       this.postAer();
     }
   }
@@ -359,6 +383,37 @@ export class Controller extends EventEmitter implements IoOwner {
   /** The (discovery) controller can send Discovery Log Page Change notices (OAES bit 31). */
   get discoveryLogEventsSupported(): boolean {
     return this.identify !== undefined && (this.identify.oaes & AEN_DISCOVERY_LOG) !== 0;
+  }
+
+  /** The controller reports Asymmetric Namespace Access (CMIC bit 3): it has an ANA log page. */
+  get anaReporting(): boolean {
+    return this.identify !== undefined && (this.identify.cmic & Cmic.ANA) !== 0;
+  }
+
+  /**
+   * Bytes to read of the ANA log: the header, one descriptor per group the controller supports
+   * (NANAGRPID) and one NSID per namespace (NN), both capped — a target claiming 2^32 groups must
+   * not make us ask for gigabytes; a log that does not fit fails to parse (ANA_LOG_INVALID).
+   */
+  private anaLogBytes(): number {
+    const groups = Math.min(Math.max(1, this.identify.nanagrpid), 1024);
+    const nsids = Math.min(this.identify.nn > 0 ? this.identify.nn : 1024, this.options.maxNamespaces ?? DEFAULT_MAX_NAMESPACES);
+    return Math.max(4096, 16 + 32 * groups + 4 * nsids);
+  }
+
+  /** Read and parse the ANA log page (RAE clear: re-arms the ANA change notice). */
+  async readAnaLog(): Promise<AnaLog> {
+    const n = this.anaLogBytes();
+    const { data } = await this.adminCommand(sqeGetLogPage(LID_ANA, n, 0xffffffff, 0, 0, false), { dataInLength: n });
+    return parseAnaLog(data as Buffer);
+  }
+
+  /** Re-read the ANA log now (a path status told us it moved); emits `ana` with it. */
+  async refreshAnaLog(): Promise<AnaLog> {
+    const log = await this.readAnaLog();
+    this.anaLog = log;
+    this.emit('ana', log);
+    return log;
   }
 
   /** The controller reports Traffic Based Keep Alive Support (CTRATT bit 6). */
@@ -400,6 +455,13 @@ export class Controller extends EventEmitter implements IoOwner {
     const type = dw0 & 0x7;
     const info = (dw0 >>> 8) & 0xff;
     this.emit('aen', { type, info, lid: (dw0 >>> 16) & 0xff });
+    if (type === AsyncEvent.TYPE_NOTICE && info === AER_NOTICE_ANA_CHANGE && this.anaReporting) {
+      // Read the log (RAE clear re-arms the notice), then listen again: one read per notice.
+      this.refreshAnaLog().catch((err: unknown) => {
+        if (this.alive) this.emit('warning', err);
+      }).finally(() => this.postAer());
+      return;
+    }
     if (type !== AsyncEvent.TYPE_NOTICE || info !== AsyncEvent.INFO_NS_ATTR_CHANGED) {
       // Not acted upon: keep listening (one AER outstanding at a time, nothing accumulates).
       this.postAer();

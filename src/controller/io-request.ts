@@ -11,9 +11,10 @@
  *
  * Completion climbs one owner at a time: the queue pair calls `onQpComplete/onQpError`, which
  * call `owner.onIoDone(req, err)`. Whoever submits a record to the next layer down and wants its
- * completion first sets itself as `owner` (the {@link Namespace} before the path; the resilient
- * controller interposes, keeping the previous owner in `upper`); the controller's MDTS split uses
- * part records of its own (a counter on the parent, no promises).
+ * completion first sets itself as `owner` (the {@link Namespace} before the path; the multipath
+ * layer interposes keeping the previous owner in `outer`, then the resilient controller keeping
+ * it in `upper`); the controller's MDTS split uses part records of its own (a counter on the
+ * parent, no promises).
  */
 import { QueueCommand } from '../transport/queue-command';
 import type { Cqe } from '../wire/cqe';
@@ -59,6 +60,19 @@ export class IoRequest extends QueueCommand implements BlockRequest {
   owner: IoOwner | undefined = undefined;
   /** The owner an interposing layer (the resilient controller) hands the completion on to. */
   upper: IoOwner | undefined = undefined;
+
+  // ---- multipath (controller/multipath.ts) ----
+  /** The owner the multipath layer hands the completion on to (the namespace). */
+  outer: IoOwner | undefined = undefined;
+  /** The path it was last sent on (a `MultipathPathState`), for per-path counters and failover. */
+  mpPath: object | undefined = undefined;
+  /** Times it was sent again after a path status or a lost path (bounded). */
+  mpRetries = 0;
+  /** Set by a resilient controller in pass-back mode: the association it ran on is gone and the
+   * record was handed back instead of held (the multipath layer decides where it runs again). */
+  pathLost = false;
+  /** Submission order across paths (the multipath layer's own counter). */
+  mpSeq = 0;
 
   // ---- resilient controller ----
   /** Submission order (held requests are re-driven in it). */

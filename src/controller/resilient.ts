@@ -38,7 +38,7 @@ import { ErrorCode, NvmfNbdError } from '../errors';
 import { NbdErrno } from '../block/errno';
 import type { Completion } from '../transport/queue-pair';
 import { AdminOpcode } from '../wire';
-import type { IdentifyController } from '../wire';
+import type { AnaLog, IdentifyController } from '../wire';
 import { Controller } from './controller';
 import type { ControllerOptions, ControllerStats, NamespaceChanges, NamespaceInfo } from './controller';
 import { Namespace, type NamespacePath } from './namespace';
@@ -160,6 +160,8 @@ export class ResilientController extends EventEmitter implements NamespacePath, 
   private closing: Promise<void> | undefined;
   /** The block device of each usable namespace (see {@link namespace}). */
   private readonly nsObjects = new Map<number, Namespace>();
+  /** Pass-back mode (see {@link setPassBack}). */
+  private passBack = false;
 
   private constructor(ctrl: Controller, o: ControllerOptions & ResilienceOptions) {
     super();
@@ -239,6 +241,15 @@ export class ResilientController extends EventEmitter implements NamespacePath, 
   get maxTransfer(): number { return this.ctrl.maxTransfer; }
   get version(): number { return this.ctrl.version; }
   get oncs(): number { return this.ctrl.oncs; }
+  /** The ANA log of the current (or last) association; undefined without ANA reporting. */
+  get anaLog(): AnaLog | undefined { return this.ctrl.anaLog; }
+  /** The current association reports ANA (CMIC bit 3). */
+  get anaReporting(): boolean { return this.ctrl.anaReporting; }
+  /** Re-read the ANA log on the live association (emits `ana`); rejects when not live. */
+  refreshAnaLog(): Promise<AnaLog> {
+    if (this.stateValue !== CtrlState.LIVE) return Promise.reject(new NvmfNbdError(ErrorCode.CONTROLLER_LOST, 'not live'));
+    return this.ctrl.refreshAnaLog();
+  }
   get volatileWriteCache(): boolean { return this.ctrl.volatileWriteCache; }
   /** Queue counters of the current (or last) association. */
   stats(): ControllerStats { return this.ctrl.stats(); }
@@ -283,6 +294,43 @@ export class ResilientController extends EventEmitter implements NamespacePath, 
       }
       if (info !== undefined) this.makeNamespace(info);
     }
+  }
+
+  // ---- multipath: pass-back mode ---------------------------------------------------------------
+
+  /**
+   * Pass-back mode, for a path of a multipath subsystem (`multipath.ts`): an I/O request whose
+   * association died while it was outstanding is NOT held and re-driven here — the record is
+   * handed back to its submitter with `pathLost` set (deallocate / write zeroes reject with
+   * NVMF_ERR_PATH_LOST), which decides where and when it runs again (reads elsewhere at once,
+   * writes after the write-hold time). New requests submitted while reconnecting are still held
+   * here, and {@link takeHeldRecords} gives those back. Off (the default): today's single-path
+   * behaviour, unchanged.
+   */
+  setPassBack(on: boolean): void {
+    this.passBack = on;
+  }
+
+  /**
+   * Remove every held READ / WRITE / FLUSH record (none was sent on the lost association in
+   * pass-back mode) and return them with their submitter as owner again, in submission order.
+   */
+  takeHeldRecords(): IoRequest[] {
+    const out: IoRequest[] = [];
+    for (let i = 0; i < this.held.length;) {
+      const op = this.held[i] as Op | IoRequest;
+      if (op instanceof IoRequest) {
+        this.held.splice(i, 1);
+        this.heldBytes -= op.bytes;
+        op.owner = op.upper;
+        op.upper = undefined;
+        op.ctrl = undefined;
+        out.push(op);
+      } else {
+        i++;
+      }
+    }
+    return out;
   }
 
   // ---- operations -----------------------------------------------------------------------------
@@ -350,6 +398,11 @@ export class ResilientController extends EventEmitter implements NamespacePath, 
   ioFailedAfterTeardown(req: IoRequest, err: NvmfNbdError): void {
     if (req.ctrl !== undefined && !req.ctrl.alive) {
       req.ctrl = undefined;
+      if (this.passBack) {
+        req.pathLost = true;
+        this.finishIo(req, err);
+        return;
+      }
       this.dispatchIo(req);
       return;
     }
@@ -469,7 +522,9 @@ export class ResilientController extends EventEmitter implements NamespacePath, 
       // teardown rejected it), so it is held and re-driven. Otherwise (NVMe status, digest,
       // short read on a live association) the error is the operation's answer.
       if (ctrl.alive) op.reject(err as Error);
-      else if (op.redrive) this.dispatch(op);
+      else if (op.redrive && this.passBack && op.nsid !== undefined) {
+        op.reject(new NvmfNbdError(ErrorCode.PATH_LOST, `association lost while the command was outstanding: ${(err as Error)?.message ?? String(err)}`, { cause: err }));
+      } else if (op.redrive) this.dispatch(op);
       else {
         op.reject(new NvmfNbdError(ErrorCode.CONTROLLER_LOST,
           `association lost while the command was outstanding; not re-sent (the target may have executed it): ${(err as Error)?.message ?? String(err)}`,
@@ -515,6 +570,7 @@ export class ResilientController extends EventEmitter implements NamespacePath, 
     ctrl.on('close', (err?: NvmfNbdError) => this.onAssociationLost(ctrl, err));
     ctrl.on('namespaces', (ch: NamespaceChanges) => this.noteNamespaceChanges(ch));
     ctrl.on('warning', (err: unknown) => this.emit('warning', err));
+    ctrl.on('ana', (log: AnaLog) => this.emit('ana', log));
   }
 
   /** Retire / make namespace objects, then tell listeners. */
