@@ -6,7 +6,7 @@
  *
  *   node dist/bench/engine-bench.js [--traddr A --trsvcid P --subnqn NQN] [--nsid 1] [--runtime S]
  *        [--ramp S] [--queues N] [--queue-size N] [--region MiB] [--jobs name,name] [--no-prefill]
- *        [--target-cpu N]
+ *        [--target-cpu N] [--no-tls] [--slice S]
  *
  * Without --trsvcid it starts the embedded target in its own process, pinned to --target-cpu
  * (default 0), and points at it; with --traddr/--trsvcid/--subnqn it measures any NVMe/TCP target
@@ -15,6 +15,11 @@
  *
  * Printed per job: IOPS, MiB/s, p50/p99 latency (µs, from per-command timestamps), and CPU time of
  * this process per I/O (process.cpuUsage delta / I/Os) — steadier than IOPS on a shared machine.
+ *
+ * With the embedded target (which serves TLS as optional) the QD32 and 128 KiB jobs also run over
+ * TLS on a second association, interleaved with their plain run in --slice S (default 0.5)
+ * second slices, and a "TLS cost" table gives the IOPS and CPU changes plain → TLS (`--no-tls`
+ * skips them).
  */
 import { Controller } from '../src/controller/controller';
 import { deriveTlsPsk, parseInterchangeKey } from '../src/tls/psk';
@@ -59,55 +64,116 @@ class Samples {
 interface JobResult { iops: number; mibps: number; p50: number; p99: number; cpuUsPerIo: number; sysUsPerIo: number; targetCpuUsPerIo?: number }
 
 /**
- * Run one job: `ramp` seconds unmeasured, then `runtime` seconds measured. Every loop owns one
+ * One job on one controller, run in slices: each `slice()` starts the QD loops, optionally
+ * measures, stops them and waits for them to drain; measured slices add up. Every loop owns one
  * write buffer (filled once) so the loop itself allocates nothing per command.
  */
-async function runJob(ctrl: Controller, nsid: number, lbaSize: number, regionBlocks: number, job: Job, ramp: number, runtime: number, targetPid?: number): Promise<JobResult> {
-  const nlb = job.bytes / lbaSize;
-  const slots = Math.floor(regionBlocks / nlb);
-  const samples = new Samples();
-  let measuring = false;
-  let stop = false;
-  let ios = 0;
-  const loop = async (): Promise<void> => {
+class JobRun {
+  private readonly samples = new Samples();
+  private ios = 0;
+  private secs = 0;
+  private cpuUser = 0;
+  private cpuSys = 0;
+  private targetCpu = 0;
+  private targetKnown = true;
+  private readonly nlb: number;
+  private readonly slots: number;
+  /** One buffer per loop, kept across slices. */
+  private readonly buffers: Buffer[] = [];
+
+  constructor(private readonly ctrl: Controller, private readonly nsid: number, lbaSize: number, regionBlocks: number,
+    private readonly job: Job, private readonly targetPid: number | undefined) {
+    this.nlb = job.bytes / lbaSize;
+    this.slots = Math.floor(regionBlocks / this.nlb);
     // One buffer per loop for both directions: reads land in it (`into`) as writes send from it,
     // so neither side pays a fresh allocation (page faults, zeroing by the kernel) per command.
-    const data = job.op === 'write' ? randomBytes(job.bytes) : Buffer.alloc(job.bytes);
-    while (!stop) {
-      const slba = BigInt(Math.floor(Math.random() * slots) * nlb);
-      const t0 = process.hrtime.bigint();
-      if (job.op === 'read') await ctrl.read(nsid, slba, nlb, data);
-      else await ctrl.write(nsid, slba, data);
-      if (measuring && !stop) {
-        samples.add(Number(process.hrtime.bigint() - t0) / 1000);
-        ios++;
+    for (let i = 0; i < job.qd; i++) this.buffers.push(job.op === 'write' ? randomBytes(job.bytes) : Buffer.alloc(job.bytes));
+  }
+
+  /** Run the QD loops for `seconds`; counted in the result only when `measured`. */
+  async slice(seconds: number, measured: boolean): Promise<void> {
+    const { ctrl, nsid, nlb, slots, job, samples } = this;
+    let stop = false;
+    let ios = 0;
+    const loop = async (data: Buffer): Promise<void> => {
+      while (!stop) {
+        const slba = BigInt(Math.floor(Math.random() * slots) * nlb);
+        const t0 = process.hrtime.bigint();
+        if (job.op === 'read') await ctrl.read(nsid, slba, nlb, data);
+        else await ctrl.write(nsid, slba, data);
+        if (measured && !stop) {
+          samples.add(Number(process.hrtime.bigint() - t0) / 1000);
+          ios++;
+        }
       }
-    }
-  };
-  const loops: Promise<void>[] = [];
-  for (let i = 0; i < job.qd; i++) loops.push(loop());
-  await new Promise((r) => setTimeout(r, ramp * 1000));
-  measuring = true;
-  const cpu0 = process.cpuUsage();
-  const tcpu0 = targetPid === undefined ? undefined : procCpuMicros(targetPid);
-  const t0 = process.hrtime.bigint();
-  await new Promise((r) => setTimeout(r, runtime * 1000));
-  stop = true;
-  const secs = Number(process.hrtime.bigint() - t0) / 1e9;
-  const cpu = process.cpuUsage(cpu0);
-  const tcpu1 = targetPid === undefined ? undefined : procCpuMicros(targetPid);
-  await Promise.all(loops);
-  const s = samples.sorted();
-  const res: JobResult = {
-    iops: ios / secs,
-    mibps: (ios * job.bytes) / MiB / secs,
-    p50: percentile(s, 50),
-    p99: percentile(s, 99),
-    cpuUsPerIo: ios > 0 ? (cpu.user + cpu.system) / ios : NaN,
-    sysUsPerIo: ios > 0 ? cpu.system / ios : NaN,
-  };
-  if (tcpu0 !== undefined && tcpu1 !== undefined && ios > 0) res.targetCpuUsPerIo = (tcpu1 - tcpu0) / ios;
-  return res;
+    };
+    const cpu0 = process.cpuUsage();
+    const tcpu0 = this.targetPid === undefined ? undefined : procCpuMicros(this.targetPid);
+    const t0 = process.hrtime.bigint();
+    const loops = this.buffers.map(loop);
+    await new Promise((r) => setTimeout(r, seconds * 1000));
+    stop = true;
+    const secs = Number(process.hrtime.bigint() - t0) / 1e9;
+    const cpu = process.cpuUsage(cpu0);
+    const tcpu1 = this.targetPid === undefined ? undefined : procCpuMicros(this.targetPid);
+    await Promise.all(loops);
+    if (!measured) return;
+    this.ios += ios;
+    this.secs += secs;
+    this.cpuUser += cpu.user;
+    this.cpuSys += cpu.system;
+    if (tcpu0 !== undefined && tcpu1 !== undefined) this.targetCpu += tcpu1 - tcpu0;
+    else this.targetKnown = false;
+  }
+
+  result(): JobResult {
+    const s = this.samples.sorted();
+    const ios = this.ios;
+    const res: JobResult = {
+      iops: ios / this.secs,
+      mibps: (ios * this.job.bytes) / MiB / this.secs,
+      p50: percentile(s, 50),
+      p99: percentile(s, 99),
+      cpuUsPerIo: ios > 0 ? (this.cpuUser + this.cpuSys) / ios : NaN,
+      sysUsPerIo: ios > 0 ? this.cpuSys / ios : NaN,
+    };
+    if (this.targetPid !== undefined && this.targetKnown && ios > 0) res.targetCpuUsPerIo = this.targetCpu / ios;
+    return res;
+  }
+}
+
+/** `ramp` seconds unmeasured, then `runtime` seconds measured, on one controller. */
+async function runJob(run: JobRun, ramp: number, runtime: number): Promise<JobResult> {
+  await run.slice(ramp, false);
+  await run.slice(runtime, true);
+  return run.result();
+}
+
+/**
+ * The same job over plain TCP and over TLS, interleaved: after a ramp on each, `runtime` seconds
+ * each in alternating slices of about `slice` seconds (plain, TLS, TLS, plain, …). Both modes
+ * then see the same load from the rest of the machine, so their ratio means something on a
+ * shared machine, where load swings over seconds (running all plain jobs before all TLS ones
+ * put the two halves of a ratio tens of seconds apart). Each slice starts the QD loops afresh
+ * and drains them at its end (not measured): a pipeline fill per slice, the same for both.
+ */
+async function runPair(plain: JobRun, tls: JobRun, ramp: number, runtime: number, slice: number): Promise<{ plain: JobResult; tls: JobResult }> {
+  await plain.slice(ramp, false);
+  await tls.slice(ramp, false);
+  const n = Math.max(1, Math.round(runtime / slice));
+  for (let i = 0; i < n; i++) {
+    const [a, b] = i % 2 === 0 ? [plain, tls] : [tls, plain];
+    await a.slice(runtime / n, true);
+    await b.slice(runtime / n, true);
+  }
+  return { plain: plain.result(), tls: tls.result() };
+}
+
+/** Relative change from `a` to `b` in percent, signed ("+12 %", "−30 %"). */
+function pct(a: number | undefined, b: number | undefined): string {
+  if (a === undefined || b === undefined || !Number.isFinite(a) || !Number.isFinite(b) || a === 0) return '-';
+  const d = ((b - a) / a) * 100;
+  return `${d < 0 ? '−' : '+'}${fmt(Math.abs(d), 0)} %`;
 }
 
 /** Write the region once, sequentially in 128 KiB commands at QD 8, so reads hit written data. */
@@ -149,7 +215,7 @@ function cpusAllowed(): string {
 
 async function main(): Promise<void> {
   const a = parseArgs(process.argv.slice(2),
-    ['traddr', 'trsvcid', 'subnqn', 'nsid', 'runtime', 'ramp', 'queues', 'queue-size', 'region', 'jobs', 'target-cpu'], ['no-prefill', 'no-tls']);
+    ['traddr', 'trsvcid', 'subnqn', 'nsid', 'runtime', 'ramp', 'queues', 'queue-size', 'region', 'jobs', 'target-cpu', 'slice'], ['no-prefill', 'no-tls']);
   const runtime = numArg(a, 'runtime', Number(process.env['BENCH_RUNTIME'] ?? 5));
   const ramp = numArg(a, 'ramp', Number(process.env['BENCH_RAMP'] ?? 1));
   const nsid = numArg(a, 'nsid', 1);
@@ -174,6 +240,7 @@ async function main(): Promise<void> {
   const queues = a.get('queues');
   const queueSize = a.get('queue-size');
   let ctrl: Controller | undefined;
+  let tlsCtrl: Controller | undefined;
   try {
     ctrl = await Controller.connect({
       ...where, hostnqn: BENCH_HOSTNQN, hostid: BENCH_HOSTID,
@@ -188,34 +255,51 @@ async function main(): Promise<void> {
       `region ${regionBytes / MiB} MiB, ${runtime} s per job after ${ramp} s ramp, this process on CPU(s) ${cpusAllowed()}\n\n`);
     if (!a.has('no-prefill')) await prefill(ctrl, nsid, ns.lbaSize, regionBlocks);
 
-    const rows: string[][] = [];
-    for (const job of jobs) {
-      if (job.bytes > ctrl.maxTransfer) process.stderr.write(`engine-bench: ${job.name}: ${job.bytes} B > MDTS, split into several commands\n`);
-      const r = await runJob(ctrl, nsid, ns.lbaSize, regionBlocks, job, ramp, runtime, target?.child.pid);
-      rows.push([job.name, fmt(r.iops, 0), fmt(r.mibps), fmt(r.p50, 0), fmt(r.p99, 0), fmt(r.cpuUsPerIo), fmt(r.sysUsPerIo), fmt(r.targetCpuUsPerIo), rssMiB(), goalOf(job)]);
-      process.stderr.write(`engine-bench: ${job.name} done\n`);
-    }
-    // TLS rows (embedded target only: it serves TLS as optional): the same jobs over NVMe/TCP TLS
-    // 1.3 (TLS_AES_128_GCM_SHA256, PSK) on a second association, beside the plain rows.
+    // TLS rows (embedded target only: it serves TLS as optional): the QD32 and 128 KiB jobs also
+    // over NVMe/TCP TLS 1.3 (TLS_AES_128_GCM_SHA256, PSK) on a second association to the same
+    // target process, same host process and pinning, interleaved with the plain run of the job.
     if (target !== undefined && !a.has('no-tls')) {
-      const tlsJobs = jobs.filter((j) => j.qd === 32 || j.bytes === 128 * 1024);
-      await ctrl.close();
-      ctrl = await Controller.connect({
+      tlsCtrl = await Controller.connect({
         ...where, hostnqn: BENCH_HOSTNQN, hostid: BENCH_HOSTID,
         tls: deriveTlsPsk(parseInterchangeKey(BENCH_TLS_KEY), BENCH_HOSTNQN, where.subnqn, 0),
         ...(queues !== undefined ? { nrIoQueues: Number(queues) } : {}),
         ...(queueSize !== undefined ? { queueSize: Number(queueSize) } : {}),
       });
-      for (const job of tlsJobs) {
-        const r = await runJob(ctrl, nsid, ns.lbaSize, regionBlocks, job, ramp, runtime, target.child.pid);
-        rows.push([`tls ${job.name}`, fmt(r.iops, 0), fmt(r.mibps), fmt(r.p50, 0), fmt(r.p99, 0), fmt(r.cpuUsPerIo), fmt(r.sysUsPerIo), fmt(r.targetCpuUsPerIo), rssMiB(), '']);
-        process.stderr.write(`engine-bench: tls ${job.name} done\n`);
+    }
+    const slice = numArg(a, 'slice', 0.5);
+    const rows: string[][] = [];
+    const tlsRows: string[][] = [];
+    const costRows: string[][] = [];
+    const row = (name: string, r: JobResult, goal: string): string[] =>
+      [name, fmt(r.iops, 0), fmt(r.mibps), fmt(r.p50, 0), fmt(r.p99, 0), fmt(r.cpuUsPerIo), fmt(r.sysUsPerIo), fmt(r.targetCpuUsPerIo), rssMiB(), goal];
+    for (const job of jobs) {
+      if (job.bytes > ctrl.maxTransfer) process.stderr.write(`engine-bench: ${job.name}: ${job.bytes} B > MDTS, split into several commands
+`);
+      const pid = target?.child.pid;
+      const plainRun = new JobRun(ctrl, nsid, ns.lbaSize, regionBlocks, job, pid);
+      if (tlsCtrl !== undefined && (job.qd === 32 || job.bytes === 128 * 1024)) {
+        const r = await runPair(plainRun, new JobRun(tlsCtrl, nsid, ns.lbaSize, regionBlocks, job, pid), ramp, runtime, slice);
+        rows.push(row(job.name, r.plain, goalOf(job)));
+        tlsRows.push(row(`tls ${job.name}`, r.tls, ''));
+        costRows.push([job.name, fmt(r.plain.iops, 0), fmt(r.tls.iops, 0), pct(r.plain.iops, r.tls.iops),
+          `${fmt(r.plain.cpuUsPerIo)} → ${fmt(r.tls.cpuUsPerIo)}`, pct(r.plain.cpuUsPerIo, r.tls.cpuUsPerIo),
+          `${fmt(r.plain.targetCpuUsPerIo)} → ${fmt(r.tls.targetCpuUsPerIo)}`, pct(r.plain.targetCpuUsPerIo, r.tls.targetCpuUsPerIo),
+          job.bytes === 4096 ? 'IOPS loss ≤ 35 %' : '']);
+        process.stderr.write(`engine-bench: ${job.name} and tls ${job.name} done\n`);
+      } else {
+        rows.push(row(job.name, await runJob(plainRun, ramp, runtime), goalOf(job)));
+        process.stderr.write(`engine-bench: ${job.name} done\n`);
       }
     }
-    process.stdout.write(`${table(['job', 'IOPS', 'MiB/s', 'p50 µs', 'p99 µs', 'host CPU µs/IO', 'of it sys', 'target CPU µs/IO', 'RSS MiB', 'goal (issue 9)'], rows)}\n`);
+    process.stdout.write(`${table(['job', 'IOPS', 'MiB/s', 'p50 µs', 'p99 µs', 'host CPU µs/IO', 'of it sys', 'target CPU µs/IO', 'RSS MiB', 'goal (issue 9)'], [...rows, ...tlsRows])}\n`);
+    if (costRows.length > 0) {
+      process.stdout.write(`\nTLS cost (each job's plain and tls runs interleaved in ${fmt(slice)} s slices, same processes and CPUs):\n`);
+      process.stdout.write(`${table(['job', 'IOPS plain', 'IOPS tls', 'IOPS', 'host CPU µs/IO', 'host', 'target CPU µs/IO', 'target', 'goal (issue 10)'], costRows)}\n`);
+    }
     process.stdout.write(`engine peak RSS (VmHWM, this process): ${fmt(process.resourceUsage().maxRSS / 1024)} MiB; RSS MiB = VmRSS after each job\n`);
   } finally {
     await ctrl?.close().catch(() => undefined);
+    await tlsCtrl?.close().catch(() => undefined);
     await target?.stop();
   }
 }

@@ -16,8 +16,9 @@
 #   --only engine      only the engine benchmark; ARGS go to dist/bench/engine-bench.js:
 #                      --traddr A --trsvcid P --subnqn NQN (any NVMe/TCP target; default: start
 #                      the embedded one) --nsid N --runtime S --ramp S --queues N --queue-size N
-#                      --region MiB --jobs ... --no-prefill --no-tls --target-cpu N
-#                      (with the embedded target, QD32 and 128 KiB jobs run again over TLS: "tls …" rows)
+#                      --region MiB --jobs ... --no-prefill --no-tls --target-cpu N --slice S
+#                      (with the embedded target, QD32 and 128 KiB jobs run again over TLS: "tls …" rows,
+#                      interleaved with the plain run in S-second slices, default 0.5; "TLS cost" table)
 #                      (WRITES DESTROY DATA in the first --region MiB of the namespace)
 #   --only auth        the DH-HMAC-CHAP cost: connect and reconnect times without authentication and
 #                      with null/ffdhe2048/ffdhe4096 (ARGS go to dist/bench/auth-bench.js: --runs N
