@@ -13,9 +13,9 @@ import { NbdServer, type NbdLogEntry } from '../../src/nbd/server';
 import { ErrorCode } from '../../src/errors';
 import { ClientFlag, Cmd, Opt, encodeOption, encodeRequest } from '../../src/wire/nbd';
 import { NbdTestClient } from '../helpers/nbd-test-client';
+import { until } from '../helpers/clock';
 
 const MiB = 1024 * 1024;
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 function clientFlags(): Buffer {
   const b = Buffer.alloc(4);
@@ -61,7 +61,7 @@ test('GO beyond maxConnectionsPerExport is refused with ERR_POLICY; another slot
     await assert.rejects(NbdTestClient.connect({ port }, 'e'), /POLICY|policy|too many|refused|error/i);
     assert.ok(logs.some((l) => l.code === ErrorCode.NBD_TOO_MANY_CONNECTIONS));
     await a.disconnect();
-    await sleep(100);
+    await until(() => srv.stats()[0]?.connections === 0, 'the first client released its slot');
     const b = await NbdTestClient.connect({ port }, 'e');
     await b.disconnect();
   } finally {
@@ -84,7 +84,9 @@ test('non-reading clients share one reply budget; a well-behaved client still co
       s.write(Buffer.concat([clientFlags(), encodeOption(Opt.EXPORT_NAME, Buffer.from('e')), ...reqs]));
       stuck.push(s);
     }
-    await sleep(800); // the server has taken all it will take
+    // The server has taken all it will take: every stuck connection waits for the shared budget.
+    const waiting = (): number => (srv as unknown as { budgetWaiters: unknown[] }).budgetWaiters.length;
+    await until(() => waiting() === 6, `all 6 stuck connections waiting for the budget (${waiting()})`);
     const held = (srv as { heldBytes?: () => number }).heldBytes?.() ?? 0;
     // Beyond the budget each connection holding nothing may take one request (progress).
     assert.ok(held <= total + 6 * 8 * MiB, `held ${held / MiB} MiB with a ${total / MiB} MiB budget`);

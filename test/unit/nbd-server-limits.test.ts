@@ -10,9 +10,9 @@ import * as net from 'node:net';
 import { MemoryBlockDevice } from '../../src/block/memory-device';
 import { NbdServer, type NbdLogEntry } from '../../src/nbd/server';
 import { ClientFlag, Cmd, CmdFlag, Opt, encodeOption, encodeRequest } from '../../src/wire/nbd';
+import { track, turns, until } from '../helpers/clock';
 
 const MiB = 1024 * 1024;
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 function clientFlags(): Buffer {
   const b = Buffer.alloc(4);
@@ -29,33 +29,39 @@ async function connectPaused(port: number): Promise<net.Socket> {
   return s;
 }
 
-/** Bind export `name`, then queue large reads whose replies the client never takes. */
-async function stuckClient(port: number, name: string): Promise<net.Socket> {
+/**
+ * Bind export `name`, then queue large reads whose replies the client never takes; resolves once
+ * a 32 MiB reply went to the socket (far beyond the kernel's buffers: it is stuck in the send queue).
+ */
+async function stuckClient(srv: NbdServer, port: number, name: string): Promise<net.Socket> {
   const s = await connectPaused(port);
   const reqs = Array.from({ length: 8 }, (_, i) => encodeRequest({ type: Cmd.READ, cookie: BigInt(i), offset: 0, length: 32 * MiB }));
   s.write(Buffer.concat([clientFlags(), encodeOption(Opt.EXPORT_NAME, Buffer.from(name)), ...reqs]));
-  await sleep(500); // the server has answered what it could: replies are stuck in its send queue
+  await until(() => (srv.stats().find((e) => e.name === name)?.bytesRead ?? 0) >= 32 * MiB, 'a read answered into the stuck socket');
   return s;
 }
 
-async function settlesWithin<T>(p: Promise<T>, ms: number): Promise<'settled' | 'pending'> {
-  let timer: NodeJS.Timeout | undefined;
-  const r = await Promise.race([p.then(() => 'settled' as const), new Promise<'pending'>((res) => { timer = setTimeout(() => res('pending'), ms); })]);
-  clearTimeout(timer);
-  return r;
-}
-
-test('close() finishes when a client stopped reading its replies (destroyed after closeGraceMs)', { timeout: 15_000 }, async () => {
+test('close() finishes when a client stopped reading its replies (destroyed after closeGraceMs, not before)', { timeout: 15_000 }, async (t) => {
   const logs: NbdLogEntry[] = [];
   const srv = new NbdServer({ log: (e) => logs.push(e), closeGraceMs: 300 });
   srv.addExport('e', new MemoryBlockDevice({ size: 64 * MiB }));
   const ep = await srv.listen({ tcp: { host: '127.0.0.1', port: 0 } });
-  const s = await stuckClient((ep as { tcp: { port: number } }).tcp.port, 'e');
-  const t0 = Date.now();
-  const closing = srv.close();
-  assert.equal(await settlesWithin(closing, 4000), 'settled', 'server.close() still pending after 4 s');
-  assert.ok(Date.now() - t0 >= 250, 'the client got its grace before the hard close');
-  s.destroy();
+  const s = await stuckClient(srv, (ep as { tcp: { port: number } }).tcp.port, 'e');
+  t.mock.timers.enable({ apis: ['setTimeout'] });
+  try {
+    const closing = track(srv.close());
+    t.mock.timers.tick(299);
+    await turns(20);
+    assert.equal(closing.done, false, 'the client gets its grace before the hard close');
+    assert.equal(s.destroyed, false);
+    t.mock.timers.tick(1);
+    await until(() => closing.done, 'server.close() after the grace');
+    await closing.promise;
+    assert.ok(logs.some((e) => /did not take its last/.test(e.msg)), 'the hard close is logged');
+  } finally {
+    t.mock.timers.reset();
+    s.destroy();
+  }
 });
 
 test('removeExport() finishes when a client of the export stopped reading', { timeout: 15_000 }, async () => {
@@ -63,8 +69,9 @@ test('removeExport() finishes when a client of the export stopped reading', { ti
   srv.addExport('a', new MemoryBlockDevice({ size: 64 * MiB }));
   srv.addExport('b', new MemoryBlockDevice({ size: 1 * MiB }));
   const ep = await srv.listen({ tcp: { host: '127.0.0.1', port: 0 } });
-  const s = await stuckClient((ep as { tcp: { port: number } }).tcp.port, 'a');
-  assert.equal(await settlesWithin(srv.removeExport('a'), 4000), 'settled', 'removeExport() still pending after 4 s');
+  const s = await stuckClient(srv, (ep as { tcp: { port: number } }).tcp.port, 'a');
+  await srv.removeExport('a'); // a hang here fails the test by its timeout
+
   assert.deepEqual(srv.exportNames(), ['b']);
   s.destroy();
   await srv.close();
@@ -120,13 +127,12 @@ test('handshake: a client flooding LIST without reading cannot grow the unsent o
   const s = await connectPaused((front.address() as net.AddressInfo).port);
   const N = 300; // ≈ 39 MB of answers: far beyond the kernel's socket buffers
   s.write(Buffer.concat([clientFlags(), ...Array.from({ length: N }, () => encodeOption(Opt.LIST))]));
-  let maxUnsent = 0;
-  const sampler = setInterval(() => { maxUnsent = Math.max(maxUnsent, serverSide?.writableLength ?? 0); }, 5);
-  await sleep(1000);
-  clearInterval(sampler);
-  maxUnsent = Math.max(maxUnsent, serverSide?.writableLength ?? 0);
-  assert.ok(maxUnsent > 0, 'the server had output queued');
-  assert.ok(maxUnsent < 2 * MiB, `server held ${(maxUnsent / MiB).toFixed(1)} MiB of unsent handshake replies`);
+  // The server stops reading options (pauses the socket) once its unsent output passes the
+  // limit; with 39 MB of answers owed it must get there, and hold little when it does.
+  await until(() => serverSide?.isPaused() === true, 'the server paused reading options');
+  const unsent = serverSide?.writableLength ?? 0;
+  assert.ok(unsent > 0, 'the server had output queued');
+  assert.ok(unsent < 2 * MiB, `server held ${(unsent / MiB).toFixed(1)} MiB of unsent handshake replies`);
   // The client reads now: every LIST is answered (32 SERVER replies + ACK each).
   const r = await collectOptionReplies(s, (t) => t.filter((x) => x === REP_ACK).length >= N);
   assert.equal(r.closed, false);
@@ -156,10 +162,10 @@ test('TRIM with FUA is flushed before its reply (NBD: a FUA trim is persistent w
   const { NbdTestClient } = await import('../helpers/nbd-test-client');
   const mem = new MemoryBlockDevice({ size: MiB });
   const events: string[] = [];
-  // A device whose flush takes a while, so a reply sent before it finished would show.
+  // A device whose flush finishes only a few event-loop turns later, so a reply sent before it finished would show.
   const dev = Object.assign(Object.create(mem) as MemoryBlockDevice, {
     trim: async (o: number, l: number): Promise<void> => { await mem.trim(o, l); events.push('trim'); },
-    flush: async (): Promise<void> => { await sleep(100); await mem.flush(); events.push('flush'); },
+    flush: async (): Promise<void> => { await turns(20); await mem.flush(); events.push('flush'); },
   });
   const srv = new NbdServer({ log: () => undefined });
   srv.addExport('e', dev);

@@ -31,6 +31,7 @@ import {
   encodeRequest,
 } from '../../src/wire/nbd';
 import { throwsCode, rejectsCode } from '../helpers/assert-code';
+import { realSleep, until } from '../helpers/clock';
 
 const T = { timeout: 10_000 };
 const MiB = 1024 * 1024;
@@ -254,7 +255,25 @@ class Wrapped implements BlockDevice {
   submit(r: BlockRequest): void { submitViaPromises(this, r); }
 }
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+/**
+ * A gate for device calls: each `hold()` waits until the test releases it, so a test sees a
+ * request in flight (by {@link Wrapped.active}) instead of hoping a sleep was long enough.
+ */
+class Gate {
+  private readonly waiting: Array<() => void> = [];
+  get count(): number { return this.waiting.length; }
+  hold = (): Promise<void> => new Promise((r) => this.waiting.push(r));
+  /** Release every call waiting now. */
+  releaseAll(): void { for (const r of this.waiting.splice(0)) r(); }
+}
+
+/** Release the gate's calls as they come until `done()` (the I/O runs in between). */
+async function drain(g: Gate, done: () => boolean): Promise<void> {
+  while (!done()) {
+    g.releaseAll();
+    await realSleep(1);
+  }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Handshake
@@ -513,7 +532,8 @@ test('replies go out of order: a slow READ is answered after a later fast one', 
 
 test('pipelining is bounded: at most maxInFlight requests reach the device, all get answered', T, async () => {
   const inner = new MemoryBlockDevice({ size: 4 * MiB });
-  const dev = new Wrapped(inner, () => sleep(2));
+  const gate = new Gate();
+  const dev = new Wrapped(inner, gate.hold);
   const f = await start({ dev, maxInFlight: 16 });
   try {
     const { c } = await connectGo(f);
@@ -521,12 +541,18 @@ test('pipelining is bounded: at most maxInFlight requests reach the device, all 
     const batch: Buffer[] = [];
     for (let i = 0; i < N; i++) batch.push(encodeRequest({ type: Cmd.READ, cookie: BigInt(i + 1), offset: (i % 64) * 4096, length: 4096 }));
     c.send(Buffer.concat(batch));
+    // Nothing completes until released: the server dispatches up to its limit and stops there.
+    await until(() => gate.count === 16, '16 requests at the device');
     const seen = new Set<bigint>();
-    for (let i = 0; i < N; i++) {
-      const r = await simpleReply(c, 4096);
-      assert.equal(r.error, 0);
-      seen.add(r.cookie);
-    }
+    const replies = (async () => {
+      for (let i = 0; i < N; i++) {
+        const r = await simpleReply(c, 4096);
+        assert.equal(r.error, 0);
+        seen.add(r.cookie);
+      }
+    })();
+    await drain(gate, () => seen.size === N);
+    await replies;
     assert.equal(seen.size, N);
     assert.equal(dev.maxActive, 16, 'exactly the limit was reached and never exceeded');
     c.close();
@@ -536,13 +562,20 @@ test('pipelining is bounded: at most maxInFlight requests reach the device, all 
 });
 
 test('in-flight bytes are bounded: reads stop being dispatched above maxInFlightBytes', T, async () => {
-  const dev = new Wrapped(new MemoryBlockDevice({ size: 4 * MiB }), () => sleep(5));
+  const gate = new Gate();
+  const dev = new Wrapped(new MemoryBlockDevice({ size: 4 * MiB }), gate.hold);
   const f = await start({ dev, maxInFlightBytes: 64 * 1024 });
   try {
     const { c } = await connectGo(f);
     const N = 20;
     for (let i = 0; i < N; i++) req(c, Cmd.READ, i * 32 * 1024, 32 * 1024, { cookie: BigInt(i + 1) });
-    for (let i = 0; i < N; i++) assert.equal((await simpleReply(c, 32 * 1024)).error, 0);
+    await until(() => gate.count === 2, 'two 32 KiB reads at the device');
+    let answered = 0;
+    const replies = (async () => {
+      for (let i = 0; i < N; i++, answered++) assert.equal((await simpleReply(c, 32 * 1024)).error, 0);
+    })();
+    await drain(gate, () => answered === N);
+    await replies;
     assert.equal(dev.maxActive, 2, '64 KiB budget / 32 KiB reads');
     c.close();
   } finally {
@@ -558,18 +591,18 @@ test('serveSocket serves any duplex stream (the --stdio path)', T, async () => {
   server.serveSocket(Duplex.from({ readable: toServer, writable: fromServer }));
   let got = Buffer.alloc(0);
   fromServer.on('data', (d: Buffer) => (got = Buffer.concat([got, d])));
-  const until = async (n: number): Promise<Buffer> => {
-    while (got.length < n) await sleep(2);
+  const take = async (n: number): Promise<Buffer> => {
+    while (got.length < n) await new Promise((r) => fromServer.once('data', r));
     const out = got.subarray(0, n);
     got = got.subarray(n);
     return out;
   };
-  assert.equal((await until(18)).toString('latin1', 0, 8), 'NBDMAGIC');
+  assert.equal((await take(18)).toString('latin1', 0, 8), 'NBDMAGIC');
   toServer.write(Buffer.from([0, 0, 0, 3]));
   toServer.write(encodeOption(Opt.EXPORT_NAME, Buffer.from('m')));
-  assert.equal(Number((await until(10)).readBigUInt64BE(0)), MiB);
+  assert.equal(Number((await take(10)).readBigUInt64BE(0)), MiB);
   toServer.write(encodeRequest({ type: Cmd.WRITE, cookie: 5n, offset: 512, length: 512, data: Buffer.alloc(512, 0x77) }));
-  const r = await until(16);
+  const r = await take(16);
   assert.deepEqual([r.readUInt32BE(4), r.readBigUInt64BE(8)], [0, 5n]);
   assert.equal(server.stats()[0]?.writes, 1);
   await server.close();
@@ -597,12 +630,16 @@ test('a failing device call fails only that request, with its errno (EIO when ab
 });
 
 test('DISC: in-flight replies are sent, then the server closes', T, async () => {
-  const dev = new Wrapped(new MemoryBlockDevice({ size: 1 * MiB }), (op) => (op === 'write' ? sleep(100) : Promise.resolve()));
+  const gate = new Gate();
+  const dev = new Wrapped(new MemoryBlockDevice({ size: 1 * MiB }), (op) => (op === 'write' ? gate.hold() : Promise.resolve()));
   const f = await start({ dev });
   try {
     const { c } = await connectGo(f);
     req(c, Cmd.WRITE, 0, 512, { data: Buffer.alloc(512, 9), cookie: 1n });
     req(c, Cmd.DISC, 0, 0, { cookie: 2n });
+    // The write is still at the device when the server reads the DISC.
+    await until(() => gate.count === 1 && f.logs.some((e) => e.msg === 'client sent DISC'), 'DISC read with the write in flight');
+    gate.releaseAll();
     const r = await simpleReply(c);
     assert.deepEqual([r.error, r.cookie], [0, 1n]);
     assert.equal((await c.expectClose()).length, 0, 'no reply to DISC');
@@ -612,14 +649,21 @@ test('DISC: in-flight replies are sent, then the server closes', T, async () => 
 });
 
 test('half-close after complete requests: queued ones still run and are answered, then close', T, async () => {
-  const dev = new Wrapped(new MemoryBlockDevice({ size: 1 * MiB }), () => sleep(5));
+  const gate = new Gate();
+  const dev = new Wrapped(new MemoryBlockDevice({ size: 1 * MiB }), gate.hold);
   const f = await start({ dev, maxInFlight: 2 });
   try {
     const { c } = await connectGo(f);
     const reqs: Buffer[] = [];
     for (let i = 0; i < 10; i++) reqs.push(encodeRequest({ type: Cmd.READ, cookie: BigInt(i + 1), offset: i * 512, length: 512 }));
     c.sock.end(Buffer.concat(reqs)); // most of these wait behind maxInFlight when the FIN arrives
-    for (let i = 0; i < 10; i++) assert.equal((await simpleReply(c, 512)).error, 0);
+    await until(() => gate.count === 2, 'two reads at the device, the rest queued');
+    let answered = 0;
+    const replies = (async () => {
+      for (let i = 0; i < 10; i++, answered++) assert.equal((await simpleReply(c, 512)).error, 0);
+    })();
+    await drain(gate, () => answered === 10);
+    await replies;
     await c.expectClose();
     assert.ok(!hasCode(f, ErrorCode.NBD_TRUNCATED));
   } finally {
@@ -799,7 +843,7 @@ test('removeExport: in-flight request answered ESHUTDOWN, connection closed, exp
   try {
     const { c } = await connectGo(f);
     req(c, Cmd.READ, 0, 512, { cookie: 1n });
-    await sleep(20);
+    await until(() => dev.active === 1, 'the read at the device');
     const removed = f.server.removeExport('disk');
     release();
     const r = await simpleReply(c);
@@ -818,14 +862,16 @@ test('removeExport: in-flight request answered ESHUTDOWN, connection closed, exp
 });
 
 test('close(): drains in-flight requests with real results, then closes everything', T, async () => {
-  const dev = new Wrapped(new MemoryBlockDevice({ size: 1 * MiB }), (op) => (op === 'read' ? sleep(80) : Promise.resolve()));
+  const gate = new Gate();
+  const dev = new Wrapped(new MemoryBlockDevice({ size: 1 * MiB }), (op) => (op === 'read' ? gate.hold() : Promise.resolve()));
   const f = await start({ dev });
   const { c } = await connectGo(f);
   const idle = await Raw.connect(f.port);
   await greet(idle);
   req(c, Cmd.READ, 0, 512, { cookie: 1n });
-  await sleep(10);
+  await until(() => gate.count === 1, 'the read at the device');
   const closing = f.server.close();
+  gate.releaseAll();
   const r = await simpleReply(c, 512);
   assert.deepEqual([r.cookie, r.error], [1n, 0]);
   await c.expectClose();
@@ -934,10 +980,10 @@ test('seeded garbage: the server survives, stays bounded and keeps serving', { t
           }
         }
       }
-      await sleep(5);
       c.close();
+      // Each garbage connection is released (closed by the server or after our close).
+      await until(() => f.server.stats()[0]?.connections === 0, `round ${round}: connection released`);
     }
-    await sleep(100);
     // still serves a well-behaved client
     const { c } = await connectGo(f);
     req(c, Cmd.WRITE, 0, 512, { data: Buffer.alloc(512, 0x42), cookie: 1n });
@@ -945,8 +991,7 @@ test('seeded garbage: the server survives, stays bounded and keeps serving', { t
     req(c, Cmd.READ, 0, 512, { cookie: 2n });
     assert.ok((await simpleReply(c, 512)).data.every((b) => b === 0x42));
     c.close();
-    await sleep(50);
-    assert.equal(f.server.stats()[0]?.connections, 0, 'every garbage connection was released');
+    await until(() => f.server.stats()[0]?.connections === 0, 'every connection released');
     assert.ok(f.dev.allocatedBytes <= 8 * MiB);
     const growth = process.memoryUsage().heapUsed - heapBefore;
     assert.ok(growth < 64 * MiB, `heap grew by ${growth} bytes`);

@@ -14,6 +14,8 @@ import type { ErrorCodeValue } from '../../src/errors';
 import { encodeC2HData, encodeCapsuleResp, encodeCqe, encodeTermReq, sqeRead, sqeWrite, sqeFlush, crc32c } from '../../src/wire';
 import { FakeTarget } from '../helpers/fake-target';
 import type { FakeConn, FakeIcResp } from '../helpers/fake-target';
+import { track, turns, until } from '../helpers/clock';
+import { rejectsCode } from '../helpers/assert-code';
 
 const T = { timeout: 5000 };
 const HOSTID = Buffer.alloc(16, 0x11);
@@ -39,17 +41,6 @@ async function withTarget(
   return { target, qp, closed, conn: () => target.conns[0] as FakeConn };
 }
 
-async function rejectsWith(p: Promise<unknown>, code: ErrorCodeValue): Promise<NvmfNbdError> {
-  try {
-    await p;
-  } catch (err) {
-    assert.ok(err instanceof NvmfNbdError, `not an NvmfNbdError: ${String(err)}`);
-    assert.equal(err.code, code, err.message);
-    return err;
-  }
-  assert.fail(`expected rejection with ${code}`);
-}
-
 /** A fatal case: the command fails with `code`, the queue closes with `code`, a TermReq with `fes` is sent. */
 async function expectFatal(
   script: (c: FakeConn) => Promise<void>,
@@ -60,7 +51,7 @@ async function expectFatal(
 ): Promise<void> {
   const { target, qp, closed, conn } = await withTarget(script, o);
   try {
-    await rejectsWith(cmd(qp), code);
+    await rejectsCode(cmd(qp), code);
     const err = await closed;
     assert.equal(err?.code, code);
     assert.equal(qp.connected, false);
@@ -72,7 +63,7 @@ async function expectFatal(
       assert.equal(conn().termReqs[0]?.fes, fes);
     }
     // Nothing more is accepted after the teardown.
-    await rejectsWith(qp.submit(sqeFlush(1)), code);
+    await rejectsCode(qp.submit(sqeFlush(1)), code);
   } finally {
     qp.destroy();
     await target.close();
@@ -203,12 +194,14 @@ test('SQ flow control: CATTR asks to disable, SQHD 0xFFFF disables, SUCCESS then
 
 test('command ids are bounded by the queue size; extra commands wait in FIFO order', T, async () => {
   const order: number[] = [];
+  let host: QueuePair | undefined;
   const { target, qp } = await withTarget(async (c) => {
     // queueSize 3 → 2 commands in flight at most.
     const a = await c.nextCommand();
     const b = await c.nextCommand();
-    const pending = Promise.race([c.nextCommand(), new Promise((r) => setTimeout(() => r('none'), 100))]);
-    assert.equal(await pending, 'none', 'a third command must wait for a free cid');
+    // All four submitted: two in flight, the other two wait on the host for a free cid.
+    await until(() => host !== undefined && host.stats().waiting === 2, 'two commands waiting for a cid');
+    assert.equal(host?.stats().inFlight, 2, 'a third command must wait for a free cid');
     order.push(a.sqe.nsid, b.sqe.nsid);
     c.respond(a.sqe.cid, { sqhd: 2 });
     const c3 = await c.nextCommand();
@@ -219,6 +212,7 @@ test('command ids are bounded by the queue size; extra commands wait in FIFO ord
     c.respond(c3.sqe.cid, { sqhd: 1 });
     c.respond(c4.sqe.cid, { sqhd: 2 });
   }, { qp: { queueSize: 3 } });
+  host = qp;
   try {
     await Promise.all([1, 2, 3, 4].map((nsid) => qp.submit(sqeFlush(nsid))));
     assert.deepEqual(order, [1, 2, 3, 4]);
@@ -236,7 +230,7 @@ test('NVMe error status rejects the command with NVMF_ERR_NVME_STATUS and keeps 
     c.respond(ok.sqe.cid, { sqhd: 3 });
   });
   try {
-    const err = await rejectsWith(qp.submit(sqeFlush(1)), ErrorCode.NVME_STATUS);
+    const err = await rejectsCode(qp.submit(sqeFlush(1)), ErrorCode.NVME_STATUS);
     assert.equal(err.status?.sc, 0x80);
     assert.equal(err.retriable, false);
     assert.equal((await qp.submit(sqeFlush(1))).cqe.ok, true);
@@ -251,7 +245,7 @@ test('Connect refused: NVMF_ERR_CONNECT_FAILED with the NVMe status', T, async (
     await c.acceptConnect({ sct: 1, sc: 0x82, dnr: true });
   });
   try {
-    const err = await rejectsWith(QueuePair.connect(qpOpts(target.port)), ErrorCode.CONNECT_FAILED);
+    const err = await rejectsCode(QueuePair.connect(qpOpts(target.port)), ErrorCode.CONNECT_FAILED);
     assert.equal(err.status?.sct, 1);
     assert.equal(err.status?.sc, 0x82);
   } finally {
@@ -263,7 +257,7 @@ test('connection refused: NVMF_ERR_CONNECT_FAILED', T, async () => {
   const target = await FakeTarget.start(() => undefined);
   const port = target.port;
   await target.close();
-  await rejectsWith(QueuePair.connect(qpOpts(port)), ErrorCode.CONNECT_FAILED);
+  await rejectsCode(QueuePair.connect(qpOpts(port)), ErrorCode.CONNECT_FAILED);
 });
 
 // ---------------------------------------------------------------- ICResp checks
@@ -278,7 +272,7 @@ for (const [name, ic] of [
   test(`ICResp rejected: ${name} → NVMF_ERR_ICRESP_INVALID`, T, async () => {
     const target = await FakeTarget.start(async (c) => { await c.nextPdu(); }, ic);
     try {
-      await rejectsWith(QueuePair.connect(qpOpts(target.port, { hdgst: name === 'digest refused' })), ErrorCode.ICRESP_INVALID);
+      await rejectsCode(QueuePair.connect(qpOpts(target.port, { hdgst: name === 'digest refused' })), ErrorCode.ICRESP_INVALID);
     } finally {
       await target.close();
     }
@@ -289,7 +283,7 @@ test('target that never answers ICReq → NVMF_ERR_TIMEOUT within the connect bu
   // Swallow the ICReq: drop the fake's data handler so nothing ever answers.
   const silent = await FakeTarget.start(async (c) => { c.socket.removeAllListeners('data'); });
   try {
-    await rejectsWith(QueuePair.connect(qpOpts(silent.port, { connectTimeoutMs: 200 })), ErrorCode.TIMEOUT);
+    await rejectsCode(QueuePair.connect(qpOpts(silent.port, { connectTimeoutMs: 200 })), ErrorCode.TIMEOUT);
   } finally {
     await silent.close();
   }
@@ -442,7 +436,7 @@ test('SUCCESS without LAST_PDU with SQ flow control on → still rejected', T, a
   });
   try {
     assert.equal(qp.sqFlowControl, true);
-    const err = await rejectsWith(qp.submit(sqeRead(1, 0n, 8), { dataInLength: 4096 }), ErrorCode.PDU_INVALID_HEADER);
+    const err = await rejectsCode(qp.submit(sqeRead(1, 0n, 8), { dataInLength: 4096 }), ErrorCode.PDU_INVALID_HEADER);
     assert.equal(err.fes, 1);
     assert.equal((await closed)?.code, ErrorCode.PDU_INVALID_HEADER);
   } finally {
@@ -459,7 +453,7 @@ test('SUCCESS without LAST_PDU → rejected as an invalid header', T, async () =
     c.send(parts);
   }, { connect: { sqhd: 0xffff }, qp: { disableSqFlowControl: true } });
   try {
-    const err = await rejectsWith(qp.submit(sqeRead(1, 0n, 8), { dataInLength: 4096 }), ErrorCode.PDU_INVALID_HEADER);
+    const err = await rejectsCode(qp.submit(sqeRead(1, 0n, 8), { dataInLength: 4096 }), ErrorCode.PDU_INVALID_HEADER);
     assert.equal(err.fes, 1);
     assert.equal((await closed)?.code, ErrorCode.PDU_INVALID_HEADER);
   } finally {
@@ -519,7 +513,7 @@ test('bad data digest → that command fails with DATA_DIGEST, the connection st
     c.respond(again.sqe.cid, { sqhd: 3 });
   }, { qp: { ddgst: true } });
   try {
-    await rejectsWith(qp.submit(sqeRead(1, 0n, 8), { dataInLength: 4096 }), ErrorCode.DATA_DIGEST);
+    await rejectsCode(qp.submit(sqeRead(1, 0n, 8), { dataInLength: 4096 }), ErrorCode.DATA_DIGEST);
     assert.equal(qp.connected, true);
     const r = await qp.submit(sqeRead(1, 0n, 8), { dataInLength: 4096 });
     assert.deepEqual(r.data, data);
@@ -537,7 +531,7 @@ test('successful completion with less data than requested → SHORT_READ, queue 
     c.respond(cmd.sqe.cid, { sqhd: 2 });
   });
   try {
-    await rejectsWith(qp.submit(sqeRead(1, 0n, 8), { dataInLength: 4096 }), ErrorCode.SHORT_READ);
+    await rejectsCode(qp.submit(sqeRead(1, 0n, 8), { dataInLength: 4096 }), ErrorCode.SHORT_READ);
     assert.equal(qp.connected, true);
   } finally {
     qp.destroy();
@@ -554,8 +548,8 @@ test('C2HTermReq from the target → TERM_REQ_RECEIVED for every in-flight comma
   try {
     const a = qp.submit(sqeFlush(1));
     const b = qp.submit(sqeRead(1, 0n, 1), { dataInLength: 512 });
-    const errA = await rejectsWith(a, ErrorCode.TERM_REQ_RECEIVED);
-    await rejectsWith(b, ErrorCode.TERM_REQ_RECEIVED);
+    const errA = await rejectsCode(a, ErrorCode.TERM_REQ_RECEIVED);
+    await rejectsCode(b, ErrorCode.TERM_REQ_RECEIVED);
     assert.equal(errA.fes, 2);
     assert.equal((await closed)?.code, ErrorCode.TERM_REQ_RECEIVED);
     await conn().closed;
@@ -579,7 +573,7 @@ test('command timeout → TIMEOUT and the queue is torn down', T, async () => {
   }, ErrorCode.TIMEOUT, undefined, (qp) => qp.submit(sqeFlush(1), { timeoutMs: 100 }), { qp: { timeoutMs: 200 } });
 });
 
-test('a stuck command times out even while other commands keep completing', T, async () => {
+test('a stuck command times out at its deadline even while other commands keep completing', T, async (t) => {
   const { target, qp, closed } = await withTarget(async (c) => {
     await c.nextCommand(); // never answered
     for (;;) {
@@ -589,20 +583,23 @@ test('a stuck command times out even while other commands keep completing', T, a
     }
   }, { qp: { timeoutMs: 300, queueSize: 4 }, connect: { sqhd: 0xffff } });
   try {
-    const stuck = qp.submit(sqeFlush(1));
-    const t0 = Date.now();
-    // Keep the queue busy with quick commands until the stuck one fails.
-    let failed: unknown;
-    let completed = 0;
-    stuck.catch((e: unknown) => { failed = e; });
-    while (failed === undefined && Date.now() - t0 < 3000) {
-      await qp.submit(sqeFlush(2)).then(() => { completed++; }, () => undefined);
+    // The deadline clock (Date) and the queue's tick timer are mocked from 0: deadline 300.
+    t.mock.timers.enable({ apis: ['setTimeout', 'Date'], now: 0 });
+    const stuck = track(qp.submit(sqeFlush(1)));
+    // A quick command completes in every 10 mocked ms up to 290: each new one must not push
+    // the stuck one's deadline back, and none of them times out.
+    for (let ms = 0; ms < 290; ms += 10) {
+      await qp.submit(sqeFlush(2));
+      t.mock.timers.tick(10);
     }
-    await rejectsWith(stuck, ErrorCode.TIMEOUT);
-    assert.ok(completed > 10, `only ${completed} commands completed meanwhile`);
-    assert.ok(Date.now() - t0 < 1500, `took ${Date.now() - t0} ms`);
+    await turns(10);
+    assert.equal(stuck.done, false, 'the stuck command is within its timeout');
+    t.mock.timers.tick(10); // 300: the deadline (the queue's tick timer may be a real one: wait for it)
+    await until(() => stuck.done, 'the stuck command timed out');
+    await rejectsCode(stuck.promise, ErrorCode.TIMEOUT);
     assert.equal((await closed)?.code, ErrorCode.TIMEOUT);
   } finally {
+    t.mock.timers.reset();
     qp.destroy();
     await target.close();
   }
@@ -638,7 +635,7 @@ test('a command waiting for an SQ slot times out from submission (stale SQHD kee
   try {
     await qp.submit(sqeFlush(1));
     await qp.submit(sqeFlush(2));
-    await rejectsWith(qp.submit(sqeFlush(3), { timeoutMs: 150 }), ErrorCode.TIMEOUT);
+    await rejectsCode(qp.submit(sqeFlush(3), { timeoutMs: 150 }), ErrorCode.TIMEOUT);
     assert.equal((await closed)?.code, ErrorCode.TIMEOUT);
   } finally {
     qp.destroy();
@@ -656,8 +653,8 @@ test('destroy() fails waiting and in-flight commands once and emits close once',
     assert.equal(qp.stats().waiting, 1);
     qp.destroy(new NvmfNbdError(ErrorCode.ABORTED, 'test'));
     qp.destroy();
-    await rejectsWith(a, ErrorCode.ABORTED);
-    await rejectsWith(b, ErrorCode.ABORTED);
+    await rejectsCode(a, ErrorCode.ABORTED);
+    await rejectsCode(b, ErrorCode.ABORTED);
     assert.equal(closes, 1);
   } finally {
     await target.close();
