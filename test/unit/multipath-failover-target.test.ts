@@ -1,0 +1,82 @@
+/**
+ * Failover with real resilient controllers (pass-back mode) against the embedded target's two
+ * ports, the first path behind a FaultProxy: a read and a write in flight on the first path when
+ * its connections are cut (after a stall, so neither reached the target) — the read completes on
+ * the second path while the write is still held (reads continue during the write hold), a new
+ * write overlapping the held one completes only after it (ordering kept: the newer data wins),
+ * and a disjoint write goes through at once. No elapsed time is asserted: only orders and states.
+ */
+import { strict as assert } from 'node:assert';
+import { after, before, describe, it } from 'node:test';
+import { NvmeTarget } from '../../src/embedded-target';
+import { MultipathController, type PathOptions } from '../../src/controller/multipath';
+import { FaultProxy, ProxyMode } from '../helpers/fault-proxy';
+
+const NQN = 'nqn.2014-08.org.nvmf-nbd:test-mp-failover-target';
+const HOSTNQN = 'nqn.2014-08.org.nvmexpress:uuid:5d7c1f30-2b4a-4c6d-8e9f-00000000c014';
+const HOSTID = '5d7c1f30-2b4a-4c6d-8e9f-00000000c014';
+
+function opts(port: number): PathOptions {
+  return { traddr: '127.0.0.1', trsvcid: port, subnqn: NQN, hostnqn: HOSTNQN, hostid: HOSTID, nrIoQueues: 1, queueSize: 32, kato: 1000, connectTimeoutMs: 20_000, reconnectDelayMs: 200 };
+}
+
+describe('multipath failover against the embedded target (path cut mid-transfer)', () => {
+  let target: NvmeTarget;
+  let proxy: FaultProxy;
+  let direct = 0;
+
+  before(async () => {
+    target = new NvmeTarget({
+      ports: [{ host: '127.0.0.1', port: 0 }, { host: '127.0.0.1', port: 0 }],
+      subsystems: [{ nqn: NQN, namespaces: [{ nsid: 1, sizeBytes: 4 << 20, backing: { memory: true } }] }],
+      keepAliveGraceMs: 200,
+      cqtMs: 300,
+    });
+    await target.listen();
+    const ports = target.ports();
+    proxy = await FaultProxy.start({ port: ports[0]!.port });
+    direct = ports[1]!.port;
+  });
+
+  after(async () => {
+    await proxy.close();
+    await target.close();
+  });
+
+  it('reads re-issued at once, the write held then re-issued, an overlapping new write after it', { timeout: 60_000 }, async () => {
+    const mp = await MultipathController.connect(opts(proxy.port));
+    try {
+      await mp.addPath(opts(direct));
+      const ns = mp.namespace(1)!;
+      await ns.write(0, Buffer.alloc(8192, 0x11), false);
+      assert.equal(mp.holdTimeMs(mp.paths[0]!), 1000 + 300, 'KATO + the target\'s CQT');
+
+      proxy.setMode(ProxyMode.STALL);
+      const order: string[] = [];
+      const held = ns.write(0, Buffer.alloc(4096, 0x22), false).then(() => { order.push('held write'); });
+      const r1 = ns.read(4096, 4096);
+      await new Promise((r) => setImmediate(r));
+      proxy.setMode(ProxyMode.REFUSE);
+      proxy.cutAll();
+
+      assert.deepEqual(await r1, Buffer.alloc(4096, 0x11), 'the read in flight on the cut path came back from the other one');
+      const heldNow = mp.topology().namespaces[0]!.heldWrites;
+      assert.equal(heldNow, 1, 'the write is held while the read completed');
+      const r2 = await ns.read(0, 8192);
+      assert.equal(r2.length, 8192, 'new reads run during the hold');
+      assert.equal(mp.topology().namespaces[0]!.heldWrites, 1, '…and the write is still held after them');
+      const disjoint = ns.write(65536, Buffer.alloc(4096, 0x44), false).then(() => { order.push('disjoint write'); });
+      const newer = ns.write(0, Buffer.alloc(4096, 0x33), false).then(() => { order.push('overlapping write'); });
+      await Promise.all([held, disjoint, newer]);
+      assert.equal(order.indexOf('disjoint write') < order.indexOf('held write'), true, `disjoint write not delayed: ${order.join(', ')}`);
+      assert.equal(order.indexOf('held write') < order.indexOf('overlapping write'), true, `overlapping write after the held one: ${order.join(', ')}`);
+      assert.deepEqual(await ns.read(0, 4096), Buffer.alloc(4096, 0x33), 'the newer write wins');
+      const t = mp.topology();
+      assert.equal(t.paths[0]!.state, 'connecting');
+      assert.equal(t.paths[0]!.io.failovers, 2, 'the read and the write came back from the cut path');
+      assert.equal(t.namespaces[0]!.paths[1]!.current, true);
+    } finally {
+      await mp.close();
+    }
+  });
+});
