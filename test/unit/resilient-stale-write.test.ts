@@ -9,67 +9,15 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import * as net from 'node:net';
 import { NvmeTarget } from '../../src/embedded-target/target';
 import { ResilientController, quiesceTimeMs } from '../../src/controller/resilient';
 import type { Namespace } from '../../src/controller/namespace';
 import { ErrorCode, NvmfNbdError } from '../../src/errors';
+import { PartitionProxy } from '../helpers/partition-proxy';
 
 const NQN = 'nqn.2014-08.org.nvmf-nbd:stale-write';
 const HOSTNQN = 'nqn.2014-08.org.nvmexpress:uuid:0f6c3d1e-1a2b-4c3d-9e8f-00000000b001';
 const HOSTID = '0f6c3d1e-1a2b-4c3d-9e8f-00000000b001';
-
-/**
- * A proxy whose links can be black-holed: while stalled, host→target bytes (and the host's FIN)
- * are kept, as a retransmitting kernel keeps them; heal() delivers them to the old target
- * connection, as a repaired network would.
- */
-class PartitionProxy {
-  private readonly links: Array<{ up: net.Socket; stalled: boolean; held: Buffer[] }> = [];
-  private constructor(readonly server: net.Server) {}
-  static async start(targetPort: number): Promise<PartitionProxy> {
-    const server = net.createServer({ allowHalfOpen: true });
-    const p = new PartitionProxy(server);
-    server.on('connection', (c) => {
-      const up = net.connect(targetPort, '127.0.0.1');
-      const l = { up, stalled: false, held: [] as Buffer[] };
-      p.links.push(l);
-      c.on('data', (d: Buffer) => { if (l.stalled) l.held.push(d); else up.write(d); });
-      up.on('data', (d: Buffer) => { if (!l.stalled) c.write(d); });
-      c.on('end', () => { if (!l.stalled) up.end(); });
-      up.on('end', () => c.end());
-      up.on('close', () => c.destroy());
-      c.on('error', () => undefined);
-      up.on('error', () => undefined);
-    });
-    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-    return p;
-  }
-  get port(): number { return (this.server.address() as net.AddressInfo).port; }
-  /** Black-hole every current link. */
-  stall(): void { for (const l of this.links) l.stalled = true; }
-  /**
-   * The partition heals: held bytes reach the (old) target connections that are still open.
-   * Returns how many held bytes went to a connection the target still had open.
-   */
-  heal(): number {
-    let delivered = 0;
-    for (const l of this.links) {
-      if (!l.stalled) continue;
-      l.stalled = false;
-      if (l.up.destroyed) continue;
-      for (const d of l.held.splice(0)) {
-        delivered += d.length;
-        l.up.write(d);
-      }
-    }
-    return delivered;
-  }
-  close(): Promise<void> {
-    for (const l of this.links) l.up.destroy();
-    return new Promise((r) => this.server.close(() => r()));
-  }
-}
 
 test('quiesce time is 2·KATO + the target grace (default max(5 s, KATO/2)) + CQT', () => {
   assert.equal(quiesceTimeMs(5000, 0), 15_000);
