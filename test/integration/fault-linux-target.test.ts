@@ -125,7 +125,7 @@ test('scenario d: nvmet port removed for good → ctrl_loss_tmo exceeded, held w
   const lossTmoMs = 4000;
   try {
     await ctrlLossScenario({
-      lossTmoMs, blockSize: BLOCK, blocks: BLOCKS, rate: 5, warmupMs: 1000, deadSlackMs: 5000, stopSlackMs: 8000,
+      lossTmoMs, blockSize: BLOCK, blocks: BLOCKS, rate: 5, warmupMs: 1000,
       open: () => openSession(guestPort, { ctrlLossTmoMs: lossTmoMs }),
       fault: () => removeNvmetPort(guest),
       // The port back, then a new session (new controller) reads the acknowledged data.

@@ -10,11 +10,12 @@ import { promises as fsp } from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { Daemon } from '../../src/engine/daemon';
+import { Daemon, MAX_UNSENT_REPLY_BYTES } from '../../src/engine/daemon';
 import type { ControllerSession } from '../../src/engine/session';
 import { readState } from '../../src/engine/state-file';
 import { connectBinding } from '../../src/cli/verbs/daemon';
 import { ErrorCode } from '../../src/errors';
+import { until } from '../helpers/clock';
 
 const HOST = { hostnqn: 'nqn.2014-08.org.nvmexpress:uuid:0c5a2f1e-5d1b-4b8e-9a51-8d2b4a9c6e11', hostid: '0c5a2f1e-5d1b-4b8e-9a51-8d2b4a9c6e11' };
 const args = (nqn: string, more: Record<string, unknown> = {}): Record<string, unknown> => ({ traddr: '127.0.0.1', trsvcid: 4420, nqn, ...HOST, ...more });
@@ -136,14 +137,11 @@ test('finding 14: a control connection that never reads stops being answered (un
     const N = 400;
     const lines = Array.from({ length: N }, (_, i) => JSON.stringify({ id: i + 1, verb: 'get-log', args: { name: 'nvme0', lid: 2, len: 512 * 1024 } })).join('\n');
     sock.write(`${lines}\n`);
-    // Wait until the daemon stops making progress (an event-free plateau: two equal samples).
+    // Wait until the daemon stops reading the connection for good: paused with more unsent
+    // replies than its window (only the peer reading, a 'drain', can change that).
     const s = sessions[0] as FakeSession;
-    let last = -1;
-    for (;;) {
-      await new Promise((r) => setTimeout(r, 300));
-      if (s.adminCalls === last) break;
-      last = s.adminCalls;
-    }
+    const conns = (d as unknown as { conns: Set<net.Socket> }).conns;
+    await until(() => [...conns].some((c) => c.isPaused() && c.writableLength > MAX_UNSENT_REPLY_BYTES), 'the daemon paused the non-reading connection');
     // 400 × ~700 KiB of base64 would be ~280 MiB queued in the daemon without the window.
     assert.ok(s.adminCalls < 40, `answered ${s.adminCalls} of ${N} requests for a peer that reads nothing`);
     // Reading resumes the connection: every request is answered, in order.

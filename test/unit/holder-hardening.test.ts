@@ -19,6 +19,7 @@ import {
   encodeRepError, encodeRepServer, encodeRequest, encodeSimpleReply,
 } from '../../src/wire/nbd';
 import { NvmfNbdError } from '../../src/errors';
+import { until } from '../helpers/clock';
 
 const SIZE = 64 * 1024 * 1024;
 
@@ -229,14 +230,13 @@ test('finding 2: a client that sends READs and never reads is not buffered witho
     const reqs: Buffer[] = [];
     for (let i = 0; i < N; i++) reqs.push(read(BigInt(i + 1), MiB));
     sock.write(Buffer.concat(reqs));
-    // Wait for a plateau of the server's READ count (two equal samples), then compare.
+    // Wait until the holder reads neither side: the client (requests wait for held bytes) and
+    // the daemon (the client's backlog of replies is over its limit); only the client reading
+    // can change that.
     const reads = (): number => r.server.stats()[0]?.reads ?? 0;
-    let last = -1;
-    for (;;) {
-      await new Promise((res) => setTimeout(res, 300));
-      if (reads() === last) break;
-      last = reads();
-    }
+    type Held = { waiting: unknown[]; backend?: net.Socket };
+    const conn = (): Held | undefined => [...(r.holder as unknown as { conns: Set<Held> }).conns][0];
+    await until(() => { const h = conn(); return h !== undefined && h.waiting.length > 0 && h.backend?.isPaused() === true; }, 'the holder stopped reading both sides');
     // Bounded by the held-bytes limit (8 × 1 MiB READs) plus the daemon's own window; without
     // READ lengths counted and backpressure through the relay, all 128 MiB were read.
     assert.ok(reads() <= 16, `the server served ${reads()} of ${N} 1 MiB READs for a client that reads nothing`);

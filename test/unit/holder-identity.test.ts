@@ -6,6 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { promises as fsp } from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
@@ -22,7 +23,7 @@ test('finding 3: holder identity is start time + command line + a live endpoint,
   try {
     const pidFile = path.join(root, 'nvme0.holder.json');
     const pid = other.pid as number;
-    await new Promise((r) => setTimeout(r, 100));
+    await once(other, 'spawn'); // exec'd: its /proc entry is the sleep's
     const st = processStartTime(pid);
     assert.ok(st !== undefined);
     const f = { pid, host: '127.0.0.1', port, backend: '/x', startTime: st as string };

@@ -20,6 +20,7 @@ import { ErrorCode, NvmfNbdError } from '../../src/errors';
 import { statusError } from '../../src/wire/status';
 import { FaultProxy, ProxyMode } from '../helpers/fault-proxy';
 import { Cmd, NbdTestClient } from '../helpers/nbd-test-client';
+import { until } from '../helpers/clock';
 
 const NQN = 'nqn.2014-08.org.nvmf-nbd:namespace-retire';
 const HOSTNQN = 'nqn.2014-08.org.nvmexpress:uuid:5a1d7c3e-2b4f-4e6a-8c9d-00000000f001';
@@ -163,7 +164,7 @@ test('removed with I/O held during an outage: the held requests fail EIO (NAMESP
     await waitState(c, CtrlState.CONNECTING);
     const heldNbd = client.request(Cmd.WRITE, 0, 4096, { data: Buffer.alloc(4096, 0x33) });
     const heldDirect = failure(ns.read(0, 4096));
-    while (c.heldOps.count < 2) await new Promise((r) => setTimeout(r, 5));
+    await until(() => c.heldOps.count >= 2, 'both requests held');
     await target.removeNamespace(NQN, 3);
     const removed = nextChange(c, 3);
     proxy.setMode(ProxyMode.FORWARD);
@@ -194,7 +195,7 @@ test('reformatted: the old object fails EIO (NAMESPACE_UNSUPPORTED), a NEW objec
     proxy.cutAll();
     await waitState(c, CtrlState.CONNECTING);
     const held = first.client.request(Cmd.READ, 0, 4096);
-    while (c.heldOps.count < 1) await new Promise((r) => setTimeout(r, 5));
+    await until(() => c.heldOps.count >= 1, 'the read held');
     await target.removeNamespace(NQN, 4);
     await target.addNamespace(NQN, { nsid: 4, sizeBytes: 1 << 20, lbaSize: 4096, backing: { memory: true } });
     proxy.setMode(ProxyMode.FORWARD);

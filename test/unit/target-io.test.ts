@@ -246,7 +246,7 @@ describe('target: host bring-up and I/O', () => {
     const cc = await admin.submit(sqePropertySet(0x14, false, 0x00464001n));
     assert.equal(cc.cqe.ok, true);
     let shst = 0;
-    for (let i = 0; i < 50 && shst !== 2; i++) {
+    for (let i = 0; i < 2000 && shst !== 2; i++) { // polls the state; the bound only guards a hang
       shst = ((await admin.submit(sqePropertyGet(0x1c, false))).cqe.dw0 >>> 2) & 3;
       if (shst !== 2) await new Promise((res) => setTimeout(res, 10));
     }
