@@ -12,14 +12,7 @@ import { entryConnectOptions } from '../../src/cli/verbs/connect-all';
 import { ErrorCode, NvmfNbdError } from '../../src/errors';
 import { throwsCode } from '../helpers/assert-code';
 
-const usage = (f: () => unknown): boolean => {
-  try {
-    f();
-    return false;
-  } catch (e) {
-    return e instanceof NvmfNbdError && e.code === ErrorCode.CLI_USAGE;
-  }
-};
+const usage = (f: () => unknown, message?: string): void => { throwsCode(f, ErrorCode.CLI_USAGE, message); };
 
 test('disconnect: -n, -d nvmeX, -d /dev/nbdX, a positional; exactly one', () => {
   assert.deepEqual(disconnectTarget({ nqn: 'nqn.a' }, []), { nqn: 'nqn.a' });
@@ -27,10 +20,10 @@ test('disconnect: -n, -d nvmeX, -d /dev/nbdX, a positional; exactly one', () => 
   assert.deepEqual(disconnectTarget({ device: '/dev/nbd4' }, []), { device: '/dev/nbd4' });
   assert.deepEqual(disconnectTarget({}, ['/dev/nbd0']), { device: '/dev/nbd0' });
   assert.deepEqual(disconnectTarget({}, ['nvme1']), { name: 'nvme1' });
-  assert.ok(usage(() => disconnectTarget({}, [])));
-  assert.ok(usage(() => disconnectTarget({ nqn: 'nqn.a' }, ['nvme0'])));
-  assert.ok(usage(() => disconnectTarget({ device: 'sda' }, [])));
-  assert.ok(usage(() => disconnectTarget({}, ['/dev/sda'])));
+  usage(() => disconnectTarget({}, []));
+  usage(() => disconnectTarget({ nqn: 'nqn.a' }, ['nvme0']));
+  usage(() => disconnectTarget({ device: 'sda' }, []));
+  usage(() => disconnectTarget({}, ['/dev/sda']));
 });
 
 test('admin-passthru: direction from the opcode or the flags; write data padded to --data-len', () => {
@@ -42,10 +35,10 @@ test('admin-passthru: direction from the opcode or the flags; write data padded 
   assert.equal(w.direction, 'write');
   assert.deepEqual(Buffer.from(w.data as string, 'base64'), Buffer.from([1, 2, 3, 0, 0, 0, 0, 0]));
   assert.equal(passthruRequest('nvme0', { ...base, opcode: 0x18, 'data-len': 0 }, undefined).direction, 'none');
-  assert.ok(usage(() => passthruRequest('nvme0', { ...base, 'data-len': 0 }, undefined)), 'no opcode');
-  assert.ok(usage(() => passthruRequest('nvme0', { ...base, opcode: 6, 'data-len': 0 }, undefined)), 'read without a length');
-  assert.ok(usage(() => passthruRequest('nvme0', { ...base, opcode: 0x18, 'data-len': 512 }, undefined)), 'no-data opcode with a length');
-  assert.ok(usage(() => passthruRequest('nvme0', { ...base, opcode: 6, read: true, write: true, 'data-len': 8 }, undefined)));
+  usage(() => passthruRequest('nvme0', { ...base, 'data-len': 0 }, undefined), 'no opcode');
+  usage(() => passthruRequest('nvme0', { ...base, opcode: 6, 'data-len': 0 }, undefined), 'read without a length');
+  usage(() => passthruRequest('nvme0', { ...base, opcode: 0x18, 'data-len': 512 }, undefined), 'no-data opcode with a length');
+  usage(() => passthruRequest('nvme0', { ...base, opcode: 6, read: true, write: true, 'data-len': 8 }, undefined));
 });
 
 test('get-log helpers: hex dump lines, nvmeX positional, -o/-b', () => {
@@ -55,10 +48,10 @@ test('get-log helpers: hex dump lines, nvmeX positional, -o/-b', () => {
   assert.equal(lines[1], '0000: 4e 56 4d 65 00 01 20 6c 6f 67 20 70 61 67 65 20 "NVMe.. log page "');
   assert.match(lines[2] ?? '', /^0010: 30 31 32 .* "0123456789"$/);
   assert.equal(controllerName(['nvme3']), 'nvme3');
-  assert.ok(usage(() => controllerName([])));
-  assert.ok(usage(() => controllerName(['/dev/nvme0'])));
+  usage(() => controllerName([]));
+  usage(() => controllerName(['/dev/nvme0']));
   assert.equal(dataFormat({ 'raw-binary': true, 'output-format': 'json' }), 'binary');
-  assert.ok(usage(() => dataFormat({ 'output-format': 'xml' })));
+  usage(() => dataFormat({ 'output-format': 'xml' }));
 });
 
 test('connect-all: each entry becomes a connect with its own address and NQN; other flags carry over', () => {

@@ -4,6 +4,7 @@ import {
   parseDiscoveryLogHeader, parseDiscoveryLogEntries, encodeDiscoveryLog, TrType, AdrFam, SubType, Treq,
 } from '../../src/wire/discovery-log';
 import { ErrorCode, NvmfNbdError } from '../../src/errors';
+import { throwsCode } from '../helpers/assert-code';
 
 /**
  * A two-entry log page (NVMe-oF 1.1 Figures 30-31). trsvcid and traddr are padded with `pad`:
@@ -61,13 +62,7 @@ test('entry count is bounded by the buffer, whatever numrec says', () => {
 });
 
 test('short header is an INVALID_ARGUMENT error', () => {
-  try {
-    parseDiscoveryLogHeader(Buffer.alloc(10));
-    assert.fail('expected a throw');
-  } catch (e) {
-    assert.ok(e instanceof NvmfNbdError);
-    assert.equal(e.code, ErrorCode.INVALID_ARGUMENT);
-  }
+  throwsCode(() => parseDiscoveryLogHeader(Buffer.alloc(10)), ErrorCode.INVALID_ARGUMENT);
 });
 
 test('encoder reproduces the fixture byte for byte (NUL padded)', () => {

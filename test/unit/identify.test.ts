@@ -4,17 +4,8 @@ import {
   parseIdentifyController, encodeIdentifyController, parseIdentifyNamespace, encodeIdentifyNamespace,
   parseNamespaceList, encodeNamespaceList, formatIndexOf,
 } from '../../src/wire/identify';
-import { ErrorCode, NvmfNbdError } from '../../src/errors';
-
-function code(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (e) {
-    assert.ok(e instanceof NvmfNbdError);
-    return e.code;
-  }
-  return 'no error';
-}
+import { ErrorCode } from '../../src/errors';
+import { throwsCode } from '../helpers/assert-code';
 
 /** Identify Controller built byte by byte from the NVMe Base 2.0 layout (Figure 275). */
 function ctrlFixture(): Buffer {
@@ -100,8 +91,8 @@ test('Identify Controller encoder reproduces the fixture (strings space padded, 
 });
 
 test('Identify parsers reject short buffers', () => {
-  assert.equal(code(() => parseIdentifyController(Buffer.alloc(4095))), ErrorCode.INVALID_ARGUMENT);
-  assert.equal(code(() => parseIdentifyNamespace(Buffer.alloc(512))), ErrorCode.INVALID_ARGUMENT);
+  throwsCode(() => parseIdentifyController(Buffer.alloc(4095)), ErrorCode.INVALID_ARGUMENT);
+  throwsCode(() => parseIdentifyNamespace(Buffer.alloc(512)), ErrorCode.INVALID_ARGUMENT);
 });
 
 /** Identify Namespace from the NVM Command Set layout. */
@@ -191,5 +182,5 @@ test('active namespace list: zero-terminated, at most 1024 ids', () => {
   const full = encodeNamespaceList(Array.from({ length: 1024 }, (_, i) => i + 1));
   assert.equal(parseNamespaceList(full).length, 1024);
   assert.deepEqual(parseNamespaceList(Buffer.from([5, 0, 0, 0, 6, 0])), [5], 'partial trailing id ignored');
-  assert.equal(code(() => encodeNamespaceList(new Array<number>(1025).fill(1))), ErrorCode.INVALID_ARGUMENT);
+  throwsCode(() => encodeNamespaceList(new Array<number>(1025).fill(1)), ErrorCode.INVALID_ARGUMENT);
 });

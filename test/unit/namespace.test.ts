@@ -9,7 +9,7 @@ import type { FakeBackend as NamespaceBackend } from '../helpers/namespace-of';
 import { NbdErrno, errorToErrno, nvmeStatusToErrno } from '../../src/block/errno';
 import { ErrorCode, NvmfNbdError } from '../../src/errors';
 import type { NvmeStatus } from '../../src/errors';
-import { throwsCode } from '../helpers/assert-code';
+import { rejectsCode, throwsCode } from '../helpers/assert-code';
 
 type Call = { op: string; nsid: number; slba: bigint; nlb: number; fua?: boolean; deallocate?: boolean };
 
@@ -127,5 +127,5 @@ test('backend failures reach the caller with errno set and the code and status k
   assert.equal(err?.status?.sc, 0x80);
   assert.equal(err?.errno, NbdErrno.ENOSPC);
   const lost = namespaceOf(backend({ fail: new NvmfNbdError(ErrorCode.CONTROLLER_LOST, 'gone') }), 1);
-  await assert.rejects(lost.read(0, 4096), (e: NvmfNbdError) => e.code === ErrorCode.CONTROLLER_LOST && e.errno === NbdErrno.EIO);
+  assert.equal((await rejectsCode(lost.read(0, 4096), ErrorCode.CONTROLLER_LOST)).errno, NbdErrno.EIO);
 });

@@ -13,6 +13,7 @@ import { NvmeTarget } from '../../src/embedded-target/target';
 import { ResilientController, quiesceTimeMs } from '../../src/controller/resilient';
 import type { Namespace } from '../../src/controller/namespace';
 import { ErrorCode, NvmfNbdError } from '../../src/errors';
+import { rejectsCode, throwsCode } from '../helpers/assert-code';
 import { PartitionProxy } from '../helpers/partition-proxy';
 
 const NQN = 'nqn.2014-08.org.nvmf-nbd:stale-write';
@@ -30,9 +31,9 @@ test('KATO 0 is refused for an I/O controller: API INVALID_ARGUMENT, CLI -k 0 us
   const target = new NvmeTarget({ listen: { host: '127.0.0.1', port: 0 }, subsystems: [{ nqn: NQN, namespaces: [{ nsid: 1, sizeBytes: 1 << 20, backing: { memory: true } }] }] });
   const { port } = await target.listen();
   try {
-    await assert.rejects(
+    await rejectsCode(
       ResilientController.connect({ traddr: '127.0.0.1', trsvcid: port, subnqn: NQN, hostnqn: HOSTNQN, hostid: HOSTID, nrIoQueues: 1, kato: 0 }),
-      (e: NvmfNbdError) => e.code === ErrorCode.INVALID_ARGUMENT,
+      ErrorCode.INVALID_ARGUMENT,
     );
   } finally {
     await target.close();
@@ -40,8 +41,7 @@ test('KATO 0 is refused for an I/O controller: API INVALID_ARGUMENT, CLI -k 0 us
   const { parseArgs } = await import('../../src/cli/args');
   const { CONNECT_OPTIONS, controllerOptionsFromArgs } = await import('../../src/cli/verbs/connect');
   const base = ['-t', 'tcp', '-a', '127.0.0.1', '-n', NQN, '-q', HOSTNQN, '-I', HOSTID];
-  assert.throws(() => controllerOptionsFromArgs(parseArgs([...base, '-k', '0'], CONNECT_OPTIONS).options),
-    (e: NvmfNbdError) => e.code === ErrorCode.CLI_USAGE);
+  throwsCode(() => controllerOptionsFromArgs(parseArgs([...base, '-k', '0'], CONNECT_OPTIONS).options), ErrorCode.CLI_USAGE);
   assert.equal(controllerOptionsFromArgs(parseArgs([...base, '-k', '1'], CONNECT_OPTIONS).options).kato, 1000);
 });
 

@@ -7,19 +7,11 @@ import {
 } from '../../src/wire/sqe';
 import { parseCqe, encodeCqe } from '../../src/wire/cqe';
 import { parseCap, encodeCap, decodeCc, encodeCc, decodeCsts, encodeCsts, decodeVs, encodeVs, formatVs, Property } from '../../src/wire/properties';
-import { ErrorCode, NvmfNbdError } from '../../src/errors';
+import { ErrorCode } from '../../src/errors';
+import { throwsCode } from '../helpers/assert-code';
 
 const dw = (b: Buffer, n: number): number => b.readUInt32LE(n * 4);
 
-function code(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (e) {
-    assert.ok(e instanceof NvmfNbdError);
-    return e.code;
-  }
-  return 'no error';
-}
 
 test('Identify: opcode 0x06, nsid, cdw10 = cns | cntid<<16', () => {
   const s = sqeIdentify(0x01, 0, 0x1234);
@@ -44,8 +36,8 @@ test('Get Log Page: numd 0-based dwords split into numdl/numdu, lsp, rae, offset
   assert.equal(dw(big, 10) >>> 16, 0xffff);
   assert.equal(dw(big, 11), 0x3);
   assert.equal(dw(big, 1), 0xffffffff, 'default nsid');
-  assert.equal(code(() => sqeGetLogPage(2, 6)), ErrorCode.INVALID_ARGUMENT);
-  assert.equal(code(() => sqeGetLogPage(2, 0)), ErrorCode.INVALID_ARGUMENT);
+  throwsCode(() => sqeGetLogPage(2, 6), ErrorCode.INVALID_ARGUMENT);
+  throwsCode(() => sqeGetLogPage(2, 0), ErrorCode.INVALID_ARGUMENT);
 });
 
 test('Set/Get Features, Keep Alive, AER opcodes and dwords', () => {
@@ -64,8 +56,8 @@ test('Read/Write: slba u64 at cdw10-11 as bigint, nlb 0-based, FUA bit 30', () =
   const w = sqeWrite(2, 0n, 65536, true);
   assert.deepEqual([w[0], dw(w, 1), dw(w, 12)], [0x01, 2, (0xffff | (1 << 30)) >>> 0]);
   assert.equal(dw(sqeWrite(2, 0n, 1, false), 12), 0);
-  assert.equal(code(() => sqeRead(1, 0n, 0)), ErrorCode.INVALID_ARGUMENT);
-  assert.equal(code(() => sqeRead(1, 0n, 65537)), ErrorCode.INVALID_ARGUMENT);
+  throwsCode(() => sqeRead(1, 0n, 0), ErrorCode.INVALID_ARGUMENT);
+  throwsCode(() => sqeRead(1, 0n, 65537), ErrorCode.INVALID_ARGUMENT);
 });
 
 test('Flush, Dataset Management (nr 0-based, AD bit 2) and DSM ranges', () => {
@@ -81,7 +73,7 @@ test('Flush, Dataset Management (nr 0-based, AD bit 2) and DSM ranges', () => {
   expect.writeUInt32LE(1, 20);
   expect.writeBigUInt64LE(0xffff_ffff_ffn, 24);
   assert.deepEqual(r, expect);
-  assert.equal(code(() => sqeDatasetManagement(1, 257, true)), ErrorCode.INVALID_ARGUMENT);
+  throwsCode(() => sqeDatasetManagement(1, 257, true), ErrorCode.INVALID_ARGUMENT);
 });
 
 test('Write Zeroes: DEAC bit 25, FUA bit 30', () => {
@@ -106,8 +98,8 @@ test('Connect SQE and data layout (Fabrics 1.1)', () => {
   assert.equal(d[263], 0);
   assert.equal(d.subarray(512, 520).toString(), 'nqn.host');
   assert.deepEqual(parseConnectData(d), { hostid, cntlid: 0xffff, subnqn: 'nqn.sub', hostnqn: 'nqn.host' });
-  assert.equal(code(() => encodeConnectData({ hostid, cntlid: 1, subnqn: 'x'.repeat(256), hostnqn: 'h' })), ErrorCode.INVALID_ARGUMENT);
-  assert.equal(code(() => parseConnectData(Buffer.alloc(100))), ErrorCode.INVALID_ARGUMENT);
+  throwsCode(() => encodeConnectData({ hostid, cntlid: 1, subnqn: 'x'.repeat(256), hostnqn: 'h' }), ErrorCode.INVALID_ARGUMENT);
+  throwsCode(() => parseConnectData(Buffer.alloc(100)), ErrorCode.INVALID_ARGUMENT);
 });
 
 test('Property Get/Set: attrib, offset, value', () => {
@@ -146,7 +138,7 @@ test('dataDirection from opcode bits (fctype for Fabrics)', () => {
   assert.equal(dataDirection(sqeKeepAlive()), DataDirection.NONE);
   const bidi = Buffer.alloc(64);
   bidi[0] = 0x83;
-  assert.equal(code(() => dataDirection(bidi)), ErrorCode.UNSUPPORTED);
+  throwsCode(() => dataDirection(bidi), ErrorCode.UNSUPPORTED);
 });
 
 test('CQE fixture: status bits (sc 24:17, sct 27:25, crd 29:28, more 30, dnr 31)', () => {
@@ -172,7 +164,7 @@ test('CQE success is ok; short CQE rejected', () => {
   assert.equal(c.sqhd, 0xffff);
   assert.equal(parseCqe(encodeCqe({ sqhd: 0, cid: 1, sct: 0, sc: 2 })).ok, false);
   assert.equal(parseCqe(encodeCqe({ sqhd: 0, cid: 1, sct: 2, sc: 0 })).ok, false);
-  assert.equal(code(() => parseCqe(Buffer.alloc(15))), ErrorCode.INVALID_ARGUMENT);
+  throwsCode(() => parseCqe(Buffer.alloc(15)), ErrorCode.INVALID_ARGUMENT);
 });
 
 test('parseCap decodes every field from a hand-built value', () => {

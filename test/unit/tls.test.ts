@@ -197,11 +197,11 @@ test('optional port: TLS and plain hosts both connect; discovery log shows TREQ 
 });
 
 test('failures: wrong key, unknown identity, TLS required but off, TLS to a plain port — codes, no hang', async () => {
-  assert.equal(await code(Controller.connect(opts(ports.required, { tls: deriveTlsPsk(other, HOSTNQN, NQN, 1) }))), ErrorCode.TLS_HANDSHAKE);
-  assert.equal(await code(Controller.connect(opts(ports.required, { tls: deriveTlsPsk(key, 'nqn.2014-08.org.nvmf-nbd:stranger', NQN, 0) }))), ErrorCode.TLS_HANDSHAKE);
+  await rejectsCode(Controller.connect(opts(ports.required, { tls: deriveTlsPsk(other, HOSTNQN, NQN, 1) })), ErrorCode.TLS_HANDSHAKE);
+  await rejectsCode(Controller.connect(opts(ports.required, { tls: deriveTlsPsk(key, 'nqn.2014-08.org.nvmf-nbd:stranger', NQN, 0) })), ErrorCode.TLS_HANDSHAKE);
   const off = await code(Controller.connect(opts(ports.required, { tls: undefined })));
   assert.ok(([ErrorCode.CONNECTION_CLOSED, ErrorCode.CONNECT_FAILED] as string[]).includes(off), off);
-  assert.equal(await code(Controller.connect(opts(ports.plain))), ErrorCode.TLS_HANDSHAKE);
+  await rejectsCode(Controller.connect(opts(ports.plain)), ErrorCode.TLS_HANDSHAKE);
 });
 
 /**
