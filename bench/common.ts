@@ -175,14 +175,18 @@ export function procMemory(pid: number): { hwmKiB: number; rssKiB: number } | un
 
 /** CPU time (user+system, in clock ticks → µs) a live process has used, from /proc/PID/stat. */
 export function procCpuMicros(pid: number): number | undefined {
+  const t = procCpuTimes(pid);
+  return t === undefined ? undefined : t.user + t.sys;
+}
+
+/** User and system CPU time (µs) a live process has used, from /proc/PID/stat. */
+export function procCpuTimes(pid: number): { user: number; sys: number } | undefined {
   try {
     const s = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
     // The command name (field 2) may hold spaces and parentheses: split after the last ')'.
     const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
-    const utime = Number(f[11]);
-    const stime = Number(f[12]);
     // USER_HZ is 100 on every Linux ABI Node supports.
-    return ((utime + stime) * 1e6) / 100;
+    return { user: (Number(f[11]) * 1e6) / 100, sys: (Number(f[12]) * 1e6) / 100 };
   } catch {
     return undefined;
   }

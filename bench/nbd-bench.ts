@@ -28,7 +28,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import {
   BENCH_DIST_DIR, BENCH_SUBNQN, EXIT_MISSING_PREREQ, MiB, fmt, haveCommand, machineLine, numArg, parseArgs, pinned,
-  procCpuMicros, procMemory, sleep, spawnHelper, startTargetProc, table, versionOf,
+  procCpuTimes, procMemory, sleep, spawnHelper, startTargetProc, table, versionOf,
 } from './common';
 import type { Helper } from './common';
 import { summariseProfile } from './profile-summary';
@@ -72,6 +72,8 @@ interface FioResult {
   p99us: number;
   /** CPU time the server process used per I/O during the job (µs), when measurable. */
   serverCpuUsPerIo?: number;
+  /** Of it, system (kernel) time per I/O (µs): syscalls, and the loopback TCP work they do. */
+  serverSysUsPerIo?: number;
   /** Server CPU time / wall time during the job (%): near 100 means the server is the bottleneck. */
   serverBusyPct?: number;
 }
@@ -173,10 +175,10 @@ function fioArgv(o: Opts, uri: string | readonly string[], job: Job | 'prefill',
 
 /** Run one fio job pinned to `o.cpu`; `serverPid` is charged CPU time per I/O. */
 async function fio(o: Opts, uri: string | readonly string[], job: Job | 'prefill', serverPid?: number, sizeMiB?: number): Promise<FioResult> {
-  const cpu0 = serverPid === undefined ? undefined : procCpuMicros(serverPid);
+  const cpu0 = serverPid === undefined ? undefined : procCpuTimes(serverPid);
   const t0 = process.hrtime.bigint();
   const r = await run(pinned(o.cpu, fioArgv(o, uri, job, sizeMiB)).argv);
-  const cpu1 = serverPid === undefined ? undefined : procCpuMicros(serverPid);
+  const cpu1 = serverPid === undefined ? undefined : procCpuTimes(serverPid);
   const wallUs = Number(process.hrtime.bigint() - t0) / 1000;
   const brace = r.stdout.indexOf('{');
   if (r.code !== 0 || brace < 0) throw new Error(`fio ${job === 'prefill' ? job : job.name} on ${String(uri)} failed (${r.code}): ${r.stderr.trim() || r.stdout.slice(0, 2000)}`);
@@ -188,8 +190,10 @@ async function fio(o: Opts, uri: string | readonly string[], job: Job | 'prefill
   const res: FioResult = { iops: side.iops, mibps: side.bw_bytes / MiB, p99us: (side.clat_ns?.percentile?.['99.000000'] ?? NaN) / 1000 };
   // CPU is sampled over the whole fio run (ramp included), so divide by the I/Os of that span.
   if (cpu0 !== undefined && cpu1 !== undefined && ios > 0) {
-    res.serverCpuUsPerIo = (cpu1 - cpu0) / ios;
-    res.serverBusyPct = (100 * (cpu1 - cpu0)) / wallUs;
+    const used = cpu1.user + cpu1.sys - cpu0.user - cpu0.sys;
+    res.serverCpuUsPerIo = used / ios;
+    res.serverSysUsPerIo = (cpu1.sys - cpu0.sys) / ios;
+    res.serverBusyPct = (100 * used) / wallUs;
   }
   return res;
 }
@@ -304,7 +308,7 @@ async function main(): Promise<void> {
           : job.iodepth === 32 && job.bs === '4k' ? GOAL.qd32 : job.rw === 'read' && job.bs === '1m' ? GOAL.seq : '';
         rows.push([
           p === paths[0] ? job.name : '', p.name,
-          fmt(r.iops, 0), fmt(r.mibps), fmt(r.p99us, 0), fmt(r.serverCpuUsPerIo), fmt(r.serverBusyPct, 0),
+          fmt(r.iops, 0), fmt(r.mibps), fmt(r.p99us, 0), fmt(r.serverCpuUsPerIo), fmt(r.serverSysUsPerIo), fmt(r.serverBusyPct, 0),
           ratio(r.iops, vsRelay?.iops), ratio(r.serverCpuUsPerIo, vsRelay?.serverCpuUsPerIo),
           p.name === 'nbdkit' ? '' : ratio(r.mibps, direct?.mibps),
           goal,
@@ -324,16 +328,16 @@ async function main(): Promise<void> {
       await fio(o, uris, 'prefill', undefined, NS4_SIZE_MIB);
       const r = await fio(o, uris, NS4_JOB, b4.child.pid as number, NS4_SIZE_MIB);
       const m4 = procMemory(b4.child.pid as number);
-      rows.push([NS4_JOB.name, 'bridge', fmt(r.iops, 0), fmt(r.mibps), fmt(r.p99us, 0), fmt(r.serverCpuUsPerIo), fmt(r.serverBusyPct, 0), '-', '-', '-',
+      rows.push([NS4_JOB.name, 'bridge', fmt(r.iops, 0), fmt(r.mibps), fmt(r.p99us, 0), fmt(r.serverCpuUsPerIo), fmt(r.serverSysUsPerIo), fmt(r.serverBusyPct, 0), '-', '-', '-',
         `VmHWM ${m4 === undefined ? '?' : fmt(m4.hwmKiB / 1024)} MiB (goal ≤ 150)`]);
       ns4Line = `4-namespace bridge (${NS4} exports × QD${NS4_JOB.iodepth}, ${NS4_JOB.bs} random reads, ${NS4_SIZE_MIB} MiB each) peak RSS (VmHWM): ${m4 === undefined ? '?' : `${fmt(m4.hwmKiB / 1024)} MiB`} — goal: ${GOAL.rss4}\n`;
       process.stderr.write(`nbd-bench: ${NS4_JOB.name} done\n`);
     }
-    process.stdout.write(`${table(['job', 'path', 'IOPS', 'MiB/s', 'p99 µs', 'CPU µs/IO', 'busy %', 'IOPS /relay', 'CPU /relay', 'MiB/s /nbdkit', 'goal (issue 9)'], rows)}\n`);
+    process.stdout.write(`${table(['job', 'path', 'IOPS', 'MiB/s', 'p99 µs', 'CPU µs/IO', 'of it sys', 'busy %', 'IOPS /relay', 'CPU /relay', 'MiB/s /nbdkit', 'goal (issue 9)'], rows)}\n`);
     process.stdout.write(`bridge peak RSS (VmHWM): ${mem === undefined ? '?' : `${fmt(mem.hwmKiB / 1024)} MiB`}, RSS now ${mem === undefined ? '?' : `${fmt(mem.rssKiB / 1024)} MiB`} — goal: ${GOAL.rss}\n`);
     process.stdout.write(ns4Line);
     process.stdout.write('nbdkit = fio → nbdkit memory (same CPU); relay = fio → Node byte relay → nbdkit on the target CPU; bridge = fio → nvmf-nbd → embedded NVMe/TCP target on the target CPU.\n' +
-      'CPU µs/IO = CPU time of the middle process per I/O (nbdkit for the direct path; targets not included); busy % = that CPU time / job wall time; /relay and /nbdkit = ratios to those rows of the same job.\n');
+      'CPU µs/IO = CPU time of the middle process per I/O (nbdkit for the direct path; targets not included), of it sys = its kernel part; busy % = that CPU time / job wall time; /relay and /nbdkit = ratios to those rows of the same job.\n');
   } finally {
     for (const k of kills) k();
     for (const h of helpers.reverse()) await h.stop();

@@ -26,8 +26,6 @@ import {
   parseNamespaceList,
   sqeAsyncEventRequest,
   sqeDatasetManagement,
-  fillSqeIo,
-  IoOpcode,
   sqeGetLogPage,
   sqeIdentify,
   sqeKeepAlive,
@@ -42,6 +40,9 @@ import {
   parseAnaLog,
 } from '../wire';
 import type { AnaLog } from '../wire';
+// The per-I/O ones straight from their module: the barrel's CommonJS re-exports are getters, a
+// call per use on the hot path.
+import { IoOpcode, fillSqeIo } from '../wire/sqe';
 import type { Cqe, IdentifyController } from '../wire';
 import { classifyNamespace, readActiveNamespaceIds } from './namespace-info';
 import type { NamespaceInfo } from './namespace-info';

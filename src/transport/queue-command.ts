@@ -62,7 +62,10 @@ export abstract class QueueCommand {
   /** @internal Submission sequence number (see QueuePair.sqIssued): the SQ entry this command took. */
   sqSeq = 0;
 
-  /** The controller completed the command successfully (or with an accepted error status). */
+  /**
+   * The controller completed the command successfully (or with an accepted error status). `cqe`
+   * is valid only during the call (the queue refills the same object for its next completion).
+   */
   abstract onQpComplete(cqe: Cqe): void;
   /** The command failed: an NVMe status, a digest / short read, or the queue's end. */
   abstract onQpError(err: NvmfNbdError): void;
@@ -78,7 +81,9 @@ export class PromiseCommand extends QueueCommand {
   }
 
   onQpComplete(cqe: Cqe): void {
-    this.resolve(this.dataIn === undefined ? { cqe } : { cqe, data: this.dataIn });
+    // The queue reuses its CQE object for the next completion: the promise keeps a copy.
+    const own: Cqe = { dw0: cqe.dw0, dw1: cqe.dw1, sqhd: cqe.sqhd, sqid: cqe.sqid, cid: cqe.cid, status: cqe.status, ok: cqe.ok };
+    this.resolve(this.dataIn === undefined ? { cqe: own } : { cqe: own, data: this.dataIn });
   }
 
   onQpError(err: NvmfNbdError): void {

@@ -13,11 +13,12 @@ import { tlsConnect } from '../tls/channel';
 import type { TlsPsk } from '../tls/psk';
 // Straight from the codec modules, not the '../wire' barrel: its CommonJS re-exports are getters,
 // a call per use on the per-command path.
-import { Fes, PduParser, PduType, encodeCapsuleCmd, encodeH2CData, encodeIcReq, encodeTermReq } from '../wire/pdu';
-import type { Pdu, PduOptions } from '../wire/pdu';
+import { Fes, PduFlag, PduParser, PduType, encodeCapsuleCmd, encodeH2CData, encodeIcReq, encodeTermReq } from '../wire/pdu';
+import type { HostPduSink, Pdu, PduOptions } from '../wire/pdu';
 import { SglType, encodeConnectData, setCid, setSgl, sqeConnect } from '../wire/sqe';
-import { parseCqe } from '../wire/cqe';
+import { decodeStatusField, parseCqe } from '../wire/cqe';
 import type { Cqe } from '../wire/cqe';
+import type { NvmeStatus } from '../errors';
 import { FabricsStatus, Sct, formatStatus, statusError } from '../wire/status';
 import { sqeAuthReceive, sqeAuthSend } from '../wire/auth';
 import { WriteBatcher } from '../net/write-batcher';
@@ -138,6 +139,9 @@ export interface QueueStats {
   c2hSuccessWithSqFlow: number;
 }
 
+/** The status of every successful completion (shared, frozen: completions allocate no status). */
+const STATUS_OK: NvmeStatus = Object.freeze({ sct: 0, sc: 0, dnr: false, more: false, crd: 0 });
+
 const QpState = { CONNECTING: 'connecting', READY: 'ready', CLOSED: 'closed' } as const;
 type QpState = (typeof QpState)[keyof typeof QpState];
 
@@ -184,7 +188,14 @@ export class QueuePair extends EventEmitter {
   private inCapsuleMax: number;
   private readonly maxTransfer: number;
   private readonly timeoutMs: number;
-  private readonly inflight = new Map<number, QueueCommand>();
+  /** Commands in flight by cid (an array: a Map costs a hash lookup per set/get/delete). */
+  private readonly inflight: Array<QueueCommand | undefined>;
+  private inflightCount = 0;
+  /**
+   * The CQE handed to `onQpComplete`, refilled per completion (valid only during the call; the
+   * promise wrapper copies it): no Cqe, status or view object per I/O.
+   */
+  private readonly rxCqe: Cqe = { dw0: 0, dw1: 0, sqhd: 0, sqid: 0, cid: 0, status: STATUS_OK, ok: true };
   /** Free command identifiers, FIFO so a cid is not reused right away (stale replies stand out). */
   private readonly freeCids: Uint16Array;
   /** Ring over freeCids (Array.shift is a C++ builtin call per command): oldest free cid, count. */
@@ -246,11 +257,17 @@ export class QueuePair extends EventEmitter {
     this.freeCids = new Uint16Array(Math.max(1, opts.queueSize - 1));
     for (let cid = 0; cid < opts.queueSize - 1; cid++) this.freeCids[cid] = cid;
     this.cidCount = opts.queueSize - 1;
+    this.inflight = new Array<QueueCommand | undefined>(this.freeCids.length).fill(undefined);
+    const sink: HostPduSink = {
+      onCapsuleResp: (b, o) => this.onCqe(b, o),
+      onC2HData: (cccid, datao, flags, data, ok) => this.onC2HData(cccid, datao, flags, data, ok),
+    };
     this.parser = new PduParser({
       role: 'host',
       maxData: Math.max(this.maxTransfer, 8192),
       placeData: (_type, cccid, _ttag, datao, datal) => this.placeC2HData(cccid, datao, datal),
       reusesChunks: rxScratch !== undefined,
+      sink,
     });
     socket.setNoDelay(true);
     this.socketClosed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
@@ -431,17 +448,17 @@ export class QueuePair extends EventEmitter {
 
   /** Commands in flight that have a deadline, i.e. expect a reply (AERs excluded). */
   get awaitingReply(): number {
-    return this.inflight.size - this.untimed;
+    return this.inflightCount - this.untimed;
   }
 
   /** Commands in flight plus waiting. */
   get load(): number {
-    return this.inflight.size + this.waiters.length;
+    return this.inflightCount + this.waiters.length;
   }
 
   /** Counters for `list`. */
   stats(): QueueStats {
-    return { qid: this.qid, ...this.counters, inFlight: this.inflight.size, waiting: this.waiters.length, sqFlowControl: this.sqFlowControl };
+    return { qid: this.qid, ...this.counters, inFlight: this.inflightCount, waiting: this.waiters.length, sqFlowControl: this.sqFlowControl };
   }
 
   /**
@@ -536,7 +553,8 @@ export class QueuePair extends EventEmitter {
     p.c2hDone = false;
     p.digestError = false;
     p.sqSeq = this.sqIssued;
-    this.inflight.set(cid, p);
+    this.inflight[cid] = p;
+    this.inflightCount++;
     if (!Number.isFinite(p.deadline)) this.untimed++;
     this.counters.commands++;
     this.sqIssued++;
@@ -571,15 +589,14 @@ export class QueuePair extends EventEmitter {
 
   private onTick(): void {
     this.timerArmed = false;
-    if (this.state === QpState.CLOSED || (this.inflight.size === 0 && this.waiters.length === 0)) return;
+    if (this.state === QpState.CLOSED || (this.inflightCount === 0 && this.waiters.length === 0)) return;
     const now = Date.now();
-    for (const p of this.inflight.values()) {
-      if (p.deadline <= now) {
-        // A timed-out cid cannot be reused safely (its completion may still come): like Linux,
-        // tear the queue down; the controller layer decides whether to reconnect.
-        this.destroy(new NvmfNbdError(ErrorCode.TIMEOUT, `queue ${this.qid}: command 0x${p.opcode.toString(16)} (cid ${p.cid}) timed out`));
-        return;
-      }
+    const late = this.inFlightOldestFirst().find((p) => p.deadline <= now);
+    if (late !== undefined) {
+      // A timed-out cid cannot be reused safely (its completion may still come): like Linux,
+      // tear the queue down; the controller layer decides whether to reconnect.
+      this.destroy(new NvmfNbdError(ErrorCode.TIMEOUT, `queue ${this.qid}: command 0x${late.opcode.toString(16)} (cid ${late.cid}) timed out`));
+      return;
     }
     // Waiters are FIFO with deadlines from submission, but timeouts may differ: scan them all.
     // A command that could not even get a slot within its timeout means the queue makes no
@@ -587,7 +604,7 @@ export class QueuePair extends EventEmitter {
     for (const w of this.waiters) {
       if (w.deadline <= now) {
         this.destroy(new NvmfNbdError(ErrorCode.TIMEOUT,
-          `queue ${this.qid}: command 0x${(w.sqe[0] as number).toString(16)} timed out waiting for a submission slot (${this.inflight.size} in flight)`));
+          `queue ${this.qid}: command 0x${(w.sqe[0] as number).toString(16)} timed out waiting for a submission slot (${this.inflightCount} in flight)`));
         return;
       }
     }
@@ -641,13 +658,14 @@ export class QueuePair extends EventEmitter {
       case PduType.C2H_TERM_REQ:
         throw new NvmfNbdError(ErrorCode.TERM_REQ_RECEIVED,
           `queue ${this.qid}: target terminated the connection (C2HTermReq fes ${pdu.fes}, fei ${pdu.fei})`, { fes: pdu.fes, fei: pdu.fei });
+      // With the parser's sink these two come to onCqe / onC2HData instead; kept for completeness.
       case PduType.CAPSULE_RESP:
         this.requireReady(pdu.type);
         this.onCapsuleResp(parseCqe(pdu.cqe));
         return;
       case PduType.C2H_DATA:
         this.requireReady(pdu.type);
-        this.onC2HData(pdu);
+        this.onC2HData(pdu.cccid, pdu.datao, (pdu.last ? PduFlag.LAST_PDU : 0) | (pdu.success ? PduFlag.SUCCESS : 0), pdu.data, pdu.dataDigestOk);
         return;
       case PduType.R2T:
         this.requireReady(pdu.type);
@@ -671,12 +689,36 @@ export class QueuePair extends EventEmitter {
     }
   }
 
+  /** The commands in flight in the order they were issued. */
+  private inFlightOldestFirst(): QueueCommand[] {
+    const all: QueueCommand[] = [];
+    for (const p of this.inflight) if (p !== undefined) all.push(p);
+    return all.sort((a, b) => a.sqSeq - b.sqSeq);
+  }
+
   private lookup(cid: number, what: string): QueueCommand {
-    const p = this.inflight.get(cid);
+    const p = cid < this.inflight.length ? this.inflight[cid] : undefined;
     if (p === undefined) {
       throw fatal(ErrorCode.UNKNOWN_CCCID, `queue ${this.qid}: ${what} for command id ${cid}, which is not in flight`, Fes.INVALID_HEADER_FIELD, 8);
     }
     return p;
+  }
+
+  /** A CapsuleResp from the parser's sink: the CQE at `b[o, o + 16)`, decoded into {@link rxCqe}. */
+  private onCqe(b: Buffer, o: number): void {
+    if (this.state === QpState.CLOSED) return;
+    this.requireReady(PduType.CAPSULE_RESP);
+    const s = b.readUInt16LE(o + 14);
+    const cqe = this.rxCqe;
+    cqe.dw0 = b.readUInt32LE(o);
+    cqe.dw1 = b.readUInt32LE(o + 4);
+    cqe.sqhd = b.readUInt16LE(o + 8);
+    cqe.sqid = b.readUInt16LE(o + 10);
+    cqe.cid = b.readUInt16LE(o + 12);
+    // Bit 0 is the phase tag (meaningless over fabrics): any other bit set → decode in full.
+    cqe.status = (s & 0xfffe) === 0 ? STATUS_OK : decodeStatusField(s);
+    cqe.ok = cqe.status.sct === 0 && cqe.status.sc === 0;
+    this.onCapsuleResp(cqe);
   }
 
   private onCapsuleResp(cqe: Cqe): void {
@@ -723,7 +765,8 @@ export class QueuePair extends EventEmitter {
 
   /** Forget an in-flight command and free its cid. */
   private release(p: QueueCommand): void {
-    this.inflight.delete(p.cid);
+    this.inflight[p.cid] = undefined;
+    this.inflightCount--;
     if (!Number.isFinite(p.deadline)) this.untimed--;
     const tail = this.cidHead + this.cidCount;
     this.freeCids[tail >= this.freeCids.length ? tail - this.freeCids.length : tail] = p.cid;
@@ -759,31 +802,36 @@ export class QueuePair extends EventEmitter {
     return datao === 0 && datal === dataIn.length ? dataIn : dataIn.subarray(datao, datao + datal);
   }
 
-  private onC2HData(pdu: Extract<Pdu, { type: 0x07 }>): void {
-    const p = this.lookup(pdu.cccid, 'C2HData');
+  /** A C2HData (from the parser's sink): header fields as numbers, the payload placed or a view. */
+  private onC2HData(cccid: number, datao: number, flags: number, data: Buffer, dataDigestOk: boolean): void {
+    if (this.state === QpState.CLOSED) return;
+    this.requireReady(PduType.C2H_DATA);
+    const last = (flags & PduFlag.LAST_PDU) !== 0;
+    const success = (flags & PduFlag.SUCCESS) !== 0;
+    const p = this.lookup(cccid, 'C2HData');
     const dataIn = p.dataIn;
     if (dataIn === undefined || p.c2hDone) {
       throw fatal(ErrorCode.PDU_SEQUENCE, `queue ${this.qid}: unexpected C2HData for command id ${p.cid}`, Fes.PDU_SEQUENCE_ERROR);
     }
-    const len = pdu.data.length;
-    if (pdu.datao !== p.received) {
-      throw fatal(ErrorCode.DATA_OUT_OF_RANGE, `queue ${this.qid}: C2HData offset ${pdu.datao}, expected ${p.received}`, Fes.DATA_OUT_OF_RANGE, 12);
+    const len = data.length;
+    if (datao !== p.received) {
+      throw fatal(ErrorCode.DATA_OUT_OF_RANGE, `queue ${this.qid}: C2HData offset ${datao}, expected ${p.received}`, Fes.DATA_OUT_OF_RANGE, 12);
     }
-    if (pdu.datao + len > dataIn.length) {
-      throw fatal(ErrorCode.DATA_OUT_OF_RANGE, `queue ${this.qid}: C2HData ${pdu.datao}+${len} beyond the command's ${dataIn.length} bytes`, Fes.DATA_OUT_OF_RANGE, 16);
+    if (datao + len > dataIn.length) {
+      throw fatal(ErrorCode.DATA_OUT_OF_RANGE, `queue ${this.qid}: C2HData ${datao}+${len} beyond the command's ${dataIn.length} bytes`, Fes.DATA_OUT_OF_RANGE, 16);
     }
-    if (pdu.success && !pdu.last) {
+    if (success && !last) {
       throw fatal(ErrorCode.PDU_SEQUENCE, `queue ${this.qid}: C2HData SUCCESS without LAST_PDU`, Fes.INVALID_HEADER_FIELD, 1);
     }
     // Placed by placeC2HData: already in dataIn (the parser copied it there from the chunks).
-    if (pdu.data.buffer !== dataIn.buffer || pdu.data.byteOffset !== dataIn.byteOffset + pdu.datao) pdu.data.copy(dataIn, pdu.datao);
+    if (data.buffer !== dataIn.buffer || data.byteOffset !== dataIn.byteOffset + datao) data.copy(dataIn, datao);
     p.received += len;
-    if (!pdu.dataDigestOk) p.digestError = true;
-    if (!pdu.last && p.received === dataIn.length) {
+    if (!dataDigestOk) p.digestError = true;
+    if (!last && p.received === dataIn.length) {
       throw fatal(ErrorCode.PDU_SEQUENCE, `queue ${this.qid}: C2HData completed the transfer without LAST_PDU`, Fes.PDU_SEQUENCE_ERROR, 1);
     }
-    if (pdu.last) p.c2hDone = true;
-    if (pdu.success) {
+    if (last) p.c2hDone = true;
+    if (success) {
       // No CapsuleResp follows: complete the command as if a successful CQE arrived. TP 8000 ties
       // SUCCESS to SQ flow control being off, but SPDK sends it whatever was negotiated (and
       // Linux's host accepts it): tolerate it, count it, and since no CQE will carry an SQHD for
@@ -793,10 +841,14 @@ export class QueuePair extends EventEmitter {
         this.counters.c2hSuccessWithSqFlow++;
         this.advanceSqHead(p.sqSeq + 1);
       }
-      const cqe: Cqe = {
-        dw0: 0, dw1: 0, sqhd: 0xffff, sqid: this.qid, cid: p.cid, ok: true,
-        status: { sct: 0, sc: 0, dnr: false, more: false, crd: 0 },
-      };
+      const cqe = this.rxCqe;
+      cqe.dw0 = 0;
+      cqe.dw1 = 0;
+      cqe.sqhd = 0xffff;
+      cqe.sqid = this.qid;
+      cqe.cid = p.cid;
+      cqe.status = STATUS_OK;
+      cqe.ok = true;
       let err: NvmfNbdError | undefined;
       if (p.digestError) err = new NvmfNbdError(ErrorCode.DATA_DIGEST, `queue ${this.qid}: data digest error on command id ${p.cid}`);
       else if (p.received !== dataIn.length) err = new NvmfNbdError(ErrorCode.SHORT_READ, `queue ${this.qid}: command id ${p.cid} completed with ${p.received} of ${dataIn.length} bytes`);
@@ -852,9 +904,10 @@ export class QueuePair extends EventEmitter {
       this.icWaiter.reject(failWith);
       this.icWaiter = undefined;
     }
-    const pend = [...this.inflight.values()];
+    const pend = this.inFlightOldestFirst();
     const waiting = this.waiters.splice(0);
-    this.inflight.clear();
+    this.inflight.fill(undefined);
+    this.inflightCount = 0;
     this.untimed = 0;
     for (const p of pend) p.onQpError(failWith);
     for (const w of waiting) w.onQpError(failWith);

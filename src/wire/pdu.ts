@@ -101,6 +101,26 @@ export interface PduParserOptions {
    * views in delivered PDUs (sqe, cqe, unplaced data) are valid only during `onPdu`.
    */
   reusesChunks?: boolean;
+  /**
+   * Optional (host role): the two PDUs of every I/O, CapsuleResp and C2HData, go to this sink
+   * instead of `onPdu`, decoded into numbers — no `Pdu` object, header view or CQE view per PDU.
+   * Every other PDU still goes to `onPdu`.
+   */
+  sink?: HostPduSink;
+}
+
+/**
+ * The host's per-I/O PDUs without objects ({@link PduParserOptions.sink}). Same checks as for
+ * `onPdu` delivery; a throw fails the parser the same way.
+ */
+export interface HostPduSink {
+  /** A CapsuleResp: its 16-byte CQE is `buf[off, off + 16)`, valid only during the call. */
+  onCapsuleResp(buf: Buffer, off: number): void;
+  /**
+   * A C2HData: `flags` is the common header's (LAST_PDU, SUCCESS); `data` the payload — the
+   * `placeData` destination when one was returned, else a view valid only during the call.
+   */
+  onC2HData(cccid: number, datao: number, flags: number, data: Buffer, dataDigestOk: boolean): void;
 }
 
 /** See {@link PduParserOptions.placeData}. */
@@ -186,6 +206,10 @@ export class PduParser {
   private readonly align: number;
   private readonly placeData: PlaceData | undefined;
   private readonly reusesChunks: boolean;
+  private readonly sink: HostPduSink | undefined;
+  /** C2HData header fields of the PDU being parsed, for the sink (read once from its header). */
+  private c2hCccid = 0;
+  private c2hDatao = 0;
   /** True while `dataBuf` is a destination returned by `placeData` (not parser memory). */
   private placed = false;
   private hdgst = false;
@@ -216,6 +240,7 @@ export class PduParser {
     this.align = opts.pda === undefined ? 4 : (opts.pda + 1) * 4;
     this.placeData = opts.placeData;
     this.reusesChunks = opts.reusesChunks === true;
+    this.sink = opts.role === 'host' ? opts.sink : undefined;
   }
 
   /** Switch digests on after ICReq/ICResp (both directions use the same negotiated digests). */
@@ -284,9 +309,9 @@ export class PduParser {
             // Fast path: header contiguous in this chunk → view, no copy.
             if (this.cur === undefined && len - off >= CH_LEN) this.cur = this.checkCommonHeader(chunk, off);
             if (this.cur !== undefined && len - off >= this.cur.headerLen) {
-              const h = chunk.subarray(off, off + this.cur.headerLen);
+              const ho = off;
               off += this.cur.headerLen;
-              this.onHeader(h, onPdu);
+              this.onHeader(chunk, ho, onPdu);
               break;
             }
           }
@@ -300,10 +325,9 @@ export class PduParser {
             if (this.cur === undefined) {
               this.cur = this.checkCommonHeader(buf, 0);
             } else {
-              const h = buf.subarray(0, need);
               this.hdrBuf = undefined;
               this.hdrHave = 0;
-              this.onHeader(h, onPdu);
+              this.onHeader(buf, 0, onPdu);
             }
           }
           break;
@@ -475,26 +499,34 @@ export class PduParser {
     return c;
   }
 
-  /** The full header (and HDGST) is in: verify the digest, check datal, go to pad/data or emit. */
-  private onHeader(h: Buffer, onPdu: (pdu: Pdu) => void): void {
+  /**
+   * The full header (and HDGST) is in at `b[o, o + headerLen)`: verify the digest, check datal,
+   * go to pad/data or emit. A view of it is kept only for PDUs that become `Pdu` objects.
+   */
+  private onHeader(b: Buffer, o: number, onPdu: (pdu: Pdu) => void): void {
     const cur = this.cur!;
     if (cur.headerLen > cur.hlen) {
-      const got = h.readUInt32LE(cur.hlen);
-      const want = crc32c(h.subarray(0, cur.hlen));
+      const got = b.readUInt32LE(o + cur.hlen);
+      const want = crc32c(b.subarray(o, o + cur.hlen));
       if (got !== want) {
         throw fatal(ErrorCode.HEADER_DIGEST, `header digest mismatch on PDU type 0x${cur.type.toString(16)}`,
           Fes.HEADER_DIGEST_ERROR, cur.hlen);
       }
     }
+    const sink = this.sink;
     if (cur.type === PduType.H2C_DATA || cur.type === PduType.C2H_DATA) {
-      const datal = h.readUInt32LE(16);
+      const datal = b.readUInt32LE(o + 16);
       if (datal !== cur.dataLen) {
         throw fatal(ErrorCode.PDU_INVALID_HEADER, `datal ${datal} does not match plen (data ${cur.dataLen})`,
           Fes.INVALID_HEADER_FIELD, 16);
       }
+      const cccid = b.readUInt16LE(o + 8);
+      const datao = b.readUInt32LE(o + 12);
+      this.c2hCccid = cccid;
+      this.c2hDatao = datao;
       if (this.placeData !== undefined) {
-        const ttag = cur.type === PduType.H2C_DATA ? h.readUInt16LE(10) : 0;
-        const dest = this.placeData(cur.type, h.readUInt16LE(8), ttag, h.readUInt32LE(12), datal);
+        const ttag = cur.type === PduType.H2C_DATA ? b.readUInt16LE(o + 10) : 0;
+        const dest = this.placeData(cur.type, cccid, ttag, datao, datal);
         if (dest !== undefined) {
           if (dest.length !== datal) throw new Error(`placeData returned ${dest.length} bytes for a ${datal}-byte payload`);
           // The DATA state copies into dataBuf piece by piece, whatever the chunking.
@@ -503,8 +535,14 @@ export class PduParser {
           this.placed = true;
         }
       }
+    } else if (cur.type === PduType.CAPSULE_RESP && sink !== undefined) {
+      this.cur = undefined;
+      this.state = State.HEADER;
+      sink.onCapsuleResp(b, o + 8);
+      return;
     }
-    this.header = h;
+    // The sink's C2HData needs only the fields read above.
+    this.header = sink !== undefined && cur.type === PduType.C2H_DATA ? undefined : b.subarray(o, o + cur.headerLen);
     if (cur.dataLen === 0) {
       this.emit(true, onPdu);
       return;
@@ -516,12 +554,17 @@ export class PduParser {
   /** Build the PDU object, reset for the next PDU, then hand it out. */
   private emit(dataDigestOk: boolean, onPdu: (pdu: Pdu) => void): void {
     const cur = this.cur!;
-    const h = this.header!;
+    const h = this.header;
     const data = this.data;
     this.cur = undefined;
     this.header = undefined;
     this.data = undefined;
     this.state = State.HEADER;
+    if (h === undefined) {
+      // Only a sink's C2HData keeps no header (onHeader).
+      (this.sink as HostPduSink).onC2HData(this.c2hCccid, this.c2hDatao, cur.flags, data!, dataDigestOk);
+      return;
+    }
     onPdu(decodeHeader(cur.type, cur.flags, h, data, dataDigestOk));
   }
 }

@@ -67,7 +67,21 @@ function newFabrics(fctype: number): Buffer {
   return b;
 }
 
+/** 2^53 − 1 as a bigint: LBAs up to it take the number path of {@link writeSlba}. */
+const SAFE_LBA = BigInt(Number.MAX_SAFE_INTEGER);
+
+/**
+ * SLBA u64 @40. Every real LBA is below 2^53, so the usual case is two u32 writes of a number:
+ * `writeBigUInt64LE` makes four or five temporary bigints (the mask and shift of each half) per
+ * command on the I/O path. Negative or larger values keep the bigint path (modulo 2^64).
+ */
 function writeSlba(b: Buffer, slba: bigint): void {
+  if (slba >= 0n && slba <= SAFE_LBA) {
+    const n = Number(slba);
+    b.writeUInt32LE(n % 0x100000000, 40);
+    b.writeUInt32LE(Math.floor(n / 0x100000000), 44);
+    return;
+  }
   b.writeBigUInt64LE(BigInt.asUintN(64, slba), 40);
 }
 
