@@ -149,7 +149,8 @@ export class NbdTransmission implements BlockHandler {
         }
         let req: NbdRequest | undefined;
         try {
-          req = rq.next();
+          // The parser's own object: dispatch copies what outlives this call (the record's fields).
+          req = rq.nextShared();
         } catch (err) {
           const code = err instanceof NvmfNbdError ? err.code : ErrorCode.NBD_PROTOCOL;
           owner.destroy(code, (err as Error).message, 'warn');
@@ -235,7 +236,8 @@ export class NbdTransmission implements BlockHandler {
     return 0;
   }
 
-  private dispatch(req: NbdRequest): void {
+  private dispatch(shared: NbdRequest): void {
+    let req = shared;
     const exp = this.exp;
     const dev = exp.device;
     const sub = exp.sub;
@@ -287,6 +289,8 @@ export class NbdTransmission implements BlockHandler {
           return;
         }
         case Cmd.TRIM:
+          // Promise-based (rare): the completion below outlives the parser's shared object.
+          req = { ...shared };
           c.trims++;
           this.begin(0);
           p = sub.trim(req.offset, req.length);
@@ -295,6 +299,7 @@ export class NbdTransmission implements BlockHandler {
           if ((req.flags & CmdFlag.FUA) !== 0 && dev.canFlush) p = p.then(() => dev.flush());
           break;
         case Cmd.WRITE_ZEROES:
+          req = { ...shared };
           c.zeroes++;
           this.begin(0);
           p = sub.writeZeroes(req.offset, req.length, {

@@ -619,6 +619,8 @@ export class NbdRequestParser {
   private readonly q = new ChunkQueue();
   private readonly scratch = Buffer.allocUnsafe(REQUEST_HEADER_SIZE);
   private state: RqStateValue = RqState.HEADER;
+  /** The one request object {@link nextShared} refills (a WRITE awaiting its payload waits in it). */
+  private readonly cur: NbdRequest = { flags: 0, type: 0, cookieHi: 0, cookieLo: 0, offset: 0, length: 0, data: undefined };
   private pending: NbdRequest | undefined;
   private payload: Buffer | undefined;
   private filled = 0;
@@ -639,8 +641,17 @@ export class NbdRequestParser {
     return this.q.length > 0 || this.state === RqState.PAYLOAD;
   }
 
-  /** Next complete request, or undefined until more bytes arrive. */
+  /** Next complete request (a new object), or undefined until more bytes arrive. */
   next(): NbdRequest | undefined {
+    const r = this.nextShared();
+    return r === undefined ? undefined : { ...r };
+  }
+
+  /**
+   * Like {@link next}, but the returned object is the parser's own, refilled by the next call:
+   * the hot path copies what it needs out of it and allocates nothing per request.
+   */
+  nextShared(): NbdRequest | undefined {
     for (;;) {
       switch (this.state) {
         case RqState.HEADER: {
@@ -660,15 +671,14 @@ export class NbdRequestParser {
           if (buf.readUInt32BE(p) !== NBD_REQUEST_MAGIC) {
             throw new NvmfNbdError(ErrorCode.NBD_BAD_MAGIC, `bad request magic 0x${buf.readUInt32BE(p).toString(16)}`);
           }
-          const req: NbdRequest = {
-            flags: buf.readUInt16BE(p + 4),
-            type: buf.readUInt16BE(p + 6),
-            cookieHi: buf.readUInt32BE(p + 8),
-            cookieLo: buf.readUInt32BE(p + 12),
-            offset: buf.readUInt32BE(p + 16) * 4294967296 + buf.readUInt32BE(p + 20),
-            length: buf.readUInt32BE(p + 24),
-            data: undefined,
-          };
+          const req = this.cur;
+          req.flags = buf.readUInt16BE(p + 4);
+          req.type = buf.readUInt16BE(p + 6);
+          req.cookieHi = buf.readUInt32BE(p + 8);
+          req.cookieLo = buf.readUInt32BE(p + 12);
+          req.offset = buf.readUInt32BE(p + 16) * 4294967296 + buf.readUInt32BE(p + 20);
+          req.length = buf.readUInt32BE(p + 24);
+          req.data = undefined;
           if (req.type !== Cmd.WRITE || req.length === 0) return req;
           if (req.length > this.maxWritePayload) {
             throw new NvmfNbdError(
