@@ -7,14 +7,15 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { QueuePair } from '../../src/transport/queue-pair';
+import { QueuePair, QueueCommand } from '../../src/transport/queue-pair';
+import type { Cqe } from '../../src/wire/cqe';
 import type { QueuePairOptions } from '../../src/transport/queue-pair';
-import { ErrorCode } from '../../src/errors';
+import { ErrorCode, NvmfNbdError } from '../../src/errors';
 import { sqeRead, sqeWrite, sqeFlush, sqeAsyncEventRequest } from '../../src/wire';
 import { FakeTarget } from '../helpers/fake-target';
 import type { FakeConn, FakeIcResp, ReceivedCommand } from '../helpers/fake-target';
 import { rejectsCode } from '../helpers/assert-code';
-import { until } from '../helpers/clock';
+import { realSleep, until } from '../helpers/clock';
 
 const T = { timeout: 20_000 };
 const HOSTID = Buffer.alloc(16, 0x11);
@@ -190,5 +191,51 @@ test('error statuses are named as I/O statuses on an I/O queue and as Fabrics on
       qp.destroy();
       await target.close();
     }
+  }
+});
+
+class Recorded extends QueueCommand {
+  result: Promise<{ cqe?: Cqe; err?: NvmfNbdError }>;
+  private settle!: (r: { cqe?: Cqe; err?: NvmfNbdError }) => void;
+  constructor() {
+    super();
+    this.result = new Promise((r) => { this.settle = r; });
+  }
+  onQpComplete(cqe: Cqe): void { this.settle({ cqe }); }
+  onQpError(err: NvmfNbdError): void { this.settle({ err }); }
+}
+
+test('record defaults: the queue timeout, in-capsule only within the limit, an error status is an error; promise completions without data carry no data key', T, async () => {
+  const target = await FakeTarget.start(async (c) => {
+    await c.acceptConnect();
+    const w = await c.nextCommand();
+    assert.equal(w.sqe.sgl.type, 0x5a, 'over the in-capsule limit: R2T, not forced into the capsule');
+    c.r2t(w.sqe.cid, 0, w.sqe.sgl.length);
+    await c.receiveH2C(w.sqe.cid);
+    // Answer after the host has certainly passed a 1 ms deadline (a timeout default of +1 ms would fire).
+    await realSleep(50);
+    c.respond(w.sqe.cid, { sqhd: 2 });
+    const f = await c.nextCommand();
+    c.respond(f.sqe.cid, { sqhd: 3, sc: 0x02 });
+    const g = await c.nextCommand();
+    c.respond(g.sqe.cid, { sqhd: 4 });
+  });
+  const qp = await QueuePair.connect(opts(target.port, { inCapsuleMax: 512 }));
+  try {
+    const w = new Recorded();
+    w.sqe = sqeWrite(1, 0n, 2, false);
+    w.dataOut = Buffer.alloc(1024, 5);
+    qp.submitCommand(w);
+    assert.equal((await w.result).cqe?.ok, true);
+    const f = new Recorded();
+    f.sqe = sqeFlush(1);
+    qp.submitCommand(f);
+    const r = await f.result;
+    assert.equal(r.err?.code, ErrorCode.NVME_STATUS, 'no acceptErrorStatus by default');
+    const g = await qp.submit(sqeFlush(1));
+    assert.equal('data' in g, false);
+  } finally {
+    qp.destroy();
+    await target.close();
   }
 });
