@@ -52,3 +52,14 @@ test('short SQE / CQE and a bidirectional opcode are refused with the size / opc
   sqe[0] = 0x83;
   assert.equal(message(() => dataDirection(sqe), ErrorCode.UNSUPPORTED), 'bidirectional command opcode 0x83');
 });
+
+test('SLBA at both ends of the number path and past it: 0, 2^53-1, 2^53+1, 2^64-1 and -1 (modulo 2^64) are exact', () => {
+  for (const slba of [0n, 1n, 0x1_0000_0001n, 2n ** 53n - 1n, 2n ** 53n, 2n ** 53n + 1n, 2n ** 64n - 1n, 0xfedc_ba98_7654_3210n, -1n, -(2n ** 60n)]) {
+    const want = BigInt.asUintN(64, slba);
+    assert.equal(sqeRead(1, slba, 1).readBigUInt64LE(40), want, `read ${slba}`);
+    assert.equal(sqeWrite(1, slba, 1, true).readBigUInt64LE(40), want, `write ${slba}`);
+    const b = Buffer.alloc(64, 0xff);
+    fillSqeIo(b, IoOpcode.WRITE, 1, slba, 1, false);
+    assert.equal(b.readBigUInt64LE(40), want, `fillSqeIo ${slba}`);
+  }
+});
