@@ -149,6 +149,9 @@ test('discovery log strings: cut at the first NUL, padding trimmed at both ends 
   log.fill(0, at + 512, at + 768);
   Buffer.from('  host a b  ').copy(log, at + 512);
   assert.equal(parseDiscoveryLogEntry(log, at).traddr, 'host a b');
+  log.fill(0, at + 512, at + 768);
+  Buffer.from('host a  ').copy(log, at + 512);
+  assert.equal(parseDiscoveryLogEntry(log, at).traddr, 'host a', 'inner spaces are kept');
   log.fill(0x39, at + 32, at + 64);
   assert.equal(parseDiscoveryLogEntry(log, at).trsvcid, '9'.repeat(32), 'no NUL: the whole field');
   log.fill(0, at + 256, at + 512);
