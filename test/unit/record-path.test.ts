@@ -8,73 +8,19 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import * as path from 'node:path';
-import { spawn } from 'node:child_process';
 import { createHook } from 'node:async_hooks';
 import { ResilientController } from '../../src/controller/resilient';
 import type { Namespace } from '../../src/controller/namespace';
-import { BlockOpCode, type BlockHandler, type BlockRequest } from '../../src/block/types';
-import type { NvmfNbdError } from '../../src/errors';
+import { BlockOpCode } from '../../src/block/types';
+import { RecordDriver as Driver, startTargetProc } from '../helpers/record-driver';
 
-const TARGET_PROC = path.join(__dirname, '..', '..', 'bench', 'target-proc.js');
 const NQN = 'nqn.2026-01.io.nvmf-nbd:bench'; // bench/common.ts BENCH_SUBNQN
 const HOSTNQN = 'nqn.2014-08.org.nvmexpress:uuid:7d0c2f1a-5b3e-4c6d-8e9f-00000000c001';
 const HOSTID = '7d0c2f1a-5b3e-4c6d-8e9f-00000000c001';
 
-/** Keeps `depth` requests in flight until `total` completed, resubmitting each record. */
-class Driver implements BlockHandler {
-  done = 0;
-  errors = 0;
-  private submitted = 0;
-  private finish: (() => void) | undefined;
-  constructor(private readonly ns: Namespace, private readonly op: typeof BlockOpCode.READ | typeof BlockOpCode.WRITE, private readonly total: number, private readonly payload: Buffer) {}
-
-  run(depth: number): Promise<void> {
-    return new Promise((resolve) => {
-      this.finish = resolve;
-      for (let i = 0; i < depth; i++) this.next(this.ns.createRequest());
-    });
-  }
-
-  private next(r: BlockRequest): void {
-    if (this.submitted === this.total) return;
-    const n = this.submitted++;
-    r.op = this.op;
-    r.offset = (n * 7919 % 4096) * 4096;
-    r.length = 4096;
-    r.data = this.op === BlockOpCode.WRITE ? this.payload : undefined;
-    r.fua = false;
-    r.handler = this;
-    this.ns.submit(r);
-  }
-
-  onBlockComplete(r: BlockRequest): void {
-    this.settle(r);
-  }
-
-  onBlockError(r: BlockRequest, _err: NvmfNbdError): void {
-    this.errors++;
-    this.settle(r);
-  }
-
-  private settle(r: BlockRequest): void {
-    if (++this.done === this.total) this.finish?.();
-    else this.next(r);
-  }
-}
-
 test('READ/WRITE records through Namespace → ResilientController → Controller → QueuePair create no promise per request', { timeout: 60_000 }, async () => {
-  const child = spawn(process.execPath, [TARGET_PROC, '--size', String(64 << 20)], { stdio: ['ignore', 'pipe', 'ignore'] });
+  const { child, port } = await startTargetProc(64 << 20);
   try {
-    const port = await new Promise<number>((resolve, reject) => {
-      let out = '';
-      child.stdout.on('data', (d: Buffer) => {
-        out += d.toString();
-        const m = /READY (\{.*\})/.exec(out);
-        if (m !== null) resolve((JSON.parse(m[1] as string) as { port: number }).port);
-      });
-      child.once('exit', (code) => reject(new Error(`target-proc exited ${String(code)}`)));
-    });
     const c = await ResilientController.connect({
       traddr: '127.0.0.1', trsvcid: port, subnqn: NQN, hostnqn: HOSTNQN, hostid: HOSTID, nrIoQueues: 2, kato: 5000,
     });
