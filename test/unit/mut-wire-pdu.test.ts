@@ -9,7 +9,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { crc32c } from '../../src/wire/crc32c';
 import {
-  PduParser, type Pdu, type PduOptions, type PduParserOptions, encodeIcReq, encodeIcResp, encodeTermReq,
+  PduParser, type Pdu, type PduOptions, type PduParserOptions, type HostPduSink, encodeIcReq, encodeIcResp, encodeTermReq,
   encodeCapsuleCmd, encodeCapsuleResp, encodeH2CData, encodeC2HData, encodeR2T,
 } from '../../src/wire/pdu';
 import { ErrorCode, NvmfNbdError } from '../../src/errors';
@@ -375,4 +375,52 @@ test('reusesChunks: a placed payload awaiting its digest stays in the destinatio
   assert.equal(out[0].data, dest, 'delivered in the placed Buffer itself');
   assert.equal(out[0].dataDigestOk, true);
   assert.deepEqual(dest, DATA8);
+});
+
+function sinkParser(role: 'host' | 'controller', extra: Partial<PduParserOptions> = {}): { p: PduParser; got: unknown[]; onPdu: (x: Pdu) => void } {
+  const got: unknown[] = [];
+  const sink: HostPduSink = {
+    onCapsuleResp: (buf, off) => got.push(['resp', Buffer.from(buf.subarray(off, off + 16)).toString('hex')]),
+    onC2HData: (cccid, datao, flags, data, ok) => got.push(['c2h', cccid, datao, flags, Buffer.from(data).toString('hex'), ok]),
+  };
+  const p = new PduParser({ role, maxData: 65536, sink, ...extra });
+  return { p, got, onPdu: (x) => got.push(['pdu', x.type]) };
+}
+
+test('sink (host role): CapsuleResp and C2HData as numbers, in order, whatever the chunking; every other PDU to onPdu', () => {
+  const o: PduOptions = { hdgst: true, ddgst: true, pda: 0 };
+  const stream = Buffer.concat([
+    ...encodeCapsuleResp(CQE, o),
+    ...encodeC2HData({ cccid: 0x0a0b, datao: 0x100, last: true, success: true }, DATA8, o),
+    ...encodeR2T({ cccid: 3, ttag: 4, r2to: 0, r2tl: 8 }, o),
+    ...encodeCapsuleResp(Buffer.alloc(16, 0x77), o),
+  ]);
+  const want = [
+    ['resp', CQE.toString('hex')],
+    ['c2h', 0x0a0b, 0x100, 0x0f, DATA8.toString('hex'), true], // the common header's flags: SUCCESS|LAST_PDU|DDGSTF|HDGSTF
+    ['pdu', 0x09],
+    ['resp', '77'.repeat(16)],
+  ];
+  for (const cut of [stream.length, 10, 30, 60, 70]) {
+    for (const reusesChunks of [false, true]) {
+      const { p, got, onPdu } = sinkParser('host', { reusesChunks });
+      p.setDigests(true, true);
+      const scratch = Buffer.alloc(stream.length);
+      stream.copy(scratch, 0, 0, cut);
+      p.push(scratch, onPdu, cut);
+      scratch.fill(0xdd);
+      if (cut < stream.length) {
+        stream.copy(scratch, 0, cut);
+        p.push(scratch, onPdu, stream.length - cut);
+      }
+      assert.deepEqual(got, want, `cut ${cut} reusesChunks ${reusesChunks}`);
+    }
+  }
+});
+
+test('sink is for the host role only: a controller parser delivers H2CData as a Pdu', () => {
+  const { p, got, onPdu } = sinkParser('controller');
+  const h2c = bytes(ch(0x06, 4, 24, 24, 32), u16(1), u16(2), u32(0), u32(8), zeros(4), DATA8);
+  p.push(h2c, onPdu);
+  assert.deepEqual(got, [['pdu', 0x06]]);
 });
