@@ -76,7 +76,7 @@ class FakePath extends EventEmitter implements PathController {
   lastError: NvmfNbdError | undefined;
   readonly authentication = undefined;
   anaLog: AnaLog | undefined = undefined;
-  readonly anaReporting = false;
+  anaReporting = false;
   /** Records sent to this path and not completed. */
   readonly running: IoRequest[] = [];
   /** Records held while reconnecting (never sent). */
@@ -104,7 +104,11 @@ class FakePath extends EventEmitter implements PathController {
   adminCommand(): Promise<{ cqe: never; data: Buffer }> {
     return Promise.resolve({ cqe: undefined as never, data: encodeNsIdDescriptors({ nguid: this.nguid }) });
   }
-  refreshAnaLog(): Promise<AnaLog> { return Promise.reject(new Error('no ANA')); }
+  refreshes = 0;
+  refreshAnaLog(): Promise<AnaLog> {
+    this.refreshes++;
+    return this.anaLog !== undefined ? Promise.resolve(this.anaLog) : Promise.reject(new Error('no ANA'));
+  }
   setPassBack(on: boolean): void { this.passBack = on; }
   takeHeldRecords(): IoRequest[] { return this.held.splice(0); }
   close(): Promise<void> {
@@ -330,6 +334,35 @@ describe('multipath failover (fake paths, injected clock)', () => {
     await tick();
     assert.equal(w.done, true);
     assert.equal((w.error as NvmfNbdError).errno, NbdErrno.EIO);
+    await mp.close();
+  });
+
+  it('ANA change longer than ANATT: the group is treated as inaccessible and its log re-read; a new log restores it', async () => {
+    const clock = new FakeClock();
+    const a = new FakePath(pathOpts(4420), 1);
+    a.anaReporting = true;
+    a.anaLog = { chgcnt: 1n, groups: [{ grpid: 1, chgcnt: 1n, state: 0x0f, nsids: [1] }] };
+    const mp = MultipathController.fromPath(a, { clock });
+    const warnings: NvmfNbdError[] = [];
+    mp.on('warning', (e: NvmfNbdError) => warnings.push(e));
+    const ns = mp.namespace(1)!;
+    const r = track(ns.read(0, 4096));
+    await tick();
+    assert.equal(a.running.length, 0, 'in change: waits (no other path)');
+    assert.equal(mp.topology().namespaces[0]!.paths[0]!.anaState, 'change');
+    clock.advance(10_000 - 1);
+    assert.equal(warnings.length, 0, 'not before ANATT (10 s)');
+    clock.advance(1);
+    assert.equal(warnings.length, 1);
+    assert.equal(warnings[0]!.code, ErrorCode.NO_USABLE_PATH);
+    assert.equal(a.refreshes, 1, 'the log is re-read at ANATT');
+    assert.equal(mp.topology().namespaces[0]!.paths[0]!.anaState, 'inaccessible');
+    assert.equal(r.done, false);
+    a.emit('ana', { chgcnt: 2n, groups: [{ grpid: 1, chgcnt: 2n, state: 0x01, nsids: [1] }] } satisfies AnaLog);
+    await tick();
+    assert.equal(a.running.length, 1, 'optimized again: the waiting read runs');
+    a.complete();
+    await r.p;
     await mp.close();
   });
 
