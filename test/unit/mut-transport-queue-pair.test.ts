@@ -370,3 +370,25 @@ test('ICResp refusals say which field: PFV, MAXH2CDATA (4096 and multiples of 4 
     await ok.close();
   }
 });
+
+test('a timeout of 0 is an immediate deadline (not "the default"), in flight and while waiting for a slot', T, async () => {
+  for (const waiting of [false, true]) {
+    // The target takes the first command and never answers; the queue's own timeout is far away.
+    const { target, qp, closed } = await scripted(async (c) => { await c.nextCommand(); }, { queueSize: 2, timeoutMs: 600_000 });
+    try {
+      if (waiting) {
+        const aer = qp.submit(sqeAsyncEventRequest(), { timeoutMs: Infinity });
+        aer.catch(() => undefined);
+        const e = await rejectsCode(qp.submit(sqeFlush(7), { timeoutMs: 0 }), ErrorCode.TIMEOUT);
+        assert.equal(e.message, 'queue 1: command 0x0 timed out waiting for a submission slot (1 in flight)');
+      } else {
+        const e = await rejectsCode(qp.submit(sqeFlush(7), { timeoutMs: 0 }), ErrorCode.TIMEOUT);
+        assert.match(e.message, /^queue 1: command 0x0 \(cid \d+\) timed out$/);
+      }
+      assert.equal((await closed)?.code, ErrorCode.TIMEOUT, 'the queue is torn down');
+    } finally {
+      qp.destroy();
+      await target.close();
+    }
+  }
+});
