@@ -284,6 +284,9 @@ for (const [what, r2to, r2tl] of [['R2TL 0', 0, 0], ['an offset that skips ahead
       const e = await rejectsCode(qp.submit(sqeWrite(1, 0n, 2, false), { dataOut: Buffer.alloc(1024) }), ErrorCode.DATA_OUT_OF_RANGE);
       assert.equal(e.message, `queue 1: R2T ${r2to}+${r2tl} invalid (next offset 0, command has 1024 bytes)`);
       assert.equal((await closed)?.code, ErrorCode.DATA_OUT_OF_RANGE);
+      const conn = target.conns[0] as FakeConn;
+      await conn.closed;
+      assert.deepEqual(conn.termReqs.map((t) => [t.fes, t.fei]), [[4, 12]], 'H2CTermReq: DATA_OUT_OF_RANGE at the R2T offset field');
     } finally {
       qp.destroy();
       await target.close();
@@ -390,5 +393,20 @@ test('a timeout of 0 is an immediate deadline (not "the default"), in flight and
       qp.destroy();
       await target.close();
     }
+  }
+});
+
+test('SQHD equal to the queue size is already beyond the ring', T, async () => {
+  const { target, qp, closed } = await scripted(async (c) => {
+    const f = await c.nextCommand();
+    c.respond(f.sqe.cid, { sqhd: 8 });
+  }, { queueSize: 8 });
+  try {
+    const e = await rejectsCode(qp.submit(sqeFlush(1)), ErrorCode.PDU_INVALID_HEADER);
+    assert.equal(e.message, 'queue 1: SQHD 8 beyond queue size 8');
+    assert.equal((await closed)?.code, ErrorCode.PDU_INVALID_HEADER);
+  } finally {
+    qp.destroy();
+    await target.close();
   }
 });
