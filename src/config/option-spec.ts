@@ -3,6 +3,12 @@
  * the daemon checks the arguments of a control-socket connect (or a restored state entry)
  * against the same declarations, so it lives below both.
  */
+// Path selection policies (Linux `nvme_core` `iopolicy` names) belong to the multipath layer.
+import { IoPolicy } from '../controller/multipath';
+import type { IoPolicyValue } from '../controller/multipath';
+
+export { DEFAULT_IOPOLICY, IoPolicy } from '../controller/multipath';
+export type { IoPolicyValue } from '../controller/multipath';
 
 /** Declaration of one option. */
 export interface OptionSpec {
@@ -27,16 +33,6 @@ export interface OptionSpec {
   readonly aliases?: readonly string[];
 }
 
-/**
- * Path selection policies of a multipath subsystem (Linux `nvme_core` `iopolicy` names):
- * `numa` = the first usable optimized path (here there is no NUMA distance to weigh), the
- * Linux default; `round-robin` = optimized paths in turn; `queue-depth` = the optimized path
- * with the fewest commands in flight.
- */
-export const IoPolicy = { NUMA: 'numa', ROUND_ROBIN: 'round-robin', QUEUE_DEPTH: 'queue-depth' } as const;
-export type IoPolicyValue = (typeof IoPolicy)[keyof typeof IoPolicy];
-/** Linux's default iopolicy. */
-export const DEFAULT_IOPOLICY: IoPolicyValue = IoPolicy.NUMA;
 const IOPOLICIES: ReadonlySet<string> = new Set(Object.values(IoPolicy));
 
 /**

@@ -609,6 +609,14 @@ export class Daemon {
     });
     // Changed namespaces change the exports (and attached devices): keep the state file current.
     session.on('namespaces', () => void this.saveState());
+    // A path that gave up (ctrl_loss_tmo) while others remained is gone, as Linux deletes that
+    // controller: a restart does not bring it back (connect its address again for that).
+    session.on('path-removed', (name: string) => {
+      const i = e.paths.findIndex((p) => p.name === name);
+      if (i < 0 || e.session !== session) return;
+      e.paths.splice(i, 1);
+      void this.saveState();
+    });
   }
 
   private async tryOpen(e: Entry): Promise<void> {

@@ -25,8 +25,9 @@ import { EventEmitter } from 'node:events';
 import * as path from 'node:path';
 import type { ControllerOptions, NamespaceChanges, NamespaceInfo } from '../controller/controller';
 import { DEFAULT_MAX_NAMESPACES } from '../controller/controller';
-import { ResilientController } from '../controller/resilient';
 import type { CtrlStateValue, ResilienceOptions } from '../controller/resilient';
+import { MultipathController } from '../controller/multipath';
+import type { MultipathOptions } from '../controller/multipath';
 import type { Namespace } from '../controller/namespace';
 import { Duplex } from 'node:stream';
 import { NbdServer, formatEndpoint } from '../nbd/server';
@@ -38,7 +39,7 @@ import { ErrorCode, NvmfNbdError } from '../errors';
 import { Cns, sqeIdentify } from '../wire';
 import { DEFAULT_IOPOLICY } from '../config/option-spec';
 import type { IoPolicyValue } from '../config/option-spec';
-import type { TopologyNamespacePath, TopologyPath, TopologySubsystem } from './topology';
+import type { TopologyPath, TopologySubsystem } from './topology';
 
 /**
  * Where a session serves NBD: a private directory of Unix sockets, loopback TCP, an inherited
@@ -88,6 +89,8 @@ export interface SessionOptions {
   readonly pathName?: string;
   /** Path selection among the subsystem's paths (default numa, as Linux). */
   readonly iopolicy?: IoPolicyValue;
+  /** More multipath options (tests: an injected clock, a write-hold override). */
+  readonly multipath?: Omit<MultipathOptions, 'iopolicy'>;
   readonly nbd: NbdSpec;
   /** Attach every export to a /dev/nbdX with nbd-client. */
   readonly attach?: boolean;
@@ -125,8 +128,11 @@ export interface SkippedNamespace {
 }
 
 /**
- * A connected controller serving its namespaces over NBD. Events: `state` (CtrlStateValue),
- * `namespaces` (NamespaceChanges, after the exports were updated), `dead` (NvmfNbdError).
+ * A connected subsystem serving its namespaces over NBD: one export per namespace whatever the
+ * number of paths (controllers of the subsystem over other addresses, {@link addPath}; issue 12).
+ * Events: `state` (CtrlStateValue, of the subsystem: live while any path is), `namespaces`
+ * (NamespaceChanges, after the exports were updated), `dead` (NvmfNbdError: the last path gave
+ * up), `path-removed` (a path's name: it gave up while others remained, and was dropped).
  */
 export class ControllerSession extends EventEmitter {
   readonly exports: SessionExport[] = [];
@@ -142,23 +148,28 @@ export class ControllerSession extends EventEmitter {
   private readonly unixEndpoints = new Map<string, NbdEndpoint>();
   /** Namespace changes are applied one at a time, in order. */
   private nsWork: Promise<void> = Promise.resolve();
-  /** Path (controller) names, in the order added. */
-  private readonly pathList: string[];
+  /** Path (controller) name → the multipath layer's path id (`traddr:trsvcid[@src]`), in the order added. */
+  private readonly pathIds = new Map<string, string>();
+  /** Ids being removed on request (their `paths` removal event is ours, not a loss). */
+  private readonly removing = new Set<string>();
 
   private constructor(
     readonly name: string,
-    readonly controller: ResilientController,
+    readonly controller: MultipathController,
     readonly server: NbdServer,
     private readonly o: SessionOptions,
   ) {
     super();
-    this.pathList = [o.pathName ?? name];
+    const first = controller.paths[0];
+    if (first !== undefined) this.pathIds.set(o.pathName ?? name, first.id);
   }
 
   /** Connect the controller, export its usable namespaces, and attach them when asked. */
   static async open(o: SessionOptions): Promise<ControllerSession> {
     const log = o.log ?? (() => undefined);
-    const controller = await ResilientController.connect(o.readOnly === true ? { ...o.controller, readOnlyNamespaces: true } : o.controller);
+    const controller = await MultipathController.connect(o.readOnly === true ? { ...o.controller, readOnlyNamespaces: true } : o.controller, {
+      ...o.multipath, iopolicy: o.iopolicy ?? DEFAULT_IOPOLICY,
+    });
     const server = new NbdServer(o.nbdServer);
     const s = new ControllerSession(o.name, controller, server, o);
     try {
@@ -205,6 +216,19 @@ export class ControllerSession extends EventEmitter {
     c.on('dead', (err: NvmfNbdError) => {
       log(`${this.name}: controller removed: ${err.message} (${err.code})`);
       this.emit('dead', err);
+    });
+    c.on('warning', (err: Error & { code?: string }) => log(`${this.name}: ${err.message}${err.code !== undefined ? ` (${err.code})` : ''}`));
+    c.on('ana', (a: { path: string; groups: ReadonlyArray<{ grpid: number; state: string }> }) => {
+      log(`${this.name}: path ${this.nameOf(a.path)}: ANA ${a.groups.map((g) => `group ${g.grpid} ${g.state}`).join(', ') || 'no groups'}`);
+    });
+    c.on('paths', (ev: { added?: string; removed?: string; state?: { id: string; state: string } }) => {
+      if (ev.state !== undefined && this.pathIds.size > 1) log(`${this.name}: path ${this.nameOf(ev.state.id)} ${ev.state.state}`);
+      if (ev.removed === undefined || this.removing.has(ev.removed)) return;
+      // A path that gave up (ctrl_loss_tmo) while others remained: dropped, as Linux deletes that controller.
+      const name = this.nameOf(ev.removed);
+      this.pathIds.delete(name);
+      log(`${this.name}: path ${name} (${ev.removed}) dropped; ${this.pathIds.size} left`);
+      this.emit('path-removed', name);
     });
     c.on('namespaces', (ch: NamespaceChanges) => {
       // The controller retired the objects of removed and reformatted namespaces (their I/O
@@ -403,41 +427,73 @@ export class ControllerSession extends EventEmitter {
 
   /** The subsystem's path (controller) names, in the order added. */
   pathNames(): string[] {
-    return [...this.pathList];
+    return [...this.pathIds.keys()];
+  }
+
+  /** The controller name of a path id (the id itself for a path this session did not name). */
+  private nameOf(id: string): string {
+    for (const [n, i] of this.pathIds) if (i === id) return n;
+    return id;
   }
 
   /**
    * Connect one more path to this subsystem under controller name `name` (the same subsystem
-   * NQN over another address): its namespaces keep their exports and devices.
-   * @throws NVMF_ERR_UNSUPPORTED until the multipath subsystem object is in (issue 12)
+   * NQN over another address): its namespaces keep their exports and devices; namespaces only
+   * this path reaches get theirs.
+   * @throws CLI_ERR_ALREADY_CONNECTED (that name or address), NVMF_ERR_MULTIPATH_SUBSYSTEM_MISMATCH,
+   *         NVMF_ERR_MULTIPATH_NS_MISMATCH, the connect's own errors (nothing is kept then)
    */
-  async addPath(name: string, _o: ControllerOptions & ResilienceOptions): Promise<void> {
-    throw new NvmfNbdError(ErrorCode.UNSUPPORTED, `${this.name}: cannot add path ${name}: multipath is not available in this build`);
+  async addPath(name: string, o: ControllerOptions & ResilienceOptions): Promise<void> {
+    if (this.pathIds.has(name)) throw new NvmfNbdError(ErrorCode.ALREADY_CONNECTED, `${this.name} has a path ${name} already`);
+    const p = await this.controller.addPath(this.o.readOnly === true ? { ...o, readOnlyNamespaces: true } : o);
+    this.pathIds.set(name, p.id);
+    this.o.log?.(`${this.name}: path ${name} (${p.id}) added; ${this.pathIds.size} paths`);
   }
 
-  /** Remove path `name` (not the last one: closing the session does that). @throws CLI_ERR_NO_SUCH_CONTROLLER */
+  /**
+   * Remove path `name`: its in-flight reads go to the other paths at once, its writes after the
+   * write-hold time; the exports stay. The last path goes with {@link close}.
+   * @throws CLI_ERR_NO_SUCH_CONTROLLER, CLI_ERR_USAGE for the last path
+   */
   async removePath(name: string): Promise<void> {
-    if (!this.pathList.includes(name)) throw new NvmfNbdError(ErrorCode.NO_SUCH_CONTROLLER, `${this.name} has no path ${name}`);
-    throw new NvmfNbdError(ErrorCode.UNSUPPORTED, `${this.name}: the last path goes with the session (disconnect the subsystem)`);
+    const id = this.pathIds.get(name);
+    if (id === undefined) throw new NvmfNbdError(ErrorCode.NO_SUCH_CONTROLLER, `${this.name} has no path ${name}`);
+    if (this.pathIds.size === 1) throw new NvmfNbdError(ErrorCode.CLI_USAGE, `${name} is the last path of ${this.name}: disconnect the subsystem`);
+    this.removing.add(id);
+    try {
+      await this.controller.removePath(id);
+    } finally {
+      this.removing.delete(id);
+    }
+    this.pathIds.delete(name);
   }
 
   /** The subsystem, its paths and each namespace's paths (`show-topology`, `list`). */
   topology(): TopologySubsystem {
-    const c = this.controller;
-    const d = c.describeState();
-    const o = c.options;
-    const pathName = this.pathList[0] ?? this.name;
-    const paths: TopologyPath[] = [{
-      name: pathName, traddr: o.traddr, trsvcid: o.trsvcid, ...(o.hostTraddr !== undefined ? { hostTraddr: o.hostTraddr } : {}),
-      cntlid: c.cntlid, state: c.state, reconnects: c.reconnects, ...(d.lastError !== undefined ? { lastError: d.lastError } : {}),
-    }];
-    const io = c.stats().io;
-    const inFlight = io.reduce((n, q) => n + (q.inFlight ?? 0), 0);
+    const t = this.controller.topology();
+    const o = this.controller.options;
+    const byId = new Map(t.paths.map((p) => [p.id, p]));
+    const paths: TopologyPath[] = t.paths.map((p) => ({
+      name: this.nameOf(p.id), traddr: p.traddr, trsvcid: p.trsvcid, ...(p.hostTraddr !== undefined ? { hostTraddr: p.hostTraddr } : {}),
+      cntlid: p.cntlid, state: p.state, reconnects: p.reconnects, ...(p.lastError !== undefined ? { lastError: p.lastError } : {}),
+      queueDepth: p.queueDepth, io: p.io, anaGroups: p.anaGroups,
+    }));
+    const nsTopo = new Map(t.namespaces.map((n) => [n.nsid, n]));
     return {
-      name: this.name, nqn: o.subnqn, hostnqn: o.hostnqn, iopolicy: this.o.iopolicy ?? DEFAULT_IOPOLICY, state: c.state, paths,
+      name: this.name, nqn: t.subnqn, hostnqn: o.hostnqn, iopolicy: t.iopolicy, state: t.state, paths,
       namespaces: this.exports.map((e) => {
-        const np: TopologyNamespacePath = { path: pathName, anaGroup: null, anaState: 'optimized', current: c.state === 'live', inFlight, reads: 0, writes: 0 };
-        return { nsid: e.nsid, export: e.name, device: e.device ?? null, size: e.size, ...(e.stableId !== undefined ? { stableId: e.stableId } : {}), paths: [np] };
+        const n = nsTopo.get(e.nsid);
+        return {
+          nsid: e.nsid, export: e.name, device: e.device ?? null, size: e.size, ...(e.stableId !== undefined ? { stableId: e.stableId } : {}),
+          heldWrites: n?.heldWrites ?? 0,
+          paths: (n?.paths ?? []).map((np) => {
+            const p = byId.get(np.id);
+            return {
+              path: this.nameOf(np.id), anaGroup: np.anaGroup, anaState: np.anaState, usable: np.usable, current: np.current,
+              inFlight: p?.queueDepth ?? 0, reads: p?.io.reads ?? 0, writes: p?.io.writes ?? 0, other: p?.io.other ?? 0,
+            };
+          }),
+        };
       }),
     };
   }

@@ -73,6 +73,12 @@ export interface TopologyPath {
   readonly reconnects: number;
   /** Why its last association ended, if one did. */
   readonly lastError?: { readonly code: string; readonly message: string };
+  /** Commands in flight on this path now (all its namespaces). */
+  readonly queueDepth?: number;
+  /** I/O this path carried: commands by kind, bytes, requests moved off it (failovers), path statuses seen. */
+  readonly io?: { readonly reads: number; readonly writes: number; readonly other: number; readonly bytesRead: number; readonly bytesWritten: number; readonly failovers: number; readonly pathErrors: number };
+  /** ANA state of each ANA group as this controller reports it. */
+  readonly anaGroups?: ReadonlyArray<{ readonly grpid: number; readonly state: string }>;
 }
 
 /** One path of one namespace: its ANA state there and the I/O it carried. */
@@ -85,14 +91,14 @@ export interface TopologyNamespacePath {
   readonly anaState: string;
   /** Is this the path new I/O goes to now (numa: the first usable optimized one)? */
   readonly current: boolean;
-  /** Commands of this namespace in flight on the path (its queue depth). */
+  /** Could I/O of this namespace go to the path now (live, accessible ANA state, same identifiers)? */
+  readonly usable?: boolean;
+  /** Commands in flight on the path (its queue depth, all namespaces). */
   readonly inFlight: number;
-  /** Commands completed (read / write and the other kinds) over this path. */
+  /** Commands the path carried (read / write / the other kinds). */
   readonly reads: number;
   readonly writes: number;
   readonly other?: number;
-  /** Writes held on this path until its old association can no longer execute them (the write-hold rule). */
-  readonly held?: number;
 }
 
 /** One namespace of a subsystem: its export and its paths. */
@@ -103,6 +109,8 @@ export interface TopologyNamespace {
   readonly device: string | null;
   readonly size: number;
   readonly stableId?: string;
+  /** Writes held until a failed path's association can no longer execute them (the write-hold rule). */
+  readonly heldWrites?: number;
   readonly paths: TopologyNamespacePath[];
 }
 

@@ -116,9 +116,9 @@ const TOPO: TopologySubsystem = {
     { name: 'nvme1', traddr: '127.0.0.1', trsvcid: 4421, hostTraddr: '127.0.0.2', cntlid: 9, state: 'connecting', reconnects: 2, lastError: { code: 'NVMF_ERR_CONNECTION_CLOSED', message: 'closed' } },
   ],
   namespaces: [{
-    nsid: 1, export: 'nvme0n1', device: '/dev/nbd0', size: 1 << 30, paths: [
+    nsid: 1, export: 'nvme0n1', device: '/dev/nbd0', size: 1 << 30, heldWrites: 2, paths: [
       { path: 'nvme0', anaGroup: 1, anaState: 'optimized', current: true, inFlight: 4, reads: 100, writes: 50 },
-      { path: 'nvme1', anaGroup: 1, anaState: 'inaccessible', current: false, inFlight: 0, reads: 7, writes: 1, held: 2 },
+      { path: 'nvme1', anaGroup: 1, anaState: 'inaccessible', current: false, inFlight: 0, reads: 7, writes: 1 },
     ],
   }],
 };
@@ -128,9 +128,9 @@ test('show-topology prints each subsystem, its paths and each namespace\'s paths
   assert.match(out, /^nvme0 - NQN=nqn\.a$/m);
   assert.match(out, /iopolicy=numa/);
   assert.match(out, /^ {4}nvme1 tcp traddr=127\.0\.0\.1,trsvcid=4421,host_traddr=127\.0\.0\.2 connecting cntlid 9 reconnects 2 \(last error: closed\)$/m);
-  assert.match(out, /^ {2}\+- ns 1: nvme0n1 1\.00 GiB \/dev\/nbd0$/m);
+  assert.match(out, /^ {2}\+- ns 1: nvme0n1 1\.00 GiB \/dev\/nbd0 \(2 writes held\)$/m);
   assert.match(out, /^ {4}\+- nvme0 tcp traddr=127\.0\.0\.1,trsvcid=4420 live optimized \(current\) {2}in flight 4, reads 100, writes 50$/m);
-  assert.match(out, /^ {4}`- nvme1 .* connecting inaccessible {2}in flight 0, reads 7, writes 1, held 2$/m);
+  assert.match(out, /^ {4}`- nvme1 .* connecting inaccessible {2}in flight 0, reads 7, writes 1$/m);
   assert.equal(formatTopology([]), 'no subsystems\n');
   // Control characters from the target never reach the terminal raw.
   assert.ok(!formatTopology([{ ...TOPO, nqn: 'nqn.\u001b[2J' }]).includes('\u001b'));

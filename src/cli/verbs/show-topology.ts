@@ -17,7 +17,7 @@ function address(p: TopologyPath): string {
 }
 
 function pathLine(np: TopologyNamespacePath, p: TopologyPath | undefined, last: boolean): string {
-  const counts = `in flight ${np.inFlight}, reads ${np.reads}, writes ${np.writes}${np.held !== undefined && np.held > 0 ? `, held ${np.held}` : ''}`;
+  const counts = `in flight ${np.inFlight}, reads ${np.reads}, writes ${np.writes}`;
   const where = p !== undefined ? `tcp ${address(p)} ${p.state}` : 'gone';
   return `    ${last ? '`' : '+'}- ${escapeControl(np.path)} ${where} ${np.anaState}${np.current ? ' (current)' : ''}  ${counts}\n`;
 }
@@ -36,7 +36,7 @@ export function formatTopology(subsystems: readonly TopologySubsystem[]): string
       out += `    ${escapeControl(p.name)} tcp ${address(p)} ${p.state}${p.cntlid !== null ? ` cntlid ${p.cntlid}` : ''}${p.reconnects > 0 ? ` reconnects ${p.reconnects}` : ''}${p.lastError !== undefined ? ` (last error: ${escapeControl(p.lastError.message)})` : ''}\n`;
     }
     for (const ns of s.namespaces) {
-      out += `  +- ns ${ns.nsid}: ${escapeControl(ns.export)} ${formatBytes(ns.size)}${ns.device !== null ? ` ${escapeControl(ns.device)}` : ''}\n`;
+      out += `  +- ns ${ns.nsid}: ${escapeControl(ns.export)} ${formatBytes(ns.size)}${ns.device !== null ? ` ${escapeControl(ns.device)}` : ''}${ns.heldWrites !== undefined && ns.heldWrites > 0 ? ` (${ns.heldWrites} writes held)` : ''}\n`;
       ns.paths.forEach((np, i) => { out += pathLine(np, byName.get(np.path), i === ns.paths.length - 1); });
     }
   }
