@@ -13,12 +13,20 @@ export const ProxyMode = {
   STALL: 'stall',
   /** Accept and immediately reset new connections (a target that is down). */
   REFUSE: 'refuse',
+  /**
+   * Forward host→target, but hold back everything the target sends (its replies are lost in the
+   * network); a close from the target still reaches the host. Commands sent meanwhile execute and
+   * stay unanswered — the in-flight I/O a path failure leaves. FORWARD delivers what was held.
+   */
+  MUTE: 'mute',
 } as const;
 export type ProxyModeValue = (typeof ProxyMode)[keyof typeof ProxyMode];
 
 interface Pair {
   client: net.Socket;
   upstream: net.Socket;
+  /** Target→host bytes held back in MUTE mode. */
+  muted: Buffer[];
 }
 
 /** A controllable TCP proxy from 127.0.0.1:port to `target`. */
@@ -31,6 +39,8 @@ export class FaultProxy {
   /** Bytes forwarded host→target and target→host. */
   bytesUp = 0;
   bytesDown = 0;
+  /** Target→host bytes held back by MUTE since start. */
+  bytesMuted = 0;
 
   private constructor(private readonly target: { host: string; port: number }) {
     this.server = net.createServer((client) => this.onClient(client));
@@ -63,12 +73,13 @@ export class FaultProxy {
       return;
     }
     const upstream = net.connect(this.target.port, this.target.host);
-    const pair: Pair = { client, upstream };
+    const pair: Pair = { client, upstream, muted: [] };
     this.pairs.add(pair);
     client.setNoDelay(true);
     upstream.setNoDelay(true);
     const end = (): void => {
       if (!this.pairs.delete(pair)) return;
+      pair.muted.length = 0;
       client.destroy();
       upstream.destroy();
     };
@@ -77,11 +88,17 @@ export class FaultProxy {
       if (!upstream.write(b)) client.pause();
     });
     upstream.on('data', (b) => {
+      if (this.mode === ProxyMode.MUTE) {
+        // Bounded: the target answers only what the host sent, and a muted host waits.
+        this.bytesMuted += b.length;
+        pair.muted.push(b);
+        return;
+      }
       this.bytesDown += b.length;
       if (!client.write(b)) upstream.pause();
     });
-    client.on('drain', () => { if (this.mode === ProxyMode.FORWARD) upstream.resume(); });
-    upstream.on('drain', () => { if (this.mode === ProxyMode.FORWARD) client.resume(); });
+    client.on('drain', () => { if (this.mode !== ProxyMode.STALL) upstream.resume(); });
+    upstream.on('drain', () => { if (this.mode !== ProxyMode.STALL) client.resume(); });
     client.on('close', end);
     upstream.on('close', end);
     client.on('error', end);
@@ -92,14 +109,22 @@ export class FaultProxy {
     }
   }
 
-  /** Change the mode. STALL pauses every live connection; FORWARD resumes them. */
+  /** Change the mode. STALL pauses every live connection; MUTE and FORWARD resume them (FORWARD first delivers what MUTE held). */
   setMode(mode: ProxyModeValue): void {
     this.mode = mode;
-    for (const { client, upstream } of this.pairs) {
+    for (const pair of this.pairs) {
+      const { client, upstream } = pair;
       if (mode === ProxyMode.STALL) {
         client.pause();
         upstream.pause();
       } else if (mode === ProxyMode.FORWARD) {
+        for (const b of pair.muted.splice(0)) {
+          this.bytesDown += b.length;
+          client.write(b);
+        }
+        client.resume();
+        upstream.resume();
+      } else if (mode === ProxyMode.MUTE) {
         client.resume();
         upstream.resume();
       }

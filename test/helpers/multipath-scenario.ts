@@ -63,7 +63,8 @@ export class MultipathWorkload {
   private readonly loops: Array<Promise<void>> = [];
   private readonly settleHooks: Array<(gen: number, ok: boolean) => void> = [];
 
-  constructor(private readonly client: NbdTestClient, private readonly g: MultipathGeometry) {
+  constructor(private readonly client: NbdTestClient, readonly geometry: MultipathGeometry) {
+    const g = geometry;
     this.writes = new VerifyWorkload(client, { blockSize: g.blockSize, blocks: g.blocks, workers: g.writers, fuaEvery: 8 });
     this.writes.onWriteSettled = (gen, ok) => {
       const now = Date.now();
@@ -90,12 +91,12 @@ export class MultipathWorkload {
     this.running = true;
     this.lastDone = Date.now();
     this.lastWriteDone = this.lastDone;
-    this.writes.start(this.g.paceMs);
-    for (let r = 0; r < this.g.readers; r++) this.loops.push(this.readLoop());
+    this.writes.start(this.geometry.paceMs);
+    for (let r = 0; r < this.geometry.readers; r++) this.loops.push(this.readLoop());
   }
 
   private async readLoop(): Promise<void> {
-    const { blockSize, blocks } = this.g;
+    const { blockSize, blocks } = this.geometry;
     while (this.running) {
       const index = Math.floor(Math.random() * blocks);
       const ackedAtIssue = this.writes.ackedGen(index);
@@ -114,7 +115,7 @@ export class MultipathWorkload {
       } catch {
         return;
       }
-      if (this.g.paceMs > 0) await sleep(this.g.paceMs);
+      if (this.geometry.paceMs > 0) await sleep(this.geometry.paceMs);
     }
   }
 
@@ -318,6 +319,23 @@ export async function pathInUse(activity: PathActivity, by: number, ms: number, 
     if (Date.now() > end) throw new Error(`${what}: path activity grew ${activity() - from} (< ${by}) within ${ms} ms`);
     await sleep(20);
   }
+}
+
+/**
+ * Make the coming path failure land with writes unanswered on `proxy`'s path: mute it (commands
+ * still reach the target and execute, its replies are held back, as if lost in the network) and
+ * resolve once a write sent after the mute reached the target and was answered into the mute. Without this the failure races
+ * the replies: a fast target has often answered every write before its sockets close, and then
+ * nothing is held. The caller faults the path next and then sets the proxy back to FORWARD.
+ */
+export async function muteWithWritesInFlight(proxy: FaultProxy, w: MultipathWorkload, ms: number): Promise<void> {
+  const up = proxy.bytesUp;
+  const muted = proxy.bytesMuted;
+  proxy.setMode(ProxyMode.MUTE);
+  // The workers may all be waiting on replies the mute now holds back, so send one more write
+  // ourselves: it reaches the target after the mute and its answer cannot come back.
+  void w.writes.probe();
+  await w.until(() => proxy.bytesUp >= up + w.geometry.blockSize && proxy.bytesMuted > muted, ms, 'a write sent to the muted path and answered into the mute', 1);
 }
 
 /**

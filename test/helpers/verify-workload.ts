@@ -55,6 +55,10 @@ export class VerifyWorkload {
   readonly result: WorkloadResult = { acknowledged: 0, failed: 0, lost: 0, firstErrno: undefined };
   /** Generations of the writes in flight right now (issued, not yet settled). */
   readonly inFlight = new Set<number>();
+  /** The generation of the newest write issued so far (0 before the first). */
+  get lastIssued(): number {
+    return this.nextGen - 1;
+  }
   /** Called when a write settles: acknowledged (`ok`), failed with an NBD error, or its connection lost. */
   onWriteSettled: ((gen: number, ok: boolean) => void) | undefined;
 
@@ -107,10 +111,42 @@ export class VerifyWorkload {
     }
   }
 
+  /**
+   * One extra write to block `blocks` (just past the workload's blocks, which no worker owns),
+   * tracked like the workers' (a generation, `inFlight`, `onWriteSettled`) and checked by
+   * {@link verify} once acknowledged: a write a test can send at a moment of its choosing, e.g.
+   * right after muting a path. One at a time; resolves when it settles.
+   */
+  probe(): Promise<void> {
+    const index = this.o.blocks;
+    const gen = this.nextGen++;
+    this.inFlight.add(gen);
+    const settle = (error: number | undefined): void => {
+      this.inFlight.delete(gen);
+      if (error === 0) {
+        this.result.acknowledged++;
+        this.probeAcked = gen;
+      } else if (error !== undefined) {
+        this.result.failed++;
+        this.result.firstErrno ??= error;
+      }
+      this.onWriteSettled?.(gen, error === 0);
+    };
+    const p = this.client.request(1, index * this.o.blockSize, this.o.blockSize, { data: blockContent(index, gen, this.o.blockSize) })
+      .then((r) => settle(r.error), () => settle(undefined));
+    this.probes.push(p);
+    return p;
+  }
+
+  /** The newest acknowledged probe's generation (0: none). */
+  private probeAcked = 0;
+  private readonly probes: Array<Promise<void>> = [];
+
   /** Stop the writers and wait for the outstanding writes to finish. */
   async stop(): Promise<void> {
     this.running = false;
     await Promise.all(this.loops);
+    await Promise.all(this.probes);
   }
 
   /** The generation of block `index`'s newest acknowledged write (0: none yet). */
@@ -139,6 +175,10 @@ export class VerifyWorkload {
       // Acceptable: the last acknowledged generation, or a later one whose write was never
       // acknowledged (it may or may not have landed).
       if (!this.readAcceptable(index, data, this.ackedGen(index))) this.result.lost++;
+    }
+    if (this.probeAcked > 0) {
+      const data = await reader.read(this.o.blocks * this.o.blockSize, this.o.blockSize);
+      if (!data.equals(blockContent(this.o.blocks, this.probeAcked, this.o.blockSize))) this.result.lost++;
     }
     return this.result;
   }

@@ -10,6 +10,8 @@
  *   I/O go on over port 2, then port 1 carries I/O again;
  * - c: the preferred path's TCP connections are cut mid-transfer (proxy RST): the same, with the
  *   path reconnecting through the proxy at once;
+ * in b and c the fault lands with port 1's last replies muted in its proxy (the commands executed,
+ * the answers were in the network), so writes are surely in flight when the path fails;
  * - d: every path fails (both proxies reset and refuse), then port 2 returns: held writes complete
  *   after the hold, reads resume as soon as the path is back.
  * Each prints acknowledged / lost (0) writes, the longest I/O pause and the write hold with the
@@ -21,8 +23,9 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import assert from 'node:assert/strict';
 import { NvmeTarget } from '../../src/embedded-target/target';
+import { until } from '../helpers/clock';
 import { FaultProxy, ProxyMode } from '../helpers/fault-proxy';
-import { MultipathDaemon, failEveryPath, multipathReady, pathInUse, runMultipathScenario } from '../helpers/multipath-scenario';
+import { MultipathDaemon, failEveryPath, multipathReady, muteWithWritesInFlight, pathInUse, runMultipathScenario } from '../helpers/multipath-scenario';
 import type { MultipathGeometry, MultipathHost, MultipathScenario } from '../helpers/multipath-scenario';
 
 const NQN = 'nqn.2014-08.org.nvmf-nbd:multipath-embedded';
@@ -103,10 +106,21 @@ test('multipath a: port 1 ANA optimized → inaccessible → optimized; I/O move
 test('multipath b: port 1 removed and re-added; writes held, reads go on over port 2', { timeout: 180_000 }, async (t) => {
   if (!ready.check(t)) return;
   const tg = target as NvmeTarget;
+  const p1 = proxies[0] as FaultProxy;
   await runMultipathScenario(scenario('b', {
     holds: true,
-    beforeFault: () => pathInUse(() => portIo(1), 20, 60_000, 'port 1 carries the I/O'),
-    fault: () => tg.removePort(1),
+    beforeFault: async (w) => {
+      await pathInUse(() => portIo(1), 20, 60_000, 'port 1 carries the I/O');
+      await muteWithWritesInFlight(p1, w, 60_000);
+    },
+    // The port goes with port 1's last replies still in the network (muted): those writes are held.
+    // The proxy forwards again only once it has seen the target close each connection (so the
+    // muted replies die with them) — new connections then find no port.
+    fault: async () => {
+      await tg.removePort(1);
+      await until(() => p1.connections === 0, 'the proxy saw port 1\'s connections close');
+      p1.setMode(ProxyMode.FORWARD);
+    },
     during: async () => { await pathInUse(() => portIo(2), 20, 60_000, 'port 2 carries the I/O'); },
     restore: async () => { await tg.addPort({ id: 1, host: '127.0.0.1', port: ports[0] as number }); },
     restored: () => pathInUse(() => portIo(1), 20, 60_000, 'I/O back on port 1 once re-added'),
@@ -118,8 +132,12 @@ test('multipath c: the preferred path\'s TCP connections cut mid-transfer', { ti
   const p1 = proxies[0] as FaultProxy;
   await runMultipathScenario(scenario('c', {
     holds: true,
-    beforeFault: () => pathInUse(() => portIo(1), 20, 60_000, 'port 1 carries the I/O'),
-    fault: async () => { p1.cutAll(); },
+    beforeFault: async (w) => {
+      await pathInUse(() => portIo(1), 20, 60_000, 'port 1 carries the I/O');
+      await muteWithWritesInFlight(p1, w, 60_000);
+    },
+    // Cut with port 1's last replies in the network (muted): those writes are held.
+    fault: async () => { p1.cutAll(); p1.setMode(ProxyMode.FORWARD); },
     during: async () => { await pathInUse(() => portIo(2), 20, 60_000, 'port 2 carries the I/O'); },
     // The proxy still forwards: the path reconnects by itself.
     restored: () => pathInUse(() => portIo(1), 20, 60_000, 'I/O back on port 1 after its reconnect'),
