@@ -29,6 +29,8 @@ export type PathOptions = ControllerOptions & ResilienceOptions;
 export interface PathController extends EventEmitter {
   readonly options: PathOptions;
   readonly state: CtrlStateValue;
+  /** CONNECTING and would hold I/O (fast_io_fail_tmo not expired). */
+  readonly holdsIo: boolean;
   readonly cntlid: number;
   readonly identify: IdentifyController;
   readonly identifyRaw: Buffer;

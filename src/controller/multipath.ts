@@ -351,13 +351,16 @@ export class MultipathController extends EventEmitter implements NamespacePath, 
     const onAna = (log: AnaLog): void => this.onPathAna(p, log);
     const onDead = (err: NvmfNbdError): void => this.onPathDead(p, err);
     const onWarning = (err: unknown): void => { this.emit('warning', err); };
+    const onHandback = (records: IoRequest[], err: NvmfNbdError): void => this.onHandback(p, records, err);
     rc.on('state', onState);
+    rc.on('handback', onHandback);
     rc.on('namespaces', onNs);
     rc.on('ana', onAna);
     rc.on('dead', onDead);
     rc.on('warning', onWarning);
     p.unsubscribe.push(() => {
       rc.off('state', onState);
+      rc.off('handback', onHandback);
       rc.off('namespaces', onNs);
       rc.off('ana', onAna);
       rc.off('dead', onDead);
@@ -398,6 +401,28 @@ export class MultipathController extends EventEmitter implements NamespacePath, 
         this.route(req);
       }
     }
+  }
+
+  /**
+   * A reconnecting path gave up on the records it held (fast_io_fail_tmo or ctrl_loss_tmo; none
+   * was sent): run them on another path that is live or still holds I/O, else fail them with
+   * the path's error — only when no path can take them does the namespace fail them.
+   */
+  private onHandback(p: PathEntry, records: IoRequest[], err: NvmfNbdError): void {
+    this.changed();
+    const elsewhere = this.canServeElsewhere(p);
+    for (const req of records) {
+      const from = req.mpPath as PathEntry | undefined;
+      if (from !== undefined) from.inflight--;
+      req.mpPath = undefined;
+      if (elsewhere) this.route(req, p);
+      else this.finishLater(req, err);
+    }
+  }
+
+  /** Whether a path other than `p` is live or would hold I/O for its reconnect. */
+  private canServeElsewhere(p: PathEntry): boolean {
+    return this.pathList.some((q) => q !== p && !q.removed && (q.controller.state === CtrlState.LIVE || q.controller.holdsIo));
   }
 
   private onPathDead(p: PathEntry, err: NvmfNbdError): void {
@@ -656,13 +681,17 @@ export class MultipathController extends EventEmitter implements NamespacePath, 
     const blockSize = this.nsObjects.get(nsid)?.blockSize ?? this.primary().controller.namespaces.get(nsid)?.lbaSize ?? 0;
     r = { optimized: [], nonOptimized: [], waitAna: false, fallback: undefined, rr: 0 };
     let connecting: PathEntry | undefined;
+    let holding: PathEntry | undefined;
     let serving: PathEntry | undefined;
     let live = false;
     for (const p of this.pathList) {
       if (p.removed || !p.serves(nsid, blockSize)) continue;
       serving ??= p;
       const st = p.controller.state;
-      if (st === CtrlState.CONNECTING) connecting ??= p;
+      if (st === CtrlState.CONNECTING) {
+        connecting ??= p;
+        if (p.controller.holdsIo) holding ??= p;
+      }
       if (st !== CtrlState.LIVE) continue;
       live = true;
       const ana = p.anaState(nsid);
@@ -670,9 +699,10 @@ export class MultipathController extends EventEmitter implements NamespacePath, 
       else if (ana === AnaState.NON_OPTIMIZED) r.nonOptimized.push(p);
       else if (ana !== AnaState.PERSISTENT_LOSS) r.waitAna = true;
     }
-    // No live path at all: the single-path rules of a reconnecting path (or the errors of a
-    // deleting / dead one). Live paths all in persistent loss with none reconnecting: fail.
-    if (!live || (!r.waitAna && r.optimized.length + r.nonOptimized.length === 0)) r.fallback = connecting ?? (live ? undefined : serving ?? this.pathList.find((p) => !p.removed));
+    // No live path at all: the single-path rules of a reconnecting path — one that still holds
+    // I/O before one whose fast_io_fail_tmo expired — or the errors of a deleting / dead one.
+    // Live paths all in persistent loss with none reconnecting: fail.
+    if (!live || (!r.waitAna && r.optimized.length + r.nonOptimized.length === 0)) r.fallback = holding ?? connecting ?? (live ? undefined : serving ?? this.pathList.find((p) => !p.removed));
     this.routes.set(nsid, r);
     return r;
   }

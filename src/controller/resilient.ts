@@ -191,6 +191,13 @@ export class ResilientController extends EventEmitter implements NamespacePath, 
   get state(): CtrlStateValue {
     return this.stateValue;
   }
+  /**
+   * Whether I/O submitted now would be held for a reconnect (CONNECTING, fast_io_fail_tmo not
+   * expired) — a multipath subsystem prefers such a path over one that would fail it.
+   */
+  get holdsIo(): boolean {
+    return this.stateValue === CtrlState.CONNECTING && !this.failFast;
+  }
   /** Successful reconnects since connect. */
   get reconnects(): number {
     return this.reconnectCount;
@@ -597,7 +604,9 @@ export class ResilientController extends EventEmitter implements NamespacePath, 
     if (fastTmo >= 0 && (lossTmo < 0 || fastTmo < lossTmo)) {
       this.fastFailTimer = setTimeout(() => {
         this.failFast = true;
-        this.failHeld(this.eio(ErrorCode.CONTROLLER_LOST, `fast_io_fail_tmo (${fastTmo} ms) expired while reconnecting`));
+        const err = this.eio(ErrorCode.CONTROLLER_LOST, `fast_io_fail_tmo (${fastTmo} ms) expired while reconnecting`);
+        this.handBack(err);
+        this.failHeld(err);
       }, fastTmo);
     }
     // recover() handles its own failures; a throwing event listener must not become an
@@ -702,6 +711,18 @@ export class ResilientController extends EventEmitter implements NamespacePath, 
     this.fastFailTimer = undefined;
   }
 
+  /**
+   * Pass-back mode, giving up on held records (fast_io_fail_tmo, ctrl_loss_tmo): none of them
+   * was sent, so they go back to the multipath subsystem (`handback` event with the error they
+   * would fail with), which runs them on another path if one can — the single-path timeouts
+   * apply to the namespace as a whole, not to whichever path happened to hold a request.
+   */
+  private handBack(err: NvmfNbdError): void {
+    if (!this.passBack || this.listenerCount('handback') === 0) return;
+    // Emitted even with no records: the subsystem's route choice changes with holdsIo.
+    this.emit('handback', this.takeHeldRecords(), err);
+  }
+
   /** Give up: fail held I/O with EIO, remove the controller (DELETING → DEAD). */
   private die(err: NvmfNbdError): void {
     if (this.stateValue === CtrlState.DEAD || this.stateValue === CtrlState.DELETING) return;
@@ -710,7 +731,9 @@ export class ResilientController extends EventEmitter implements NamespacePath, 
     this.lastErr = err;
     this.setState(CtrlState.DELETING);
     this.wake?.();
-    this.failHeld(this.eio(err.code, err.message));
+    const eio = this.eio(err.code, err.message);
+    this.handBack(eio);
+    this.failHeld(eio);
     this.ctrl.destroy(err);
     this.setState(CtrlState.DEAD);
     this.emit('dead', err);

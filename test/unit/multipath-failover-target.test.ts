@@ -10,6 +10,7 @@ import { strict as assert } from 'node:assert';
 import { after, before, describe, it } from 'node:test';
 import { NvmeTarget } from '../../src/embedded-target';
 import { MultipathController, type PathOptions } from '../../src/controller/multipath';
+import { turns } from '../helpers/clock';
 import { FaultProxy, ProxyMode } from '../helpers/fault-proxy';
 
 const NQN = 'nqn.2014-08.org.nvmf-nbd:test-mp-failover-target';
@@ -76,6 +77,122 @@ describe('multipath failover against the embedded target (path cut mid-transfer)
       assert.equal(t.paths[0]!.io.failovers, 2, 'the read and the write came back from the cut path');
       assert.equal(t.namespaces[0]!.paths[1]!.current, true);
     } finally {
+      await mp.close();
+    }
+  });
+});
+
+/**
+ * Every path down: the single-path timeouts apply to the namespace as a whole. A request held by
+ * a reconnecting path whose fast_io_fail_tmo expires (or whose ctrl_loss_tmo ends it) was never
+ * sent, so it moves to another path that still holds I/O and completes once that one returns;
+ * it fails (EIO) only when no path can take it any more.
+ */
+describe('multipath: every path down, the timeouts of one path do not fail the namespace', () => {
+  let target: NvmeTarget;
+  let pa: FaultProxy;
+  let pb: FaultProxy;
+
+  before(async () => {
+    target = new NvmeTarget({
+      ports: [{ host: '127.0.0.1', port: 0 }, { host: '127.0.0.1', port: 0 }],
+      subsystems: [{ nqn: NQN, namespaces: [{ nsid: 1, sizeBytes: 4 << 20, backing: { memory: true } }] }],
+      keepAliveGraceMs: 200,
+      cqtMs: 300,
+    });
+    await target.listen();
+    const ports = target.ports();
+    pa = await FaultProxy.start({ port: ports[0]!.port });
+    pb = await FaultProxy.start({ port: ports[1]!.port });
+  });
+
+  after(async () => {
+    await pa.close();
+    await pb.close();
+    await target.close();
+  });
+
+  /** Both proxies refuse and cut; resolves once both paths are reconnecting. */
+  async function allDown(mp: MultipathController): Promise<void> {
+    for (const p of [pa, pb]) { p.setMode(ProxyMode.REFUSE); p.cutAll(); }
+    const end = Date.now() + 20_000;
+    while (mp.paths.some((p) => p.controller.state !== 'connecting')) {
+      assert.ok(Date.now() < end, 'both paths reconnecting');
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }
+
+  it('path A\'s fast_io_fail_tmo expires: its held read and write move to B and complete when B returns', { timeout: 60_000 }, async () => {
+    const mp = await MultipathController.connect({ ...opts(pa.port), fastIoFailTmoMs: 300, quiesceMs: 0 });
+    try {
+      await mp.addPath({ ...opts(pb.port), quiesceMs: 0 });
+      const ns = mp.namespace(1)!;
+      await ns.write(0, Buffer.alloc(4096, 0x11), false);
+      await allDown(mp);
+      // Held by A (the first path that holds I/O), never sent.
+      let settled = 0;
+      const w = ns.write(8192, Buffer.alloc(4096, 0x22), false).finally(() => { settled++; });
+      const r = ns.read(0, 4096).finally(() => { settled++; });
+      const end = Date.now() + 20_000;
+      while (mp.paths[0]!.controller.holdsIo) {
+        assert.ok(Date.now() < end, 'A fast-fails');
+        await new Promise((res) => setTimeout(res, 10));
+      }
+      await turns(20);
+      assert.equal(settled, 0, 'nothing failed when A fast-failed: B still holds I/O');
+      assert.equal(mp.paths[1]!.controller.holdsIo, true);
+      pb.setMode(ProxyMode.FORWARD);
+      await w;
+      assert.deepEqual(await r, Buffer.alloc(4096, 0x11), 'the read completed on B');
+      assert.deepEqual(await ns.read(8192, 4096), Buffer.alloc(4096, 0x22), 'the write landed');
+      // New I/O while A is fast-failed and B live goes to B.
+      await ns.write(12288, Buffer.alloc(4096, 0x33), false);
+    } finally {
+      pa.setMode(ProxyMode.FORWARD);
+      pb.setMode(ProxyMode.FORWARD);
+      await mp.close();
+    }
+  });
+
+  it('A\'s ctrl_loss_tmo ends it while B reconnects: the held write moves to B and completes there', { timeout: 60_000 }, async () => {
+    const mp = await MultipathController.connect({ ...opts(pa.port), ctrlLossTmoMs: 300, quiesceMs: 0 });
+    try {
+      await mp.addPath({ ...opts(pb.port), fastIoFailTmoMs: 1500, quiesceMs: 0 });
+      const ns = mp.namespace(1)!;
+      await allDown(mp);
+      let failed: unknown;
+      const w = ns.write(0, Buffer.alloc(4096, 0x44), false).catch((e: unknown) => { failed = e; });
+      const end = Date.now() + 20_000;
+      while (mp.paths.length > 1) {
+        assert.ok(Date.now() < end, 'A is dropped after its ctrl_loss_tmo');
+        await new Promise((res) => setTimeout(res, 10));
+      }
+      assert.equal(failed, undefined, 'the write did not fail with A');
+      pb.setMode(ProxyMode.FORWARD);
+      await w;
+      assert.equal(failed, undefined, 'the write completed on B');
+      assert.deepEqual(await ns.read(0, 4096), Buffer.alloc(4096, 0x44));
+    } finally {
+      pa.setMode(ProxyMode.FORWARD);
+      pb.setMode(ProxyMode.FORWARD);
+      await mp.close();
+    }
+  });
+
+  it('both paths fast-fail: the held request fails with EIO only then', { timeout: 60_000 }, async () => {
+    const mp = await MultipathController.connect({ ...opts(pa.port), fastIoFailTmoMs: 200, quiesceMs: 0 });
+    try {
+      await mp.addPath({ ...opts(pb.port), fastIoFailTmoMs: 800, quiesceMs: 0 });
+      const ns = mp.namespace(1)!;
+      await allDown(mp);
+      let bHeldWhenFailed: boolean | undefined;
+      const err = await ns.read(0, 4096).then(() => undefined, (e: unknown) => { bHeldWhenFailed = mp.paths[1]!.controller.holdsIo; return e; });
+      assert.ok(err instanceof Error, 'the read failed');
+      assert.equal((err as { errno?: number }).errno, 5, 'EIO');
+      assert.equal(bHeldWhenFailed, false, 'only after B fast-failed too');
+    } finally {
+      pa.setMode(ProxyMode.FORWARD);
+      pb.setMode(ProxyMode.FORWARD);
       await mp.close();
     }
   });

@@ -83,6 +83,7 @@ class FakePath extends EventEmitter implements PathController {
   readonly held: IoRequest[] = [];
   passBack = false;
   closed = false;
+  get holdsIo(): boolean { return this.state === 'connecting'; }
   constructor(readonly options: PathOptions, cntlid: number, nguid = NGUID) {
     super();
     this.cntlid = cntlid;
