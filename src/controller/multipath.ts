@@ -1066,6 +1066,12 @@ export class MultipathController extends EventEmitter implements NamespacePath, 
             avoid = p;
             continue;
           }
+          // Held by a reconnecting path until its fast_io_fail_tmo / ctrl_loss_tmo ended (never
+          // sent: one lost in flight is PATH_LOST above): another path that holds I/O takes it.
+          if (err.code === ErrorCode.CONTROLLER_LOST && p.controller.state !== CtrlState.LIVE && !p.controller.holdsIo && this.canServeElsewhere(p) && tries < MAX_PATH_RETRIES) {
+            avoid = p;
+            continue;
+          }
           throw err;
         } finally {
           p.inflight--;

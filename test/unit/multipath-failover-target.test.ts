@@ -7,7 +7,7 @@
  * and a disjoint write goes through at once. No elapsed time is asserted: only orders and states.
  */
 import { strict as assert } from 'node:assert';
-import { after, before, describe, it } from 'node:test';
+import { after, before, beforeEach, describe, it } from 'node:test';
 import { NvmeTarget } from '../../src/embedded-target';
 import { MultipathController, type PathOptions } from '../../src/controller/multipath';
 import { turns } from '../helpers/clock';
@@ -112,6 +112,11 @@ describe('multipath: every path down, the timeouts of one path do not fail the n
     await target.close();
   });
 
+  beforeEach(() => {
+    pa.setMode(ProxyMode.FORWARD);
+    pb.setMode(ProxyMode.FORWARD);
+  });
+
   /** Both proxies refuse and cut; resolves once both paths are reconnecting. */
   async function allDown(mp: MultipathController): Promise<void> {
     for (const p of [pa, pb]) { p.setMode(ProxyMode.REFUSE); p.cutAll(); }
@@ -122,17 +127,20 @@ describe('multipath: every path down, the timeouts of one path do not fail the n
     }
   }
 
-  it('path A\'s fast_io_fail_tmo expires: its held read and write move to B and complete when B returns', { timeout: 60_000 }, async () => {
+  it('path A\'s fast_io_fail_tmo expires: its held read, write and Write Zeroes move to B and complete when B returns', { timeout: 60_000 }, async () => {
     const mp = await MultipathController.connect({ ...opts(pa.port), fastIoFailTmoMs: 300, quiesceMs: 0 });
     try {
       await mp.addPath({ ...opts(pb.port), quiesceMs: 0 });
       const ns = mp.namespace(1)!;
       await ns.write(0, Buffer.alloc(4096, 0x11), false);
+      await ns.write(16384, Buffer.alloc(4096, 0x55), false);
       await allDown(mp);
       // Held by A (the first path that holds I/O), never sent.
       let settled = 0;
       const w = ns.write(8192, Buffer.alloc(4096, 0x22), false).finally(() => { settled++; });
       const r = ns.read(0, 4096).finally(() => { settled++; });
+      // A promise operation (Write Zeroes) is held the same way.
+      const z = ns.writeZeroes(16384, 4096, { mayDeallocate: false, fua: false, fastOnly: false }).finally(() => { settled++; });
       const end = Date.now() + 20_000;
       while (mp.paths[0]!.controller.holdsIo) {
         assert.ok(Date.now() < end, 'A fast-fails');
@@ -143,7 +151,9 @@ describe('multipath: every path down, the timeouts of one path do not fail the n
       assert.equal(mp.paths[1]!.controller.holdsIo, true);
       pb.setMode(ProxyMode.FORWARD);
       await w;
+      await z;
       assert.deepEqual(await r, Buffer.alloc(4096, 0x11), 'the read completed on B');
+      assert.deepEqual(await ns.read(16384, 4096), Buffer.alloc(4096), 'the Write Zeroes ran on B');
       assert.deepEqual(await ns.read(8192, 4096), Buffer.alloc(4096, 0x22), 'the write landed');
       // New I/O while A is fast-failed and B live goes to B.
       await ns.write(12288, Buffer.alloc(4096, 0x33), false);
