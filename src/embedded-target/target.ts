@@ -96,6 +96,11 @@ export interface NvmeTargetOptions {
   tls?: { mode: 'required' | 'optional'; lookup: (identity: string) => Buffer | undefined };
   /** traddr/trsvcid put in the discovery log instead of the listening address (NAT, forwards). */
   advertise?: { host: string; port: number };
+  /**
+   * Rewrite the ANA log page a controller on port `portId` is sent, as a misbehaving target
+   * would (tests and interop work: a truncated or inconsistent page). Default: sent as built.
+   */
+  anaLogFilter?: (page: Buffer, portId: number) => Buffer;
   /** Subsystems; default one subsystem {@link DEFAULT_TARGET_NQN} with a 1 GiB memory namespace. */
   subsystems?: SubsystemConfig[];
   /** Host NQNs allowed to connect; default any host. */
@@ -505,7 +510,8 @@ export class NvmeTarget {
       const b = this.groupChangedAt.get(grpid) ?? 0n;
       return { grpid, chgcnt: a > b ? a : b, state: ctrl.port.anaState(grpid), nsids: nsids.sort((x, y) => x - y) };
     });
-    return encodeAnaLog({ chgcnt: this.anaChgcnt, groups }, { groupsOnly });
+    const page = encodeAnaLog({ chgcnt: this.anaChgcnt, groups }, { groupsOnly });
+    return this.opts.anaLogFilter === undefined ? page : this.opts.anaLogFilter(page, ctrl.port.id);
   }
 
   private accept(sock: net.Socket, port: TargetPort): void {
