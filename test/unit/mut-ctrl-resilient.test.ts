@@ -93,8 +93,12 @@ test('ctrl_loss_tmo −1: never gives up (still reconnecting after 10 refused at
     assert.equal(c.state, CtrlState.CONNECTING);
     assert.equal(held.done, false, 'held, not failed');
     proxy.setMode(ProxyMode.FORWARD);
-    // Steps well below the bring-up budget (60 s, a mocked timer too) so the reconnect can finish.
-    await tickUntil(t, () => held.done, 'the held write re-driven after the reconnect', 1000, 300);
+    // Minutes pass in big steps until the next attempt starts; then small steps, so the
+    // attempt's real I/O (TCP, Connect, Identify, queues) finishes long before its mocked
+    // connect timeout (2 s = 400 steps) even on a loaded machine.
+    const a = c.attempts;
+    await tickUntil(t, () => c.attempts > a || held.done, 'the next reconnect attempt', 1000, 300);
+    await tickUntil(t, () => held.done, 'the held write re-driven after the reconnect', 5, 20_000);
     assert.equal((await held.promise).ok, true);
     // (Mocked minutes also expire the target's keep-alive of the new association: count, not state.)
     assert.ok(c.reconnects >= 1, `reconnects ${c.reconnects}`);
