@@ -78,6 +78,8 @@ export const ErrorCode = {
   DAEMON_RUNNING: 'CLI_ERR_DAEMON_RUNNING',
   NO_SUCH_CONTROLLER: 'CLI_ERR_NO_SUCH_CONTROLLER',
   ALREADY_CONNECTED: 'CLI_ERR_ALREADY_CONNECTED',
+  /** A connect adding a path sets an export-level option (nbd, attach, iopolicy…) to another value than the subsystem has. */
+  PATH_OPTION_CONFLICT: 'CLI_ERR_PATH_OPTION_CONFLICT',
   STATE_FILE_INVALID: 'CFG_ERR_STATE_FILE_INVALID',
   // Controller resilience (appended)
   TARGET_UNRESPONSIVE: 'NVMF_ERR_TARGET_UNRESPONSIVE',

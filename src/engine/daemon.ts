@@ -165,6 +165,12 @@ interface Entry {
 
 /** Default controller loss timeout (Linux `ctrl_loss_tmo`), seconds. */
 const DEFAULT_CTRL_LOSS_TMO_S = 600;
+
+/** Connect options that belong to the subsystem's export, not to one path (see checkPathOptions). */
+const SUBSYSTEM_OPTIONS = [
+  'nbd', 'attach', 'connections', 'read-only', 'iopolicy', 'nbd-idle-timeout',
+  'nbd-tls', 'nbd-tls-psk', 'nbd-tls-cert', 'nbd-tls-key', 'nbd-tls-ca', 'nbd-insecure', 'nbd-allow-any-local-user',
+] as const;
 /** Requests queued per control connection before the daemon stops reading it. */
 const MAX_QUEUED_REQUESTS = 16;
 /** Reply bytes a control connection may leave unread before the daemon stops answering it. */
@@ -446,6 +452,7 @@ export class Daemon {
     // new path of it, as nvme-cli does with native multipath; its namespaces keep their exports.
     const sub = this.sameSubsystem(args);
     if (sub !== undefined) {
+      this.checkPathOptions(sub, args);
       const p = await this.addPath(sub, args);
       await this.saveState();
       return { name: sub.name, path: p.name, addedPath: true, paths: sub.paths.map((x) => x.name), ...this.o.connect.render(sub.session as ControllerSession) };
@@ -462,6 +469,20 @@ export class Daemon {
     await this.saveState();
     const session = e.session as ControllerSession;
     return { name, ...this.o.connect.render(session) };
+  }
+
+  /**
+   * A new path's connect may repeat the subsystem's export-level options, not change them: they
+   * belong to the one export and were set by the first connect (silently ignoring a different
+   * `--iopolicy` or `--nbd` would leave the user believing it applied).
+   */
+  private checkPathOptions(e: Entry, args: Record<string, unknown>): void {
+    const have: Record<string, unknown> = { connections: 1, ...e.args, iopolicy: isIoPolicy(e.args.iopolicy) ? e.args.iopolicy : this.o.iopolicy ?? 'numa' };
+    const differ = SUBSYSTEM_OPTIONS.filter((k) => args[k] !== undefined && args[k] !== false && args[k] !== have[k]);
+    if (differ.length === 0) return;
+    // Values of file options are paths, never key material; still only the option names are shown.
+    throw new NvmfNbdError(ErrorCode.PATH_OPTION_CONFLICT,
+      `${e.name}: this connect adds a path to ${String(args.nqn)}, whose export was set up by its first connect; ${differ.map((k) => `--${k}`).join(', ')} differ from it (disconnect -n ${String(args.nqn)} and connect again to change them)`);
   }
 
   /** The path to the same subsystem over the same path (address, host, source) and its entry, if any. */

@@ -124,6 +124,16 @@ test('connect twice (two ports of one subsystem) → one export with two paths i
   assert.match(human.out, /nvme1 tcp traddr=127\.0\.0\.1,trsvcid=\d+ live optimized/);
 });
 
+test('a connect adding a path may not change the export\'s options (iopolicy, connections): CLI_ERR_PATH_OPTION_CONFLICT, nothing added', { timeout: 60_000 }, async () => {
+  // Another source address makes it a new path of the connected subsystem.
+  const r = await cli([...connectArgs(ports[0] as number), '--host-traddr', '127.0.0.1', '--iopolicy', 'round-robin', '--connections', '2']);
+  assert.equal(r.code, 1, r.err);
+  assert.match(r.err, /CLI_ERR_PATH_OPTION_CONFLICT/);
+  assert.match(r.err, /--connections, --iopolicy differ/);
+  const t = await topology();
+  assert.deepEqual([t.length, t[0]?.paths.length, t[0]?.iopolicy], [1, 2, 'numa'], 'still one subsystem with its two paths, iopolicy unchanged');
+});
+
 test('an ANA change on the target moves I/O to the other port without an error reaching the NBD client', { timeout: 90_000 }, async () => {
   const t = target as NvmeTarget;
   const c = await NbdTestClient.connect({ path: SOCK() }, 'nvme0n1');
