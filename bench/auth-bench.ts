@@ -14,7 +14,7 @@ import { Controller, type ControllerOptions } from '../src/controller/controller
 import { ResilientController, CtrlState } from '../src/controller/resilient';
 import { generateDhchapKey, type DhchapKey } from '../src/wire/dhchap';
 import type { DhchapGroupId } from '../src/wire/auth';
-import { parseArgs } from './common';
+import { parseArgs, runMain } from './common';
 
 const NQN = 'nqn.2026-01.io.nvmf-nbd:auth-bench';
 const HOSTNQN = 'nqn.2014-08.org.nvmexpress:uuid:b0e1c4b0-0000-4000-8000-0000000000a1';
@@ -106,7 +106,4 @@ async function main(): Promise<void> {
   process.stdout.write(`${line(head)}\n${rows.map(line).join('\n')}\n`);
 }
 
-main().catch((err: unknown) => {
-  process.stderr.write(`auth-bench: ${(err as Error)?.stack ?? String(err)}\n`);
-  process.exitCode = 1;
-});
+runMain('auth-bench', main);

@@ -15,7 +15,7 @@
 import * as fs from 'node:fs';
 import * as inspector from 'node:inspector';
 import { ControllerSession } from '../src/engine/session';
-import { BENCH_HOSTID, BENCH_HOSTNQN, BENCH_SUBNQN, numArg, parseArgs } from './common';
+import { BENCH_HOSTID, BENCH_HOSTNQN, BENCH_SUBNQN, numArg, parseArgs, runMain } from './common';
 
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2), ['traddr', 'trsvcid', 'subnqn', 'nbd-port', 'queues', 'queue-size', 'cpu-profile']);
@@ -85,7 +85,4 @@ function cpuProfiler(file: string | undefined): { stop(): Promise<void> } {
   return { stop };
 }
 
-main().catch((err: unknown) => {
-  process.stderr.write(`bridge-proc: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`);
-  process.exit(1);
-});
+runMain('bridge-proc', main);

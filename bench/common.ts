@@ -41,16 +41,16 @@ export function parseArgs(argv: readonly string[], known: readonly string[], fla
   const out = new Map<string, string>();
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i] as string;
-    if (!a.startsWith('--')) throw new Error(`unexpected argument '${a}'`);
+    if (!a.startsWith('--')) throw new BenchUsageError(`unexpected argument '${a}'`);
     const eq = a.indexOf('=');
     const key = eq >= 0 ? a.slice(2, eq) : a.slice(2);
     if (flags.includes(key)) {
       out.set(key, eq >= 0 ? a.slice(eq + 1) : '1');
       continue;
     }
-    if (!known.includes(key)) throw new Error(`unknown option --${key} (known: ${[...known, ...flags].map((k) => '--' + k).join(' ')})`);
+    if (!known.includes(key)) throw new BenchUsageError(`unknown option --${key} (known: ${[...known, ...flags].map((k) => '--' + k).join(' ')})`);
     const v = eq >= 0 ? a.slice(eq + 1) : argv[++i];
-    if (v === undefined) throw new Error(`--${key} needs a value`);
+    if (v === undefined) throw new BenchUsageError(`--${key} needs a value`);
     out.set(key, v);
   }
   return out;
@@ -61,8 +61,24 @@ export function numArg(args: Map<string, string>, key: string, def: number): num
   const v = args.get(key);
   if (v === undefined) return def;
   const n = Number(v);
-  if (!Number.isFinite(n) || n < 0) throw new Error(`--${key} ${v}: not a non-negative number`);
+  if (!Number.isFinite(n) || n < 0) throw new BenchUsageError(`--${key} ${v}: not a non-negative number`);
   return n;
+}
+
+/** A bad command line of a bench tool: reported as one line, exit status 2. */
+export class BenchUsageError extends Error {}
+
+/**
+ * Run a bench tool's `main`: a usage error prints `tool: message` and exits 2; any other failure
+ * prints its message (the stack too with NVMF_NBD_DEBUG set) and exits 1.
+ */
+export function runMain(tool: string, main: () => Promise<void>): void {
+  main().catch((err: unknown) => {
+    const e = err instanceof Error ? err : new Error(String(err));
+    const text = e instanceof BenchUsageError || process.env.NVMF_NBD_DEBUG === undefined ? e.message : e.stack ?? e.message;
+    process.stderr.write(`${tool}: ${text}\n`);
+    process.exit(e instanceof BenchUsageError ? 2 : 1);
+  });
 }
 
 /** True when `cmd` is on PATH. */

@@ -27,6 +27,7 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import {
   BENCH_HOSTID, BENCH_HOSTNQN, BENCH_SUBNQN, BENCH_TLS_KEY, MiB, fmt, machineLine, numArg, parseArgs, percentile, procCpuMicros, startTargetProc, table,
+  runMain,
 } from './common';
 import type { Helper } from './common';
 
@@ -304,7 +305,4 @@ async function main(): Promise<void> {
   }
 }
 
-main().catch((err: unknown) => {
-  process.stderr.write(`engine-bench: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`);
-  process.exit(1);
-});
+runMain('engine-bench', main);

@@ -29,6 +29,7 @@ import * as path from 'node:path';
 import {
   BENCH_DIST_DIR, BENCH_SUBNQN, EXIT_MISSING_PREREQ, MiB, fmt, haveCommand, machineLine, numArg, parseArgs, pinned,
   procCpuTimes, procMemory, sleep, spawnHelper, startTargetProc, table, versionOf,
+  runMain,
 } from './common';
 import type { Helper } from './common';
 import { summariseProfile } from './profile-summary';
@@ -345,7 +346,4 @@ async function main(): Promise<void> {
   }
 }
 
-main().catch((err: unknown) => {
-  process.stderr.write(`nbd-bench: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`);
-  process.exit(1);
-});
+runMain('nbd-bench', main);

@@ -14,6 +14,7 @@
 import { NvmeTarget } from '../src/embedded-target/target';
 import { ControllerSession } from '../src/engine/session';
 import { Cmd, NbdTestClient } from '../test/helpers/nbd-test-client';
+import { runMain } from './common';
 
 const MiB = 1 << 20;
 const NQN = 'nqn.2014-08.org.nvmf-nbd:rmw-bench';
@@ -85,7 +86,4 @@ async function main(): Promise<void> {
   await spdk.target.close();
 }
 
-main().catch((err: unknown) => {
-  console.error(err);
-  process.exit(1);
-});
+runMain('rmw-bench', main);

@@ -10,7 +10,7 @@
  * Prints `READY {"port":N,"nqn":"..."}` once listening; SIGTERM/SIGINT close it and exit 0.
  */
 import { NvmeTarget } from '../src/embedded-target/target';
-import { BENCH_HOSTNQN, BENCH_SUBNQN, BENCH_TLS_KEY, numArg, parseArgs } from './common';
+import { BENCH_HOSTNQN, BENCH_SUBNQN, BENCH_TLS_KEY, numArg, parseArgs, runMain } from './common';
 import { targetPskTable } from '../src/tls/target-keys';
 
 async function main(): Promise<void> {
@@ -35,7 +35,4 @@ async function main(): Promise<void> {
   process.stdout.write(`READY ${JSON.stringify({ port: addr.port, nqn })}\n`);
 }
 
-main().catch((err: unknown) => {
-  process.stderr.write(`target-proc: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`);
-  process.exit(1);
-});
+runMain('target-proc', main);
