@@ -27,6 +27,7 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import {
   BENCH_HOSTID, BENCH_HOSTNQN, BENCH_SUBNQN, BENCH_TLS_KEY, MiB, fmt, machineLine, numArg, parseArgs, percentile, procCpuMicros, startTargetProc, table,
+  BenchUsageError,
   runMain,
 } from './common';
 import type { Helper } from './common';
@@ -223,7 +224,7 @@ async function main(): Promise<void> {
   const names = a.get('jobs')?.split(',');
   const jobs = names === undefined ? JOBS : names.map((n) => {
     const j = JOBS.find((x) => x.name === n);
-    if (j === undefined) throw new Error(`unknown job '${n}' (jobs: ${JOBS.map((x) => x.name).join(', ')})`);
+    if (j === undefined) throw new BenchUsageError(`unknown job '${n}' (jobs: ${JOBS.map((x) => x.name).join(', ')})`);
     return j;
   });
 

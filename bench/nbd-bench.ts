@@ -29,6 +29,7 @@ import * as path from 'node:path';
 import {
   BENCH_DIST_DIR, BENCH_SUBNQN, EXIT_MISSING_PREREQ, MiB, fmt, haveCommand, machineLine, numArg, parseArgs, pinned,
   procCpuTimes, procMemory, sleep, spawnHelper, startTargetProc, table, versionOf,
+  BenchUsageError,
   runMain,
 } from './common';
 import type { Helper } from './common';
@@ -102,7 +103,7 @@ function options(): Opts {
   const names = a.get('jobs')?.split(',');
   const jobs = names === undefined ? JOBS : names.filter((n) => n !== NS4_JOB.name).map((n) => {
     const j = JOBS.find((x) => x.name === n);
-    if (j === undefined) throw new Error(`unknown job '${n}' (jobs: ${[...JOBS, NS4_JOB].map((x) => x.name).join(', ')})`);
+    if (j === undefined) throw new BenchUsageError(`unknown job '${n}' (jobs: ${[...JOBS, NS4_JOB].map((x) => x.name).join(', ')})`);
     return j;
   });
   const queues = a.get('queues');

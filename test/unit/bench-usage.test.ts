@@ -14,6 +14,7 @@ for (const [tool, args, pattern] of [
   ['engine-bench', ['--runtime'], /^engine-bench: --runtime needs a value$/],
   ['nbd-bench', ['--runtime', 'soon'], /^nbd-bench: --runtime soon: not a non-negative number$/],
   ['nbd-bench', ['stray'], /^nbd-bench: unexpected argument 'stray'$/],
+  ['engine-bench', ['--jobs', 'nope'], /^engine-bench: unknown job 'nope' \(jobs: /],
 ] as const) {
   test(`${tool} ${args.join(' ')}: one line, exit 2`, () => {
     const r = spawnSync(process.execPath, [path.join(BENCH, `${tool}.js`), ...args], { encoding: 'utf8', timeout: 30_000, env: { ...process.env, NVMF_NBD_DEBUG: '' } });
