@@ -10,7 +10,8 @@ import { strict as assert } from 'node:assert';
 import { after, before, beforeEach, describe, it } from 'node:test';
 import { NvmeTarget } from '../../src/embedded-target';
 import { MultipathController, type PathOptions } from '../../src/controller/multipath';
-import { turns } from '../helpers/clock';
+import type { Namespace } from '../../src/controller/namespace';
+import { turns, until } from '../helpers/clock';
 import { FaultProxy, ProxyMode } from '../helpers/fault-proxy';
 
 const NQN = 'nqn.2014-08.org.nvmf-nbd:test-mp-failover-target';
@@ -21,19 +22,25 @@ function opts(port: number): PathOptions {
   return { traddr: '127.0.0.1', trsvcid: port, subnqn: NQN, hostnqn: HOSTNQN, hostid: HOSTID, nrIoQueues: 1, queueSize: 32, kato: 1000, connectTimeoutMs: 20_000, reconnectDelayMs: 200 };
 }
 
+/** The embedded target with one subsystem on two ports (short keep-alive grace, CQT 300 ms), listening. */
+async function twoPortTarget(): Promise<NvmeTarget> {
+  const t = new NvmeTarget({
+    ports: [{ host: '127.0.0.1', port: 0 }, { host: '127.0.0.1', port: 0 }],
+    subsystems: [{ nqn: NQN, namespaces: [{ nsid: 1, sizeBytes: 4 << 20, backing: { memory: true } }] }],
+    keepAliveGraceMs: 200,
+    cqtMs: 300,
+  });
+  await t.listen();
+  return t;
+}
+
 describe('multipath failover against the embedded target (path cut mid-transfer)', () => {
   let target: NvmeTarget;
   let proxy: FaultProxy;
   let direct = 0;
 
   before(async () => {
-    target = new NvmeTarget({
-      ports: [{ host: '127.0.0.1', port: 0 }, { host: '127.0.0.1', port: 0 }],
-      subsystems: [{ nqn: NQN, namespaces: [{ nsid: 1, sizeBytes: 4 << 20, backing: { memory: true } }] }],
-      keepAliveGraceMs: 200,
-      cqtMs: 300,
-    });
-    await target.listen();
+    target = await twoPortTarget();
     const ports = target.ports();
     proxy = await FaultProxy.start({ port: ports[0]!.port });
     direct = ports[1]!.port;
@@ -94,13 +101,7 @@ describe('multipath: every path down, the timeouts of one path do not fail the n
   let pb: FaultProxy;
 
   before(async () => {
-    target = new NvmeTarget({
-      ports: [{ host: '127.0.0.1', port: 0 }, { host: '127.0.0.1', port: 0 }],
-      subsystems: [{ nqn: NQN, namespaces: [{ nsid: 1, sizeBytes: 4 << 20, backing: { memory: true } }] }],
-      keepAliveGraceMs: 200,
-      cqtMs: 300,
-    });
-    await target.listen();
+    target = await twoPortTarget();
     const ports = target.ports();
     pa = await FaultProxy.start({ port: ports[0]!.port });
     pb = await FaultProxy.start({ port: ports[1]!.port });
@@ -120,90 +121,64 @@ describe('multipath: every path down, the timeouts of one path do not fail the n
   /** Both proxies refuse and cut; resolves once both paths are reconnecting. */
   async function allDown(mp: MultipathController): Promise<void> {
     for (const p of [pa, pb]) { p.setMode(ProxyMode.REFUSE); p.cutAll(); }
-    const end = Date.now() + 20_000;
-    while (mp.paths.some((p) => p.controller.state !== 'connecting')) {
-      assert.ok(Date.now() < end, 'both paths reconnecting');
-      await new Promise((r) => setTimeout(r, 10));
+    await until(() => mp.paths.every((p) => p.controller.state === 'connecting'), 'both paths reconnecting');
+  }
+
+  /** Path A (through pa) and B (through pb) with their own timeouts; `body` runs, then both proxies forward and the subsystem closes. */
+  async function withPaths(a: Partial<PathOptions>, b: Partial<PathOptions>, body: (mp: MultipathController, ns: Namespace) => Promise<void>): Promise<void> {
+    const mp = await MultipathController.connect({ ...opts(pa.port), quiesceMs: 0, ...a });
+    try {
+      await mp.addPath({ ...opts(pb.port), quiesceMs: 0, ...b });
+      await body(mp, mp.namespace(1)!);
+    } finally {
+      pa.setMode(ProxyMode.FORWARD);
+      pb.setMode(ProxyMode.FORWARD);
+      await mp.close();
     }
   }
 
-  it('path A\'s fast_io_fail_tmo expires: its held read, write and Write Zeroes move to B and complete when B returns', { timeout: 60_000 }, async () => {
-    const mp = await MultipathController.connect({ ...opts(pa.port), fastIoFailTmoMs: 300, quiesceMs: 0 });
-    try {
-      await mp.addPath({ ...opts(pb.port), quiesceMs: 0 });
-      const ns = mp.namespace(1)!;
-      await ns.write(0, Buffer.alloc(4096, 0x11), false);
-      await ns.write(16384, Buffer.alloc(4096, 0x55), false);
-      await allDown(mp);
-      // Held by A (the first path that holds I/O), never sent.
-      let settled = 0;
-      const w = ns.write(8192, Buffer.alloc(4096, 0x22), false).finally(() => { settled++; });
-      const r = ns.read(0, 4096).finally(() => { settled++; });
-      // A promise operation (Write Zeroes) is held the same way.
-      const z = ns.writeZeroes(16384, 4096, { mayDeallocate: false, fua: false, fastOnly: false }).finally(() => { settled++; });
-      const end = Date.now() + 20_000;
-      while (mp.paths[0]!.controller.holdsIo) {
-        assert.ok(Date.now() < end, 'A fast-fails');
-        await new Promise((res) => setTimeout(res, 10));
-      }
-      await turns(20);
-      assert.equal(settled, 0, 'nothing failed when A fast-failed: B still holds I/O');
-      assert.equal(mp.paths[1]!.controller.holdsIo, true);
-      pb.setMode(ProxyMode.FORWARD);
-      await w;
-      await z;
-      assert.deepEqual(await r, Buffer.alloc(4096, 0x11), 'the read completed on B');
-      assert.deepEqual(await ns.read(16384, 4096), Buffer.alloc(4096), 'the Write Zeroes ran on B');
-      assert.deepEqual(await ns.read(8192, 4096), Buffer.alloc(4096, 0x22), 'the write landed');
-      // New I/O while A is fast-failed and B live goes to B.
-      await ns.write(12288, Buffer.alloc(4096, 0x33), false);
-    } finally {
-      pa.setMode(ProxyMode.FORWARD);
-      pb.setMode(ProxyMode.FORWARD);
-      await mp.close();
-    }
-  });
+  it('path A\'s fast_io_fail_tmo expires: its held read, write and Write Zeroes move to B and complete when B returns', { timeout: 60_000 }, () => withPaths({ fastIoFailTmoMs: 300 }, {}, async (mp, ns) => {
+    await ns.write(0, Buffer.alloc(4096, 0x11), false);
+    await ns.write(16384, Buffer.alloc(4096, 0x55), false);
+    await allDown(mp);
+    // Held by A (the first path that holds I/O), never sent.
+    let settled = 0;
+    const w = ns.write(8192, Buffer.alloc(4096, 0x22), false).finally(() => { settled++; });
+    const r = ns.read(0, 4096).finally(() => { settled++; });
+    // A promise operation (Write Zeroes) is held the same way.
+    const z = ns.writeZeroes(16384, 4096, { mayDeallocate: false, fua: false, fastOnly: false }).finally(() => { settled++; });
+    await until(() => !mp.paths[0]!.controller.holdsIo, 'A fast-fails');
+    await turns(20);
+    assert.equal(settled, 0, 'nothing failed when A fast-failed: B still holds I/O');
+    assert.equal(mp.paths[1]!.controller.holdsIo, true);
+    pb.setMode(ProxyMode.FORWARD);
+    await w;
+    await z;
+    assert.deepEqual(await r, Buffer.alloc(4096, 0x11), 'the read completed on B');
+    assert.deepEqual(await ns.read(16384, 4096), Buffer.alloc(4096), 'the Write Zeroes ran on B');
+    assert.deepEqual(await ns.read(8192, 4096), Buffer.alloc(4096, 0x22), 'the write landed');
+    // New I/O while A is fast-failed and B live goes to B.
+    await ns.write(12288, Buffer.alloc(4096, 0x33), false);
+  }));
 
-  it('A\'s ctrl_loss_tmo ends it while B reconnects: the held write moves to B and completes there', { timeout: 60_000 }, async () => {
-    const mp = await MultipathController.connect({ ...opts(pa.port), ctrlLossTmoMs: 300, quiesceMs: 0 });
-    try {
-      await mp.addPath({ ...opts(pb.port), fastIoFailTmoMs: 1500, quiesceMs: 0 });
-      const ns = mp.namespace(1)!;
-      await allDown(mp);
-      let failed: unknown;
-      const w = ns.write(0, Buffer.alloc(4096, 0x44), false).catch((e: unknown) => { failed = e; });
-      const end = Date.now() + 20_000;
-      while (mp.paths.length > 1) {
-        assert.ok(Date.now() < end, 'A is dropped after its ctrl_loss_tmo');
-        await new Promise((res) => setTimeout(res, 10));
-      }
-      assert.equal(failed, undefined, 'the write did not fail with A');
-      pb.setMode(ProxyMode.FORWARD);
-      await w;
-      assert.equal(failed, undefined, 'the write completed on B');
-      assert.deepEqual(await ns.read(0, 4096), Buffer.alloc(4096, 0x44));
-    } finally {
-      pa.setMode(ProxyMode.FORWARD);
-      pb.setMode(ProxyMode.FORWARD);
-      await mp.close();
-    }
-  });
+  it('A\'s ctrl_loss_tmo ends it while B reconnects: the held write moves to B and completes there', { timeout: 60_000 }, () => withPaths({ ctrlLossTmoMs: 300 }, { fastIoFailTmoMs: 1500 }, async (mp, ns) => {
+    await allDown(mp);
+    let failed: unknown;
+    const w = ns.write(0, Buffer.alloc(4096, 0x44), false).catch((e: unknown) => { failed = e; });
+    await until(() => mp.paths.length === 1, 'A is dropped after its ctrl_loss_tmo');
+    assert.equal(failed, undefined, 'the write did not fail with A');
+    pb.setMode(ProxyMode.FORWARD);
+    await w;
+    assert.equal(failed, undefined, 'the write completed on B');
+    assert.deepEqual(await ns.read(0, 4096), Buffer.alloc(4096, 0x44));
+  }));
 
-  it('both paths fast-fail: the held request fails with EIO only then', { timeout: 60_000 }, async () => {
-    const mp = await MultipathController.connect({ ...opts(pa.port), fastIoFailTmoMs: 200, quiesceMs: 0 });
-    try {
-      await mp.addPath({ ...opts(pb.port), fastIoFailTmoMs: 800, quiesceMs: 0 });
-      const ns = mp.namespace(1)!;
-      await allDown(mp);
-      let bHeldWhenFailed: boolean | undefined;
-      const err = await ns.read(0, 4096).then(() => undefined, (e: unknown) => { bHeldWhenFailed = mp.paths[1]!.controller.holdsIo; return e; });
-      assert.ok(err instanceof Error, 'the read failed');
-      assert.equal((err as { errno?: number }).errno, 5, 'EIO');
-      assert.equal(bHeldWhenFailed, false, 'only after B fast-failed too');
-    } finally {
-      pa.setMode(ProxyMode.FORWARD);
-      pb.setMode(ProxyMode.FORWARD);
-      await mp.close();
-    }
-  });
+  it('both paths fast-fail: the held request fails with EIO only then', { timeout: 60_000 }, () => withPaths({ fastIoFailTmoMs: 200 }, { fastIoFailTmoMs: 800 }, async (mp, ns) => {
+    await allDown(mp);
+    let bHeldWhenFailed: boolean | undefined;
+    const err = await ns.read(0, 4096).then(() => undefined, (e: unknown) => { bHeldWhenFailed = mp.paths[1]!.controller.holdsIo; return e; });
+    assert.ok(err instanceof Error, 'the read failed');
+    assert.equal((err as { errno?: number }).errno, 5, 'EIO');
+    assert.equal(bHeldWhenFailed, false, 'only after B fast-failed too');
+  }));
 });
