@@ -261,6 +261,27 @@ test('sub-block submit: while an RMW holds a range, an aligned READ over it wait
   assert.equal(s.pending, 0);
 });
 
+test('sub-block: requests other than an RMW share their ranges — none waits for a read in flight over the same blocks', async () => {
+  const d = new RecDevice();
+  const s = new SubBlockDevice(d);
+  const release = gated(d);
+  const inFlight = s.read(0, 4 * BS);
+  const others = [
+    s.read(100, 200),
+    s.write(0, Buffer.alloc(2 * BS, 1), true),
+    s.trim(BS, BS),
+    s.writeZeroes(2 * BS, BS, { mayDeallocate: false, fua: false, fastOnly: false }),
+  ];
+  assert.deepEqual(d.calls, [
+    ['read', 0, 4 * BS], ['read', 0, BS], ['write', 0, 2 * BS, true], ['trim', BS, BS],
+    ['zeroes', 2 * BS, BS, { mayDeallocate: false, fua: false, fastOnly: false }],
+  ], 'every one reached the device before the first completed');
+  assert.equal(s.pending, 5);
+  release();
+  await Promise.all([inFlight, ...others]);
+  assert.equal(s.pending, 0);
+});
+
 test('sub-block read/write: splits at maxRequest with a short last part, FUA on every part, bytes in place', async () => {
   const d = new RecDevice(1024);
   const s = new SubBlockDevice(d);
@@ -363,6 +384,8 @@ test('sub-block zeroes: aligned passes every option through; partial blocks by R
   assert.deepEqual(c.d.calls, [['read', BS, BS], ['write', BS, BS, false]], 'inside one block: no device zeroing');
   const e = await run(BS + 10, 2 * BS - 10, { mayDeallocate: true, fua: false, fastOnly: false }); // head partial, aligned end
   assert.deepEqual(sortCalls(e.d.calls), sortCalls([['read', BS, BS], ['write', BS, BS, false], ['zeroes', 2 * BS, BS, { mayDeallocate: true, fua: false, fastOnly: false }]]));
+  const g = await run(BS + 10, BS - 10, { mayDeallocate: true, fua: true, fastOnly: false }); // to the end of one block
+  assert.deepEqual(g.d.calls, [['read', BS, BS], ['write', BS, BS, true]], 'no whole block: no device zeroing');
   const f = await run(BS, BS + 10, { mayDeallocate: false, fua: false, fastOnly: false }); // aligned start, tail partial
   assert.deepEqual(sortCalls(f.d.calls), sortCalls([['zeroes', BS, BS, { mayDeallocate: false, fua: false, fastOnly: false }], ['read', 2 * BS, BS], ['write', 2 * BS, BS, false]]));
   assert.deepEqual(f.s.counters, { rmw: 1, rmwBlocksRead: 1, unaligned: 1 });
