@@ -45,6 +45,8 @@ fi
 config=stryker.conf.json
 if [ -n "$tests" ]; then
   slug="$slug.$(printf '%s' "$tests" | sed 's#[^A-Za-z0-9]\+#-#g')"
+  # A long --tests list would make a file name past the 255-byte limit: keep a prefix and a hash.
+  if [ "${#slug}" -gt 120 ]; then slug="${slug:0:80}-$(printf '%s' "$tests" | sha1sum | cut -c1-12)"; fi
   config="reports/mutation/stryker.$slug.conf.json"
   TESTS="$tests" node -e '
     const fs = require("node:fs");
