@@ -282,6 +282,35 @@ test('sub-block: requests other than an RMW share their ranges — none waits fo
   assert.equal(s.pending, 0);
 });
 
+test('sub-block: an RMW write and an RMW zeroes hold their whole block-rounded range exclusively until their writes completed', async () => {
+  for (const kind of ['write', 'zeroes'] as const) {
+    const d = new RecDevice();
+    const s = new SubBlockDevice(d);
+    const h = new Handler();
+    await d.write(0, Buffer.alloc(4 * BS, 0x11), false);
+    d.calls = [];
+    const release = gated(d);
+    // [BS + 100, BS + 1100): blocks 1 to 3, longer than its offset.
+    const op = kind === 'write'
+      ? s.write(BS + 100, Buffer.alloc(1000, 0x22), false)
+      : s.writeZeroes(BS + 100, 1000, { mayDeallocate: false, fua: false, fastOnly: false });
+    await turns(2);
+    const before = d.calls.length;
+    const r = req(s, h, { op: BlockOpCode.READ, offset: 3 * BS, length: BS }); // the tail block only
+    s.submit(r);
+    const r0 = req(s, h, { op: BlockOpCode.READ, offset: 0, length: BS }); // outside: goes at once
+    s.submit(r0);
+    assert.deepEqual(d.calls.slice(before), [['read', 0, BS]], `${kind}: the read of block 3 waits, block 0 does not`);
+    release();
+    await op;
+    await waitFor(() => h.events.length === 2, `${kind}: reads done`);
+    const want = Buffer.alloc(BS, 0x11);
+    want.fill(kind === 'write' ? 0x22 : 0, 0, BS + 1100 - 3 * BS);
+    assert.ok(r.data?.equals(want), `${kind}: the read saw the merged tail block`);
+    assert.equal(s.pending, 0);
+  }
+});
+
 test('sub-block read/write: splits at maxRequest with a short last part, FUA on every part, bytes in place', async () => {
   const d = new RecDevice(1024);
   const s = new SubBlockDevice(d);
@@ -302,10 +331,15 @@ test('sub-block read/write: splits at maxRequest with a short last part, FUA on 
   assert.equal(s.counters.unaligned, 1);
   assert.equal(s.counters.rmw, 0, 'reads need no RMW');
   d.calls = [];
+  const tailAligned = await s.read(2048 + 100, 412); // unaligned start, aligned end: counted too
+  assert.deepEqual(d.calls, [['read', 2048, 512]]);
+  assert.ok(tailAligned.equals(data.subarray(100, 512)));
+  assert.equal(s.counters.unaligned, 2);
+  d.calls = [];
   const exact = await s.read(0, 1024);
   assert.deepEqual(d.calls, [['read', 0, 1024]]);
   assert.ok(exact.equals(Buffer.alloc(1024, 9)));
-  assert.equal(s.counters.unaligned, 1, 'aligned read not counted');
+  assert.equal(s.counters.unaligned, 2, 'aligned read not counted');
 });
 
 test('sub-block write: RMW of the head only, the tail only, both, and inside one block — blocks read, merged, written with FUA', async () => {
@@ -327,6 +361,10 @@ test('sub-block write: RMW of the head only, the tail only, both, and inside one
   };
   // Inside one block.
   await check(BS + 100, 200, true, [['read', BS, BS], ['write', BS, BS, true]], 1);
+  // Inside one block, ending on its last-but-one byte (end + 1 is still inside it).
+  await check(BS + 1, BS - 2, false, [['read', BS, BS], ['write', BS, BS, false]], 1);
+  // Starts aligned, ends on the last-but-one byte of its block.
+  await check(BS, BS - 1, true, [['read', BS, BS], ['write', BS, BS, true]], 1);
   // Starts aligned, ends inside the same block (the head is partial at its end).
   await check(BS, 100, false, [['read', BS, BS], ['write', BS, BS, false]], 1);
   // Head partial, aligned end: the rest written straight from the data.
