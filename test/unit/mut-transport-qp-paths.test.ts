@@ -848,3 +848,75 @@ test('a retry after re-authentication waits for a slot when the queue filled up 
     await target.close();
   }
 });
+
+// ------------------------------------------------------------------ survivors of the ranged run
+
+test('only Command Specific / Authentication Required starts a re-authentication: SCT 0 SC 0x91 and SCT 1 SC 0x82 are plain errors', T, async () => {
+  let calls = 0;
+  const { target, qp } = await scripted(async (c) => {
+    const a = await c.nextCommand();
+    c.respond(a.sqe.cid, { sqhd: 2, sct: 0, sc: 0x91 });
+    const b = await c.nextCommand();
+    c.respond(b.sqe.cid, { sqhd: 3, sct: 1, sc: 0x82 });
+    await echo(c, [], 8, 4);
+  }, { authenticate: async () => { calls++; } });
+  try {
+    let e = await rejectsCode(qp.submit(sqeFlush(1)), ErrorCode.NVME_STATUS);
+    assert.deepEqual([e.status?.sct, e.status?.sc], [0, 0x91]);
+    e = await rejectsCode(qp.submit(sqeFlush(1)), ErrorCode.NVME_STATUS);
+    assert.deepEqual([e.status?.sct, e.status?.sc], [1, 0x82]);
+    assert.equal(calls, 0);
+    assert.equal((await qp.submit(sqeFlush(1))).cqe.ok, true, 'the queue is still up');
+  } finally {
+    qp.destroy();
+    await target.close();
+  }
+});
+
+test('SQHD outside the submitted range: the message gives head and tail as ring indices', T, async () => {
+  const { target, qp } = await scripted(async (c) => {
+    const f = await c.nextCommand();
+    c.respond(f.sqe.cid, { sqhd: 3 });
+  });
+  try {
+    const e = await rejectsCode(qp.submit(sqeFlush(1)), ErrorCode.PDU_INVALID_HEADER);
+    assert.equal(e.message, 'queue 1: SQHD 3 outside the submitted range (head 1, tail 2)');
+  } finally {
+    qp.destroy();
+    await target.close();
+  }
+});
+
+test('replies for a command id not in flight name the PDU: CapsuleResp, C2HData, R2T', T, async () => {
+  for (const [what, send] of [
+    ['CapsuleResp', (c: FakeConn) => c.respond(5, { sqhd: 2 })],
+    ['C2HData', (c: FakeConn) => c.c2h(5, 0, Buffer.alloc(8), { last: true })],
+    ['R2T', (c: FakeConn) => c.r2t(5, 0, 8)],
+  ] as const) {
+    const { target, qp, closed } = await scripted(async (c) => {
+      await c.nextCommand();
+      send(c);
+    });
+    try {
+      await rejectsCode(qp.submit(sqeFlush(1)), ErrorCode.UNKNOWN_CCCID);
+      assert.equal((await closed)?.message, `queue 1: ${what} for command id 5, which is not in flight`);
+    } finally {
+      qp.destroy();
+      await target.close();
+    }
+  }
+});
+
+test('C2HData SUCCESS with SQ flow control off is not counted as a deviation', T, async () => {
+  const { target, qp } = await scripted(async (c) => {
+    const r = await c.nextCommand();
+    c.c2h(r.sqe.cid, 0, Buffer.alloc(512, 4), { last: true, success: true });
+  }, { disableSqFlowControl: true }, {}, { sqhd: 0xffff });
+  try {
+    await qp.submit(sqeRead(1, 0n, 1), { dataInLength: 512 });
+    assert.deepEqual([qp.stats().sqFlowControl, qp.stats().c2hSuccess, qp.stats().c2hSuccessWithSqFlow], [false, 1, 0]);
+  } finally {
+    qp.destroy();
+    await target.close();
+  }
+});
