@@ -15,31 +15,12 @@ import type { Cqe } from '../../src/wire/cqe';
 import { ErrorCode, NvmfNbdError } from '../../src/errors';
 import { encodeCapsuleResp, encodeCqe, encodeIcResp, encodeC2HData, sqeRead, sqeWrite, sqeFlush, sqeAsyncEventRequest } from '../../src/wire';
 import { FakeTarget } from '../helpers/fake-target';
-import type { FakeConn, FakeIcResp, ReceivedCommand } from '../helpers/fake-target';
+import type { FakeConn, ReceivedCommand } from '../helpers/fake-target';
 import { rejectsCode } from '../helpers/assert-code';
+import { qpOpts, scripted } from '../helpers/qp-scripted';
 import { track, turns, until } from '../helpers/clock';
 
 const T = { timeout: 20_000 };
-const HOSTID = Buffer.alloc(16, 0x11);
-
-function opts(port: number, o: Partial<QueuePairOptions> = {}): QueuePairOptions {
-  return {
-    host: '127.0.0.1', port, qid: 1, queueSize: 8, subnqn: 'nqn.test:sub', hostnqn: 'nqn.test:host', hostid: HOSTID,
-    cntlid: 1, connectTimeoutMs: 10_000, timeoutMs: 10_000, ...o,
-  };
-}
-
-/** A fake that accepts Connect and then runs `script`; the queue, its close error and the connection. */
-async function scripted(script: (c: FakeConn) => Promise<void>, o: Partial<QueuePairOptions> = {}, ic: FakeIcResp = {},
-  connect: Parameters<FakeConn['acceptConnect']>[0] = {}) {
-  const target = await FakeTarget.start(async (c) => {
-    await c.acceptConnect(connect);
-    await script(c);
-  }, ic);
-  const qp = await QueuePair.connect(opts(target.port, o));
-  const closed = new Promise<NvmfNbdError | undefined>((r) => qp.once('close', r));
-  return { target, qp, closed, conn: () => target.conns[0] as FakeConn };
-}
 
 /** Answers every command with success (SQHD following the tail), R2T for writes that wait for one. */
 async function echo(c: FakeConn, seen: ReceivedCommand[] = [], queueSize = 8, from = 2): Promise<void> {
@@ -74,7 +55,7 @@ test('default transfer limit is 1 MiB: 1 MiB accepted, one byte more refused wit
     c.c2h(r.sqe.cid, 0, Buffer.alloc(1 << 20, 3), { last: true });
     c.respond(r.sqe.cid, { sqhd: 2 });
   });
-  const o = opts(target.port);
+  const o = qpOpts(target.port);
   delete (o as { maxTransfer?: number }).maxTransfer;
   const qp = await QueuePair.connect(o);
   try {
@@ -140,7 +121,7 @@ async function mockedQueue(t: TestContext, o: Partial<QueuePairOptions>) {
     await c.acceptConnect();
     for (;;) if (await c.nextCommand().catch(() => undefined) === undefined) return;
   });
-  const qp = await QueuePair.connect(opts(target.port, o));
+  const qp = await QueuePair.connect(qpOpts(target.port, o));
   const closed = track(new Promise<NvmfNbdError | undefined>((r) => qp.once('close', r)));
   return { target, qp, closed };
 }
@@ -230,7 +211,7 @@ test('connect budget defaults to 10 s: pending 1 ms before, TIMEOUT with the bud
   t.mock.timers.enable({ apis: ['setTimeout', 'Date'], now: 0 });
   // A target that reads nothing: the ICReq is never answered.
   const silent = await FakeTarget.start(async (c) => { c.socket.removeAllListeners('data'); await c.closed; });
-  const o = opts(silent.port);
+  const o = qpOpts(silent.port);
   delete (o as { connectTimeoutMs?: number }).connectTimeoutMs;
   try {
     const p = track(QueuePair.connect(o));
@@ -260,7 +241,7 @@ for (const [what, type, send] of [
     // The script runs as soon as the host connects, before its ICReq is answered.
     const target = await FakeTarget.start((c) => { send(c); });
     try {
-      const e = await rejectsCode(QueuePair.connect(opts(target.port)), ErrorCode.PDU_SEQUENCE);
+      const e = await rejectsCode(QueuePair.connect(qpOpts(target.port)), ErrorCode.PDU_SEQUENCE);
       assert.equal(e.message, `queue 1: PDU type ${type} before ICResp`);
       const conn = target.conns[0] as FakeConn;
       await conn.closed;
@@ -293,7 +274,7 @@ test('a second ICResp → PDU_SEQUENCE for the command in flight, H2CTermReq FES
 test('an invalid ICResp is answered with an H2CTermReq FES 1 (invalid header field)', T, async () => {
   const target = await FakeTarget.start(() => undefined, { maxh2cdata: 1024 });
   try {
-    await rejectsCode(QueuePair.connect(opts(target.port)), ErrorCode.ICRESP_INVALID);
+    await rejectsCode(QueuePair.connect(qpOpts(target.port)), ErrorCode.ICRESP_INVALID);
     const conn = target.conns[0] as FakeConn;
     await conn.closed;
     assert.deepEqual(conn.termReqs.map((t) => [t.fes, t.fei]), [[1, 0]]);
@@ -568,7 +549,7 @@ test('a reset after the queue is up is CONNECTION_CLOSED naming the target addre
 test('localAddress binds the local end of the connection', T, async () => {
   const target = await FakeTarget.start(async (c) => { await c.acceptConnect(); });
   try {
-    const qp = await QueuePair.connect(opts(target.port, { localAddress: '127.0.0.2' }));
+    const qp = await QueuePair.connect(qpOpts(target.port, { localAddress: '127.0.0.2' }));
     assert.equal((target.conns[0] as FakeConn).socket.remoteAddress, '127.0.0.2');
     qp.destroy();
   } finally {
@@ -671,14 +652,14 @@ const ASCR = 1 << 18;
 test('Connect AUTHREQ: ATR without a secret and ASCR refused with AUTH_FAILED; ATR or authenticateAlways run authenticate once', T, async () => {
   let target = await authTarget(1 | ATR);
   try {
-    const e = await rejectsCode(QueuePair.connect(opts(target.port)), ErrorCode.AUTH_FAILED);
+    const e = await rejectsCode(QueuePair.connect(qpOpts(target.port)), ErrorCode.AUTH_FAILED);
     assert.equal(e.message, 'Fabrics Connect (queue 1, subsystem nqn.test:sub): the target requires in-band authentication; give a DH-HMAC-CHAP secret (-S/--dhchap-secret)');
   } finally {
     await target.close();
   }
   target = await authTarget(1 | ASCR);
   try {
-    const e = await rejectsCode(QueuePair.connect(opts(target.port, { authenticate: async () => undefined })), ErrorCode.AUTH_FAILED);
+    const e = await rejectsCode(QueuePair.connect(qpOpts(target.port, { authenticate: async () => undefined })), ErrorCode.AUTH_FAILED);
     assert.match(e.message, /AUTHREQ\.ASCR/);
   } finally {
     await target.close();
@@ -687,7 +668,7 @@ test('Connect AUTHREQ: ATR without a secret and ASCR refused with AUTH_FAILED; A
     target = await authTarget(dw0);
     try {
       let calls = 0;
-      const qp = await QueuePair.connect(opts(target.port, { authenticate: async (q) => { assert.ok(q instanceof QueuePair); calls++; }, authenticateAlways: always }));
+      const qp = await QueuePair.connect(qpOpts(target.port, { authenticate: async (q) => { assert.ok(q instanceof QueuePair); calls++; }, authenticateAlways: always }));
       assert.deepEqual([calls, qp.authentications, qp.cntlid], [runs, runs, dw0 & 0xffff]);
       qp.destroy();
     } finally {
@@ -701,7 +682,7 @@ test('authenticate rejecting at Connect: connect rejects with that error, close 
   try {
     let closeErr: NvmfNbdError | undefined;
     const boom = new Error('boom');
-    const p = QueuePair.connect(opts(target.port, {
+    const p = QueuePair.connect(qpOpts(target.port, {
       authenticate: async (q) => { q.once('close', (e: NvmfNbdError) => { closeErr = e; }); throw boom; },
     }));
     await assert.rejects(p, (e) => e === boom);
