@@ -395,9 +395,7 @@ export class MultipathController extends EventEmitter implements NamespacePath, 
     for (const q of this.pathList) {
       if (q === live || q.controller.state !== CtrlState.CONNECTING) continue;
       for (const req of q.controller.takeHeldRecords()) {
-        const from = req.mpPath as PathEntry | undefined;
-        if (from !== undefined) from.inflight--;
-        req.mpPath = undefined;
+        this.detach(req);
         this.route(req);
       }
     }
@@ -412,12 +410,17 @@ export class MultipathController extends EventEmitter implements NamespacePath, 
     this.changed();
     const elsewhere = this.canServeElsewhere(p);
     for (const req of records) {
-      const from = req.mpPath as PathEntry | undefined;
-      if (from !== undefined) from.inflight--;
-      req.mpPath = undefined;
+      this.detach(req);
       if (elsewhere) this.route(req, p);
       else this.finishLater(req, err);
     }
+  }
+
+  /** A record a path gave back unsent: no longer counted in that path's queue depth. */
+  private detach(req: IoRequest): void {
+    const from = req.mpPath as PathEntry | undefined;
+    if (from !== undefined) from.inflight--;
+    req.mpPath = undefined;
   }
 
   /** Whether a path other than `p` is live or would hold I/O for its reconnect. */

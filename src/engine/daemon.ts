@@ -171,6 +171,7 @@ const SUBSYSTEM_OPTIONS = [
   'nbd', 'attach', 'connections', 'read-only', 'iopolicy', 'nbd-idle-timeout',
   'nbd-tls', 'nbd-tls-psk', 'nbd-tls-cert', 'nbd-tls-key', 'nbd-tls-ca', 'nbd-insecure', 'nbd-allow-any-local-user',
 ] as const;
+
 /** Requests queued per control connection before the daemon stops reading it. */
 const MAX_QUEUED_REQUESTS = 16;
 /** Reply bytes a control connection may leave unread before the daemon stops answering it. */
@@ -290,6 +291,11 @@ export class Daemon {
       if (p !== undefined) return { entry: e, path: p };
     }
     return undefined;
+  }
+
+  /** The iopolicy a subsystem made by a connect with `args` runs with (its own, the daemon's, numa). */
+  private policyOf(args: Record<string, unknown>): IoPolicyValue {
+    return isIoPolicy(args.iopolicy) ? args.iopolicy : this.o.iopolicy ?? 'numa';
   }
 
   /** A new connect's options with the daemon's iopolicy filled in (so the state file keeps it). */
@@ -477,7 +483,7 @@ export class Daemon {
    * `--iopolicy` or `--nbd` would leave the user believing it applied).
    */
   private checkPathOptions(e: Entry, args: Record<string, unknown>): void {
-    const have: Record<string, unknown> = { connections: 1, ...e.args, iopolicy: isIoPolicy(e.args.iopolicy) ? e.args.iopolicy : this.o.iopolicy ?? 'numa' };
+    const have: Record<string, unknown> = { connections: 1, ...e.args, iopolicy: this.policyOf(e.args) };
     const differ = SUBSYSTEM_OPTIONS.filter((k) => args[k] !== undefined && args[k] !== false && args[k] !== have[k]);
     if (differ.length === 0) return;
     // Values of file options are paths, never key material; still only the option names are shown.
@@ -547,7 +553,7 @@ export class Daemon {
           name: e.name,
           pathName: p.name,
           controller: this.o.connect.controllerOptions(p.args),
-          iopolicy: isIoPolicy(args.iopolicy) ? args.iopolicy : this.o.iopolicy ?? 'numa',
+          iopolicy: this.policyOf(args),
           // Sticky: the session serves a private socket; the holder owns the public endpoint.
           nbd: sticky ? { unixDir: this.holdDir() } : typeof args.nbd === 'string' ? parseConnectNbdSpec(args.nbd) : endpointFor(e.name, this.nbd),
           attach: false,
@@ -947,7 +953,7 @@ export class Daemon {
     }
     return {
       name: e.name, nqn: String(e.args.nqn), hostnqn: typeof e.args.hostnqn === 'string' ? e.args.hostnqn : this.o.connect.controllerOptions(e.args).hostnqn,
-      iopolicy: isIoPolicy(e.args.iopolicy) ? e.args.iopolicy : this.o.iopolicy ?? 'numa', state: e.state, paths: pending,
+      iopolicy: this.policyOf(e.args), state: e.state, paths: pending,
       namespaces: e.adopt.map((d) => ({ nsid: Number(/n(\d+)$/.exec(d.export)?.[1] ?? 0), export: d.export, device: d.device, size: 0, paths: [] })),
     };
   }
