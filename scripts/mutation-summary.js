@@ -10,9 +10,10 @@
 //   --no-survivors   the table only
 //
 // Score = (killed + timeout) / (killed + timeout + survived + no coverage), as Stryker counts it.
-// Mutants listed in test/mutation/equivalent.json (file, mutator, the original code and the
+// Mutants listed in test/mutation/equivalent*.json (file, mutator, the original code and the
 // replacement, with the reason) are equivalent: they are shown in their own column with the
 // reason, and counted neither as killed nor in the score; compile/runtime errors are not counted.
+// One list per layer (equivalent.json, equivalent-nbd.json, ...) keeps the lists short to review.
 'use strict';
 const fs = require('node:fs');
 const path = require('node:path');
@@ -23,7 +24,7 @@ const showMerged = args.includes('--merged');
 const showSurvivors = !args.includes('--no-survivors');
 const reportPath = path.resolve(root, args.find((a) => !a.startsWith('--')) ?? 'reports/mutation/mutation.json');
 const mergedPath = path.join(root, 'reports/mutation/merged.json');
-const equivalentPath = path.join(root, 'test/mutation/equivalent.json');
+const equivalentDir = path.join(root, 'test/mutation');
 
 function readJson(p) {
   return JSON.parse(fs.readFileSync(p, 'utf8'));
@@ -49,8 +50,12 @@ function originalOf(source, loc) {
 
 const squash = (s) => String(s).replace(/\s+/g, ' ').trim();
 
-let equivalents = [];
-if (fs.existsSync(equivalentPath)) equivalents = readJson(equivalentPath);
+const equivalents = [];
+if (fs.existsSync(equivalentDir)) {
+  for (const f of fs.readdirSync(equivalentDir).sort()) {
+    if (/^equivalent.*\.json$/.test(f)) equivalents.push(...readJson(path.join(equivalentDir, f)));
+  }
+}
 function equivalentReason(file, mutant, original) {
   for (const e of equivalents) {
     if (e.file !== file || e.mutator !== mutant.mutatorName) continue;
