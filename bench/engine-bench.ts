@@ -6,7 +6,7 @@
  *
  *   node dist/bench/engine-bench.js [--traddr A --trsvcid P --subnqn NQN] [--nsid 1] [--runtime S]
  *        [--ramp S] [--queues N] [--queue-size N] [--region MiB] [--jobs name,name] [--no-prefill]
- *        [--target-cpu N] [--no-tls] [--slice S]
+ *        [--target-cpu N] [--no-tls] [--slice S] [--api record|promise]
  *
  * Without --trsvcid it starts the embedded target in its own process, pinned to --target-cpu
  * (default 0), and points at it; with --traddr/--trsvcid/--subnqn it measures any NVMe/TCP target
@@ -22,6 +22,9 @@
  * skips them).
  */
 import { Controller } from '../src/controller/controller';
+import { Namespace } from '../src/controller/namespace';
+import { BlockOpCode, type BlockHandler, type BlockRequest } from '../src/block/types';
+import type { NvmfNbdError } from '../src/errors';
 import { deriveTlsPsk, parseInterchangeKey } from '../src/tls/psk';
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -69,8 +72,14 @@ interface JobResult { iops: number; mibps: number; p50: number; p99: number; cpu
  * One job on one controller, run in slices: each `slice()` starts the QD loops, optionally
  * measures, stops them and waits for them to drain; measured slices add up. Every loop owns one
  * write buffer (filled once) so the loop itself allocates nothing per command.
+ *
+ * Two ways in (`--api`): `record` (default) drives a {@link Namespace} over the controller with
+ * one pooled request record per QD slot and a completion callback — the path the NBD server
+ * takes (byte→LBA math, bounds, errno edge, reads into the namespace's slab); `promise` awaits
+ * `Controller.read`/`write` per command (a record, a promise and its closures per I/O: the public
+ * API edge, what this bench measured before 2026-12-02).
  */
-class JobRun {
+class JobRun implements BlockHandler {
   private readonly samples = new Samples();
   private ios = 0;
   private secs = 0;
@@ -83,17 +92,42 @@ class JobRun {
   /** One buffer per loop, kept across slices. */
   private readonly buffers: Buffer[] = [];
 
+  // ---- record API: one record per QD slot, resubmitted from its own completion ----
+  private readonly ns: Namespace | undefined;
+  private readonly records: BlockRequest[] = [];
+  /** Submission time (ns, from hrtime.bigint as a number) of each slot's record. */
+  private readonly started: Float64Array;
+  private stopping = false;
+  private measuring = false;
+  private inflight = 0;
+  private sliceIos = 0;
+  private drained: (() => void) | undefined;
+  private failure: Error | undefined;
+
   constructor(private readonly ctrl: Controller, private readonly nsid: number, lbaSize: number, regionBlocks: number,
-    private readonly job: Job, private readonly targetPid: number | undefined) {
+    private readonly job: Job, private readonly targetPid: number | undefined, api: 'record' | 'promise') {
     this.nlb = job.bytes / lbaSize;
     this.slots = Math.floor(regionBlocks / this.nlb);
     // One buffer per loop for both directions: reads land in it (`into`) as writes send from it,
     // so neither side pays a fresh allocation (page faults, zeroing by the kernel) per command.
+    // (Record reads land in the namespace's own destination instead, as NBD reads do.)
     for (let i = 0; i < job.qd; i++) this.buffers.push(job.op === 'write' ? randomBytes(job.bytes) : Buffer.alloc(job.bytes));
+    this.started = new Float64Array(job.qd);
+    if (api === 'record') {
+      const info = ctrl.namespaces.get(nsid);
+      if (info === undefined) throw new Error(`namespace ${nsid} is not active`);
+      this.ns = new Namespace(ctrl, info);
+      for (let i = 0; i < job.qd; i++) {
+        const r = this.ns.createRequest();
+        r.cookieLo = i;
+        this.records.push(r);
+      }
+    }
   }
 
   /** Run the QD loops for `seconds`; counted in the result only when `measured`. */
   async slice(seconds: number, measured: boolean): Promise<void> {
+    if (this.ns !== undefined) return this.recordSlice(seconds, measured);
     const { ctrl, nsid, nlb, slots, job, samples } = this;
     let stop = false;
     let ios = 0;
@@ -126,6 +160,61 @@ class JobRun {
     this.cpuSys += cpu.system;
     if (tcpu0 !== undefined && tcpu1 !== undefined) this.targetCpu += tcpu1 - tcpu0;
     else this.targetKnown = false;
+  }
+
+  /** {@link slice} on the record path: QD records in flight, each resubmitted from its completion. */
+  private async recordSlice(seconds: number, measured: boolean): Promise<void> {
+    this.stopping = false;
+    this.measuring = measured;
+    this.sliceIos = 0;
+    const cpu0 = process.cpuUsage();
+    const tcpu0 = this.targetPid === undefined ? undefined : procCpuMicros(this.targetPid);
+    const t0 = process.hrtime.bigint();
+    for (let i = 0; i < this.records.length; i++) this.issue(this.records[i] as BlockRequest);
+    await new Promise((r) => setTimeout(r, seconds * 1000));
+    this.stopping = true;
+    const secs = Number(process.hrtime.bigint() - t0) / 1e9;
+    const cpu = process.cpuUsage(cpu0);
+    const tcpu1 = this.targetPid === undefined ? undefined : procCpuMicros(this.targetPid);
+    const ios = this.sliceIos;
+    if (this.inflight > 0) await new Promise<void>((r) => { this.drained = r; });
+    if (this.failure !== undefined) throw this.failure;
+    if (!measured) return;
+    this.ios += ios;
+    this.secs += secs;
+    this.cpuUser += cpu.user;
+    this.cpuSys += cpu.system;
+    if (tcpu0 !== undefined && tcpu1 !== undefined) this.targetCpu += tcpu1 - tcpu0;
+    else this.targetKnown = false;
+  }
+
+  private issue(r: BlockRequest): void {
+    const slot = r.cookieLo;
+    r.op = this.job.op === 'read' ? BlockOpCode.READ : BlockOpCode.WRITE;
+    r.offset = Math.floor(Math.random() * this.slots) * this.job.bytes;
+    r.length = this.job.bytes;
+    r.data = this.job.op === 'read' ? undefined : this.buffers[slot];
+    r.fua = false;
+    r.handler = this;
+    this.started[slot] = Number(process.hrtime.bigint());
+    this.inflight++;
+    (this.ns as Namespace).submit(r);
+  }
+
+  onBlockComplete(r: BlockRequest): void {
+    this.inflight--;
+    if (this.measuring && !this.stopping) {
+      this.samples.add((Number(process.hrtime.bigint()) - (this.started[r.cookieLo] as number)) / 1000);
+      this.sliceIos++;
+    }
+    if (!this.stopping) this.issue(r);
+    else if (this.inflight === 0) this.drained?.();
+  }
+
+  onBlockError(r: BlockRequest, err: NvmfNbdError): void {
+    this.failure ??= err;
+    this.stopping = true;
+    this.onBlockComplete(r);
   }
 
   result(): JobResult {
@@ -217,7 +306,9 @@ function cpusAllowed(): string {
 
 async function main(): Promise<void> {
   const a = parseArgs(process.argv.slice(2),
-    ['traddr', 'trsvcid', 'subnqn', 'nsid', 'runtime', 'ramp', 'queues', 'queue-size', 'region', 'jobs', 'target-cpu', 'slice'], ['no-prefill', 'no-tls']);
+    ['traddr', 'trsvcid', 'subnqn', 'nsid', 'runtime', 'ramp', 'queues', 'queue-size', 'region', 'jobs', 'target-cpu', 'slice', 'api'], ['no-prefill', 'no-tls']);
+  const api = a.get('api') ?? 'record';
+  if (api !== 'record' && api !== 'promise') throw new BenchUsageError(`--api ${api}: use record or promise`);
   const runtime = numArg(a, 'runtime', Number(process.env['BENCH_RUNTIME'] ?? 5));
   const ramp = numArg(a, 'ramp', Number(process.env['BENCH_RAMP'] ?? 1));
   const nsid = numArg(a, 'nsid', 1);
@@ -254,7 +345,8 @@ async function main(): Promise<void> {
     const regionBytes = Math.min(numArg(a, 'region', 256) * MiB, Number(ns.nsze) * ns.lbaSize);
     const regionBlocks = Math.floor(regionBytes / ns.lbaSize);
     process.stdout.write(`engine: ${ctrl.ioQueueCount} I/O queue(s), MDTS ${ctrl.maxTransfer / 1024} KiB, LBA ${ns.lbaSize} B, ` +
-      `region ${regionBytes / MiB} MiB, ${runtime} s per job after ${ramp} s ramp, this process on CPU(s) ${cpusAllowed()}\n\n`);
+      `region ${regionBytes / MiB} MiB, ${runtime} s per job after ${ramp} s ramp, this process on CPU(s) ${cpusAllowed()}, ` +
+      `API ${api === 'record' ? 'record (Namespace.submit, pooled records, as the NBD server)' : 'promise (Controller.read/write per command)'}\n\n`);
     if (!a.has('no-prefill')) await prefill(ctrl, nsid, ns.lbaSize, regionBlocks);
 
     // TLS rows (embedded target only: it serves TLS as optional): the QD32 and 128 KiB jobs also
@@ -278,9 +370,9 @@ async function main(): Promise<void> {
       if (job.bytes > ctrl.maxTransfer) process.stderr.write(`engine-bench: ${job.name}: ${job.bytes} B > MDTS, split into several commands
 `);
       const pid = target?.child.pid;
-      const plainRun = new JobRun(ctrl, nsid, ns.lbaSize, regionBlocks, job, pid);
+      const plainRun = new JobRun(ctrl, nsid, ns.lbaSize, regionBlocks, job, pid, api);
       if (tlsCtrl !== undefined && (job.qd === 32 || job.bytes === 128 * 1024)) {
-        const r = await runPair(plainRun, new JobRun(tlsCtrl, nsid, ns.lbaSize, regionBlocks, job, pid), ramp, runtime, slice);
+        const r = await runPair(plainRun, new JobRun(tlsCtrl, nsid, ns.lbaSize, regionBlocks, job, pid, api), ramp, runtime, slice);
         rows.push(row(job.name, r.plain, goalOf(job)));
         tlsRows.push(row(`tls ${job.name}`, r.tls, ''));
         costRows.push([job.name, fmt(r.plain.iops, 0), fmt(r.tls.iops, 0), pct(r.plain.iops, r.tls.iops),

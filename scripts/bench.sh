@@ -17,6 +17,8 @@
 #                      --traddr A --trsvcid P --subnqn NQN (any NVMe/TCP target; default: start
 #                      the embedded one) --nsid N --runtime S --ramp S --queues N --queue-size N
 #                      --region MiB --jobs ... --no-prefill --no-tls --target-cpu N --slice S
+#                      --api record|promise (record: a Namespace with pooled request records, as
+#                      the NBD server drives it; promise: await Controller.read/write per command)
 #                      (with the embedded target, QD32 and 128 KiB jobs run again over TLS: "tls …" rows,
 #                      interleaved with the plain run in S-second slices, default 0.5; "TLS cost" table)
 #                      (WRITES DESTROY DATA in the first --region MiB of the namespace)
