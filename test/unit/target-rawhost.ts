@@ -164,9 +164,10 @@ export class RawHost {
 
   /**
    * Submit `sqe` (cid and SGL set here). `write` data goes in-capsule when `inCapsule` (default:
-   * when ≤ 8192 bytes), else via R2T; `readLength` sets a controller-to-host buffer.
+   * when ≤ 8192 bytes), else via R2T; `readLength` sets a controller-to-host buffer. `edit` may
+   * change the SQE last (after cid and SGL are set), e.g. to send a malformed SGL.
    */
-  submit(sqe: Buffer, o: { write?: Buffer; readLength?: number; inCapsule?: boolean; cid?: number; timeoutMs?: number; badDataDigest?: boolean } = {}): Promise<Reply> {
+  submit(sqe: Buffer, o: { write?: Buffer; readLength?: number; inCapsule?: boolean; cid?: number; timeoutMs?: number; badDataDigest?: boolean; edit?: (sqe: Buffer) => void } = {}): Promise<Reply> {
     const cid = o.cid ?? this.nextCid++ & 0xffff;
     setCid(sqe, cid);
     let capsuleData: Buffer | undefined;
@@ -177,6 +178,7 @@ export class RawHost {
     } else {
       setSgl(sqe, SglType.TRANSPORT_DATA_BLOCK, o.readLength ?? 0);
     }
+    o.edit?.(sqe);
     const timeoutMs = o.timeoutMs ?? 5000;
     const p = new Promise<Reply>((resolve, reject) => {
       const t = setTimeout(() => {
