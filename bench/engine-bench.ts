@@ -23,6 +23,7 @@
  */
 import { Controller } from '../src/controller/controller';
 import { Namespace } from '../src/controller/namespace';
+import { releaseIoBuffer } from '../src/block/io-buffers';
 import { BlockOpCode, type BlockHandler, type BlockRequest } from '../src/block/types';
 import type { NvmfNbdError } from '../src/errors';
 import { deriveTlsPsk, parseInterchangeKey } from '../src/tls/psk';
@@ -203,6 +204,8 @@ class JobRun implements BlockHandler {
 
   onBlockComplete(r: BlockRequest): void {
     this.inflight--;
+    // The data is not looked at: give it back as the NBD server does once the reply is written.
+    if (r.op === BlockOpCode.READ && r.data !== undefined) releaseIoBuffer(r.data);
     if (this.measuring && !this.stopping) {
       this.samples.add((Number(process.hrtime.bigint()) - (this.started[r.cookieLo] as number)) / 1000);
       this.sliceIos++;

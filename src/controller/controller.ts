@@ -697,12 +697,16 @@ export class Controller extends EventEmitter implements IoOwner {
     }
     const data = req.data;
     const bytes = req.nlb * ns.lbaSize;
-    if ((op !== BlockOpCode.READ && op !== BlockOpCode.WRITE) || data === undefined || data.length !== bytes || req.nlb < 1 || !Number.isInteger(req.nlb)) {
+    const read = op === BlockOpCode.READ;
+    // A read may come without a destination (the namespace path): then dataInLength says its
+    // size and the queue makes it at issue (IoRequest.allocDataIn).
+    const lazy = read && data === undefined;
+    const size = lazy ? req.dataInLength : data?.length ?? 0;
+    if ((op !== BlockOpCode.READ && op !== BlockOpCode.WRITE) || (data === undefined && !lazy) || size !== bytes || req.nlb < 1 || !Number.isInteger(req.nlb)) {
       ioDoneLater(req, new NvmfNbdError(ErrorCode.INVALID_ARGUMENT,
-        `${op === BlockOpCode.READ ? 'read destination' : 'write'} of ${data?.length ?? 0} bytes for ${req.nlb} blocks of ${ns.lbaSize}`));
+        `${read ? 'read destination' : 'write'} of ${size} bytes for ${req.nlb} blocks of ${ns.lbaSize}`));
       return;
     }
-    const read = op === BlockOpCode.READ;
     const opcode = read ? IoOpcode.READ : IoOpcode.WRITE;
     const fua = !read && req.fua;
     const per = this.maxBlocks(ns);
@@ -710,10 +714,13 @@ export class Controller extends EventEmitter implements IoOwner {
       fillSqeIo(req.sqe, opcode, req.nsid, req.slba, req.nlb, fua);
       req.dataIn = read ? data : undefined;
       req.dataOut = read ? undefined : data;
-      req.dataInLength = 0;
+      req.dataInLength = lazy ? bytes : 0;
       this.pickQueue(n).submitCommand(req);
       return;
     }
+    // Split: with a lazy read the parent keeps the total in dataInLength, the first part issued
+    // makes the whole destination and every part reads into its view of it.
+    req.dataInLength = lazy ? bytes : 0;
     req.partsPending = Math.ceil(req.nlb / per);
     req.partError = undefined;
     for (let done = 0; done < req.nlb; done += per) {
@@ -722,10 +729,11 @@ export class Controller extends EventEmitter implements IoOwner {
       part.parent = req;
       part.owner = this;
       fillSqeIo(part.sqe, opcode, req.nsid, req.slba + BigInt(done), k, fua);
-      const view = data.subarray(done * ns.lbaSize, (done + k) * ns.lbaSize);
+      const view = data?.subarray(done * ns.lbaSize, (done + k) * ns.lbaSize);
       part.dataIn = read ? view : undefined;
       part.dataOut = read ? undefined : view;
-      part.dataInLength = 0;
+      part.dataInLength = lazy ? k * ns.lbaSize : 0;
+      part.partOffset = done * ns.lbaSize;
       this.pickQueue(n).submitCommand(part);
     }
   }
@@ -737,6 +745,7 @@ export class Controller extends EventEmitter implements IoOwner {
     part.owner = undefined;
     part.dataIn = undefined;
     part.dataOut = undefined;
+    part.dataInLength = 0;
     this.parts.push(part);
     if (err !== undefined && req.partError === undefined) req.partError = err;
     if (--req.partsPending === 0) (req.owner as IoOwner).onIoDone(req, req.partError);

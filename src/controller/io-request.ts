@@ -20,6 +20,7 @@ import { QueueCommand } from '../transport/queue-command';
 import type { Cqe } from '../wire/cqe';
 import type { NvmfNbdError } from '../errors';
 import { BlockOpCode, type BlockHandler, type BlockOpCodeValue, type BlockRequest } from '../block/types';
+import { ioBuffer } from '../block/io-buffers';
 
 /** Receives an {@link IoRequest}'s completion from the layer below. */
 export interface IoOwner {
@@ -89,11 +90,33 @@ export class IoRequest extends QueueCommand implements BlockRequest {
   partsPending = 0;
   /** For a split request: the first part's error. */
   partError: NvmfNbdError | undefined = undefined;
+  /** For a part of a read: where its bytes start in the parent's destination. */
+  partOffset = 0;
 
   constructor() {
     super();
     // Every use rewrites it whole (fillSqeIo zero-fills): a slice of the shared pool is enough.
     this.sqe = Buffer.allocUnsafe(64);
+  }
+
+  /**
+   * A read's destination, made when the queue issues it (a read waiting for a queue slot holds no
+   * buffer: with 4 exports × QD128 over 2 queues of 128, half the reads wait). A whole request
+   * takes a {@link ioBuffer} of its length; a part of a split read takes its view of the
+   * parent's, which the first part to be issued makes. Issued again (a reconnect, another path),
+   * the request keeps the buffer it has.
+   */
+  override allocDataIn(): Buffer {
+    const p = this.parent;
+    if (p === undefined) return (this.data ??= ioBuffer(this.dataInLength));
+    const whole = (p.data ??= ioBuffer(p.dataInLength));
+    return whole.subarray(this.partOffset, this.partOffset + this.dataInLength);
+  }
+
+  /** Bytes of data it moves: a write's payload, a read's destination (made or still to be). */
+  get payloadBytes(): number {
+    if (this.op === BlockOpCode.FLUSH) return 0;
+    return this.data?.length ?? (this.op === BlockOpCode.READ ? this.dataInLength : 0);
   }
 
   onQpComplete(_cqe: Cqe): void {

@@ -829,10 +829,10 @@ export class MultipathController extends EventEmitter implements NamespacePath, 
     const io = p.io;
     if (req.op === BlockOpCode.READ) {
       io.reads++;
-      io.bytesRead += req.data?.length ?? 0;
+      io.bytesRead += req.payloadBytes;
     } else if (req.op === BlockOpCode.WRITE) {
       io.writes++;
-      io.bytesWritten += req.data?.length ?? 0;
+      io.bytesWritten += req.payloadBytes;
     } else {
       io.other++;
     }
@@ -872,7 +872,7 @@ export class MultipathController extends EventEmitter implements NamespacePath, 
 
   private wait(req: IoRequest): void {
     const limit = this.primary().controller.options.holdLimitBytes ?? RESILIENCE_DEFAULTS.holdLimitBytes;
-    const bytes = req.op === BlockOpCode.FLUSH ? 0 : req.data?.length ?? 0;
+    const bytes = req.payloadBytes;
     if (this.waitingBytes + bytes > limit) {
       this.finishLater(req, eio(ErrorCode.HOLD_QUEUE_FULL, `no usable path: ${this.waitingBytes} bytes of I/O already waiting (limit ${limit})`));
       return;

@@ -53,8 +53,10 @@ export interface NamespacePath {
   readonly oncs: number;
   readonly volatileWriteCache: boolean;
   /**
-   * Run a READ / WRITE / FLUSH record (`nsid`, `slba`, `nlb`, `data`: the destination or the
-   * payload, `fua`); completes once through `req.owner.onIoDone`, never synchronously.
+   * Run a READ / WRITE / FLUSH record (`nsid`, `slba`, `nlb`, `data`: the payload, `fua`);
+   * completes once through `req.owner.onIoDone`, never synchronously. A READ may come with
+   * `data` undefined and its size in `dataInLength`: the path makes the destination when it sends
+   * the read (`req.allocDataIn()`, as the queue pair does at issue) and `data` holds it after.
    */
   submitIo(req: IoRequest): void;
   deallocate(nsid: number, ranges: ReadonlyArray<{ slba: bigint; nlb: number }>, ns?: Namespace): Promise<void>;
@@ -65,30 +67,6 @@ export interface NamespacePath {
 export interface NamespaceOptions {
   /** Serve it read-only (writes, trims and zeroing fail with EPERM). */
   readonly readOnly?: boolean;
-}
-
-/** Reads up to this size are carved from a shared slab (see {@link readBuffer}). */
-const SLAB_READ_MAX = 16 * 1024;
-/** Slab size: 64 reads of 4 KiB per allocation; small enough that a retained view pins little. */
-const SLAB_SIZE = 256 * 1024;
-let slab = Buffer.allocUnsafeSlow(0);
-let slabUsed = 0;
-
-/**
- * The destination of one read. Node pools only allocations below 4 KiB, so a 4 KiB
- * `allocUnsafe` is a malloc'd ArrayBuffer per read, later freed by the GC's sweeper; small reads
- * instead take consecutive views of a 256 KiB slab (the NBD reply holds its view only until
- * written). Contents are uninitialised: the controller writes every byte before completing.
- */
-export function readBuffer(n: number): Buffer {
-  if (n > SLAB_READ_MAX) return Buffer.allocUnsafe(n);
-  if (slabUsed + n > slab.length) {
-    slab = Buffer.allocUnsafeSlow(SLAB_SIZE);
-    slabUsed = 0;
-  }
-  const b = slab.subarray(slabUsed, slabUsed + n);
-  slabUsed += n;
-  return b;
 }
 
 const EMPTY = Buffer.alloc(0);
@@ -308,7 +286,9 @@ export class Namespace implements BlockDevice, IoOwner {
           return;
         }
         req.nlb = length / this.blockSize;
-        req.data = readBuffer(length);
+        // The destination is made when the queue issues the read (IoRequest.allocDataIn).
+        req.data = undefined;
+        req.dataInLength = length;
         break;
       }
       case BlockOpCode.WRITE: {

@@ -352,7 +352,7 @@ export class ResilientController extends EventEmitter implements NamespacePath, 
     req.upper = req.owner;
     req.owner = this;
     req.seq = this.seq++;
-    req.bytes = req.op === BlockOpCode.FLUSH ? 0 : req.data?.length ?? 0;
+    req.bytes = req.payloadBytes;
     req.ns ??= this.nsObjects.get(req.nsid);
     this.dispatchIo(req);
   }

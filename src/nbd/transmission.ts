@@ -17,6 +17,7 @@ import type { Duplex } from 'node:stream';
 import { ErrorCode, NvmfNbdError, type ErrorCodeValue } from '../errors';
 import { BlockOpCode, type BlockDevice, type BlockHandler, type BlockRequest } from '../block/types';
 import { SUB_BLOCK_MAX_REQUEST } from '../block/sub-block';
+import { SLAB_MAX, ioBuffer, releaseIoBuffer } from '../block/io-buffers';
 import {
   Cmd,
   CmdFlag,
@@ -79,6 +80,17 @@ export class NbdTransmission implements BlockHandler {
   private budgetWait = false;
   /** Request records not in use (see the module comment). */
   private readonly pool: BlockRequest[] = [];
+  /**
+   * Large read data queued on the socket, oldest first: each goes back to the read pool when its
+   * write callback runs (callbacks run in write order), so the next read of that size reuses it
+   * instead of faulting in fresh pages (block/io-buffers.ts).
+   */
+  private readonly sentData: Buffer[] = [];
+  /** Bound once: the write callback of large read data (no closure per reply). */
+  private readonly onDataTaken = (): void => {
+    const b = this.sentData.shift();
+    if (b !== undefined) releaseIoBuffer(b);
+  };
 
   constructor(
     private readonly owner: TransmissionOwner,
@@ -89,7 +101,7 @@ export class NbdTransmission implements BlockHandler {
     this.structured = n.structured;
     this.strictSizes = n.strictSizes;
     this.metaActive = n.metaActive;
-    this.rq = new NbdRequestParser(maxRequestFor(exp.device, n.strictSizes));
+    this.rq = new NbdRequestParser(maxRequestFor(exp.device, n.strictSizes), ioBuffer);
     for (const c of leftover) this.rq.push(c);
     if (exp.removed || owner.host.shuttingDown) this.shutdownErrno = NbdErrno.ESHUTDOWN;
   }
@@ -326,12 +338,12 @@ export class NbdTransmission implements BlockHandler {
       }
     } catch (err) {
       // A device that throws synchronously fails only this request.
-      this.finish(req, bytes, err);
+      this.finish(req, bytes, true, err);
       return;
     }
     p.then(
-      () => this.finish(req, bytes, undefined),
-      (err: unknown) => this.finish(req, bytes, err),
+      () => this.finish(req, bytes, false, undefined),
+      (err: unknown) => this.finish(req, bytes, true, err),
     );
   }
 
@@ -350,8 +362,16 @@ export class NbdTransmission implements BlockHandler {
     return r;
   }
 
-  /** Back to the pool: drop the buffers (a READ's data stays with the reply being written). */
-  private recycle(r: BlockRequest): void {
+  /**
+   * Back to the pool: drop the buffers (a READ's data stays with the reply being written). After
+   * a successful WRITE the device is done with its payload (the target has every byte), so it
+   * goes back to the I/O buffer pool (ignored there unless the parser made it from the pool: a
+   * payload that was a view of one socket chunk). A failed WRITE's payload is left to the GC: a
+   * command that failed early (a target's error before the last H2CData, a teardown) may still
+   * have its data queued on a socket, and a reused buffer would change those bytes.
+   */
+  private recycle(r: BlockRequest, ok = false): void {
+    if (ok && r.op === BlockOpCode.WRITE && r.data !== undefined) releaseIoBuffer(r.data);
     r.data = undefined;
     r.handler = undefined;
     if (this.pool.length < POOL_MAX) this.pool.push(r);
@@ -375,12 +395,17 @@ export class NbdTransmission implements BlockHandler {
         const o = this.owner.out;
         if (this.structured) o.write(encodeOffsetDataHeader(ReplyFlag.DONE, r.cookieHi, r.cookieLo, r.offset, data.length));
         else o.write(encodeSimpleReply(0, r.cookieHi, r.cookieLo));
-        o.write(data);
+        if (data.length > SLAB_MAX) {
+          this.sentData.push(data);
+          o.writeThen(data, this.onDataTaken);
+        } else {
+          o.write(data);
+        }
       }
     } else {
       this.owner.out.write(encodeSimpleReply(0, r.cookieHi, r.cookieLo));
     }
-    this.recycle(r);
+    this.recycle(r, true);
     this.after();
   }
 
@@ -419,10 +444,11 @@ export class NbdTransmission implements BlockHandler {
     this.owner.host.budgetReleased();
   }
 
-  private finish(req: NbdRequest, bytes: number, err: unknown): void {
+  /** A promise-based request ended; `failed` and not `err` says how (a rejection may carry `undefined`). */
+  private finish(req: NbdRequest, bytes: number, failed: boolean, err: unknown): void {
     if (!this.done(bytes)) return;
     if (this.failInFlight) this.replyError(req, NbdErrno.ESHUTDOWN);
-    else if (err === undefined) this.replyOk(req);
+    else if (!failed) this.replyOk(req);
     else {
       const errno = nbdErrno(err instanceof NvmfNbdError ? err.errno : undefined);
       this.owner.log('debug', `request type ${req.type} failed: ${(err as Error)?.message ?? String(err)} (errno ${errno})`);

@@ -33,6 +33,16 @@ export class WriteBatcher {
     this.out.write(b);
   }
 
+  /**
+   * Queue one buffer and call `done` once the socket has taken it (its write callback: written to
+   * the kernel, or failed/destroyed — either way no longer referenced). Callbacks run in the
+   * order of the writes, so a caller can keep its own FIFO and pass one bound function.
+   */
+  writeThen(b: Buffer, done: (err?: Error | null) => void): void {
+    if (!this.pending) this.open();
+    this.out.write(b, done);
+  }
+
   /** Queue header, payload view(s) and digest of one message, in order. */
   writeAll(parts: readonly Buffer[]): void {
     if (!this.pending) this.open();

@@ -29,7 +29,8 @@ export abstract class QueueCommand {
   dataOut: Buffer | undefined = undefined;
   /**
    * Controller-to-host destination (reads): C2HData payloads are copied straight from the socket
-   * chunks into it. When undefined and {@link dataInLength} > 0, the queue allocates it at issue.
+   * chunks into it. When undefined and {@link dataInLength} > 0, the queue asks
+   * {@link allocDataIn} for it at issue (not at submit: a command waiting for a slot holds none).
    */
   dataIn: Buffer | undefined = undefined;
   dataInLength = 0;
@@ -61,6 +62,15 @@ export abstract class QueueCommand {
   authRetried = false;
   /** @internal Submission sequence number (see QueuePair.sqIssued): the SQ entry this command took. */
   sqSeq = 0;
+
+  /**
+   * @internal The destination of {@link dataInLength} bytes, asked for when the queue issues a
+   * command whose {@link dataIn} is undefined. Overridden by request records that pool their
+   * read buffers or share one among the parts of a split read.
+   */
+  allocDataIn(): Buffer {
+    return Buffer.allocUnsafe(this.dataInLength);
+  }
 
   /**
    * The controller completed the command successfully (or with an accepted error status). `cqe`

@@ -544,7 +544,7 @@ export class QueuePair extends EventEmitter {
     } else {
       setSgl(sqe, SglType.TRANSPORT_DATA_BLOCK, p.dataIn?.length ?? p.dataInLength);
     }
-    if (p.dataIn === undefined && p.dataInLength > 0) p.dataIn = Buffer.allocUnsafe(p.dataInLength);
+    if (p.dataIn === undefined && p.dataInLength > 0) p.dataIn = p.allocDataIn();
     p.cid = cid;
     p.opcode = sqe[0] as number;
     p.r2tData = deferred;

@@ -625,7 +625,14 @@ export class NbdRequestParser {
   private payload: Buffer | undefined;
   private filled = 0;
 
-  constructor(private readonly maxWritePayload: number) {}
+  /**
+   * @param allocPayload makes the buffer of a WRITE payload that spans chunks (the NBD server
+   *   passes its pool, block/io-buffers.ts, and gives the buffer back when the write is done).
+   */
+  constructor(
+    private readonly maxWritePayload: number,
+    private readonly allocPayload: (n: number) => Buffer = (n) => Buffer.allocUnsafe(n),
+  ) {}
 
   push(chunk: Buffer): void {
     this.q.push(chunk);
@@ -694,7 +701,7 @@ export class NbdRequestParser {
             return req;
           }
           this.pending = req;
-          this.payload = Buffer.allocUnsafe(req.length);
+          this.payload = this.allocPayload(req.length);
           this.filled = 0;
           this.state = RqState.PAYLOAD;
           break;

@@ -42,6 +42,8 @@ export function promisePath(b: PromiseBackend): NamespacePath {
       let p: Promise<unknown>;
       try {
         if (req.op === BlockOpCode.READ) {
+          // The destination is the path's to make (NamespacePath.submitIo), as the queue pair does.
+          if (req.data === undefined) req.data = req.allocDataIn();
           p = b.read(req.nsid, req.slba, req.nlb, req.data).then((d) => {
             if (d !== req.data) d.copy(req.data as Buffer);
           });

@@ -58,7 +58,7 @@ class ScriptedPath implements NamespacePath {
   submitIo(req: IoRequest): void {
     // A path only ever gets the namespace's own records (a controller writes its SQE into them).
     assert.ok(req instanceof IoRequest, 'the path gets IoRequest records only');
-    this.sent.push({ op: req.op, nsid: req.nsid, slba: req.slba, nlb: req.nlb, fua: req.fua, dataLength: req.data?.length });
+    this.sent.push({ op: req.op, nsid: req.nsid, slba: req.slba, nlb: req.nlb, fua: req.fua, dataLength: req.data?.length ?? (req.op === BlockOpCode.READ ? req.dataInLength : undefined) });
     this.held.push(req);
     if (this.auto) {
       const err = this.fail;
@@ -75,7 +75,8 @@ class ScriptedPath implements NamespacePath {
   private finish(req: IoRequest, err: NvmfNbdError | undefined): void {
     const i = this.held.indexOf(req);
     if (i >= 0) this.held.splice(i, 1);
-    if (err === undefined && req.op === BlockOpCode.READ) (req.data as Buffer).fill(0x40 + Number(req.slba));
+    // A read's destination is made when the path sends it, as the queue pair does at issue.
+    if (err === undefined && req.op === BlockOpCode.READ) req.allocDataIn().fill(0x40 + Number(req.slba));
     assert.ok(req.owner !== undefined, 'a record reaches the path with its owner set');
     req.owner.onIoDone(req, err);
   }
@@ -278,7 +279,7 @@ test('read-only: write, trim and zeroes → EPERM before any other check (even e
 
 // ---- the record path -------------------------------------------------------------------------------
 
-test('submit: READ record carries nsid / slba / nlb / destination / owner / ns; completes later, not in submit', async () => {
+test('submit: READ record carries nsid / slba / nlb / destination size (no buffer yet) / owner / ns; completes later, not in submit', async () => {
   const p = new ScriptedPath();
   const d = ns(p);
   const h = new Handler();
@@ -286,7 +287,7 @@ test('submit: READ record carries nsid / slba / nlb / destination / owner / ns; 
   d.submit(req);
   assert.equal(p.held.length, 1);
   assert.equal(p.held[0], req, 'the record itself goes down');
-  assert.deepEqual([req.nsid, req.slba, req.nlb, req.data?.length], [NSID, 5n, 3, 3 * BS]);
+  assert.deepEqual([req.nsid, req.slba, req.nlb, req.data, req.dataInLength], [NSID, 5n, 3, undefined, 3 * BS]);
   assert.equal(req.owner, d);
   assert.equal(req.ns, d);
   assert.equal(d.inFlight, 1);

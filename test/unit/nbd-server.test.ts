@@ -629,6 +629,25 @@ test('a failing device call fails only that request, with its errno (EIO when ab
   }
 });
 
+test('a TRIM / WRITE_ZEROES rejected with undefined (or null) is a failure (EIO), not a success', T, async () => {
+  const dev = new MemoryBlockDevice({ size: 1 * MiB });
+  // A device's promise may reject with any value; the reply must follow the rejection, not the value.
+  dev.trim = () => Promise.reject(undefined);
+  dev.writeZeroes = () => Promise.reject(null);
+  const f = await start({ dev });
+  try {
+    const { c } = await connectGo(f);
+    req(c, Cmd.TRIM, 0, 512, { cookie: 1n });
+    assert.deepEqual(await simpleReply(c), { error: NbdErrno.EIO, cookie: 1n, data: Buffer.alloc(0) });
+    req(c, Cmd.WRITE_ZEROES, 0, 512, { cookie: 2n });
+    assert.deepEqual(await simpleReply(c), { error: NbdErrno.EIO, cookie: 2n, data: Buffer.alloc(0) });
+    assert.equal(f.server.stats()[0]?.errors, 2);
+    c.close();
+  } finally {
+    await f.server.close();
+  }
+});
+
 test('DISC: in-flight replies are sent, then the server closes', T, async () => {
   const gate = new Gate();
   const dev = new Wrapped(new MemoryBlockDevice({ size: 1 * MiB }), (op) => (op === 'write' ? gate.hold() : Promise.resolve()));
