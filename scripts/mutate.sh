@@ -5,7 +5,8 @@
 # scripts/mutation-summary.js prints the score per module and every survivor (file:line, mutator).
 #
 #   PATH              a source file or folder to mutate instead of the default scope, e.g.
-#                     `npm run mutate -- src/wire/pdu.ts` or `npm run mutate -- src/transport`
+#                     `npm run mutate -- src/wire/pdu.ts` or `npm run mutate -- src/transport`;
+#                     FILE.ts:A-B mutates lines A..B of it only (Stryker's range syntax)
 #   --tests=A,B       run only these compiled unit test files (dist/test/unit/A.test.js, ...)
 #                     instead of all of them: much quicker for one module, e.g.
 #                     `npm run mutate -- src/wire/pdu.ts --tests=pdu,target-protocol`
@@ -30,6 +31,8 @@ for arg in "$@"; do
     *)
       if [ -d "$arg" ]; then scope+=("${arg%/}/**/*.ts")
       elif [ -f "$arg" ]; then scope+=("$arg")
+      # A line range of a file (Stryker's own syntax), e.g. src/transport/queue-pair.ts:243-421
+      elif [[ "$arg" =~ ^(.+\.ts):[0-9]+(:[0-9]+)?-[0-9]+(:[0-9]+)?$ ]] && [ -f "${BASH_REMATCH[1]}" ]; then scope+=("$arg")
       elif [ "${#opts[@]}" -gt 0 ]; then opts+=("$arg")   # value of the previous option
       else echo "mutate: no such file or folder: $arg" >&2; exit 2
       fi ;;
