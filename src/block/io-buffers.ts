@@ -23,10 +23,14 @@ export const SLAB_MAX = 16 * 1024;
 /** Slab size: 64 reads of 4 KiB per allocation; small enough that a retained view pins little. */
 const SLAB_SIZE = 256 * 1024;
 /**
- * Idle bytes the pool keeps at most (all sizes together). Enough for QD32 × 128 KiB or QD8 ×
- * 1 MiB in steady state; in-flight reads beyond it are allocated and later dropped to the GC.
+ * Idle bytes the pool keeps at most (all sizes together): what a burst gives back at once must
+ * fit, or the rest becomes garbage that the next burst replaces with fresh pages. 4 exports ×
+ * QD128 × 128 KiB swing by about this much (bridge VmHWM with an 8 or 32 MiB cap ≈ 207 MiB,
+ * 64 MiB ≈ 152 MiB); idle memory is dropped again after {@link IO_POOL_IDLE_MS} without use.
  */
-export const IO_POOL_MAX_BYTES = 8 * 1024 * 1024;
+export const IO_POOL_MAX_BYTES = 64 * 1024 * 1024;
+/** A pool not used for this long (no large buffer taken or given back) drops its idle buffers. */
+export const IO_POOL_IDLE_MS = 5000;
 
 let slab = Buffer.allocUnsafeSlow(0);
 let slabUsed = 0;
@@ -34,6 +38,9 @@ let slabUsed = 0;
 /** Idle large buffers by exact length. */
 const idle = new Map<number, Buffer[]>();
 let idleBytes = 0;
+/** Large-buffer takes and gives since the idle timer last looked. */
+let uses = 0;
+let idleTimer: NodeJS.Timeout | undefined;
 /** Every large buffer this module allocated (weakly: dropped ones are collected). */
 const ours = new WeakSet<Buffer>();
 /** The large buffers now idle in the pool: guards against a double release. */
@@ -48,6 +55,7 @@ const inPool = new WeakSet<Buffer>();
  */
 export function ioBuffer(n: number): Buffer {
   if (n > SLAB_MAX) {
+    uses++;
     const list = idle.get(n);
     const b = list?.pop();
     if (b !== undefined) {
@@ -77,6 +85,10 @@ export function ioBuffer(n: number): Buffer {
 export function releaseIoBuffer(b: Buffer): boolean {
   if (!ours.has(b) || inPool.has(b)) return false;
   const n = b.length;
+  uses++;
+  // Sizes the workload moved away from make room for the size in use (1 MiB writes that filled
+  // the pool must not keep 128 KiB reads from being pooled).
+  if (idleBytes + n > IO_POOL_MAX_BYTES) evictOtherSizes(n, idleBytes + n - IO_POOL_MAX_BYTES);
   if (idleBytes + n > IO_POOL_MAX_BYTES) return false;
   let list = idle.get(n);
   if (list === undefined) {
@@ -86,7 +98,51 @@ export function releaseIoBuffer(b: Buffer): boolean {
   list.push(b);
   inPool.add(b);
   idleBytes += n;
+  if (idleTimer === undefined) armIdleTimer();
   return true;
+}
+
+/** Drop idle buffers of lengths other than `keep` until `need` bytes are free (or none are left). */
+function evictOtherSizes(keep: number, need: number): void {
+  for (const [len, list] of idle) {
+    if (len === keep) continue;
+    while (need > 0 && list.length > 0) {
+      inPool.delete(list.pop() as Buffer);
+      idleBytes -= len;
+      need -= len;
+    }
+    if (list.length === 0) idle.delete(len);
+    if (need <= 0) return;
+  }
+}
+
+/**
+ * While the pool holds buffers, look every {@link IO_POOL_IDLE_MS}: unused since the last look →
+ * drop them all (the GC frees them), so a daemon does not keep a burst's memory forever. The
+ * timer is unref'd: it never keeps the process alive.
+ */
+function armIdleTimer(): void {
+  uses = 0;
+  idleTimer = setTimeout(onIdleTimer, IO_POOL_IDLE_MS);
+  idleTimer.unref();
+}
+
+function onIdleTimer(): void {
+  idleTimer = undefined;
+  if (uses === 0) {
+    ioPoolClear();
+    return;
+  }
+  if (idleBytes > 0) armIdleTimer();
+}
+
+/** Drop every idle buffer now and stop the idle timer (tests; a caller under memory pressure). */
+export function ioPoolClear(): void {
+  if (idleTimer !== undefined) clearTimeout(idleTimer);
+  idleTimer = undefined;
+  for (const list of idle.values()) for (const b of list) inPool.delete(b);
+  idle.clear();
+  idleBytes = 0;
 }
 
 /** Idle bytes now in the pool (tests, diagnostics). */

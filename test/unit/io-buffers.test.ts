@@ -8,10 +8,10 @@
  *
  * The pool is module state shared by the whole file: each test drains what it released.
  */
-import { test } from 'node:test';
+import { mock, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { IO_POOL_MAX_BYTES, SLAB_MAX, ioBuffer, ioPoolIdleBytes, releaseIoBuffer } from '../../src/block/io-buffers';
+import { IO_POOL_IDLE_MS, IO_POOL_MAX_BYTES, SLAB_MAX, ioBuffer, ioPoolClear, ioPoolIdleBytes, releaseIoBuffer } from '../../src/block/io-buffers';
 import { MemoryBlockDevice } from '../../src/block/memory-device';
 import { NbdServer } from '../../src/nbd/server';
 import { NbdTestClient } from '../helpers/nbd-test-client';
@@ -83,6 +83,55 @@ test('idle bytes stay at most IO_POOL_MAX_BYTES', () => {
   assert.equal(ioPoolIdleBytes(), IO_POOL_MAX_BYTES);
   drain(n);
   assert.equal(ioPoolIdleBytes(), 0);
+});
+
+test('a full pool makes room for the size in use by dropping idle buffers of other sizes', () => {
+  ioPoolClear();
+  const big = Array.from({ length: IO_POOL_MAX_BYTES / MiB }, () => ioBuffer(MiB));
+  const extra = ioBuffer(MiB);
+  for (const b of big) assert.equal(releaseIoBuffer(b), true);
+  assert.equal(ioPoolIdleBytes(), IO_POOL_MAX_BYTES);
+  assert.equal(releaseIoBuffer(extra), false, 'the same size at the cap: refused, nothing evicted');
+  assert.equal(ioPoolIdleBytes(), IO_POOL_MAX_BYTES);
+  const r = ioBuffer(128 * KiB);
+  assert.equal(releaseIoBuffer(r), true, 'another size evicts what it needs');
+  assert.equal(ioPoolIdleBytes(), IO_POOL_MAX_BYTES - MiB + 128 * KiB, 'exactly one 1 MiB buffer made room');
+  assert.equal(ioBuffer(128 * KiB), r);
+  const kept = Array.from({ length: IO_POOL_MAX_BYTES / MiB - 1 }, () => ioBuffer(MiB));
+  assert.equal(new Set(kept).size, kept.length);
+  for (const b of kept) assert.ok(big.includes(b), 'the other 1 MiB buffers were kept');
+  assert.equal(ioPoolIdleBytes(), 0);
+  const evicted = big.find((b) => !kept.includes(b)) as Buffer;
+  assert.notEqual(ioBuffer(MiB), evicted, 'the evicted one is not handed out');
+  ioPoolClear();
+});
+
+test('an unused pool drops its idle buffers after IO_POOL_IDLE_MS; a used one keeps them (mocked timers)', () => {
+  ioPoolClear();
+  mock.timers.enable({ apis: ['setTimeout'] });
+  try {
+    const a = ioBuffer(256 * KiB);
+    const b = ioBuffer(256 * KiB);
+    releaseIoBuffer(a);
+    releaseIoBuffer(b);
+    mock.timers.tick(IO_POOL_IDLE_MS - 1);
+    assert.equal(ioBuffer(256 * KiB), b, 'used within the period');
+    releaseIoBuffer(b);
+    mock.timers.tick(1);
+    assert.equal(ioPoolIdleBytes(), 512 * KiB, 'the pool was used: kept, looked at again later');
+    mock.timers.tick(IO_POOL_IDLE_MS - 1);
+    assert.equal(ioPoolIdleBytes(), 512 * KiB);
+    mock.timers.tick(1);
+    assert.equal(ioPoolIdleBytes(), 0, 'a whole period unused: dropped');
+    const c = ioBuffer(256 * KiB);
+    assert.ok(c !== a && c !== b, 'dropped buffers are not handed out again');
+    assert.equal(releaseIoBuffer(c), true, 'the next release starts a new period');
+    mock.timers.tick(IO_POOL_IDLE_MS);
+    assert.equal(ioPoolIdleBytes(), 0);
+  } finally {
+    mock.timers.reset();
+    ioPoolClear();
+  }
 });
 
 /** A memory device whose reads land in pool buffers, as the namespace's do; records each buffer. */
