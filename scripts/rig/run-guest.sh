@@ -18,7 +18,7 @@ if [[ -n "${RIG_SHARE:-}" ]]; then
 fi
 exec qemu-system-x86_64 -accel tcg,thread=multi -cpu max -smp 1 -m 1024 \
   -display none -monitor none -nodefaults -no-reboot -serial mon:stdio \
-  -kernel "$KERNEL" -initrd "$INITRD" -append "console=ttyS0 quiet panic=-1 rig.shell" \
+  -kernel "$KERNEL" -initrd "$INITRD" -append "console=ttyS0 quiet panic=-1 no_timer_check rig.shell" \
   -netdev "$netdev" -device virtio-net-pci,netdev=n0,romfile= \
   -device virtio-serial-pci -chardev null,id=cmd -device virtserialport,chardev=cmd,name=nvmf.cmd \
   "${extra[@]}"
