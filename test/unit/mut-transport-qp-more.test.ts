@@ -1,0 +1,198 @@
+/**
+ * More QueuePair survivors of the mutation run (issue 15 item 2), outside the lines covered by
+ * mut-transport-qp-paths: which receive buffer a socket read lands in (64 KiB scratch, the 1 KiB
+ * scratch after a large payload on plain TCP, the whole scratch on TLS; counted by rxEvents, a
+ * read into 1 KiB cannot return more than 1 KiB), TLS handshake errors vs TCP connect errors,
+ * and the per-range survivors listed in the test names.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as net from 'node:net';
+import * as tls from 'node:tls';
+import { QueuePair } from '../../src/transport/queue-pair';
+import type { QueuePairOptions } from '../../src/transport/queue-pair';
+import { ErrorCode } from '../../src/errors';
+import type { NvmfNbdError } from '../../src/errors';
+import { encodeCapsuleResp, encodeCqe, sqeRead, sqeFlush } from '../../src/wire';
+import { FakeConn } from '../helpers/fake-target';
+import { FakeTarget } from '../helpers/fake-target';
+import { rejectsCode } from '../helpers/assert-code';
+import { qpOpts } from '../helpers/qp-scripted';
+import { deriveTlsPsk, formatInterchangeKey, parseInterchangeKey } from '../../src/tls/psk';
+import { tlsServerOptions } from '../../src/tls/channel';
+
+const T = { timeout: 30_000 };
+
+const TLS_KEY = parseInterchangeKey(formatInterchangeKey(Buffer.from('f0e1d2c3b4a5968778695a4b3c2d1e0f0f1e2d3c4b5a69788796a5b4c3d2e1f0', 'hex'), 1));
+const TLS_PSK = deriveTlsPsk(TLS_KEY, 'nqn.test:host', 'nqn.test:sub', 1);
+
+/** A fake target speaking NVMe/TCP inside TLS 1.3 with TLS_PSK (the script runs once the channel is up). */
+async function tlsFake(script: (c: FakeConn) => Promise<void>): Promise<{ port: number; conns: FakeConn[]; close(): Promise<void> }> {
+  const conns: FakeConn[] = [];
+  const raw: net.Socket[] = [];
+  const server = net.createServer((sock) => {
+    raw.push(sock);
+    sock.on('error', () => undefined);
+    const ts = new tls.TLSSocket(sock, { ...tlsServerOptions((id) => (id === TLS_PSK.identity ? TLS_PSK.psk : undefined)) } as tls.TLSSocketOptions);
+    ts.on('error', () => undefined);
+    ts.once('secure', () => {
+      const c = new FakeConn(ts, {});
+      conns.push(c);
+      script(c).catch(() => ts.destroy());
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    conns,
+    async close() {
+      for (const s of raw) s.destroy();
+      await new Promise<void>((r) => server.close(() => r()));
+    },
+  };
+}
+
+/** `n` CapsuleResps (SQHD 0xFFFF, flow control off) for `cids`, as one buffer: one socket write. */
+function burst(c: FakeConn, cids: readonly number[]): Buffer {
+  return Buffer.concat(cids.flatMap((cid) => encodeCapsuleResp(encodeCqe({ cid, sqhd: 0xffff }), c.opts)));
+}
+
+const BURST = 1000;
+/** Bytes of one burst of BURST CapsuleResps without digests (24 bytes each). */
+const BURST_BYTES = BURST * 24;
+
+/**
+ * The script for the read-count tests: answers `steps` in order. 'burst': collect BURST flushes,
+ * answer them all in one write; a number: one read answered with one C2HData of that size and a
+ * CapsuleResp.
+ */
+function readScript(steps: ReadonlyArray<'burst' | number>) {
+  return async (c: FakeConn): Promise<void> => {
+    await c.acceptConnect({ sqhd: 0xffff });
+    for (const s of steps) {
+      if (s === 'burst') {
+        const cids: number[] = [];
+        for (let i = 0; i < BURST; i++) cids.push((await c.nextCommand()).sqe.cid);
+        c.send(burst(c, cids));
+      } else {
+        const r = await c.nextCommand();
+        c.c2h(r.sqe.cid, 0, Buffer.alloc(s, 0x5c), { last: true });
+        c.respond(r.sqe.cid, { sqhd: 0xffff });
+      }
+    }
+    for (;;) if (await c.nextCommand().catch(() => undefined) === undefined) return;
+  };
+}
+
+/** Submit BURST flushes and return how many socket reads their answers took. */
+async function readsForBurst(qp: QueuePair): Promise<number> {
+  const before = qp.rxEvents;
+  const all = [];
+  for (let i = 0; i < BURST; i++) all.push(qp.submit(sqeFlush(1)));
+  await Promise.all(all);
+  return qp.rxEvents - before;
+}
+
+const burstOpts: Partial<QueuePairOptions> = { queueSize: 1024, disableSqFlowControl: true, maxTransfer: 1 << 20 };
+
+// ------------------------------------------------------------------ lines 1-250: receive buffers
+
+test('plain TCP: a burst before any C2HData and after a small one lands in the 64 KiB scratch (few reads)', T, async () => {
+  const target = await FakeTarget.start(readScript(['burst', 512, 'burst']));
+  const qp = await QueuePair.connect(qpOpts(target.port, burstOpts));
+  try {
+    assert.equal(qp.sqFlowControl, false);
+    const first = await readsForBurst(qp);
+    assert.ok(first < 12, `${BURST_BYTES} bytes in one write took ${first} reads (a 1 KiB buffer needs >= 24)`);
+    const r = await qp.submit(sqeRead(1, 0n, 1), { dataInLength: 512 });
+    assert.deepEqual(r.data, Buffer.alloc(512, 0x5c));
+    const second = await readsForBurst(qp);
+    assert.ok(second < 12, `after a 512-byte payload: ${second} reads (a 1 KiB buffer needs >= 24)`);
+  } finally {
+    qp.destroy();
+    await target.close();
+  }
+});
+
+test('plain TCP: after a payload of 16 KiB (the direct-read minimum) headers are read 1 KiB at a time', T, async () => {
+  for (const size of [16 * 1024, 64 * 1024]) {
+    const target = await FakeTarget.start(readScript([size, 'burst']));
+    const qp = await QueuePair.connect(qpOpts(target.port, burstOpts));
+    try {
+      const r = await qp.submit(sqeRead(1, 0n, size / 512), { dataInLength: size });
+      assert.deepEqual(r.data, Buffer.alloc(size, 0x5c));
+      const n = await readsForBurst(qp);
+      assert.ok(n >= Math.ceil(BURST_BYTES / 1024), `${size}: ${BURST_BYTES} bytes in ${n} reads: not the 1 KiB scratch`);
+    } finally {
+      qp.destroy();
+      await target.close();
+    }
+  }
+});
+
+test('plain TCP: after a payload just under 16 KiB the next reads use the whole scratch again', T, async () => {
+  const size = 16 * 1024 - 512;
+  const target = await FakeTarget.start(readScript([size, 'burst']));
+  const qp = await QueuePair.connect(qpOpts(target.port, burstOpts));
+  try {
+    const r = await qp.submit(sqeRead(1, 0n, size / 512), { dataInLength: size });
+    assert.deepEqual(r.data, Buffer.alloc(size, 0x5c));
+    const n = await readsForBurst(qp);
+    assert.ok(n < 12, `${n} reads`);
+  } finally {
+    qp.destroy();
+    await target.close();
+  }
+});
+
+test('TLS: after a large payload records are still read into the whole scratch (no 1 KiB reads)', T, async () => {
+  const target = await tlsFake(readScript([64 * 1024, 'burst']));
+  const qp = await QueuePair.connect(qpOpts(target.port, { ...burstOpts, tls: TLS_PSK }));
+  try {
+    const r = await qp.submit(sqeRead(1, 0n, 128), { dataInLength: 64 * 1024 });
+    assert.deepEqual(r.data, Buffer.alloc(64 * 1024, 0x5c));
+    const n = await readsForBurst(qp);
+    assert.ok(n < 12, `${BURST_BYTES} bytes (two TLS records) in ${n} reads`);
+  } finally {
+    qp.destroy();
+    await target.close();
+  }
+});
+
+// ------------------------------------------------------------------ lines 1-250: TLS vs TCP errors
+
+test('TLS: the target closing during the handshake is TLS_HANDSHAKE (not CONNECT_FAILED)', T, async () => {
+  // A plain-TCP fake: the ClientHello is garbage to its PDU parser, which drops the connection.
+  const target = await FakeTarget.start(() => undefined);
+  try {
+    const e = await rejectsCode(QueuePair.connect(qpOpts(target.port, { tls: TLS_PSK })), ErrorCode.TLS_HANDSHAKE);
+    // node:tls reports the early close as a socket error first (its text); the code is the handshake's.
+    assert.ok(e.message.startsWith(`queue 1 (127.0.0.1:${target.port}): `), e.message);
+    assert.match(e.message, /TLS|PSK identity/);
+  } finally {
+    await target.close();
+  }
+});
+
+test('TLS: a refused TCP connect is CONNECT_FAILED, not a handshake error', T, async () => {
+  const srv = net.createServer();
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+  const port = (srv.address() as net.AddressInfo).port;
+  await new Promise<void>((r) => srv.close(() => r()));
+  const e = await rejectsCode(QueuePair.connect(qpOpts(port, { tls: TLS_PSK })), ErrorCode.CONNECT_FAILED);
+  assert.match(e.message, new RegExp(`^queue 1 \\(127\\.0\\.0\\.1:${port}\\): .*ECONNREFUSED`));
+});
+
+test('TLS: a queue over the secure channel connects and reads', T, async () => {
+  const target = await tlsFake(readScript([4096]));
+  const qp = await QueuePair.connect(qpOpts(target.port, { tls: TLS_PSK }));
+  const closed = new Promise<NvmfNbdError | undefined>((r) => qp.once('close', r));
+  try {
+    const r = await qp.submit(sqeRead(1, 0n, 8), { dataInLength: 4096 });
+    assert.deepEqual(r.data, Buffer.alloc(4096, 0x5c));
+  } finally {
+    qp.destroy();
+    await closed;
+    await target.close();
+  }
+});
