@@ -17,7 +17,8 @@ import { encodeCapsuleResp, encodeCqe, sqeRead, sqeFlush } from '../../src/wire'
 import { FakeConn } from '../helpers/fake-target';
 import { FakeTarget } from '../helpers/fake-target';
 import { rejectsCode } from '../helpers/assert-code';
-import { qpOpts } from '../helpers/qp-scripted';
+import { qpOpts, scripted } from '../helpers/qp-scripted';
+import { track, until } from '../helpers/clock';
 import { deriveTlsPsk, formatInterchangeKey, parseInterchangeKey } from '../../src/tls/psk';
 import { tlsServerOptions } from '../../src/tls/channel';
 
@@ -193,6 +194,128 @@ test('TLS: a queue over the secure channel connects and reads', T, async () => {
   } finally {
     qp.destroy();
     await closed;
+    await target.close();
+  }
+});
+
+// ------------------------------------------------------------------ lines 251-480: constructor, connect, Connect
+
+test('the queue\'s socket turns Nagle off (setNoDelay(true)) once', T, async () => {
+  const orig = net.Socket.prototype.setNoDelay;
+  const calls: unknown[] = [];
+  net.Socket.prototype.setNoDelay = function (this: net.Socket, ...a: [boolean?]) { calls.push(a[0]); return orig.apply(this, a); };
+  let target: FakeTarget | undefined;
+  try {
+    target = await FakeTarget.start(async (c) => { await c.acceptConnect(); });
+    const qp = await QueuePair.connect(qpOpts(target.port));
+    assert.deepEqual(calls, [true]);
+    qp.destroy();
+  } finally {
+    net.Socket.prototype.setNoDelay = orig;
+    await target?.close();
+  }
+});
+
+test('socketClosed resolves once the socket is closed, not before', T, async () => {
+  const { target, qp } = await scripted(async (c) => {
+    const f = await c.nextCommand();
+    c.respond(f.sqe.cid, { sqhd: 2 });
+    await c.closed;
+  });
+  try {
+    const s = track(qp.socketClosed);
+    await qp.submit(sqeFlush(1));
+    assert.equal(s.done, false, 'a queue that just completed a command still has its socket');
+    qp.destroy();
+    await until(() => s.done, 'socketClosed resolved', 15_000);
+  } finally {
+    qp.destroy();
+    await target.close();
+  }
+});
+
+test('the target ending the connection is CONNECTION_CLOSED "connection closed by the target"', T, async () => {
+  const { target, qp, closed } = await scripted(async (c) => {
+    await c.nextCommand();
+    c.socket.end();
+  });
+  try {
+    const e = await rejectsCode(qp.submit(sqeFlush(1)), ErrorCode.CONNECTION_CLOSED);
+    assert.equal(e.message, 'queue 1: connection closed by the target');
+    assert.equal((await closed)?.message, 'queue 1: connection closed by the target');
+  } finally {
+    qp.destroy();
+    await target.close();
+  }
+});
+
+test('the connect budget timer is cleared once connected: the queue outlives its connect budget', T, async (t) => {
+  t.mock.timers.enable({ apis: ['setTimeout', 'Date'], now: 0 });
+  const target = await FakeTarget.start(async (c) => {
+    await c.acceptConnect();
+    const f = await c.nextCommand();
+    c.respond(f.sqe.cid, { sqhd: 2 });
+    await c.closed;
+  });
+  try {
+    const qp = await QueuePair.connect(qpOpts(target.port, { connectTimeoutMs: 3000, timeoutMs: 600_000 }));
+    const closed = track(new Promise((r) => qp.once('close', r)));
+    t.mock.timers.tick(3000);
+    t.mock.timers.tick(1);
+    assert.equal(closed.done, false);
+    assert.equal(qp.connected, true);
+    const r = await qp.submit(sqeFlush(1));
+    assert.equal(r.cqe.ok, true);
+    qp.destroy();
+  } finally {
+    t.mock.timers.reset();
+    await target.close();
+  }
+});
+
+test('cntlid is DW0 bits 15:0 of the Connect response (other AUTHREQ bits ignored)', T, async () => {
+  const { target, qp } = await scripted(async () => undefined, {}, {}, { cntlid: 0x00110007 });
+  try {
+    assert.equal(qp.cntlid, 7);
+    assert.equal(qp.authentications, 0);
+  } finally {
+    qp.destroy();
+    await target.close();
+  }
+});
+
+test('Connect refused: the message names queue, subsystem, status and the rejected field', T, async () => {
+  const target = await FakeTarget.start(async (c) => {
+    // Connect Invalid Parameters, IATTR 1 (Connect data), IPO 256: the subsystem NQN.
+    await c.acceptConnect({ sct: 1, sc: 0x82, dnr: true, cntlid: 0x00010100 });
+  });
+  try {
+    const e = await rejectsCode(QueuePair.connect(qpOpts(target.port, { qid: 3 })), ErrorCode.CONNECT_FAILED);
+    assert.equal(e.message, 'Fabrics Connect (queue 3, subsystem nqn.test:sub) refused: Connect Invalid Parameters (sct 1 sc 0x82, dnr): the target rejected the subsystem NQN \'nqn.test:sub\'');
+  } finally {
+    await target.close();
+  }
+});
+
+test('SQ flow control off: cids still bound the queue (queue size 3: two in flight, the third waits)', T, async () => {
+  const seen: number[] = [];
+  const { target, qp } = await scripted(async (c) => {
+    for (;;) {
+      const f = await c.nextCommand().catch(() => undefined);
+      if (f === undefined) return;
+      seen.push(f.sqe.cid);
+      c.respond(f.sqe.cid, { sqhd: 0xffff });
+    }
+  }, { queueSize: 3, disableSqFlowControl: true }, {}, { sqhd: 0xffff });
+  try {
+    assert.equal(qp.sqFlowControl, false);
+    const all = [1, 2, 3].map((n) => qp.submit(sqeFlush(n)));
+    assert.deepEqual([qp.stats().inFlight, qp.stats().waiting], [2, 1]);
+    await Promise.all(all);
+    // Connect took cid 0; FIFO reuse: 1, 0, then 1 again once the first flush freed it.
+    assert.deepEqual(seen, [1, 0, 1]);
+  } finally {
+    qp.destroy();
     await target.close();
   }
 });
