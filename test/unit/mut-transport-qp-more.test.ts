@@ -9,16 +9,16 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as net from 'node:net';
 import * as tls from 'node:tls';
-import { QueuePair } from '../../src/transport/queue-pair';
+import { QueuePair, QueueCommand } from '../../src/transport/queue-pair';
+import type { Cqe } from '../../src/wire/cqe';
 import type { QueuePairOptions } from '../../src/transport/queue-pair';
-import { ErrorCode } from '../../src/errors';
-import type { NvmfNbdError } from '../../src/errors';
+import { ErrorCode, NvmfNbdError } from '../../src/errors';
 import { encodeCapsuleResp, encodeCqe, sqeRead, sqeFlush } from '../../src/wire';
 import { FakeConn } from '../helpers/fake-target';
 import { FakeTarget } from '../helpers/fake-target';
 import { rejectsCode } from '../helpers/assert-code';
 import { qpOpts, scripted } from '../helpers/qp-scripted';
-import { track, until } from '../helpers/clock';
+import { track, turns, until } from '../helpers/clock';
 import { deriveTlsPsk, formatInterchangeKey, parseInterchangeKey } from '../../src/tls/psk';
 import { tlsServerOptions } from '../../src/tls/channel';
 
@@ -315,6 +315,62 @@ test('SQ flow control off: cids still bound the queue (queue size 3: two in flig
     // Connect took cid 0; FIFO reuse: 1, 0, then 1 again once the first flush freed it.
     assert.deepEqual(seen, [1, 0, 1]);
   } finally {
+    qp.destroy();
+    await target.close();
+  }
+});
+
+// ------------------------------------------------------------------ lines 878-928: teardown
+
+class Throwing extends QueueCommand {
+  failed: NvmfNbdError | undefined;
+  constructor(private readonly err: Error) { super(); }
+  onQpComplete(_cqe: Cqe): void { throw this.err; }
+  onQpError(e: NvmfNbdError): void { this.failed = e; }
+}
+
+test('an error without a FES ends the queue without an H2CTermReq; one with a FES sends it', T, async () => {
+  for (const [thrown, termReqs] of [
+    [new NvmfNbdError(ErrorCode.INVALID_ARGUMENT, 'completion handler refused'), []],
+    [new NvmfNbdError(ErrorCode.INVALID_ARGUMENT, 'completion handler refused', { fes: 6, fei: 3 }), [[6, 3]]],
+  ] as const) {
+    const { target, qp, closed, conn } = await scripted(async (c) => {
+      const f = await c.nextCommand();
+      c.respond(f.sqe.cid, { sqhd: 2 });
+      await c.closed;
+    });
+    try {
+      const cmd = new Throwing(thrown);
+      cmd.sqe = sqeFlush(1);
+      qp.submitCommand(cmd);
+      assert.equal(await closed, thrown, 'the handler\'s own error ends the queue');
+      await conn().closed;
+      assert.deepEqual(conn().termReqs.map((t) => [t.fes, t.fei]), termReqs);
+    } finally {
+      qp.destroy();
+      await target.close();
+    }
+  }
+});
+
+test('a peer that keeps its half of the connection open: the socket is destroyed 1 s after destroy()', T, async (t) => {
+  const { target, qp } = await scripted(async (c) => {
+    // Keep the connection half-open after the host's FIN (never end our side).
+    c.socket.allowHalfOpen = true;
+    await c.closed;
+  });
+  try {
+    t.mock.timers.enable({ apis: ['setTimeout'] });
+    const s = track(qp.socketClosed);
+    qp.destroy();
+    await until(() => (target.conns[0] as FakeConn).socket.readableEnded, 'the target saw the FIN');
+    t.mock.timers.tick(999);
+    await turns(20);
+    assert.equal(s.done, false, 'still half-open before 1 s');
+    t.mock.timers.tick(1);
+    await until(() => s.done, 'socket closed at 1 s', 10_000);
+  } finally {
+    t.mock.timers.reset();
     qp.destroy();
     await target.close();
   }
