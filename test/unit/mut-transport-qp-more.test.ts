@@ -13,7 +13,7 @@ import { QueuePair, QueueCommand } from '../../src/transport/queue-pair';
 import type { Cqe } from '../../src/wire/cqe';
 import type { QueuePairOptions } from '../../src/transport/queue-pair';
 import { ErrorCode, NvmfNbdError } from '../../src/errors';
-import { encodeCapsuleResp, encodeCqe, sqeRead, sqeFlush } from '../../src/wire';
+import { encodeCapsuleResp, encodeCqe, sqeRead, sqeFlush, sqeWrite } from '../../src/wire';
 import { FakeConn } from '../helpers/fake-target';
 import { FakeTarget } from '../helpers/fake-target';
 import { rejectsCode } from '../helpers/assert-code';
@@ -310,7 +310,7 @@ test('SQ flow control off: cids still bound the queue (queue size 3: two in flig
   try {
     assert.equal(qp.sqFlowControl, false);
     const all = [1, 2, 3].map((n) => qp.submit(sqeFlush(n)));
-    assert.deepEqual([qp.stats().inFlight, qp.stats().waiting], [2, 1]);
+    assert.deepEqual([qp.stats().inFlight, qp.stats().waiting, qp.load], [2, 1, 3]);
     await Promise.all(all);
     // Connect took cid 0; FIFO reuse: 1, 0, then 1 again once the first flush freed it.
     assert.deepEqual(seen, [1, 0, 1]);
@@ -372,6 +372,184 @@ test('a peer that keeps its half of the connection open: the socket is destroyed
   } finally {
     t.mock.timers.reset();
     qp.destroy();
+    await target.close();
+  }
+});
+
+// ------------------------------------------------------------------ lines 251-480: options, Connect SQE, submit defaults
+
+test('queue size limits: 1 and 65537 refused with the range, 2 and 65536 connect', T, async () => {
+  for (const n of [1, 65537]) {
+    const e = await rejectsCode(QueuePair.connect(qpOpts(1, { queueSize: n })), ErrorCode.INVALID_ARGUMENT);
+    assert.equal(e.message, `queue size ${n} out of range 2..65536`);
+  }
+  for (const n of [2, 65536]) {
+    let sqsize = -1;
+    const target = await FakeTarget.start(async (c) => { sqsize = (await c.acceptConnect()).raw.readUInt16LE(44); });
+    try {
+      const qp = await QueuePair.connect(qpOpts(target.port, { queueSize: n }));
+      assert.equal(sqsize, n - 1, 'SQSIZE is 0-based');
+      qp.destroy();
+    } finally {
+      await target.close();
+    }
+  }
+});
+
+test('ICResp CPDA 31 is accepted, 32 refused naming it', T, async () => {
+  const bad = await FakeTarget.start(() => undefined, { cpda: 32 });
+  try {
+    const e = await rejectsCode(QueuePair.connect(qpOpts(bad.port)), ErrorCode.ICRESP_INVALID);
+    assert.equal(e.message, 'queue 1: invalid ICResp: CPDA 32');
+  } finally {
+    await bad.close();
+  }
+  const ok = await FakeTarget.start(async (c) => { await c.acceptConnect(); }, { cpda: 31 });
+  try {
+    const qp = await QueuePair.connect(qpOpts(ok.port));
+    assert.equal(qp.connected, true);
+    qp.destroy();
+  } finally {
+    await ok.close();
+  }
+});
+
+test('Connect SQE: KATO only on the admin queue (0 without one), CATTR bit 2 only when asked, 1 KiB data in the capsule', T, async () => {
+  const cases: Array<[Partial<QueuePairOptions>, number, number]> = [
+    [{ qid: 0, kato: 7000 }, 7000, 0],
+    [{ qid: 0 }, 0, 0],
+    [{ qid: 2, kato: 7000, disableSqFlowControl: true }, 0, 4],
+    [{ qid: 2, disableSqFlowControl: false }, 0, 0],
+  ];
+  for (const [o, kato, cattr] of cases) {
+    let got: { raw: Buffer; data: Buffer | undefined } | undefined;
+    const target = await FakeTarget.start(async (c) => { got = await c.acceptConnect({ sqhd: 1 }); });
+    try {
+      const qp = await QueuePair.connect(qpOpts(target.port, o));
+      const raw = (got as { raw: Buffer }).raw;
+      assert.deepEqual([raw.readUInt16LE(42), raw.readUInt32LE(48), (raw[46] as number) & 4], [o.qid, kato, cattr], JSON.stringify(o));
+      assert.equal(got?.data?.length, 1024, 'Connect data travels in the capsule');
+      assert.equal((raw[39] as number) >> 4, 0, 'SGL Data Block (in-capsule offset)');
+      qp.destroy();
+    } finally {
+      await target.close();
+    }
+  }
+});
+
+test('admin queue: writes up to 8 KiB in the capsule, 8193 bytes wait for R2T; I/O queue: inCapsule forces it', T, async () => {
+  const seen: Array<[number, number | undefined]> = [];
+  const { target, qp } = await scripted(async (c) => {
+    for (;;) {
+      const w = await c.nextCommand().catch(() => undefined);
+      if (w === undefined) return;
+      seen.push([(w.raw[39] as number) >> 4, w.data?.length]);
+      if (w.data === undefined) {
+        c.r2t(w.sqe.cid, 0, w.sqe.sgl.length);
+        await c.receiveH2C(w.sqe.cid);
+      }
+      c.respond(w.sqe.cid, { sqhd: 0xffff });
+    }
+  }, { qid: 0, disableSqFlowControl: true }, {}, { sqhd: 0xffff });
+  try {
+    await qp.submit(sqeWrite(1, 0n, 16, false), { dataOut: Buffer.alloc(8192, 1) });
+    await qp.submit(sqeWrite(1, 0n, 17, false), { dataOut: Buffer.alloc(8193, 2) });
+    assert.deepEqual(seen, [[0, 8192], [5, undefined]]);
+  } finally {
+    qp.destroy();
+    await target.close();
+  }
+  const io = await scripted(async (c) => {
+    const w = await c.nextCommand();
+    seen.push([(w.raw[39] as number) >> 4, w.data?.length]);
+    c.respond(w.sqe.cid, { sqhd: 2 });
+  }, { qid: 1 });
+  try {
+    seen.length = 0;
+    await io.qp.submit(sqeWrite(1, 0n, 1, false), { dataOut: Buffer.alloc(512, 3), inCapsule: true });
+    assert.deepEqual(seen, [[0, 512]]);
+  } finally {
+    io.qp.destroy();
+    await io.target.close();
+  }
+});
+
+test('setInCapsuleMax: exactly the limit in the capsule, one byte more by R2T; a negative limit is 0', T, async () => {
+  const seen: Array<number | undefined> = [];
+  const { target, qp } = await scripted(async (c) => {
+    for (let sqhd = 2; ; sqhd++) {
+      const w = await c.nextCommand().catch(() => undefined);
+      if (w === undefined) return;
+      seen.push(w.data?.length);
+      if (w.data === undefined) {
+        c.r2t(w.sqe.cid, 0, w.sqe.sgl.length);
+        await c.receiveH2C(w.sqe.cid);
+      }
+      c.respond(w.sqe.cid, { sqhd: sqhd % 8 });
+    }
+  });
+  try {
+    qp.setInCapsuleMax(16);
+    await qp.submit(sqeWrite(1, 0n, 1, false), { dataOut: Buffer.alloc(16, 1) });
+    await qp.submit(sqeWrite(1, 0n, 1, false), { dataOut: Buffer.alloc(17, 2) });
+    qp.setInCapsuleMax(-5);
+    await qp.submit(sqeWrite(1, 0n, 1, false), { dataOut: Buffer.alloc(1, 3) });
+    assert.deepEqual(seen, [16, undefined, undefined]);
+  } finally {
+    qp.destroy();
+    await target.close();
+  }
+});
+
+test('a command without its own timeout gets the queue\'s (not 1 ms): unanswered past the first tick, it still completes', T, async (t) => {
+  t.mock.timers.enable({ apis: ['setTimeout', 'Date'], now: 0 });
+  let answer: (() => void) | undefined;
+  const target = await FakeTarget.start(async (c) => {
+    await c.acceptConnect();
+    const f = await c.nextCommand();
+    answer = () => c.respond(f.sqe.cid, { sqhd: 2 });
+    await c.closed;
+  });
+  try {
+    const qp = await QueuePair.connect(qpOpts(target.port, { timeoutMs: 8000 }));
+    const f = track(qp.submit(sqeFlush(1)));
+    await until(() => answer !== undefined, 'the target has the flush');
+    // The queue's tick is 1000 ms (8000 / 8): the flush's deadline is 8000, not 1.
+    t.mock.timers.tick(1000);
+    await turns(20);
+    assert.equal(qp.connected, true);
+    assert.equal(f.done, false);
+    answer?.();
+    assert.equal((await f.promise).cqe.ok, true);
+    qp.destroy();
+  } finally {
+    t.mock.timers.reset();
+    await target.close();
+  }
+});
+
+test('errors keep their cause: a refused TCP connect, a plain Error from authenticate', T, async () => {
+  const srv = net.createServer();
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+  const port = (srv.address() as net.AddressInfo).port;
+  await new Promise<void>((r) => srv.close(() => r()));
+  const e = await rejectsCode(QueuePair.connect(qpOpts(port)), ErrorCode.CONNECT_FAILED);
+  assert.equal((e.cause as NodeJS.ErrnoException).code, 'ECONNREFUSED');
+  const plain = new Error('no secret today');
+  const target = await FakeTarget.start(async (c) => { await c.acceptConnect({ cntlid: 1 | (1 << 17) }); await c.closed; });
+  try {
+    const orig = QueuePair.prototype.emit;
+    const closes: unknown[] = [];
+    QueuePair.prototype.emit = function (this: QueuePair, ev: string | symbol, ...a: unknown[]) { if (ev === 'close') closes.push(a[0]); return orig.call(this, ev, ...a); };
+    try {
+      await assert.rejects(QueuePair.connect(qpOpts(target.port, { authenticate: () => Promise.reject(plain) })), (x) => x === plain);
+    } finally {
+      QueuePair.prototype.emit = orig;
+    }
+    assert.equal(closes.length, 1);
+    assert.equal((closes[0] as NvmfNbdError).code, ErrorCode.CONNECT_FAILED);
+    assert.equal((closes[0] as NvmfNbdError).cause, plain);
+  } finally {
     await target.close();
   }
 });
