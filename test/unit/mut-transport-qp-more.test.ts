@@ -553,3 +553,69 @@ test('errors keep their cause: a refused TCP connect, a plain Error from authent
     await target.close();
   }
 });
+
+// ------------------------------------------------------------------ queue-command.ts: a record's defaults
+
+class Rec extends QueueCommand {
+  ok: Cqe | undefined;
+  err: NvmfNbdError | undefined;
+  onQpComplete(cqe: Cqe): void { this.ok = { ...cqe }; }
+  onQpError(e: NvmfNbdError): void { this.err = e; }
+}
+
+test('QueueCommand defaults: data by R2T (not in-capsule), an error status is an error, the queue\'s timeout', T, async (t) => {
+  t.mock.timers.enable({ apis: ['setTimeout', 'Date'], now: 0 });
+  let capsuleData: number | undefined = -1;
+  let answer: (() => void) | undefined;
+  const target = await FakeTarget.start(async (c) => {
+    await c.acceptConnect();
+    const w = await c.nextCommand();
+    capsuleData = w.data?.length;
+    c.r2t(w.sqe.cid, 0, w.sqe.sgl.length);
+    await c.receiveH2C(w.sqe.cid);
+    c.respond(w.sqe.cid, { sqhd: 2, sct: 0, sc: 0x0b });
+    const f = await c.nextCommand();
+    answer = () => c.respond(f.sqe.cid, { sqhd: 3 });
+    await c.closed;
+  });
+  try {
+    const qp = await QueuePair.connect(qpOpts(target.port, { timeoutMs: 8000 }));
+    const w = new Rec();
+    w.sqe = sqeWrite(1, 0n, 1, false);
+    w.dataOut = Buffer.alloc(512, 9);
+    qp.submitCommand(w);
+    await until(() => w.ok !== undefined || w.err !== undefined, 'the write completed');
+    assert.equal(capsuleData, undefined, 'no in-capsule data on an I/O queue by default');
+    assert.equal(w.ok, undefined);
+    assert.equal(w.err?.code, ErrorCode.NVME_STATUS);
+    assert.equal(w.err?.status?.sc, 0x0b);
+    const f = new Rec();
+    f.sqe = sqeFlush(1);
+    qp.submitCommand(f);
+    await until(() => answer !== undefined, 'the target has the flush');
+    t.mock.timers.tick(1000);
+    await turns(20);
+    assert.equal(qp.connected, true, 'the flush has the queue\'s 8 s, not 1 ms');
+    answer?.();
+    await until(() => f.ok !== undefined, 'flush done');
+    assert.equal(f.err, undefined);
+    qp.destroy();
+  } finally {
+    t.mock.timers.reset();
+    await target.close();
+  }
+});
+
+test('submit(): a command without data resolves with the CQE only (no data key)', T, async () => {
+  const { target, qp } = await scripted(async (c) => {
+    const f = await c.nextCommand();
+    c.respond(f.sqe.cid, { sqhd: 2 });
+  });
+  try {
+    const r = await qp.submit(sqeFlush(1));
+    assert.deepEqual(Object.keys(r), ['cqe']);
+  } finally {
+    qp.destroy();
+    await target.close();
+  }
+});
