@@ -3,7 +3,8 @@
  * mut-transport-qp-paths: which receive buffer a socket read lands in (64 KiB scratch, the 1 KiB
  * scratch after a large payload on plain TCP, the whole scratch on TLS; counted by rxEvents, a
  * read into 1 KiB cannot return more than 1 KiB), TLS handshake errors vs TCP connect errors,
- * and the per-range survivors listed in the test names.
+ * and the per-range survivors listed in the test names. With mut-transport-qp-tls: lines 1-250
+ * 65.52 -> 100 %, 251-480 69.31 -> 91.54 %, 878-928 77.78 -> 100 %, queue-command.ts 62.50 -> 100 %.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
