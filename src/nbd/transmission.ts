@@ -270,14 +270,18 @@ export class NbdTransmission implements BlockHandler {
     }
     const c = exp.counters;
     let p: Promise<unknown>;
+    // What a device that throws synchronously out of submit() must give back: the bytes begun and
+    // the record (the throw means it never took the request).
     let bytes = 0;
+    let rec: BlockRequest | undefined;
     try {
       switch (req.type) {
         case Cmd.READ: {
           c.reads++;
           c.bytesRead += req.length;
-          this.begin(req.length);
-          const r = this.record(req, BlockOpCode.READ);
+          bytes = req.length;
+          this.begin(bytes);
+          const r = (rec = this.record(req, BlockOpCode.READ));
           r.length = req.length;
           sub.submit(r);
           return;
@@ -286,8 +290,9 @@ export class NbdTransmission implements BlockHandler {
           const data = req.data as Buffer;
           c.writes++;
           c.bytesWritten += data.length;
-          this.begin(data.length);
-          const r = this.record(req, BlockOpCode.WRITE);
+          bytes = data.length;
+          this.begin(bytes);
+          const r = (rec = this.record(req, BlockOpCode.WRITE));
           r.length = data.length;
           r.data = data;
           r.fua = (req.flags & CmdFlag.FUA) !== 0;
@@ -297,7 +302,7 @@ export class NbdTransmission implements BlockHandler {
         case Cmd.FLUSH: {
           c.flushes++;
           this.begin(0);
-          sub.submit(this.record(req, BlockOpCode.FLUSH));
+          sub.submit((rec = this.record(req, BlockOpCode.FLUSH)));
           return;
         }
         case Cmd.TRIM:
@@ -338,6 +343,7 @@ export class NbdTransmission implements BlockHandler {
       }
     } catch (err) {
       // A device that throws synchronously fails only this request.
+      if (rec !== undefined) this.recycle(rec);
       this.finish(req, bytes, true, err);
       return;
     }

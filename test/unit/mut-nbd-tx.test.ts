@@ -443,7 +443,7 @@ test('a device that throws synchronously fails only that request', async () => {
     tx.push(r);
     assert.deepEqual(h.take(), simple(NbdErrno.ENOSPC, 21));
     assert.equal(tx.requestsInFlight, 0);
-    // (tx.inFlightBytes stays at a READ's length here: see the report, issue 15 item 2)
+    assert.equal(tx.inFlightBytes, 0, 'the bytes begun are given back (they used to stay counted for good)');
     assert.equal(h.hostState.released, 1);
     h.throwOnSubmit = undefined;
     tx.push(req(Cmd.READ, 22, 0, 4));
