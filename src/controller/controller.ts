@@ -763,7 +763,7 @@ export class Controller extends EventEmitter implements IoOwner {
   async identifyNamespace(nsid: number): Promise<NamespaceInfo> {
     const { data } = await this.adminCommand(sqeIdentify(Cns.NAMESPACE, nsid), { dataInLength: 4096 });
     const raw = data as Buffer;
-    return classifyNamespace(nsid, raw);
+    return classifyNamespace(nsid, raw, this.maxTransfer);
   }
 
   /** Re-read the active namespace list and Identify each namespace. */

@@ -27,9 +27,10 @@ export interface NamespaceInfo {
 
 /**
  * Decide whether the host can serve a namespace: it needs a plain LBA format (no metadata, no
- * protection information) and a non-zero size.
+ * protection information), a non-zero size and, given the controller's `maxTransfer` (bytes per
+ * command), a block that fits in one command.
  */
-export function classifyNamespace(nsid: number, raw: Buffer): NamespaceInfo {
+export function classifyNamespace(nsid: number, raw: Buffer, maxTransfer = Infinity): NamespaceInfo {
   const identify = parseIdentifyNamespace(raw);
   const { nsze, formatIndex: fmt, metadataSize: ms, dps } = identify;
   // Block sizes above 64 KiB are legal NVMe but no NBD client accepts them.
@@ -41,6 +42,8 @@ export function classifyNamespace(nsid: number, raw: Buffer): NamespaceInfo {
   else if (identify.hasProtection) reasonIfNot = `end-to-end protection information type ${dps & 0x7} is enabled (not supported)`;
   // Byte offsets are JavaScript numbers (and NBD sizes u64): exact only up to 2^53.
   else if (nsze * BigInt(lbaSize) > BigInt(Number.MAX_SAFE_INTEGER)) reasonIfNot = `size ${nsze} × ${lbaSize} bytes is beyond 2^53 bytes (not supported)`;
+  // One block must fit in one command, or every I/O would be refused by the queue.
+  else if (lbaSize > maxTransfer) reasonIfNot = `block size ${lbaSize} is larger than the controller's maximum transfer of ${maxTransfer} bytes (not supported)`;
   return reasonIfNot === undefined
     ? { nsid, lbaSize, nsze, usable: true, identify }
     : { nsid, lbaSize, nsze, usable: false, reasonIfNot, identify };

@@ -292,14 +292,13 @@ test('MDTS split of reads: exact multiple, +1 block (short last part), eager and
     assert.equal(reused.partError, undefined);
     await splitCase(r, 2, 4096, 11, 5, true); // 2 + 2 + 1 of 4 KiB
     await splitCase(r, 2, 4096, 0, 16, false); // the whole namespace, 8 parts
-    // Blocks larger than MDTS: one block per command (never zero blocks, which would never end);
-    // the queue refuses each as above its limit (see the report: such a namespace is not servable).
+    // Blocks larger than MDTS: no command could carry one, so the namespace is not servable —
+    // refused as unsupported at identify, not with an error on every I/O.
     for (const lazy of [true, false]) {
       const req = record({ op: BlockOpCode.READ, nsid: 4, slba: 1n, nlb: 2, ...(lazy ? { dataInLength: 32768 } : { data: Buffer.alloc(32768) }) });
       const e = await submit(r.ctrl, req);
-      assert.equal(e?.code, ErrorCode.INVALID_ARGUMENT);
-      assert.equal(e?.message, 'transfer of 16384 bytes exceeds the queue limit 8192');
-      assert.equal(req.partsPending, 0, 'two parts of one block each, both completed');
+      assert.equal(e?.code, ErrorCode.NAMESPACE_UNSUPPORTED);
+      assert.equal(e?.message, "namespace 4: block size 16384 is larger than the controller's maximum transfer of 8192 bytes (not supported)");
     }
   } finally {
     await r.close();

@@ -38,6 +38,16 @@ test('classifyNamespace: a plain format is usable, every field from the page and
   assert.equal(info.identify.formatIndex, 1);
 });
 
+test('classifyNamespace: a block that fits the controller\'s maximum transfer exactly is usable, a larger one is not', () => {
+  const raw = page({ nsze: 10n, formats: [[0, 14]] }); // 16 KiB blocks
+  assert.equal(classifyNamespace(5, raw).usable, true, 'no limit given: usable');
+  assert.equal(classifyNamespace(5, raw, 16384).usable, true, 'one block per command exactly');
+  const no = classifyNamespace(5, raw, 8192);
+  assert.equal(no.usable, false);
+  assert.equal(no.lbaSize, 16384);
+  assert.equal(no.reasonIfNot, "block size 16384 is larger than the controller's maximum transfer of 8192 bytes (not supported)");
+});
+
 test('classifyNamespace: 64 KiB blocks are usable, 128 KiB blocks are not (lbaSize 0, format named)', () => {
   const ok = classifyNamespace(2, page({ nsze: 10n, formats: [[0, 16]] }));
   assert.equal(ok.usable, true);
