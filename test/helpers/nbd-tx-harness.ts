@@ -4,6 +4,7 @@
  * settable budget; a fake export whose sub-block front records the submitted records and whose
  * TRIM / WRITE_ZEROES promises the test settles by hand.
  */
+import type { MemoryBlockDeviceOptions } from '../../src/block/memory-device';
 import type { Duplex } from 'node:stream';
 import type { ErrorCodeValue } from '../../src/errors';
 import { BlockOpCode, type BlockDevice, type BlockRequest } from '../../src/block/types';
@@ -13,17 +14,8 @@ import type { Negotiated } from '../../src/nbd/handshake';
 import { encodeRequest } from '../../src/wire/nbd';
 import type { WriteBatcher } from '../../src/net/write-batcher';
 
-export interface DevOpts {
-  size?: number;
-  blockSize?: number;
-  maxRequest?: number;
-  readOnly?: boolean;
-  canFlush?: boolean;
-  canFua?: boolean;
-  canTrim?: boolean;
-  canWriteZeroes?: boolean;
-  canFastZero?: boolean;
-}
+/** A fake device's shape: the memory device's options, every one optional. */
+export type DevOpts = Partial<Omit<MemoryBlockDeviceOptions, 'chunkSize'>>;
 
 export interface Deferred {
   resolve(): void;

@@ -4,6 +4,7 @@
  * (structured, strictSizes, metaActive, leftover bytes), limits (option count, connections per
  * export, unsent reply bytes) and parse errors.
  */
+import type { DevOpts } from '../helpers/nbd-tx-harness';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { Duplex } from 'node:stream';
@@ -35,17 +36,6 @@ import {
 
 const BASE_FLAGS = TF.HAS_FLAGS | TF.SEND_CACHE | TF.CAN_MULTI_CONN;
 
-interface DevOpts {
-  size?: number;
-  blockSize?: number;
-  maxRequest?: number;
-  readOnly?: boolean;
-  canFlush?: boolean;
-  canFua?: boolean;
-  canTrim?: boolean;
-  canWriteZeroes?: boolean;
-  canFastZero?: boolean;
-}
 
 function device(o: DevOpts = {}): BlockDevice {
   return {
