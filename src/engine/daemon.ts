@@ -15,15 +15,15 @@
 import { promises as fsp } from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { spawn } from 'node:child_process';
 import { ErrorCode, NvmfNbdError } from '../errors';
 import { ensurePrivateDir } from '../net/private-dir';
 import type { OptionSpec } from '../config/option-spec';
-import { ControllerSession, parseNbdSpec } from './session';
+import { ControllerSession } from './session';
 import type { NbdSpec, SessionOptions } from './session';
-import { ControlVerb, LineDecoder, encodeResponse, errorResponse, parseRequest, requestIdOf } from '../wire/control';
+import { ControlVerb, errorResponse, parseRequest, requestIdOf } from '../wire/control';
+import { serveControlConnection } from './daemon-control';
 import type { ControlRequest, ControlResponse } from '../wire/control';
-import { allocateName, readState, statePaths, withoutSecrets, writeState } from './state-file';
+import { allocateName, readState, statePaths, writeState } from './state-file';
 import type { StateController, StateDevice } from './state-file';
 import { daemonAdminPassthru, daemonGetLog, daemonIdCtrl, daemonIdNs } from './daemon-admin';
 import { DEFAULT_RECONNECT_DELAY_S, DaemonDiscoveries } from './daemon-discovery';
@@ -33,10 +33,11 @@ import { listenPrivate, preparePrivateSocket } from '../net/private-socket';
 import { kernelDeviceInUse } from './device-in-use';
 import { argString, checkArgs, parseConnectNbdSpec, withoutUndefined } from './daemon-args';
 import { subsystemKey } from './topology';
-import type { TopologyPath, TopologySubsystem } from './topology';
 import { isIoPolicy } from '../config/option-spec';
 import type { IoPolicyValue } from '../config/option-spec';
-import { holderEndpoint, processAlive, processStartTime, readHolderFile, verifyHolder } from './holder-file';
+import { ensureHolder, stopHolder } from './daemon-sticky';
+import { EntryState, describeEntry, endpointFor, entryTopology } from './daemon-entry';
+import type { DaemonNbdSpec, Entry, PathEntry } from './daemon-entry';
 import type { NbdAccessPolicy } from '../nbd/access';
 
 /**
@@ -46,24 +47,6 @@ import type { NbdAccessPolicy } from '../nbd/access';
  */
 function stickyTlsError(): NvmfNbdError {
   return new NvmfNbdError(ErrorCode.NBD_STICKY_TLS_UNSUPPORTED, '--sticky-nbd cannot serve NBD over TLS (the holder relays plain NBD to hold requests across restarts): use --nbd-tls without --sticky-nbd, or a Unix socket');
-}
-
-/** Where the daemon serves NBD by default: a directory of Unix sockets, or TCP from a base port. */
-export type DaemonNbdSpec = { unixDir: string } | { tcp: { host: string; basePort: number } };
-
-/** Parse the daemon's `--nbd`: `unix:DIR` or `tcp:HOST:BASEPORT` (nvmeN listens on BASEPORT+N). */
-export function parseDaemonNbdSpec(s: string): DaemonNbdSpec {
-  const n = parseNbdSpec(s);
-  if ('unixDir' in n) return n;
-  if ('tcp' in n) return { tcp: { host: n.tcp.host, basePort: n.tcp.port } };
-  throw new NvmfNbdError(ErrorCode.CLI_USAGE, `daemon --nbd '${s}': the daemon serves many controllers: use unix:DIR or tcp:HOST:BASEPORT`);
-}
-
-/** The NBD endpoint spec of controller `name` (`nvmeN`) under the daemon's default. */
-export function endpointFor(name: string, spec: DaemonNbdSpec): NbdSpec {
-  if ('unixDir' in spec) return { unixDir: spec.unixDir };
-  const index = Number(name.slice(4));
-  return { tcp: { host: spec.tcp.host, port: spec.tcp.basePort === 0 ? 0 : spec.tcp.basePort + index } };
 }
 
 /** What the daemon needs from the connect verb: its options and the args → controller mapping. */
@@ -114,55 +97,6 @@ export interface DaemonOptions {
   readonly log?: (msg: string) => void;
 }
 
-/** Controller states as `list` shows them. */
-export const EntryState = {
-  /** Not connected yet (restored from the state file; retrying every reconnect delay). */
-  CONNECTING: 'connecting',
-  /** A session exists; its controller's own state (live/connecting/deleting/dead) is shown. */
-  LIVE: 'live',
-  /** The controller gave up (ctrl_loss_tmo, subsystem changed): I/O fails with EIO. */
-  DEAD: 'dead',
-  CLOSING: 'closing',
-} as const;
-export type EntryStateValue = (typeof EntryState)[keyof typeof EntryState];
-
-/** One path (controller) of a subsystem entry. */
-interface PathEntry {
-  /** Its controller name (`nvme1`); the entry's first path has the entry's name. */
-  readonly name: string;
-  /** The connect options of this path. */
-  readonly args: Record<string, unknown>;
-  /** Restored from the state file but not part of the session yet: retried every reconnect delay. */
-  pending: boolean;
-  timer: NodeJS.Timeout | undefined;
-  lastError: { code: string; message: string } | undefined;
-}
-
-/**
- * One subsystem (one session, its exports `<name>n<nsid>`) with its paths: controllers of the
- * same subsystem NQN reached by the same host NQN (issue 12). `-D/--duplicate-connect` makes an
- * entry of its own (a second association, a second disk), which later connects do not join.
- */
-interface Entry {
-  readonly name: string;
-  /** The options of the connect that made the entry: its session-level settings (nbd, attach, read-only, iopolicy…). */
-  readonly args: Record<string, unknown>;
-  /** Subsystem NQN + resolved host NQN ({@link subsystemKey}); undefined for a -D entry. */
-  readonly key: string | undefined;
-  readonly paths: PathEntry[];
-  state: EntryStateValue;
-  session: ControllerSession | undefined;
-  /** Devices from the state file (or a lost session) to adopt when the session comes back. */
-  adopt: StateDevice[];
-  lastError: { code: string; message: string } | undefined;
-  attempts: number;
-  since: number;
-  timer: NodeJS.Timeout | undefined;
-  closing: boolean;
-  /** Sticky mode: the holder's public endpoint and pid. */
-  holder: { host?: string; port?: number; unix?: string; pid: number; backend: string; startTime?: string } | undefined;
-}
-
 /** Default controller loss timeout (Linux `ctrl_loss_tmo`), seconds. */
 const DEFAULT_CTRL_LOSS_TMO_S = 600;
 
@@ -171,11 +105,6 @@ const SUBSYSTEM_OPTIONS = [
   'nbd', 'attach', 'connections', 'read-only', 'iopolicy', 'nbd-idle-timeout',
   'nbd-tls', 'nbd-tls-psk', 'nbd-tls-cert', 'nbd-tls-key', 'nbd-tls-ca', 'nbd-insecure', 'nbd-allow-any-local-user',
 ] as const;
-
-/** Requests queued per control connection before the daemon stops reading it. */
-const MAX_QUEUED_REQUESTS = 16;
-/** Reply bytes a control connection may leave unread before the daemon stops answering it. */
-export const MAX_UNSENT_REPLY_BYTES = 2 * 1024 * 1024;
 
 /** The long-running engine. */
 export class Daemon {
@@ -298,6 +227,12 @@ export class Daemon {
     return isIoPolicy(args.iopolicy) ? args.iopolicy : this.o.iopolicy ?? 'numa';
   }
 
+  /** How a subsystem's options resolve while it has no session (for `show-topology`). */
+  private readonly entryDefaults = {
+    hostnqn: (args: Record<string, unknown>): string => this.o.connect.controllerOptions(args).hostnqn,
+    iopolicy: (args: Record<string, unknown>): IoPolicyValue => this.policyOf(args),
+  };
+
   /** A new connect's options with the daemon's iopolicy filled in (so the state file keeps it). */
   private withIoPolicy(args: Record<string, unknown>): Record<string, unknown> {
     return args.iopolicy === undefined && this.o.iopolicy !== undefined ? { ...args, iopolicy: this.o.iopolicy } : args;
@@ -325,45 +260,8 @@ export class Daemon {
       return;
     }
     this.conns.add(sock);
-    const decoder = new LineDecoder();
-    let queued = 0;
-    let chain = Promise.resolve();
-    const reply = (r: ControlResponse): void => {
-      if (!sock.destroyed) sock.write(encodeResponse(r));
-    };
-    // Two windows: requests taken from the decoder and answered bytes the peer has not read yet.
-    // A peer that pipelines requests and never reads stops being read (and its decoded lines
-    // stay undecoded) until the kernel takes our replies.
-    const full = (): boolean => queued >= MAX_QUEUED_REQUESTS || sock.writableLength > MAX_UNSENT_REPLY_BYTES;
-    const pump = (): void => {
-      while (!full() && !sock.destroyed) {
-        const line = decoder.next();
-        if (line === undefined) break;
-        queued++;
-        // Requests of one connection are answered in order.
-        chain = chain.then(async () => {
-          reply(await this.handleLine(line));
-          queued--;
-          pump();
-        });
-      }
-      if (full()) sock.pause();
-      else if (sock.isPaused()) sock.resume();
-    };
-    sock.on('drain', pump);
-    sock.on('data', (chunk: Buffer) => {
-      try {
-        decoder.push(chunk);
-      } catch (err) {
-        // Oversized line: answer once and hang up; the stream cannot be resynchronised.
-        sock.end(encodeResponse(errorResponse(0, err)));
-        sock.destroySoon();
-        return;
-      }
-      pump();
-    });
-    sock.on('error', () => undefined);
     sock.on('close', () => this.conns.delete(sock));
+    serveControlConnection(sock, (line) => this.handleLine(line));
   }
 
   /** Answer one request line (never throws). */
@@ -399,7 +297,7 @@ export class Daemon {
         // Partitions made since the last change get their links now.
         await this.syncLinks();
         return {
-          controllers: this.sorted().map((e) => this.describe(e)),
+          controllers: this.sorted().map((e) => describeEntry(e, this.byIdDir)),
           discovery: this.discoveries.describe(),
         };
       case ControlVerb.ID_CTRL:
@@ -411,7 +309,7 @@ export class Daemon {
       case ControlVerb.ADMIN_PASSTHRU:
         return daemonAdminPassthru(this.live(a), a);
       case ControlVerb.SHOW_TOPOLOGY:
-        return { subsystems: this.sorted().map((e) => this.topology(e)) };
+        return { subsystems: this.sorted().map((e) => entryTopology(e, this.entryDefaults)) };
       case ControlVerb.ADD_DISCOVERY:
         if (!this.running) throw new NvmfNbdError(ErrorCode.DAEMON_UNAVAILABLE, 'the daemon is shutting down');
         return this.discoveries.add(a);
@@ -793,54 +691,17 @@ export class Daemon {
     const sticky = this.o.sticky;
     const first = session.exports[0];
     if (sticky === undefined || first === undefined || !('unix' in first.endpoint)) return;
-    // The public endpoint: one per controller, a Unix socket in the default directory (0600 in a
-    // 0700 directory; `nbd-client -unix`) or BASEPORT+N on TCP. The export name picks the namespace.
-    const pub = endpointFor(e.name, this.nbd);
-    const where: { unix: string } | { host: string; port: number } = 'tcp' in pub ? { host: pub.tcp.host, port: pub.tcp.port } : { unix: path.join((pub as { unixDir: string }).unixDir, `${e.name}.sock`) };
-    const want = { ...where, backend: first.endpoint.unix };
-    const ep = holderEndpoint(want);
-    const pidFile = path.join(this.holdDir(), `${e.name}.holder.json`);
-    const old = await readHolderFile(pidFile);
-    // A pid alone proves nothing after a crash or reboot: adopt or signal only a process that
-    // is the holder this file describes (start time, command line, its endpoint answers).
-    const verified = old !== undefined && (await verifyHolder(old, pidFile));
-    if (old !== undefined && !verified && processAlive(old.pid)) this.log(`${e.name}: pid ${old.pid} from ${pidFile} is not our holder: leaving it alone`);
-    if (old !== undefined && verified && holderEndpoint(old) === ep && old.backend === want.backend) {
-      e.holder = { ...want, pid: old.pid, ...(old.startTime !== undefined ? { startTime: old.startTime } : {}) };
-      this.log(`${e.name}: holder ${old.pid} still holds ${ep}; its connections resume`);
-      return;
-    }
-    if (old !== undefined && verified) process.kill(old.pid, 'SIGTERM');
-    const log = await fsp.open(path.join(this.holdDir(), `${e.name}.holder.log`), 'a', 0o600);
-    const [cmd, ...pre] = sticky.command;
-    const child = spawn(cmd as string, [
-      ...pre, 'daemon', '--holder', ep, '--holder-backend', want.backend,
-      '--holder-pid-file', pidFile, '--hold-time', String(Math.ceil(sticky.holdMs / 1000)),
-      ...(this.o.nbdAccess?.allowAnyLocalUser === true ? ['--nbd-allow-any-local-user'] : []),
-    ], { detached: true, stdio: ['ignore', log.fd, log.fd] });
-    child.unref();
-    await log.close();
-    const pid = child.pid ?? -1;
-    // The holder writes its pid file once it listens.
-    for (let i = 0; i < 100; i++) {
-      const f = await readHolderFile(pidFile);
-      if (f?.pid === pid) {
-        e.holder = { ...want, pid, ...(f.startTime !== undefined ? { startTime: f.startTime } : {}) };
-        this.log(`${e.name}: holder ${pid} listens on ${ep}`);
-        return;
-      }
-      if (child.exitCode !== null) break;
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    throw new NvmfNbdError(ErrorCode.NBD_LISTEN_FAILED, `${e.name}: the NBD holder did not start (see ${path.join(this.holdDir(), `${e.name}.holder.log`)})`);
+    e.holder = await ensureHolder({
+      name: e.name, publicEndpoint: endpointFor(e.name, this.nbd), backend: first.endpoint.unix, holdDir: this.holdDir(),
+      command: sticky.command, holdMs: sticky.holdMs, allowAnyLocalUser: this.o.nbdAccess?.allowAnyLocalUser === true, log: this.log,
+    });
   }
 
   private stopHolder(e: Entry): void {
     const h = e.holder;
     if (h === undefined) return;
     e.holder = undefined;
-    // Only the process we started or verified: same pid and same start time.
-    if (h.startTime !== undefined && processStartTime(h.pid) === h.startTime) process.kill(h.pid, 'SIGTERM');
+    stopHolder(h);
   }
 
   private saveState(): Promise<void> {
@@ -932,61 +793,6 @@ export class Daemon {
   /** The entries in name order. */
   private sorted(): Entry[] {
     return [...this.entries.values()].sort((x, y) => Number(x.name.slice(4)) - Number(y.name.slice(4)));
-  }
-
-  /** The paths of `e` that are not part of its session (all of them while it has none): connecting. */
-  private pendingPaths(e: Entry): TopologyPath[] {
-    return e.paths.filter((p) => p.pending || e.session === undefined).map((p) => ({
-      name: p.name, traddr: String(p.args.traddr), trsvcid: Number(p.args.trsvcid),
-      ...(typeof p.args['host-traddr'] === 'string' ? { hostTraddr: p.args['host-traddr'] } : {}),
-      cntlid: null, state: 'connecting', reconnects: 0, ...(p.lastError !== undefined ? { lastError: p.lastError } : {}),
-    }));
-  }
-
-  /** `show-topology` of one entry: the session's, or its recorded paths while it connects. */
-  private topology(e: Entry): TopologySubsystem {
-    const s = e.session;
-    const pending = this.pendingPaths(e);
-    if (s !== undefined) {
-      const t = s.topology();
-      return { ...t, ...(e.closing ? { state: EntryState.CLOSING } : e.state === EntryState.DEAD ? { state: EntryState.DEAD } : {}), paths: [...t.paths, ...pending] };
-    }
-    return {
-      name: e.name, nqn: String(e.args.nqn), hostnqn: typeof e.args.hostnqn === 'string' ? e.args.hostnqn : this.o.connect.controllerOptions(e.args).hostnqn,
-      iopolicy: this.policyOf(e.args), state: e.state, paths: pending,
-      namespaces: e.adopt.map((d) => ({ nsid: Number(/n(\d+)$/.exec(d.export)?.[1] ?? 0), export: d.export, device: d.device, size: 0, paths: [] })),
-    };
-  }
-
-  private describe(e: Entry): Record<string, unknown> {
-    const base: Record<string, unknown> = {
-      name: e.name,
-      state: e.state,
-      attempts: e.attempts,
-      lastError: e.lastError ?? null,
-      subnqn: e.args.nqn,
-      traddr: e.args.traddr,
-      trsvcid: e.args.trsvcid,
-      // The connect options it was made with (no secrets): for --dump-config and a CSI driver.
-      args: withoutSecrets(e.args),
-    };
-    const s = e.session;
-    if (s === undefined) return { ...base, paths: this.pendingPaths(e), exports: e.adopt.map((d) => ({ name: d.export, device: d.device })) };
-    // The session's description carries the controller's own state (live, connecting while
-    // it reconnects, deleting, dead), reconnects, attempts and last error.
-    const d = s.describe();
-    if (Array.isArray(d.exports)) {
-      d.exports = (d.exports as Array<Record<string, unknown>>).map((x) => (typeof x.stableId === 'string' && x.device !== null
-        ? { ...x, link: path.join(this.byIdDir, `nvmf-nbd-${x.stableId}`) } : x));
-    }
-    const h = e.holder;
-    if (h !== undefined && Array.isArray(d.exports)) {
-      d.exports = (d.exports as Array<Record<string, unknown>>).map((x) => ({ ...x, endpoint: holderEndpoint(h), backend: x.endpoint, holderPid: h.pid }));
-    }
-    // Paths not (yet) in the session: restored ones still retrying.
-    const pending = this.pendingPaths(e);
-    if (pending.length > 0 && Array.isArray(d.paths)) d.paths = [...(d.paths as unknown[]), ...pending];
-    return { ...base, ...d, ...(e.closing ? { state: EntryState.CLOSING } : {}) };
   }
 
   private live(a: Record<string, unknown>): ControllerSession {
