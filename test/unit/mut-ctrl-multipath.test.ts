@@ -1,18 +1,22 @@
 /**
- * Path management of src/controller/multipath.ts (lines 1–400 of the mutation run
- *   npm run mutate -- src/controller/multipath.ts:1-400 --tests=multipath-ana-invalid,multipath-ana,
- *     multipath-failover,multipath-failover-target,multipath-scenario-harness,multipath-engine-daemon,
- *     ana-wire,mut-ctrl-multipath,mut-ctrl-multipath2)
- * with recording fake paths and a hand-driven clock: the I/O policy parser; path statuses told
- * from other errors (only NVME_STATUS with SCT 3h is retried); identifiers compared with presence
- * (one path with a UUID, the other without, is a mismatch) and the Identify Namespace NGUID /
- * EUI-64 shown only when non-zero; read-only namespaces; addPath / attachPath refusals (closing,
- * duplicate, other subsystem) and what a new path adds (namespaces event, unusable and
- * unservable namespaces skipped); removePath (unknown id, the last path closes the subsystem,
- * in-flight writes held from the removal, pass-back off with one path left, listeners
- * detached, reconnects kept, a path dying while it is removed); the loss time kept across
- * repeated non-live states; a fence released only by its own path's new association; held
- * records pulled only from other reconnecting paths; the real clock's timer clamp.
+ * Path management and path choice of src/controller/multipath.ts, pinned for the mutation runs
+ *   npm run mutate -- src/controller/multipath.ts:1-400 (and :401-800, :801-1185)
+ *     --tests=multipath-ana-invalid,multipath-ana,multipath-failover,multipath-scenario-harness,
+ *     ana-wire,mut-ctrl-multipath,mut-ctrl-multipath2 --concurrency 1 --timeoutMS 5000
+ * with recording fake paths (test/helpers/mp-fake-path.ts) and a hand-driven clock: the I/O
+ * policy parser; path statuses told from other errors (only NVME_STATUS with SCT 3h is retried);
+ * identifiers compared with presence (a UUID on one path only is a mismatch), read once per path
+ * with a 4 KiB Identify, filled in from Identify Namespace, shown only when non-zero; read-only
+ * namespaces; addPath / attachPath refusals (closing, duplicate, other subsystem, other block
+ * size) and what a new path adds; removePath (unknown id, the last path closes the subsystem,
+ * in-flight writes held from the removal, pass-back off with one path left, listeners detached,
+ * reconnects kept, a path dying while removed); hand-back to a path that holds I/O; dead paths
+ * and the subsystem's dead / close events and error; ANATT (from Identify, 0 → 10 s, not
+ * restarted, cleared when the group leaves change); the primary path's facts and the aggregate
+ * state; namespace changes of a path (removed, added, resized, reformatted, mismatched); the
+ * loss time kept across repeated non-live states; a fence released only by its own path's new
+ * association; which path a request goes to in every ANA / state mix; topology `current`; the
+ * real clock (setTimeout clamp, Date.now) under mock.timers.
  */
 import { strict as assert } from 'node:assert';
 import { describe, it } from 'node:test';

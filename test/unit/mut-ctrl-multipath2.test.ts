@@ -1,18 +1,19 @@
 /**
- * The request side of src/controller/multipath.ts (mainly lines 401–1185 of the mutation runs
- *   npm run mutate -- src/controller/multipath.ts:401-800 --tests=multipath-ana-invalid,multipath-ana,
- *     multipath-failover,multipath-failover-target,multipath-scenario-harness,multipath-engine-daemon,
- *     ana-wire,mut-ctrl-multipath,mut-ctrl-multipath2
- *   and the same for :801-1185)
- * with recording fake paths and a hand-driven clock: deallocate / write zeroes as promise
- * operations (arguments passed through, the fenced range from the first to the last block, a
- * lost one held until KATO + CQT and then sent on the other path, an overlapping one waiting, path
- * statuses retried at most 16 times, CONTROLLER_LOST of a path that gave up moved to another,
- * closing / retired / no usable path refused); records (path statuses retried at most 16 times,
- * not for a retired namespace or while closing; a flush fences nothing; a re-issued write lost
- * again keeps one fence; per-path counters by op); waiting for ANA (the hold limit, ctrl_loss_tmo,
- * −1 = no limit); path statuses correcting the group state; the policies (round-robin,
- * queue-depth, the path to avoid); topology fields; close.
+ * The request side of src/controller/multipath.ts, pinned for the mutation runs
+ *   npm run mutate -- src/controller/multipath.ts:801-1185 (and :401-800, :1-400)
+ *     --tests=multipath-ana-invalid,multipath-ana,multipath-failover,multipath-scenario-harness,
+ *     ana-wire,mut-ctrl-multipath,mut-ctrl-multipath2 --concurrency 1 --timeoutMS 5000
+ * with recording fake paths (test/helpers/mp-fake-path.ts) and a hand-driven clock: deallocate /
+ * write zeroes as promise operations (arguments passed through, the fenced range from the lowest
+ * to the highest block, a lost one held until KATO + CQT from the loss and then sent on the other
+ * path, one fence however often it is lost, an overlapping one waiting, path statuses and
+ * CONTROLLER_LOST moves bounded at 16, closing / retired / no usable path refused); records
+ * (path statuses retried at most 16 times, not for a retired namespace or while closing; a lost
+ * read re-issued once; a flush fences nothing; a fence covers its blocks and namespace only; a
+ * blocked write waits for every overlapping fence; a held write of a retired namespace drops its
+ * fence; per-path counters by op); waiting for ANA (the hold limit, ctrl_loss_tmo not restarted,
+ * 0 and −1); path statuses correcting the group state and re-reading the log once; the policies;
+ * topology fields; holdTimeMs; close (what fails, what completes, timers cleared).
  */
 import { strict as assert } from 'node:assert';
 import { describe, it } from 'node:test';
