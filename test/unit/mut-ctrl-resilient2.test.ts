@@ -8,7 +8,8 @@
  * and after DEAD (the dead error, EIO), close() once, the 'dead' / 'close' events, the
  * attempt counter, fast_io_fail_tmo reset by a reconnect, the quiesce time computed from KATO,
  * grace and CQT (mocked clock), KATO 0 allowed for a discovery controller, the namespace
- * objects (kept, read-only). Serves `npm run mutate -- src/controller/resilient.ts
+ * objects (kept, read-only); pass-back mode (takeHeldRecords, pathLost records, PATH_LOST
+ * closures, handback on fast_io_fail_tmo and on giving up). Serves `npm run mutate -- src/controller/resilient.ts
  * --tests=mut-ctrl-resilient,mut-ctrl-resilient2,resilient-admin-redrive,resilient-close-connecting,resilient-controller,resilient-keepalive,resilient-session,resilient-stale-write`.
  */
 import { test } from 'node:test';
@@ -21,6 +22,8 @@ import { ErrorCode, NvmfNbdError } from '../../src/errors';
 import { DISCOVERY_NQN, sqeIdentify, sqeKeepAlive } from '../../src/wire';
 import { FakeTarget, serveController, type ControllerModel } from '../helpers/fake-target';
 import { rejectsCode } from '../helpers/assert-code';
+import { IoRequest, type IoOwner } from '../../src/controller/io-request';
+import { BlockOpCode } from '../../src/block/types';
 import { tickUntil, track, turns, until } from '../helpers/clock';
 
 const NQN = 'nqn.2014-08.org.nvmf-nbd:mut-ctrl-resilient2';
@@ -346,5 +349,172 @@ test('namespace objects: one per usable namespace, the same object across a reco
     assert.deepEqual(await n1.read(0, 512), Buffer.alloc(512));
   } finally {
     await r.done();
+  }
+});
+
+// ---- pass-back mode (a path of a multipath subsystem) -----------------------------------------
+
+interface Rec { req: IoRequest; done: Promise<NvmfNbdError | undefined>; readonly settled: boolean; owner: IoOwner }
+
+/** A record with a recording owner (what the multipath layer or a namespace would be). */
+function rec(op: (typeof BlockOpCode)['READ' | 'WRITE'], slba: bigint, data: Buffer): Rec {
+  const req = new IoRequest();
+  req.op = op;
+  req.nsid = 1;
+  req.slba = slba;
+  req.nlb = data.length / 512;
+  req.data = data;
+  let settled = false;
+  let resolve!: (e: NvmfNbdError | undefined) => void;
+  const done = new Promise<NvmfNbdError | undefined>((r) => { resolve = r; });
+  const owner: IoOwner = { onIoDone: (_r, err) => { settled = true; resolve(err); } };
+  req.owner = owner;
+  return { req, done, owner, get settled() { return settled; } };
+}
+
+test('pass-back: takeHeldRecords gives back only the held records, in order, owned by their submitter again; closures stay held', { timeout: 20_000 }, async () => {
+  const r = await rig();
+  try {
+    r.rc.setPassBack(true);
+    r.ctl.refuse = true;
+    r.cut();
+    await until(() => r.rc.state === CtrlState.CONNECTING, 'connecting');
+    const a = rec(BlockOpCode.WRITE, 0n, Buffer.alloc(512, 1));
+    r.rc.submitIo(a.req);
+    const d = settle(r.rc.deallocate(1, [{ slba: 8n, nlb: 1 }]));
+    const b = rec(BlockOpCode.READ, 2n, Buffer.alloc(1024));
+    r.rc.submitIo(b.req);
+    assert.deepEqual(r.rc.heldOps, { count: 3, bytes: 1536 });
+    const back = r.rc.takeHeldRecords();
+    assert.deepEqual(back, [a.req, b.req]);
+    assert.equal(a.req.owner, a.owner);
+    assert.equal(b.req.owner, b.owner);
+    for (const q of back) {
+      assert.equal(q.upper, undefined);
+      assert.equal(q.ctrl, undefined);
+    }
+    assert.deepEqual(r.rc.heldOps, { count: 1, bytes: 0 });
+    assert.deepEqual(r.rc.takeHeldRecords(), []);
+    await turns(10);
+    assert.equal(a.settled || b.settled, false, 'handed back, not completed');
+    r.ctl.refuse = false;
+    assert.equal((await d).ok, true, 'the deallocate closure ran after the reconnect');
+  } finally {
+    await r.done();
+  }
+});
+
+test('pass-back: a record in flight on the lost association comes back with pathLost (not re-sent); a deallocate rejects PATH_LOST; an Identify is re-driven', { timeout: 20_000 }, async () => {
+  const r = await rig();
+  try {
+    r.rc.setPassBack(true);
+    r.ctl.refuse = true;
+    const w = rec(BlockOpCode.WRITE, 16n, Buffer.alloc(512, 0x5a));
+    r.rc.submitIo(w.req);
+    const dl = settle(r.rc.deallocate(1, [{ slba: 24n, nlb: 1 }]));
+    const id = settle(r.rc.adminCommand(sqeIdentify(1), { dataInLength: 4096 }));
+    r.cut();
+    const err = await w.done;
+    assert.ok(err instanceof NvmfNbdError);
+    assert.equal(w.req.pathLost, true);
+    assert.equal(w.req.owner, w.owner);
+    assert.equal(w.req.ctrl, undefined);
+    const de = await dl;
+    assert.equal(de.err?.code, ErrorCode.PATH_LOST);
+    assert.match(de.err?.message ?? '', /^association lost while the command was outstanding: /);
+    assert.ok(de.err?.cause instanceof Error);
+    assert.equal(r.rc.heldOps.count, 1, 'only the Identify is held');
+    r.ctl.refuse = false;
+    assert.equal((await id).ok, true);
+    const ns = r.m.namespaces.get(1)?.data as Buffer;
+    assert.deepEqual(ns.subarray(16 * 512, 17 * 512), Buffer.alloc(512), 'the lost write was not sent again');
+  } finally {
+    await r.done();
+  }
+});
+
+test('without pass-back an in-flight record is re-driven after the reconnect and completes without pathLost', { timeout: 20_000 }, async () => {
+  const r = await rig();
+  try {
+    r.ctl.refuse = true;
+    const w = rec(BlockOpCode.WRITE, 32n, Buffer.alloc(512, 0x6b));
+    r.rc.submitIo(w.req);
+    r.cut();
+    await until(() => r.rc.state === CtrlState.CONNECTING, 'connecting');
+    await until(() => r.rc.heldOps.count === 1, 'the in-flight write held');
+    r.ctl.refuse = false;
+    assert.equal(await w.done, undefined);
+    assert.equal(w.req.pathLost, false);
+    assert.deepEqual((r.m.namespaces.get(1)?.data as Buffer).subarray(32 * 512, 33 * 512), Buffer.alloc(512, 0x6b));
+  } finally {
+    await r.done();
+  }
+});
+
+test('pass-back: fast_io_fail_tmo hands held records back (handback event with the error); with no listener they fail with it', { timeout: 20_000 }, async () => {
+  for (const listen of [true, false]) {
+    const r = await rig({ fastIoFailTmoMs: 100, ctrlLossTmoMs: -1, reconnectDelayMs: 20 });
+    try {
+      r.rc.setPassBack(true);
+      const events: Array<[IoRequest[], NvmfNbdError]> = [];
+      if (listen) r.rc.on('handback', (reqs: IoRequest[], e: NvmfNbdError) => events.push([reqs, e]));
+      r.ctl.refuse = true;
+      r.cut();
+      await until(() => r.rc.state === CtrlState.CONNECTING, 'connecting');
+      const a = rec(BlockOpCode.WRITE, 0n, Buffer.alloc(512, 1));
+      r.rc.submitIo(a.req);
+      await until(() => !r.rc.holdsIo, 'fast_io_fail_tmo expired');
+      if (listen) {
+        assert.equal(events.length, 1);
+        assert.deepEqual(events[0]?.[0], [a.req]);
+        assert.equal(events[0]?.[1].code, ErrorCode.CONTROLLER_LOST);
+        assert.match(events[0]?.[1].message ?? '', /^fast_io_fail_tmo \(100 ms\) expired while reconnecting$/);
+        assert.equal(events[0]?.[1].errno, 5);
+        await turns(10);
+        assert.equal(a.settled, false);
+      } else {
+        const e = await a.done;
+        assert.equal(e?.code, ErrorCode.CONTROLLER_LOST);
+        assert.match(e?.message ?? '', /fast_io_fail_tmo \(100 ms\)/);
+      }
+      assert.deepEqual(r.rc.heldOps, { count: 0, bytes: 0 });
+    } finally {
+      await r.done();
+    }
+  }
+});
+
+test('pass-back: giving up (ctrl_loss_tmo) hands held records back too, even none (the route choice changes)', { timeout: 20_000 }, async () => {
+  const r = await rig({ ctrlLossTmoMs: 100, reconnectDelayMs: 20 });
+  try {
+    r.rc.setPassBack(true);
+    const events: Array<[IoRequest[], NvmfNbdError]> = [];
+    r.rc.on('handback', (reqs: IoRequest[], e: NvmfNbdError) => events.push([reqs, e]));
+    r.ctl.refuse = true;
+    r.cut();
+    await until(() => r.rc.state === CtrlState.CONNECTING, 'connecting');
+    const a = rec(BlockOpCode.WRITE, 0n, Buffer.alloc(512, 1));
+    r.rc.submitIo(a.req);
+    await until(() => r.rc.state === CtrlState.DEAD, 'dead');
+    assert.equal(events.length, 1);
+    assert.deepEqual(events[0]?.[0], [a.req]);
+    assert.equal(events[0]?.[1].code, ErrorCode.CONTROLLER_LOST);
+    assert.match(events[0]?.[1].message ?? '', /ctrl_loss_tmo \(100 ms\)/);
+    await turns(10);
+    assert.equal(a.settled, false);
+  } finally {
+    await r.done();
+  }
+  const r2 = await rig({ fastIoFailTmoMs: 50, ctrlLossTmoMs: -1, reconnectDelayMs: 20 });
+  try {
+    r2.rc.setPassBack(true);
+    const events: IoRequest[][] = [];
+    r2.rc.on('handback', (reqs: IoRequest[]) => events.push(reqs));
+    r2.ctl.refuse = true;
+    r2.cut();
+    await until(() => events.length === 1, 'handback with no records');
+    assert.deepEqual(events, [[]]);
+  } finally {
+    await r2.done();
   }
 });

@@ -554,21 +554,21 @@ test('discover: a budget past the 32-bit timer range is clamped (the discovery i
 });
 
 test('discover: the budget left after connecting bounds the log reads: TIMEOUT naming the address and budget', async () => {
-  const m: ControllerModel = { namespaces: new Map(), discovery: [], logDelayMs: 3000 };
+  const m: ControllerModel = { namespaces: new Map(), discovery: [], logDelayMs: 1000 };
   const { target } = await discoveryTarget(m);
   try {
-    const e = await rejectsCode(discover({ traddr: '127.0.0.1', trsvcid: target.port, hostnqn: 'nqn.test:h', hostid: Buffer.alloc(16, 1), timeoutMs: 400, ioTimeoutMs: 10_000 }), ErrorCode.TIMEOUT);
-    assert.equal(e.message, `discovery at 127.0.0.1:${target.port} did not finish within 400 ms`);
+    const e = await rejectsCode(discover({ traddr: '127.0.0.1', trsvcid: target.port, hostnqn: 'nqn.test:h', hostid: Buffer.alloc(16, 1), timeoutMs: 300, ioTimeoutMs: 10_000 }), ErrorCode.TIMEOUT);
+    assert.equal(e.message, `discovery at 127.0.0.1:${target.port} did not finish within 300 ms`);
   } finally {
     await target.close();
   }
 });
 
 test('discover: ioTimeoutMs reaches the commands (a log answer slower than it is a TIMEOUT, within the overall budget)', async () => {
-  const m: ControllerModel = { namespaces: new Map(), discovery: [], logDelayMs: 3000 };
+  const m: ControllerModel = { namespaces: new Map(), discovery: [], logDelayMs: 1000 };
   const { target } = await discoveryTarget(m);
   try {
-    const e = await rejectsCode(discover({ traddr: '127.0.0.1', trsvcid: target.port, hostnqn: 'nqn.test:h', hostid: Buffer.alloc(16, 1), ioTimeoutMs: 300, timeoutMs: 20_000 }), ErrorCode.TIMEOUT);
+    const e = await rejectsCode(discover({ traddr: '127.0.0.1', trsvcid: target.port, hostnqn: 'nqn.test:h', hostid: Buffer.alloc(16, 1), ioTimeoutMs: 200, timeoutMs: 20_000 }), ErrorCode.TIMEOUT);
     assert.doesNotMatch(e.message, /did not finish within 20000 ms/);
   } finally {
     await target.close();
