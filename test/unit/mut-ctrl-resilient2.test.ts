@@ -9,17 +9,23 @@
  * attempt counter, fast_io_fail_tmo reset by a reconnect, the quiesce time computed from KATO,
  * grace and CQT (mocked clock), KATO 0 allowed for a discovery controller, the namespace
  * objects (kept, read-only); pass-back mode (takeHeldRecords, pathLost records, PATH_LOST
- * closures, handback on fast_io_fail_tmo and on giving up). Serves `npm run mutate -- src/controller/resilient.ts
+ * closures, handback on fast_io_fail_tmo and on giving up); recovery details (diffNamespaces
+ * order, quiesceTimeMs, no namespaces event and no late timer after a plain reconnect, the
+ * 10 s default reconnect_delay, the ctrl_loss_tmo message, a throwing listener as a warning,
+ * warning/ana forwarding, a new association lost or closed during the quiesce wait, close()
+ * during a reconnect attempt); live operations (facts passed through, NVMe errors are answers,
+ * record owner links restored, retired objects' errors on both paths, admin re-drive by opcode,
+ * held admin bytes). Serves `npm run mutate -- src/controller/resilient.ts
  * --tests=mut-ctrl-resilient,mut-ctrl-resilient2,resilient-admin-redrive,resilient-close-connecting,resilient-controller,resilient-keepalive,resilient-session,resilient-stale-write`.
  */
 import { test } from 'node:test';
 import type { TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { CtrlState, RESILIENCE_DEFAULTS, ResilientController } from '../../src/controller/resilient';
+import { CtrlState, RESILIENCE_DEFAULTS, ResilientController, diffNamespaces, quiesceTimeMs } from '../../src/controller/resilient';
 import type { ResilienceOptions } from '../../src/controller/resilient';
-import type { ControllerOptions } from '../../src/controller/controller';
+import type { Controller, ControllerOptions, NamespaceInfo } from '../../src/controller/controller';
 import { ErrorCode, NvmfNbdError } from '../../src/errors';
-import { DISCOVERY_NQN, sqeIdentify, sqeKeepAlive } from '../../src/wire';
+import { DISCOVERY_NQN, sqeGetFeatures, sqeGetLogPage, sqeIdentify, sqeKeepAlive, sqeSetFeatures } from '../../src/wire';
 import { FakeTarget, serveController, type ControllerModel } from '../helpers/fake-target';
 import { rejectsCode } from '../helpers/assert-code';
 import { IoRequest, type IoOwner } from '../../src/controller/io-request';
@@ -38,11 +44,14 @@ interface Rig {
   /** Drop every connection of the target (the association is lost). */
   cut(): void;
   states: string[];
+  /** Commands the target received (opcode, queue, cdw10). */
+  seen(): NonNullable<ControllerModel['seen']>;
   done(): Promise<void>;
 }
 
 async function rig(o: Partial<ControllerOptions & ResilienceOptions> = {}, m: ControllerModel = { namespaces: new Map([[1, { data: Buffer.alloc(256 << 10), lbaSize: 512 }]]) }): Promise<Rig> {
   const ctl = { refuse: false, connects: 0 };
+  m.seen ??= [];
   const target = await FakeTarget.start((c) => {
     ctl.connects++;
     if (ctl.refuse) {
@@ -58,7 +67,7 @@ async function rig(o: Partial<ControllerOptions & ResilienceOptions> = {}, m: Co
   const states: string[] = [];
   rc.on('state', (s: string) => states.push(s));
   return {
-    rc, target, m, ctl, states,
+    rc, target, m, ctl, states, seen: () => m.seen ?? [],
     cut: () => { for (const c of target.conns) c.socket.destroy(); },
     done: async () => { await rc.close(); await target.close(); },
   };
@@ -516,5 +525,344 @@ test('pass-back: giving up (ctrl_loss_tmo) hands held records back too, even non
     assert.deepEqual(events, [[]]);
   } finally {
     await r2.done();
+  }
+});
+
+// ---- recovery details -------------------------------------------------------------------------
+
+test('diffNamespaces: each list sorted; resized by size or by block size alone; unchanged ones not reported', () => {
+  const info = (nsid: number, nsze: bigint, lbaSize: number): NamespaceInfo => ({ nsid, nsze, lbaSize, usable: true } as unknown as NamespaceInfo);
+  const before = new Map([[7, info(7, 10n, 512)], [2, info(2, 10n, 512)], [5, info(5, 10n, 512)], [4, info(4, 8n, 512)], [3, info(3, 8n, 512)], [9, info(9, 1n, 512)], [1, info(1, 1n, 512)]]);
+  const after = new Map([[12, info(12, 1n, 512)], [4, info(4, 8n, 4096)], [9, info(9, 2n, 512)], [3, info(3, 8n, 512)], [10, info(10, 1n, 512)], [1, info(1, 9n, 512)]]);
+  assert.deepEqual(diffNamespaces(before, after), { added: [10, 12], removed: [2, 5, 7], resized: [1, 4, 9] });
+  assert.deepEqual(diffNamespaces(after, after), { added: [], removed: [], resized: [] });
+});
+
+test('quiesceTimeMs: 2·KATO + grace (default max(5000, floor(KATO/2))) + CQT', () => {
+  assert.equal(quiesceTimeMs(5000, 0), 15_000);
+  assert.equal(quiesceTimeMs(12_001, 7), 24_002 + 6000 + 7);
+  assert.equal(quiesceTimeMs(20_000, 100), 40_000 + 10_000 + 100);
+  assert.equal(quiesceTimeMs(1000, 3, 0), 2003);
+});
+
+test('a plain reconnect emits no namespaces event; the recovery timers are cleared by it (no late ctrl_loss_tmo, no late handback)', { timeout: 20_000 }, async (t) => {
+  const r = await rig({ ctrlLossTmoMs: 2000, fastIoFailTmoMs: 1000, reconnectDelayMs: 10 });
+  try {
+    r.rc.setPassBack(true);
+    const events: string[] = [];
+    r.rc.on('namespaces', () => events.push('namespaces'));
+    r.rc.on('handback', () => events.push('handback'));
+    t.mock.timers.enable({ apis: ['setTimeout'] });
+    r.cut();
+    await until(() => r.rc.state === CtrlState.CONNECTING, 'connecting');
+    await tickUntil(t, () => r.rc.state === CtrlState.LIVE, 'reconnected', 5, 150);
+    t.mock.timers.tick(5000);
+    await turns(20);
+    assert.equal(r.rc.state, CtrlState.LIVE, 'ctrl_loss_tmo cleared');
+    assert.deepEqual(events, [], 'no namespaces event, no handback after the reconnect');
+  } finally {
+    t.mock.timers.reset();
+    await r.done();
+  }
+});
+
+test('reconnect_delay defaults to 10 s: the first attempt starts at 10000 ms after the loss, not 1 ms earlier', { timeout: 20_000 }, async (t) => {
+  const r = await rig({ reconnectDelayMs: undefined, ctrlLossTmoMs: -1 });
+  try {
+    t.mock.timers.enable({ apis: ['setTimeout'] });
+    r.ctl.refuse = true;
+    const before = r.ctl.connects;
+    r.cut();
+    await until(() => r.rc.state === CtrlState.CONNECTING, 'connecting');
+    await turns(20);
+    t.mock.timers.tick(9999);
+    await turns(20);
+    assert.equal(r.rc.attempts, 0);
+    assert.equal(r.ctl.connects, before);
+    t.mock.timers.tick(1);
+    await until(() => r.rc.attempts === 1, 'first attempt');
+  } finally {
+    t.mock.timers.reset();
+    await r.done();
+  }
+});
+
+test('ctrl_loss_tmo gives up with a message naming the subsystem, the timeout and the last error; cause = last error', { timeout: 20_000 }, async () => {
+  const r = await rig({ ctrlLossTmoMs: 80, reconnectDelayMs: 10 });
+  try {
+    const dead = new Promise<NvmfNbdError>((resolve) => r.rc.once('dead', resolve));
+    r.ctl.refuse = true;
+    r.cut();
+    await until(() => r.rc.state === CtrlState.CONNECTING, 'connecting');
+    const held = settle(r.rc.write(1, 0n, Buffer.alloc(512)));
+    const err = await dead;
+    const last = err.cause as NvmfNbdError;
+    assert.ok(last instanceof NvmfNbdError);
+    assert.equal(err.message, `controller nqn.fake: not reconnected within ctrl_loss_tmo (80 ms); last error: ${last.message}`);
+    assert.equal(err.errno, 5);
+    const h = await held;
+    assert.equal(h.err?.message, err.message);
+    assert.equal(r.rc.lastError, err);
+  } finally {
+    await r.done();
+  }
+});
+
+test('a listener that throws on the reconnect becomes a warning, not an unhandled rejection', { timeout: 20_000 }, async () => {
+  const r = await rig();
+  try {
+    const boom = new Error('listener failed');
+    r.rc.on('state', (s: string) => { if (s === CtrlState.LIVE) throw boom; });
+    const warned = new Promise<unknown>((resolve) => r.rc.once('warning', resolve));
+    r.cut();
+    assert.equal(await warned, boom);
+  } finally {
+    await r.done();
+  }
+});
+
+test('warnings and ANA logs of the association are passed on', { timeout: 20_000 }, async () => {
+  const r = await rig();
+  try {
+    const got: unknown[] = [];
+    r.rc.on('warning', (w: unknown) => got.push(['warning', w]));
+    r.rc.on('ana', (l: unknown) => got.push(['ana', l]));
+    const inner = (r.rc as unknown as { ctrl: { emit(e: string, v: unknown): void } }).ctrl;
+    inner.emit('warning', 'w1');
+    inner.emit('ana', 'log1');
+    assert.deepEqual(got, [['warning', 'w1'], ['ana', 'log1']]);
+  } finally {
+    await r.done();
+  }
+});
+
+test('the new association lost during the quiesce wait is not used: "new association lost before I/O resumed", then another attempt', { timeout: 20_000 }, async () => {
+  const r = await rig({ quiesceMs: 400, reconnectDelayMs: 10 });
+  try {
+    r.ctl.refuse = true;
+    r.cut();
+    await until(() => r.rc.state === CtrlState.CONNECTING, 'connecting');
+    const held = settle(r.rc.write(1, 40n, Buffer.alloc(512, 0x77)));
+    const n = r.target.conns.length;
+    r.ctl.refuse = false;
+    // The next association's admin and I/O queues are up: drop them while it waits out the quiesce time.
+    await until(() => r.target.conns.length >= n + 2 && r.target.conns.slice(n).every((c) => c.qid >= 0), 'new association connected');
+    await new Promise((res) => setTimeout(res, 50));
+    assert.equal(r.rc.state, CtrlState.CONNECTING);
+    for (const c of r.target.conns.slice(n)) c.socket.destroy();
+    assert.equal((await held).ok, true);
+    assert.equal(r.rc.lastError?.message, 'new association lost before I/O resumed');
+    assert.equal(r.rc.lastError?.code, ErrorCode.CONNECTION_CLOSED);
+    assert.ok(r.target.conns.length >= n + 4, 'a third association');
+    assert.deepEqual((r.m.namespaces.get(1)?.data as Buffer).subarray(40 * 512, 41 * 512), Buffer.alloc(512, 0x77));
+  } finally {
+    await r.done();
+  }
+});
+
+test('close() during the quiesce wait closes the new association and ends DEAD without re-driving', { timeout: 20_000 }, async () => {
+  const r = await rig({ quiesceMs: 60_000, reconnectDelayMs: 10 });
+  try {
+    r.ctl.refuse = true;
+    r.cut();
+    await until(() => r.rc.state === CtrlState.CONNECTING, 'connecting');
+    const held = settle(r.rc.write(1, 48n, Buffer.alloc(512, 0x78)));
+    const n = r.target.conns.length;
+    r.ctl.refuse = false;
+    await until(() => r.target.conns.length >= n + 2 && r.target.conns.slice(n).every((c) => c.qid >= 0), 'new association connected');
+    await new Promise((res) => setTimeout(res, 50));
+    await r.rc.close();
+    assert.equal(r.rc.state, CtrlState.DEAD);
+    assert.equal((await held).err?.code, ErrorCode.CONTROLLER_DELETED);
+    await Promise.all(r.target.conns.slice(n).map((c) => c.closed));
+    assert.equal((r.m.regs?.cc ?? 0) >>> 14 & 3, 1, 'the new association was shut down in order');
+    assert.deepEqual((r.m.namespaces.get(1)?.data as Buffer).subarray(48 * 512, 49 * 512), Buffer.alloc(512));
+  } finally {
+    await r.done();
+  }
+});
+
+test('close() while a reconnect attempt is connecting: the attempt\'s association is closed, never adopted', { timeout: 20_000 }, async () => {
+  const m: ControllerModel = { namespaces: new Map([[1, { data: Buffer.alloc(64 << 10), lbaSize: 512 }]]) };
+  const r = await rig({ reconnectDelayMs: 10 }, m);
+  try {
+    r.ctl.refuse = true;
+    r.cut();
+    await until(() => r.rc.state === CtrlState.CONNECTING, 'connecting');
+    const n = r.target.conns.length;
+    m.identifyDelayMs = 300;
+    r.ctl.refuse = false;
+    await until(() => r.target.conns.length > n && r.target.conns[n]?.qid === 0, 'attempt connecting');
+    const states: string[] = [];
+    r.rc.on('state', (s: string) => states.push(s));
+    await r.rc.close();
+    assert.deepEqual(states, ['deleting', 'dead']);
+    await Promise.all(r.target.conns.slice(n).map((c) => c.closed));
+  } finally {
+    await r.done();
+  }
+});
+
+// ---- operations on a live association and the namespace objects --------------------------------
+
+test('the association\'s facts are passed through', { timeout: 20_000 }, async () => {
+  const r = await rig({ maxNamespaces: 1 }, { namespaces: new Map([[1, { data: Buffer.alloc(64 << 10), lbaSize: 512 }], [3, { data: Buffer.alloc(64 << 10), lbaSize: 512 }]]), mdts: 2, oncs: 0x1d, vwc: false });
+  try {
+    const inner = (r.rc as unknown as { ctrl: Controller }).ctrl;
+    assert.equal(r.rc.cntlid, 7);
+    assert.equal(r.rc.identify.subnqn, 'nqn.fake');
+    assert.equal(r.rc.identifyRaw, inner.identifyRaw);
+    assert.equal(r.rc.identifyRaw.length, 4096);
+    assert.equal(r.rc.namespaces, inner.namespaces);
+    assert.deepEqual([...r.rc.namespaces.keys()], [1]);
+    assert.equal(r.rc.namespacesOverLimit, 1);
+    assert.equal(r.rc.ioQueueCount, 1);
+    assert.equal(r.rc.maxTransfer, 16384);
+    assert.equal(r.rc.version, 0x00020000);
+    assert.equal(r.rc.oncs, 0x1d);
+    assert.equal(r.rc.anaReporting, false);
+    assert.equal(r.rc.volatileWriteCache, false);
+    assert.equal(r.rc.authentication, undefined);
+    assert.equal(r.rc.stats().cntlid, 7);
+    assert.equal(r.rc.stats().io.length, 1);
+  } finally {
+    await r.done();
+  }
+});
+
+test('KATO 0 refusal message says why', async () => {
+  const e = await rejectsCode(ResilientController.connect({ traddr: '127.0.0.1', trsvcid: 1, subnqn: NQN, hostnqn: HOSTNQN, hostid: HOSTID, kato: 0 }), ErrorCode.INVALID_ARGUMENT);
+  assert.match(e.message, /^keep-alive is required for safe reconnects: KATO 0 lets the target keep a lost association forever/);
+});
+
+test('refreshAnaLog on a live association asks the controller (not "not live")', { timeout: 20_000 }, async () => {
+  const r = await rig();
+  try {
+    const res = await settle(r.rc.refreshAnaLog());
+    assert.notEqual(res.err?.message, 'not live');
+    assert.ok(r.seen().some((s) => s.opcode === 0x02 && (s.cdw10 & 0xff) === 0x0c), 'ANA log page read');
+  } finally {
+    await r.done();
+  }
+});
+
+test('across a reconnect: removed and reformatted namespaces are retired (their errors), resized keeps its object, new and reformatted get new ones, an unusable one none', { timeout: 20_000 }, async () => {
+  const m: ControllerModel = {
+    mdts: 2,
+    namespaces: new Map([
+      [1, { data: Buffer.alloc(64 << 10), lbaSize: 512 }],
+      [2, { data: Buffer.alloc(64 << 10), lbaSize: 512 }],
+      [3, { data: Buffer.alloc(64 << 10), lbaSize: 512 }],
+      [5, { data: Buffer.alloc(64 << 10), lbaSize: 512 }],
+    ]),
+  };
+  const r = await rig({}, m);
+  try {
+    const [n1, n2, n3, n5] = [1, 2, 3, 5].map((n) => r.rc.namespace(n));
+    assert.ok(n1 && n2 && n3 && n5);
+    const changes: unknown[] = [];
+    r.rc.on('namespaces', (ch: unknown) => changes.push(ch));
+    r.ctl.refuse = true;
+    r.cut();
+    await until(() => r.rc.state === CtrlState.CONNECTING, 'connecting');
+    m.namespaces.delete(2);
+    m.namespaces.set(1, { data: Buffer.alloc(128 << 10), lbaSize: 512 });
+    m.namespaces.set(3, { data: Buffer.alloc(64 << 10), lbaSize: 4096 });
+    m.namespaces.set(4, { data: Buffer.alloc(64 << 10), lbaSize: 512 });
+    m.namespaces.set(5, { data: Buffer.alloc(64 << 10), lbaSize: 32768 });
+    // Held I/O of the namespaces that change.
+    const h2 = settle(n2.read(0, 512));
+    const h3 = settle(n3.read(0, 512));
+    const h1 = settle(n1.read(0, 512));
+    r.ctl.refuse = false;
+    await until(() => r.rc.state === CtrlState.LIVE, 'live again');
+    assert.deepEqual(changes, [{ added: [4], removed: [2], resized: [1, 3, 5] }]);
+    assert.equal(r.rc.namespace(1), n1, 'a capacity change keeps the object');
+    assert.equal(n1.retiredReason, undefined);
+    assert.equal(r.rc.namespace(2), undefined);
+    assert.equal(n2.retiredReason?.code, ErrorCode.NAMESPACE_NOT_FOUND);
+    assert.notEqual(r.rc.namespace(3), n3);
+    assert.equal(r.rc.namespace(3)?.blockSize, 4096);
+    assert.equal(n3.retiredReason?.code, ErrorCode.NAMESPACE_UNSUPPORTED);
+    assert.equal(r.rc.namespace(4)?.blockSize, 512);
+    assert.equal(r.rc.namespace(5), undefined, 'a block larger than the transfer limit: not usable, no object');
+    assert.equal(n5.retiredReason?.code, ErrorCode.NAMESPACE_UNSUPPORTED);
+    assert.equal((await h2).err?.code, ErrorCode.NAMESPACE_NOT_FOUND);
+    assert.equal((await h3).err?.code, ErrorCode.NAMESPACE_UNSUPPORTED);
+    assert.equal((await h1).ok, true);
+    // A retired object's I/O on the live association fails with its error, on both paths.
+    assert.equal((await settle(r.rc.read(2, 0n, 1, undefined, n2))).err?.code, ErrorCode.NAMESPACE_NOT_FOUND);
+    assert.equal((await settle(r.rc.deallocate(3, [{ slba: 0n, nlb: 1 }], n3))).err?.code, ErrorCode.NAMESPACE_UNSUPPORTED);
+    assert.equal((await settle(r.rc.writeZeroes(3, 0n, 1, {}, n3))).err?.code, ErrorCode.NAMESPACE_UNSUPPORTED);
+    const q = rec(BlockOpCode.READ, 0n, Buffer.alloc(512));
+    q.req.nsid = 2;
+    q.req.ns = n2;
+    r.rc.submitIo(q.req);
+    assert.equal(q.settled, false, 'never completed synchronously');
+    assert.equal((await q.done)?.code, ErrorCode.NAMESPACE_NOT_FOUND);
+    assert.equal(q.req.owner, q.owner);
+  } finally {
+    await r.done();
+  }
+});
+
+test('live: an NVMe error is the answer (not held); a record comes back to its owner with the links cleared', { timeout: 20_000 }, async () => {
+  const r = await rig();
+  try {
+    const past = await settle(r.rc.read(1, 10_000n, 1));
+    assert.ok(past.err instanceof NvmfNbdError);
+    assert.notEqual(past.err?.status, undefined, 'the NVMe status');
+    const z = await settle(r.rc.writeZeroes(1, 10_000n, 1));
+    assert.notEqual(z.err?.status, undefined);
+    assert.equal(r.rc.state, CtrlState.LIVE);
+    assert.deepEqual(r.rc.heldOps, { count: 0, bytes: 0 });
+    const w = rec(BlockOpCode.WRITE, 3n, Buffer.alloc(512, 0x42));
+    r.rc.submitIo(w.req);
+    assert.equal(await w.done, undefined);
+    assert.equal(w.req.owner, w.owner);
+    assert.equal(w.req.upper, undefined);
+    assert.equal(w.req.ctrl, undefined);
+    assert.equal(w.req.bytes, 512);
+    const bad = rec(BlockOpCode.READ, 10_000n, Buffer.alloc(512));
+    r.rc.submitIo(bad.req);
+    const be = await bad.done;
+    assert.notEqual(be?.status, undefined);
+    assert.equal(bad.req.owner, bad.owner);
+    assert.equal(bad.req.pathLost, false);
+    // An empty write sends nothing.
+    const before = r.seen().length;
+    await r.rc.write(1, 0n, Buffer.alloc(0));
+    assert.equal(r.seen().length, before);
+    await r.rc.flush(1);
+    assert.ok(r.seen().some((s) => s.qid > 0 && s.opcode === 0x00), 'Flush sent');
+  } finally {
+    await r.done();
+  }
+});
+
+test('admin commands outstanding on a lost association: Get Log Page and Get Features are re-driven, Set Features fails CONTROLLER_LOST (EIO) unsent', { timeout: 20_000 }, async () => {
+  const r = await rig();
+  try {
+    r.ctl.refuse = true;
+    const glp = settle(r.rc.adminCommand(sqeGetLogPage(0x70, 1024, 0), { dataInLength: 1024 }));
+    const gf = settle(r.rc.adminCommand(sqeGetFeatures(0x07)));
+    const sf = settle(r.rc.adminCommand(sqeSetFeatures(0x0b, 0)));
+    r.cut();
+    const s = await sf;
+    assert.equal(s.err?.code, ErrorCode.CONTROLLER_LOST);
+    assert.equal(s.err?.errno, 5);
+    assert.match(s.err?.message ?? '', /^association lost while the command was outstanding; not re-sent \(the target may have executed it\): /);
+    assert.ok(s.err?.cause instanceof Error);
+    await until(() => r.rc.heldOps.count === 2, 'the two reads held');
+    // Held admin data counts: out + in.
+    const big = settle(r.rc.adminCommand(sqeSetFeatures(0x0b, 0), { dataOut: Buffer.alloc(300), dataInLength: 200 }));
+    assert.deepEqual(r.rc.heldOps, { count: 3, bytes: 1024 + 500 });
+    r.ctl.refuse = false;
+    assert.equal((await glp).ok, true);
+    const g = await gf;
+    assert.notEqual(g.err?.code, ErrorCode.CONTROLLER_LOST, 're-sent: the answer is the target\'s');
+    await big;
+  } finally {
+    await r.done();
   }
 });
