@@ -4,7 +4,8 @@
  * mode bits, owner, the 4096-byte bound, the fd closed, each refusal's message naming the file
  * and the caller's `what`, never the secret) and src/controller/host-identity.ts (the lookup
  * order /etc/nvme → kept state → DMI → machine-id → random-and-kept, what is persisted and with
- * which mode, the environment defaults, the host-ID checks). Serves
+ * which mode even under umask 0, the environment defaults (set, empty and unset), the host-ID
+ * checks). Serves
  * `npm run mutate -- src/controller/dhchap-secret.ts --tests=mut-ctrl-small,auth-cli` and
  * `npm run mutate -- src/controller/host-identity.ts --tests=mut-ctrl-small,host-identity`; and
  * src/controller/discovery.ts (readDiscoveryLog against a recording stand-in controller: piece
@@ -271,8 +272,12 @@ test('deriveHostNqn: the environment names the files when no path is passed (emp
     // Empty: the system files (whatever they hold, never the fake ones).
     process.env.NVMF_NBD_DMI_UUID = '';
     process.env.NVMF_NBD_MACHINE_ID = '';
-    const sys = deriveHostNqn();
-    if (sys !== undefined) assert.match(sys.source, /^(dmi:\/sys\/class\/dmi\/id\/product_uuid|machine-id:\/etc\/machine-id)$/);
+    const system = deriveHostNqn({ dmiUuidFile: '/sys/class/dmi/id/product_uuid', machineIdFile: '/etc/machine-id' });
+    assert.deepEqual(deriveHostNqn(), system);
+    // Unset: the system files too.
+    delete process.env.NVMF_NBD_DMI_UUID;
+    delete process.env.NVMF_NBD_MACHINE_ID;
+    assert.deepEqual(deriveHostNqn(), system);
     // The etc dir from the environment too (loadHostIdentity without etcDir).
     process.env.NVMF_NBD_DMI_UUID = f.dmi;
     process.env.NVMF_NBD_MACHINE_ID = f.mid;
@@ -331,7 +336,14 @@ test('identity: a uuid-form host NQN whose tail is not a UUID gets its ID from t
 
 test('identity: a non-uuid host NQN on a machine with neither DMI nor machine-id gets a random ID, kept (0644, dir 0700) and reused', (t) => {
   const f = fake(t, { 'etc/hostnqn': 'nqn.2024-01.io.example:lonely' });
-  const a = load(f);
+  // mode 0644 is asked for, not left to the umask.
+  const mask = process.umask(0);
+  let a: ReturnType<typeof load>;
+  try {
+    a = load(f);
+  } finally {
+    process.umask(mask);
+  }
   assert.equal(a.hostnqn, 'nqn.2024-01.io.example:lonely');
   assert.ok(isUuid(a.hostid));
   const kept = path.join(f.state, 'hostid');
