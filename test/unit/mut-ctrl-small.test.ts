@@ -6,12 +6,12 @@
  * order /etc/nvme → kept state → DMI → machine-id → random-and-kept, what is persisted and with
  * which mode even under umask 0, the environment defaults (set, empty and unset), the host-ID
  * checks). Serves
- * `npm run mutate -- src/controller/dhchap-secret.ts --tests=mut-ctrl-small,auth-cli` and
+ * `npm run mutate -- src/controller/dhchap-secret.ts --tests=mut-ctrl-small` and
  * `npm run mutate -- src/controller/host-identity.ts --tests=mut-ctrl-small,host-identity`; and
  * src/controller/discovery.ts (readDiscoveryLog against a recording stand-in controller: piece
  * sizes and offsets, the entry bound, generation retries; discover() against the fake target:
  * the Connect it sends, overrides, the budget timer) for
- * `npm run mutate -- src/controller/discovery.ts --tests=mut-ctrl-small,controller-controller,controller-budget`.
+ * `npm run mutate -- src/controller/discovery.ts --tests=mut-ctrl-small,controller-controller`.
  */
 import { test } from 'node:test';
 import type { TestContext } from 'node:test';
@@ -520,7 +520,7 @@ async function discoveryTarget(m: ControllerModel): Promise<{ target: FakeTarget
 }
 
 test('discover: the well-known discovery NQN by default, KATO 0, admin queue only; both overrides replace every entry', async () => {
-  const m: ControllerModel = { namespaces: new Map(), discovery: [
+  const m: ControllerModel = { namespaces: new Map(), seen: [], discovery: [
     { subnqn: 'nqn.2024-01.io.test:a', traddr: '10.9.9.9', trsvcid: '4420' },
     { subnqn: 'nqn.2024-01.io.test:b', traddr: '10.9.9.8', trsvcid: '4421' },
   ] };
@@ -532,6 +532,11 @@ test('discover: the well-known discovery NQN by default, KATO 0, admin queue onl
     assert.equal(connects[0]?.subnqn, DISCOVERY_NQN);
     assert.equal(connects[0]?.hostnqn, 'nqn.test:h');
     assert.equal(connects[0]?.raw.readUInt32LE(48), 0, 'KATO 0');
+    // A discovery controller: no namespace scan, no queue count, no shutdown (CC.SHN) at the end.
+    const seen = m.seen ?? [];
+    assert.equal(seen.some((s) => s.opcode === 0x06 && (s.cdw10 & 0xff) !== 1), false, 'only Identify Controller');
+    assert.equal(seen.some((s) => s.opcode === 0x09), false, 'no Set Features');
+    assert.equal(((m.regs?.cc ?? 0) >>> 14) & 3, 0, 'no CC.SHN written on disconnect');
     const only = await discover({ traddr: '127.0.0.1', trsvcid: target.port, hostnqn: 'nqn.test:h', hostid: Buffer.alloc(16, 1), overrideTrsvcid: '7' });
     assert.deepEqual(only.entries.map((e) => [e.traddr, e.trsvcid]), [['10.9.9.9', '7'], ['10.9.9.8', '7']]);
     const none = await discover({ traddr: '127.0.0.1', trsvcid: target.port, hostnqn: 'nqn.test:h', hostid: Buffer.alloc(16, 1) });
