@@ -1,9 +1,11 @@
 /**
- * QueuePair option mappings and limits against the scripted fake target (issue 15 item 2,
- * transport survivors): the Connect SQE fields (admin vs I/O queue, KATO only on the admin
- * queue, SQSIZE 0-based, CATTR), queue size and CPDA limits on both sides, the in-capsule limit
- * per queue type and after setInCapsuleMax, transfer limits with their messages, 0-byte data,
- * commands without a deadline in awaitingReply/load, and I/O vs admin status naming.
+ * QueuePair survivors of the transport mutation runs (issue 15 item 2), against the scripted fake
+ * target: three R2Ts for one write with lengths that are not multiples of MAXH2CDATA (offsets,
+ * every byte once, LAST_PDU per R2T, bytesOut exact), an R2T of length 0 or skipping ahead
+ * refused with its message and the H2CTermReq FES 4 / FEI 12, C2HData SUCCESS (the synthesized
+ * CQE, a bad data digest, a short read; the queue stays up), destroy counting every in-flight and
+ * waiting command as one error, the ICResp refusal message per field, a timeout of 0 as an
+ * immediate deadline (in flight and waiting for a slot), and SQHD equal to the queue size.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
