@@ -3,12 +3,22 @@
  * survivors of the whole-file run: a read longer than MAXC2HDATA (128 KiB) and not a multiple of
  * it (two C2HData, LAST_PDU on the second only, every byte), the controller limits per host and
  * per target with their status and log line, Property Set of CC as an 8-byte property refused,
- * the admin queue's close reason logged for its controller and its I/O queues, and the command
- * counter.
+ * the admin queue's close reason logged for its controller and its I/O queues, the command
+ * counter; and the second batch: SQHD 0 before Connect, DNR clear on success, a Connect without
+ * data or with an SGL longer than its in-capsule data, SGL type checks only for commands that
+ * move data (no-data and 0-length commands run whatever their SGL type, also with C2HData
+ * SUCCESS on), a Fabrics command with R2T data not prechecked as I/O, an I/O queue joining from
+ * another port, PDUs after an H2CTermReq in the same read ignored, the parser's role in the
+ * refusal log, and Nagle off on the target's sockets.
  */
 import { strict as assert } from 'node:assert';
-import { after, describe, it } from 'node:test';
-import { encodeConnectData, FabricsStatus, GenericStatus, sqeConnect, sqePropertyGet, sqePropertySet, sqeRead, sqeWrite } from '../../src/wire';
+import { after, describe, it, mock } from 'node:test';
+import * as net from 'node:net';
+import {
+  encodeCapsuleCmd, encodeCapsuleResp, encodeConnectData, encodeCqe, encodeTermReq, FabricsStatus, GenericStatus, PduType,
+  sqeConnect, sqeFlush, sqeIdentify, sqePropertyGet, sqePropertySet, sqeRead, sqeWrite,
+} from '../../src/wire';
+import { sqeAuthSend } from '../../src/wire/auth';
 import { NvmeTarget } from '../../src/embedded-target';
 import { CC_ENABLE, connectAdmin, connectIo, enable, HOSTID, HOSTNQN, RawHost, type Reply } from './target-rawhost';
 import { until } from '../helpers/clock';
@@ -17,6 +27,9 @@ const NQN = 'nqn.2014-08.org.example:mut-target-queue3';
 const OTHER_HOST = 'nqn.2014-08.org.nvmexpress:uuid:99999999-8888-7777-6666-555555555555';
 const T = { timeout: 15_000 };
 const G = GenericStatus;
+const PLAIN = { hdgst: false, ddgst: false, pda: 0 };
+const SGL_DATA_BLOCK_OFFSET = 0x01;
+const DATA_SGL_LENGTH_INVALID = 0x0f;
 
 const st = (r: Reply): [number, number, boolean] => [r.cqe.status.sct, r.cqe.status.sc, r.cqe.status.dnr];
 
@@ -144,5 +157,140 @@ describe('target queue: C2H split, controller limits, properties, close reasons,
     await h.submit(sqePropertyGet(0x1c, false));
     await h.submit(sqePropertyGet(0x08, false));
     assert.equal(t.stats().commands - before0, 3);
+  });
+});
+
+describe('target queue: SQHD before Connect, DNR, Connect data, SGL checks, ports, PDUs after close, role, Nagle', () => {
+  const hosts: RawHost[] = [];
+  const targets: NvmeTarget[] = [];
+  after(async () => {
+    for (const h of hosts) h.close();
+    for (const t of targets) await t.close();
+  });
+  async function start(logs: string[], o: Partial<ConstructorParameters<typeof NvmeTarget>[0]> = {}): Promise<NvmeTarget> {
+    const t = makeTarget(logs, o);
+    targets.push(t);
+    await t.listen();
+    return t;
+  }
+  async function raw(port: number): Promise<{ h: RawHost; localPort: number }> {
+    const h = await RawHost.connect(port);
+    hosts.push(h);
+    const localPort = h.sock.localPort ?? -1;
+    await h.icreq();
+    return { h, localPort };
+  }
+  const portOf = (t: NvmeTarget): number => t.address()?.port ?? -1;
+  const cd = (o: { cntlid?: number; hostnqn?: string } = {}) =>
+    encodeConnectData({ hostid: HOSTID, cntlid: o.cntlid ?? 0xffff, subnqn: NQN, hostnqn: o.hostnqn ?? HOSTNQN });
+  const adminConnect = () => sqeConnect({ qid: 0, sqsize: 15, kato: 0, disableSqFlowControl: false });
+
+  it('before Connect a completion carries SQHD 0 (flow control is on until Connect says otherwise); a success has DNR clear', T, async () => {
+    const t = await start([]);
+    const { h } = await raw(portOf(t));
+    const pre = await h.submit(sqePropertyGet(0x1c, false));
+    assert.deepEqual([...st(pre), pre.cqe.sqhd], [0, G.COMMAND_SEQUENCE_ERROR, true, 0]);
+    const c = await h.submit(adminConnect(), { write: cd() });
+    assert.deepEqual([...st(c), c.cqe.sqhd], [0, 0, false, 1]);
+    assert.deepEqual(st(await h.submit(sqePropertyGet(0x1c, false))), [0, 0, false]);
+  });
+
+  it('Connect without data → Data SGL Length Invalid; with an SGL longer than its in-capsule data → the same, nothing connected', T, async () => {
+    const t = await start([]);
+    const { h } = await raw(portOf(t));
+    assert.deepEqual(st(await h.submit(adminConnect())), [0, DATA_SGL_LENGTH_INVALID, true], 'no data');
+    const longer = await h.submit(adminConnect(), { write: cd(), inCapsule: true, edit: (sqe) => sqe.writeUInt32LE(2048, 32) });
+    assert.deepEqual(st(longer), [0, DATA_SGL_LENGTH_INVALID, true], 'SGL 2048, data 1024');
+    assert.equal(t.stats().controllers, 0);
+    assert.equal((await h.submit(adminConnect(), { write: cd() })).cqe.ok, true);
+  });
+
+  it('a command without data runs whatever its SGL type: Flush with an offset SGL (length 0 or 512), Identify with a 0-length offset SGL', T, async () => {
+    for (const c2hSuccess of ['spec', 'spdk'] as const) {
+      const t = await start([], { c2hSuccess });
+      const { h: admin } = await raw(portOf(t));
+      const c = await connectAdmin(admin, NQN);
+      await enable(admin);
+      const { h: io } = await raw(portOf(t));
+      assert.equal((await connectIo(io, NQN, c.cqe.dw0)).cqe.ok, true);
+      for (const len of [0, 512]) {
+        const f = await io.submit(sqeFlush(1), { edit: (sqe) => { sqe[39] = SGL_DATA_BLOCK_OFFSET; sqe.writeUInt32LE(len, 32); } });
+        assert.deepEqual(st(f), [0, 0, false], `${c2hSuccess}: Flush, offset SGL of ${len}`);
+      }
+      const id = await admin.submit(sqeIdentify(1), { edit: (sqe) => { sqe[39] = SGL_DATA_BLOCK_OFFSET; } });
+      assert.deepEqual([...st(id), id.c2hPdus, id.viaSuccess], [0, 0, false, 0, false], `${c2hSuccess}: Identify of 0 bytes: a CapsuleResp, no data`);
+    }
+  });
+
+  it('a Fabrics command with data by R2T on an I/O queue of a disabled controller is not prechecked as I/O: Auth Send → Invalid Opcode after its data', T, async () => {
+    const t = await start([]);
+    const { h: admin } = await raw(portOf(t));
+    const c = await connectAdmin(admin, NQN);
+    await enable(admin);
+    const { h: io } = await raw(portOf(t));
+    assert.equal((await connectIo(io, NQN, c.cqe.dw0)).cqe.ok, true);
+    assert.equal((await admin.submit(sqePropertySet(0x14, false, 0n))).cqe.ok, true, 'CC.EN 0');
+    const r = await io.submit(sqeAuthSend(512), { write: Buffer.alloc(512, 7), inCapsule: false });
+    assert.deepEqual(st(r), [0, G.INVALID_OPCODE, true]);
+  });
+
+  it('an I/O queue may only join its controller on the port the admin queue connected on', T, async () => {
+    const t = new NvmeTarget({
+      ports: [{ host: '127.0.0.1', port: 0 }, { host: '127.0.0.1', port: 0 }],
+      subsystems: [{ nqn: NQN, namespaces: [{ sizeBytes: 1 << 20, backing: { memory: true } }] }],
+      maxIoQueues: 2,
+      log: () => undefined,
+    });
+    targets.push(t);
+    await t.listen();
+    const [p1, p2] = t.ports().map((p) => p.port);
+    const { h: admin } = await raw(p1 as number);
+    const c = await connectAdmin(admin, NQN);
+    await enable(admin);
+    const { h: other } = await raw(p2 as number);
+    const r = await connectIo(other, NQN, c.cqe.dw0 & 0xffff);
+    assert.deepEqual([...st(r), r.cqe.dw0], [1, FabricsStatus.CONNECT_INVALID_PARAMETERS, true, (1 << 16) | 16]);
+    const { h: same } = await raw(p1 as number);
+    assert.equal((await connectIo(same, NQN, c.cqe.dw0 & 0xffff)).cqe.ok, true);
+  });
+
+  it('a CapsuleCmd in the same read after an H2CTermReq is not run (not counted)', T, async () => {
+    const t = await start([]);
+    const { h } = await raw(portOf(t));
+    assert.equal((await h.submit(adminConnect(), { write: cd() })).cqe.ok, true);
+    const before0 = t.stats().commands;
+    const pg = sqePropertyGet(0x1c, false);
+    h.send([encodeTermReq(PduType.H2C_TERM_REQ, 1, 0), ...encodeCapsuleCmd(pg, undefined, PLAIN)]);
+    await h.waitClosed();
+    assert.equal(t.stats().commands, before0);
+  });
+
+  it('a host PDU type the controller does not take is refused naming the controller role in the log', T, async () => {
+    const logs: string[] = [];
+    const t = await start(logs);
+    const { h, localPort } = await raw(portOf(t));
+    h.send(encodeCapsuleResp(encodeCqe({ cid: 1, sqhd: 0 }), PLAIN));
+    await h.waitClosed();
+    assert.deepEqual(h.termReq, { fes: 1, fei: 0 });
+    const line = logs.find((l) => l.includes(`127.0.0.1:${localPort} qid -1: protocol error`));
+    assert.ok(line?.endsWith('PDU type 0x5 not valid for controller (NVMF_ERR_PDU_INVALID_TYPE)'), line);
+  });
+
+  it('the target turns Nagle off on each connection (setNoDelay(true))', T, async () => {
+    const calls: Array<{ sock: net.Socket; arg: unknown }> = [];
+    const orig = net.Socket.prototype.setNoDelay;
+    const m = mock.method(net.Socket.prototype, 'setNoDelay', function (this: net.Socket, arg?: boolean) {
+      calls.push({ sock: this, arg });
+      return orig.call(this, arg);
+    });
+    try {
+      const t = await start([]);
+      const { h } = await raw(portOf(t));
+      assert.equal((await h.submit(adminConnect(), { write: cd() })).cqe.ok, true);
+      const theirs = calls.filter((c) => c.sock !== h.sock);
+      assert.deepEqual(theirs.map((c) => c.arg), [true]);
+    } finally {
+      m.mock.restore();
+    }
   });
 });
