@@ -7,7 +7,7 @@
  * counter; and the second batch: SQHD 0 before Connect, DNR clear on success, a Connect without
  * data or with an SGL longer than its in-capsule data, SGL type checks only for commands that
  * move data (no-data and 0-length commands run whatever their SGL type, also with C2HData
- * SUCCESS on), a Fabrics command with R2T data not prechecked as I/O, an I/O queue joining from
+ * SUCCESS on), a controller-to-host command that completes without data (a CapsuleResp only), a Fabrics command with R2T data not prechecked as I/O, an I/O queue joining from
  * another port, PDUs after an H2CTermReq in the same read ignored, the parser's role in the
  * refusal log, and Nagle off on the target's sockets.
  */
@@ -16,7 +16,7 @@ import { after, describe, it, mock } from 'node:test';
 import * as net from 'node:net';
 import {
   encodeCapsuleCmd, encodeCapsuleResp, encodeConnectData, encodeCqe, encodeTermReq, FabricsStatus, GenericStatus, PduType,
-  sqeConnect, sqeFlush, sqeIdentify, sqePropertyGet, sqePropertySet, sqeRead, sqeWrite,
+  sqeConnect, sqeFlush, sqeGetFeatures, sqeIdentify, sqePropertyGet, sqePropertySet, sqeRead, sqeWrite,
 } from '../../src/wire';
 import { sqeAuthSend } from '../../src/wire/auth';
 import { NvmeTarget } from '../../src/embedded-target';
@@ -220,6 +220,16 @@ describe('target queue: SQHD before Connect, DNR, Connect data, SGL checks, port
       const id = await admin.submit(sqeIdentify(1), { edit: (sqe) => { sqe[39] = SGL_DATA_BLOCK_OFFSET; } });
       assert.deepEqual([...st(id), id.c2hPdus, id.viaSuccess], [0, 0, false, 0, false], `${c2hSuccess}: Identify of 0 bytes: a CapsuleResp, no data`);
     }
+  });
+
+  it('a controller-to-host command whose completion has no data (Get Features with a buffer): a CapsuleResp only, the queue stays up', T, async () => {
+    const t = await start([]);
+    const { h } = await raw(portOf(t));
+    assert.equal((await connectAdmin(h, NQN)).cqe.ok, true);
+    await enable(h);
+    const r = await h.submit(sqeGetFeatures(0x07), { readLength: 512 });
+    assert.deepEqual([...st(r), r.cqe.dw0, r.c2hPdus, r.data.length], [0, 0, false, 0x10001, 0, 0], 'Number of Queues: 2 and 2 (0-based 1)');
+    assert.equal((await h.submit(sqePropertyGet(0x1c, false))).cqe.dw0 & 1, 1);
   });
 
   it('a Fabrics command with data by R2T on an I/O queue of a disabled controller is not prechecked as I/O: Auth Send → Invalid Opcode after its data', T, async () => {
