@@ -9,7 +9,9 @@
  * move data (no-data and 0-length commands run whatever their SGL type, also with C2HData
  * SUCCESS on), a controller-to-host command that completes without data (a CapsuleResp only), a Fabrics command with R2T data not prechecked as I/O, an I/O queue joining from
  * another port, PDUs after an H2CTermReq in the same read ignored, the parser's role in the
- * refusal log, and Nagle off on the target's sockets.
+ * refusal log, and Nagle off on the target's sockets; the internal-error paths' log text (a
+ * rejection that is undefined, a failure while completing with its message and the close
+ * reason 'internal error').
  */
 import { strict as assert } from 'node:assert';
 import { after, describe, it, mock } from 'node:test';
@@ -19,7 +21,8 @@ import {
   sqeConnect, sqeFlush, sqeGetFeatures, sqeIdentify, sqePropertyGet, sqePropertySet, sqeRead, sqeWrite,
 } from '../../src/wire';
 import { sqeAuthSend } from '../../src/wire/auth';
-import { NvmeTarget } from '../../src/embedded-target';
+import * as pduCodec from '../../src/wire/pdu';
+import { MemoryBackend, NvmeTarget } from '../../src/embedded-target';
 import { CC_ENABLE, connectAdmin, connectIo, enable, HOSTID, HOSTNQN, RawHost, type Reply } from './target-rawhost';
 import { until } from '../helpers/clock';
 
@@ -301,6 +304,72 @@ describe('target queue: SQHD before Connect, DNR, Connect data, SGL checks, port
       assert.deepEqual(theirs.map((c) => c.arg), [true]);
     } finally {
       m.mock.restore();
+    }
+  });
+});
+
+describe('target queue: internal error texts', () => {
+  it('a backend rejecting with undefined → Internal Error, logged as "undefined"; a failure while completing logs its message and closes with "internal error"', T, async () => {
+    const logs: string[] = [];
+    const t = makeTarget(logs);
+    const port = (await t.listen()).port;
+    const admin = await RawHost.connect(port);
+    const io = await RawHost.connect(port);
+    try {
+      await admin.icreq();
+      const c = await connectAdmin(admin, NQN);
+      await enable(admin);
+      await io.icreq();
+      assert.equal((await connectIo(io, NQN, c.cqe.dw0)).cqe.ok, true);
+      const rd = mock.method(MemoryBackend.prototype, 'read', () => Promise.reject(undefined));
+      try {
+        const r = await io.submit(sqeRead(1, 0n, 1), { readLength: 512 });
+        assert.deepEqual(st(r), [0, G.INTERNAL_ERROR, false]);
+        assert.ok(logs.some((l) => new RegExp(`^error: conn \\d+ qid 1: cid ${r.cqe.cid} opcode 0x2 failed: undefined$`).test(l)), logs.slice(-3).join('\n'));
+      } finally {
+        rd.mock.restore();
+      }
+      const enc = mock.method(pduCodec, 'encodeC2HData', () => { throw new Error('encode failed'); });
+      try {
+        io.submit(sqeRead(1, 0n, 1), { readLength: 512, cid: 91 }).catch(() => undefined);
+        await io.waitClosed();
+      } finally {
+        enc.mock.restore();
+      }
+      assert.equal(io.termReq, undefined);
+      assert.ok(logs.some((l) => /^error: conn \d+ qid 1: completing cid 91 failed: encode failed$/.test(l)), logs.slice(-3).join('\n'));
+      assert.ok(logs.some((l) => /^debug: conn \d+ \S+ qid 1: closed: internal error$/.test(l)), logs.slice(-3).join('\n'));
+    } finally {
+      admin.close();
+      io.close();
+      await t.close();
+    }
+  });
+
+  it('a failure while completing that is not an Error is logged as its string', T, async () => {
+    const logs: string[] = [];
+    const t = makeTarget(logs);
+    const port = (await t.listen()).port;
+    const admin = await RawHost.connect(port);
+    const io = await RawHost.connect(port);
+    try {
+      await admin.icreq();
+      const c = await connectAdmin(admin, NQN);
+      await enable(admin);
+      await io.icreq();
+      assert.equal((await connectIo(io, NQN, c.cqe.dw0)).cqe.ok, true);
+      const enc = mock.method(pduCodec, 'encodeC2HData', () => { throw undefined; }); // eslint-disable-line no-throw-literal
+      try {
+        io.submit(sqeRead(1, 0n, 1), { readLength: 512, cid: 92 }).catch(() => undefined);
+        await io.waitClosed();
+      } finally {
+        enc.mock.restore();
+      }
+      assert.ok(logs.some((l) => /^error: conn \d+ qid 1: completing cid 92 failed: undefined$/.test(l)), logs.slice(-3).join('\n'));
+    } finally {
+      admin.close();
+      io.close();
+      await t.close();
     }
   });
 });
