@@ -11,17 +11,19 @@
  * another port, PDUs after an H2CTermReq in the same read ignored, the parser's role in the
  * refusal log, and Nagle off on the target's sockets; the internal-error paths' log text (a
  * rejection that is undefined, a failure while completing with its message and the close
- * reason 'internal error').
+ * reason 'internal error'); before in-band authentication: no R2T for a command that will be
+ * refused, R2T for Authentication Send, and only Fabrics commands count as authentication.
  */
 import { strict as assert } from 'node:assert';
 import { after, describe, it, mock } from 'node:test';
 import * as net from 'node:net';
 import {
   encodeCapsuleCmd, encodeCapsuleResp, encodeConnectData, encodeCqe, encodeTermReq, FabricsStatus, GenericStatus, PduType,
-  sqeConnect, sqeFlush, sqeGetFeatures, sqeIdentify, sqePropertyGet, sqePropertySet, sqeRead, sqeWrite,
+  sqeConnect, sqeFlush, sqeGetFeatures, sqeIdentify, sqePropertyGet, sqePropertySet, sqeRead, sqeSetFeatures, sqeWrite,
 } from '../../src/wire';
 import { sqeAuthSend } from '../../src/wire/auth';
 import * as pduCodec from '../../src/wire/pdu';
+import { formatDhchapKey, generateDhchapKey } from '../../src/wire/dhchap';
 import { MemoryBackend, NvmeTarget } from '../../src/embedded-target';
 import { CC_ENABLE, connectAdmin, connectIo, enable, HOSTID, HOSTNQN, RawHost, type Reply } from './target-rawhost';
 import { until } from '../helpers/clock';
@@ -369,6 +371,30 @@ describe('target queue: internal error texts', () => {
     } finally {
       admin.close();
       io.close();
+      await t.close();
+    }
+  });
+});
+
+describe('target queue: before in-band authentication', () => {
+  it('a queue that must authenticate: Set Features with data → Authentication Required without an R2T; Auth Send gets its R2T; Identify with NSID 5 (the AUTH_SEND fctype byte) is refused', T, async () => {
+    const t = makeTarget([], { hostKeys: [{ hostnqn: HOSTNQN, key: formatDhchapKey(generateDhchapKey({ hmac: 1, nqn: HOSTNQN })) }] });
+    const port = (await t.listen()).port;
+    const h = await RawHost.connect(port);
+    try {
+      await h.icreq();
+      const c = await connectAdmin(h, NQN);
+      assert.equal((c.cqe.dw0 & (1 << 17)) !== 0, true, 'AUTHREQ.ATR');
+      let r2ts = 0;
+      h.onR2T = () => { r2ts++; return false; };
+      const sf = await h.submit(sqeSetFeatures(0x0f, 10_000), { write: Buffer.alloc(512), inCapsule: false });
+      assert.deepEqual([...st(sf), r2ts], [1, FabricsStatus.AUTH_REQUIRED, true, 0]);
+      const id = await h.submit(sqeIdentify(1, 5), { readLength: 4096 });
+      assert.deepEqual(st(id), [1, FabricsStatus.AUTH_REQUIRED, true]);
+      const as = await h.submit(sqeAuthSend(512), { write: Buffer.alloc(512), inCapsule: false });
+      assert.deepEqual([...st(as), r2ts], [0, 0, false, 1], 'Authentication Send is asked for its data');
+    } finally {
+      h.close();
       await t.close();
     }
   });
