@@ -12,7 +12,8 @@
  * refusal log, and Nagle off on the target's sockets; the internal-error paths' log text (a
  * rejection that is undefined, a failure while completing with its message and the close
  * reason 'internal error'); before in-band authentication: no R2T for a command that will be
- * refused, R2T for Authentication Send, and only Fabrics commands count as authentication.
+ * refused, R2T for Authentication Send, and only Fabrics commands count as authentication; the
+ * TLS identity refusals' log lines (host named, subsystem named, no NQNs).
  */
 import { strict as assert } from 'node:assert';
 import { after, describe, it, mock } from 'node:test';
@@ -24,6 +25,9 @@ import {
 import { sqeAuthSend } from '../../src/wire/auth';
 import * as pduCodec from '../../src/wire/pdu';
 import { formatDhchapKey, generateDhchapKey } from '../../src/wire/dhchap';
+import { QueuePair } from '../../src/transport/queue-pair';
+import { ErrorCode } from '../../src/errors';
+import { rejectsCode } from '../helpers/assert-code';
 import { MemoryBackend, NvmeTarget } from '../../src/embedded-target';
 import { CC_ENABLE, connectAdmin, connectIo, enable, HOSTID, HOSTNQN, RawHost, type Reply } from './target-rawhost';
 import { until } from '../helpers/clock';
@@ -395,6 +399,45 @@ describe('target queue: before in-band authentication', () => {
       assert.deepEqual([...st(as), r2ts], [0, 0, false, 1], 'Authentication Send is asked for its data');
     } finally {
       h.close();
+      await t.close();
+    }
+  });
+});
+
+describe('target queue: TLS PSK identity refusals', () => {
+  it('Connect over TLS naming another host / subsystem / an identity without NQNs: each log line names what the identity names', T, async () => {
+    const logs: string[] = [];
+    const NQN2 = `${NQN}-b`;
+    const psk = Buffer.alloc(32, 0x42);
+    const t = new NvmeTarget({
+      listen: { host: '127.0.0.1', port: 0 },
+      subsystems: [
+        { nqn: NQN, namespaces: [{ sizeBytes: 1 << 20, backing: { memory: true } }] },
+        { nqn: NQN2, namespaces: [{ sizeBytes: 1 << 20, backing: { memory: true } }] },
+      ],
+      tls: { mode: 'optional', lookup: () => psk },
+      log: (level, msg) => logs.push(`${level}: ${msg}`),
+    });
+    const port = (await t.listen()).port;
+    const connect = (identity: string, hostnqn: string) => QueuePair.connect({
+      host: '127.0.0.1', port, qid: 0, queueSize: 8, subnqn: NQN, hostnqn, hostid: HOSTID, cntlid: 0xffff,
+      connectTimeoutMs: 10_000, timeoutMs: 10_000, tls: { identity, psk, cipher: 1 },
+    });
+    const refusal = (identity: string): string | undefined => logs.find((l) => l.includes(`: ${ErrorCode.TLS_IDENTITY_MISMATCH}: `) && l.includes(`identity '${identity}'`));
+    try {
+      const cases: Array<[string, string, string, string]> = [
+        [`NVMe0R01 ${HOSTNQN} ${NQN}`, OTHER_HOST, `NVMe0R01 ${HOSTNQN} ${NQN}`, `Connect as host '${OTHER_HOST}' to '${NQN}' refused: the TLS PSK identity 'NVMe0R01 ${HOSTNQN} ${NQN}' names host '${HOSTNQN}'`],
+        [`NVMe1R01 ${HOSTNQN} ${NQN2} abc=`, HOSTNQN, `NVMe1R01 ${HOSTNQN} ${NQN2}`, `Connect as host '${HOSTNQN}' to '${NQN}' refused: the TLS PSK identity 'NVMe1R01 ${HOSTNQN} ${NQN2}' names subsystem '${NQN2}'`],
+        ['not-an-nvme-identity', HOSTNQN, 'not-an-nvme-identity', `Connect as host '${HOSTNQN}' to '${NQN}' refused: the TLS PSK identity 'not-an-nvme-identity' names no NQNs`],
+      ];
+      for (const [identity, hostnqn, shown, tail] of cases) {
+        const e = await rejectsCode(connect(identity, hostnqn), ErrorCode.CONNECT_FAILED);
+        assert.deepEqual([e.status?.sct, e.status?.sc], [1, FabricsStatus.CONNECT_INVALID_PARAMETERS], identity);
+        const line = refusal(shown);
+        assert.ok(line?.startsWith('warn: conn ') && line.endsWith(`: ${ErrorCode.TLS_IDENTITY_MISMATCH}: ${tail}`), `${identity}: ${line ?? logs.slice(-3).join('\n')}`);
+      }
+      assert.equal(t.stats().tlsIdentityMismatches, 3);
+    } finally {
       await t.close();
     }
   });
