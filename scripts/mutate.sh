@@ -16,8 +16,8 @@
 #
 # Incremental: each scope keeps its own results in reports/mutation/incremental-<scope>.json
 # (git-ignored); a rerun tests only the mutants whose code or covering tests changed.
-# Results of every run are merged into reports/mutation/merged.json (a file whose source changed
-# since is dropped), so `node scripts/mutation-summary.js --merged` prints the whole table.
+# Results of every run are merged per mutant into reports/mutation/merged.json (line-range runs of one
+# file add up; a file whose source changed since is dropped), so `node scripts/mutation-summary.js --merged` prints the whole table.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

@@ -4,8 +4,8 @@
 //
 // Usage: node scripts/mutation-summary.js [REPORT.json] [--merged] [--no-survivors]
 //   REPORT.json      a run's report (default reports/mutation/mutation.json); it is merged into
-//                    reports/mutation/merged.json (per file, newest run wins; a file whose source
-//                    changed since its run is dropped from the merge)
+//                    reports/mutation/merged.json (per mutant, newest run wins, so line-range runs of
+//                    one file add up; a file whose source changed since its run is dropped)
 //   --merged         print the merged table (every module measured so far) instead of this run's
 //   --no-survivors   the table only
 //
@@ -81,7 +81,23 @@ else if (!showMerged) {
   console.error(`mutation-summary: no report at ${path.relative(root, reportPath)}`);
   process.exit(2);
 }
-for (const [file, data] of Object.entries(run.files)) merged.files[file] = data;
+/** A mutant's identity within one version of a file: where, which mutator, what it writes. */
+const mutantKey = (m) => {
+  const { start, end } = m.location;
+  return `${start.line}:${start.column}-${end.line}:${end.column} ${m.mutatorName} ${m.replacement ?? ''}`;
+};
+// Per mutant, not per file: runs over different line ranges of one file add up, and a rerun of a
+// range replaces just the mutants it tested. A run against other source text replaces the file.
+for (const [file, data] of Object.entries(run.files)) {
+  const before = merged.files[file];
+  if (before === undefined || before.source !== data.source) {
+    merged.files[file] = data;
+    continue;
+  }
+  const byKey = new Map(before.mutants.map((m) => [mutantKey(m), m]));
+  for (const m of data.mutants) byKey.set(mutantKey(m), m);
+  merged.files[file] = { ...data, mutants: [...byKey.values()] };
+}
 for (const [file, data] of Object.entries(merged.files)) {
   const abs = path.join(root, file);
   if (!fs.existsSync(abs) || fs.readFileSync(abs, 'utf8') !== data.source) delete merged.files[file];
