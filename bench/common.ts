@@ -168,10 +168,11 @@ export function spawnHelper<T>(argv: readonly string[], timeoutMs = 20_000, extr
 }
 
 /** Spawn the embedded target (bench/target-proc.ts) pinned to `cpu`; resolves with its port. */
-export async function startTargetProc(o: { cpu: number | undefined; sizeBytes: number; maxIoQueues?: number; tlsOptional?: boolean; namespaces?: number }): Promise<Helper<{ port: number; nqn: string }> & { pinned: boolean }> {
+export async function startTargetProc(o: { cpu: number | undefined; sizeBytes: number; maxIoQueues?: number; tlsOptional?: boolean; namespaces?: number; flushEvery?: number }): Promise<Helper<{ port: number; nqn: string }> & { pinned: boolean }> {
   const p = pinned(o.cpu, [process.execPath, path.join(BENCH_DIST_DIR, 'target-proc.js'), '--size', String(o.sizeBytes), '--nqn', BENCH_SUBNQN,
     ...(o.maxIoQueues !== undefined ? ['--max-io-queues', String(o.maxIoQueues)] : []), ...(o.tlsOptional === true ? ['--tls-optional'] : []),
-    ...(o.namespaces !== undefined ? ['--namespaces', String(o.namespaces)] : [])]);
+    ...(o.namespaces !== undefined ? ['--namespaces', String(o.namespaces)] : []),
+    ...(o.flushEvery !== undefined ? ['--flush-every', String(o.flushEvery)] : [])]);
   const h = await spawnHelper<{ port: number; nqn: string }>(p.argv);
   return { ...h, pinned: p.pinned };
 }

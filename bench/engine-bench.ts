@@ -6,7 +6,7 @@
  *
  *   node dist/bench/engine-bench.js [--traddr A --trsvcid P --subnqn NQN] [--nsid 1] [--runtime S]
  *        [--ramp S] [--queues N] [--queue-size N] [--region MiB] [--jobs name,name] [--no-prefill]
- *        [--target-cpu N] [--no-tls] [--slice S] [--api record|promise]
+ *        [--target-cpu N] [--no-tls] [--slice S] [--api record|promise] [--target-flush-every N]
  *
  * Without --trsvcid it starts the embedded target in its own process, pinned to --target-cpu
  * (default 0), and points at it; with --traddr/--trsvcid/--subnqn it measures any NVMe/TCP target
@@ -309,7 +309,7 @@ function cpusAllowed(): string {
 
 async function main(): Promise<void> {
   const a = parseArgs(process.argv.slice(2),
-    ['traddr', 'trsvcid', 'subnqn', 'nsid', 'runtime', 'ramp', 'queues', 'queue-size', 'region', 'jobs', 'target-cpu', 'slice', 'api'], ['no-prefill', 'no-tls']);
+    ['traddr', 'trsvcid', 'subnqn', 'nsid', 'runtime', 'ramp', 'queues', 'queue-size', 'region', 'jobs', 'target-cpu', 'slice', 'api', 'target-flush-every'], ['no-prefill', 'no-tls']);
   const api = a.get('api') ?? 'record';
   if (api !== 'record' && api !== 'promise') throw new BenchUsageError(`--api ${api}: use record or promise`);
   const runtime = numArg(a, 'runtime', Number(process.env['BENCH_RUNTIME'] ?? 5));
@@ -326,9 +326,9 @@ async function main(): Promise<void> {
   let where: { traddr: string; trsvcid: number; subnqn: string };
   if (a.get('trsvcid') === undefined) {
     const cpu = numArg(a, 'target-cpu', 0);
-    target = await startTargetProc({ cpu, sizeBytes: 1024 * MiB, tlsOptional: !a.has('no-tls') });
+    target = await startTargetProc({ cpu, sizeBytes: 1024 * MiB, tlsOptional: !a.has('no-tls'), ...(a.has('target-flush-every') ? { flushEvery: numArg(a, 'target-flush-every', 8) } : {}) });
     where = { traddr: '127.0.0.1', trsvcid: target.ready.port, subnqn: target.ready.nqn };
-    process.stdout.write(`${machineLine()}\ntarget: embedded (memory, 1 GiB) on CPU ${target.pinned ? cpu : '(unpinned)'}, 127.0.0.1:${where.trsvcid}\n`);
+    process.stdout.write(`${machineLine()}\ntarget: embedded (memory, 1 GiB; answers flushed every ${a.get('target-flush-every') ?? 8} PDUs) on CPU ${target.pinned ? cpu : '(unpinned)'}, 127.0.0.1:${where.trsvcid}\n`);
   } else {
     where = { traddr: a.get('traddr') ?? '127.0.0.1', trsvcid: numArg(a, 'trsvcid', 4420), subnqn: a.get('subnqn') ?? BENCH_SUBNQN };
     process.stdout.write(`${machineLine()}\ntarget: ${where.traddr}:${where.trsvcid} ${where.subnqn} nsid ${nsid}\n`);

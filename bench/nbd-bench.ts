@@ -11,7 +11,7 @@
  * (one per export) at QD128 (`4ns-128k-randread-qd128`), for its peak RSS under load.
  *
  *   node dist/bench/nbd-bench.js [--runtime S] [--ramp S] [--size MiB] [--cpu N] [--target-cpu N]
- *        [--queues N] [--jobs name,name] [--profile] [--profile-job NAME] [--no-pin]
+ *        [--queues N] [--jobs name,name] [--profile] [--profile-job NAME] [--no-pin] [--target-flush-every N]
  *
  * CPU µs/IO is the CPU time of the middle process (relay, bridge; nbdkit for (a)) per I/O, from
  * /proc/PID/stat.
@@ -95,10 +95,12 @@ interface Opts {
   profile: boolean;
   profileJob: string;
   ns4: boolean;
+  /** The embedded target's `flushEvery` (its default when undefined). */
+  targetFlushEvery: number | undefined;
 }
 
 function options(): Opts {
-  const a = parseArgs(process.argv.slice(2), ['runtime', 'ramp', 'size', 'cpu', 'target-cpu', 'queues', 'jobs', 'profile-job'], ['profile', 'no-pin']);
+  const a = parseArgs(process.argv.slice(2), ['runtime', 'ramp', 'size', 'cpu', 'target-cpu', 'queues', 'jobs', 'profile-job', 'target-flush-every'], ['profile', 'no-pin']);
   const noPin = a.has('no-pin');
   const names = a.get('jobs')?.split(',');
   const jobs = names === undefined ? JOBS : names.filter((n) => n !== NS4_JOB.name).map((n) => {
@@ -118,6 +120,7 @@ function options(): Opts {
     profile: a.has('profile'),
     profileJob: a.get('profile-job') ?? '4k-randread-qd32',
     ns4: names === undefined || names.includes(NS4_JOB.name),
+    targetFlushEvery: a.has('target-flush-every') ? numArg(a, 'target-flush-every', 8) : undefined,
   };
 }
 
@@ -241,7 +244,7 @@ async function main(): Promise<void> {
   process.stdout.write(`${machineLine()}\n`);
   process.stdout.write(`versions: ${versionOf('nbdkit') ?? 'nbdkit ?'}, ${versionOf('fio') ?? 'fio ?'}, node ${process.version}\n`);
   process.stdout.write(`setup: fio + middle process (relay, bridge) and the direct nbdkit on CPU ${pin ? o.cpu : '(unpinned)'}; ` +
-    `embedded target and the relay's nbdkit on CPU ${pin ? o.targetCpu : '(unpinned)'}; ` +
+    `embedded target (answers flushed every ${o.targetFlushEvery ?? 8} PDUs${o.targetFlushEvery === 0 ? ': once per iteration' : ''}) and the relay's nbdkit on CPU ${pin ? o.targetCpu : '(unpinned)'}; ` +
     `${o.runtime} s per job after ${o.ramp} s ramp, ${o.sizeMiB} MiB region, prefilled by sequential 1 MiB writes\n`);
 
   const helpers: Array<Helper<unknown>> = [];
@@ -270,7 +273,7 @@ async function main(): Promise<void> {
     const relay = await startRelay(kitT.port);
 
     // (c) the bridge over the embedded target
-    const target = await startTargetProc({ cpu: o.targetCpu, sizeBytes: 1024 * MiB });
+    const target = await startTargetProc({ cpu: o.targetCpu, sizeBytes: 1024 * MiB, ...(o.targetFlushEvery !== undefined ? { flushEvery: o.targetFlushEvery } : {}) });
     helpers.push(target as Helper<unknown>);
     const profFile = profDir === undefined ? undefined : path.join(profDir, `bridge-${o.profileJob}.cpuprofile`);
     const bridge = await startBridge(target.ready.port, profFile !== undefined ? ['--cpu-profile', profFile] : []);
@@ -322,7 +325,7 @@ async function main(): Promise<void> {
     let ns4Line = '';
     if (o.ns4) {
       // A fresh bridge over a 4-namespace target: its VmHWM is this workload's alone.
-      const t4 = await startTargetProc({ cpu: o.targetCpu, sizeBytes: 1024 * MiB, namespaces: NS4 });
+      const t4 = await startTargetProc({ cpu: o.targetCpu, sizeBytes: 1024 * MiB, namespaces: NS4, ...(o.targetFlushEvery !== undefined ? { flushEvery: o.targetFlushEvery } : {}) });
       helpers.push(t4 as Helper<unknown>);
       const b4 = await startBridge(t4.ready.port);
       const uris = b4.ready.exports.map((e) => `nbd://127.0.0.1:${b4.ready.port}/${e}`);

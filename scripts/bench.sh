@@ -13,11 +13,13 @@
 #   --only nbd         only the NBD-path benchmark; ARGS go to dist/bench/nbd-bench.js:
 #                      --runtime S --ramp S --size MiB --cpu N --target-cpu N --queues N
 #                      --jobs 4k-randread-qd1,...,4ns-128k-randread-qd128 --no-pin
+#                      --target-flush-every N (the embedded target's flushEvery, default 8; 0 = its
+#                      answers leave once per event-loop iteration — the setting before 2026-12-04)
 #   --only engine      only the engine benchmark; ARGS go to dist/bench/engine-bench.js:
 #                      --traddr A --trsvcid P --subnqn NQN (any NVMe/TCP target; default: start
 #                      the embedded one) --nsid N --runtime S --ramp S --queues N --queue-size N
 #                      --region MiB --jobs ... --no-prefill --no-tls --target-cpu N --slice S
-#                      --api record|promise (record: a Namespace with pooled request records, as
+#                      --target-flush-every N --api record|promise (record: a Namespace with pooled request records, as
 #                      the NBD server drives it; promise: await Controller.read/write per command)
 #                      (with the embedded target, QD32 and 128 KiB jobs run again over TLS: "tls …" rows,
 #                      interleaved with the plain run in S-second slices, default 0.5; "TLS cost" table)

@@ -48,6 +48,8 @@ export interface TargetConfig {
   readonly nn: number;
   /** When a successful read ends with C2HData SUCCESS instead of a CapsuleResp. */
   readonly c2hSuccess: C2hSuccessMode;
+  /** Answers handed to the socket at most this many at a time within one iteration (Infinity: once). */
+  readonly flushEvery: number;
   /** Extra time past KATO before an association is dropped. */
   readonly keepAliveGraceMs: number;
   /** A connection that has not completed Connect within this time is closed. */

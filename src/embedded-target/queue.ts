@@ -113,7 +113,7 @@ export class TargetQueue implements ControllerQueue {
     this.ctx = ctx;
     this.port = port;
     this.sock = sock;
-    this.out = new WriteBatcher(sock);
+    this.out = new WriteBatcher(sock, ctx.cfg.flushEvery);
     this.onClosed = onClosed;
     this.peer = `${sock.remoteAddress ?? '?'}:${sock.remotePort ?? '?'}`;
     const cfg = ctx.cfg;

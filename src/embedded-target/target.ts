@@ -134,6 +134,12 @@ export interface NvmeTargetOptions {
    * {@link C2hSuccessMode}): default `spec` (only when the host disabled SQ flow control).
    */
   c2hSuccess?: C2hSuccessMode;
+  /**
+   * Hand queued answers (PDUs) to the socket after every this many within one event-loop
+   * iteration, so the host can start on the first while the rest are produced; 0 = only once per
+   * iteration. Default 8 (see `src/net/write-batcher.ts` for the measurement).
+   */
+  flushEvery?: number;
   /** Grace past KATO before an association is dropped, default 5000 ms. */
   keepAliveGraceMs?: number;
   /** Close connections that do not complete Connect within this time, default 30000 ms. */
@@ -192,6 +198,8 @@ function resolveConfig(o: NvmeTargetOptions): TargetConfig {
   if (!Number.isInteger(maxH2CData) || maxH2CData < 4096 || maxH2CData % 4 !== 0 || maxH2CData > 16 << 20) {
     throw configError(`maxH2CData ${maxH2CData} must be ≥ 4096 and a multiple of 4`);
   }
+  const flushEvery = o.flushEvery ?? 8;
+  if (!Number.isInteger(flushEvery) || flushEvery < 0 || flushEvery > 65536) throw configError(`flushEvery ${flushEvery} out of range 0..65536`);
   const anatt = o.anatt ?? 10;
   if (!Number.isInteger(anatt) || anatt < 1 || anatt > 255) throw configError(`anatt ${anatt} out of range 1..255 s`);
   const keepAliveGraceMs = o.keepAliveGraceMs ?? 5000;
@@ -219,6 +227,7 @@ function resolveConfig(o: NvmeTargetOptions): TargetConfig {
     aerl: 3,
     nn: MAX_NSID,
     c2hSuccess: checkC2hSuccess(o.c2hSuccess ?? C2hSuccessMode.SPEC),
+    flushEvery: flushEvery === 0 ? Infinity : flushEvery,
     keepAliveGraceMs,
     connectTimeoutMs: o.connectTimeoutMs ?? 30000,
     firmware: '1.0',

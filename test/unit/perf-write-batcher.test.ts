@@ -101,3 +101,43 @@ test('a real TCP socket gets one writev for an iteration of writes', { timeout: 
   sock.destroy();
   await new Promise((r) => server.close(r));
 });
+
+test('flushEvery N hands each N messages over at once, in order, and the rest in the check phase', async () => {
+  const { sink, batches } = recorder();
+  const b = new WriteBatcher(sink, 3);
+  const bufs = Array.from({ length: 8 }, (_, i) => Buffer.from([i]));
+  b.write(bufs[0] as Buffer);
+  b.writeAll([bufs[1] as Buffer, bufs[2] as Buffer]); // one message of two parts
+  assert.equal(batches.length, 0, 'two messages: still held');
+  b.writeThen(bufs[3] as Buffer, () => {});
+  assert.equal(batches.length, 1, 'the third message hands the batch over synchronously');
+  assert.deepEqual((batches[0] as Buffer[]).map((x) => x[0]), [0, 1, 2, 3]);
+  assert.equal(b.corked, true, 'still corked for the rest of the iteration');
+  for (let i = 4; i < 8; i++) b.write(bufs[i] as Buffer);
+  assert.equal(batches.length, 2, 'messages 4..6 are the second batch');
+  assert.deepEqual((batches[1] as Buffer[]).map((x) => x[0]), [4, 5, 6]);
+  await new Promise((r) => setImmediate(r));
+  assert.equal(batches.length, 3);
+  assert.deepEqual((batches[2] as Buffer[]).map((x) => x[0]), [7]);
+  assert.equal(b.corked, false);
+  // The count starts again in the next iteration: two messages are held until the check phase.
+  b.write(Buffer.from([8]));
+  b.write(Buffer.from([9]));
+  assert.equal(batches.length, 3);
+  await new Promise((r) => setImmediate(r));
+  assert.deepEqual((batches[3] as Buffer[]).map((x) => x[0]), [8, 9]);
+});
+
+test('flush() resets the flushEvery count', async () => {
+  const { sink, batches } = recorder();
+  const b = new WriteBatcher(sink, 2);
+  b.write(Buffer.from([0]));
+  b.flush();
+  b.write(Buffer.from([1]));
+  assert.equal(batches.length, 1, 'one message since the flush: held');
+  b.write(Buffer.from([2]));
+  assert.equal(batches.length, 2);
+  assert.deepEqual((batches[1] as Buffer[]).map((x) => x[0]), [1, 2]);
+  await new Promise((r) => setImmediate(r));
+  assert.equal(batches.length, 2, 'nothing left for the check phase');
+});
