@@ -489,12 +489,15 @@ export class MultipathController extends EventEmitter implements NamespacePath, 
     }
   }
 
-  /** Active namespaces of the subsystem: every path's, the primary path's info first. */
+  /**
+   * Active namespaces of the subsystem: every path's, the primary path's info first; never a
+   * path's info for an NSID that is another namespace there (mismatched), the primary's included.
+   */
   get namespaces(): ReadonlyMap<number, NamespaceInfo> {
     const primary = this.primary();
-    if (this.pathList.length === 1) return primary.controller.namespaces;
-    const out = new Map(primary.controller.namespaces);
-    for (const p of this.pathList) for (const [nsid, info] of p.controller.namespaces) if (!out.has(nsid) && !p.mismatched.has(nsid)) out.set(nsid, info);
+    if (this.pathList.length === 1 && primary.mismatched.size === 0) return primary.controller.namespaces;
+    const out = new Map<number, NamespaceInfo>();
+    for (const p of [primary, ...this.pathList]) for (const [nsid, info] of p.controller.namespaces) if (!out.has(nsid) && !p.mismatched.has(nsid)) out.set(nsid, info);
     return out;
   }
 

@@ -1022,6 +1022,23 @@ describe('multipath: namespace changes of a path', () => {
     void mp.close();
   });
 
+  it('the union never takes the primary path\'s info for an NSID it is mismatched for', async () => {
+    const a = new FakePath(pathOpts(4420), 1);
+    const c = new FakePath(pathOpts(4422), 3);
+    const mp = MultipathController.fromPath(a, { clock: new FakeClock() });
+    await mp.attachPath(c);
+    c.namespaces.set(3, nsInfo(3, { nguid: N3 }));
+    c.emit('namespaces', ch({ added: [3] }));
+    a.namespaces.set(3, nsInfo(3, { nguid: N4 }));
+    a.emit('namespaces', ch({ added: [3] })); // a (the primary) mismatched for 3
+    assert.equal(mp.namespaces.get(3), c.namespaces.get(3));
+    assert.equal(mp.namespaces.get(1), a.namespaces.get(1), 'the primary\'s info still first where it matches');
+    c.namespaces.delete(3);
+    c.emit('namespaces', ch({ removed: [3] })); // only the mismatched copy left: not listed
+    assert.equal(mp.namespaces.has(3), false);
+    void mp.close();
+  });
+
   it('a change drops the cached identifiers of the path: read again when the next path is checked', async () => {
     const { mp, a } = await two();
     assert.equal(a.admin.length, 1);
