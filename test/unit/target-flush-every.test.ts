@@ -10,7 +10,7 @@ import { sqeRead } from '../../src/wire';
 import { NvmeTarget } from '../../src/embedded-target';
 import { ErrorCode } from '../../src/errors';
 import { throwsCode } from '../helpers/assert-code';
-import { connectAdmin, connectIo, enable, RawHost } from './target-rawhost';
+import { openIoQueue } from './target-rawhost';
 
 const NQN = 'nqn.2014-08.org.nvmf-nbd:test-flush';
 const T = { timeout: 10_000 };
@@ -30,13 +30,7 @@ async function targetWritesFor12Reads(flushEvery: number): Promise<number> {
   const origW = proto._write;
   let writes = 0;
   try {
-    const admin = await RawHost.connect(port);
-    await admin.icreq();
-    const c = await connectAdmin(admin, NQN);
-    await enable(admin);
-    const io = await RawHost.connect(port);
-    await io.icreq();
-    assert.equal((await connectIo(io, NQN, c.cqe.dw0)).cqe.ok, true);
+    const { admin, io } = await openIoQueue(port, NQN);
     proto._writev = function (this: Patched, ...a: unknown[]) { if (this.localPort === port) writes++; return origV.apply(this, a); };
     proto._write = function (this: Patched, ...a: unknown[]) { if (this.localPort === port) writes++; return origW.apply(this, a); };
     io.sock.cork(); // all 12 capsules in one segment: the target reads them in one go

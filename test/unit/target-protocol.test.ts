@@ -9,7 +9,7 @@ import {
   sqeIdentify, sqeRead, sqeWrite, sqeSetFeatures, PduType, sqeConnect, encodeConnectData, sqeAsyncEventRequest,
 } from '../../src/wire';
 import { NvmeTarget } from '../../src/embedded-target';
-import { connectAdmin, connectIo, enable, HOSTNQN, RawHost } from './target-rawhost';
+import { connectAdmin, connectIo, enable, HOSTNQN, openIoQueue, RawHost } from './target-rawhost';
 
 const NQN = 'nqn.2014-08.org.nvmf-nbd:test-proto';
 const T = { timeout: 10_000 };
@@ -33,17 +33,8 @@ describe('target: malicious host', () => {
   });
 
   /** A connected, enabled controller with I/O queue 1 on a second connection. */
-  async function ioQueue(): Promise<{ admin: RawHost; io: RawHost }> {
-    const admin = await RawHost.connect(port);
-    await admin.icreq();
-    const c = await connectAdmin(admin, NQN);
-    assert.equal(c.cqe.ok, true);
-    await enable(admin);
-    const io = await RawHost.connect(port);
-    await io.icreq();
-    const ic = await connectIo(io, NQN, c.cqe.dw0);
-    assert.equal(ic.cqe.ok, true);
-    return { admin, io };
+  function ioQueue(): Promise<{ admin: RawHost; io: RawHost }> {
+    return openIoQueue(port, NQN);
   }
 
   async function expectTermReq(h: RawHost, fes: number, fei?: number): Promise<void> {

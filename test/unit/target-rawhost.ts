@@ -239,3 +239,17 @@ export async function enable(h: RawHost): Promise<number> {
   const csts = await h.submit(sqePropertyGet(0x1c, false));
   return csts.cqe.dw0;
 }
+
+/** A connected, enabled controller on `port` with I/O queue 1 on a second connection. */
+export async function openIoQueue(port: number, subnqn: string): Promise<{ admin: RawHost; io: RawHost; cntlid: number }> {
+  const admin = await RawHost.connect(port);
+  await admin.icreq();
+  const c = await connectAdmin(admin, subnqn);
+  if (!c.cqe.ok) throw new Error(`admin Connect failed: sc ${c.cqe.status.sc}`);
+  await enable(admin);
+  const io = await RawHost.connect(port);
+  await io.icreq();
+  const ic = await connectIo(io, subnqn, c.cqe.dw0);
+  if (!ic.cqe.ok) throw new Error(`I/O Connect failed: sc ${ic.cqe.status.sc}`);
+  return { admin, io, cntlid: c.cqe.dw0 };
+}
