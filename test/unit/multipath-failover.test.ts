@@ -22,38 +22,12 @@ import { encodeIdentifyController, encodeIdentifyNamespace, parseIdentifyControl
 import { encodeNsIdDescriptors } from '../../src/wire/ns-descriptors';
 import type { AnaLog } from '../../src/wire';
 import { rejectsCode } from '../helpers/assert-code';
+import { FakeClock } from '../helpers/mp-fake-path';
 
 const NQN = 'nqn.2014-08.org.nvmf-nbd:test-mp-failover';
 const KATO = 5000;
 const CQT = 6000;
 const NGUID = Buffer.from('00112233445566778899aabbccddeeff', 'hex');
-
-/** Timers fire only when the test moves the clock. */
-class FakeClock implements MultipathClock {
-  t = 1_000_000;
-  private timers: Array<{ at: number; fn: () => void; id: number }> = [];
-  private next = 1;
-  now(): number { return this.t; }
-  setTimer(fn: () => void, ms: number): unknown {
-    const id = this.next++;
-    this.timers.push({ at: this.t + Math.max(0, ms), fn, id });
-    return id;
-  }
-  clearTimer(h: unknown): void { this.timers = this.timers.filter((x) => x.id !== h); }
-  /** Move the clock by `ms`, firing what falls due (in order). */
-  advance(ms: number): void {
-    const end = this.t + ms;
-    for (;;) {
-      this.timers.sort((a, b) => a.at - b.at);
-      const d = this.timers[0];
-      if (d === undefined || d.at > end) break;
-      this.timers.shift();
-      this.t = d.at;
-      d.fn();
-    }
-    this.t = end;
-  }
-}
 
 function nsInfo(nguid = NGUID): NamespaceInfo {
   return classifyNamespace(1, encodeIdentifyNamespace({ nsze: 8192n, ncap: 8192n, lbaf: [{ ms: 0, lbads: 9, rp: 0 }], nguid, anagrpid: 1 }));
