@@ -11,7 +11,7 @@
 import { strict as assert } from 'node:assert';
 import { EventEmitter } from 'node:events';
 import { describe, it } from 'node:test';
-import { MultipathController, writeHoldTimeMs, type MultipathClock, type PathController, type PathOptions } from '../../src/controller/multipath';
+import { MultipathController, writeHoldTimeMs, type PathController, type PathOptions } from '../../src/controller/multipath';
 import { classifyNamespace, type NamespaceInfo } from '../../src/controller/namespace-info';
 import type { IoRequest } from '../../src/controller/io-request';
 import type { Namespace } from '../../src/controller/namespace';
