@@ -1039,6 +1039,19 @@ describe('multipath: namespace changes of a path', () => {
     void mp.close();
   });
 
+  it('one path left that is mismatched for an NSID: that NSID is not listed', async () => {
+    const { mp, a, b } = await two();
+    b.namespaces.set(3, nsInfo(3, { nguid: N3 }));
+    b.emit('namespaces', ch({ added: [3] }));
+    a.namespaces.set(3, nsInfo(3, { nguid: N4 }));
+    a.emit('namespaces', ch({ added: [3] })); // a mismatched for 3
+    await mp.removePath('127.0.0.1:4421');
+    assert.equal(mp.topology().paths.length, 1);
+    assert.equal(mp.namespaces.has(3), false);
+    assert.equal(mp.namespaces.get(1), a.namespaces.get(1));
+    void mp.close();
+  });
+
   it('a change drops the cached identifiers of the path: read again when the next path is checked', async () => {
     const { mp, a } = await two();
     assert.equal(a.admin.length, 1);
