@@ -300,6 +300,32 @@ test('an empty write is sent nowhere, also while reconnecting; FUA is set only w
   }
 });
 
+test('a read or write held for an NSID unknown when submitted never runs, even when that namespace is there after the reconnect (no block size to size it by)', { timeout: 20_000 }, async () => {
+  const m: ControllerModel = { namespaces: new Map([[1, { data: Buffer.alloc(64 << 10), lbaSize: 512 }]]) };
+  const r = await rig({}, m);
+  try {
+    r.ctl.refuse = true;
+    r.cut();
+    await until(() => r.rc.state === CtrlState.CONNECTING, 'connecting');
+    const w = settle(r.rc.write(2, 0n, Buffer.alloc(512, 0x5e)));
+    const rd = settle(r.rc.read(2, 0n, 1));
+    assert.deepEqual(r.rc.heldOps, { count: 2, bytes: 512 }, 'the write counts its payload; the read has no destination to count');
+    m.namespaces.set(2, { data: Buffer.alloc(64 << 10), lbaSize: 512 });
+    const from = r.sqes.length;
+    r.ctl.refuse = false;
+    const we = await w;
+    assert.equal(we.err?.code, ErrorCode.INVALID_ARGUMENT);
+    assert.equal(we.err?.message, 'write of 512 bytes for 0 blocks of 512');
+    const re = await rd;
+    assert.equal(re.err?.code, ErrorCode.INVALID_ARGUMENT);
+    assert.equal(re.err?.message, 'read destination of 0 bytes for 1 blocks of 512');
+    assert.deepEqual(ioCommands(r, from, [0x01, 0x02]), [], 'neither was sent');
+    assert.ok(r.rc.namespace(2) !== undefined, 'the new namespace is served');
+  } finally {
+    await r.done();
+  }
+});
+
 test('a held admin command counts its data out plus its data in against the hold limit', { timeout: 20_000 }, async () => {
   const r = await rig();
   try {
