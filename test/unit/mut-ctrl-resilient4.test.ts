@@ -439,3 +439,23 @@ test('outstanding on a lost association: a deallocate in pass-back mode rejects 
     await r.done();
   }
 });
+
+test('an Identify sent as a user pass-through is not re-sent after the association is lost (CONTROLLER_LOST); the same Identify of the host\'s own is', { timeout: 20_000 }, async () => {
+  const r = await rig();
+  try {
+    r.ctl.refuse = true;
+    const user = settle(r.rc.adminCommand(sqeIdentify(1), { dataInLength: 4096, passthru: true }));
+    const own = settle(r.rc.adminCommand(sqeIdentify(1), { dataInLength: 4096 }));
+    r.drop();
+    const ue = await user;
+    assert.equal(ue.err?.code, ErrorCode.CONTROLLER_LOST);
+    assert.equal(ue.err?.errno, 5);
+    await until(() => r.rc.heldOps.count === 1, 'the host\'s Identify held');
+    r.ctl.refuse = false;
+    const o = await own;
+    assert.equal(o.ok, true);
+    assert.equal(o.value?.data?.length, 4096);
+  } finally {
+    await r.done();
+  }
+});
