@@ -459,3 +459,54 @@ test('an Identify sent as a user pass-through is not re-sent after the associati
     await r.done();
   }
 });
+
+test('a namespace resized across a reconnect into an unusable one (metadata, same block size) is retired and not served', { timeout: 20_000 }, async () => {
+  const m: ControllerModel = { namespaces: new Map([[1, { data: Buffer.alloc(64 << 10), lbaSize: 512 }], [2, { data: Buffer.alloc(64 << 10), lbaSize: 512 }]]) };
+  const r = await rig({}, m);
+  try {
+    const n2 = r.rc.namespace(2);
+    assert.ok(n2 !== undefined);
+    r.ctl.refuse = true;
+    r.cut();
+    await until(() => r.rc.state === CtrlState.CONNECTING, 'connecting');
+    m.namespaces.set(2, { data: Buffer.alloc(128 << 10), lbaSize: 512, ms: 8 });
+    r.ctl.refuse = false;
+    await until(() => r.rc.state === CtrlState.LIVE, 'live again');
+    assert.equal(r.rc.namespaces.get(2)?.usable, false);
+    assert.equal(n2.retiredReason?.code, ErrorCode.NAMESPACE_UNSUPPORTED);
+    assert.equal(r.rc.namespace(2), undefined);
+  } finally {
+    await r.done();
+  }
+});
+
+test('a record\'s namespace object: the current one of its NSID when none is given (held across a reformat → its error), the given one otherwise', { timeout: 20_000 }, async () => {
+  const m: ControllerModel = { namespaces: new Map([[1, { data: Buffer.alloc(64 << 10), lbaSize: 512 }]]) };
+  const r = await rig({}, m);
+  try {
+    const old = r.rc.namespace(1);
+    assert.ok(old !== undefined);
+    r.ctl.refuse = true;
+    r.cut();
+    await until(() => r.rc.state === CtrlState.CONNECTING, 'connecting');
+    const w = settle(r.rc.write(1, 0n, Buffer.alloc(512, 0x11)));
+    const a = rec(BlockOpCode.WRITE, 1n, Buffer.alloc(512, 0x12));
+    r.rc.submitIo(a.req);
+    assert.equal(a.req.ns, old);
+    m.namespaces.set(1, { data: Buffer.alloc(64 << 10), lbaSize: 4096 });
+    const from = r.sqes.length;
+    r.ctl.refuse = false;
+    assert.equal((await w).err, old.retiredReason);
+    await until(() => a.calls.length === 1, 'the record failed');
+    assert.equal(a.calls[0], old.retiredReason);
+    assert.equal(old.retiredReason?.code, ErrorCode.NAMESPACE_UNSUPPORTED);
+    // Live, with the retired object given: it is not swapped for the new object of NSID 1.
+    const late = await settle(r.rc.write(1, 0n, Buffer.alloc(4096, 0x13), {}, old));
+    assert.equal(late.err, old.retiredReason);
+    assert.deepEqual(ioCommands(r, from, [0x01]), [], 'nothing was written');
+    await r.rc.write(1, 0n, Buffer.alloc(4096, 0x14));
+    assert.equal(ioCommands(r, from, [0x01]).length, 1, 'the new object of NSID 1 serves');
+  } finally {
+    await r.done();
+  }
+});
