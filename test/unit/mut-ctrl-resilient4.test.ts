@@ -510,3 +510,25 @@ test('a record\'s namespace object: the current one of its NSID when none is giv
     await r.done();
   }
 });
+
+test('an unusable namespace (never given an object) removed across a reconnect: reported, and the held I/O of the others is re-driven', { timeout: 20_000 }, async () => {
+  const m: ControllerModel = { namespaces: new Map([[1, { data: Buffer.alloc(64 << 10), lbaSize: 512 }], [2, { data: Buffer.alloc(64 << 10), lbaSize: 512, ms: 8 }]]) };
+  const r = await rig({}, m);
+  try {
+    assert.equal(r.rc.namespace(2), undefined);
+    const seen: string[] = [];
+    r.rc.on('namespaces', (ch: { removed: number[] }) => seen.push(`removed:${ch.removed.join(',')}`));
+    r.rc.on('warning', (w: unknown) => seen.push(`warning:${String(w)}`));
+    r.ctl.refuse = true;
+    r.cut();
+    await until(() => r.rc.state === CtrlState.CONNECTING, 'connecting');
+    const w = settle(r.rc.write(1, 3n, Buffer.alloc(512, 0x21)));
+    m.namespaces.delete(2);
+    r.ctl.refuse = false;
+    assert.equal((await w).ok, true);
+    assert.deepEqual(seen, ['removed:2']);
+    assert.deepEqual((m.namespaces.get(1)?.data as Buffer).subarray(3 * 512, 4 * 512), Buffer.alloc(512, 0x21));
+  } finally {
+    await r.done();
+  }
+});
