@@ -190,6 +190,10 @@ test('anaLog is the ANA log of the current association (the embedded target repo
     assert.deepEqual(log.groups.flatMap((g) => g.nsids), [1, 2]);
     const fresh = await rc.refreshAnaLog();
     assert.equal(rc.anaLog, fresh, 'the refreshed log replaces it');
+    await rc.close();
+    const e = await rejectsCode(rc.refreshAnaLog(), ErrorCode.CONTROLLER_LOST);
+    assert.equal(e.message, 'not live');
+    assert.equal(rc.anaLog, fresh, 'the last association\'s log stays readable');
   } finally {
     await rc.close();
     await target.close();
