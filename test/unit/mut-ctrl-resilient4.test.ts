@@ -536,3 +536,23 @@ test('an unusable namespace (never given an object) removed across a reconnect: 
     await r.done();
   }
 });
+
+test('a deallocate or admin command submitted while the controller is being deleted: CONTROLLER_DELETED "controller is being deleted" (ESHUTDOWN)', { timeout: 20_000 }, async () => {
+  const r = await rig();
+  try {
+    const during: Array<Promise<{ ok: boolean; err?: NvmfNbdError }>> = [];
+    r.rc.on('state', (s: string) => {
+      if (s === CtrlState.DELETING) during.push(settle(r.rc.deallocate(1, [{ slba: 0n, nlb: 1 }])), settle(r.rc.adminCommand(sqeIdentify(1), { dataInLength: 4096 })));
+    });
+    await r.rc.close();
+    assert.equal(during.length, 2);
+    for (const p of during) {
+      const e = (await p).err;
+      assert.equal(e?.code, ErrorCode.CONTROLLER_DELETED);
+      assert.equal(e?.message, 'controller is being deleted');
+      assert.equal(e?.errno, 108);
+    }
+  } finally {
+    await r.done();
+  }
+});
