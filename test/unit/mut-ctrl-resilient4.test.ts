@@ -12,8 +12,12 @@
  * only when asked for); admin bytes held (data out + data in); held operations re-driven in
  * submission order when in-flight ones bounce back after newer ones were held; a held
  * deallocate / write zeroes of a namespace reformatted across the reconnect fails with the old
- * object's error; the exact errors of an operation outstanding on a lost association
- * (PATH_LOST in pass-back mode, CONTROLLER_LOST for a command that is not re-sent).
+ * object's error, a record takes the current object of its NSID unless given one; a read or
+ * write held for an NSID unknown at submission never runs; a namespace resized into an
+ * unusable one is retired, an unusable one removed is only reported; the exact errors of an
+ * operation outstanding on a lost association (PATH_LOST in pass-back mode, CONTROLLER_LOST for
+ * a command that is not re-sent, an Identify pass-through included) and of one submitted while
+ * deleting; refreshAnaLog when not live. Equivalent mutants: test/mutation/equivalent-resilient.json.
  */
 import { test } from 'node:test';
 import type { TestContext } from 'node:test';
