@@ -560,3 +560,21 @@ test('a deallocate or admin command submitted while the controller is being dele
     await r.done();
   }
 });
+
+test('namespace objects are writable unless readOnlyNamespaces is set; authentication is the association\'s outcome', { timeout: 20_000 }, async () => {
+  const r = await rig();
+  try {
+    const n1 = r.rc.namespace(1);
+    assert.ok(n1 !== undefined);
+    assert.equal(n1.readOnly, false);
+    await n1.write(512, Buffer.alloc(512, 0x42), false);
+    assert.deepEqual((r.m.namespaces.get(1)?.data as Buffer).subarray(512, 1024), Buffer.alloc(512, 0x42));
+    const inner = (r.rc as unknown as { ctrl: Controller }).ctrl;
+    assert.equal(r.rc.authentication, undefined);
+    const outcome = { hash: 'sha256' } as unknown as NonNullable<Controller['authentication']>;
+    inner.authentication = outcome;
+    assert.equal(r.rc.authentication, outcome);
+  } finally {
+    await r.done();
+  }
+});
