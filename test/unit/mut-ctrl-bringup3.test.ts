@@ -1187,3 +1187,153 @@ test('watchdog: 2·KATO by default; off with watchdogMs 0; idle queues and queue
     }
   }
 });
+
+// ---------------------------------------------------------------- after the association ended
+
+/** Count the controller's (private) AER posts; each still runs. */
+function spyPostAer(c: Controller): { calls: number } {
+  const s = { calls: 0 };
+  const inner = c as unknown as { postAer(): void };
+  const orig = inner.postAer.bind(c);
+  inner.postAer = () => { s.calls++; orig(); };
+  return s;
+}
+
+test('a lost association is not a warning: ANA log or Changed Namespace List read failing after destroy', T, async () => {
+  let holdAna = false;
+  const r = await aerRig(model(), {
+    identify: anaIdentify({ oaes: (1 << 11) | (1 << 8) }),
+    take: (s) => {
+      if (isLog(s, 0x04)) return true; // never answered
+      return anaTaker(() => (holdAna ? 'hold' : encodeAnaLog(ANA_LOG)))(s);
+    },
+  });
+  try {
+    const warnings: unknown[] = [];
+    r.ctrl.on('warning', (e: unknown) => warnings.push(e));
+    const posts = spyPostAer(r.ctrl);
+    holdAna = true;
+    r.fire(0x000c0302);
+    await until(() => r.taken.filter((s) => isLog(s, 0x0c)).length === 2, 'ANA log read held');
+    r.ctrl.destroy();
+    await until(() => posts.calls === 1, 'the ANA notice chain ended');
+    await turns(5);
+    assert.deepEqual(warnings, []);
+  } finally {
+    await r.target.close();
+  }
+  const n = await aerRig(model(), { identify: (b) => b.writeUInt32LE(1 << 8, 92), take: (s) => isLog(s, 0x04) });
+  try {
+    const warnings: unknown[] = [];
+    n.ctrl.on('warning', (e: unknown) => warnings.push(e));
+    const posts = spyPostAer(n.ctrl);
+    n.fire(0x00040002);
+    await until(() => n.taken.some((s) => isLog(s, 0x04)), 'Changed Namespace List read held');
+    n.ctrl.destroy();
+    await until(() => posts.calls === 1, 'the namespace notice chain ended');
+    await turns(5);
+    assert.deepEqual(warnings, []);
+    assert.equal(n.ctrl.pendingRescans, 0);
+  } finally {
+    await n.target.close();
+  }
+});
+
+test('during close(): an ANA log answered after close() began posts no new AER', T, async () => {
+  let holdCc = false;
+  let holdAna = false;
+  const m = model();
+  const r = await aerRig(m, {
+    identify: anaIdentify({ oaes: 1 << 11 }),
+    take: (s) => (holdCc && isProp(s, 0x04, 0x14)) || anaTaker(() => (holdAna ? 'hold' : encodeAnaLog(ANA_LOG)))(s),
+  });
+  try {
+    const posts = spyPostAer(r.ctrl);
+    const events: unknown[] = [];
+    r.ctrl.on('ana', (l: unknown) => events.push(l));
+    holdAna = true;
+    r.fire(0x000c0302);
+    await until(() => r.taken.filter((s) => isLog(s, 0x0c)).length === 2, 'ANA log read held');
+    holdCc = true;
+    const closed = track(r.ctrl.close());
+    await until(() => r.taken.some((s) => isProp(s, 0x04, 0x14)), 'shutdown CC read held');
+    const log = r.taken.filter((s) => isLog(s, 0x0c))[1] as Seen;
+    const len = (((log.sqe.readUInt32LE(40) >>> 16) | ((log.sqe.readUInt32LE(44) & 0xffff) << 16)) + 1) * 4;
+    const data = Buffer.alloc(len);
+    encodeAnaLog(ANA_LOG).copy(data);
+    answer(log, {}, data);
+    await until(() => posts.calls === 1 && events.length === 1, 'ANA notice handled');
+    answer(r.taken.find((s) => isProp(s, 0x04, 0x14)) as Seen, { dw0: m.regs?.cc ?? 0 });
+    await until(() => closed.done, 'closed');
+    assert.equal(r.aers().length, 1, 'no AER after close() began');
+    assert.equal(count(r.seen, isAer), 1);
+  } finally {
+    await r.target.close();
+  }
+});
+
+test('during close(): a Keep Alive failing then does not turn the orderly close into a failure', T, async (t) => {
+  let holdCc = false;
+  const m = model();
+  const r = await start(m, { take: (s) => isKa(s) || (holdCc && isProp(s, 0x04, 0x14)) });
+  t.mock.timers.enable({ apis: ['setTimeout', 'setInterval', 'Date'], now: 0 });
+  try {
+    const c = await Controller.connect({ ...BASE, trsvcid: r.target.port, kato: 1000, watchdogMs: 0, nrIoQueues: 0 });
+    const got: string[] = [];
+    c.on('error', (e: NvmfNbdError) => got.push(`error:${e.code}`));
+    c.on('close', (e?: NvmfNbdError) => got.push(`close:${e?.code}`));
+    t.mock.timers.tick(500);
+    await until(() => r.taken.some(isKa), 'Keep Alive held');
+    holdCc = true;
+    const closed = track(c.close());
+    await until(() => r.taken.some((s) => isProp(s, 0x04, 0x14)), 'shutdown CC read held');
+    // The Keep Alive's error answer arrives before the CC read's.
+    answer(r.taken.find(isKa) as Seen, { sc: 0x06 });
+    answer(r.taken.find((s) => isProp(s, 0x04, 0x14)) as Seen, { dw0: m.regs?.cc ?? 0 });
+    t.mock.timers.reset();
+    await until(() => closed.done, 'closed');
+    assert.deepEqual(got, ['close:undefined']);
+  } finally {
+    t.mock.timers.reset();
+    await r.target.close();
+  }
+});
+
+// ---------------------------------------------------------------- applyNamespaceChanges ordering
+
+test('applyNamespaceChanges: identified in NSID order however named; removed sorted whatever the map order; any single kind of change is an event', T, async () => {
+  const ns = (blocks: number, lbaSize = 512): NsModel => ({ data: Buffer.alloc(blocks * lbaSize), lbaSize });
+  const m = model({ namespaces: new Map<number, NsModel>([[1, ns(8)], [2, ns(16)], [4, ns(24)], [6, ns(32)]]) });
+  const r = await rig(m, {}, { nrIoQueues: 0 });
+  try {
+    const events: NamespaceChanges[] = [];
+    r.ctrl.on('namespaces', (c: NamespaceChanges) => events.push(c));
+    const identified = (from: number): number[] => r.seen.slice(from).filter((s) => s.qid === 0 && s.opcode === 0x06 && (s.sqe.readUInt32LE(40) & 0xff) === 0).map((s) => s.sqe.readUInt32LE(4));
+    for (const n of [1, 4, 6]) m.namespaces.set(n, ns(40 + n));
+    let before = r.seen.length;
+    assert.deepEqual(await r.ctrl.applyNamespaceChanges([6, 1, 4]), { added: [], removed: [], resized: [1, 4, 6] });
+    assert.deepEqual(identified(before), [1, 4, 6]);
+    // Only resized: an event.
+    assert.equal(events.length, 1);
+    m.namespaces.set(5, ns(5));
+    m.namespaces.set(3, ns(3));
+    before = r.seen.length;
+    assert.deepEqual(await r.ctrl.applyNamespaceChanges([]), { added: [3, 5], removed: [], resized: [] });
+    assert.deepEqual(identified(before), [3, 5]);
+    assert.equal(events.length, 2);
+    // 6 comes before 3 in the map (3 was added later): removed is still sorted.
+    m.namespaces.delete(6);
+    m.namespaces.delete(3);
+    assert.deepEqual(await r.ctrl.applyNamespaceChanges([]), { added: [], removed: [3, 6], resized: [] });
+    assert.equal(events.length, 3);
+    // One added and one removed.
+    m.namespaces.set(7, ns(7));
+    m.namespaces.delete(2);
+    assert.deepEqual(await r.ctrl.applyNamespaceChanges([]), { added: [7], removed: [2], resized: [] });
+    assert.equal(events.length, 4);
+    assert.deepEqual(events[3], { added: [7], removed: [2], resized: [] });
+    assert.deepEqual([...r.ctrl.namespaces.keys()].sort((a, b) => a - b), [1, 4, 5, 7]);
+  } finally {
+    await r.close();
+  }
+});
