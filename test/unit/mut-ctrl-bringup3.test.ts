@@ -276,16 +276,20 @@ test('closed controller: adminCommand rejects CONNECTION_CLOSED "controller clos
   await r.target.close();
 });
 
-test('close(): CC.SHN = 01b replaces SHN 10b and keeps every other CC bit; alive is false from the start', T, async () => {
+test('close(): CC.SHN = 01b replaces SHN 10b and keeps every other CC bit (CC read as 4 bytes, DW1 ignored); alive is false from the start; a concurrent close() does nothing', T, async () => {
   const cc = (4 << 20) | (6 << 16) | (2 << 14) | (5 << 7) | 1;
   const m = model({ regs: { cc, csts: 1 } });
-  const r = await rig(m, {}, { nrIoQueues: 0 });
+  // Garbage in DW1 of every CC read: a 64-bit read would lose the low bits (EN) in a Number.
+  const r = await rig(m, { respond: (sqe, o) => (isPropSqe(sqe, 0x14) ? { ...o, dw1: 0x5a5a5a5a } : o) }, { nrIoQueues: 0 });
+  assert.equal(count(r.seen, (s) => isProp(s, 0x00, 0x14)), 0, 'already enabled (EN seen through the DW1 garbage): no CC write');
   const before = r.seen.length;
   const closing = r.ctrl.close();
   assert.equal(r.ctrl.alive, false);
-  await closing;
+  const again = r.ctrl.close();
+  await Promise.all([closing, again]);
   const writes = r.seen.slice(before).filter((s) => isProp(s, 0x00, 0x14)).map((s) => Number(s.sqe.readBigUInt64LE(48)));
   assert.deepEqual(writes, [(4 << 20) | (6 << 16) | (1 << 14) | (5 << 7) | 1]);
+  assert.equal(count(r.seen.slice(before), (s) => isProp(s, 0x04, 0x14)), 1, 'one shutdown');
   await r.target.close();
 });
 
