@@ -289,8 +289,28 @@ test('close(): CC.SHN = 01b replaces SHN 10b and keeps every other CC bit (CC re
   await Promise.all([closing, again]);
   const writes = r.seen.slice(before).filter((s) => isProp(s, 0x00, 0x14)).map((s) => Number(s.sqe.readBigUInt64LE(48)));
   assert.deepEqual(writes, [(4 << 20) | (6 << 16) | (1 << 14) | (5 << 7) | 1]);
+  assert.deepEqual(r.seen.slice(before).filter((s) => isProp(s, 0x00, 0x14)).map((s) => s.sqe[40]), [0], 'CC written as 4 bytes');
   assert.equal(count(r.seen.slice(before), (s) => isProp(s, 0x04, 0x14)), 1, 'one shutdown');
   await r.target.close();
+});
+
+test('CC is written as a 4-byte property at enable too; destroy() during close() ends it with one close event carrying the error', T, async () => {
+  let hold = false;
+  const r = await rig(model(), { take: (s) => hold && isProp(s, 0x04, 0x14) }, { nrIoQueues: 1 });
+  try {
+    assert.deepEqual(r.seen.filter((s) => isProp(s, 0x00, 0x14)).map((s) => s.sqe[40]), [0]);
+    const closes: Array<NvmfNbdError | undefined> = [];
+    r.ctrl.on('close', (e?: NvmfNbdError) => closes.push(e));
+    r.ctrl.on('error', () => undefined);
+    hold = true;
+    const closing = r.ctrl.close();
+    await until(() => r.taken.length === 1, 'shutdown CC read held');
+    r.ctrl.destroy(new NvmfNbdError(ErrorCode.CONTROLLER_LOST, 'pulled'));
+    await closing;
+    assert.deepEqual(closes.map((e) => e?.message), ['pulled']);
+  } finally {
+    await r.target.close();
+  }
 });
 
 test('close(): the budget from RTD3E ends exactly at the deadline (polls at 0, 5, 15, 35, 75, 155 ms for 155 ms; 155.5 ms rounds up to 156: one more); 1 µs rounds up to 1 ms', T, async (t) => {
