@@ -327,6 +327,8 @@ test('namespace notices during a rescan: one runs, one waits with the union of t
     lists.push([2]);
     r.fire(0x00040002);
     await until(() => identifies().length === base + 5, 'rescan 3 identifying');
+    const merging: unknown[] = [];
+    r.ctrl.on('warning', (e: unknown) => merging.push(e));
     lists.push([0xffffffff]);
     r.fire(0x00040002);
     await until(() => r.aers().length === 6, 'full-rescan notice read');
@@ -339,6 +341,7 @@ test('namespace notices during a rescan: one runs, one waits with the union of t
     release();
     await until(() => changes.length === 4, 'two more rescans');
     assert.deepEqual(changes.slice(2), [{ added: [], removed: [], resized: [2] }, { added: [], removed: [], resized: [1, 3, 4, 5] }]);
+    assert.deepEqual(merging, [], 'a list merged into a pending full rescan is no error');
     await until(() => r.ctrl.pendingRescans === 0, 'idle');
     // Destroyed with a rescan waiting: the waiting one never runs.
     holdIdentify = true;
@@ -471,6 +474,42 @@ test('applyNamespaceChanges: identified in NSID order however named; removed sor
     assert.equal(events.length, 4);
     assert.deepEqual(events[3], { added: [7], removed: [2], resized: [] });
     assert.deepEqual([...r.ctrl.namespaces.keys()].sort((a, b) => a - b), [1, 4, 5, 7]);
+  } finally {
+    await r.close();
+  }
+});
+
+test('a rescan failing while alive is a warning; on an ANA-reporting controller namespace and other notices are not ANA changes', T, async () => {
+  let failIdentify = false;
+  const r = await aerRig(model(), {
+    identify: anaIdentify({ oaes: (1 << 8) | (1 << 11) }),
+    take: (s) => {
+      if (isLog(s, 0x04)) {
+        const b = Buffer.alloc(4096);
+        b.writeUInt32LE(1, 0);
+        answer(s, {}, b);
+        return true;
+      }
+      if (failIdentify && s.qid === 0 && s.opcode === 0x06 && (s.sqe.readUInt32LE(40) & 0xff) === 0) {
+        answer(s, { sc: 0x02 });
+        return true;
+      }
+      return anaTaker(() => encodeAnaLog(ANA_LOG))(s);
+    },
+  });
+  try {
+    const warnings: NvmfNbdError[] = [];
+    r.ctrl.on('warning', (e: NvmfNbdError) => warnings.push(e));
+    const anaReads = count(r.seen, (s) => isLog(s, 0x0c));
+    failIdentify = true;
+    r.fire(0x00040002);
+    await until(() => warnings.length === 1, 'rescan warning');
+    assert.equal(warnings[0]?.code, ErrorCode.NVME_STATUS);
+    await until(() => r.ctrl.pendingRescans === 0 && r.aers().length === 2, 'idle, AER re-posted');
+    r.fire(0x00470502);
+    await until(() => r.aers().length === 3, 'AER re-posted');
+    assert.equal(count(r.seen, (s) => isLog(s, 0x0c)), anaReads, 'no ANA log read for a namespace or other notice');
+    assert.equal(count(r.seen, (s) => isLog(s, 0x04)), 1);
   } finally {
     await r.close();
   }
