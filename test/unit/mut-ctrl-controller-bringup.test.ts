@@ -79,7 +79,8 @@ test('host ID: 16 bytes or a UUID (dashes optional, any case); anything else INV
     assert.equal(short.message, 'host ID must be 16 bytes, got 15');
     const bad = await rejectsCode(Controller.connect({ ...BASE, trsvcid: t.port, hostid: '0000000-0000-0000-0000-00000000000g' }), ErrorCode.INVALID_ARGUMENT);
     assert.equal(bad.message, "host ID '0000000-0000-0000-0000-00000000000g' is not a UUID");
-    await rejectsCode(Controller.connect({ ...BASE, trsvcid: t.port, hostid: 'x00000000000000000000000000000000' }), ErrorCode.INVALID_ARGUMENT);
+    const lead = await rejectsCode(Controller.connect({ ...BASE, trsvcid: t.port, hostid: 'x00000000000000000000000000000000' }), ErrorCode.INVALID_ARGUMENT);
+    assert.equal(lead.message, "host ID 'x00000000000000000000000000000000' is not a UUID", 'refused by the UUID check, not a later length check');
     await rejectsCode(Controller.connect({ ...BASE, trsvcid: t.port, hostid: '00000000000000000000000000000000x' }), ErrorCode.INVALID_ARGUMENT);
     assert.equal(seen.length, 0, 'nothing sent');
     for (const hostid of [Buffer.from('0123456789abcdef0123456789ABCDEF', 'hex'), '0123456789ABCDEF0123456789abcdef', '01234567-89ab-cdef-0123-456789abcdef']) {
