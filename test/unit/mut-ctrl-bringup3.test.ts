@@ -426,3 +426,15 @@ test('writeZeroes: a failing part rejects with its status after every part settl
     await r.close();
   }
 });
+
+test('I/O queues get in-capsule data up to IOCCSZ × 16 − 64 bytes; IOCCSZ 4 (the SQE alone) means none', T, async () => {
+  for (const [ioccsz, bytes] of [[60, 896], [516, 8192], [4, 0]] as const) {
+    const r = await rig(model({ ioccsz }), {}, { nrIoQueues: 1 });
+    try {
+      const qp = ioQueues(r.ctrl)[0] as QueuePair;
+      assert.equal((qp as unknown as { inCapsuleMax: number }).inCapsuleMax, bytes, `IOCCSZ ${ioccsz}`);
+    } finally {
+      await r.close();
+    }
+  }
+});
